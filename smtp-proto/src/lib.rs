@@ -80,3 +80,8 @@ pub use server::{
     BareLineEndings, Credentials, Envelope, Event, Extensions, HeloKind, Password, Recipient,
     ServerConfig, ServerSession,
 };
+
+/// The README's example is compiled and run as a doc-test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

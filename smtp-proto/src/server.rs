@@ -589,10 +589,11 @@ impl ServerSession {
         matches!(self.state, State::Data(_) | State::Chunk { .. })
     }
 
-    /// Whether input is buffered but not yet processed (used to spot clients that talk
-    /// before the greeting).
-    pub fn has_buffered_input(&self) -> bool {
-        self.input_pos < self.input.len()
+    /// Bytes received but not yet processed: an early talker before the greeting, or
+    /// pipelined commands behind a pending event. At most one line plus what the last
+    /// [`ServerSession::receive`] brought.
+    pub fn buffered_input(&self) -> usize {
+        self.input.len() - self.input_pos
     }
 
     /// Whether TLS is active.
