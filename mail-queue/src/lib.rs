@@ -1,8 +1,47 @@
 //! # mail-queue
 //!
-//! The durable mail queue of the `mta` workspace. Its promise: a message is acknowledged
-//! (`250` to DATA) only after its body and metadata are on stable storage, and concurrent
-//! sessions share one fsync (group commit). Storage sits behind a `QueueStore` trait,
-//! with sled as the default backend.
+//! The durable mail queue of the `mta` workspace. Its promise: [`Queue::enqueue`]
+//! returns only when the message's body and metadata are on stable storage, so a server
+//! may answer `250` to DATA; after a crash every acknowledged message is found again
+//! and scheduled.
 //!
-//! Status: not built yet; it arrives with the inbound MTA work.
+//! ```text
+//!  enqueue(msg, body) ──▶ group committer ──▶ spool segment (bodies, one fdatasync)
+//!        ▲                     │          └─▶ QueueStore    (metadata, one durable commit)
+//!        └──── Ok(queue id) ◀──┘  per batch: every session finishing at the same time
+//!                                 shares the fsyncs
+//!
+//!  Queue::run(delivery) ──▶ due messages ──▶ one DeliveryRequest per domain ──▶ your
+//!                                            tower Service ──▶ Outcome per recipient
+//!                                            (delivered / deferred / failed)
+//! ```
+//!
+//! - Bodies live in append-only segment files ([`spool`](crate) internals), never in
+//!   the metadata store.
+//! - Metadata lives behind [`QueueStore`]: [`SledStore`] (default; sled 0.34 plus an
+//!   explicit fsync of its log after each flush) and [`RedbStore`].
+//! - Deliveries are a tower `Service<DeliveryRequest>`; the queue knows no SMTP and no
+//!   DNS. Temporary failures are retried by `retry_intervals` until `max_age`.
+//!
+//! The durability contract is written out in `docs/durability.md`.
+
+mod commit;
+pub mod conformance;
+mod delivery;
+mod error;
+mod id;
+mod message;
+mod queue;
+mod spool;
+mod store;
+
+pub use commit::CommitStats;
+pub use delivery::{BoxError, DeliveryReport, DeliveryRequest, Outcome};
+pub use error::QueueError;
+pub use id::QueueId;
+pub use message::{
+    BodyType, MailParams, MessageMeta, NewMessage, NewRecipient, RecipientDsn, RecipientMeta,
+    RecipientState, SpoolRef,
+};
+pub use queue::{Backend, Queue, QueueConfig};
+pub use store::{Change, QueueStore, RedbStore, SledStore};

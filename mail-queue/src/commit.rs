@@ -1,0 +1,162 @@
+//! Group commit: one thread makes batches of messages durable with one spool fdatasync
+//! and one metadata commit, however many sessions are waiting.
+//!
+//! ```text
+//!  session ─┐                       ┌─▶ spool: append all bodies, fdatasync once
+//!  session ─┼─▶ channel ─▶ committer ┤
+//!  session ─┘   (jobs wait here       └─▶ store: commit all metadata durably once
+//!                while the previous        then wake every waiter of the batch
+//!                batch is fsyncing)
+//! ```
+//!
+//! While one batch is being synced, new jobs queue up in the channel; the next batch
+//! takes all of them. Under load the batch grows by itself, so the cost of an fsync is
+//! shared by as many messages as arrive during one fsync.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
+
+use crate::spool::Spool;
+use crate::store::{Change, QueueStore};
+use crate::{MessageMeta, QueueError};
+
+/// The most jobs in one batch.
+const MAX_BATCH: usize = 1024;
+
+pub(crate) enum Job {
+    /// Store the body, then the metadata.
+    Enqueue {
+        meta: Box<MessageMeta>,
+        body: Vec<u8>,
+        done: oneshot::Sender<Result<MessageMeta, QueueError>>,
+    },
+    /// Metadata changes only.
+    Update {
+        changes: Vec<Change>,
+        done: oneshot::Sender<Result<(), QueueError>>,
+    },
+}
+
+/// Counters of the committer.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// Jobs committed.
+    pub jobs: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Committer {
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub(crate) stats: Arc<CommitStats>,
+}
+
+impl Drop for Committer {
+    /// Lets the thread finish the jobs already submitted, and waits for it, so the store
+    /// is closed (and its lock released) when the queue is dropped.
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Committer {
+    pub(crate) fn start(spool: Arc<Spool>, store: Arc<dyn QueueStore>) -> Result<Self, QueueError> {
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(CommitStats::default());
+        let thread_stats = Arc::clone(&stats);
+        let thread = std::thread::Builder::new()
+            .name("queue-commit".into())
+            .spawn(move || run(&rx, &spool, store.as_ref(), &thread_stats))?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            stats,
+        })
+    }
+
+    pub(crate) fn submit(&self, job: Job) -> Result<(), QueueError> {
+        let tx = self.tx.as_ref().ok_or(QueueError::Closed)?;
+        tx.send(job).map_err(|_| QueueError::Closed)
+    }
+}
+
+fn run(rx: &mpsc::Receiver<Job>, spool: &Spool, store: &dyn QueueStore, stats: &CommitStats) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = commit_batch(&mut jobs, spool, store);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        for job in jobs {
+            match job {
+                Job::Enqueue { meta, done, .. } => {
+                    let _ = done.send(result.as_ref().map(|()| *meta).map_err(same_error));
+                }
+                Job::Update { done, .. } => {
+                    let _ = done.send(result.as_ref().map(|_| ()).map_err(same_error));
+                }
+            }
+        }
+    }
+}
+
+/// Writes the bodies, then commits all metadata; fills in each message's spool place.
+fn commit_batch(jobs: &mut [Job], spool: &Spool, store: &dyn QueueStore) -> Result<(), QueueError> {
+    let records: Vec<_> = jobs
+        .iter()
+        .filter_map(|j| match j {
+            Job::Enqueue { meta, body, .. } => Some((meta.id, body.as_slice())),
+            Job::Update { .. } => None,
+        })
+        .collect();
+    let refs = spool.append(&records)?;
+    let mut refs = refs.into_iter();
+    let mut changes = Vec::with_capacity(jobs.len());
+    for job in jobs.iter_mut() {
+        match job {
+            Job::Enqueue { meta, .. } => {
+                if let Some(r) = refs.next() {
+                    meta.spool = r;
+                }
+                changes.push(Change::Put((**meta).clone()));
+            }
+            Job::Update { changes: c, .. } => changes.extend(c.iter().cloned()),
+        }
+    }
+    if let Err(e) = store.commit(&changes) {
+        // The bodies are written but nothing points to them: let the segment go.
+        for job in jobs.iter() {
+            if let Job::Enqueue { meta, .. } = job {
+                spool.release(&meta.spool);
+            }
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Every waiter of a failed batch gets the error (an OS error keeps its code, so a full
+/// disk is still recognised).
+fn same_error(e: &QueueError) -> QueueError {
+    let io = match e {
+        QueueError::Io(io) => match io.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(io.kind(), io.to_string()),
+        },
+        other => std::io::Error::other(other.to_string()),
+    };
+    QueueError::Io(io)
+}

@@ -1,0 +1,49 @@
+//! The interface between the queue and whatever delivers: a tower `Service` that takes
+//! a message and some of its recipients and says what happened to each.
+//!
+//! The queue knows neither SMTP clients nor DNS: `mta-bin` composes those into a
+//! delivery service and hands it to [`crate::Queue::run`].
+
+use std::sync::Arc;
+
+use crate::MessageMeta;
+
+/// One delivery attempt: a message and the recipients to try now (all with the same
+/// destination domain).
+#[derive(Clone, Debug)]
+pub struct DeliveryRequest {
+    /// The message.
+    pub message: Arc<MessageMeta>,
+    /// Its body, as stored.
+    pub body: Arc<Vec<u8>>,
+    /// Indexes into `message.recipients`.
+    pub recipients: Vec<usize>,
+}
+
+impl DeliveryRequest {
+    /// The addresses of the recipients to try.
+    pub fn addresses(&self) -> impl Iterator<Item = &str> {
+        self.recipients
+            .iter()
+            .filter_map(|&i| self.message.recipients.get(i))
+            .map(|r| r.address.as_str())
+    }
+}
+
+/// What happened to one recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Delivered; the text says where or what the server replied.
+    Delivered(String),
+    /// A temporary failure: try again later.
+    Deferred(String),
+    /// A permanent failure: give up on this recipient.
+    Failed(String),
+}
+
+/// The answer to a [`DeliveryRequest`]: one outcome per requested recipient, in order.
+pub type DeliveryReport = Vec<Outcome>;
+
+/// The error type delivery services may fail with; every recipient of the request is
+/// then deferred.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,542 @@
+//! The queue: durable enqueue, recovery on start, and the delivery scheduler.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, Semaphore, oneshot};
+use tower::{Service, ServiceExt};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::commit::{CommitStats, Committer, Job};
+use crate::delivery::{BoxError, DeliveryReport, DeliveryRequest, Outcome};
+use crate::id::IdGenerator;
+use crate::message::{MessageMeta, NewMessage, RecipientMeta, RecipientState, SpoolRef};
+use crate::spool::Spool;
+use crate::store::{Change, QueueStore, RedbStore, SledStore};
+use crate::{QueueError, QueueId};
+
+/// Which metadata backend to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// sled 0.34 with explicit fsync (the default).
+    #[default]
+    Sled,
+    /// redb.
+    Redb,
+}
+
+/// Queue settings, with the defaults of the `[queue]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// The directory of the queue.
+    pub path: PathBuf,
+    /// The metadata backend.
+    pub backend: Backend,
+    /// Waits between attempts; the last one repeats. Default 5m, 10m, 30m, 1h, 2h, 4h.
+    pub retry_intervals: Vec<Duration>,
+    /// Give up (and bounce) after this long in the queue. Default 5 days.
+    pub max_age: Duration,
+    /// Deliveries running at once. Default 100.
+    pub max_concurrent_deliveries: usize,
+    /// Size at which the spool starts a new segment file. Default 64 MiB.
+    pub segment_size: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        let m = |n: u64| Duration::from_secs(60 * n);
+        Self {
+            path: PathBuf::from("queue"),
+            backend: Backend::Sled,
+            retry_intervals: vec![m(5), m(10), m(30), m(60), m(120), m(240)],
+            max_age: Duration::from_secs(5 * 24 * 3600),
+            max_concurrent_deliveries: 100,
+            segment_size: 64 << 20,
+        }
+    }
+}
+
+/// The durable mail queue. Cheap to clone; every clone is the same queue.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), mail_queue::QueueError> {
+/// use mail_queue::{NewMessage, NewRecipient, Queue, QueueConfig, MailParams, RecipientDsn};
+/// let queue = Queue::open(QueueConfig { path: "/var/spool/mta".into(), ..QueueConfig::default() })?;
+/// let message = NewMessage {
+///     from: "alice@example.test".into(),
+///     params: MailParams::default(),
+///     recipients: vec![NewRecipient { address: "bob@example.test".into(), dsn: RecipientDsn::default() }],
+///     source: "[192.0.2.1]".into(),
+/// };
+/// let id = queue.enqueue(message, b"Subject: hi\r\n\r\nhello\r\n".to_vec()).await?;
+/// // Only now may the server answer `250 ... queued as {id}`.
+/// # let _ = id; Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: QueueConfig,
+    store: Arc<dyn QueueStore>,
+    spool: Arc<Spool>,
+    committer: Committer,
+    ids: IdGenerator,
+    schedule: Mutex<Schedule>,
+    wake: Notify,
+}
+
+/// Messages waiting for their next attempt, by time.
+#[derive(Debug, Default)]
+struct Schedule {
+    due: BTreeSet<(u64, QueueId)>,
+    in_flight: HashSet<QueueId>,
+}
+
+impl Queue {
+    /// Opens the queue, recovering what a previous run left: every unfinished message
+    /// is scheduled again, finished leftovers are removed, orphaned spool segments are
+    /// deleted.
+    pub fn open(config: QueueConfig) -> Result<Self, QueueError> {
+        std::fs::create_dir_all(&config.path)?;
+        let store: Arc<dyn QueueStore> = match config.backend {
+            Backend::Sled => Arc::new(SledStore::open(&config.path.join("meta"))?),
+            Backend::Redb => Arc::new(RedbStore::open(&config.path.join("meta.redb"))?),
+        };
+        Self::with_store(config, store)
+    }
+
+    /// Opens the queue over any [`QueueStore`].
+    pub fn with_store(config: QueueConfig, store: Arc<dyn QueueStore>) -> Result<Self, QueueError> {
+        let spool = Arc::new(Spool::open(
+            &config.path.join("spool"),
+            config.segment_size,
+        )?);
+        let mut schedule = Schedule::default();
+        let mut finished = Vec::new();
+        let mut largest = 0;
+        store.scan(None, &mut |meta| {
+            largest = largest.max(meta.id.0);
+            spool.retain(&meta.spool);
+            if meta.is_finished() {
+                finished.push((meta.id, meta.spool));
+            } else {
+                schedule.due.insert((meta.next_attempt, meta.id));
+            }
+            true
+        })?;
+        let committer = Committer::start(Arc::clone(&spool), Arc::clone(&store))?;
+        let queue = Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                spool,
+                committer,
+                ids: IdGenerator::new(largest),
+                schedule: Mutex::new(schedule),
+                wake: Notify::new(),
+            }),
+        };
+        if !finished.is_empty() {
+            let changes = finished.iter().map(|(id, _)| Change::Remove(*id)).collect();
+            queue.commit_blocking(changes)?;
+            for (_, r) in &finished {
+                queue.inner.spool.release(r);
+            }
+        }
+        let swept = queue.inner.spool.sweep()?;
+        info!(
+            backend = queue.inner.store.backend(),
+            messages = queue.len(),
+            removed_finished = finished.len(),
+            swept_segments = swept,
+            "queue opened"
+        );
+        Ok(queue)
+    }
+
+    /// Makes a message durable (body and metadata fsynced) and schedules it. When this
+    /// returns `Ok`, a server may answer `250`.
+    pub async fn enqueue(&self, message: NewMessage, body: Vec<u8>) -> Result<QueueId, QueueError> {
+        let (_, rx) = self.submit(message, body)?;
+        let meta = rx.await.map_err(|_| QueueError::Closed)??;
+        self.schedule_new(meta.id, meta.next_attempt);
+        Ok(meta.id)
+    }
+
+    /// [`Queue::enqueue`] for code outside an async runtime (the sendmail interface).
+    pub fn enqueue_blocking(
+        &self,
+        message: NewMessage,
+        body: Vec<u8>,
+    ) -> Result<QueueId, QueueError> {
+        let (_, rx) = self.submit(message, body)?;
+        let meta = rx.blocking_recv().map_err(|_| QueueError::Closed)??;
+        self.schedule_new(meta.id, meta.next_attempt);
+        Ok(meta.id)
+    }
+
+    fn submit(
+        &self,
+        message: NewMessage,
+        body: Vec<u8>,
+    ) -> Result<(QueueId, oneshot::Receiver<Result<MessageMeta, QueueError>>), QueueError> {
+        let id = self.inner.ids.next();
+        let now = unix_now();
+        let meta = MessageMeta {
+            id,
+            received: now,
+            from: message.from,
+            params: message.params,
+            source: message.source,
+            recipients: message
+                .recipients
+                .into_iter()
+                .map(|r| RecipientMeta {
+                    address: r.address,
+                    dsn: r.dsn,
+                    state: RecipientState::Pending,
+                    last_reply: None,
+                })
+                .collect(),
+            spool: SpoolRef::default(),
+            attempts: 0,
+            next_attempt: now,
+            last_error: None,
+        };
+        let (done, rx) = oneshot::channel();
+        self.inner.committer.submit(Job::Enqueue {
+            meta: Box::new(meta),
+            body,
+            done,
+        })?;
+        Ok((id, rx))
+    }
+
+    fn schedule_new(&self, id: QueueId, at: u64) {
+        if let Ok(mut s) = self.inner.schedule.lock() {
+            s.due.insert((at, id));
+        }
+        self.inner.wake.notify_one();
+    }
+
+    async fn commit(&self, changes: Vec<Change>) -> Result<(), QueueError> {
+        let (done, rx) = oneshot::channel();
+        self.inner.committer.submit(Job::Update { changes, done })?;
+        rx.await.map_err(|_| QueueError::Closed)?
+    }
+
+    fn commit_blocking(&self, changes: Vec<Change>) -> Result<(), QueueError> {
+        let (done, rx) = oneshot::channel();
+        self.inner.committer.submit(Job::Update { changes, done })?;
+        rx.blocking_recv().map_err(|_| QueueError::Closed)?
+    }
+
+    /// Messages in the queue (waiting or being delivered).
+    pub fn len(&self) -> usize {
+        self.inner
+            .schedule
+            .lock()
+            .map_or(0, |s| s.due.len() + s.in_flight.len())
+    }
+
+    /// Whether the queue is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One message's metadata.
+    pub fn get(&self, id: QueueId) -> Result<Option<MessageMeta>, QueueError> {
+        self.inner.store.get(id)
+    }
+
+    /// One message's body.
+    pub fn read_body(&self, meta: &MessageMeta) -> Result<Vec<u8>, QueueError> {
+        self.inner.spool.read(meta.id, &meta.spool)
+    }
+
+    /// Calls `f` for every message in id order from `start`, until it returns false.
+    pub fn scan(
+        &self,
+        start: Option<QueueId>,
+        f: &mut dyn FnMut(MessageMeta) -> bool,
+    ) -> Result<(), QueueError> {
+        self.inner.store.scan(start, f)
+    }
+
+    /// Counters of the group committer: `(batches, jobs)`. `jobs / batches` is how many
+    /// messages and updates shared one fsync on average.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        let s: &CommitStats = &self.inner.committer.stats;
+        (
+            s.batches.load(Ordering::Relaxed),
+            s.jobs.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Asks the scheduler to try every waiting message now.
+    pub fn flush(&self) {
+        if let Ok(mut s) = self.inner.schedule.lock() {
+            let due: Vec<_> = std::mem::take(&mut s.due)
+                .into_iter()
+                .map(|(_, id)| (0, id))
+                .collect();
+            s.due.extend(due);
+        }
+        self.inner.wake.notify_one();
+    }
+
+    /// Runs the scheduler until `shutdown` completes: due messages are handed to
+    /// `delivery`, one request per destination domain, and their recipients updated
+    /// (delivered, failed, or retried later by `retry_intervals`; expired after
+    /// `max_age`). Deliveries in flight finish before it returns.
+    pub async fn run<S>(&self, delivery: S, shutdown: impl std::future::Future<Output = ()>)
+    where
+        S: Service<DeliveryRequest, Response = DeliveryReport, Error = BoxError>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
+        let limit = self.inner.config.max_concurrent_deliveries.max(1);
+        let permits = Arc::new(Semaphore::new(limit));
+        let mut tasks = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let next_due = loop {
+                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                    break None;
+                };
+                match self.take_due(unix_now()) {
+                    Ok(id) => {
+                        let (queue, delivery) = (self.clone(), delivery.clone());
+                        tasks.spawn(async move {
+                            queue.process(id, delivery).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(next) => break next,
+                }
+            };
+            let sleep = match next_due {
+                Some(at) => Duration::from_secs(at.saturating_sub(unix_now()).max(1)),
+                None => Duration::from_secs(1),
+            };
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep(sleep) => {}
+                Some(_) = tasks.join_next() => {}
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// The next due message (now marked in flight), or the time of the next one.
+    fn take_due(&self, now: u64) -> Result<QueueId, Option<u64>> {
+        let Ok(mut s) = self.inner.schedule.lock() else {
+            return Err(None);
+        };
+        match s.due.first().copied() {
+            Some((at, id)) if at <= now => {
+                s.due.remove(&(at, id));
+                s.in_flight.insert(id);
+                Ok(id)
+            }
+            Some((at, _)) => Err(Some(at)),
+            None => Err(None),
+        }
+    }
+
+    async fn process<S>(&self, id: QueueId, delivery: S)
+    where
+        S: Service<DeliveryRequest, Response = DeliveryReport, Error = BoxError>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
+        let span = info_span!("queue.delivery", queue_id = %id);
+        let next = async {
+            let meta = match self.inner.store.get(id) {
+                Ok(Some(meta)) => meta,
+                Ok(None) => return None,
+                Err(e) => {
+                    warn!(error = %e, "cannot read message metadata; retrying later");
+                    return Some(unix_now() + 60);
+                }
+            };
+            let body = match self.inner.spool.read(id, &meta.spool) {
+                Ok(body) => Arc::new(body),
+                Err(e) => {
+                    warn!(error = %e, "message body unreadable; retrying later");
+                    return Some(unix_now() + 60);
+                }
+            };
+            self.attempt(meta, body, delivery).await
+        }
+        .instrument(span)
+        .await;
+        if let Ok(mut s) = self.inner.schedule.lock() {
+            s.in_flight.remove(&id);
+            if let Some(at) = next {
+                s.due.insert((at, id));
+            }
+        }
+    }
+
+    /// One attempt on every pending recipient; returns when to try again, if ever.
+    async fn attempt<S>(
+        &self,
+        mut meta: MessageMeta,
+        body: Arc<Vec<u8>>,
+        delivery: S,
+    ) -> Option<u64>
+    where
+        S: Service<DeliveryRequest, Response = DeliveryReport, Error = BoxError>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
+        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for i in meta.pending() {
+            groups
+                .entry(meta.recipients[i].domain())
+                .or_default()
+                .push(i);
+        }
+        let shared = Arc::new(meta.clone());
+        let calls: Vec<_> = groups
+            .into_values()
+            .map(|recipients| {
+                let request = DeliveryRequest {
+                    message: Arc::clone(&shared),
+                    body: Arc::clone(&body),
+                    recipients,
+                };
+                let service = delivery.clone();
+                async move {
+                    let indexes = request.recipients.clone();
+                    let result = service.oneshot(request).await;
+                    (indexes, result)
+                }
+            })
+            .collect();
+        let results = futures_join_all(calls).await;
+        let now = unix_now();
+        for (indexes, result) in results {
+            let outcomes: Vec<Outcome> = match result {
+                Ok(outcomes) if outcomes.len() == indexes.len() => outcomes,
+                Ok(_) => {
+                    vec![
+                        Outcome::Deferred("delivery service returned a malformed report".into());
+                        indexes.len()
+                    ]
+                }
+                Err(e) => vec![Outcome::Deferred(e.to_string()); indexes.len()],
+            };
+            for (i, outcome) in indexes.into_iter().zip(outcomes) {
+                let r = &mut meta.recipients[i];
+                match outcome {
+                    Outcome::Delivered(text) => {
+                        info!(to = %r.address, result = "delivered", detail = %text, "delivery");
+                        r.state = RecipientState::Delivered;
+                        r.last_reply = Some(text);
+                    }
+                    Outcome::Failed(text) => {
+                        warn!(to = %r.address, result = "failed", detail = %text, "delivery");
+                        r.state = RecipientState::Failed;
+                        r.last_reply = Some(text);
+                    }
+                    Outcome::Deferred(text) => {
+                        info!(to = %r.address, result = "deferred", detail = %text, "delivery");
+                        meta.last_error = Some(text.clone());
+                        r.last_reply = Some(text);
+                    }
+                }
+            }
+        }
+        meta.attempts += 1;
+        let expired = now.saturating_sub(meta.received) >= self.inner.config.max_age.as_secs();
+        if expired && !meta.is_finished() {
+            for r in meta
+                .recipients
+                .iter_mut()
+                .filter(|r| r.state == RecipientState::Pending)
+            {
+                warn!(to = %r.address, result = "expired", "delivery");
+                r.state = RecipientState::Failed;
+                r.last_reply = Some(format!(
+                    "expired after {} attempts: {}",
+                    meta.attempts,
+                    r.last_reply.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        if meta.is_finished() {
+            let spool = meta.spool;
+            match self.commit(vec![Change::Remove(meta.id)]).await {
+                Ok(()) => {
+                    self.inner.spool.release(&spool);
+                    None
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot remove a finished message; retrying later");
+                    Some(now + 60)
+                }
+            }
+        } else {
+            meta.next_attempt = now + self.retry_delay(meta.id, meta.attempts);
+            let next = meta.next_attempt;
+            if let Err(e) = self.commit(vec![Change::Put(meta)]).await {
+                warn!(error = %e, "cannot record delivery results");
+            }
+            Some(next)
+        }
+    }
+
+    /// The wait after attempt `attempts`, from `retry_intervals` (the last repeats),
+    /// with up to 10% jitter so retries of many messages spread out.
+    fn retry_delay(&self, id: QueueId, attempts: u32) -> u64 {
+        let intervals = &self.inner.config.retry_intervals;
+        let index = (attempts as usize)
+            .saturating_sub(1)
+            .min(intervals.len().saturating_sub(1));
+        let base = intervals.get(index).map_or(300, Duration::as_secs).max(1);
+        let spread = base / 10;
+        let jitter = if spread == 0 {
+            0
+        } else {
+            (id.0 ^ u64::from(attempts)).wrapping_mul(0x9E37_79B9_7F4A_7C15) % spread
+        };
+        base + jitter
+    }
+}
+
+/// Awaits every future (a tiny join_all, to avoid a dependency for one call).
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

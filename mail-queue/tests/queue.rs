@@ -1,0 +1,224 @@
+//! The queue end to end on a temp directory: durable enqueue, recovery, retries,
+//! expiry, group commit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mail_queue::{
+    Backend, BoxError, DeliveryReport, DeliveryRequest, MailParams, NewMessage, NewRecipient,
+    Outcome, Queue, QueueConfig, RecipientDsn, RecipientState,
+};
+use tower::service_fn;
+
+fn message(recipients: &[&str]) -> NewMessage {
+    NewMessage {
+        from: "sender@example.test".into(),
+        params: MailParams::default(),
+        recipients: recipients
+            .iter()
+            .map(|a| NewRecipient {
+                address: (*a).into(),
+                dsn: RecipientDsn::default(),
+            })
+            .collect(),
+        source: "[192.0.2.1]".into(),
+    }
+}
+
+fn config(dir: &std::path::Path, backend: Backend) -> QueueConfig {
+    QueueConfig {
+        path: dir.to_owned(),
+        backend,
+        retry_intervals: vec![Duration::from_secs(1)],
+        ..QueueConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueued_messages_survive_reopen() {
+    for backend in [Backend::Sled, Backend::Redb] {
+        let dir = tempfile::tempdir().unwrap();
+        let body = b"Subject: durable\r\n\r\nhello\r\n".to_vec();
+        let id = {
+            let queue = Queue::open(config(dir.path(), backend)).unwrap();
+            let id = queue
+                .enqueue(message(&["a@x.test", "b@y.test"]), body.clone())
+                .await
+                .unwrap();
+            assert_eq!(queue.len(), 1);
+            id
+        };
+        let queue = Queue::open(config(dir.path(), backend)).unwrap();
+        assert_eq!(queue.len(), 1, "{backend:?}: recovered");
+        let meta = queue.get(id).unwrap().expect("present after reopen");
+        assert_eq!(meta.recipients.len(), 2);
+        assert_eq!(queue.read_body(&meta).unwrap(), body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(config(dir.path(), Backend::Sled)).unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let q = queue.clone();
+            tokio::spawn(async move {
+                q.enqueue(message(&["a@x.test"]), format!("body {i}\r\n").into_bytes())
+                    .await
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200, "ids are unique");
+    let (batches, jobs) = queue.commit_stats();
+    assert_eq!(jobs, 200);
+    assert!(
+        batches < jobs,
+        "group commit: {jobs} messages in {batches} batches"
+    );
+}
+
+/// A delivery service that answers by the recipient's local part.
+fn scripted(
+    log: Arc<Mutex<Vec<String>>>,
+) -> impl tower::Service<
+    DeliveryRequest,
+    Response = DeliveryReport,
+    Error = BoxError,
+    Future = impl std::future::Future<Output = Result<DeliveryReport, BoxError>> + Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |req: DeliveryRequest| {
+        let log = Arc::clone(&log);
+        async move {
+            let mut out = Vec::new();
+            for address in req.addresses() {
+                log.lock().unwrap().push(address.to_owned());
+                out.push(if address.starts_with("ok") {
+                    Outcome::Delivered("250 ok".into())
+                } else if address.starts_with("bad") {
+                    Outcome::Failed("550 5.1.1 no such user".into())
+                } else {
+                    Outcome::Deferred("451 4.3.0 try later".into())
+                });
+            }
+            Ok::<_, BoxError>(out)
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_update_recipients_and_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(config(dir.path(), Backend::Sled)).unwrap();
+    let id = queue
+        .enqueue(
+            message(&["ok1@x.test", "bad@x.test", "later@y.test"]),
+            b"x\r\n".to_vec(),
+        )
+        .await
+        .unwrap();
+    let done = queue
+        .enqueue(message(&["ok2@z.test"]), b"y\r\n".to_vec())
+        .await
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let runner = queue.clone();
+    let service = scripted(Arc::clone(&log));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        runner
+            .run(service, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    // Wait for two attempts of the deferred recipient (retry interval 1 s).
+    for _ in 0..100 {
+        if log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.starts_with("later"))
+            .count()
+            >= 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    handle.await.unwrap();
+    let log = log.lock().unwrap().clone();
+    assert_eq!(
+        log.iter().filter(|a| a.starts_with("ok1")).count(),
+        1,
+        "delivered once: {log:?}"
+    );
+    assert_eq!(
+        log.iter().filter(|a| a.starts_with("bad")).count(),
+        1,
+        "failed once: {log:?}"
+    );
+    assert!(
+        log.iter().filter(|a| a.starts_with("later")).count() >= 2,
+        "retried: {log:?}"
+    );
+    assert!(
+        queue.get(done).unwrap().is_none(),
+        "a finished message leaves the queue"
+    );
+    let meta = queue.get(id).unwrap().expect("still queued");
+    assert_eq!(meta.recipients[0].state, RecipientState::Delivered);
+    assert_eq!(meta.recipients[1].state, RecipientState::Failed);
+    assert_eq!(meta.recipients[2].state, RecipientState::Pending);
+    assert!(meta.attempts >= 2);
+    assert_eq!(meta.last_error.as_deref(), Some("451 4.3.0 try later"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_messages_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(QueueConfig {
+        max_age: Duration::ZERO,
+        ..config(dir.path(), Backend::Redb)
+    })
+    .unwrap();
+    let id = queue
+        .enqueue(message(&["later@y.test"]), b"x\r\n".to_vec())
+        .await
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let runner = queue.clone();
+    let service = scripted(Arc::clone(&log));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        runner
+            .run(service, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    for _ in 0..50 {
+        if queue.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    handle.await.unwrap();
+    assert!(
+        queue.get(id).unwrap().is_none(),
+        "expired after one attempt and removed"
+    );
+    assert_eq!(log.lock().unwrap().len(), 1);
+}
