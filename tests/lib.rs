@@ -1,1 +1,3 @@
 //! Shared support for the cross-crate integration tests in `tests/tests/`.
+
+#![forbid(unsafe_code)]

@@ -5,3 +5,5 @@
 //! `Authentication-Results` (RFC 8601), built on mail-auth and offered as middleware.
 //!
 //! Status: not built yet; it arrives with the sender-authentication work.
+
+#![forbid(unsafe_code)]

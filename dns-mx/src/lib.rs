@@ -5,3 +5,5 @@
 //! (RFC 7505) and address literals, on hickory-resolver.
 //!
 //! Status: not built yet; it arrives with the outbound delivery work.
+
+#![forbid(unsafe_code)]

@@ -25,6 +25,8 @@
 //!
 //! The durability contract is written out in `docs/durability.md`.
 
+#![forbid(unsafe_code)]
+
 mod commit;
 pub mod conformance;
 mod delivery;

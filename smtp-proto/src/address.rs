@@ -99,15 +99,17 @@ pub enum Host<'a> {
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Mailbox {
     text: String,
-    at: usize,
-    literal: Option<IpAddr>,
+    /// Where the `@` is.
+    at: u32,
+    /// The domain is an address literal.
+    literal: bool,
 }
 
 impl Mailbox {
     /// Parses `local@domain` (no angle brackets). UTF-8 is accepted; whether it is
     /// allowed in a transaction (SMTPUTF8) is the session's decision.
     pub fn parse(s: &str) -> Result<Self, Error> {
-        let (mailbox, n) = scan_mailbox(s.as_bytes(), 0)?;
+        let (mailbox, n) = scan_mailbox(s, 0)?;
         if n == s.len() {
             Ok(mailbox)
         } else {
@@ -122,7 +124,7 @@ impl Mailbox {
 
     /// The local part as received (quoted local parts keep their quotes).
     pub fn local_part(&self) -> &str {
-        &self.text[..self.at]
+        &self.text[..self.at as usize]
     }
 
     /// The local part with quotes and quoted-pair backslashes removed.
@@ -148,14 +150,15 @@ impl Mailbox {
 
     /// The domain part as received (a literal keeps its brackets).
     pub fn domain(&self) -> &str {
-        &self.text[self.at + 1..]
+        &self.text[self.at as usize + 1..]
     }
 
     /// The domain part as a [`Host`].
     pub fn host(&self) -> Host<'_> {
-        match self.literal {
-            Some(ip) => Host::Address(ip),
-            None => Host::Domain(self.domain()),
+        let domain = self.domain();
+        match (self.literal, scan_literal(domain.as_bytes(), 0)) {
+            (true, Some((ip, _))) => Host::Address(ip),
+            _ => Host::Domain(domain),
         }
     }
 
@@ -204,7 +207,7 @@ impl ReversePath {
     /// assert_eq!(path.to_string(), "<user@d.test>");
     /// ```
     pub fn parse(s: &str) -> Result<Self, Error> {
-        match scan_path(s.as_bytes(), false)? {
+        match scan_path(s, false)? {
             (path, n) if n == s.len() => Ok(path.into_reverse()),
             _ => Err(Error::InvalidAddress),
         }
@@ -252,7 +255,7 @@ impl ForwardPath {
     /// assert!(ForwardPath::parse("<>").is_err());
     /// ```
     pub fn parse(s: &str) -> Result<Self, Error> {
-        match scan_path(s.as_bytes(), true)? {
+        match scan_path(s, true)? {
             (path, n) if n == s.len() => path.into_forward(),
             _ => Err(Error::InvalidAddress),
         }
@@ -361,7 +364,8 @@ impl Path {
 
 /// Scans `<[route:]mailbox>` or `<>` at the start of `b`; returns the path and the
 /// number of bytes it took.
-pub(crate) fn scan_path(b: &[u8], forward: bool) -> Result<(Path, usize), Error> {
+pub(crate) fn scan_path(s: &str, forward: bool) -> Result<(Path, usize), Error> {
+    let b = s.as_bytes();
     if b.first() != Some(&b'<') {
         return Err(Error::InvalidAddress);
     }
@@ -387,7 +391,7 @@ pub(crate) fn scan_path(b: &[u8], forward: bool) -> Result<(Path, usize), Error>
             }
         }
     }
-    let (mailbox, end) = scan_mailbox(b, pos)?;
+    let (mailbox, end) = scan_mailbox(s, pos)?;
     if b.get(end) != Some(&b'>') {
         return Err(Error::InvalidAddress);
     }
@@ -395,31 +399,27 @@ pub(crate) fn scan_path(b: &[u8], forward: bool) -> Result<(Path, usize), Error>
 }
 
 /// Scans `local@domain` starting at `start`; returns the mailbox and the end offset.
-fn scan_mailbox(b: &[u8], start: usize) -> Result<(Mailbox, usize), Error> {
+fn scan_mailbox(s: &str, start: usize) -> Result<(Mailbox, usize), Error> {
+    let b = s.as_bytes();
     let local_end = start + scan_local_part(&b[start..]).ok_or(Error::InvalidAddress)?;
     if b.get(local_end) != Some(&b'@') {
         return Err(Error::InvalidAddress);
     }
     let domain_start = local_end + 1;
     let (literal, end) = if b.get(domain_start) == Some(&b'[') {
-        let (ip, n) = scan_literal(b, domain_start).ok_or(Error::InvalidAddress)?;
-        (Some(ip), domain_start + n)
+        let (_, n) = scan_literal(b, domain_start).ok_or(Error::InvalidAddress)?;
+        (true, domain_start + n)
     } else {
         (
-            None,
+            false,
             domain_start + scan_domain(&b[domain_start..]).ok_or(Error::InvalidAddress)?,
         )
     };
-    // The caller's input is a `str`, and the range starts and ends on ASCII bytes.
-    let text = String::from_utf8_lossy(&b[start..end]).into_owned();
-    Ok((
-        Mailbox {
-            text,
-            at: local_end - start,
-            literal,
-        },
-        end,
-    ))
+    // Both ends are at ASCII bytes ('<', ':', '@', ']', '>' or the end), so `get` cannot
+    // fail on a character boundary; it also keeps this free of panics.
+    let text = s.get(start..end).ok_or(Error::InvalidAddress)?.to_owned();
+    let at = u32::try_from(local_end - start).map_err(|_| Error::InvalidAddress)?;
+    Ok((Mailbox { text, at, literal }, end))
 }
 
 /// `Local-part = Dot-string / Quoted-string` (RFC 5321 §4.1.2), with UTF-8 allowed as
@@ -457,36 +457,94 @@ fn scan_local_part(b: &[u8]) -> Option<usize> {
 
 /// `atext` of RFC 5322 §3.2.3 plus UTF-8 (RFC 6531 `UTF8-non-ascii`).
 fn is_atext(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&c) || c >= 0x80
+    ATEXT[usize::from(c)]
 }
+
+const ATEXT: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        table[i] = c.is_ascii_alphanumeric()
+            || c >= 0x80
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'/'
+                    | b'='
+                    | b'?'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'{'
+                    | b'|'
+                    | b'}'
+                    | b'~'
+            );
+        i += 1;
+    }
+    table
+};
 
 /// Scans a domain at the start of `b`: labels of letters, digits and inner hyphens
 /// (or UTF-8), separated by single dots. Returns its length.
 pub(crate) fn scan_domain(b: &[u8]) -> Option<usize> {
     let mut i = 0;
     loop {
+        // One label: letters, digits, inner hyphens; UTF-8 (U-labels) allowed.
         let start = i;
-        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'-' || b[i] >= 0x80) {
+        let mut non_ascii = false;
+        while let Some(&c) = b.get(i) {
+            match LABEL[usize::from(c)] {
+                0 => break,
+                3 => non_ascii = true,
+                _ => {}
+            }
             i += 1;
         }
-        let label = &b[start..i];
-        if label.is_empty() || label[0] == b'-' || label[label.len() - 1] == b'-' {
-            return None;
-        }
-        if label.is_ascii() && label.len() > MAX_LABEL_LEN {
-            return None;
-        }
-        if b.get(i) == Some(&b'.')
-            && b.get(i + 1)
-                .is_some_and(|c| c.is_ascii_alphanumeric() || *c >= 0x80)
+        let (first, last) = (b.get(start)?, b.get(i.checked_sub(1)?)?);
+        if i == start
+            || *first == b'-'
+            || *last == b'-'
+            || (!non_ascii && i - start > MAX_LABEL_LEN)
         {
-            i += 1;
-        } else {
-            break;
+            return None;
+        }
+        match (b.get(i), b.get(i + 1)) {
+            (Some(b'.'), Some(&next)) if LABEL[usize::from(next)] & 1 == 1 => i += 1,
+            _ => break,
         }
     }
     (i <= MAX_DOMAIN_LEN).then_some(i)
 }
+
+/// Domain label characters: 0 none, 1 letter or digit, 2 hyphen, 3 non-ASCII (a
+/// label may start with 1 or 3: odd values).
+const LABEL: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        table[i] = if c.is_ascii_alphanumeric() {
+            1
+        } else if c == b'-' {
+            2
+        } else if c >= 0x80 {
+            3
+        } else {
+            0
+        };
+        i += 1;
+    }
+    table
+};
 
 /// Scans `[IPv4]` or `[IPv6:...]` at `start`; returns the address and the length.
 fn scan_literal(b: &[u8], start: usize) -> Option<(IpAddr, usize)> {

@@ -211,6 +211,11 @@ impl ClientSession {
         }
     }
 
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
     /// What the server advertised in its last positive EHLO/LHLO reply (empty after
     /// HELO); `None` before, and again after STARTTLS.
     pub fn capabilities(&self) -> Option<&Capabilities> {

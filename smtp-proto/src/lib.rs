@@ -55,6 +55,10 @@
 //! assert!(String::from_utf8_lossy(session.pending_output()).ends_with("550 5.1.1 No such user\r\n"));
 //! ```
 
+// One function uses `unsafe`: calling the AVX2 build of the DATA decoder's bulk check
+// after run-time detection (src/data.rs). Everything else is safe code.
+#![deny(unsafe_code)]
+
 mod address;
 mod client;
 mod command;

@@ -86,7 +86,7 @@ impl Notify {
             return Some(Self::NEVER);
         }
         let mut set = Self::NEVER;
-        for word in value.split(',') {
+        for word in split_bytes(value, b',') {
             let flag = if word.eq_ignore_ascii_case("SUCCESS") {
                 Self::SUCCESS
             } else if word.eq_ignore_ascii_case("FAILURE") {
@@ -182,9 +182,9 @@ fn for_each_param(
     args: &str,
     mut apply: impl FnMut(&str, Option<&str>) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    for param in args.split(' ').filter(|p| !p.is_empty()) {
-        let (keyword, value) = match param.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
+    for param in split_bytes(args, b' ').filter(|p| !p.is_empty()) {
+        let (keyword, value) = match param.bytes().position(|b| b == b'=') {
+            Some(i) => (&param[..i], Some(&param[i + 1..])),
             None => (param, None),
         };
         let valid_keyword = keyword
@@ -200,11 +200,31 @@ fn for_each_param(
         if let Some(v) = value
             && (v.is_empty() || v.bytes().any(|c| c == b'=' || c < 33 || c == 127))
         {
-            return Err(Error::InvalidParameter(keyword.to_ascii_uppercase()));
+            return Err(Error::InvalidParameter(
+                truncate(keyword).to_ascii_uppercase(),
+            ));
         }
         apply(keyword, value)?;
     }
     Ok(())
+}
+
+/// `str::split` on an ASCII byte, without the char-searcher machinery.
+pub(crate) fn split_bytes(s: &str, sep: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.bytes().position(|b| b == sep) {
+            Some(i) => {
+                rest = r.get(i + 1..);
+                r.get(..i)
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
 }
 
 fn truncate(s: &str) -> String {
@@ -244,7 +264,7 @@ impl MailParameters {
     pub fn parse(args: &str) -> Result<Self, Error> {
         let mut p = Self::default();
         for_each_param(args, |keyword, value| {
-            let invalid = || Error::InvalidParameter(keyword.to_ascii_uppercase());
+            let invalid = || Error::InvalidParameter(truncate(keyword).to_ascii_uppercase());
             if keyword.eq_ignore_ascii_case("SIZE") {
                 let v = value.filter(|v| v.bytes().all(|c| c.is_ascii_digit()));
                 let v = v.ok_or_else(invalid)?;
@@ -357,7 +377,7 @@ impl RcptParameters {
     pub fn parse(args: &str) -> Result<Self, Error> {
         let mut p = Self::default();
         for_each_param(args, |keyword, value| {
-            let invalid = || Error::InvalidParameter(keyword.to_ascii_uppercase());
+            let invalid = || Error::InvalidParameter(truncate(keyword).to_ascii_uppercase());
             if keyword.eq_ignore_ascii_case("NOTIFY") {
                 let notify = value.and_then(Notify::parse).ok_or_else(invalid)?;
                 set_once(&mut p.notify, notify, "NOTIFY")

@@ -405,6 +405,22 @@ fn one_mebibyte_line_one_error_bounded_memory() {
     );
 }
 
+/// Found by the `server_session` fuzz target: a long parameter keyword used to come
+/// back whole in the `501` reply, making a reply line longer than 512 octets.
+#[test]
+fn long_parameter_keyword_keeps_replies_short() {
+    let mut h = Harness::new(ServerConfig::default());
+    h.send(b"EHLO x\r\n");
+    let skip = h.reply_count();
+    let mut line = b"MAIL FROM:<a@b.test> ".to_vec();
+    line.extend_from_slice(&[b'A'; 600]);
+    line.extend_from_slice(b"=\r\nMAIL FROM:<a@b.test> ");
+    line.extend_from_slice(&[b'B'; 600]);
+    line.extend_from_slice(b"\r\n");
+    h.send(&line);
+    assert_eq!(h.codes_after(skip), ["501 5.5.4", "555 5.5.4"]);
+}
+
 /// The same for an AUTH response line and for a line inside the SASL exchange.
 #[test]
 fn long_sasl_line_one_error() {

@@ -135,6 +135,15 @@ impl Harness {
 
     fn flush(&mut self) {
         let pending = self.session.pending_output();
+        for line in pending.split_inclusive(|&b| b == b'\n') {
+            // RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets, CRLF included.
+            assert!(
+                line.len() <= 512,
+                "reply line of {} octets: {:?}",
+                line.len(),
+                String::from_utf8_lossy(line)
+            );
+        }
         self.max_pending_output = self.max_pending_output.max(pending.len());
         self.output.extend_from_slice(pending);
         let n = pending.len();
