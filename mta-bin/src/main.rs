@@ -5,23 +5,86 @@
 
 // A command-line program talks to its user on stdout and stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+#![forbid(unsafe_code)]
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+use mta_bin::config::{Config, EMBEDDED_DEFAULT};
+use mta_bin::serve;
+
+/// A mail transfer agent.
+#[derive(Parser, Debug)]
+#[command(name = "mta", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Receive, queue and deliver mail. Without --config: the embedded default
+    /// (127.0.0.1:2525 relay, 127.0.0.1:2587 submission, data in ./mta-data/).
+    Serve {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file and report every problem with its key and line.
+    CheckConfig {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("serve") => {
-            eprintln!("mta serve: not yet built (the inbound MTA lands with the next milestone)");
-            ExitCode::from(2)
-        }
-        Some("--version" | "-V") => {
-            println!("mta {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprintln!("usage: mta serve [--config FILE]");
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => run_serve(config),
+        Command::CheckConfig { config } => check_config(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mta: error: {e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+fn run_serve(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = match &path {
+        Some(path) => Config::load(path)?,
+        None => Config::parse(EMBEDDED_DEFAULT)?,
+    };
+    init_logging();
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve::serve(config))
+}
+
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    for warning in config.warnings() {
+        println!("warning: {warning}");
+    }
+    println!("{}: ok", path.display());
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
 }

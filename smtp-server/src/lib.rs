@@ -1,8 +1,61 @@
 //! # smtp-server
 //!
-//! The SMTP server of the `mta` workspace: tokio and rustls around the sans-IO
-//! [`smtp-proto`](https://docs.rs/smtp-proto) session, with one tower `Service` per SMTP
-//! stage (connect, ehlo, auth, mail, rcpt, data) so that policy is written as middleware.
+//! An SMTP server for tokio and rustls around the sans-IO session of
+//! [`smtp_proto`], with policy written as tower middleware: one `Service` per SMTP
+//! stage.
 //!
-//! Status: not built yet. The listeners, the middleware chain and the built-in policy
-//! layers arrive with the inbound MTA work; see `docs/architecture.md`.
+//! ```text
+//!  TcpListener ─▶ connection task ─▶ smtp_proto::ServerSession (protocol rules)
+//!  (relay,        (TLS, timeouts,        │ events
+//!   submission,    limits)               ▼
+//!   smtps)                      Stages: connect → ehlo → auth → mail → rcpt → data
+//!                                (tower layers: yours and the built-in filters)
+//! ```
+//!
+//! - [`Server`] binds the listeners and runs them; [`ServerConfig`] holds every limit
+//!   with a safe default.
+//! - [`Stages`] is the middleware chain; add layers per stage, or write a filter as an
+//!   async function with [`from_fn`]. `docs/writing-a-filter.md` teaches it.
+//! - [`filters`] holds the built-in policy, written as ordinary layers: relay policy,
+//!   local recipients, AUTH, `Received:`, the hop limit.
+//!
+//! ```no_run
+//! use smtp_server::{Decision, ListenerConfig, ListenerMode, Server, ServerConfig, Stages};
+//! use smtp_server::filters::{DomainSet, RelayPolicyLayer, ReceivedLayer};
+//!
+//! # async fn run() -> Result<(), smtp_server::ServerError> {
+//! let sink = tower::service_fn(|req: smtp_server::DataRequest| async move {
+//!     println!("{} bytes from {}", req.message().len(), req.envelope.from);
+//!     Ok::<_, smtp_server::BoxError>(Decision::accept())
+//! });
+//! let stages = Stages::new(sink)
+//!     .data_layer(ReceivedLayer::new("mx.example.test"))
+//!     .rcpt_layer(RelayPolicyLayer::new(DomainSet::new(["example.test"]), vec![]));
+//! let config = ServerConfig {
+//!     hostname: "mx.example.test".into(),
+//!     listeners: vec![ListenerConfig { address: "127.0.0.1:2525".parse().unwrap(), mode: ListenerMode::Relay }],
+//!     ..ServerConfig::default()
+//! };
+//! Server::bind(config, stages).await?.run(std::future::pending()).await;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod connection;
+mod error;
+pub mod filters;
+mod from_fn;
+mod server;
+mod stage;
+pub mod tls;
+
+pub use config::{Limits, ListenerConfig, ListenerMode, ServerConfig};
+pub use error::ServerError;
+pub use from_fn::{FromFn, FromFnLayer, Next, from_fn};
+pub use server::Server;
+pub use stage::{
+    AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, EhloRequest, MailRequest,
+    RcptRequest, SessionInfo, StageService, Stages, TlsInfo,
+};

@@ -1,0 +1,477 @@
+//! The configuration file (TOML), its embedded default, and its conversion into each
+//! crate's own config struct. `docs/configuration.md` describes every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The configuration `mta serve` runs with when given no file: unprivileged ports on
+/// loopback, a self-signed certificate made at first start, mail for any user at
+/// `localhost` delivered under `./mta-data/maildir/`.
+pub const EMBEDDED_DEFAULT: &str = r#"
+hostname = "localhost"
+
+[[listener]]
+address = "127.0.0.1:2525"
+mode = "relay"
+
+[[listener]]
+address = "127.0.0.1:2587"
+mode = "submission"
+
+[tls]
+self_signed = true
+
+[queue]
+path = "./mta-data/queue"
+
+[local]
+domains = ["localhost"]
+maildir = "./mta-data/maildir"
+accept_any_user = true
+"#;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Our host name.
+    pub hostname: String,
+    /// Listeners.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<Listener>,
+    /// TLS certificate.
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    /// The queue.
+    #[serde(default)]
+    pub queue: Queue,
+    /// Local delivery.
+    #[serde(default)]
+    pub local: Local,
+    /// Logins and local mailboxes.
+    #[serde(default, rename = "account")]
+    pub accounts: Vec<Account>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Relay policy.
+    #[serde(default)]
+    pub relay: Relay,
+    /// DNS resolution.
+    #[serde(default)]
+    pub dns: Dns,
+    /// Outbound delivery.
+    #[serde(default)]
+    pub outbound: Outbound,
+}
+
+/// `[[listener]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `address = "127.0.0.1:2525"`
+    pub address: SocketAddr,
+    /// `mode = "relay" | "submission" | "smtps"`
+    pub mode: String,
+}
+
+/// `[tls]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain.
+    pub certificate: Option<PathBuf>,
+    /// PEM private key.
+    pub private_key: Option<PathBuf>,
+    /// Make (once) and use a self-signed certificate under the data directory.
+    #[serde(default)]
+    pub self_signed: bool,
+}
+
+/// `[queue]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Queue {
+    /// Where the queue lives.
+    #[serde(default = "default_queue_path")]
+    pub path: PathBuf,
+    /// Waits between attempts; the last repeats.
+    #[serde(default = "default_retry_intervals")]
+    pub retry_intervals: Vec<String>,
+    /// Give up after this long.
+    #[serde(default = "default_max_age")]
+    pub max_age: String,
+    /// `sled` (default) or `redb`.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// Deliveries at once.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrent_deliveries: usize,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Self {
+            path: default_queue_path(),
+            retry_intervals: default_retry_intervals(),
+            max_age: default_max_age(),
+            backend: default_backend(),
+            max_concurrent_deliveries: default_concurrency(),
+        }
+    }
+}
+
+fn default_queue_path() -> PathBuf {
+    PathBuf::from("./mta-data/queue")
+}
+fn default_retry_intervals() -> Vec<String> {
+    ["5m", "10m", "30m", "1h", "2h", "4h"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_max_age() -> String {
+    "5d".into()
+}
+fn default_backend() -> String {
+    "sled".into()
+}
+fn default_concurrency() -> usize {
+    100
+}
+
+/// `[local]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Local {
+    /// Domains we deliver locally.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Maildir root: mail for `user@domain` lands in `<maildir>/<domain>/<user>/new/`.
+    pub maildir: Option<PathBuf>,
+    /// Deliver to an LMTP server (`host:port`) instead of Maildir.
+    pub lmtp: Option<SocketAddr>,
+    /// Accept any local part of a local domain (the embedded default); otherwise only
+    /// accounts, `mailboxes`, postmaster and abuse.
+    #[serde(default)]
+    pub accept_any_user: bool,
+    /// More local mailboxes (full addresses) that are not logins.
+    #[serde(default)]
+    pub mailboxes: Vec<String>,
+}
+
+/// `[[account]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    /// The login, also a local mailbox when its domain is local.
+    pub username: String,
+    /// The password: plain, `$argon2id$...`, or SHA-512-crypt `$6$...`.
+    pub password: String,
+}
+
+/// `[limits]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest message in octets.
+    pub max_message_size: Option<u64>,
+    /// Recipients per message.
+    pub max_recipients: Option<usize>,
+    /// Longest command line.
+    pub max_line_length: Option<usize>,
+    /// Protocol errors before disconnecting.
+    pub max_errors: Option<u32>,
+    /// Failed logins before disconnecting.
+    pub max_auth_failures: Option<u32>,
+    /// Wait for a command, e.g. `"5m"`.
+    pub command_timeout: Option<String>,
+    /// Wait for message data, e.g. `"10m"`.
+    pub data_timeout: Option<String>,
+    /// TLS handshake time limit.
+    pub tls_handshake_timeout: Option<String>,
+    /// Connections at once.
+    pub max_connections: Option<usize>,
+    /// Connections at once per client IP.
+    pub max_connections_per_ip: Option<usize>,
+    /// `Received:` headers before a message counts as looping.
+    pub max_hops: Option<usize>,
+    /// `reject` (default) or `normalize` bare CR/LF.
+    pub bare_line_endings: Option<String>,
+}
+
+/// `[relay]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    /// Networks allowed to relay without AUTH, e.g. `["127.0.0.0/8"]`.
+    #[serde(default)]
+    pub trusted_networks: Vec<String>,
+}
+
+/// `[dns]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// Nameservers to ask instead of the system's.
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// `[outbound]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outbound {
+    /// Remote SMTP port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// `opportunistic`, `required` or `disabled`.
+    #[serde(default = "default_outbound_tls")]
+    pub tls: String,
+}
+
+impl Default for Outbound {
+    fn default() -> Self {
+        Self {
+            port: default_port(),
+            tls: default_outbound_tls(),
+        }
+    }
+}
+
+fn default_port() -> u16 {
+    25
+}
+fn default_outbound_tls() -> String {
+    "opportunistic".into()
+}
+
+/// A duration such as `90s`, `5m`, `2h`, `5d` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("invalid duration {text:?}"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        other => bail!("invalid duration unit {other:?} in {text:?} (use s, m, h or d)"),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+impl Config {
+    /// Parses a file's text; errors name the key and the line.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let config: Self =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Checks what the types alone cannot.
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.listeners.is_empty() {
+            bail!("no [[listener]]: nothing to listen on");
+        }
+        for l in &self.listeners {
+            l.mode
+                .parse::<smtp_server::ListenerMode>()
+                .map_err(|e| anyhow::anyhow!("[[listener]] mode: {e}"))?;
+        }
+        for d in &self.queue.retry_intervals {
+            parse_duration(d).context("[queue] retry_intervals")?;
+        }
+        if self.queue.retry_intervals.is_empty() {
+            bail!("[queue] retry_intervals: give at least one interval");
+        }
+        parse_duration(&self.queue.max_age).context("[queue] max_age")?;
+        if !matches!(self.queue.backend.as_str(), "sled" | "redb") {
+            bail!(
+                "[queue] backend: {:?} is not sled or redb",
+                self.queue.backend
+            );
+        }
+        for (key, value) in [
+            ("command_timeout", &self.limits.command_timeout),
+            ("data_timeout", &self.limits.data_timeout),
+            ("tls_handshake_timeout", &self.limits.tls_handshake_timeout),
+        ] {
+            if let Some(v) = value {
+                parse_duration(v).with_context(|| format!("[limits] {key}"))?;
+            }
+        }
+        if let Some(v) = &self.limits.bare_line_endings
+            && !matches!(v.as_str(), "reject" | "normalize")
+        {
+            bail!("[limits] bare_line_endings: {v:?} is not reject or normalize");
+        }
+        for n in &self.relay.trusted_networks {
+            n.parse::<smtp_server::filters::IpNetwork>()
+                .map_err(|e| anyhow::anyhow!("[relay] trusted_networks: {e}"))?;
+        }
+        if !matches!(
+            self.outbound.tls.as_str(),
+            "opportunistic" | "required" | "disabled"
+        ) {
+            bail!(
+                "[outbound] tls: {:?} is not opportunistic, required or disabled",
+                self.outbound.tls
+            );
+        }
+        if let Some(tls) = &self.tls
+            && !tls.self_signed
+            && (tls.certificate.is_none() || tls.private_key.is_none())
+        {
+            bail!("[tls]: give certificate and private_key, or self_signed = true");
+        }
+        let needs_tls = self.listeners.iter().any(|l| l.mode == "smtps");
+        if needs_tls && self.tls.is_none() {
+            bail!("[[listener]] mode = \"smtps\" needs a [tls] section");
+        }
+        if !self.local.domains.is_empty()
+            && self.local.maildir.is_none()
+            && self.local.lmtp.is_none()
+        {
+            bail!("[local]: local domains need maildir or lmtp to deliver to");
+        }
+        for a in &self.accounts {
+            if !a.username.contains('@') {
+                bail!(
+                    "[[account]] username {:?}: use a full address (user@domain)",
+                    a.username
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Risky settings worth a warning.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in &self.relay.trusted_networks {
+            if n.ends_with("/0") {
+                out.push(format!(
+                    "[relay] trusted_networks contains {n}: an open relay"
+                ));
+            }
+        }
+        if self.tls.is_none() {
+            out.push("no [tls]: no STARTTLS, so no AUTH and no submission logins".into());
+        }
+        if self.outbound.tls == "disabled" {
+            out.push("[outbound] tls = \"disabled\": mail leaves in plaintext".into());
+        }
+        if self.accounts.iter().any(|a| !a.password.starts_with('$')) {
+            out.push(
+                "[[account]] with a plaintext password: prefer an argon2 or SHA-512-crypt hash"
+                    .into(),
+            );
+        }
+        out
+    }
+
+    /// The directory for generated files (the self-signed certificate): beside the queue.
+    pub fn data_dir(&self) -> PathBuf {
+        self.queue
+            .path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::parse(EMBEDDED_DEFAULT).unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        assert!(c.local.accept_any_user);
+    }
+
+    #[test]
+    fn issue_example_keys_parse() {
+        let text = r#"
+hostname = "mx.example.test"
+[[listener]]
+address = "127.0.0.1:2525"
+mode = "relay"
+[tls]
+certificate = "/path/cert.pem"
+private_key = "/path/key.pem"
+[queue]
+path = "/path/queue"
+retry_intervals = ["5m", "10m", "30m", "1h", "2h", "4h"]
+max_age = "5d"
+[local]
+domains = ["example.test"]
+maildir = "/path/maildir"
+[[account]]
+username = "alice@example.test"
+password = "secret"
+[limits]
+max_message_size = 52428800
+max_recipients = 100
+[dns]
+nameservers = ["127.0.0.1:53"]
+[outbound]
+port = 25
+tls = "opportunistic"
+"#;
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.hostname, "mx.example.test");
+        assert_eq!(c.queue.retry_intervals.len(), 6);
+        assert_eq!(c.accounts[0].username, "alice@example.test");
+        assert_eq!(c.limits.max_message_size, Some(52_428_800));
+        assert_eq!(c.dns.nameservers.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let err = Config::parse("hostname = \"x\"\n[[listener]]\naddress = \"127.0.0.1:1\"\nmode = \"relay\"\n[limits]\nmax_recipients = \"many\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 6") && err.contains("max_recipients"),
+            "{err}"
+        );
+        let err = Config::parse("hostname = \"x\"\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("bogus"), "{err}");
+        let err = Config::parse(
+            "hostname = \"x\"\n[[listener]]\naddress = \"127.0.0.1:1\"\nmode = \"smtp\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("mode"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("5d").unwrap(), Duration::from_secs(432_000));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! The delivery service handed to the queue: local recipients to Maildir or LMTP;
+//! remote recipients are deferred until outbound delivery lands.
+
+mod lmtp;
+mod maildir;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use mail_queue::{BoxError, DeliveryReport, DeliveryRequest, Outcome};
+use smtp_server::filters::DomainSet;
+
+pub use lmtp::Lmtp;
+pub use maildir::Maildir;
+
+/// Where local mail goes.
+#[derive(Debug, Clone)]
+pub enum LocalTarget {
+    /// Maildirs under a root.
+    Maildir(Maildir),
+    /// An LMTP server.
+    Lmtp(Lmtp),
+}
+
+/// Routes each recipient: local domains to the local target, the rest deferred.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    local_domains: DomainSet,
+    local: Option<LocalTarget>,
+    /// Where bare `Postmaster` goes.
+    postmaster: Option<String>,
+}
+
+impl Delivery {
+    /// A delivery service.
+    pub fn new(
+        local_domains: DomainSet,
+        local: Option<LocalTarget>,
+        postmaster: Option<String>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                local_domains,
+                local,
+                postmaster,
+            }),
+        }
+    }
+
+    async fn deliver(self, request: DeliveryRequest) -> DeliveryReport {
+        let inner = &self.inner;
+        let addresses: Vec<String> = request
+            .addresses()
+            .map(|a| {
+                if a == "Postmaster" {
+                    inner.postmaster.clone().unwrap_or_default()
+                } else {
+                    a.to_owned()
+                }
+            })
+            .collect();
+        let domain = addresses
+            .first()
+            .and_then(|a| a.rsplit_once('@'))
+            .map(|(_, d)| d.to_owned())
+            .unwrap_or_default();
+        if !inner.local_domains.contains(&domain) {
+            return vec![
+                Outcome::Deferred("remote delivery is not available yet".into());
+                addresses.len()
+            ];
+        }
+        match &inner.local {
+            None => vec![Outcome::Deferred("no local delivery configured".into()); addresses.len()],
+            Some(LocalTarget::Maildir(maildir)) => {
+                let (maildir, message, body) = (
+                    maildir.clone(),
+                    Arc::clone(&request.message),
+                    Arc::clone(&request.body),
+                );
+                let indexes = request.recipients.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    indexes
+                        .iter()
+                        .zip(&addresses)
+                        .map(
+                            |(&i, address)| match maildir.deliver(&message, i, address, &body) {
+                                Ok(true) => Outcome::Delivered("delivered to maildir".into()),
+                                Ok(false) => Outcome::Delivered("already in maildir".into()),
+                                Err(e) if e.kind() == std::io::ErrorKind::Other => {
+                                    Outcome::Failed(format!("5.1.1 {e}"))
+                                }
+                                Err(e) => Outcome::Deferred(format!("4.2.0 maildir: {e}")),
+                            },
+                        )
+                        .collect()
+                })
+                .await;
+                result.unwrap_or_else(|e| {
+                    vec![
+                        Outcome::Deferred(format!("maildir task failed: {e}"));
+                        request.recipients.len()
+                    ]
+                })
+            }
+            Some(LocalTarget::Lmtp(lmtp)) => lmtp.deliver(&request, &addresses).await,
+        }
+    }
+}
+
+impl tower::Service<DeliveryRequest> for Delivery {
+    type Response = DeliveryReport;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<DeliveryReport, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: DeliveryRequest) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.deliver(request).await) })
+    }
+}

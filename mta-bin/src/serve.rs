@@ -1,0 +1,261 @@
+//! `mta serve`: wires the server, the queue and local delivery together.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use anyhow::Context as _;
+use mail_queue::{Backend, NewMessage, Queue, QueueConfig};
+use smtp_proto::{EnhancedStatus, Reply, ReplyCode};
+use smtp_server::filters::{
+    AuthLayer, DomainSet, HopLimitLayer, IpNetwork, LocalRecipientsLayer, ReceivedLayer,
+    RelayPolicyLayer,
+};
+use smtp_server::{
+    BoxError, DataRequest, Decision, Limits, ListenerConfig, ListenerMode, Server, ServerConfig,
+    Stages,
+};
+use tokio::sync::watch;
+
+use crate::accounts::Accounts;
+use crate::config::{Config, parse_duration};
+use crate::delivery::{Delivery, Lmtp, LocalTarget, Maildir};
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let tls = match &config.tls {
+        None => None,
+        Some(t) if t.self_signed => Some(crate::tls::self_signed(
+            &config.hostname,
+            &config.data_dir().join("tls"),
+        )?),
+        Some(t) => match (&t.certificate, &t.private_key) {
+            (Some(cert), Some(key)) => Some(smtp_server::tls::load_pem_files(cert, key)?),
+            _ => None,
+        },
+    };
+    let queue = Queue::open(queue_config(&config)?)
+        .with_context(|| format!("cannot open the queue at {}", config.queue.path.display()))?;
+
+    let local_domains = DomainSet::new(&config.local.domains);
+    let server_config = server_config(&config, tls)?;
+    let stages = stages(&config, &local_domains, queue.clone())?;
+    let server = Server::bind(server_config, stages).await?;
+
+    for (mode, address) in server.local_addrs() {
+        let extra = match mode {
+            ListenerMode::Relay => {
+                "port 25 rules: local domains, relay for logins and trusted networks"
+            }
+            ListenerMode::Submission => "submission: STARTTLS, then AUTH, then MAIL",
+            ListenerMode::Smtps => "implicit TLS submission",
+        };
+        println!("mta: listening on {address} ({}; {extra})", mode.as_str());
+    }
+    match (&config.local.maildir, &config.local.lmtp) {
+        (_, Some(lmtp)) => println!(
+            "mta: local mail for {} goes to LMTP at {lmtp}",
+            config.local.domains.join(", ")
+        ),
+        (Some(root), None) => {
+            for d in &config.local.domains {
+                println!(
+                    "mta: mail for <user>@{d} lands in {}/{d}/<user>/new/",
+                    root.display()
+                );
+            }
+        }
+        (None, None) => {}
+    }
+    println!(
+        "mta: queue in {} ({} messages waiting)",
+        config.queue.path.display(),
+        queue.len()
+    );
+
+    let local = match (&config.local.lmtp, &config.local.maildir) {
+        (Some(addr), _) => Some(LocalTarget::Lmtp(Lmtp::new(*addr, &config.hostname))),
+        (None, Some(root)) => Some(LocalTarget::Maildir(Maildir::new(
+            root.clone(),
+            &config.hostname,
+        ))),
+        (None, None) => None,
+    };
+    let postmaster = config
+        .local
+        .domains
+        .first()
+        .map(|d| format!("postmaster@{d}"));
+    let delivery = Delivery::new(local_domains, local, postmaster);
+
+    let (stop, stopped) = watch::channel(false);
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let server_task = tokio::spawn(server.run(wait(stopped.clone())));
+    let queue_runner = queue.clone();
+    let queue_task = tokio::spawn(async move { queue_runner.run(delivery, wait(stopped)).await });
+    shutdown_signal().await;
+    println!("mta: shutting down");
+    let _ = stop.send(true);
+    let _ = server_task.await;
+    let _ = queue_task.await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn queue_config(config: &Config) -> anyhow::Result<QueueConfig> {
+    let q = &config.queue;
+    Ok(QueueConfig {
+        path: q.path.clone(),
+        backend: if q.backend == "redb" {
+            Backend::Redb
+        } else {
+            Backend::Sled
+        },
+        retry_intervals: q
+            .retry_intervals
+            .iter()
+            .map(|d| parse_duration(d))
+            .collect::<anyhow::Result<_>>()?,
+        max_age: parse_duration(&q.max_age)?,
+        max_concurrent_deliveries: q.max_concurrent_deliveries,
+        ..QueueConfig::default()
+    })
+}
+
+fn server_config(
+    config: &Config,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<ServerConfig> {
+    let l = &config.limits;
+    let d = Limits::default();
+    let duration = |v: &Option<String>, default| {
+        v.as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map(|v| v.unwrap_or(default))
+    };
+    let limits = Limits {
+        max_message_size: l.max_message_size.unwrap_or(d.max_message_size),
+        max_recipients: l.max_recipients.unwrap_or(d.max_recipients),
+        max_line_length: l.max_line_length.unwrap_or(d.max_line_length),
+        max_errors: l.max_errors.unwrap_or(d.max_errors),
+        max_auth_failures: l.max_auth_failures.unwrap_or(d.max_auth_failures),
+        command_timeout: duration(&l.command_timeout, d.command_timeout)?,
+        data_timeout: duration(&l.data_timeout, d.data_timeout)?,
+        tls_handshake_timeout: duration(&l.tls_handshake_timeout, d.tls_handshake_timeout)?,
+        max_connections: l.max_connections.unwrap_or(d.max_connections),
+        max_connections_per_ip: l.max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
+        ..d
+    };
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| {
+            Ok(ListenerConfig {
+                address: l.address,
+                mode: l.mode.parse().map_err(anyhow::Error::msg)?,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let bare_line_endings = match l.bare_line_endings.as_deref() {
+        Some("normalize") => smtp_proto::BareLineEndings::Normalize,
+        _ => smtp_proto::BareLineEndings::Reject,
+    };
+    Ok(ServerConfig {
+        hostname: config.hostname.clone(),
+        listeners,
+        tls,
+        limits,
+        bare_line_endings,
+        auth: !config.accounts.is_empty(),
+    })
+}
+
+/// The middleware chain: the built-in policy as layers around the queue.
+fn stages(config: &Config, local_domains: &DomainSet, queue: Queue) -> anyhow::Result<Stages> {
+    let trusted = config
+        .relay
+        .trusted_networks
+        .iter()
+        .map(|n| n.parse::<IpNetwork>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let accounts = Accounts::new(
+        config
+            .accounts
+            .iter()
+            .map(|a| (a.username.as_str(), a.password.as_str())),
+    );
+    let mut stages = Stages::new(Enqueue { queue })
+        .data_layer(ReceivedLayer::new(&config.hostname))
+        .data_layer(HopLimitLayer::new(config.limits.max_hops.unwrap_or(50)))
+        .auth_layer(AuthLayer::new(accounts));
+    if !config.local.accept_any_user {
+        let mailboxes = config
+            .accounts
+            .iter()
+            .map(|a| a.username.clone())
+            .chain(config.local.mailboxes.iter().cloned());
+        stages = stages.rcpt_layer(LocalRecipientsLayer::new(
+            local_domains.clone(),
+            mailboxes.collect::<Vec<_>>(),
+        ));
+    }
+    Ok(stages.rcpt_layer(RelayPolicyLayer::new(local_domains.clone(), trusted)))
+}
+
+/// The end of the data stage: make the message durable, then say `250`.
+#[derive(Clone, Debug)]
+struct Enqueue {
+    queue: Queue,
+}
+
+impl tower::Service<DataRequest> for Enqueue {
+    type Response = Decision;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Decision, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: DataRequest) -> Self::Future {
+        let queue = self.queue.clone();
+        Box::pin(async move {
+            let source = format!("[{}]", request.session.peer.ip());
+            let message = NewMessage::from_envelope(&request.envelope, source);
+            match queue.enqueue(message, request.message()).await {
+                Ok(id) => Ok(Decision::Accept(Some(Reply::new(
+                    ReplyCode::OK,
+                    EnhancedStatus::OK,
+                    format!("Ok: queued as {id}"),
+                )))),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot queue a message");
+                    Ok(Decision::Defer(e.reply()))
+                }
+            }
+        })
+    }
+}

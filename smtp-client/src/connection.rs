@@ -1,0 +1,188 @@
+//! One client connection: a `smtp_proto::ClientSession` over any async stream.
+
+use std::time::Duration;
+
+use smtp_proto::{
+    Capabilities, ClientConfig, ClientEvent, ClientSession, Command, HeloName, MailTransaction,
+    Reply, TransactionResult,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::ClientError;
+
+/// Timeouts of RFC 5321 §4.5.3.2, per step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The initial `220`. Default 5 minutes.
+    pub greeting: Duration,
+    /// EHLO, MAIL, RCPT and other commands. Default 5 minutes.
+    pub command: Duration,
+    /// The `354` to DATA. Default 2 minutes.
+    pub data_start: Duration,
+    /// The reply after the message's final dot. Default 10 minutes.
+    pub data_end: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        let min = |m: u64| Duration::from_secs(60 * m);
+        Self {
+            greeting: min(5),
+            command: min(5),
+            data_start: min(2),
+            data_end: min(10),
+        }
+    }
+}
+
+/// A connection to an SMTP or LMTP server, past its greeting.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), smtp_client::ClientError> {
+/// use smtp_client::{Connection, Timeouts};
+/// use smtp_proto::{ClientConfig, HeloName, MailTransaction, MailParameters, RcptParameters, ReversePath, ForwardPath};
+/// let stream = tokio::net::TcpStream::connect("127.0.0.1:24").await?;
+/// let config = ClientConfig { lmtp: true, ..ClientConfig::default() };
+/// let mut conn = Connection::open(stream, config, Timeouts::default()).await?;
+/// conn.hello(HeloName::parse("mx.example.test").unwrap()).await?;
+/// let result = conn.send(MailTransaction {
+///     from: ReversePath::parse("<a@example.test>").unwrap(),
+///     params: MailParameters::default(),
+///     recipients: vec![(ForwardPath::parse("<b@example.test>").unwrap(), RcptParameters::default())],
+/// }, b"Subject: hi\r\n\r\nhello\r\n").await?;
+/// println!("{:?}", result.recipients);
+/// conn.quit().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Connection<S> {
+    stream: S,
+    session: ClientSession,
+    timeouts: Timeouts,
+    buf: Vec<u8>,
+    greeting: Reply,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// Reads the greeting; a `4yz`/`5yz` greeting is an error.
+    pub async fn open(
+        stream: S,
+        config: ClientConfig,
+        timeouts: Timeouts,
+    ) -> Result<Self, ClientError> {
+        let mut conn = Self {
+            stream,
+            session: ClientSession::new(config),
+            timeouts,
+            buf: vec![0; 8192],
+            greeting: Reply::plain(smtp_proto::ReplyCode::SERVICE_READY, ""),
+        };
+        let limit = conn.timeouts.greeting;
+        match conn.next_event(limit, "the greeting").await? {
+            ClientEvent::Greeting(reply) if reply.code().as_u16() == 220 => conn.greeting = reply,
+            ClientEvent::Greeting(reply) => return Err(ClientError::Rejected(reply)),
+            _ => return Err(smtp_proto::Error::UnexpectedReply.into()),
+        }
+        Ok(conn)
+    }
+
+    /// The server's greeting.
+    pub fn greeting(&self) -> &Reply {
+        &self.greeting
+    }
+
+    /// EHLO (LHLO under LMTP); falls back to HELO when the server refuses EHLO with a
+    /// `5yz`. Returns what the server offers.
+    pub async fn hello(&mut self, name: HeloName) -> Result<&Capabilities, ClientError> {
+        self.session.ehlo(name.clone());
+        let reply = self.reply_to_command().await?;
+        if !reply.is_positive_completion() {
+            if reply.is_permanent() && !self.session.config().lmtp {
+                self.session.send(Command::Helo(name));
+                let reply = self.reply_to_command().await?;
+                if !reply.is_positive_completion() {
+                    return Err(ClientError::Rejected(reply));
+                }
+            } else {
+                return Err(ClientError::Rejected(reply));
+            }
+        }
+        self.session
+            .capabilities()
+            .ok_or(ClientError::Protocol(smtp_proto::Error::UnexpectedReply))
+    }
+
+    /// Runs one mail transaction; the result has one reply per recipient.
+    pub async fn send(
+        &mut self,
+        transaction: MailTransaction,
+        body: &[u8],
+    ) -> Result<TransactionResult, ClientError> {
+        self.session.start_transaction(transaction);
+        loop {
+            let timeout = self.timeouts.data_end.max(self.timeouts.command);
+            match self
+                .next_event(timeout, "a reply in the mail transaction")
+                .await?
+            {
+                ClientEvent::ReadyForData => self.session.send_body(body),
+                ClientEvent::TransactionComplete(result) => return Ok(result),
+                _ => return Err(smtp_proto::Error::UnexpectedReply.into()),
+            }
+        }
+    }
+
+    /// RSET, to start a new transaction after a failed one.
+    pub async fn reset(&mut self) -> Result<Reply, ClientError> {
+        self.session.send(Command::Rset);
+        self.reply_to_command().await
+    }
+
+    /// QUIT, and close. Errors are ignored: the work is done.
+    pub async fn quit(mut self) {
+        self.session.send(Command::Quit);
+        let _ = self.reply_to_command().await;
+        let _ = self.stream.shutdown().await;
+    }
+
+    async fn reply_to_command(&mut self) -> Result<Reply, ClientError> {
+        let timeout = self.timeouts.command;
+        match self.next_event(timeout, "a reply").await? {
+            ClientEvent::Reply { reply, .. } => Ok(reply),
+            _ => Err(smtp_proto::Error::UnexpectedReply.into()),
+        }
+    }
+
+    /// Writes what the session wants written, then reads until it reports an event.
+    async fn next_event(
+        &mut self,
+        timeout: Duration,
+        what: &'static str,
+    ) -> Result<ClientEvent, ClientError> {
+        loop {
+            let pending = self.session.pending_output();
+            if !pending.is_empty() {
+                self.stream.write_all(pending).await?;
+                self.stream.flush().await?;
+                let n = pending.len();
+                self.session.consume_output(n);
+            }
+            if let Some(event) = self.session.poll_event() {
+                let event = event?;
+                // Anything the event made the session write goes out on the next round.
+                return Ok(event);
+            }
+            let n = tokio::time::timeout(timeout, self.stream.read(&mut self.buf))
+                .await
+                .map_err(|_| ClientError::Timeout(what))??;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                )
+                .into());
+            }
+            self.session.receive(&self.buf[..n]);
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The crate's error type: every failure says whether it is worth retrying.
+
+use smtp_proto::{EnhancedStatus, Reply, ReplyCode};
+
+/// Why a delivery attempt failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Connecting or talking to the server failed (refused, reset, closed early).
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server did not answer in time.
+    #[error("timeout waiting for the server ({0})")]
+    Timeout(&'static str),
+    /// The server broke the protocol (a malformed reply, TLS injection, ...).
+    #[error("protocol error: {0}")]
+    Protocol(#[from] smtp_proto::Error),
+    /// The server refused the session (greeting, EHLO/LHLO, STARTTLS or AUTH).
+    #[error("server replied {0}")]
+    Rejected(Reply),
+}
+
+impl ClientError {
+    /// The reply that explains the failure: the server's own, or a local one with the
+    /// right class (`4yz` for anything that may work later).
+    pub fn reply(&self) -> Reply {
+        match self {
+            Self::Rejected(reply) => reply.clone(),
+            Self::Protocol(e) => e.reply(),
+            Self::Io(e) => Reply::new(
+                ReplyCode::LOCAL_ERROR,
+                EnhancedStatus::new(4, 4, 1).unwrap_or(EnhancedStatus::PROTOCOL_TEMPORARY),
+                format!("connection failed: {e}"),
+            ),
+            Self::Timeout(what) => Reply::new(
+                ReplyCode::LOCAL_ERROR,
+                EnhancedStatus::new(4, 4, 2).unwrap_or(EnhancedStatus::PROTOCOL_TEMPORARY),
+                format!("timeout waiting for {what}"),
+            ),
+        }
+    }
+
+    /// Whether trying again later may succeed (everything but a `5yz` reply).
+    pub fn is_transient(&self) -> bool {
+        !self.is_permanent()
+    }
+
+    /// Whether the failure is final: the server said `5yz`.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Rejected(r) if r.is_permanent())
+    }
+}

@@ -1,0 +1,370 @@
+//! One connection: socket and TLS I/O around a `smtp_proto::ServerSession`, with
+//! timeouts, STARTTLS, and a call to the stage services for every event.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use smtp_proto::{EnhancedStatus, Event, Reply, ReplyCode, ServerSession};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::{ListenerMode, ServerConfig};
+use crate::stage::{
+    AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, EhloRequest, MailRequest,
+    RcptRequest, SessionInfo, Stages, TlsInfo, call,
+};
+
+/// Read buffer between commands; small, so idle connections cost little.
+const COMMAND_BUFFER: usize = 4 * 1024;
+/// Read buffer while message content flows.
+const DATA_BUFFER: usize = 64 * 1024;
+
+/// What every connection of a listener shares.
+pub(crate) struct Listener {
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) session_config: Arc<smtp_proto::ServerConfig>,
+    pub(crate) mode: ListenerMode,
+    pub(crate) stages: Stages,
+    pub(crate) tls: Option<TlsAcceptor>,
+}
+
+static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Serves one client until it quits, times out, misbehaves, or the server shuts down.
+pub(crate) async fn serve(
+    listener: Arc<Listener>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
+    let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!("smtp.session", session_id = id, peer = %peer, listener = listener.mode.as_str());
+    async move {
+        let local = tcp.local_addr().unwrap_or(peer);
+        let _ = tcp.set_nodelay(true);
+        let info = SessionInfo {
+            id,
+            peer,
+            local,
+            mode: listener.mode,
+            tls: None,
+            helo: None,
+            authenticated: None,
+            protocol: "SMTP",
+        };
+        let mut conn = Connection {
+            listener: Arc::clone(&listener),
+            info,
+            stream: Stream::Plain(tcp),
+            shutdown,
+        };
+        debug!("connected");
+        match conn.run().await {
+            Ok(()) => debug!("closed"),
+            Err(e) => debug!(error = %e, "connection ended"),
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+struct Connection {
+    listener: Arc<Listener>,
+    info: SessionInfo,
+    stream: Stream,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn run(&mut self) -> io::Result<()> {
+        let listener = Arc::clone(&self.listener);
+        let limits = &listener.config.limits;
+        let mut session = ServerSession::new(Arc::clone(&self.listener.session_config));
+        if self.listener.mode == ListenerMode::Smtps {
+            self.upgrade_tls().await?;
+            session = session.with_implicit_tls();
+        }
+        let mut buf = vec![0u8; COMMAND_BUFFER];
+        let mut draining = *self.shutdown.borrow();
+        loop {
+            while let Some(event) = session.poll_event() {
+                if event == Event::StartTls {
+                    self.flush(&mut session).await?;
+                    self.upgrade_tls().await?;
+                    session.tls_established();
+                } else {
+                    self.handle(&mut session, event).await;
+                }
+            }
+            self.flush(&mut session).await?;
+            if session.is_closed() {
+                let _ = self.stream.shutdown().await;
+                return Ok(());
+            }
+            let idle = session.envelope().is_none() && !session.is_receiving_data();
+            if draining && idle {
+                session.shutdown();
+                continue;
+            }
+            let (size, timeout) = if session.is_receiving_data() {
+                (DATA_BUFFER, limits.data_timeout)
+            } else {
+                (COMMAND_BUFFER, limits.command_timeout)
+            };
+            if buf.len() != size {
+                buf = vec![0u8; size];
+            }
+            tokio::select! {
+                read = tokio::time::timeout(timeout, self.stream.read(&mut buf)) => match read {
+                    Err(_elapsed) => {
+                        info!("timeout");
+                        session.timeout();
+                    }
+                    Ok(Ok(0)) => return Ok(()),
+                    Ok(Ok(n)) => session.receive(&buf[..n]),
+                    Ok(Err(e)) => return Err(e),
+                },
+                _ = self.shutdown.changed(), if !draining => draining = true,
+            }
+        }
+    }
+
+    async fn flush(&mut self, session: &mut ServerSession) -> io::Result<()> {
+        let pending = session.pending_output();
+        if !pending.is_empty() {
+            self.stream.write_all(pending).await?;
+            self.stream.flush().await?;
+            let n = pending.len();
+            session.consume_output(n);
+        }
+        Ok(())
+    }
+
+    async fn upgrade_tls(&mut self) -> io::Result<()> {
+        let Some(acceptor) = self.listener.tls.clone() else {
+            return Err(io::Error::other("TLS requested but not configured"));
+        };
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Closed) else {
+            return Err(io::Error::other("TLS already active"));
+        };
+        let timeout = self.listener.config.limits.tls_handshake_timeout;
+        let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                info!(error = %e, "TLS handshake failed");
+                return Err(e);
+            }
+            Err(_) => {
+                info!("TLS handshake timed out");
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "TLS handshake timeout",
+                ));
+            }
+        };
+        let conn = tls.get_ref().1;
+        let version = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+            other => format!("{other:?}"),
+        };
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default();
+        debug!(version = %version, cipher = %cipher, "TLS established");
+        self.info.tls = Some(TlsInfo { version, cipher });
+        self.info.helo = None;
+        self.info.authenticated = None;
+        self.stream = Stream::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// The session facts as of now, for a stage request.
+    fn snapshot(&mut self, session: &ServerSession) -> Arc<SessionInfo> {
+        self.info.protocol = session.protocol_name();
+        Arc::new(self.info.clone())
+    }
+
+    async fn handle(&mut self, session: &mut ServerSession, event: Event) {
+        let listener = Arc::clone(&self.listener);
+        let stages = &listener.stages;
+        let decision = match event {
+            Event::Connect => {
+                call(
+                    &stages.connect,
+                    ConnectRequest {
+                        session: self.snapshot(session),
+                    },
+                )
+                .await
+            }
+            Event::Helo { kind, name } => {
+                let request = EhloRequest {
+                    session: self.snapshot(session),
+                    kind,
+                    name: name.clone(),
+                };
+                let decision = call(&stages.ehlo, request).await;
+                if matches!(decision, Ok(Decision::Accept(_))) {
+                    self.info.helo = Some(name);
+                }
+                decision
+            }
+            Event::Auth(credentials) => {
+                let username = credentials.username.clone();
+                let decision = call(
+                    &stages.auth,
+                    AuthRequest {
+                        session: self.snapshot(session),
+                        credentials,
+                    },
+                )
+                .await;
+                match &decision {
+                    Ok(Decision::Accept(_)) => {
+                        info!(user = %username, "authenticated");
+                        self.info.authenticated = Some(username);
+                    }
+                    _ => {
+                        info!(user = %username, "authentication failed");
+                        tokio::time::sleep(self.listener.config.limits.auth_failure_delay).await;
+                    }
+                }
+                decision
+            }
+            Event::Mail { from, params } => {
+                call(
+                    &stages.mail,
+                    MailRequest {
+                        session: self.snapshot(session),
+                        from,
+                        params,
+                    },
+                )
+                .await
+            }
+            Event::Rcpt { to, params } => {
+                let from = session
+                    .envelope()
+                    .map(|e| e.from.clone())
+                    .unwrap_or(smtp_proto::ReversePath::Null);
+                call(
+                    &stages.rcpt,
+                    RcptRequest {
+                        session: self.snapshot(session),
+                        from,
+                        to,
+                        params,
+                    },
+                )
+                .await
+            }
+            Event::Message { envelope, body } => {
+                let span = info_span!("smtp.txn", from = %envelope.from, rcpts = envelope.recipients.len(), size = body.len());
+                let request = DataRequest {
+                    session: self.snapshot(session),
+                    envelope,
+                    added_headers: Vec::new(),
+                    body: Arc::new(body),
+                };
+                let decision = call(&stages.data, request).instrument(span.clone()).await;
+                span.in_scope(|| match &decision {
+                    Ok(Decision::Accept(reply)) => {
+                        info!(reply = %reply_text(reply.as_ref()), "message accepted")
+                    }
+                    Ok(Decision::Reject(r) | Decision::Defer(r) | Decision::Disconnect(r)) => {
+                        info!(reply = %r.to_string().trim_end(), "message refused");
+                    }
+                    Err(_) => {}
+                });
+                decision
+            }
+            Event::StartTls => return,
+        };
+        apply(session, decision);
+    }
+}
+
+fn reply_text(reply: Option<&Reply>) -> String {
+    reply.map_or_else(|| "250".to_owned(), |r| r.to_string().trim_end().to_owned())
+}
+
+/// Answers the session's pending event with a stage's decision.
+fn apply(session: &mut ServerSession, decision: Result<Decision, BoxError>) {
+    match decision {
+        Ok(Decision::Accept(None)) => session.accept(),
+        Ok(Decision::Accept(Some(reply)) | Decision::Reject(reply) | Decision::Defer(reply)) => {
+            session.respond(reply)
+        }
+        Ok(Decision::Disconnect(reply)) => session.respond_and_close(reply),
+        Err(e) => {
+            warn!(error = %e, "stage failed");
+            session.respond(Reply::new(
+                ReplyCode::LOCAL_ERROR,
+                EnhancedStatus::SYSTEM_TEMPORARY,
+                "Local error in processing; try again later",
+            ));
+        }
+    }
+}
+
+/// A plain or TLS socket.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Between the two, during a handshake.
+    Closed,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Self::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Self::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Self::Closed => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Self::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}

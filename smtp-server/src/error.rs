@@ -1,0 +1,22 @@
+//! The crate's error type.
+
+/// Errors starting or running a server. Protocol errors never show up here: they
+/// become replies inside the session.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A listener could not be bound (the address is in use, the port is privileged...).
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key is unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A listener needs TLS but no certificate is configured.
+    #[error("listener {0} is smtps but no TLS certificate is configured")]
+    TlsRequired(std::net::SocketAddr),
+}

@@ -1,0 +1,209 @@
+//! Listeners: bind, accept, enforce connection limits, shut down gracefully.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+use crate::ServerError;
+use crate::config::{ListenerMode, ServerConfig};
+use crate::connection::{Listener, serve};
+use crate::stage::Stages;
+
+/// An SMTP server: its listeners bound, ready to [`Server::run`].
+///
+/// ```no_run
+/// # async fn example() -> Result<(), smtp_server::ServerError> {
+/// use smtp_server::{Decision, ListenerConfig, ListenerMode, Server, ServerConfig, Stages};
+/// let config = ServerConfig {
+///     listeners: vec![ListenerConfig { address: "127.0.0.1:2525".parse().unwrap(), mode: ListenerMode::Relay }],
+///     ..ServerConfig::default()
+/// };
+/// let sink = tower::service_fn(|_req| async { Ok::<_, smtp_server::BoxError>(Decision::accept()) });
+/// let server = Server::bind(config, Stages::new(sink)).await?;
+/// server.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+/// # Ok(()) }
+/// ```
+pub struct Server {
+    config: Arc<ServerConfig>,
+    listeners: Vec<(TcpListener, Arc<Listener>)>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listeners", &self.local_addrs())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Binds every listener of `config` (port 0 picks a free port: see
+    /// [`Server::local_addrs`]).
+    pub async fn bind(config: ServerConfig, stages: Stages) -> Result<Self, ServerError> {
+        let config = Arc::new(config);
+        let acceptor = config.tls.clone().map(TlsAcceptor::from);
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            if l.mode == ListenerMode::Smtps && acceptor.is_none() {
+                return Err(ServerError::TlsRequired(l.address));
+            }
+            let socket =
+                TcpListener::bind(l.address)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        address: l.address,
+                        source,
+                    })?;
+            let listener = Listener {
+                config: Arc::clone(&config),
+                session_config: Arc::new(config.session_config(l.mode)),
+                mode: l.mode,
+                stages: stages.clone(),
+                tls: acceptor.clone(),
+            };
+            listeners.push((socket, Arc::new(listener)));
+        }
+        Ok(Self { config, listeners })
+    }
+
+    /// Where each listener listens.
+    pub fn local_addrs(&self) -> Vec<(ListenerMode, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|(s, l)| s.local_addr().ok().map(|a| (l.mode, a)))
+            .collect()
+    }
+
+    /// Accepts connections until `shutdown` completes; then stops accepting, lets
+    /// transactions in flight finish (up to `limits.shutdown_grace`), tells idle
+    /// clients `421 4.3.2`, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop, stopped) = watch::channel(false);
+        let counts = Arc::new(ConnectionCounts::default());
+        let mut accept_loops = JoinSet::new();
+        let connections = Arc::new(Mutex::new(JoinSet::new()));
+        for (socket, listener) in self.listeners {
+            if let Ok(addr) = socket.local_addr() {
+                info!(address = %addr, mode = listener.mode.as_str(), "listening");
+            }
+            let (counts, stopped, connections) = (
+                Arc::clone(&counts),
+                stopped.clone(),
+                Arc::clone(&connections),
+            );
+            let limits = self.config.limits.clone();
+            accept_loops.spawn(async move {
+                let mut stop_accepting = stopped.clone();
+                loop {
+                    let accepted = tokio::select! {
+                        accepted = socket.accept() => accepted,
+                        _ = stop_accepting.changed() => break,
+                    };
+                    let (tcp, peer) = match accepted {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            // Out of file descriptors and the like: wait a little.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let Some(guard) = counts.enter(
+                        peer.ip(),
+                        limits.max_connections,
+                        limits.max_connections_per_ip,
+                    ) else {
+                        info!(peer = %peer, "connection limit reached");
+                        tokio::spawn(refuse(tcp, listener.config.hostname.clone()));
+                        continue;
+                    };
+                    let (listener, stopped) = (Arc::clone(&listener), stopped.clone());
+                    if let Ok(mut set) = connections.lock() {
+                        set.spawn(async move {
+                            serve(listener, tcp, peer, stopped).await;
+                            drop(guard);
+                        });
+                        // Reap finished connections so the set does not grow.
+                        while set.try_join_next().is_some() {}
+                    }
+                }
+            });
+        }
+        shutdown.await;
+        info!("shutting down: no new connections, finishing transactions in flight");
+        let _ = stop.send(true);
+        while accept_loops.join_next().await.is_some() {}
+        let mut set = match connections.lock() {
+            Ok(mut set) => std::mem::take(&mut *set),
+            Err(_) => JoinSet::new(),
+        };
+        let drain = async { while set.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.config.limits.shutdown_grace, drain)
+            .await
+            .is_err()
+        {
+            warn!("shutdown grace period over; closing the remaining connections");
+        }
+    }
+}
+
+/// Refuses a connection over the limits.
+async fn refuse(mut tcp: TcpStream, hostname: String) {
+    let line = format!("421 4.7.0 {hostname} Too many connections, try again later\r\n");
+    let _ = tcp.write_all(line.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+}
+
+/// Connections at once, in total and per client address.
+#[derive(Debug, Default)]
+struct ConnectionCounts {
+    inner: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+impl ConnectionCounts {
+    fn enter(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Option<CountGuard> {
+        let mut inner = self.inner.lock().ok()?;
+        let per_ip = inner.1.get(&ip).copied().unwrap_or(0);
+        if inner.0 >= max_total || per_ip >= max_per_ip {
+            return None;
+        }
+        inner.0 += 1;
+        inner.1.insert(ip, per_ip + 1);
+        Some(CountGuard {
+            counts: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+struct CountGuard {
+    counts: Arc<ConnectionCounts>,
+    ip: IpAddr,
+}
+
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        if let Ok(mut inner) = self.counts.inner.lock() {
+            inner.0 = inner.0.saturating_sub(1);
+            if let Some(n) = inner.1.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    inner.1.remove(&self.ip);
+                }
+            }
+        }
+    }
+}

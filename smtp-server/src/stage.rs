@@ -1,0 +1,298 @@
+//! The middleware chain: one tower `Service` per SMTP stage.
+//!
+//! ```text
+//!  connect ─▶ ehlo ─▶ auth ─▶ mail ─▶ rcpt ─▶ data
+//!     │        │       │       │       │       │
+//!   layers   layers  layers  layers  layers  layers   (yours and the built-ins)
+//!     │        │       │       │       │       │
+//!  accept   accept  reject  accept  accept  your sink (the queue)
+//! ```
+//!
+//! Each stage receives a request (the session facts plus what the client sent) and
+//! answers with a [`Decision`]: accept, reject, defer or disconnect, each with its
+//! reply. An `Err` means our own infrastructure failed; the server answers `451 4.3.0`
+//! and the client retries. A data-stage layer can add header lines to the message with
+//! [`DataRequest::prepend_header`] before passing it on.
+//!
+//! Add layers with [`Stages::rcpt_layer`] and friends (any tower `Layer`, a
+//! `ServiceBuilder` stack, or [`from_fn`](crate::from_fn)). The last layer added is the
+//! outermost: it sees the request first.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use smtp_proto::{
+    Credentials, EnhancedStatus, Envelope, ForwardPath, HeloKind, HeloName, MailParameters,
+    RcptParameters, Reply, ReplyCode, ReversePath,
+};
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::config::ListenerMode;
+
+/// The error type of stage services: infrastructure failures, answered `451 4.3.0`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A stage service, boxed.
+pub type StageService<R> = BoxCloneSyncService<R, Decision, BoxError>;
+
+/// What a stage decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Go on; `None` sends the standard positive reply.
+    Accept(Option<Reply>),
+    /// Refuse for good (`5yz`).
+    Reject(Reply),
+    /// Refuse for now (`4yz`); the client may retry.
+    Defer(Reply),
+    /// Send the reply and close the connection.
+    Disconnect(Reply),
+}
+
+impl Decision {
+    /// Accept with the standard reply.
+    pub fn accept() -> Self {
+        Self::Accept(None)
+    }
+
+    /// Reject with a `5yz` reply.
+    pub fn reject(code: u16, status: EnhancedStatus, text: impl Into<String>) -> Self {
+        Self::Reject(reply(code, status, text.into()))
+    }
+
+    /// Defer with a `4yz` reply.
+    pub fn defer(code: u16, status: EnhancedStatus, text: impl Into<String>) -> Self {
+        Self::Defer(reply(code, status, text.into()))
+    }
+
+    /// Whether the request was accepted.
+    pub fn is_accept(&self) -> bool {
+        matches!(self, Self::Accept(_))
+    }
+}
+
+fn reply(code: u16, status: EnhancedStatus, text: String) -> Reply {
+    let code = ReplyCode::new(code).unwrap_or(ReplyCode::LOCAL_ERROR);
+    Reply::from_parts(code, Some(status), text.clone()).unwrap_or_else(|| Reply::plain(code, text))
+}
+
+/// TLS facts of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: String,
+    /// The cipher suite.
+    pub cipher: String,
+}
+
+/// What the server knows about a connection; every stage request carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// A number for logs, unique in this process.
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Our address.
+    pub local: SocketAddr,
+    /// The listener the client came in on.
+    pub mode: ListenerMode,
+    /// TLS, when active.
+    pub tls: Option<TlsInfo>,
+    /// The accepted HELO/EHLO name.
+    pub helo: Option<HeloName>,
+    /// The authenticated user.
+    pub authenticated: Option<String>,
+    /// `SMTP`, `ESMTP`, `ESMTPS`, `ESMTPSA` ... for `Received:` (RFC 3848).
+    pub protocol: &'static str,
+}
+
+/// The connect stage: a client connected, before the greeting.
+#[derive(Clone, Debug)]
+pub struct ConnectRequest {
+    /// The session.
+    pub session: Arc<SessionInfo>,
+}
+
+/// The ehlo stage: HELO, EHLO or LHLO.
+#[derive(Clone, Debug)]
+pub struct EhloRequest {
+    /// The session.
+    pub session: Arc<SessionInfo>,
+    /// Which command.
+    pub kind: HeloKind,
+    /// Its argument.
+    pub name: HeloName,
+}
+
+/// The auth stage: credentials from a finished SASL exchange.
+#[derive(Clone, Debug)]
+pub struct AuthRequest {
+    /// The session.
+    pub session: Arc<SessionInfo>,
+    /// What the client sent (the password redacts itself in `Debug`).
+    pub credentials: Credentials,
+}
+
+/// The mail stage: MAIL FROM.
+#[derive(Clone, Debug)]
+pub struct MailRequest {
+    /// The session.
+    pub session: Arc<SessionInfo>,
+    /// The sender.
+    pub from: ReversePath,
+    /// Its parameters.
+    pub params: MailParameters,
+}
+
+/// The rcpt stage: RCPT TO.
+#[derive(Clone, Debug)]
+pub struct RcptRequest {
+    /// The session.
+    pub session: Arc<SessionInfo>,
+    /// The transaction's sender.
+    pub from: ReversePath,
+    /// The recipient.
+    pub to: ForwardPath,
+    /// Its parameters.
+    pub params: RcptParameters,
+}
+
+/// The data stage: a complete message, at the end of DATA or the last BDAT chunk.
+#[derive(Clone, Debug)]
+pub struct DataRequest {
+    /// The session.
+    pub session: Arc<SessionInfo>,
+    /// The accepted envelope.
+    pub envelope: Envelope,
+    /// Header lines added by filters, each ending in CRLF, in the order they will appear.
+    pub added_headers: Vec<u8>,
+    /// The message as the client sent it.
+    pub body: Arc<Vec<u8>>,
+}
+
+impl DataRequest {
+    /// Adds a header field above the others (and above those added before it), the way
+    /// `Received:` and `Authentication-Results:` are added. `value` may contain folded
+    /// lines (`\r\n\t...`); CR and LF on their own are replaced.
+    pub fn prepend_header(&mut self, name: &str, value: &str) {
+        let mut field = Vec::with_capacity(name.len() + value.len() + 4);
+        field.extend_from_slice(name.as_bytes());
+        field.extend_from_slice(b": ");
+        let folded = value.replace("\r\n", "\n");
+        for (i, line) in folded.split('\n').enumerate() {
+            if i > 0 {
+                field.extend_from_slice(b"\r\n");
+            }
+            field.extend(line.bytes().map(|b| if b == b'\r' { b' ' } else { b }));
+        }
+        field.extend_from_slice(b"\r\n");
+        field.extend_from_slice(&self.added_headers);
+        self.added_headers = field;
+    }
+
+    /// The message as it will be stored: added headers, then the client's bytes.
+    pub fn message(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.added_headers.len() + self.body.len());
+        out.extend_from_slice(&self.added_headers);
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// The six stage services of a server.
+#[derive(Clone)]
+pub struct Stages {
+    pub(crate) connect: StageService<ConnectRequest>,
+    pub(crate) ehlo: StageService<EhloRequest>,
+    pub(crate) auth: StageService<AuthRequest>,
+    pub(crate) mail: StageService<MailRequest>,
+    pub(crate) rcpt: StageService<RcptRequest>,
+    pub(crate) data: StageService<DataRequest>,
+}
+
+impl std::fmt::Debug for Stages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stages { .. }")
+    }
+}
+
+/// A service that accepts everything.
+fn accept_all<R: Send + 'static>() -> StageService<R> {
+    BoxCloneSyncService::new(tower::service_fn(|_: R| async {
+        Ok::<_, BoxError>(Decision::accept())
+    }))
+}
+
+macro_rules! stage_layer {
+    ($(#[$doc:meta])* $method:ident, $field:ident, $req:ty) => {
+        $(#[$doc])*
+        pub fn $method<L>(mut self, layer: L) -> Self
+        where
+            L: Layer<StageService<$req>>,
+            L::Service: Service<$req, Response = Decision, Error = BoxError> + Clone + Send + Sync + 'static,
+            <L::Service as Service<$req>>::Future: Send + 'static,
+        {
+            self.$field = BoxCloneSyncService::new(layer.layer(self.$field));
+            self
+        }
+    };
+}
+
+impl Stages {
+    /// Stages that accept every connection, HELO, sender and recipient, refuse every
+    /// login (there is no account backend until you add one), and hand each message to
+    /// `data`, the service that keeps it (typically the queue). Add policy with the
+    /// `*_layer` methods.
+    pub fn new<S>(data: S) -> Self
+    where
+        S: Service<DataRequest, Response = Decision, Error = BoxError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let no_accounts = tower::service_fn(|_: AuthRequest| async {
+            Ok::<_, BoxError>(Decision::Reject(Reply::new(
+                ReplyCode::AUTH_INVALID,
+                EnhancedStatus::AUTH_INVALID,
+                "Authentication credentials invalid",
+            )))
+        });
+        Self {
+            connect: accept_all(),
+            ehlo: accept_all(),
+            auth: BoxCloneSyncService::new(no_accounts),
+            mail: accept_all(),
+            rcpt: accept_all(),
+            data: BoxCloneSyncService::new(data),
+        }
+    }
+
+    stage_layer!(
+        /// Wraps the connect stage.
+        connect_layer, connect, ConnectRequest);
+    stage_layer!(
+        /// Wraps the ehlo stage.
+        ehlo_layer, ehlo, EhloRequest);
+    stage_layer!(
+        /// Wraps the auth stage.
+        auth_layer, auth, AuthRequest);
+    stage_layer!(
+        /// Wraps the mail stage.
+        mail_layer, mail, MailRequest);
+    stage_layer!(
+        /// Wraps the rcpt stage.
+        rcpt_layer, rcpt, RcptRequest);
+    stage_layer!(
+        /// Wraps the data stage.
+        data_layer, data, DataRequest);
+}
+
+/// Calls a stage once (a clone of the service, readied first).
+pub(crate) async fn call<R>(service: &StageService<R>, request: R) -> Result<Decision, BoxError>
+where
+    R: Send + 'static,
+{
+    service.clone().oneshot(request).await
+}
