@@ -1,3 +1,365 @@
-//! Shared support for the cross-crate integration tests in `tests/tests/`.
+//! Shared support for the cross-crate integration tests in `tests/tests/`: a whole MTA
+//! started in-process on port 0 with a real TLS certificate made by rcgen, and a raw
+//! SMTP client that speaks plain TCP, STARTTLS or implicit TLS.
 
 #![forbid(unsafe_code)]
+// Test support: panicking is how a failed expectation reports itself.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use mta_bin::config::Config;
+use mta_bin::serve::Mta;
+use rustls_pki_types::ServerName;
+use smtp_proto::{Reply, ReplyParser};
+use smtp_server::ListenerMode;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// A test certificate authority and a server certificate it signed.
+pub struct TestPki {
+    /// The CA certificate, for clients to trust.
+    pub ca_pem: String,
+    /// The server certificate chain (PEM).
+    pub cert_pem: String,
+    /// The server key (PEM).
+    pub key_pem: String,
+}
+
+impl TestPki {
+    /// A CA and a certificate for `mx.example.test`, `localhost` and 127.0.0.1.
+    pub fn new() -> Self {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mta test CA");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["mx.example.test".into(), "localhost".into()])
+                .unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        Self {
+            ca_pem: ca.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// A rustls client configuration that trusts only this CA.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The local domain of test MTAs.
+pub const DOMAIN: &str = "example.test";
+
+/// A whole MTA running in this process, with its files in a temporary directory.
+pub struct TestMta {
+    /// The running MTA.
+    pub mta: Option<Mta>,
+    /// The temporary directory (config, queue, maildir, certificate).
+    pub dir: tempfile::TempDir,
+    /// The certificate authority clients should trust.
+    pub pki: Arc<TestPki>,
+}
+
+impl TestMta {
+    /// Starts an MTA with relay, submission and smtps listeners on port 0, local domain
+    /// `example.test` delivered to Maildir, and the login `alice@example.test` /
+    /// `secret`. `extra` is TOML appended to the configuration (use it for `[limits]`).
+    pub async fn start(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Arc::new(TestPki::new());
+        std::fs::write(dir.path().join("cert.pem"), &pki.cert_pem).unwrap();
+        std::fs::write(dir.path().join("key.pem"), &pki.key_pem).unwrap();
+        let d = dir.path().display();
+        let text = format!(
+            r#"
+hostname = "mx.example.test"
+[[listener]]
+address = "127.0.0.1:0"
+mode = "relay"
+[[listener]]
+address = "127.0.0.1:0"
+mode = "submission"
+[[listener]]
+address = "127.0.0.1:0"
+mode = "smtps"
+[tls]
+certificate = "{d}/cert.pem"
+private_key = "{d}/key.pem"
+[queue]
+path = "{d}/queue"
+retry_intervals = ["1s"]
+[local]
+domains = ["{DOMAIN}"]
+maildir = "{d}/maildir"
+mailboxes = ["bob@{DOMAIN}", "carol@{DOMAIN}", "孫子@{DOMAIN}"]
+[[account]]
+username = "alice@{DOMAIN}"
+password = "secret"
+{extra}
+"#
+        );
+        let config = Config::parse(&text).unwrap();
+        let mta = Mta::start(config).await.unwrap();
+        Self {
+            mta: Some(mta),
+            dir,
+            pki,
+        }
+    }
+
+    /// The address of a listener.
+    pub fn addr(&self, mode: ListenerMode) -> SocketAddr {
+        self.mta
+            .as_ref()
+            .and_then(|m| m.addr(mode))
+            .expect("listener")
+    }
+
+    /// The Maildir `new/` folder of a local user.
+    pub fn new_dir(&self, user: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("maildir")
+            .join(DOMAIN)
+            .join(user.to_lowercase())
+            .join("new")
+    }
+
+    /// Waits until `user` has `count` messages in `new/` (10 s at most); returns them.
+    pub async fn wait_for_mail(&self, user: &str, count: usize) -> Vec<Vec<u8>> {
+        let dir = self.new_dir(user);
+        let start = Instant::now();
+        loop {
+            let files = read_dir_files(&dir);
+            if files.len() >= count || start.elapsed() > Duration::from_secs(10) {
+                return files;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A plain connection to a listener, past the greeting.
+    pub async fn connect(&self, mode: ListenerMode) -> Client {
+        Client::connect(self.addr(mode)).await
+    }
+
+    /// An implicit-TLS connection to the smtps listener, past the greeting.
+    pub async fn connect_smtps(&self) -> Client {
+        Client::connect_tls(self.addr(ListenerMode::Smtps), &self.pki).await
+    }
+
+    /// Stops the MTA gracefully.
+    pub async fn stop(&mut self) {
+        if let Some(mta) = self.mta.take() {
+            mta.stop().await;
+        }
+    }
+}
+
+/// The contents of every file in a directory, sorted by name.
+pub fn read_dir_files(dir: &Path) -> Vec<Vec<u8>> {
+    let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => return Vec::new(),
+    };
+    names.sort();
+    names.iter().filter_map(|p| std::fs::read(p).ok()).collect()
+}
+
+/// A stream that is plain TCP or TLS.
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A raw SMTP client for tests: it sends exactly the bytes it is given and parses what
+/// comes back.
+pub struct Client {
+    /// The connection.
+    pub stream: Stream,
+    parser: ReplyParser,
+    /// The greeting.
+    pub greeting: Reply,
+}
+
+impl Client {
+    /// Connects over plain TCP and reads the greeting.
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        Self::start(Stream::Plain(tcp)).await
+    }
+
+    /// Connects with implicit TLS and reads the greeting.
+    pub async fn connect_tls(addr: SocketAddr, pki: &TestPki) -> Self {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tls = TlsConnector::from(pki.client_config())
+            .connect(ServerName::try_from("mx.example.test").unwrap(), tcp)
+            .await
+            .unwrap();
+        Self::start(Stream::Tls(Box::new(tls))).await
+    }
+
+    async fn start(stream: Stream) -> Self {
+        let limits = smtp_proto::ReplyLimits {
+            max_line: 100_000,
+            max_lines: 1000,
+        };
+        let mut client = Self {
+            stream,
+            parser: ReplyParser::new(limits),
+            greeting: Reply::plain(smtp_proto::ReplyCode::OK, ""),
+        };
+        client.greeting = client.reply().await;
+        client
+    }
+
+    /// Sends raw bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+        self.stream.flush().await.unwrap();
+    }
+
+    /// The next reply (10 s at most).
+    pub async fn reply(&mut self) -> Reply {
+        self.try_reply(Duration::from_secs(10))
+            .await
+            .expect("a reply")
+    }
+
+    /// The next reply, or `None` if the connection closes or nothing comes in time.
+    pub async fn try_reply(&mut self, timeout: Duration) -> Option<Reply> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(reply) = self.parser.next_reply() {
+                return Some(reply.expect("a well-formed reply"));
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Err(_) | Ok(Err(_)) => return None,
+                Ok(Ok(n)) => self.parser.push(&buf[..n]),
+            }
+        }
+    }
+
+    /// Sends one command line (CRLF added) and returns its reply.
+    pub async fn cmd(&mut self, line: &str) -> Reply {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    /// `"250 2.1.5"`-style code and status of the reply to a command.
+    pub async fn code(&mut self, line: &str) -> String {
+        code_of(&self.cmd(line).await)
+    }
+
+    /// STARTTLS and the handshake, trusting `pki`'s CA; EHLO is not resent.
+    pub async fn starttls(self, pki: &TestPki) -> Self {
+        let mut this = self;
+        let reply = this.cmd("STARTTLS").await;
+        assert_eq!(reply.code().as_u16(), 220, "{reply}");
+        let Stream::Plain(tcp) = this.stream else {
+            panic!("TLS already")
+        };
+        let tls = TlsConnector::from(pki.client_config())
+            .connect(ServerName::try_from("mx.example.test").unwrap(), tcp)
+            .await
+            .unwrap();
+        Self {
+            stream: Stream::Tls(Box::new(tls)),
+            parser: ReplyParser::default(),
+            greeting: this.greeting,
+        }
+    }
+
+    /// Whether the server has closed the connection (reads until EOF, 5 s at most).
+    pub async fn is_closed(&mut self) -> bool {
+        let mut buf = [0u8; 1024];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+/// `"250"` or `"250 2.1.5"`.
+pub fn code_of(reply: &Reply) -> String {
+    match reply.status() {
+        Some(s) => format!("{} {s}", reply.code()),
+        None => reply.code().to_string(),
+    }
+}

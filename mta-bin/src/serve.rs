@@ -22,86 +22,139 @@ use crate::accounts::Accounts;
 use crate::config::{Config, parse_duration};
 use crate::delivery::{Delivery, Lmtp, LocalTarget, Maildir};
 
-/// Runs until SIGTERM or SIGINT.
+/// Runs until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let tls = match &config.tls {
-        None => None,
-        Some(t) if t.self_signed => Some(crate::tls::self_signed(
-            &config.hostname,
-            &config.data_dir().join("tls"),
-        )?),
-        Some(t) => match (&t.certificate, &t.private_key) {
-            (Some(cert), Some(key)) => Some(smtp_server::tls::load_pem_files(cert, key)?),
-            _ => None,
-        },
-    };
-    let queue = Queue::open(queue_config(&config)?)
-        .with_context(|| format!("cannot open the queue at {}", config.queue.path.display()))?;
-
-    let local_domains = DomainSet::new(&config.local.domains);
-    let server_config = server_config(&config, tls)?;
-    let stages = stages(&config, &local_domains, queue.clone())?;
-    let server = Server::bind(server_config, stages).await?;
-
-    for (mode, address) in server.local_addrs() {
-        let extra = match mode {
-            ListenerMode::Relay => {
-                "port 25 rules: local domains, relay for logins and trusted networks"
-            }
-            ListenerMode::Submission => "submission: STARTTLS, then AUTH, then MAIL",
-            ListenerMode::Smtps => "implicit TLS submission",
-        };
-        println!("mta: listening on {address} ({}; {extra})", mode.as_str());
-    }
-    match (&config.local.maildir, &config.local.lmtp) {
-        (_, Some(lmtp)) => println!(
-            "mta: local mail for {} goes to LMTP at {lmtp}",
-            config.local.domains.join(", ")
-        ),
-        (Some(root), None) => {
-            for d in &config.local.domains {
-                println!(
-                    "mta: mail for <user>@{d} lands in {}/{d}/<user>/new/",
-                    root.display()
-                );
-            }
-        }
-        (None, None) => {}
-    }
-    println!(
-        "mta: queue in {} ({} messages waiting)",
-        config.queue.path.display(),
-        queue.len()
-    );
-
-    let local = match (&config.local.lmtp, &config.local.maildir) {
-        (Some(addr), _) => Some(LocalTarget::Lmtp(Lmtp::new(*addr, &config.hostname))),
-        (None, Some(root)) => Some(LocalTarget::Maildir(Maildir::new(
-            root.clone(),
-            &config.hostname,
-        ))),
-        (None, None) => None,
-    };
-    let postmaster = config
-        .local
-        .domains
-        .first()
-        .map(|d| format!("postmaster@{d}"));
-    let delivery = Delivery::new(local_domains, local, postmaster);
-
-    let (stop, stopped) = watch::channel(false);
-    let wait = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let server_task = tokio::spawn(server.run(wait(stopped.clone())));
-    let queue_runner = queue.clone();
-    let queue_task = tokio::spawn(async move { queue_runner.run(delivery, wait(stopped)).await });
+    let mta = Mta::start(config).await?;
+    mta.print_banner();
     shutdown_signal().await;
     println!("mta: shutting down");
-    let _ = stop.send(true);
-    let _ = server_task.await;
-    let _ = queue_task.await;
+    mta.stop().await;
     Ok(())
+}
+
+/// A running MTA: listeners bound, queue open, delivery running.
+#[derive(Debug)]
+pub struct Mta {
+    addrs: Vec<(ListenerMode, std::net::SocketAddr)>,
+    queue: Queue,
+    config: Config,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Mta {
+    /// Opens the queue, binds the listeners and starts serving and delivering.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let tls = match &config.tls {
+            None => None,
+            Some(t) if t.self_signed => Some(crate::tls::self_signed(
+                &config.hostname,
+                &config.data_dir().join("tls"),
+            )?),
+            Some(t) => match (&t.certificate, &t.private_key) {
+                (Some(cert), Some(key)) => Some(smtp_server::tls::load_pem_files(cert, key)?),
+                _ => None,
+            },
+        };
+        let queue = Queue::open(queue_config(&config)?)
+            .with_context(|| format!("cannot open the queue at {}", config.queue.path.display()))?;
+        let local_domains = DomainSet::new(&config.local.domains);
+        let stages = stages(&config, &local_domains, queue.clone())?;
+        let server = Server::bind(server_config(&config, tls)?, stages).await?;
+        let addrs = server.local_addrs();
+
+        let local = match (&config.local.lmtp, &config.local.maildir) {
+            (Some(addr), _) => Some(LocalTarget::Lmtp(Lmtp::new(*addr, &config.hostname))),
+            (None, Some(root)) => Some(LocalTarget::Maildir(Maildir::new(
+                root.clone(),
+                &config.hostname,
+            ))),
+            (None, None) => None,
+        };
+        let postmaster = config
+            .local
+            .domains
+            .first()
+            .map(|d| format!("postmaster@{d}"));
+        let delivery = Delivery::new(local_domains, local, postmaster);
+
+        let (stop, stopped) = watch::channel(false);
+        let wait = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let queue_runner = queue.clone();
+        let tasks = vec![
+            tokio::spawn(server.run(wait(stopped.clone()))),
+            tokio::spawn(async move { queue_runner.run(delivery, wait(stopped)).await }),
+        ];
+        Ok(Self {
+            addrs,
+            queue,
+            config,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Where each listener listens (port 0 in the configuration is resolved here).
+    pub fn addrs(&self) -> &[(ListenerMode, std::net::SocketAddr)] {
+        &self.addrs
+    }
+
+    /// The address of the first listener of `mode`.
+    pub fn addr(&self, mode: ListenerMode) -> Option<std::net::SocketAddr> {
+        self.addrs.iter().find(|(m, _)| *m == mode).map(|(_, a)| *a)
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// Prints where the MTA listens and where mail lands.
+    pub fn print_banner(&self) {
+        let config = &self.config;
+        for (mode, address) in &self.addrs {
+            let extra = match mode {
+                ListenerMode::Relay => {
+                    "port 25 rules: local domains, relay for logins and trusted networks"
+                }
+                ListenerMode::Submission => "submission: STARTTLS, then AUTH, then MAIL",
+                ListenerMode::Smtps => "implicit TLS submission",
+            };
+            println!("mta: listening on {address} ({}; {extra})", mode.as_str());
+        }
+        match (&config.local.maildir, &config.local.lmtp) {
+            (_, Some(lmtp)) => {
+                println!(
+                    "mta: local mail for {} goes to LMTP at {lmtp}",
+                    config.local.domains.join(", ")
+                );
+            }
+            (Some(root), None) => {
+                for d in &config.local.domains {
+                    println!(
+                        "mta: mail for <user>@{d} lands in {}/{d}/<user>/new/",
+                        root.display()
+                    );
+                }
+            }
+            (None, None) => {}
+        }
+        println!(
+            "mta: queue in {} ({} messages waiting)",
+            config.queue.path.display(),
+            self.queue.len()
+        );
+    }
+
+    /// Stops accepting, lets transactions in flight finish, stops delivering, and waits.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
 }
 
 async fn shutdown_signal() {

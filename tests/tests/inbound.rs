@@ -1,0 +1,479 @@
+//! The inbound MTA end to end: a whole `mta` in this process, spoken to over real TCP
+//! and real TLS, with mail checked where it lands (the Maildir).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use mta_tests::{Client, DOMAIN, TestMta, code_of};
+use smtp_server::ListenerMode::{Relay, Smtps, Submission};
+
+const AUTH_PLAIN_ALICE: &str = "AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ="; // \0alice@example.test\0secret
+const AUTH_PLAIN_WRONG: &str = "AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdAB3cm9uZw=="; // \0alice@example.test\0wrong
+
+async fn ehlo(c: &mut Client) -> String {
+    let reply = c.cmd("EHLO client.test").await;
+    assert_eq!(reply.code().as_u16(), 250, "{reply}");
+    reply.text().to_owned()
+}
+
+/// Sends a whole message with DATA and returns the reply to the final dot.
+async fn send_data(c: &mut Client, from: &str, to: &[&str], body: &[u8]) -> String {
+    assert_eq!(c.code(&format!("MAIL FROM:<{from}>")).await, "250 2.1.0");
+    for rcpt in to {
+        assert_eq!(
+            c.code(&format!("RCPT TO:<{rcpt}>")).await,
+            "250 2.1.5",
+            "{rcpt}"
+        );
+    }
+    assert_eq!(c.code("DATA").await, "354");
+    c.send(body).await;
+    c.send(b"\r\n.\r\n").await;
+    let reply = c.reply().await;
+    code_of(&reply)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_listener_advertises_and_delivers_to_maildir() {
+    let t = TestMta::start("").await;
+    let mut c = t.connect(Relay).await;
+    assert!(c.greeting.text().starts_with("mx.example.test ESMTP"));
+    let caps = ehlo(&mut c).await;
+    for ext in [
+        "PIPELINING",
+        "SIZE 52428800",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+        "DSN",
+        "STARTTLS",
+    ] {
+        assert!(
+            caps.lines().any(|l| l == ext),
+            "{ext} missing from {caps:?}"
+        );
+    }
+    assert!(!caps.contains("AUTH"), "no AUTH before TLS: {caps:?}");
+    assert!(!caps.contains("REQUIRETLS"), "REQUIRETLS only under TLS");
+    assert_eq!(c.code("VRFY bob").await, "252 2.5.0");
+    assert_eq!(c.code("EXPN staff").await, "502 5.5.1");
+    let body = b"Subject: hello\r\n\r\nHi Bob,\r\n..a line that starts with a dot\r\n";
+    assert_eq!(c.code("MAIL FROM:<sender@remote.test>").await, "250 2.1.0");
+    assert_eq!(
+        c.code(&format!("RCPT TO:<bob@{DOMAIN}>")).await,
+        "250 2.1.5"
+    );
+    assert_eq!(c.code("DATA").await, "354");
+    c.send(body).await;
+    c.send(b".\r\n").await;
+    let reply = c.reply().await;
+    assert_eq!(code_of(&reply), "250 2.0.0");
+    let id = reply
+        .text()
+        .strip_prefix("Ok: queued as ")
+        .expect("queue id in the 250 reply")
+        .to_owned();
+    assert_eq!(id.len(), 16);
+    assert_eq!(c.code("QUIT").await, "221 2.0.0");
+
+    let mail = t.wait_for_mail("bob", 1).await;
+    assert_eq!(mail.len(), 1);
+    let text = String::from_utf8(mail[0].clone()).unwrap();
+    assert!(text.starts_with(&format!("Return-Path: <sender@remote.test>\r\nDelivered-To: bob@{DOMAIN}\r\nReceived: from client.test ([127.0.0.1])\r\n\tby mx.example.test (mta) with ESMTP\r\n")), "{text}");
+    assert!(
+        text.ends_with("Subject: hello\r\n\r\nHi Bob,\r\n.a line that starts with a dot\r\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_local_user_and_relay_denied() {
+    let t = TestMta::start("").await;
+    let mut c = t.connect(Relay).await;
+    ehlo(&mut c).await;
+    assert_eq!(c.code("MAIL FROM:<x@remote.test>").await, "250 2.1.0");
+    assert_eq!(
+        c.code(&format!("RCPT TO:<nobody@{DOMAIN}>")).await,
+        "550 5.1.1"
+    );
+    assert_eq!(c.code("RCPT TO:<victim@elsewhere.test>").await, "554 5.7.1");
+    assert_eq!(
+        c.code(&format!("RCPT TO:<postmaster@{DOMAIN}>")).await,
+        "250 2.1.5"
+    );
+    assert_eq!(c.code("RCPT TO:<Postmaster>").await, "250 2.1.5");
+    assert_eq!(
+        c.code(&format!("RCPT TO:<Bob@{DOMAIN}>")).await,
+        "250 2.1.5",
+        "local parts ignore case"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submission_requires_tls_then_auth() {
+    let t = TestMta::start("").await;
+    let mut c = t.connect(Submission).await;
+    let caps = ehlo(&mut c).await;
+    assert!(
+        caps.contains("STARTTLS") && !caps.contains("AUTH"),
+        "{caps}"
+    );
+    assert_eq!(
+        c.code(AUTH_PLAIN_ALICE).await,
+        "538 5.7.11",
+        "AUTH refused in plaintext"
+    );
+    assert_eq!(
+        c.code("MAIL FROM:<alice@example.test>").await,
+        "530 5.7.0",
+        "MAIL needs AUTH"
+    );
+    let mut c = c.starttls(&t.pki).await;
+    assert_eq!(
+        c.code("MAIL FROM:<alice@example.test>").await,
+        "503 5.5.1",
+        "EHLO again after STARTTLS"
+    );
+    let caps = ehlo(&mut c).await;
+    assert!(!caps.contains("STARTTLS"), "{caps}");
+    assert!(caps.lines().any(|l| l == "AUTH PLAIN LOGIN"), "{caps}");
+    assert!(caps.lines().any(|l| l == "REQUIRETLS"), "{caps}");
+    let start = std::time::Instant::now();
+    assert_eq!(c.code(AUTH_PLAIN_WRONG).await, "535 5.7.8");
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "failed logins are answered slowly"
+    );
+    assert_eq!(c.code(AUTH_PLAIN_ALICE).await, "235 2.7.0");
+    assert_eq!(c.code(AUTH_PLAIN_ALICE).await, "503 5.5.1", "AUTH twice");
+    // An authenticated user may relay, and the Received header says ESMTPSA.
+    let code = send_data(
+        &mut c,
+        "alice@example.test",
+        &["bob@example.test", "someone@remote.test"],
+        b"Subject: out\r\n\r\nx",
+    )
+    .await;
+    assert_eq!(code, "250 2.0.0");
+    let mail = t.wait_for_mail("bob", 1).await;
+    let text = String::from_utf8_lossy(&mail[0]);
+    assert!(
+        text.contains("with ESMTPSA\r\n\t(using TLSv1.3 with cipher TLS13_"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_login_and_failure_limit() {
+    let t = TestMta::start("").await;
+    let mut c = t.connect_smtps().await;
+    let caps = ehlo(&mut c).await;
+    assert!(
+        caps.contains("AUTH PLAIN LOGIN") && !caps.contains("STARTTLS"),
+        "{caps}"
+    );
+    assert_eq!(c.code("AUTH LOGIN").await, "334");
+    assert_eq!(c.code("YWxpY2VAZXhhbXBsZS50ZXN0").await, "334");
+    assert_eq!(c.code("c2VjcmV0").await, "235 2.7.0");
+
+    let mut c = t.connect_smtps().await;
+    ehlo(&mut c).await;
+    for _ in 0..2 {
+        assert_eq!(c.code(AUTH_PLAIN_WRONG).await, "535 5.7.8");
+    }
+    c.send(format!("{AUTH_PLAIN_WRONG}\r\n").as_bytes()).await;
+    assert_eq!(code_of(&c.reply().await), "535 5.7.8");
+    assert_eq!(code_of(&c.reply().await), "421 4.7.0");
+    assert!(c.is_closed().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_injection_is_discarded() {
+    let t = TestMta::start("").await;
+    let mut c = t.connect(Relay).await;
+    ehlo(&mut c).await;
+    // STARTTLS and a pipelined plaintext MAIL in one segment (CVE-2011-0411).
+    c.send(b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n")
+        .await;
+    assert_eq!(code_of(&c.reply().await), "220 2.0.0");
+    let mut c = {
+        let mut c2 = c;
+        // starttls() sends STARTTLS itself; do the handshake by hand instead.
+        let mta_tests::Stream::Plain(tcp) = c2.stream else {
+            panic!()
+        };
+        let tls = tokio_rustls::TlsConnector::from(t.pki.client_config())
+            .connect(
+                rustls_pki_types::ServerName::try_from("mx.example.test").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        c2.stream = mta_tests::Stream::Tls(Box::new(tls));
+        c2
+    };
+    ehlo(&mut c).await;
+    assert_eq!(
+        c.code(&format!("RCPT TO:<bob@{DOMAIN}>")).await,
+        "503 5.5.1",
+        "the injected MAIL did not survive"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_sequences_never_end_data() {
+    let t = TestMta::start("").await;
+    let seqs: [&[u8]; 10] = [
+        b"\n.\n",
+        b"\r.\r",
+        b"\r.\n",
+        b"\n.\r",
+        b"\n.\r\n",
+        b"\r\n.\n",
+        b"\r.\r\n",
+        b"\r\n.\r",
+        b"\r\n\x00.\r\n",
+        b"\r\n.\x00\r\n",
+    ];
+    for seq in seqs {
+        let mut c = t.connect(Relay).await;
+        ehlo(&mut c).await;
+        assert_eq!(c.code("MAIL FROM:<a@remote.test>").await, "250 2.1.0");
+        assert_eq!(
+            c.code(&format!("RCPT TO:<carol@{DOMAIN}>")).await,
+            "250 2.1.5"
+        );
+        assert_eq!(c.code("DATA").await, "354");
+        let attack = [
+            b"Subject: t\r\n\r\nfirst".as_slice(),
+            seq,
+            format!("MAIL FROM:<smuggled@attacker.test>\r\nRCPT TO:<bob@{DOMAIN}>\r\nDATA\r\nFrom: <ceo@victim.test>\r\n\r\nsmuggled\r\n.\r\n").as_bytes(),
+        ]
+        .concat();
+        c.send(&attack).await;
+        let reply = c.reply().await;
+        assert!(
+            ["250 2.0.0", "550 5.6.11"].contains(&code_of(&reply).as_str()),
+            "{seq:?}: {reply}"
+        );
+        // Whatever follows is not a reply to the smuggled commands.
+        assert_eq!(c.code("NOOP").await, "250 2.0.0", "{seq:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        t.wait_for_mail("bob", 0).await.is_empty(),
+        "nothing smuggled to bob"
+    );
+    for m in t.wait_for_mail("carol", 2).await {
+        let text = String::from_utf8_lossy(&m);
+        assert!(
+            text.contains("MAIL FROM:<smuggled@attacker.test>"),
+            "the sequence stayed inside the body"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelining_bdat_smtputf8_and_eight_bit_are_byte_exact() {
+    let t = TestMta::start("").await;
+    let mut c = t.connect(Relay).await;
+    ehlo(&mut c).await;
+    // One pipelined group: MAIL, three RCPTs, DATA.
+    c.send(format!("MAIL FROM:<p@remote.test> BODY=8BITMIME\r\nRCPT TO:<bob@{DOMAIN}>\r\nRCPT TO:<nobody@{DOMAIN}>\r\nRCPT TO:<carol@{DOMAIN}>\r\nDATA\r\n").as_bytes()).await;
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        codes.push(code_of(&c.reply().await));
+    }
+    assert_eq!(
+        codes,
+        ["250 2.1.0", "250 2.1.5", "550 5.1.1", "250 2.1.5", "354"]
+    );
+    let eight_bit = "Subject: caf\u{e9}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\u{e9}t\u{e9} \u{2014} \u{1F600}\r\n";
+    c.send(eight_bit.as_bytes()).await;
+    c.send(b".\r\n").await;
+    assert_eq!(code_of(&c.reply().await), "250 2.0.0");
+
+    // BDAT with a binary-looking chunk (no dot handling) and SMTPUTF8 addresses.
+    assert_eq!(
+        c.code("MAIL FROM:<\u{5B6B}@remote.test> SMTPUTF8").await,
+        "250 2.1.0"
+    );
+    assert_eq!(
+        c.code(&format!("RCPT TO:<\u{5B6B}\u{5B50}@{DOMAIN}>"))
+            .await,
+        "250 2.1.5"
+    );
+    let chunk1 = "Subject: bdat\r\n\r\n.\r\n..\r\n";
+    let chunk2 = "\u{4E2D}\u{6587}\r\n";
+    c.send(format!("BDAT {}\r\n{chunk1}", chunk1.len()).as_bytes())
+        .await;
+    assert_eq!(code_of(&c.reply().await), "250 2.0.0");
+    c.send(format!("BDAT {} LAST\r\n{chunk2}", chunk2.len()).as_bytes())
+        .await;
+    assert_eq!(code_of(&c.reply().await), "250 2.0.0");
+
+    for user in ["bob", "carol"] {
+        let mail = t.wait_for_mail(user, 1).await;
+        assert!(
+            mail[0].ends_with(eight_bit.as_bytes()),
+            "{user}: 8-bit body byte-exact"
+        );
+    }
+    let mail = t.wait_for_mail("\u{5B6B}\u{5B50}", 1).await;
+    assert_eq!(mail.len(), 1, "UTF-8 mailbox");
+    assert!(
+        mail[0].ends_with(format!("{chunk1}{chunk2}").as_bytes()),
+        "BDAT chunks verbatim"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_size_recipients_lines_errors() {
+    let t =
+        TestMta::start("[limits]\nmax_message_size = 1000\nmax_recipients = 3\nmax_errors = 5\n")
+            .await;
+    let mut c = t.connect(Relay).await;
+    let caps = ehlo(&mut c).await;
+    assert!(caps.lines().any(|l| l == "SIZE 1000"), "{caps}");
+    assert_eq!(
+        c.code("MAIL FROM:<a@remote.test> SIZE=1001").await,
+        "552 5.3.4"
+    );
+    assert_eq!(
+        c.code("MAIL FROM:<a@remote.test> SIZE=99999999999999999999999")
+            .await,
+        "552 5.3.4"
+    );
+    assert_eq!(c.code("MAIL FROM:<a@remote.test>").await, "250 2.1.0");
+    for _ in 0..3 {
+        assert_eq!(
+            c.code(&format!("RCPT TO:<bob@{DOMAIN}>")).await,
+            "250 2.1.5"
+        );
+    }
+    assert_eq!(
+        c.code(&format!("RCPT TO:<bob@{DOMAIN}>")).await,
+        "452 4.5.3"
+    );
+    assert_eq!(c.code("DATA").await, "354");
+    c.send(&[b'x'; 1500]).await;
+    c.send(b"\r\n.\r\n").await;
+    assert_eq!(
+        code_of(&c.reply().await),
+        "552 5.3.4",
+        "actual size checked after the dot"
+    );
+    assert_eq!(
+        c.code("NOOP").await,
+        "250 2.0.0",
+        "in sync after the refusal"
+    );
+    let long = format!("NOOP {}", "x".repeat(3000));
+    assert_eq!(c.code(&long).await, "500 5.5.2");
+    // The long line was error 1 of 5.
+    for _ in 0..3 {
+        assert_eq!(c.code("FOOBAR").await, "500 5.5.1");
+    }
+    c.send(b"FOOBAR\r\n").await;
+    assert_eq!(code_of(&c.reply().await), "500 5.5.1");
+    assert_eq!(code_of(&c.reply().await), "421 4.7.0");
+    assert!(c.is_closed().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_loops_are_refused() {
+    let t = TestMta::start("[limits]\nmax_hops = 5\n").await;
+    let mut c = t.connect(Relay).await;
+    ehlo(&mut c).await;
+    let hops: String = (0..6)
+        .map(|i| format!("Received: from h{i} by h{};\r\n", i + 1))
+        .collect();
+    let code = send_data(
+        &mut c,
+        "a@remote.test",
+        &["bob@example.test"],
+        format!("{hops}Subject: loop\r\n\r\nx").as_bytes(),
+    )
+    .await;
+    assert_eq!(code, "554 5.4.6");
+    let hops: String = (0..4)
+        .map(|i| format!("Received: from h{i} by h{};\r\n", i + 1))
+        .collect();
+    let code = send_data(
+        &mut c,
+        "a@remote.test",
+        &["bob@example.test"],
+        format!("{hops}Subject: ok\r\n\r\nx").as_bytes(),
+    )
+    .await;
+    assert_eq!(code, "250 2.0.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_and_connection_limits() {
+    let t = TestMta::start("[limits]\ncommand_timeout = \"1s\"\ntls_handshake_timeout = \"1s\"\nmax_connections_per_ip = 3\n").await;
+    let mut idle = t.connect(Relay).await;
+    ehlo(&mut idle).await;
+    let reply = idle
+        .try_reply(Duration::from_secs(5))
+        .await
+        .expect("a timeout reply");
+    assert_eq!(code_of(&reply), "421 4.4.2");
+    assert!(idle.is_closed().await);
+
+    // A handshake that never finishes is cut off in seconds.
+    let mut raw = tokio::net::TcpStream::connect(t.addr(Smtps)).await.unwrap();
+    let start = std::time::Instant::now();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, b"\x16\x03\x01")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut raw, &mut buf),
+    )
+    .await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "closed");
+    assert!(start.elapsed() < Duration::from_secs(4));
+
+    // Three connections from one address are fine; the fourth is refused.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(t.connect(Relay).await);
+    }
+    let refused = Client::connect(t.addr(Relay)).await;
+    assert_eq!(code_of(&refused.greeting), "421 4.7.0");
+    drop(open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_the_transaction_in_flight() {
+    let mut t = TestMta::start("").await;
+    let mut busy = t.connect(Relay).await;
+    ehlo(&mut busy).await;
+    assert_eq!(busy.code("MAIL FROM:<a@remote.test>").await, "250 2.1.0");
+    assert_eq!(
+        busy.code(&format!("RCPT TO:<bob@{DOMAIN}>")).await,
+        "250 2.1.5"
+    );
+    let mut idle = t.connect(Relay).await;
+    ehlo(&mut idle).await;
+    let addr = t.addr(Relay);
+    let mta = t.mta.take().unwrap();
+    let stopping = tokio::spawn(mta.stop());
+    // The idle session is told to go away; new connections are refused.
+    assert_eq!(code_of(&idle.reply().await), "421 4.3.2");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections"
+    );
+    // The busy session finishes its message, then is closed.
+    assert_eq!(busy.code("DATA").await, "354");
+    busy.send(b"Subject: last\r\n\r\nx\r\n.\r\n").await;
+    assert_eq!(code_of(&busy.reply().await), "250 2.0.0");
+    assert_eq!(code_of(&busy.reply().await), "421 4.3.2");
+    stopping.await.unwrap();
+}

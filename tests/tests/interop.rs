@@ -1,0 +1,120 @@
+//! Interop: Python's `smtplib`, a client nobody here wrote, sends through every
+//! listener (plain relay, submission with STARTTLS and AUTH, implicit TLS with
+//! SMTPUTF8), and the mail is checked in the Maildir.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use mta_tests::{DOMAIN, TestMta};
+use smtp_server::ListenerMode::{Relay, Smtps, Submission};
+
+fn python() -> Option<&'static str> {
+    let ok = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some("python3");
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("python3 is required under CI=true (.ci/run installs it)");
+    }
+    eprintln!("skipping: python3 not found");
+    None
+}
+
+const SCRIPT: &str = r#"
+import smtplib, ssl, sys
+from email.message import EmailMessage
+relay, submission, smtps, cafile, domain = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+host, relay = relay.split(":")[0], int(relay.split(":")[1])
+ctx = ssl.create_default_context(cafile=cafile)
+
+# 1. Port 25 style: no login, local recipient.
+with smtplib.SMTP(host, relay, local_hostname="python.test") as s:
+    code, caps = s.ehlo()
+    assert code == 250 and s.has_extn("pipelining") and s.has_extn("starttls"), caps
+    s.sendmail("py@remote.test", [f"bob@{domain}"], b"Subject: relay\r\n\r\nfrom smtplib\r\n")
+    try:
+        s.sendmail("py@remote.test", ["victim@elsewhere.test"], b"Subject: x\r\n\r\nx\r\n")
+        raise SystemExit("relay was allowed")
+    except smtplib.SMTPRecipientsRefused as e:
+        code, text = e.recipients["victim@elsewhere.test"]
+        assert code == 554 and text.startswith(b"5.7.1"), e.recipients
+
+# 2. Submission: STARTTLS verified against our CA (the certificate names 127.0.0.1),
+#    then AUTH, then a message.
+with smtplib.SMTP(host, submission, local_hostname="python.test") as s:
+    s.ehlo()
+    try:
+        s.login(f"alice@{domain}", "secret")
+        raise SystemExit("login allowed in plaintext")
+    except smtplib.SMTPNotSupportedError:
+        pass
+    s.starttls(context=ctx)
+    s.ehlo()
+    assert s.has_extn("auth") and not s.has_extn("starttls")
+    try:
+        s.login(f"alice@{domain}", "wrong")
+        raise SystemExit("wrong password accepted")
+    except smtplib.SMTPAuthenticationError as e:
+        assert e.smtp_code == 535, e
+    s.login(f"alice@{domain}", "secret")
+    msg = EmailMessage()
+    msg["From"] = f"alice@{domain}"
+    msg["To"] = f"carol@{domain}"
+    msg["Subject"] = "submission"
+    msg.set_content("sent with STARTTLS and AUTH\n.leading dot\n")
+    s.send_message(msg)
+
+# 3. Implicit TLS, SMTPUTF8 addresses and an 8-bit body.
+with smtplib.SMTP_SSL(host, smtps, context=ctx) as s:
+    s.ehlo("python.test")
+    assert s.has_extn("smtputf8")
+    s.login(f"alice@{domain}", "secret")
+    body = "Subject: utf8\r\n\r\nna\u00efve caf\u00e9 \u5b6b\u5b50\r\n".encode("utf-8")
+    s.sendmail(f"alice@{domain}", [f"\u5b6b\u5b50@{domain}"], body, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+print("ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_smtplib_sends_through_every_listener() {
+    let Some(python) = python() else { return };
+    let t = TestMta::start("").await;
+    let ca = t.dir.path().join("ca.pem");
+    std::fs::write(&ca, &t.pki.ca_pem).unwrap();
+    let args = [
+        "-c".to_owned(),
+        SCRIPT.to_owned(),
+        t.addr(Relay).to_string(),
+        t.addr(Submission).port().to_string(),
+        t.addr(Smtps).port().to_string(),
+        ca.display().to_string(),
+        DOMAIN.to_owned(),
+    ];
+    let output = tokio::process::Command::new(python)
+        .args(&args)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("ok"),
+        "smtplib failed:\n{stdout}\n{stderr}"
+    );
+
+    let bob = t.wait_for_mail("bob", 1).await;
+    assert!(String::from_utf8_lossy(&bob[0]).ends_with("Subject: relay\r\n\r\nfrom smtplib\r\n"));
+    let carol = String::from_utf8_lossy(&t.wait_for_mail("carol", 1).await[0]).into_owned();
+    assert!(carol.contains("with ESMTPSA"), "{carol}");
+    assert!(
+        carol.contains("\r\n.leading dot\r\n"),
+        "dot-stuffing undone: {carol}"
+    );
+    let utf8 = t.wait_for_mail("\u{5B6B}\u{5B50}", 1).await;
+    assert!(
+        utf8[0]
+            .ends_with("Subject: utf8\r\n\r\nna\u{ef}ve caf\u{e9} \u{5B6B}\u{5B50}\r\n".as_bytes()),
+        "8-bit body byte-exact"
+    );
+}
