@@ -249,6 +249,17 @@ fn default_outbound_tls() -> String {
     "opportunistic".into()
 }
 
+/// A TOML error on one line: where, the line itself (which names the key), and why.
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end().replace('\n', " ");
+    let Some(span) = e.span() else { return message };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let source = text.lines().nth(line - 1).unwrap_or("").trim();
+    format!("line {line}, column {column} (`{source}`): {message}")
+}
+
 /// A duration such as `90s`, `5m`, `2h`, `5d` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
@@ -273,7 +284,7 @@ impl Config {
     /// Parses a file's text; errors name the key and the line.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let config: Self =
-            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", one_line(text, &e)))?;
         config.validate()?;
         Ok(config)
     }
