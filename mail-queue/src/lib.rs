@@ -45,5 +45,5 @@ pub use message::{
     BodyType, MailParams, MessageMeta, NewMessage, NewRecipient, RecipientDsn, RecipientMeta,
     RecipientState, SpoolRef,
 };
-pub use queue::{Backend, Queue, QueueConfig};
+pub use queue::{Backend, DeliveryService, Queue, QueueConfig};
 pub use store::{Change, QueueStore, RedbStore, SledStore};

@@ -18,6 +18,25 @@ use crate::spool::Spool;
 use crate::store::{Change, QueueStore, RedbStore, SledStore};
 use crate::{QueueError, QueueId};
 
+/// What [`Queue::run`] needs of a delivery service: a cloneable tower `Service` from
+/// [`DeliveryRequest`] to one [`Outcome`] per recipient. Implemented for every such
+/// service.
+pub trait DeliveryService:
+    Service<DeliveryRequest, Response = DeliveryReport, Error = BoxError, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> DeliveryService for S where
+    S: Service<DeliveryRequest, Response = DeliveryReport, Error = BoxError, Future: Send>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Which metadata backend to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
@@ -297,11 +316,7 @@ impl Queue {
     /// `max_age`). Deliveries in flight finish before it returns.
     pub async fn run<S>(&self, delivery: S, shutdown: impl std::future::Future<Output = ()>)
     where
-        S: Service<DeliveryRequest, Response = DeliveryReport, Error = BoxError>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send,
+        S: DeliveryService,
     {
         let limit = self.inner.config.max_concurrent_deliveries.max(1);
         let permits = Arc::new(Semaphore::new(limit));
@@ -355,11 +370,7 @@ impl Queue {
 
     async fn process<S>(&self, id: QueueId, delivery: S)
     where
-        S: Service<DeliveryRequest, Response = DeliveryReport, Error = BoxError>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send,
+        S: DeliveryService,
     {
         let span = info_span!("queue.delivery", queue_id = %id);
         let next = async {
@@ -398,11 +409,7 @@ impl Queue {
         delivery: S,
     ) -> Option<u64>
     where
-        S: Service<DeliveryRequest, Response = DeliveryReport, Error = BoxError>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send,
+        S: DeliveryService,
     {
         let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for i in meta.pending() {

@@ -16,7 +16,9 @@ fn toml_blocks(text: &str) -> Vec<(usize, String)> {
         match &mut current {
             None => {
                 let info = line.trim_start().strip_prefix("```").map(str::trim);
-                if info.is_some_and(|i| i.split_whitespace().next() == Some("toml") && !i.contains("fragment")) {
+                if info.is_some_and(|i| {
+                    i.split_whitespace().next() == Some("toml") && !i.contains("fragment")
+                }) {
                     current = Some((n + 1, String::new()));
                 }
             }
@@ -37,25 +39,39 @@ fn toml_blocks(text: &str) -> Vec<(usize, String)> {
 #[test]
 fn every_config_in_the_docs_parses() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut files: Vec<_> = std::fs::read_dir(root.join("docs")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.push(root.join("README.md"));
     let mut parsed = 0;
-    for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "md")) {
+    for file in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "md"))
+    {
         let text = std::fs::read_to_string(file).unwrap();
         for (line, block) in toml_blocks(&text) {
             Config::parse(&block).unwrap_or_else(|e| panic!("{}:{line}: {e:#}", file.display()));
             parsed += 1;
         }
     }
-    assert!(parsed >= 2, "found only {parsed} configurations in the docs");
+    assert!(
+        parsed >= 2,
+        "found only {parsed} configurations in the docs"
+    );
 }
 
 #[test]
 fn the_documented_default_is_the_embedded_one() {
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md")).unwrap();
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md"),
+    )
+    .unwrap();
     let normalize = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(
-        toml_blocks(&doc).iter().any(|(_, block)| normalize(block) == normalize(EMBEDDED_DEFAULT)),
+        toml_blocks(&doc)
+            .iter()
+            .any(|(_, block)| normalize(block) == normalize(EMBEDDED_DEFAULT)),
         "docs/configuration.md must show the embedded default exactly"
     );
 }

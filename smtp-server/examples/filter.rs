@@ -33,16 +33,31 @@ use tower::{Layer, Service};
 async fn main() -> Result<(), BoxError> {
     // The last service of the data stage: where accepted mail goes.
     let print = tower::service_fn(|req: DataRequest| async move {
-        println!("--- message from {} to {:?}", req.envelope.from, req.envelope.recipients.iter().map(|r| r.to.to_string()).collect::<Vec<_>>());
+        println!(
+            "--- message from {} to {:?}",
+            req.envelope.from,
+            req.envelope
+                .recipients
+                .iter()
+                .map(|r| r.to.to_string())
+                .collect::<Vec<_>>()
+        );
         println!("{}", String::from_utf8_lossy(&req.message()));
         Ok::<_, BoxError>(Decision::accept())
     });
 
     // 1. The easy path: an async function that sees the request and may call `next`.
     let no_reply = from_fn(|req: RcptRequest, next: Next<RcptRequest>| async move {
-        let local = req.to.mailbox().map(|m| m.local_part().to_ascii_lowercase());
+        let local = req
+            .to
+            .mailbox()
+            .map(|m| m.local_part().to_ascii_lowercase());
         if local.as_deref() == Some("noreply") {
-            return Ok(Decision::reject(550, EnhancedStatus::NOT_AUTHORIZED, "This address does not receive mail"));
+            return Ok(Decision::reject(
+                550,
+                EnhancedStatus::NOT_AUTHORIZED,
+                "This address does not receive mail",
+            ));
         }
         next.run(req).await
     });
@@ -50,15 +65,24 @@ async fn main() -> Result<(), BoxError> {
     // 2. The full path: a Layer and its Service, with state shared by every connection.
     let rate_limit = RateLimitLayer::new(5, Duration::from_secs(60));
 
-    let stages = Stages::new(print).rcpt_layer(no_reply).mail_layer(rate_limit);
+    let stages = Stages::new(print)
+        .rcpt_layer(no_reply)
+        .mail_layer(rate_limit);
     let config = ServerConfig {
         hostname: "filter.example.test".into(),
-        listeners: vec![ListenerConfig { address: "127.0.0.1:2525".parse()?, mode: ListenerMode::Relay }],
+        listeners: vec![ListenerConfig {
+            address: "127.0.0.1:2525".parse()?,
+            mode: ListenerMode::Relay,
+        }],
         ..ServerConfig::default()
     };
     let server = Server::bind(config, stages).await?;
     println!("listening on {:?}", server.local_addrs());
-    server.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+    server
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
     Ok(())
 }
 
@@ -72,14 +96,21 @@ struct RateLimitLayer {
 
 impl RateLimitLayer {
     fn new(max: usize, window: Duration) -> Self {
-        Self { seen: Arc::default(), max, window }
+        Self {
+            seen: Arc::default(),
+            max,
+            window,
+        }
     }
 }
 
 impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
     fn layer(&self, inner: S) -> RateLimit<S> {
-        RateLimit { limits: self.clone(), inner }
+        RateLimit {
+            limits: self.clone(),
+            inner,
+        }
     }
 }
 
@@ -115,7 +146,13 @@ where
             allowed
         };
         if !allowed {
-            return Box::pin(async { Ok(Decision::defer(450, EnhancedStatus::SECURITY_TEMPORARY, "Too many messages from your address; try again later")) });
+            return Box::pin(async {
+                Ok(Decision::defer(
+                    450,
+                    EnhancedStatus::SECURITY_TEMPORARY,
+                    "Too many messages from your address; try again later",
+                ))
+            });
         }
         // Tower's rule: the service that was made ready handles this call; a clone
         // stays behind for the next one.
