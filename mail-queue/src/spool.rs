@@ -75,11 +75,23 @@ impl Spool {
             return Ok(Vec::new());
         }
         let mut inner = self.inner.lock().map_err(|_| QueueError::Closed)?;
+        let batch: u64 = records
+            .iter()
+            .map(|(_, b)| b.len() as u64 + HEADER_LEN)
+            .sum();
         let rotate = inner
             .active
             .as_ref()
-            .is_none_or(|a| a.len >= self.max_segment);
+            .is_none_or(|a| a.len > 0 && a.len + batch > self.max_segment);
         if rotate {
+            // The segment being retired may already be empty: every message in it was
+            // delivered while it was still being written to.
+            if let Some(old) = inner.active.take()
+                && inner.live.get(&old.number).copied().unwrap_or(0) == 0
+            {
+                inner.live.remove(&old.number);
+                let _ = fs::remove_file(self.path(old.number));
+            }
             let number = inner.next_segment;
             inner.next_segment += 1;
             let file = OpenOptions::new()
@@ -203,22 +215,24 @@ mod tests {
             .unwrap();
         assert_eq!(spool.read(QueueId(1), &refs[0]).unwrap(), b"hello");
         assert_eq!(spool.read(QueueId(2), &refs[1]).unwrap(), b"world!");
-        // A big batch rotates to a new segment next time.
+        // A batch that does not fit starts a new segment.
         let big = vec![b'x'; 200];
         let r3 = spool.append(&[(QueueId(3), &big)]).unwrap();
         let r4 = spool.append(&[(QueueId(4), b"next")]).unwrap();
+        assert_ne!(refs[0].segment, r3[0].segment);
         assert_ne!(r3[0].segment, r4[0].segment);
         spool.release(&refs[0]);
-        spool.release(&refs[1]);
         assert!(
             spool.path(refs[0].segment).exists(),
             "a live message remains in segment 1"
         );
-        spool.release(&r3[0]);
+        spool.release(&refs[1]);
         assert!(
             !spool.path(refs[0].segment).exists(),
             "empty segment deleted"
         );
+        spool.release(&r3[0]);
+        assert!(!spool.path(r3[0].segment).exists());
         // Damage is detected.
         let mut bad = r4[0];
         bad.crc ^= 1;
@@ -226,6 +240,24 @@ mod tests {
             spool.read(QueueId(4), &bad),
             Err(QueueError::DamagedBody(_))
         ));
+    }
+
+    #[test]
+    fn a_retired_segment_that_is_already_empty_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 10).unwrap();
+        let r1 = spool.append(&[(QueueId(1), b"first message")]).unwrap()[0];
+        // Delivered while its segment is still the active one: the segment stays.
+        spool.release(&r1);
+        assert!(spool.path(r1.segment).exists());
+        // The next batch does not fit: a new segment starts and the empty one goes.
+        let r2 = spool.append(&[(QueueId(2), b"second")]).unwrap()[0];
+        assert_ne!(r1.segment, r2.segment);
+        assert!(
+            !spool.path(r1.segment).exists(),
+            "no segment outlives its messages"
+        );
+        assert_eq!(spool.read(QueueId(2), &r2).unwrap(), b"second");
     }
 
     #[test]

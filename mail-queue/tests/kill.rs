@@ -28,9 +28,10 @@ fn config(dir: &Path) -> QueueConfig {
     }
 }
 
-/// Delivers by creating `deliveries/<id>-<n>`. A file that already exists means the
-/// recipient was delivered before a crash that happened before the queue recorded it:
-/// the delivery is idempotent, as the Maildir delivery is, and the attempt is counted.
+/// Delivers by writing `deliveries/<id>-<n>` (aside, then renamed). A file that already
+/// exists means the recipient was delivered before a crash that happened before the
+/// queue recorded it: the delivery is idempotent, as the Maildir delivery is, and the
+/// attempt is counted.
 fn file_delivery(
     dir: PathBuf,
 ) -> impl tower::Service<
@@ -47,26 +48,23 @@ fn file_delivery(
             let mut out = Vec::new();
             for &i in &req.recipients {
                 let path = dir.join(format!("{}-{i}", req.message.id));
-                match std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                {
-                    Ok(mut f) => {
-                        f.write_all(&req.body)?;
-                        f.sync_all()?;
-                        out.push(Outcome::Delivered("written".into()));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        let mut log = std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(dir.join("repeats.log"))?;
-                        writeln!(log, "{}-{i}", req.message.id)?;
-                        out.push(Outcome::Delivered("already there".into()));
-                    }
-                    Err(e) => return Err(e.into()),
+                if path.exists() {
+                    let mut log = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir.join("repeats.log"))?;
+                    writeln!(log, "{}-{i}", req.message.id)?;
+                    out.push(Outcome::Delivered("already there".into()));
+                    continue;
                 }
+                // Written aside, then renamed: a kill mid-write leaves no half file
+                // under the final name (as Maildir's tmp/ then new/).
+                let tmp = dir.join(format!("{}-{i}.tmp", req.message.id));
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&req.body)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                out.push(Outcome::Delivered("written".into()));
             }
             Ok::<_, BoxError>(out)
         }

@@ -197,6 +197,8 @@ pub struct Limits {
     pub max_connections: Option<usize>,
     /// Connections at once per client IP.
     pub max_connections_per_ip: Option<usize>,
+    /// The listen backlog.
+    pub listen_backlog: Option<u32>,
     /// `Received:` headers before a message counts as looping.
     pub max_hops: Option<usize>,
     /// `reject` (default) or `normalize` bare CR/LF.

@@ -59,7 +59,7 @@ fn run_serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::parse(EMBEDDED_DEFAULT)?,
     };
-    init_logging();
+    let _log_guard = init_logging();
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -78,13 +78,20 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging() {
+/// Logs go to stderr through a writer thread, so a session never waits for the
+/// terminal or the journal; nothing is dropped (the writer blocks when far behind).
+/// Keep the returned guard: dropping it flushes what is left.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .init();
+    guard
 }

@@ -220,6 +220,7 @@ fn server_config(
         tls_handshake_timeout: duration(&l.tls_handshake_timeout, d.tls_handshake_timeout)?,
         max_connections: l.max_connections.unwrap_or(d.max_connections),
         max_connections_per_ip: l.max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
+        listen_backlog: l.listen_backlog.unwrap_or(d.listen_backlog),
         ..d
     };
     let listeners = config

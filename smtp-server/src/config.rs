@@ -76,6 +76,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections at once from one IP address. Default 50.
     pub max_connections_per_ip: usize,
+    /// Connections the kernel may queue before we accept them (`listen(2)` backlog,
+    /// capped by `net.core.somaxconn`). Default 1024.
+    pub listen_backlog: u32,
     /// Delay before answering a failed login, to slow down guessing. Default 1 s.
     pub auth_failure_delay: Duration,
     /// How long a shutdown waits for transactions in flight. Default 30 s.
@@ -95,6 +98,7 @@ impl Default for Limits {
             tls_handshake_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             max_connections_per_ip: 50,
+            listen_backlog: 1024,
             auth_failure_delay: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
         }

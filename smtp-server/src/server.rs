@@ -55,13 +55,12 @@ impl Server {
             if l.mode == ListenerMode::Smtps && acceptor.is_none() {
                 return Err(ServerError::TlsRequired(l.address));
             }
-            let socket =
-                TcpListener::bind(l.address)
-                    .await
-                    .map_err(|source| ServerError::Bind {
-                        address: l.address,
-                        source,
-                    })?;
+            let socket = listen(l.address, config.limits.listen_backlog).map_err(|source| {
+                ServerError::Bind {
+                    address: l.address,
+                    source,
+                }
+            })?;
             let listener = Listener {
                 config: Arc::clone(&config),
                 session_config: Arc::new(config.session_config(l.mode)),
@@ -153,6 +152,19 @@ impl Server {
             warn!("shutdown grace period over; closing the remaining connections");
         }
     }
+}
+
+/// Binds a listening socket with our backlog (tokio's `bind` uses 128, which a burst of
+/// connections overflows: the kernel then drops SYNs and clients wait a second).
+fn listen(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(backlog)
 }
 
 /// Refuses a connection over the limits.
