@@ -195,11 +195,7 @@ impl Command {
     /// a NUL or bare CR anywhere, bytes that are not UTF-8, an unknown verb, a bad
     /// argument.
     pub fn parse(line: &[u8]) -> Result<Self, Error> {
-        // Command lines are short: a plain loop beats a SIMD search's set-up here.
-        if let Some(i) = line
-            .iter()
-            .position(|&b| b == 0 || b == b'\r' || b == b'\n')
-        {
+        if let Some(i) = memchr::memchr3(0, b'\r', b'\n', line) {
             return Err(match line[i] {
                 0 => Error::NulByte,
                 b'\r' => Error::BareCarriageReturn,

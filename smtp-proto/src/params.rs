@@ -263,6 +263,9 @@ impl MailParameters {
     /// ```
     pub fn parse(args: &str) -> Result<Self, Error> {
         let mut p = Self::default();
+        if args.is_empty() {
+            return Ok(p);
+        }
         for_each_param(args, |keyword, value| {
             let invalid = || Error::InvalidParameter(truncate(keyword).to_ascii_uppercase());
             if keyword.eq_ignore_ascii_case("SIZE") {
@@ -376,6 +379,9 @@ impl RcptParameters {
     /// ```
     pub fn parse(args: &str) -> Result<Self, Error> {
         let mut p = Self::default();
+        if args.is_empty() {
+            return Ok(p);
+        }
         for_each_param(args, |keyword, value| {
             let invalid = || Error::InvalidParameter(truncate(keyword).to_ascii_uppercase());
             if keyword.eq_ignore_ascii_case("NOTIFY") {
