@@ -100,6 +100,12 @@ impl TestMta {
     /// `example.test` delivered to Maildir, and the login `alice@example.test` /
     /// `secret`. `extra` is TOML appended to the configuration (use it for `[limits]`).
     pub async fn start(extra: &str) -> Self {
+        Self::start_with("", extra).await
+    }
+
+    /// [`TestMta::start`] with more keys in the `[local]` section (`local`), such as
+    /// `lmtp = "127.0.0.1:24"`.
+    pub async fn start_with(local: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pki = Arc::new(TestPki::new());
         std::fs::write(dir.path().join("cert.pem"), &pki.cert_pem).unwrap();
@@ -127,6 +133,7 @@ retry_intervals = ["1s"]
 domains = ["{DOMAIN}"]
 maildir = "{d}/maildir"
 mailboxes = ["bob@{DOMAIN}", "carol@{DOMAIN}", "孫子@{DOMAIN}"]
+{local}
 [[account]]
 username = "alice@{DOMAIN}"
 password = "secret"
