@@ -106,3 +106,70 @@ fn startup_errors_are_one_line_and_exit_2() {
         assert!(errors[0].contains(expected), "{stderr}");
     }
 }
+
+/// The README's first command: `mta serve` with no file, in an empty directory, takes a
+/// message on 127.0.0.1:2525 and puts it in ./mta-data/maildir/localhost/<user>/new/;
+/// SIGTERM then stops it cleanly.
+#[test]
+fn embedded_default_receives_mail_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = mta()
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    while !banner.contains("lands in") {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        banner.push_str(&line);
+    }
+    assert!(banner.contains("listening on 127.0.0.1:2525 (relay"), "{banner}");
+    assert!(banner.contains("listening on 127.0.0.1:2587 (submission"), "{banner}");
+    assert!(banner.contains("./mta-data/maildir/localhost/<user>/new/"), "{banner}");
+
+    let mut tcp = std::net::TcpStream::connect("127.0.0.1:2525").unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    tcp.write_all(b"EHLO readme.test\r\nMAIL FROM:<me@readme.test>\r\nRCPT TO:<you@localhost>\r\nDATA\r\n").unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("354") {
+        let n = tcp.read(&mut buf).unwrap();
+        assert!(n > 0, "{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    tcp.write_all(b"Subject: first message\r\n\r\nIt works.\r\n.\r\nQUIT\r\n").unwrap();
+    while !seen.contains("221") {
+        let n = tcp.read(&mut buf).unwrap();
+        assert!(n > 0, "{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("250 2.0.0 Ok: queued as "), "{seen}");
+
+    let new = dir.path().join("mta-data/maildir/localhost/you/new");
+    let start = std::time::Instant::now();
+    let files = loop {
+        let files: Vec<_> = std::fs::read_dir(&new).map(|d| d.filter_map(Result::ok).collect()).unwrap_or_default();
+        if !files.is_empty() || start.elapsed() > std::time::Duration::from_secs(10) {
+            break files;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(files.len(), 1, "the message is in {}", new.display());
+    let text = std::fs::read_to_string(files[0].path()).unwrap();
+    assert!(text.ends_with("Subject: first message\r\n\r\nIt works.\r\n"), "{text}");
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
+    let mut rest = String::new();
+    let _ = stdout.read_to_string(&mut rest);
+    assert!(rest.contains("shutting down"), "{rest}");
+}
