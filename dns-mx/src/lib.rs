@@ -1,9 +1,37 @@
 //! # dns-mx
 //!
-//! Mail routing by DNS for the `mta` workspace: MX lookup in preference order with
-//! random order among equal preferences (RFC 5321 section 5.1), implicit MX, null MX
-//! (RFC 7505) and address literals, on hickory-resolver.
+//! Where to deliver mail for a domain: MX lookup in preference order with random order
+//! among equal preferences (RFC 5321 §5.1), implicit MX (no MX: the domain's own
+//! addresses), null MX (RFC 7505: the domain accepts no mail), address literals
+//! (`user@[192.0.2.1]`), and a limit on the hosts tried. Built on hickory-resolver,
+//! whose cache honours TTLs.
 //!
-//! Status: not built yet; it arrives with the outbound delivery work.
+//! ```text
+//!  route("example.test") ─▶ MX lookup ─▶ plan(): null MX? us? order, shuffle, limit
+//!                                     └▶ no MX: implicit MX (the domain's A/AAAA)
+//!                        ─▶ A/AAAA per host ─▶ Vec<MxHost> (hosts in order, addresses)
+//! ```
+//!
+//! Errors say what to do: [`RouteError::is_permanent`] (null MX `556 5.1.10`, no such
+//! domain `5.1.2`, mail loop `5.4.6`) bounces at once; anything else (SERVFAIL,
+//! timeouts) is temporary and the queue retries.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), dns_mx::RouteError> {
+//! use dns_mx::{MxConfig, MxResolver};
+//! let resolver = MxResolver::new(MxConfig::default())?;
+//! for host in resolver.route("example.test").await? {
+//!     println!("{} (preference {}): {:?}", host.name, host.preference, host.addresses);
+//! }
+//! # Ok(()) }
+//! ```
 
 #![forbid(unsafe_code)]
+
+mod plan;
+mod resolver;
+#[cfg(feature = "test-server")]
+pub mod testing;
+
+pub use plan::{Exchange, plan};
+pub use resolver::{MxConfig, MxHost, MxResolver, RouteError};
