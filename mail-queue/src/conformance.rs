@@ -45,6 +45,7 @@ pub fn sample(id: u64, recipients: usize) -> MessageMeta {
         attempts: 0,
         next_attempt: 1_700_000_000,
         last_error: None,
+        delay_warned: false,
     }
 }
 

@@ -49,29 +49,43 @@ impl DsnAction {
 
 /// Whether the sender of `message` should get a report of `action` about
 /// `recipient`: never for the null sender (a bounce must not bounce), never against
-/// the recipient's NOTIFY; without NOTIFY, failures only (RFC 3461 §4.1).
+/// the recipient's NOTIFY; without NOTIFY, failures and (when delay warnings are
+/// configured at all) delays, as RFC 3461 §4.1 leaves to the MTA.
 pub fn wants_report(message: &MessageMeta, recipient: &RecipientMeta, action: DsnAction) -> bool {
     if message.from.is_empty() {
         return false;
     }
     match recipient.dsn.notify {
         Some(bits) => bits & action.notify_bit() != 0,
-        None => action == DsnAction::Failed,
+        None => action != DsnAction::Delivered,
     }
 }
 
 /// Builds the DSN for `recipients` (indexes into `message.recipients`, all with the same
 /// action), from `reporting_mta` (our host name). Returns the message bytes; the caller
 /// enqueues them from `<>` to `message.from`.
-pub fn build(message: &MessageMeta, body: &[u8], recipients: &[usize], action: DsnAction, reporting_mta: &str) -> Vec<u8> {
+pub fn build(
+    message: &MessageMeta,
+    body: &[u8],
+    recipients: &[usize],
+    action: DsnAction,
+    reporting_mta: &str,
+) -> Vec<u8> {
     let now = SystemTime::now();
-    let boundary = format!("{}.{}/{reporting_mta}", message.id, now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    let boundary = format!(
+        "{}.{}/{reporting_mta}",
+        message.id,
+        now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    );
     let (subject, intro) = match action {
         DsnAction::Failed => (
             "Undelivered Mail Returned to Sender",
             "I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. It's attached below.",
         ),
-        DsnAction::Delivered => ("Successful Mail Delivery Report", "Your message was successfully delivered to the destination(s)\r\nlisted below."),
+        DsnAction::Delivered => (
+            "Successful Mail Delivery Report",
+            "Your message was successfully delivered to the destination(s)\r\nlisted below.",
+        ),
         DsnAction::Delayed => (
             "Delayed Mail (still being retried)",
             "Your message could not be delivered yet to the recipient(s) below.\r\nIt will be retried until it is too old; you do not need to send it again.",
@@ -101,13 +115,20 @@ pub fn build(message: &MessageMeta, body: &[u8], recipients: &[usize], action: D
          {intro}\r\n\
          \r\n",
         to = message.from,
-        date = rfc5322_date(now),
+        date = smtp_proto::rfc5322_date(unix(now)),
         id = message.id,
-        nanos = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()),
+        nanos = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()),
     );
     for &i in recipients {
         if let Some(r) = message.recipients.get(i) {
-            let _ = write!(out, "<{}>: {}\r\n", r.address, one_line(r.last_reply.as_deref().unwrap_or("no details")));
+            let _ = write!(
+                out,
+                "<{}>: {}\r\n",
+                r.address,
+                one_line(r.last_reply.as_deref().unwrap_or("no details"))
+            );
         }
     }
     let _ = write!(
@@ -123,15 +144,31 @@ pub fn build(message: &MessageMeta, body: &[u8], recipients: &[usize], action: D
     if let Some(envid) = &message.params.envid {
         let _ = write!(out, "Original-Envelope-Id: {}\r\n", one_line(envid));
     }
-    let _ = write!(out, "Arrival-Date: {}\r\n", rfc5322_date(UNIX_EPOCH + std::time::Duration::from_secs(message.received)));
+    let _ = write!(
+        out,
+        "Arrival-Date: {}\r\n",
+        smtp_proto::rfc5322_date(message.received)
+    );
     for &i in recipients {
-        let Some(r) = message.recipients.get(i) else { continue };
+        let Some(r) = message.recipients.get(i) else {
+            continue;
+        };
         let reply = r.last_reply.as_deref().unwrap_or("");
         let _ = write!(out, "\r\nFinal-Recipient: rfc822; {}\r\n", r.address);
         if let Some((kind, address)) = &r.dsn.orcpt {
-            let _ = write!(out, "Original-Recipient: {}; {}\r\n", one_line(kind), one_line(address));
+            let _ = write!(
+                out,
+                "Original-Recipient: {}; {}\r\n",
+                one_line(kind),
+                one_line(address)
+            );
         }
-        let _ = write!(out, "Action: {}\r\nStatus: {}\r\n", action.as_str(), status_of(reply, action));
+        let _ = write!(
+            out,
+            "Action: {}\r\nStatus: {}\r\n",
+            action.as_str(),
+            status_of(reply, action)
+        );
         if let Some(mta) = remote_mta(reply) {
             let _ = write!(out, "Remote-MTA: dns; {mta}\r\n");
         }
@@ -161,9 +198,15 @@ pub fn build(message: &MessageMeta, body: &[u8], recipients: &[usize], action: D
 /// The enhanced status for `Status:`: from the reply when it has one, else a default
 /// for the action.
 fn status_of(reply: &str, action: DsnAction) -> String {
+    if action == DsnAction::Failed && reply.starts_with("expired") {
+        return "4.4.7".into(); // RFC 3463: delivery time expired
+    }
     let found = reply.split_whitespace().take(4).find(|w| {
         let parts: Vec<&str> = w.split('.').collect();
-        parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+        parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
     });
     match (found, action) {
         (Some(s), _) => s.to_owned(),
@@ -183,38 +226,143 @@ fn remote_mta(reply: &str) -> Option<&str> {
 fn smtp_reply(reply: &str) -> Option<&str> {
     let reply = remote_mta(reply).map_or(reply, |host| &reply[host.len() + 2..]);
     let code = reply.get(..3)?;
-    (code.bytes().all(|b| b.is_ascii_digit()) && matches!(reply.as_bytes().get(3), None | Some(b' ' | b'-'))).then_some(reply)
+    (code.bytes().all(|b| b.is_ascii_digit())
+        && matches!(reply.as_bytes().get(3), None | Some(b' ' | b'-')))
+    .then_some(reply)
+}
+
+fn unix(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Text on one header line: no CR or LF.
 fn one_line(text: &str) -> String {
-    text.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect()
+    text.chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect()
 }
 
 /// Where the header section ends (the empty line, or the whole message).
 fn header_end(message: &[u8]) -> usize {
-    message.windows(4).position(|w| w == b"\r\n\r\n").map_or(message.len(), |i| i + 2)
+    message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message.len(), |i| i + 2)
 }
 
-/// A date in the RFC 5322 format, in UTC.
-fn rfc5322_date(time: SystemTime) -> String {
-    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = secs / 86_400;
-    let (h, m, s) = ((secs % 86_400) / 3600, (secs % 3600) / 60, secs % 60);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    format!(
-        "{}, {day} {} {year} {h:02}:{m:02}:{s:02} +0000",
-        WEEKDAYS[(days % 7) as usize],
-        MONTHS[(month - 1) as usize]
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::sample;
+    use crate::message::RecipientState;
+
+    fn failed_message() -> MessageMeta {
+        let mut m = sample(42, 2);
+        m.from = "alice@example.test".into();
+        m.params.envid = Some("ENV-1".into());
+        m.recipients[0].state = RecipientState::Failed;
+        m.recipients[0].last_reply =
+            Some("mx.dest0.test: 550 5.1.1 <rcpt0@dest0.test>: No such user".into());
+        m.recipients[1].state = RecipientState::Delivered;
+        m
+    }
+
+    #[test]
+    fn a_failure_report_has_every_part() {
+        let m = failed_message();
+        let body = b"Subject: original\r\nFrom: alice@example.test\r\n\r\nthe text\r\n";
+        let dsn =
+            String::from_utf8(build(&m, body, &[0], DsnAction::Failed, "mx.example.test")).unwrap();
+        for needle in [
+            "From: Mail Delivery System <MAILER-DAEMON@mx.example.test>\r\n",
+            "To: <alice@example.test>\r\n",
+            "Auto-Submitted: auto-replied\r\n",
+            "Content-Type: multipart/report; report-type=delivery-status;",
+            "Content-Type: message/delivery-status\r\n",
+            "Reporting-MTA: dns; mx.example.test\r\n",
+            "Original-Envelope-Id: ENV-1\r\n",
+            "Final-Recipient: rfc822; rcpt0@dest0.test\r\n",
+            "Original-Recipient: rfc822; orig0@x.test\r\n",
+            "Action: failed\r\nStatus: 5.1.1\r\n",
+            "Remote-MTA: dns; mx.dest0.test\r\n",
+            "Diagnostic-Code: smtp; 550 5.1.1 <rcpt0@dest0.test>: No such user\r\n",
+            "Content-Type: message/rfc822\r\n",
+            "Subject: original\r\nFrom: alice@example.test\r\n\r\nthe text\r\n",
+        ] {
+            assert!(dsn.contains(needle), "missing {needle:?} in\n{dsn}");
+        }
+        assert!(
+            !dsn.contains("rcpt1@"),
+            "only the failed recipient is reported"
+        );
+        // Every line ends in CRLF, and the MIME structure closes.
+        assert!(dsn.lines().count() > 20 && !dsn.replace("\r\n", "").contains('\n'));
+        assert!(dsn.trim_end().ends_with("--"));
+    }
+
+    #[test]
+    fn ret_hdrs_returns_headers_only() {
+        let mut m = failed_message();
+        m.params.ret = Some(true);
+        let dsn = String::from_utf8(build(
+            &m,
+            b"Subject: s\r\n\r\nsecret body\r\n",
+            &[0],
+            DsnAction::Failed,
+            "h",
+        ))
+        .unwrap();
+        assert!(
+            dsn.contains("Content-Type: text/rfc822-headers\r\n") && dsn.contains("Subject: s\r\n")
+        );
+        assert!(!dsn.contains("secret body"));
+    }
+
+    #[test]
+    fn who_gets_reports() {
+        let mut m = failed_message();
+        let r = m.recipients[0].clone();
+        assert!(
+            wants_report(&m, &r, DsnAction::Failed),
+            "failures by default"
+        );
+        assert!(
+            !wants_report(&m, &r, DsnAction::Delivered),
+            "no success reports unless asked"
+        );
+        let mut never = r.clone();
+        never.dsn.notify = Some(0);
+        assert!(!wants_report(&m, &never, DsnAction::Failed), "NOTIFY=NEVER");
+        let mut success = r.clone();
+        success.dsn.notify = Some(1);
+        assert!(
+            wants_report(&m, &success, DsnAction::Delivered)
+                && !wants_report(&m, &success, DsnAction::Failed)
+        );
+        m.from = String::new();
+        assert!(
+            !wants_report(&m, &r, DsnAction::Failed),
+            "never to the null sender: a bounce does not bounce"
+        );
+    }
+
+    #[test]
+    fn status_and_remote_mta_parsing() {
+        assert_eq!(
+            status_of("mx.test: 452 4.2.2 Mailbox full", DsnAction::Failed),
+            "4.2.2"
+        );
+        assert_eq!(
+            status_of(
+                "expired after 7 attempts: connection refused",
+                DsnAction::Failed
+            ),
+            "4.4.7"
+        );
+        assert_eq!(status_of("connection refused", DsnAction::Failed), "5.0.0");
+        assert_eq!(remote_mta("mx.test: 550 5.1.1 no"), Some("mx.test"));
+        assert_eq!(remote_mta("556 5.1.10 null MX"), None);
+        assert_eq!(smtp_reply("556 5.1.10 null MX"), Some("556 5.1.10 null MX"));
+        assert_eq!(smtp_reply("connection refused"), None);
+    }
 }

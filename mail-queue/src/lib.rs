@@ -30,6 +30,7 @@
 mod commit;
 pub mod conformance;
 mod delivery;
+pub mod dsn;
 mod error;
 mod id;
 mod message;

@@ -197,6 +197,8 @@ pub struct MessageMeta {
     pub next_attempt: u64,
     /// The last error, for `mta queue list`.
     pub last_error: Option<String>,
+    /// A delay notification has been sent.
+    pub delay_warned: bool,
 }
 
 impl MessageMeta {

@@ -12,6 +12,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::commit::{CommitStats, Committer, Job};
 use crate::delivery::{BoxError, DeliveryReport, DeliveryRequest, Outcome};
+use crate::dsn::{self, DsnAction};
 use crate::id::IdGenerator;
 use crate::message::{MessageMeta, NewMessage, RecipientMeta, RecipientState, SpoolRef};
 use crate::spool::Spool;
@@ -62,6 +63,11 @@ pub struct QueueConfig {
     pub max_concurrent_deliveries: usize,
     /// Size at which the spool starts a new segment file. Default 64 MiB.
     pub segment_size: u64,
+    /// Our host name, for the `Reporting-MTA` of delivery status notifications.
+    pub hostname: String,
+    /// Tell senders their message is delayed once it has waited this long (RFC 3464
+    /// `Action: delayed`); `None` (the default, like Postfix) sends no delay notices.
+    pub delay_warning: Option<Duration>,
 }
 
 impl Default for QueueConfig {
@@ -74,6 +80,8 @@ impl Default for QueueConfig {
             max_age: Duration::from_secs(5 * 24 * 3600),
             max_concurrent_deliveries: 100,
             segment_size: 64 << 20,
+            hostname: "localhost".into(),
+            delay_warning: None,
         }
     }
 }
@@ -118,9 +126,9 @@ struct Schedule {
 }
 
 impl Queue {
-    /// Opens the queue, recovering what a previous run left: every unfinished message
-    /// is scheduled again, finished leftovers are removed, orphaned spool segments are
-    /// deleted.
+    /// Opens the queue, recovering what a previous run left: every message is scheduled
+    /// again (finished leftovers at once, to send their notifications and go), and
+    /// orphaned spool segments are deleted.
     pub fn open(config: QueueConfig) -> Result<Self, QueueError> {
         std::fs::create_dir_all(&config.path)?;
         let store: Arc<dyn QueueStore> = match config.backend {
@@ -137,16 +145,18 @@ impl Queue {
             config.segment_size,
         )?);
         let mut schedule = Schedule::default();
-        let mut finished = Vec::new();
         let mut largest = 0;
         store.scan(None, &mut |meta| {
             largest = largest.max(meta.id.0);
             spool.retain(&meta.spool);
-            if meta.is_finished() {
-                finished.push((meta.id, meta.spool));
+            // A finished message left by a crash still has its notifications to send:
+            // the scheduler does that (and removes it) at once.
+            let at = if meta.is_finished() {
+                0
             } else {
-                schedule.due.insert((meta.next_attempt, meta.id));
-            }
+                meta.next_attempt
+            };
+            schedule.due.insert((at, meta.id));
             true
         })?;
         let committer = Committer::start(Arc::clone(&spool), Arc::clone(&store))?;
@@ -161,18 +171,10 @@ impl Queue {
                 wake: Notify::new(),
             }),
         };
-        if !finished.is_empty() {
-            let changes = finished.iter().map(|(id, _)| Change::Remove(*id)).collect();
-            queue.commit_blocking(changes)?;
-            for (_, r) in &finished {
-                queue.inner.spool.release(r);
-            }
-        }
         let swept = queue.inner.spool.sweep()?;
         info!(
             backend = queue.inner.store.backend(),
             messages = queue.len(),
-            removed_finished = finished.len(),
             swept_segments = swept,
             "queue opened"
         );
@@ -227,6 +229,7 @@ impl Queue {
             attempts: 0,
             next_attempt: now,
             last_error: None,
+            delay_warned: false,
         };
         let (done, rx) = oneshot::channel();
         self.inner.committer.submit(Job::Enqueue {
@@ -248,12 +251,6 @@ impl Queue {
         let (done, rx) = oneshot::channel();
         self.inner.committer.submit(Job::Update { changes, done })?;
         rx.await.map_err(|_| QueueError::Closed)?
-    }
-
-    fn commit_blocking(&self, changes: Vec<Change>) -> Result<(), QueueError> {
-        let (done, rx) = oneshot::channel();
-        self.inner.committer.submit(Job::Update { changes, done })?;
-        rx.blocking_recv().map_err(|_| QueueError::Closed)?
     }
 
     /// Messages in the queue (waiting or being delivered).
@@ -411,6 +408,9 @@ impl Queue {
     where
         S: DeliveryService,
     {
+        if meta.is_finished() {
+            return self.finish(&meta, &body).await;
+        }
         let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for i in meta.pending() {
             groups
@@ -487,24 +487,100 @@ impl Queue {
             }
         }
         if meta.is_finished() {
-            let spool = meta.spool;
-            match self.commit(vec![Change::Remove(meta.id)]).await {
-                Ok(()) => {
-                    self.inner.spool.release(&spool);
-                    None
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot remove a finished message; retrying later");
-                    Some(now + 60)
-                }
+            return self.finish(&meta, &body).await;
+        }
+        if let Some(after) = self.inner.config.delay_warning
+            && !meta.delay_warned
+            && now.saturating_sub(meta.received) >= after.as_secs()
+        {
+            let delayed: Vec<usize> = meta
+                .pending()
+                .filter(|&i| dsn::wants_report(&meta, &meta.recipients[i], DsnAction::Delayed))
+                .collect();
+            if delayed.is_empty()
+                || self
+                    .notify(&meta, &body, &delayed, DsnAction::Delayed)
+                    .await
+                    .is_ok()
+            {
+                meta.delay_warned = true;
             }
-        } else {
+        }
+        {
             meta.next_attempt = now + self.retry_delay(meta.id, meta.attempts);
             let next = meta.next_attempt;
             if let Err(e) = self.commit(vec![Change::Put(meta)]).await {
                 warn!(error = %e, "cannot record delivery results");
             }
             Some(next)
+        }
+    }
+
+    /// A message whose recipients are all final: the sender gets the notifications it
+    /// asked for (failures by default, RFC 3461), then the message leaves the queue.
+    /// Returns when to try again if that could not be done now.
+    async fn finish(&self, meta: &MessageMeta, body: &[u8]) -> Option<u64> {
+        let reports = [
+            (RecipientState::Failed, DsnAction::Failed),
+            (RecipientState::Delivered, DsnAction::Delivered),
+        ];
+        for (state, action) in reports {
+            let wanted: Vec<usize> = meta
+                .recipients
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.state == state && dsn::wants_report(meta, r, action))
+                .filter(|(_, r)| {
+                    !(action == DsnAction::Delivered
+                        && r.last_reply
+                            .as_deref()
+                            .is_some_and(|t| t.starts_with("relayed")))
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if !wanted.is_empty() && self.notify(meta, body, &wanted, action).await.is_err() {
+                return Some(unix_now() + 60);
+            }
+        }
+        match self.commit(vec![Change::Remove(meta.id)]).await {
+            Ok(()) => {
+                self.inner.spool.release(&meta.spool);
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot remove a finished message; retrying later");
+                Some(unix_now() + 60)
+            }
+        }
+    }
+
+    /// Queues a delivery status notification to the sender, from `<>`.
+    async fn notify(
+        &self,
+        meta: &MessageMeta,
+        body: &[u8],
+        recipients: &[usize],
+        action: DsnAction,
+    ) -> Result<(), QueueError> {
+        let report = dsn::build(meta, body, recipients, action, &self.inner.config.hostname);
+        let message = NewMessage {
+            from: String::new(),
+            params: crate::message::MailParams::default(),
+            recipients: vec![crate::message::NewRecipient {
+                address: meta.from.clone(),
+                dsn: Default::default(),
+            }],
+            source: format!("dsn for {}", meta.id),
+        };
+        match self.enqueue(message, report).await {
+            Ok(id) => {
+                info!(dsn = %id, to = %meta.from, action = ?action, recipients = recipients.len(), "notification queued");
+                Ok(())
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot queue a delivery status notification; retrying later");
+                Err(e)
+            }
         }
     }
 

@@ -220,5 +220,179 @@ async fn expired_messages_fail() {
         queue.get(id).unwrap().is_none(),
         "expired after one attempt and removed"
     );
-    assert_eq!(log.lock().unwrap().len(), 1);
+    let log = log.lock().unwrap();
+    assert_eq!(
+        log.iter().filter(|a| a.starts_with("later")).count(),
+        1,
+        "{log:?}"
+    );
+}
+
+/// All messages in the queue: `(from, recipients, body)`.
+fn contents(queue: &Queue) -> Vec<(String, Vec<String>, String)> {
+    let mut out = Vec::new();
+    queue
+        .scan(None, &mut |m| {
+            let body = String::from_utf8_lossy(&queue.read_body(&m).unwrap()).into_owned();
+            out.push((
+                m.from.clone(),
+                m.recipients.iter().map(|r| r.address.clone()).collect(),
+                body,
+            ));
+            true
+        })
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_bounce_to_the_sender_but_never_from_the_null_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(QueueConfig {
+        hostname: "mx.example.test".into(),
+        ..config(dir.path(), Backend::Sled)
+    })
+    .unwrap();
+    queue
+        .enqueue(
+            message(&["bad@x.test", "ok@x.test"]),
+            b"Subject: will bounce\r\n\r\nx\r\n".to_vec(),
+        )
+        .await
+        .unwrap();
+    let mut from_null = message(&["bad@y.test"]);
+    from_null.from = String::new();
+    queue
+        .enqueue(from_null, b"Subject: a bounce itself\r\n\r\nx\r\n".to_vec())
+        .await
+        .unwrap();
+    let mut never = message(&["bad@z.test"]);
+    never.recipients[0].dsn.notify = Some(0);
+    queue
+        .enqueue(never, b"Subject: notify never\r\n\r\nx\r\n".to_vec())
+        .await
+        .unwrap();
+
+    let runner = queue.clone();
+    let service = scripted(Arc::new(Mutex::new(Vec::new())));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        runner
+            .run(service, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    // The three originals finish; one bounce (to sender@example.test) stays, deferred
+    // by the scripted service.
+    for _ in 0..100 {
+        let c = contents(&queue);
+        if c.len() == 1 && c[0].0.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    handle.await.unwrap();
+    let c = contents(&queue);
+    assert_eq!(c.len(), 1, "exactly one bounce: {c:?}");
+    let (from, to, body) = &c[0];
+    assert_eq!(
+        (from.as_str(), to.as_slice()),
+        ("", &["sender@example.test".to_owned()][..])
+    );
+    assert!(
+        body.contains("Final-Recipient: rfc822; bad@x.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("Subject: will bounce"),
+        "the original comes back"
+    );
+    assert!(
+        !body.contains("ok@x.test"),
+        "the delivered recipient is not reported"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_bounces_and_delay_warnings_are_sent_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(QueueConfig {
+        delay_warning: Some(Duration::ZERO),
+        max_age: Duration::from_secs(2),
+        ..config(dir.path(), Backend::Redb)
+    })
+    .unwrap();
+    queue
+        .enqueue(
+            message(&["later@y.test"]),
+            b"Subject: slow\r\n\r\nx\r\n".to_vec(),
+        )
+        .await
+        .unwrap();
+    // later@ is always deferred; the sender's mailbox takes the notifications.
+    let received = Arc::new(Mutex::new(Vec::<String>::new()));
+    let inbox = Arc::clone(&received);
+    let service = service_fn(move |req: DeliveryRequest| {
+        let inbox = Arc::clone(&inbox);
+        async move {
+            let out = req
+                .addresses()
+                .map(|a| {
+                    if a.starts_with("later") {
+                        Outcome::Deferred("451 4.3.0 try later".into())
+                    } else {
+                        inbox
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&req.body).into_owned());
+                        Outcome::Delivered("250 ok".into())
+                    }
+                })
+                .collect();
+            Ok::<_, BoxError>(out)
+        }
+    });
+    let runner = queue.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        runner
+            .run(service, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    for _ in 0..100 {
+        if received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b.contains("Action: failed"))
+            && queue.is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    handle.await.unwrap();
+    let received = received.lock().unwrap();
+    let delayed = received
+        .iter()
+        .filter(|b| b.contains("Action: delayed"))
+        .count();
+    assert_eq!(delayed, 1, "one delay notice, not one per attempt");
+    let failed: Vec<_> = received
+        .iter()
+        .filter(|b| b.contains("Action: failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "one bounce at expiry");
+    assert!(
+        failed[0].contains("Status: 4.4.7\r\n")
+            && failed[0].contains("Diagnostic-Code: x-local; expired after"),
+        "{}",
+        failed[0]
+    );
+    assert!(queue.is_empty());
 }

@@ -130,13 +130,26 @@ fn embedded_default_receives_mail_and_stops_on_sigterm() {
         }
         banner.push_str(&line);
     }
-    assert!(banner.contains("listening on 127.0.0.1:2525 (relay"), "{banner}");
-    assert!(banner.contains("listening on 127.0.0.1:2587 (submission"), "{banner}");
-    assert!(banner.contains("./mta-data/maildir/localhost/<user>/new/"), "{banner}");
+    assert!(
+        banner.contains("listening on 127.0.0.1:2525 (relay"),
+        "{banner}"
+    );
+    assert!(
+        banner.contains("listening on 127.0.0.1:2587 (submission"),
+        "{banner}"
+    );
+    assert!(
+        banner.contains("./mta-data/maildir/localhost/<user>/new/"),
+        "{banner}"
+    );
 
     let mut tcp = std::net::TcpStream::connect("127.0.0.1:2525").unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-    tcp.write_all(b"EHLO readme.test\r\nMAIL FROM:<me@readme.test>\r\nRCPT TO:<you@localhost>\r\nDATA\r\n").unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    tcp.write_all(
+        b"EHLO readme.test\r\nMAIL FROM:<me@readme.test>\r\nRCPT TO:<you@localhost>\r\nDATA\r\n",
+    )
+    .unwrap();
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
     while !seen.contains("354") {
@@ -144,7 +157,8 @@ fn embedded_default_receives_mail_and_stops_on_sigterm() {
         assert!(n > 0, "{seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    tcp.write_all(b"Subject: first message\r\n\r\nIt works.\r\n.\r\nQUIT\r\n").unwrap();
+    tcp.write_all(b"Subject: first message\r\n\r\nIt works.\r\n.\r\nQUIT\r\n")
+        .unwrap();
     while !seen.contains("221") {
         let n = tcp.read(&mut buf).unwrap();
         assert!(n > 0, "{seen}");
@@ -155,7 +169,9 @@ fn embedded_default_receives_mail_and_stops_on_sigterm() {
     let new = dir.path().join("mta-data/maildir/localhost/you/new");
     let start = std::time::Instant::now();
     let files = loop {
-        let files: Vec<_> = std::fs::read_dir(&new).map(|d| d.filter_map(Result::ok).collect()).unwrap_or_default();
+        let files: Vec<_> = std::fs::read_dir(&new)
+            .map(|d| d.filter_map(Result::ok).collect())
+            .unwrap_or_default();
         if !files.is_empty() || start.elapsed() > std::time::Duration::from_secs(10) {
             break files;
         }
@@ -163,9 +179,15 @@ fn embedded_default_receives_mail_and_stops_on_sigterm() {
     };
     assert_eq!(files.len(), 1, "the message is in {}", new.display());
     let text = std::fs::read_to_string(files[0].path()).unwrap();
-    assert!(text.ends_with("Subject: first message\r\n\r\nIt works.\r\n"), "{text}");
+    assert!(
+        text.ends_with("Subject: first message\r\n\r\nIt works.\r\n"),
+        "{text}"
+    );
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = child.wait().unwrap();
     assert!(exit.success(), "exit status after SIGTERM: {exit:?}");

@@ -63,6 +63,7 @@ mod address;
 mod client;
 mod command;
 mod data;
+mod date;
 mod ehlo;
 mod error;
 mod params;
@@ -73,6 +74,7 @@ pub use address::{Domain, ForwardPath, HeloName, Host, MAX_DOMAIN_LEN, Mailbox, 
 pub use client::{ClientConfig, ClientEvent, ClientSession, MailTransaction, TransactionResult};
 pub use command::{Command, Mechanism, SaslData};
 pub use data::{DataDecoder, DataEncoder, DataStats, Decoded};
+pub use date::rfc5322_date;
 pub use ehlo::Capabilities;
 pub use error::Error;
 pub use params::{

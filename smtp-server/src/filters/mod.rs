@@ -18,7 +18,7 @@ mod relay;
 pub use auth::{AuthLayer, Authenticator};
 pub use hops::{HopLimitLayer, count_received_headers};
 pub use local::LocalRecipientsLayer;
-pub use received::{ReceivedLayer, rfc5322_date};
+pub use received::ReceivedLayer;
 pub use relay::{IpNetwork, RelayPolicyLayer};
 
 use std::collections::HashSet;

@@ -76,7 +76,10 @@ impl<S> Received<S> {
         {
             value.push_str(&format!("\r\n\tfor <{}>", sanitize(m.as_str())));
         }
-        value.push_str(&format!(";\r\n\t{}", rfc5322_date(SystemTime::now())));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        value.push_str(&format!(";\r\n\t{}", smtp_proto::rfc5322_date(now)));
         req.prepend_header("Received", &value);
         None
     }
@@ -90,47 +93,4 @@ fn sanitize(text: &str) -> String {
         .filter(|c| c.is_ascii_graphic() && !matches!(c, ';' | '(' | ')' | '\\'))
         .take(255)
         .collect()
-}
-
-/// A date in the RFC 5322 §3.3 format, in UTC: `Tue, 24 Nov 2026 20:00:00 +0000`.
-pub fn rfc5322_date(time: SystemTime) -> String {
-    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = secs / 86_400;
-    let (h, m, s) = ((secs % 86_400) / 3600, (secs % 3600) / 60, secs % 60);
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    let weekday = WEEKDAYS[(days % 7) as usize];
-    let month = MONTHS[(month - 1) as usize];
-    format!("{weekday}, {day} {month} {year} {h:02}:{m:02}:{s:02} +0000")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(UNIX_EPOCH), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(UNIX_EPOCH + Duration::from_secs(1_795_550_400)),
-            "Tue, 24 Nov 2026 20:00:00 +0000"
-        );
-        assert_eq!(
-            rfc5322_date(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "Tue, 29 Feb 2000 00:00:00 +0000"
-        );
-    }
 }
