@@ -34,7 +34,8 @@ pub struct TestPki {
 }
 
 impl TestPki {
-    /// A CA and a certificate for `mx.example.test`, `localhost` and 127.0.0.1.
+    /// A CA and a certificate for `mx.example.test`, `localhost`, `up.remote.test` and
+    /// 127.0.0.1.
     pub fn new() -> Self {
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -43,9 +44,10 @@ impl TestPki {
             .push(rcgen::DnType::CommonName, "mta test CA");
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let ca = ca_params.self_signed(&ca_key).unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(vec!["mx.example.test".into(), "localhost".into()])
-                .unwrap();
+        let names = ["mx.example.test", "localhost", "up.remote.test"]
+            .map(String::from)
+            .to_vec();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
         params
             .subject_alt_names
             .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
@@ -85,6 +87,39 @@ impl Default for TestPki {
 /// The local domain of test MTAs.
 pub const DOMAIN: &str = "example.test";
 
+/// How to set up a [`TestMta`].
+#[derive(Clone, Copy, Debug)]
+pub struct Options<'a> {
+    /// The local domain.
+    pub domain: &'a str,
+    /// The host name.
+    pub hostname: &'a str,
+    /// Lines for the `[local]` section.
+    pub local: &'a str,
+    /// Lines for the `[queue]` section.
+    pub queue: &'a str,
+    /// More TOML sections at the end.
+    pub extra: &'a str,
+    /// A certificate (STARTTLS, smtps); `false` for a plaintext-only server.
+    pub tls: bool,
+    /// The relay listener's port (0: any free port).
+    pub relay_port: u16,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Self {
+            domain: DOMAIN,
+            hostname: "mx.example.test",
+            local: "",
+            queue: "",
+            extra: "",
+            tls: true,
+            relay_port: 0,
+        }
+    }
+}
+
 /// A whole MTA running in this process, with its files in a temporary directory.
 pub struct TestMta {
     /// The running MTA.
@@ -93,6 +128,8 @@ pub struct TestMta {
     pub dir: tempfile::TempDir,
     /// The certificate authority clients should trust.
     pub pki: Arc<TestPki>,
+    /// The local domain.
+    pub domain: String,
 }
 
 impl TestMta {
@@ -100,42 +137,68 @@ impl TestMta {
     /// `example.test` delivered to Maildir, and the login `alice@example.test` /
     /// `secret`. `extra` is TOML appended to the configuration (use it for `[limits]`).
     pub async fn start(extra: &str) -> Self {
-        Self::start_with("", extra).await
+        Self::start_opts(Options {
+            extra,
+            ..Options::default()
+        })
+        .await
     }
 
     /// [`TestMta::start`] with more keys in the `[local]` section (`local`), such as
     /// `lmtp = "127.0.0.1:24"`.
     pub async fn start_with(local: &str, extra: &str) -> Self {
+        Self::start_opts(Options {
+            local,
+            extra,
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// An MTA as [`Options`] say.
+    pub async fn start_opts(o: Options<'_>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pki = Arc::new(TestPki::new());
         std::fs::write(dir.path().join("cert.pem"), &pki.cert_pem).unwrap();
         std::fs::write(dir.path().join("key.pem"), &pki.key_pem).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &pki.ca_pem).unwrap();
         let d = dir.path().display();
+        let (domain, hostname, local, queue, extra, relay_port) = (
+            o.domain,
+            o.hostname,
+            o.local,
+            o.queue,
+            o.extra,
+            o.relay_port,
+        );
+        let tls = if o.tls {
+            format!(
+                "[[listener]]\naddress = \"127.0.0.1:0\"\nmode = \"smtps\"\n[tls]\ncertificate = \"{d}/cert.pem\"\nprivate_key = \"{d}/key.pem\"\n"
+            )
+        } else {
+            String::new()
+        };
         let text = format!(
             r#"
-hostname = "mx.example.test"
+hostname = "{hostname}"
 [[listener]]
-address = "127.0.0.1:0"
+address = "127.0.0.1:{relay_port}"
 mode = "relay"
 [[listener]]
 address = "127.0.0.1:0"
 mode = "submission"
-[[listener]]
-address = "127.0.0.1:0"
-mode = "smtps"
-[tls]
-certificate = "{d}/cert.pem"
-private_key = "{d}/key.pem"
+{tls}
 [queue]
 path = "{d}/queue"
 retry_intervals = ["1s"]
+{queue}
 [local]
-domains = ["{DOMAIN}"]
+domains = ["{domain}"]
 maildir = "{d}/maildir"
-mailboxes = ["bob@{DOMAIN}", "carol@{DOMAIN}", "孫子@{DOMAIN}"]
+mailboxes = ["bob@{domain}", "carol@{domain}", "孫子@{domain}"]
 {local}
 [[account]]
-username = "alice@{DOMAIN}"
+username = "alice@{domain}"
 password = "secret"
 {extra}
 "#
@@ -146,6 +209,7 @@ password = "secret"
             mta: Some(mta),
             dir,
             pki,
+            domain: domain.to_owned(),
         }
     }
 
@@ -162,7 +226,7 @@ password = "secret"
         self.dir
             .path()
             .join("maildir")
-            .join(DOMAIN)
+            .join(&self.domain)
             .join(user.to_lowercase())
             .join("new")
     }

@@ -229,6 +229,23 @@ impl MxResolver {
         Ok(hosts)
     }
 
+    /// The addresses of one host (a relay host name, or an IP address as text), without
+    /// MX: for smarthost delivery.
+    pub async fn host(&self, host: &str) -> Result<MxHost, RouteError> {
+        let addresses = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => self.addresses(host).await?,
+        };
+        if addresses.is_empty() {
+            return Err(RouteError::NoSuchDomain);
+        }
+        Ok(MxHost {
+            name: host.to_owned(),
+            preference: 0,
+            addresses,
+        })
+    }
+
     /// The A and AAAA addresses of a host name (never an IP given as a name).
     async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, RouteError> {
         let mut name = Name::from_ascii(host).map_err(|_| RouteError::InvalidDomain)?;

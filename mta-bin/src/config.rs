@@ -111,6 +111,8 @@ pub struct Queue {
     /// Deliveries at once.
     #[serde(default = "default_concurrency")]
     pub max_concurrent_deliveries: usize,
+    /// Tell senders once when their message has waited this long (off by default).
+    pub delay_warning: Option<String>,
 }
 
 impl Default for Queue {
@@ -121,6 +123,7 @@ impl Default for Queue {
             max_age: default_max_age(),
             backend: default_backend(),
             max_concurrent_deliveries: default_concurrency(),
+            delay_warning: None,
         }
     }
 }
@@ -233,6 +236,20 @@ pub struct Outbound {
     /// `opportunistic`, `required` or `disabled`.
     #[serde(default = "default_outbound_tls")]
     pub tls: String,
+    /// Certificates (PEM) trusted besides the system's roots, for `tls = "required"`.
+    pub ca_file: Option<PathBuf>,
+    /// Send all remote mail through this relay (`host` or `host:port`).
+    pub relay: Option<String>,
+    /// `starttls` (default) or `implicit` (TLS from the first byte, port 465).
+    pub relay_tls: Option<String>,
+    /// Login at the relay (only ever sent under TLS).
+    pub relay_username: Option<String>,
+    /// Its password.
+    pub relay_password: Option<String>,
+    /// Deliveries at once per destination domain.
+    pub max_per_destination: Option<usize>,
+    /// Messages per connection before it is closed.
+    pub max_messages_per_connection: Option<usize>,
 }
 
 impl Default for Outbound {
@@ -240,6 +257,13 @@ impl Default for Outbound {
         Self {
             port: default_port(),
             tls: default_outbound_tls(),
+            ca_file: None,
+            relay: None,
+            relay_tls: None,
+            relay_username: None,
+            relay_password: None,
+            max_per_destination: None,
+            max_messages_per_connection: None,
         }
     }
 }
@@ -338,6 +362,20 @@ impl Config {
         for n in &self.relay.trusted_networks {
             n.parse::<smtp_server::filters::IpNetwork>()
                 .map_err(|e| anyhow::anyhow!("[relay] trusted_networks: {e}"))?;
+        }
+        if let Some(d) = &self.queue.delay_warning {
+            parse_duration(d).context("[queue] delay_warning")?;
+        }
+        if let Some(t) = &self.outbound.relay_tls
+            && !matches!(t.as_str(), "starttls" | "implicit")
+        {
+            bail!("[outbound] relay_tls: {t:?} is not starttls or implicit");
+        }
+        if self.outbound.relay_username.is_some() != self.outbound.relay_password.is_some() {
+            bail!("[outbound] relay_username and relay_password go together");
+        }
+        if self.outbound.relay_username.is_some() && self.outbound.relay.is_none() {
+            bail!("[outbound] relay_username needs a relay");
         }
         if !matches!(
             self.outbound.tls.as_str(),

@@ -20,7 +20,9 @@ use tokio::sync::watch;
 
 use crate::accounts::Accounts;
 use crate::config::{Config, parse_duration};
-use crate::delivery::{Delivery, Lmtp, LocalTarget, Maildir};
+use crate::delivery::{Delivery, Lmtp, LocalTarget, Maildir, Relay, Remote, RemoteConfig};
+use dns_mx::{MxConfig, MxResolver};
+use smtp_client::{OutboundConfig, TlsConfigs};
 
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -76,7 +78,8 @@ impl Mta {
             .domains
             .first()
             .map(|d| format!("postmaster@{d}"));
-        let delivery = Delivery::new(local_domains, local, postmaster);
+        let remote = remote_delivery(&config)?;
+        let delivery = Delivery::new(local_domains, local, Some(remote), postmaster);
 
         let (stop, stopped) = watch::channel(false);
         let wait = |mut rx: watch::Receiver<bool>| async move {
@@ -177,6 +180,57 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Remote delivery: MX routing (or the relay) and the SMTP client settings.
+fn remote_delivery(config: &Config) -> anyhow::Result<Remote> {
+    let o = &config.outbound;
+    let extra_roots = match &o.ca_file {
+        Some(path) => {
+            use rustls_pki_types::pem::PemObject;
+            rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(Iterator::collect)
+                .with_context(|| format!("[outbound] ca_file {}", path.display()))?
+        }
+        None => Vec::new(),
+    };
+    let tls_configs = TlsConfigs::new(extra_roots)?;
+    let mut outbound = OutboundConfig::new(&config.hostname, tls_configs);
+    outbound.port = o.port;
+    outbound.tls = o.tls.parse().map_err(anyhow::Error::msg)?;
+    let relay = match &o.relay {
+        None => None,
+        Some(relay) => {
+            let (host, port) = match relay.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') || h.ends_with(']') => (
+                    h.trim_matches(['[', ']']).to_owned(),
+                    p.parse().context("[outbound] relay port")?,
+                ),
+                _ => (relay.clone(), 25),
+            };
+            outbound.port = port;
+            outbound.implicit_tls = o.relay_tls.as_deref() == Some("implicit");
+            if let (Some(user), Some(pass)) = (&o.relay_username, &o.relay_password) {
+                outbound.auth = Some((user.clone(), pass.clone()));
+            }
+            Some(Relay { host })
+        }
+    };
+    let resolver = MxResolver::new(MxConfig {
+        nameservers: config.dns.nameservers.clone(),
+        our_names: vec![config.hostname.clone()],
+        ..MxConfig::default()
+    })?;
+    Ok(Remote::new(
+        resolver,
+        RemoteConfig {
+            outbound,
+            relay,
+            max_per_destination: o.max_per_destination.unwrap_or(20),
+            max_messages_per_connection: o.max_messages_per_connection.unwrap_or(100),
+            idle_timeout: std::time::Duration::from_secs(10),
+        },
+    ))
+}
+
 fn queue_config(config: &Config) -> anyhow::Result<QueueConfig> {
     let q = &config.queue;
     Ok(QueueConfig {
@@ -193,6 +247,8 @@ fn queue_config(config: &Config) -> anyhow::Result<QueueConfig> {
             .collect::<anyhow::Result<_>>()?,
         max_age: parse_duration(&q.max_age)?,
         max_concurrent_deliveries: q.max_concurrent_deliveries,
+        hostname: config.hostname.clone(),
+        delay_warning: q.delay_warning.as_deref().map(parse_duration).transpose()?,
         ..QueueConfig::default()
     })
 }

@@ -91,6 +91,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         &self.greeting
     }
 
+    /// What the server offered in its last EHLO/LHLO reply.
+    pub fn capabilities(&self) -> Option<&Capabilities> {
+        self.session.capabilities()
+    }
+
+    /// Logs in with PLAIN when offered, else LOGIN.
+    pub async fn authenticate(
+        &mut self,
+        username: &str,
+        password: &str,
+    ) -> Result<(), ClientError> {
+        let plain = self
+            .capabilities()
+            .is_none_or(|c| c.offers_auth(&smtp_proto::Mechanism::Plain) || c.auth.is_empty());
+        if plain {
+            self.session.auth_plain(username, password);
+        } else {
+            self.session.auth_login(username, password);
+        }
+        let reply = self.reply_to_command().await?;
+        if reply.is_positive_completion() {
+            Ok(())
+        } else {
+            Err(ClientError::Auth(reply))
+        }
+    }
+
+    /// Sends a command and returns its reply.
+    pub async fn command(&mut self, command: Command) -> Result<Reply, ClientError> {
+        self.session.send(command);
+        self.reply_to_command().await
+    }
+
+    /// The stream, for an upgrade; the session must be told with
+    /// [`Connection::tls_established`].
+    pub(crate) fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// TLS is up: the session forgets what the server said before (RFC 3207 §4.2).
+    pub(crate) fn tls_established(&mut self) {
+        self.session.tls_established();
+    }
+
     /// EHLO (LHLO under LMTP); falls back to HELO when the server refuses EHLO with a
     /// `5yz`. Returns what the server offers.
     pub async fn hello(&mut self, name: HeloName) -> Result<&Capabilities, ClientError> {
@@ -160,17 +204,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         what: &'static str,
     ) -> Result<ClientEvent, ClientError> {
         loop {
+            if let Some(event) = self.session.poll_event() {
+                // What the caller sends in answer to the event goes out on its next call.
+                return Ok(event?);
+            }
+            // Handling replies may have released commands held back (one at a time
+            // without PIPELINING): they must leave before we wait for their replies.
             let pending = self.session.pending_output();
             if !pending.is_empty() {
                 self.stream.write_all(pending).await?;
                 self.stream.flush().await?;
                 let n = pending.len();
                 self.session.consume_output(n);
-            }
-            if let Some(event) = self.session.poll_event() {
-                let event = event?;
-                // Anything the event made the session write goes out on the next round.
-                return Ok(event);
             }
             let n = tokio::time::timeout(timeout, self.stream.read(&mut self.buf))
                 .await

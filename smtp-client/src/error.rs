@@ -15,9 +15,17 @@ pub enum ClientError {
     /// The server broke the protocol (a malformed reply, TLS injection, ...).
     #[error("protocol error: {0}")]
     Protocol(#[from] smtp_proto::Error),
-    /// The server refused the session (greeting, EHLO/LHLO, STARTTLS or AUTH).
+    /// The server refused the session (greeting, EHLO/LHLO or STARTTLS).
     #[error("server replied {0}")]
     Rejected(Reply),
+    /// Our login was refused. Treated as temporary: it is a configuration problem on
+    /// our side, and bouncing every message because of it would be wrong.
+    #[error("authentication failed: {0}")]
+    Auth(Reply),
+    /// TLS could not be set up (handshake failure, certificate not trusted, STARTTLS
+    /// missing where the policy requires it).
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -26,6 +34,19 @@ impl ClientError {
     pub fn reply(&self) -> Reply {
         match self {
             Self::Rejected(reply) => reply.clone(),
+            Self::Auth(reply) => Reply::new(
+                ReplyCode::LOCAL_ERROR,
+                EnhancedStatus::new(4, 7, 0).unwrap_or(EnhancedStatus::PROTOCOL_TEMPORARY),
+                format!(
+                    "authentication to the relay failed: {}",
+                    reply.to_string().trim_end()
+                ),
+            ),
+            Self::Tls(text) => Reply::new(
+                ReplyCode::LOCAL_ERROR,
+                EnhancedStatus::new(4, 7, 5).unwrap_or(EnhancedStatus::PROTOCOL_TEMPORARY),
+                format!("TLS: {text}"),
+            ),
             Self::Protocol(e) => e.reply(),
             Self::Io(e) => Reply::new(
                 ReplyCode::LOCAL_ERROR,

@@ -14,14 +14,21 @@
 //! ([`ClientError::reply`]), which is what a queue needs to choose between retrying and
 //! bouncing.
 //!
-//! Status: connections over any stream (TCP, Unix sockets), EHLO/LHLO with HELO
-//! fallback, transactions with PIPELINING and CHUNKING, LMTP. STARTTLS policies, MX
-//! routing and smarthost AUTH come with the outbound delivery milestone.
+//! - [`Connection`]: a session over any stream (TCP, Unix sockets), EHLO/LHLO with
+//!   HELO fallback, transactions with PIPELINING and CHUNKING; LMTP.
+//! - [`Session`]: outbound SMTP to one host: its addresses in turn, STARTTLS by
+//!   [`TlsPolicy`] (opportunistic, required with certificate checks, disabled),
+//!   implicit TLS and AUTH for relays, and a message checked against what the server
+//!   offers (SIZE, 8BITMIME, SMTPUTF8, REQUIRETLS, DSN) before it is sent.
 
 #![forbid(unsafe_code)]
 
 mod connection;
 mod error;
+mod outbound;
+mod tls;
 
 pub use connection::{Connection, Timeouts};
 pub use error::ClientError;
+pub use outbound::{ClientStream, OutboundConfig, OutboundMessage, Session};
+pub use tls::{TlsConfigs, TlsPolicy};

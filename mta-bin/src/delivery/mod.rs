@@ -1,8 +1,9 @@
-//! The delivery service handed to the queue: local recipients to Maildir or LMTP;
-//! remote recipients are deferred until outbound delivery lands.
+//! The delivery service handed to the queue: local recipients to Maildir or LMTP,
+//! the others to remote servers found by MX (or to a relay host).
 
 mod lmtp;
 mod maildir;
+mod remote;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +15,7 @@ use smtp_server::filters::DomainSet;
 
 pub use lmtp::Lmtp;
 pub use maildir::Maildir;
+pub use remote::{Relay, Remote, RemoteConfig};
 
 /// Where local mail goes.
 #[derive(Debug, Clone)]
@@ -34,6 +36,7 @@ pub struct Delivery {
 struct Inner {
     local_domains: DomainSet,
     local: Option<LocalTarget>,
+    remote: Option<Remote>,
     /// Where bare `Postmaster` goes.
     postmaster: Option<String>,
 }
@@ -43,12 +46,14 @@ impl Delivery {
     pub fn new(
         local_domains: DomainSet,
         local: Option<LocalTarget>,
+        remote: Option<Remote>,
         postmaster: Option<String>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 local_domains,
                 local,
+                remote,
                 postmaster,
             }),
         }
@@ -72,10 +77,12 @@ impl Delivery {
             .map(|(_, d)| d.to_owned())
             .unwrap_or_default();
         if !inner.local_domains.contains(&domain) {
-            return vec![
-                Outcome::Deferred("remote delivery is not available yet".into());
-                addresses.len()
-            ];
+            return match &inner.remote {
+                Some(remote) => remote.deliver(&request, &domain).await,
+                None => {
+                    vec![Outcome::Deferred("no remote delivery configured".into()); addresses.len()]
+                }
+            };
         }
         match &inner.local {
             None => vec![Outcome::Deferred("no local delivery configured".into()); addresses.len()],

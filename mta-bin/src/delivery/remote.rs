@@ -1,0 +1,241 @@
+//! Remote delivery: route by MX (or through a relay host), then SMTP to the hosts in
+//! order, with connections reused across messages and a limit per destination.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dns_mx::{MxHost, MxResolver};
+use mail_queue::{DeliveryRequest, MessageMeta, Outcome};
+use smtp_client::{ClientError, OutboundConfig, OutboundMessage, Session};
+use smtp_proto::{
+    Body, ForwardPath, MailParameters, Notify, OriginalRecipient, RcptParameters, Reply, Ret,
+    ReversePath,
+};
+use tokio::sync::Semaphore;
+use tracing::{Instrument, debug, info_span};
+
+/// A relay host all remote mail goes through (a "smarthost").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Relay {
+    /// Its host name or IP address.
+    pub host: String,
+}
+
+/// Remote delivery settings.
+#[derive(Clone, Debug)]
+pub struct RemoteConfig {
+    /// How to speak SMTP to other servers.
+    pub outbound: OutboundConfig,
+    /// Send everything through this host instead of looking up MX records.
+    pub relay: Option<Relay>,
+    /// Deliveries at once to one destination domain. Default 20 (as Postfix).
+    pub max_per_destination: usize,
+    /// Messages sent on one connection before it is closed. Default 100.
+    pub max_messages_per_connection: usize,
+    /// How long an idle connection is kept for reuse. Default 10 s.
+    pub idle_timeout: Duration,
+}
+
+/// Delivers to other servers.
+#[derive(Debug)]
+pub struct Remote {
+    resolver: MxResolver,
+    config: RemoteConfig,
+    /// Connections waiting for their next message, by host.
+    idle: Mutex<HashMap<String, Vec<(Instant, Session)>>>,
+    /// One semaphore per destination domain.
+    destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Remote {
+    /// A remote delivery service.
+    pub fn new(resolver: MxResolver, config: RemoteConfig) -> Self {
+        Self {
+            resolver,
+            config,
+            idle: Mutex::default(),
+            destinations: Mutex::default(),
+        }
+    }
+
+    /// Delivers the request's recipients (all of one domain): one outcome each.
+    pub async fn deliver(&self, request: &DeliveryRequest, domain: &str) -> Vec<Outcome> {
+        let n = request.recipients.len();
+        let semaphore = {
+            let mut map = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(map.entry(domain.to_owned()).or_insert_with(|| {
+                Arc::new(Semaphore::new(self.config.max_per_destination.max(1)))
+            }))
+        };
+        let Ok(_permit) = semaphore.acquire_owned().await else {
+            return vec![Outcome::Deferred("delivery is shutting down".into()); n];
+        };
+        let hosts = match &self.config.relay {
+            Some(relay) => self.resolver.host(&relay.host).await.map(|h| vec![h]),
+            None => self.resolver.route(domain).await,
+        };
+        let hosts = match hosts {
+            Ok(hosts) => hosts,
+            Err(e) => {
+                let (code, status) = e.status();
+                let text = format!("{code} {status} {domain}: {e}");
+                let outcome = if e.is_permanent() {
+                    Outcome::Failed(text)
+                } else {
+                    Outcome::Deferred(text)
+                };
+                return vec![outcome; n];
+            }
+        };
+        let message = outbound_message(&request.message, &request.recipients, &request.body);
+        if message.recipients.len() != n {
+            return vec![
+                Outcome::Failed("550 5.1.3 invalid recipient address in the queue".into());
+                n
+            ];
+        }
+        let mut last_error: Option<(String, ClientError)> = None;
+        for host in hosts.iter().filter(|h| !h.addresses.is_empty()) {
+            let span = info_span!("smtp.out", host = %host.name, preference = host.preference);
+            match self.deliver_to(host, &message).instrument(span).await {
+                Ok(replies) => return replies.iter().map(|r| outcome(&host.name, r)).collect(),
+                Err(e) => last_error = Some((host.name.clone(), e)),
+            }
+        }
+        match last_error {
+            Some((host, e)) => {
+                let text = format!("{host}: {}", e.reply().to_string().trim_end());
+                let outcome = if e.is_permanent() {
+                    Outcome::Failed(text)
+                } else {
+                    Outcome::Deferred(text)
+                };
+                vec![outcome; n]
+            }
+            None => {
+                vec![Outcome::Deferred(format!("no address for any mail exchanger of {domain}")); n]
+            }
+        }
+    }
+
+    /// One host: a reused connection when there is one, else a new one.
+    async fn deliver_to(
+        &self,
+        host: &MxHost,
+        message: &OutboundMessage,
+    ) -> Result<Vec<Reply>, ClientError> {
+        if let Some(mut session) = self.take_idle(&host.name) {
+            match session.deliver(message).await {
+                Ok(replies) => {
+                    self.put_idle(session);
+                    return Ok(replies);
+                }
+                // The server may have closed it while it waited: open a new one.
+                Err(e) => {
+                    debug!(host = %host.name, error = %e, "reused connection failed; reconnecting")
+                }
+            }
+        }
+        let mut session = Session::open(&host.name, &host.addresses, &self.config.outbound).await?;
+        let replies = session.deliver(message).await?;
+        self.put_idle(session);
+        Ok(replies)
+    }
+
+    fn take_idle(&self, host: &str) -> Option<Session> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(host)?;
+        while let Some((since, session)) = list.pop() {
+            if since.elapsed() < self.config.idle_timeout {
+                return Some(session);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, session: Session) {
+        if session.transactions >= self.config.max_messages_per_connection {
+            tokio::spawn(session.quit());
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.entry(session.host().to_owned())
+            .or_default()
+            .push((Instant::now(), session));
+    }
+}
+
+/// `host: 250 2.0.0 Ok` as delivered, failed or deferred by the reply's class. A
+/// delivery to a server that offered DSN with NOTIFY passed on is "relayed": that
+/// server sends any success notification.
+fn outcome(host: &str, reply: &Reply) -> Outcome {
+    let text = format!(
+        "{host}: {}",
+        reply.to_string().trim_end().replace("\r\n", " ")
+    );
+    if reply.is_positive_completion() {
+        Outcome::Delivered(format!("relayed to {text}"))
+    } else if reply.is_permanent() {
+        Outcome::Failed(text)
+    } else {
+        Outcome::Deferred(text)
+    }
+}
+
+/// The envelope of a queued message, for SMTP.
+fn outbound_message(meta: &MessageMeta, indexes: &[usize], body: &Arc<Vec<u8>>) -> OutboundMessage {
+    let from = if meta.from.is_empty() {
+        ReversePath::Null
+    } else {
+        ReversePath::parse(&format!("<{}>", meta.from)).unwrap_or(ReversePath::Null)
+    };
+    let p = &meta.params;
+    let params = MailParameters {
+        body: match p.body {
+            mail_queue::BodyType::SevenBit => None,
+            mail_queue::BodyType::EightBitMime | mail_queue::BodyType::BinaryMime => {
+                Some(Body::EightBitMime)
+            }
+        },
+        smtputf8: p.smtputf8,
+        ret: p
+            .ret
+            .map(|hdrs| if hdrs { Ret::Headers } else { Ret::Full }),
+        envid: p.envid.clone(),
+        requiretls: p.requiretls,
+        ..MailParameters::default()
+    };
+    let recipients = indexes
+        .iter()
+        .filter_map(|&i| meta.recipients.get(i))
+        .filter_map(|r| {
+            let to = ForwardPath::parse(&format!("<{}>", r.address)).ok()?;
+            let notify = r.dsn.notify.map(|bits| {
+                [
+                    (1, Notify::SUCCESS),
+                    (2, Notify::FAILURE),
+                    (4, Notify::DELAY),
+                ]
+                .iter()
+                .filter(|(bit, _)| bits & bit != 0)
+                .fold(Notify::NEVER, |n, (_, flag)| n.union(*flag))
+            });
+            let orcpt = r
+                .dsn
+                .orcpt
+                .as_ref()
+                .map(|(addr_type, address)| OriginalRecipient {
+                    addr_type: addr_type.clone(),
+                    address: address.clone(),
+                });
+            Some((to, RcptParameters { notify, orcpt }))
+        })
+        .collect();
+    OutboundMessage {
+        from,
+        params,
+        recipients,
+        body: Arc::clone(body),
+    }
+}

@@ -1,0 +1,127 @@
+//! TLS for outbound SMTP: the policies and the two rustls configurations they use.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, aws_lc_rs};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::ClientError;
+
+/// When to use STARTTLS towards a server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// Use STARTTLS when offered, accept any certificate, and fall back to plaintext
+    /// only when the handshake itself fails (before any mail data). The default for
+    /// MX delivery, as in Postfix's `may`.
+    #[default]
+    Opportunistic,
+    /// STARTTLS is mandatory and the certificate must chain to a trusted root and name
+    /// the host; otherwise the delivery is deferred, never sent in plaintext.
+    Required,
+    /// Never STARTTLS.
+    Disabled,
+}
+
+impl std::str::FromStr for TlsPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "opportunistic" => Ok(Self::Opportunistic),
+            "required" => Ok(Self::Required),
+            "disabled" => Ok(Self::Disabled),
+            other => Err(format!(
+                "unknown TLS policy {other:?} (opportunistic, required or disabled)"
+            )),
+        }
+    }
+}
+
+/// The two client configurations: one that verifies, one for opportunistic TLS.
+#[derive(Clone, Debug)]
+pub struct TlsConfigs {
+    /// Verifies the chain against the system's roots (and `extra_roots`) and the name.
+    pub verified: Arc<rustls::ClientConfig>,
+    /// Accepts any certificate (signatures are still checked): encryption against
+    /// passive eavesdropping, the best an unauthenticated MX can offer.
+    pub dangerous_unverified: Arc<rustls::ClientConfig>,
+}
+
+impl TlsConfigs {
+    /// Both configurations; `extra_roots` are trusted besides the system's (a private
+    /// CA, or a test CA). TLS 1.2 and 1.3 only.
+    pub fn new(extra_roots: Vec<CertificateDer<'static>>) -> Result<Self, ClientError> {
+        let provider = Arc::new(aws_lc_rs::default_provider());
+        let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(
+            extra_roots,
+            Arc::clone(&provider),
+        )
+        .map_err(|e| ClientError::Tls(format!("cannot load the trusted roots: {e}")))?;
+        let verified = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        let unverified = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth();
+        Ok(Self {
+            verified: Arc::new(verified),
+            dangerous_unverified: Arc::new(unverified),
+        })
+    }
+}
+
+/// Accepts any certificate but still checks the handshake signatures with it.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
