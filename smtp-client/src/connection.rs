@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use smtp_proto::{
     Capabilities, ClientConfig, ClientEvent, ClientSession, Command, HeloName, MailTransaction,
-    Reply, TransactionResult,
+    Reply, TransactionResult, Waiting,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -19,8 +19,24 @@ pub struct Timeouts {
     pub command: Duration,
     /// The `354` to DATA. Default 2 minutes.
     pub data_start: Duration,
+    /// Sending each block of the message. Default 3 minutes.
+    pub data_block: Duration,
     /// The reply after the message's final dot. Default 10 minutes.
     pub data_end: Duration,
+}
+
+impl Timeouts {
+    /// The timeout for the reply the session waits for, and what to call it.
+    fn for_reply(&self, waiting: Option<Waiting>) -> (Duration, &'static str) {
+        match waiting {
+            Some(Waiting::Greeting) => (self.greeting, "the greeting"),
+            Some(Waiting::Mail) => (self.command, "the reply to MAIL"),
+            Some(Waiting::Rcpt) => (self.command, "the reply to RCPT"),
+            Some(Waiting::DataStart) => (self.data_start, "the reply to DATA"),
+            Some(Waiting::DataEnd) => (self.data_end, "the reply after the message"),
+            Some(Waiting::Command) | None => (self.command, "a reply"),
+        }
+    }
 }
 
 impl Default for Timeouts {
@@ -30,6 +46,7 @@ impl Default for Timeouts {
             greeting: min(5),
             command: min(5),
             data_start: min(2),
+            data_block: min(3),
             data_end: min(10),
         }
     }
@@ -77,8 +94,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             buf: vec![0; 8192],
             greeting: Reply::plain(smtp_proto::ReplyCode::SERVICE_READY, ""),
         };
-        let limit = conn.timeouts.greeting;
-        match conn.next_event(limit, "the greeting").await? {
+        match conn.next_event().await? {
             ClientEvent::Greeting(reply) if reply.code().as_u16() == 220 => conn.greeting = reply,
             ClientEvent::Greeting(reply) => return Err(ClientError::Rejected(reply)),
             _ => return Err(smtp_proto::Error::UnexpectedReply.into()),
@@ -164,11 +180,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     ) -> Result<TransactionResult, ClientError> {
         self.session.start_transaction(transaction);
         loop {
-            let timeout = self.timeouts.data_end.max(self.timeouts.command);
-            match self
-                .next_event(timeout, "a reply in the mail transaction")
-                .await?
-            {
+            match self.next_event().await? {
                 ClientEvent::ReadyForData => self.session.send_body(body),
                 ClientEvent::TransactionComplete(result) => return Ok(result),
                 _ => return Err(smtp_proto::Error::UnexpectedReply.into()),
@@ -190,19 +202,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     async fn reply_to_command(&mut self) -> Result<Reply, ClientError> {
-        let timeout = self.timeouts.command;
-        match self.next_event(timeout, "a reply").await? {
+        match self.next_event().await? {
             ClientEvent::Reply { reply, .. } => Ok(reply),
             _ => Err(smtp_proto::Error::UnexpectedReply.into()),
         }
     }
 
-    /// Writes what the session wants written, then reads until it reports an event.
-    async fn next_event(
-        &mut self,
-        timeout: Duration,
-        what: &'static str,
-    ) -> Result<ClientEvent, ClientError> {
+    /// Writes what the session wants written, then reads until it reports an event;
+    /// each wait has the RFC 5321 timeout of the reply it waits for, each write the
+    /// data-block timeout.
+    async fn next_event(&mut self) -> Result<ClientEvent, ClientError> {
         loop {
             if let Some(event) = self.session.poll_event() {
                 // What the caller sends in answer to the event goes out on its next call.
@@ -212,11 +221,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             // without PIPELINING): they must leave before we wait for their replies.
             let pending = self.session.pending_output();
             if !pending.is_empty() {
-                self.stream.write_all(pending).await?;
-                self.stream.flush().await?;
                 let n = pending.len();
+                let write = async {
+                    self.stream.write_all(pending).await?;
+                    self.stream.flush().await
+                };
+                tokio::time::timeout(self.timeouts.data_block, write)
+                    .await
+                    .map_err(|_| ClientError::Timeout("the server to take our data"))??;
                 self.session.consume_output(n);
             }
+            let (timeout, what) = self.timeouts.for_reply(self.session.next_reply_for());
             let n = tokio::time::timeout(timeout, self.stream.read(&mut self.buf))
                 .await
                 .map_err(|_| ClientError::Timeout(what))??;

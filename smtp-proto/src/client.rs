@@ -78,6 +78,23 @@ pub enum ClientEvent {
     TransactionComplete(TransactionResult),
 }
 
+/// What the next reply answers (see [`ClientSession::next_reply_for`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// The greeting (RFC 5321: 5 minutes).
+    Greeting,
+    /// MAIL (5 minutes).
+    Mail,
+    /// RCPT (5 minutes).
+    Rcpt,
+    /// The 354 to DATA (2 minutes).
+    DataStart,
+    /// The reply after the message (10 minutes).
+    DataEnd,
+    /// Any other command (EHLO, STARTTLS, AUTH, RSET, QUIT: 5 minutes).
+    Command,
+}
+
 /// What an in-flight or queued command expects in return.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expect {
@@ -396,6 +413,18 @@ impl ClientSession {
     /// Whether a transaction is in progress.
     pub fn in_transaction(&self) -> bool {
         self.transaction.is_some()
+    }
+
+    /// What the next reply answers, for choosing its timeout (RFC 5321 §4.5.3.2).
+    pub fn next_reply_for(&self) -> Option<Waiting> {
+        self.in_flight.front().map(|e| match e {
+            Expect::Greeting => Waiting::Greeting,
+            Expect::Mail => Waiting::Mail,
+            Expect::Rcpt(_) => Waiting::Rcpt,
+            Expect::Data => Waiting::DataStart,
+            Expect::Body => Waiting::DataEnd,
+            Expect::Command(_) | Expect::AuthLogin(_) => Waiting::Command,
+        })
     }
 
     // ----- internals -----

@@ -71,7 +71,9 @@ mod reply;
 mod server;
 
 pub use address::{Domain, ForwardPath, HeloName, Host, MAX_DOMAIN_LEN, Mailbox, ReversePath};
-pub use client::{ClientConfig, ClientEvent, ClientSession, MailTransaction, TransactionResult};
+pub use client::{
+    ClientConfig, ClientEvent, ClientSession, MailTransaction, TransactionResult, Waiting,
+};
 pub use command::{Command, Mechanism, SaslData};
 pub use data::{DataDecoder, DataEncoder, DataStats, Decoded};
 pub use date::rfc5322_date;
