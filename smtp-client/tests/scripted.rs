@@ -40,7 +40,9 @@ async fn scripted(
                 let mut chunk = vec![0; size];
                 read.read_exact(&mut chunk).await.unwrap();
             }
-            let Some(reply) = script(&verb) else { return seen };
+            let Some(reply) = script(&verb) else {
+                return seen;
+            };
             write.write_all(reply.as_bytes()).await.unwrap();
             if verb == "DATA" && reply.starts_with("354") {
                 let mut body = String::new();
@@ -52,7 +54,9 @@ async fn scripted(
                     body.push_str(&l);
                 }
                 seen.push("<body>".into());
-                let Some(reply) = script("<BODY>") else { return seen };
+                let Some(reply) = script("<BODY>") else {
+                    return seen;
+                };
                 write.write_all(reply.as_bytes()).await.unwrap();
             }
         }
@@ -71,7 +75,10 @@ fn message(body: &str) -> OutboundMessage {
     OutboundMessage {
         from: ReversePath::parse("<a@client.test>").unwrap(),
         params: MailParameters::default(),
-        recipients: vec![(ForwardPath::parse("<b@server.test>").unwrap(), RcptParameters::default())],
+        recipients: vec![(
+            ForwardPath::parse("<b@server.test>").unwrap(),
+            RcptParameters::default(),
+        )],
         body: Arc::new(body.as_bytes().to_vec()),
     }
 }
@@ -81,7 +88,13 @@ const LOCALHOST: [IpAddr; 1] = [IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)];
 #[tokio::test]
 async fn greeting_421_is_a_temporary_failure() {
     let (port, _) = scripted("421 4.3.2 busy\r\n", |_| Some("221 bye\r\n")).await;
-    let err = Session::open("server.test", &LOCALHOST, &config(port, TlsPolicy::Opportunistic)).await.unwrap_err();
+    let err = Session::open(
+        "server.test",
+        &LOCALHOST,
+        &config(port, TlsPolicy::Opportunistic),
+    )
+    .await
+    .unwrap_err();
     assert!(err.is_transient(), "{err}");
     assert_eq!(err.reply().code().as_u16(), 421);
 }
@@ -95,13 +108,25 @@ async fn ehlo_refused_falls_back_to_helo() {
         _ => Some("250 ok\r\n"),
     })
     .await;
-    let mut s = Session::open("server.test", &LOCALHOST, &config(port, TlsPolicy::Opportunistic)).await.unwrap();
-    let replies = s.deliver(&message("Subject: x\r\n\r\nhi\r\n")).await.unwrap();
+    let mut s = Session::open(
+        "server.test",
+        &LOCALHOST,
+        &config(port, TlsPolicy::Opportunistic),
+    )
+    .await
+    .unwrap();
+    let replies = s
+        .deliver(&message("Subject: x\r\n\r\nhi\r\n"))
+        .await
+        .unwrap();
     assert_eq!(replies[0].code().as_u16(), 250);
     s.quit().await;
     let seen = server.await.unwrap();
     assert_eq!(seen[..2], ["EHLO client.test", "HELO client.test"]);
-    assert_eq!(seen[2], "MAIL FROM:<a@client.test>", "no ESMTP parameters after HELO");
+    assert_eq!(
+        seen[2], "MAIL FROM:<a@client.test>",
+        "no ESMTP parameters after HELO"
+    );
 }
 
 #[tokio::test]
@@ -115,14 +140,37 @@ async fn starttls_454_continues_in_plaintext_unless_required() {
         }
     }
     let (port, _) = scripted("220 hi\r\n", script).await;
-    let mut s = Session::open("server.test", &LOCALHOST, &config(port, TlsPolicy::Opportunistic)).await.unwrap();
+    let mut s = Session::open(
+        "server.test",
+        &LOCALHOST,
+        &config(port, TlsPolicy::Opportunistic),
+    )
+    .await
+    .unwrap();
     assert!(!s.is_tls());
-    assert_eq!(s.deliver(&message("x\r\n")).await.unwrap()[0].code().as_u16(), 250);
+    assert_eq!(
+        s.deliver(&message("x\r\n")).await.unwrap()[0]
+            .code()
+            .as_u16(),
+        250
+    );
 
     let (port, server) = scripted("220 hi\r\n", script).await;
-    let err = Session::open("server.test", &LOCALHOST, &config(port, TlsPolicy::Required)).await.unwrap_err();
-    assert!(matches!(err, ClientError::Tls(_)) && err.is_transient(), "{err}");
-    assert!(!server.await.unwrap().iter().any(|l| l.starts_with("MAIL")), "nothing sent in plaintext");
+    let err = Session::open(
+        "server.test",
+        &LOCALHOST,
+        &config(port, TlsPolicy::Required),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Tls(_)) && err.is_transient(),
+        "{err}"
+    );
+    assert!(
+        !server.await.unwrap().iter().any(|l| l.starts_with("MAIL")),
+        "nothing sent in plaintext"
+    );
 }
 
 #[tokio::test]
@@ -134,9 +182,18 @@ async fn a_drop_after_the_dot_is_not_a_delivery() {
         _ => Some("250 ok\r\n"),
     })
     .await;
-    let mut s = Session::open("server.test", &LOCALHOST, &config(port, TlsPolicy::Opportunistic)).await.unwrap();
+    let mut s = Session::open(
+        "server.test",
+        &LOCALHOST,
+        &config(port, TlsPolicy::Opportunistic),
+    )
+    .await
+    .unwrap();
     let err = s.deliver(&message("x\r\n")).await.unwrap_err();
-    assert!(err.is_transient(), "deferred (a duplicate later is allowed, a loss is not): {err}");
+    assert!(
+        err.is_transient(),
+        "deferred (a duplicate later is allowed, a loss is not): {err}"
+    );
 }
 
 #[tokio::test]
@@ -147,8 +204,17 @@ async fn a_refused_bdat_chunk_is_temporary() {
         _ => Some("250 ok\r\n"),
     })
     .await;
-    let mut s = Session::open("server.test", &LOCALHOST, &config(port, TlsPolicy::Opportunistic)).await.unwrap();
-    let replies = s.deliver(&message("Subject: x\r\n\r\nhi\r\n")).await.unwrap();
+    let mut s = Session::open(
+        "server.test",
+        &LOCALHOST,
+        &config(port, TlsPolicy::Opportunistic),
+    )
+    .await
+    .unwrap();
+    let replies = s
+        .deliver(&message("Subject: x\r\n\r\nhi\r\n"))
+        .await
+        .unwrap();
     assert_eq!(replies[0].code().as_u16(), 452);
     assert!(replies[0].is_transient());
     s.quit().await;
@@ -158,17 +224,44 @@ async fn a_refused_bdat_chunk_is_temporary() {
 #[tokio::test]
 async fn malformed_and_oversized_replies_are_temporary_failures() {
     let (port, _) = scripted("25O not a code\r\n", |_| Some("250 ok\r\n")).await;
-    let err = Session::open("server.test", &LOCALHOST, &config(port, TlsPolicy::Opportunistic)).await.unwrap_err();
-    assert!(matches!(err, ClientError::Protocol(_)) && err.is_transient(), "{err}");
+    let err = Session::open(
+        "server.test",
+        &LOCALHOST,
+        &config(port, TlsPolicy::Opportunistic),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Protocol(_)) && err.is_transient(),
+        "{err}"
+    );
     // A server that declares a size limit gets no larger message.
     let (port, server) = scripted("220 hi\r\n", |verb| match verb {
         "EHLO" => Some("250-server\r\n250 SIZE 10\r\n"),
         _ => Some("250 ok\r\n"),
     })
     .await;
-    let mut s = Session::open("server.test", &LOCALHOST, &config(port, TlsPolicy::Opportunistic)).await.unwrap();
-    let replies = s.deliver(&message("this body is longer than ten octets\r\n")).await.unwrap();
-    assert_eq!((replies[0].code().as_u16(), replies[0].status().map(|s| s.to_string())), (552, Some("5.3.4".into())));
+    let mut s = Session::open(
+        "server.test",
+        &LOCALHOST,
+        &config(port, TlsPolicy::Opportunistic),
+    )
+    .await
+    .unwrap();
+    let replies = s
+        .deliver(&message("this body is longer than ten octets\r\n"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            replies[0].code().as_u16(),
+            replies[0].status().map(|s| s.to_string())
+        ),
+        (552, Some("5.3.4".into()))
+    );
     s.quit().await;
-    assert!(!server.await.unwrap().iter().any(|l| l.starts_with("MAIL")), "not sent");
+    assert!(
+        !server.await.unwrap().iter().any(|l| l.starts_with("MAIL")),
+        "not sent"
+    );
 }
