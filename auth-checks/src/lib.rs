@@ -1,9 +1,48 @@
 //! # auth-checks
 //!
-//! Sender authentication for the `mta` workspace: SPF (RFC 7208), DKIM (RFC 6376),
-//! DMARC (RFC 7489) and ARC (RFC 8617) verification, DKIM signing and
-//! `Authentication-Results` (RFC 8601), built on mail-auth and offered as middleware.
+//! Sender authentication for the `mta` workspace, built on mail-auth and offered as
+//! layers of the `smtp-server` stage chain:
 //!
-//! Status: not built yet; it arrives with the sender-authentication work.
+//! - [`Verifier`]: SPF (RFC 7208), DKIM (RFC 6376, RSA and Ed25519 per RFC 8463), DMARC
+//!   (RFC 7489) and ARC (RFC 8617) against DNS, with results as plain values
+//!   ([`results`]) that render as `Authentication-Results` (RFC 8601).
+//! - [`AuthChecks`]: the checks as mail-stage and data-stage layers, each `off`, `tag`
+//!   or `enforce` ([`Policy`]).
+//! - [`DkimSigner`] / [`DkimSignLayer`]: DKIM signing of outbound mail; [`ArcSigner`]:
+//!   ARC sealing of mail we forward; [`generate_key`]: new keys and their DNS records.
+//!
+//! No mail-auth type appears in this API, so upgrading mail-auth stays a local change.
+//!
+//! ```no_run
+//! # async fn example(resolver: hickory_resolver::TokioResolver, raw: &[u8]) {
+//! use auth_checks::{MessageChecks, Verifier};
+//! let verifier = Verifier::new(resolver, "mx.example.net");
+//! let spf = verifier.spf("192.0.2.1".parse().unwrap(), "mail.example.org", "alice@example.org").await;
+//! let report = verifier.check_message(raw, Some(&spf), MessageChecks::ALL).await;
+//! let header = format!("Authentication-Results: {}\r\n", report.header_value("mx.example.net"));
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
+
+mod error;
+mod filter;
+mod headers;
+mod keygen;
+pub mod results;
+mod sign;
+pub mod verify;
+
+pub use error::Error;
+pub use filter::{
+    AuthChecks, CheckLayer, CheckService, DkimSign, DkimSignLayer, MessageStage, Mode, Policy,
+    QUARANTINE_HEADER, SpfStage,
+};
+pub use headers::remove_our_results;
+pub use keygen::{GeneratedKey, generate_key};
+pub use results::{
+    ArcResult, ArcVerdict, AuthReport, DkimResult, DkimVerdict, DmarcPolicy, DmarcResult,
+    DmarcVerdict, SpfCheck, SpfResult, SpfVerdict,
+};
+pub use sign::{ArcSigner, DEFAULT_SIGNED_HEADERS, DkimSigner, KeyKind};
+pub use verify::{MessageChecks, Verifier};

@@ -144,6 +144,12 @@ impl MxResolver {
         })
     }
 
+    /// The underlying hickory resolver, to share its cache with other lookups (SPF,
+    /// DKIM, DMARC).
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
+    }
+
     /// The hosts to try for `domain`, best first. `domain` may be an address literal
     /// (`[192.0.2.1]`, `[IPv6:2001:db8::1]`) or an internationalized name.
     pub async fn route(&self, domain: &str) -> Result<Vec<MxHost>, RouteError> {

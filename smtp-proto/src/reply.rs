@@ -220,6 +220,12 @@ statuses! {
     TOO_MANY_RECIPIENTS = (4, 5, 3);
     /// `4.7.0` Other or undefined security status (temporary).
     SECURITY_TEMPORARY = (4, 7, 0);
+    /// `4.7.1` Delivery not authorized, for now (a policy that could not be evaluated).
+    NOT_AUTHORIZED_TEMPORARY = (4, 7, 1);
+    /// `4.7.5` Cryptographic failure, for now (a DKIM key that could not be fetched).
+    CRYPTO_TEMPORARY = (4, 7, 5);
+    /// `4.7.24` SPF validation error (RFC 7372): a temporary DNS failure.
+    SPF_TEMPORARY = (4, 7, 24);
     /// `5.1.1` Bad destination mailbox address.
     BAD_DESTINATION_MAILBOX = (5, 1, 1);
     /// `5.1.3` Bad destination mailbox address syntax.
@@ -254,6 +260,12 @@ statuses! {
     REQUIRETLS_NEEDS_TLS = (5, 7, 10);
     /// `5.7.11` Encryption required for requested authentication mechanism (RFC 4954).
     ENCRYPTION_REQUIRED = (5, 7, 11);
+    /// `5.7.20` No passing DKIM signature found (RFC 7372).
+    NO_PASSING_DKIM = (5, 7, 20);
+    /// `5.7.23` SPF validation failed (RFC 7372).
+    SPF_FAILED = (5, 7, 23);
+    /// `5.7.29` ARC validation failure (RFC 8617 §5.2.2).
+    ARC_FAILED = (5, 7, 29);
 }
 
 impl EnhancedStatus {

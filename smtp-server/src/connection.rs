@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::{ListenerMode, ServerConfig};
 use crate::stage::{
-    AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, EhloRequest, MailRequest,
+    AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, EhloRequest, MailRequest, Notes,
     RcptRequest, SessionInfo, Stages, TlsInfo, call,
 };
 
@@ -65,6 +65,7 @@ pub(crate) async fn serve(
             info,
             stream: Stream::Plain(tcp),
             shutdown,
+            notes: Notes::default(),
         };
         debug!("connected");
         match conn.run().await {
@@ -81,6 +82,8 @@ struct Connection {
     info: SessionInfo,
     stream: Stream,
     shutdown: watch::Receiver<bool>,
+    /// The current transaction's notes.
+    notes: Notes,
 }
 
 impl Connection {
@@ -242,12 +245,14 @@ impl Connection {
                 decision
             }
             Event::Mail { from, params } => {
+                self.notes = Notes::default();
                 call(
                     &stages.mail,
                     MailRequest {
                         session: self.snapshot(session),
                         from,
                         params,
+                        notes: self.notes.clone(),
                     },
                 )
                 .await
@@ -264,6 +269,7 @@ impl Connection {
                         from,
                         to,
                         params,
+                        notes: self.notes.clone(),
                     },
                 )
                 .await
@@ -275,6 +281,7 @@ impl Connection {
                     envelope,
                     added_headers: Vec::new(),
                     body: Arc::new(body),
+                    notes: self.notes.clone(),
                 };
                 let decision = call(&stages.data, request).instrument(span.clone()).await;
                 span.in_scope(|| match &decision {

@@ -56,6 +56,6 @@ pub use error::ServerError;
 pub use from_fn::{FromFn, FromFnLayer, Next, from_fn};
 pub use server::Server;
 pub use stage::{
-    AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, EhloRequest, MailRequest,
+    AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, EhloRequest, MailRequest, Notes,
     RcptRequest, SessionInfo, StageService, Stages, TlsInfo,
 };

@@ -18,8 +18,9 @@
 //! `ServiceBuilder` stack, or [`from_fn`](crate::from_fn)). The last layer added is the
 //! outermost: it sees the request first.
 
+use std::any::Any;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use smtp_proto::{
     Credentials, EnhancedStatus, Envelope, ForwardPath, HeloKind, HeloName, MailParameters,
@@ -106,6 +107,45 @@ pub struct SessionInfo {
     pub protocol: &'static str,
 }
 
+/// Values filters leave for the later stages of the same transaction, one per type:
+/// what a mail-stage filter learned (an SPF verdict, say) for the data stage to use.
+/// Every `MAIL FROM` starts with empty notes; the rcpt and data requests of that
+/// transaction carry the same ones.
+///
+/// ```
+/// use smtp_server::Notes;
+/// #[derive(Clone, Debug, PartialEq)]
+/// struct Score(u32);
+/// let notes = Notes::default();
+/// notes.insert(Score(3));
+/// assert_eq!(notes.get::<Score>(), Some(Score(3)));
+/// assert_eq!(notes.get::<String>(), None);
+/// ```
+#[derive(Clone, Default)]
+pub struct Notes(Arc<Mutex<Vec<Box<dyn Any + Send + Sync>>>>);
+
+impl Notes {
+    /// Keeps `value`, replacing an earlier value of the same type.
+    pub fn insert<T: Any + Send + Sync>(&self, value: T) {
+        let mut notes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        notes.retain(|n| !n.is::<T>());
+        notes.push(Box::new(value));
+    }
+
+    /// A copy of the value of type `T`, if one was left.
+    pub fn get<T: Any + Send + Sync + Clone>(&self) -> Option<T> {
+        let notes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        notes.iter().find_map(|n| n.downcast_ref::<T>()).cloned()
+    }
+}
+
+impl std::fmt::Debug for Notes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |n| n.len());
+        write!(f, "Notes({n})")
+    }
+}
+
 /// The connect stage: a client connected, before the greeting.
 #[derive(Clone, Debug)]
 pub struct ConnectRequest {
@@ -142,6 +182,8 @@ pub struct MailRequest {
     pub from: ReversePath,
     /// Its parameters.
     pub params: MailParameters,
+    /// This transaction's notes (new and empty).
+    pub notes: Notes,
 }
 
 /// The rcpt stage: RCPT TO.
@@ -155,6 +197,8 @@ pub struct RcptRequest {
     pub to: ForwardPath,
     /// Its parameters.
     pub params: RcptParameters,
+    /// This transaction's notes.
+    pub notes: Notes,
 }
 
 /// The data stage: a complete message, at the end of DATA or the last BDAT chunk.
@@ -166,8 +210,11 @@ pub struct DataRequest {
     pub envelope: Envelope,
     /// Header lines added by filters, each ending in CRLF, in the order they will appear.
     pub added_headers: Vec<u8>,
-    /// The message as the client sent it.
+    /// The message as the client sent it (a filter may replace it, e.g. to remove a
+    /// header field).
     pub body: Arc<Vec<u8>>,
+    /// This transaction's notes.
+    pub notes: Notes,
 }
 
 impl DataRequest {

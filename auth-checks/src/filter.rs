@@ -1,0 +1,529 @@
+//! The checks as layers of the `smtp-server` stage chain.
+//!
+//! | layer | stage | does |
+//! | --- | --- | --- |
+//! | [`AuthChecks::mail_layer`] | mail | SPF for the HELO and MAIL FROM identities; under `enforce`, `fail` is `550 5.7.23` and `temperror` `451 4.7.24` |
+//! | [`AuthChecks::data_layer`] | data | removes forged `Authentication-Results` naming us, checks DKIM, ARC, DMARC, adds our `Authentication-Results`, applies the policies, seals ARC |
+//! | [`DkimSignLayer`] | data | signs mail from authenticated users for the domains it has keys for |
+//!
+//! Mechanism and policy are apart: each check is `off`, `tag` (header only) or
+//! `enforce` ([`Mode`]). Authenticated sessions, sessions from `skip_networks`, and
+//! listeners other than the relay listener (port 25) are not checked.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use smtp_proto::{EnhancedStatus, ForwardPath, HeloName, ReversePath};
+use smtp_server::filters::{DomainSet, IpNetwork};
+use smtp_server::{BoxError, DataRequest, Decision, ListenerMode, MailRequest, SessionInfo};
+use tower::{Layer, Service};
+use tracing::{debug, info};
+
+use crate::results::{
+    ArcResult, AuthReport, DkimResult, DmarcPolicy, DmarcResult, SpfCheck, SpfResult,
+};
+use crate::sign::{ArcSigner, DkimSigner};
+use crate::verify::{MessageChecks, Verifier};
+
+/// What to do with a check's result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Do not run the check.
+    Off,
+    /// Run it and record the result in `Authentication-Results` only.
+    #[default]
+    Tag,
+    /// Run it, record it, and refuse mail the result condemns.
+    Enforce,
+}
+
+/// The mode of each check; `tag` for all by default (`[auth_checks]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// SPF (RFC 7208): `enforce` rejects `fail` at MAIL FROM.
+    pub spf: Mode,
+    /// DKIM (RFC 6376): `enforce` rejects messages whose every signature failed.
+    pub dkim: Mode,
+    /// DMARC (RFC 7489): `enforce` applies the domain's `p=reject` / `p=quarantine`.
+    pub dmarc: Mode,
+    /// ARC (RFC 8617): `enforce` rejects messages with a broken chain.
+    pub arc: Mode,
+}
+
+impl Policy {
+    fn any(&self) -> bool {
+        [self.spf, self.dkim, self.dmarc, self.arc]
+            .iter()
+            .any(|m| *m != Mode::Off)
+    }
+}
+
+/// The header an MDA or Sieve script can file quarantined mail on (DMARC
+/// `p=quarantine` under `enforce`).
+pub const QUARANTINE_HEADER: &str = "X-Quarantine";
+
+struct Shared {
+    verifier: Verifier,
+    policy: Policy,
+    skip_networks: Vec<IpNetwork>,
+    sealer: Option<(ArcSigner, DomainSet)>,
+}
+
+impl Shared {
+    /// Whether a session is checked: the relay listener, not authenticated, not from
+    /// a skipped network.
+    fn checks(&self, session: &SessionInfo) -> bool {
+        session.mode == ListenerMode::Relay
+            && session.authenticated.is_none()
+            && !self
+                .skip_networks
+                .iter()
+                .any(|n| n.contains(session.peer.ip()))
+    }
+}
+
+/// The inbound checks, configured once, giving a mail-stage and a data-stage layer.
+///
+/// ```no_run
+/// # fn example(resolver: hickory_resolver::TokioResolver, queue: smtp_server::StageService<smtp_server::DataRequest>) {
+/// use auth_checks::{AuthChecks, Policy, Verifier};
+/// let checks = AuthChecks::new(Verifier::new(resolver, "mx.example.net"), Policy::default());
+/// let stages = smtp_server::Stages::new(queue)
+///     .mail_layer(checks.mail_layer())
+///     .data_layer(checks.data_layer());
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AuthChecks {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AuthChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuthChecks({:?})", self.shared.policy)
+    }
+}
+
+impl AuthChecks {
+    /// Checks with `verifier` (whose host name is the authserv-id of our
+    /// `Authentication-Results`) under `policy`.
+    pub fn new(verifier: Verifier, policy: Policy) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                verifier,
+                policy,
+                skip_networks: Vec::new(),
+                sealer: None,
+            }),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            f(shared);
+        }
+        self
+    }
+
+    /// Does not check clients from these networks (trusted hosts that relay through us).
+    pub fn skip_networks(self, networks: Vec<IpNetwork>) -> Self {
+        self.edit(|s| s.skip_networks = networks)
+    }
+
+    /// Adds an ARC set to checked messages with a recipient outside `local_domains`
+    /// (mail we forward), when the chain they carry can be extended.
+    pub fn arc_sealer(self, signer: ArcSigner, local_domains: DomainSet) -> Self {
+        self.edit(|s| s.sealer = Some((signer, local_domains)))
+    }
+
+    /// SPF at MAIL FROM; the verdict is left in the transaction's notes for DMARC.
+    pub fn mail_layer(&self) -> CheckLayer<SpfStage> {
+        CheckLayer {
+            shared: Arc::clone(&self.shared),
+            _stage: std::marker::PhantomData,
+        }
+    }
+
+    /// DKIM, ARC and DMARC at the end of data, and the `Authentication-Results` header.
+    pub fn data_layer(&self) -> CheckLayer<MessageStage> {
+        CheckLayer {
+            shared: Arc::clone(&self.shared),
+            _stage: std::marker::PhantomData,
+        }
+    }
+}
+
+/// Marks the mail-stage layer.
+#[derive(Clone, Copy, Debug)]
+pub struct SpfStage;
+/// Marks the data-stage layer.
+#[derive(Clone, Copy, Debug)]
+pub struct MessageStage;
+
+/// A layer made by [`AuthChecks`].
+pub struct CheckLayer<Stage> {
+    shared: Arc<Shared>,
+    _stage: std::marker::PhantomData<Stage>,
+}
+
+impl<Stage> Clone for CheckLayer<Stage> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            _stage: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<Stage> std::fmt::Debug for CheckLayer<Stage> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckLayer")
+    }
+}
+
+impl<Stage, S> Layer<S> for CheckLayer<Stage> {
+    type Service = CheckService<Stage, S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        CheckService {
+            shared: Arc::clone(&self.shared),
+            inner,
+            _stage: std::marker::PhantomData,
+        }
+    }
+}
+
+/// The service of a [`CheckLayer`].
+pub struct CheckService<Stage, S> {
+    shared: Arc<Shared>,
+    inner: S,
+    _stage: std::marker::PhantomData<Stage>,
+}
+
+impl<Stage, S: Clone> Clone for CheckService<Stage, S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            inner: self.inner.clone(),
+            _stage: std::marker::PhantomData,
+        }
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Decision, BoxError>> + Send>>;
+
+impl<S> Service<MailRequest> for CheckService<SpfStage, S>
+where
+    S: Service<MailRequest, Response = Decision, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Decision;
+    type Error = BoxError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: MailRequest) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move {
+            let policy = shared.policy;
+            if !shared.checks(&request.session)
+                || (policy.spf == Mode::Off && policy.dmarc == Mode::Off)
+            {
+                return inner.call(request).await;
+            }
+            let helo = match &request.session.helo {
+                Some(HeloName::Domain(d)) => d.to_string(),
+                Some(HeloName::Other(name)) => name.clone(),
+                Some(HeloName::Address(_)) | None => String::new(),
+            };
+            let from = match &request.from {
+                ReversePath::Null => String::new(),
+                ReversePath::Mailbox(m) => m.as_str().to_owned(),
+            };
+            let check = shared
+                .verifier
+                .spf(request.session.peer.ip(), &helo, &from)
+                .await;
+            debug!(spf = %check.mail_from.result, identity = %check.mail_from.identity, "SPF");
+            request.notes.insert(check.clone());
+            if policy.spf == Mode::Enforce
+                && let Some(refusal) = spf_refusal(&check)
+            {
+                info!(spf = %check.mail_from.result, identity = %check.mail_from.identity, "sender refused by SPF");
+                return Ok(refusal);
+            }
+            inner.call(request).await
+        })
+    }
+}
+
+/// The refusal `enforce` gives an SPF verdict, if any: `fail` of either identity is
+/// `550 5.7.23`, `temperror` is `451 4.7.24` (RFC 7208 §8.4, §8.6, RFC 7372).
+fn spf_refusal(check: &SpfCheck) -> Option<Decision> {
+    let failed = [Some(&check.mail_from), check.helo.as_ref()]
+        .into_iter()
+        .flatten()
+        .find(|v| v.result == SpfResult::Fail);
+    if let Some(verdict) = failed {
+        let mut text = format!(
+            "SPF check failed: {} is not allowed to send mail for {}",
+            check.ip,
+            verdict.domain()
+        );
+        if let Some(exp) = verdict.explanation.as_deref().filter(|e| !e.is_empty()) {
+            text.push_str(": ");
+            text.extend(exp.chars().filter(|c| !c.is_control()).take(200));
+        }
+        return Some(Decision::reject(550, EnhancedStatus::SPF_FAILED, text));
+    }
+    if check.mail_from.result == SpfResult::TempError {
+        return Some(Decision::defer(
+            451,
+            EnhancedStatus::SPF_TEMPORARY,
+            format!(
+                "SPF check of {} failed temporarily (DNS); try again later",
+                check.mail_from.domain()
+            ),
+        ));
+    }
+    None
+}
+
+impl<S> Service<DataRequest> for CheckService<MessageStage, S>
+where
+    S: Service<DataRequest, Response = Decision, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Decision;
+    type Error = BoxError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: DataRequest) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move {
+            let hostname = shared.verifier.hostname().to_owned();
+            // RFC 8601 §5: results that claim to be ours did not come from us.
+            if let Some(cleaned) = crate::headers::remove_our_results(&request.body, &hostname) {
+                info!("removed Authentication-Results claiming to be ours");
+                request.body = Arc::new(cleaned);
+            }
+            let policy = shared.policy;
+            if !shared.checks(&request.session) || !policy.any() {
+                return inner.call(request).await;
+            }
+            let spf = request.notes.get::<SpfCheck>();
+            let checks = MessageChecks {
+                dkim: policy.dkim != Mode::Off,
+                arc: policy.arc != Mode::Off,
+                dmarc: policy.dmarc != Mode::Off,
+            };
+            let sealer = shared.sealer.as_ref().and_then(|(signer, local)| {
+                request
+                    .envelope
+                    .recipients
+                    .iter()
+                    .any(|r| match &r.to {
+                        ForwardPath::Mailbox(m) => !local.contains(m.domain()),
+                        ForwardPath::Postmaster => false,
+                    })
+                    .then_some(signer)
+            });
+            let (mut report, seal) = shared
+                .verifier
+                .check_and_seal(&request.body, spf.as_ref(), checks, sealer)
+                .await;
+            if policy.spf == Mode::Off {
+                report.spf = None;
+            }
+            if policy.dkim == Mode::Off && report.dkim.as_ref().is_some_and(|d| d.is_empty()) {
+                report.dkim = None;
+            }
+            if let Some(refusal) = message_refusal(&report, &policy) {
+                info!(results = %report.header_value(&hostname).replace("\r\n\t", " "), "message refused by sender authentication");
+                return Ok(refusal);
+            }
+            if policy.dmarc == Mode::Enforce
+                && let Some(dmarc) = &report.dmarc
+                && dmarc.result == DmarcResult::Fail
+                && dmarc.policy == DmarcPolicy::Quarantine
+            {
+                request.prepend_header(
+                    QUARANTINE_HEADER,
+                    &format!("DMARC policy of {} (p=quarantine)", dmarc.header_from),
+                );
+            }
+            request.prepend_header("Authentication-Results", &report.header_value(&hostname));
+            if let Some(seal) = seal {
+                let mut headers = seal.into_bytes();
+                headers.extend_from_slice(&request.added_headers);
+                request.added_headers = headers;
+            }
+            inner.call(request).await
+        })
+    }
+}
+
+/// The refusal `enforce` gives a message's verdicts, if any.
+fn message_refusal(report: &AuthReport, policy: &Policy) -> Option<Decision> {
+    if policy.dmarc == Mode::Enforce
+        && let Some(dmarc) = &report.dmarc
+    {
+        match dmarc.result {
+            DmarcResult::Fail if dmarc.policy == DmarcPolicy::Reject => {
+                return Some(Decision::reject(
+                    550,
+                    EnhancedStatus::NOT_AUTHORIZED,
+                    format!(
+                        "Message rejected by the DMARC policy of {}: no aligned SPF or DKIM pass",
+                        dmarc.header_from
+                    ),
+                ));
+            }
+            DmarcResult::TempError => {
+                return Some(Decision::defer(
+                    451,
+                    EnhancedStatus::NOT_AUTHORIZED_TEMPORARY,
+                    format!(
+                        "DMARC evaluation of {} failed temporarily (DNS); try again later",
+                        dmarc.header_from
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+    if policy.dkim == Mode::Enforce
+        && let Some(dkim) = report.dkim.as_deref()
+        && !dkim.is_empty()
+        && !dkim.iter().any(|v| v.result == DkimResult::Pass)
+    {
+        if dkim.iter().any(|v| v.result == DkimResult::TempError) {
+            return Some(Decision::defer(
+                451,
+                EnhancedStatus::CRYPTO_TEMPORARY,
+                "DKIM key lookup failed temporarily (DNS); try again later",
+            ));
+        }
+        return Some(Decision::reject(
+            550,
+            EnhancedStatus::NO_PASSING_DKIM,
+            "No passing DKIM signature found",
+        ));
+    }
+    if policy.arc == Mode::Enforce
+        && let Some(arc) = &report.arc
+        && arc.result == ArcResult::Fail
+    {
+        return Some(Decision::reject(
+            550,
+            EnhancedStatus::ARC_FAILED,
+            "ARC validation failed: the chain of custody is broken",
+        ));
+    }
+    None
+}
+
+/// Signs mail from authenticated users (and `trusted` networks) with the key of the
+/// author's (RFC 5322 `From`) domain, or of its closest parent domain that has one.
+#[derive(Clone, Debug)]
+pub struct DkimSignLayer {
+    signers: Arc<Vec<DkimSigner>>,
+    trusted: Arc<Vec<IpNetwork>>,
+}
+
+impl DkimSignLayer {
+    /// A layer with these signers; sessions from `trusted` networks are signed like
+    /// authenticated ones.
+    pub fn new(signers: Vec<DkimSigner>, trusted: Vec<IpNetwork>) -> Self {
+        Self {
+            signers: Arc::new(signers),
+            trusted: Arc::new(trusted),
+        }
+    }
+}
+
+impl<S> Layer<S> for DkimSignLayer {
+    type Service = DkimSign<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        DkimSign {
+            layer: self.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service of [`DkimSignLayer`].
+#[derive(Clone, Debug)]
+pub struct DkimSign<S> {
+    layer: DkimSignLayer,
+    inner: S,
+}
+
+impl DkimSignLayer {
+    fn signer_for(&self, domain: &str) -> Option<&DkimSigner> {
+        let mut name = domain;
+        loop {
+            if let Some(s) = self.signers.iter().find(|s| s.domain() == name) {
+                return Some(s);
+            }
+            name = name.split_once('.')?.1;
+        }
+    }
+}
+
+impl<S> Service<DataRequest> for DkimSign<S>
+where
+    S: Service<DataRequest, Response = Decision, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Decision;
+    type Error = BoxError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: DataRequest) -> Self::Future {
+        let session = &request.session;
+        let ours = session.authenticated.is_some()
+            || self
+                .layer
+                .trusted
+                .iter()
+                .any(|n| n.contains(session.peer.ip()));
+        if ours
+            && let Some(domain) = crate::headers::from_domain(&request.body)
+            && let Some(signer) = self.layer.signer_for(&domain)
+        {
+            match signer.sign(&request.message()) {
+                Ok(header) => {
+                    let mut headers = header.into_bytes();
+                    headers.extend_from_slice(&request.added_headers);
+                    request.added_headers = headers;
+                    debug!(d = signer.domain(), s = signer.selector(), "DKIM signed");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, domain, "DKIM signing failed; sending unsigned")
+                }
+            }
+        }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move { inner.call(request).await })
+    }
+}

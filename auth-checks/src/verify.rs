@@ -1,0 +1,565 @@
+//! The checks: SPF for a transaction, DKIM, ARC and DMARC for a message.
+//!
+//! mail-auth does the work; this module turns its outputs into the values of
+//! [`crate::results`] and corrects one known defect of mail-auth 0.13.3: relaxed body
+//! canonicalization keeps whitespace-only lines at the end of the body
+//! (`"Hello!\r\n  \r\n\r\n"` becomes `"Hello!\r\n\r\n"`, where RFC 6376 §3.4.4 gives
+//! `"Hello!\r\n"`). When a relaxed-body signature fails on its body hash and the body
+//! ends in such lines, the message is verified again with those lines removed, which
+//! canonicalizes the same under the RFC and correctly under mail-auth. Fixed upstream in
+//! mail-auth 0.15; remove [`corrected_relaxed_body`] with that upgrade.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hickory_resolver::TokioResolver;
+use mail_auth::dkim::{Canonicalization, DkimError};
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DmarcOutput,
+    MessageAuthenticator, SpfOutput, dmarc::verify::DmarcParameters,
+};
+
+use crate::results::{
+    ArcResult, ArcVerdict, AuthReport, DkimResult, DkimVerdict, DmarcPolicy, DmarcResult,
+    DmarcVerdict, SpfCheck, SpfResult, SpfVerdict,
+};
+
+/// Which message checks to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageChecks {
+    /// DKIM signatures.
+    pub dkim: bool,
+    /// The ARC chain.
+    pub arc: bool,
+    /// DMARC (runs DKIM too, since it needs the signatures).
+    pub dmarc: bool,
+}
+
+impl MessageChecks {
+    /// DKIM, ARC and DMARC.
+    pub const ALL: Self = Self {
+        dkim: true,
+        arc: true,
+        dmarc: true,
+    };
+}
+
+/// Runs sender-authentication checks against DNS.
+///
+/// ```no_run
+/// # async fn example(resolver: hickory_resolver::TokioResolver, raw: &[u8]) {
+/// use auth_checks::{MessageChecks, Verifier};
+/// let verifier = Verifier::new(resolver, "mx.example.net");
+/// let ip = "192.0.2.1".parse().unwrap();
+/// let spf = verifier.spf(ip, "mail.example.org", "alice@example.org").await;
+/// let report = verifier.check_message(raw, Some(&spf), MessageChecks::ALL).await;
+/// println!("Authentication-Results: {}", report.header_value("mx.example.net"));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Verifier {
+    auth: Arc<MessageAuthenticator>,
+    hostname: String,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Verifier({})", self.hostname)
+    }
+}
+
+impl Verifier {
+    /// Checks through `resolver` (share the delivery resolver so both use one cache);
+    /// `hostname` is our name, for SPF's `%{r}` macro.
+    pub fn new(resolver: TokioResolver, hostname: impl Into<String>) -> Self {
+        Self {
+            auth: Arc::new(MessageAuthenticator(resolver)),
+            hostname: hostname.into(),
+        }
+    }
+
+    /// Our host name.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// SPF for a transaction (RFC 7208): the HELO identity, then the MAIL FROM
+    /// identity; `mail_from` empty for the null sender, which is checked as
+    /// `postmaster@<helo>`.
+    pub async fn spf(&self, ip: IpAddr, helo: &str, mail_from: &str) -> SpfCheck {
+        let helo_name = helo.trim_end_matches('.').to_ascii_lowercase();
+        let helo_verdict = if is_domain(&helo_name) {
+            let output = self
+                .auth
+                .verify_spf(SpfParameters::verify_ehlo(ip, &helo_name, &self.hostname))
+                .await;
+            Some(spf_verdict(&output, format!("postmaster@{helo_name}")))
+        } else {
+            None
+        };
+        let null_sender = mail_from.is_empty();
+        let mail_from_verdict = if null_sender {
+            helo_verdict.clone().unwrap_or_else(|| SpfVerdict {
+                result: SpfResult::None,
+                identity: format!("postmaster@{helo_name}"),
+                explanation: None,
+            })
+        } else {
+            match mail_from.rsplit_once('@') {
+                Some((_, domain)) if is_domain(domain) => {
+                    let output = self
+                        .auth
+                        .verify_spf(SpfParameters::verify_mail_from(
+                            ip,
+                            &helo_name,
+                            &self.hostname,
+                            mail_from,
+                        ))
+                        .await;
+                    spf_verdict(&output, mail_from.to_owned())
+                }
+                _ => SpfVerdict {
+                    result: SpfResult::None,
+                    identity: mail_from.to_owned(),
+                    explanation: None,
+                },
+            }
+        };
+        SpfCheck {
+            ip,
+            helo_name,
+            helo: helo_verdict,
+            mail_from: mail_from_verdict,
+            null_sender,
+        }
+    }
+
+    /// DKIM, ARC and DMARC for a message (`checks` says which), with the
+    /// transaction's SPF verdict (DMARC needs it; without it, SPF does not align).
+    pub async fn check_message(
+        &self,
+        message: &[u8],
+        spf: Option<&SpfCheck>,
+        checks: MessageChecks,
+    ) -> AuthReport {
+        self.check_and_seal(message, spf, checks, None).await.0
+    }
+
+    /// As [`check_message`](Self::check_message), and adds an ARC set made with
+    /// `sealer` when the chain can be extended (none, or a valid one): the returned
+    /// header block goes on top of the message.
+    pub(crate) async fn check_and_seal(
+        &self,
+        raw: &[u8],
+        spf: Option<&SpfCheck>,
+        checks: MessageChecks,
+        sealer: Option<&crate::sign::ArcSigner>,
+    ) -> (AuthReport, Option<String>) {
+        let mut report = AuthReport {
+            spf: spf.cloned(),
+            ..AuthReport::default()
+        };
+        let Some(message) = AuthenticatedMessage::parse(raw) else {
+            report.dkim = (checks.dkim || checks.dmarc).then(Vec::new);
+            report.arc = checks.arc.then_some(ArcVerdict {
+                result: ArcResult::None,
+                sets: 0,
+                reason: None,
+            });
+            report.dmarc = checks.dmarc.then(|| DmarcVerdict::none(""));
+            return (report, None);
+        };
+        let fixed_raw = corrected_relaxed_body(&message);
+        let fixed = fixed_raw.as_deref().and_then(AuthenticatedMessage::parse);
+
+        let mut dkim_outputs: Vec<DkimOutput<'_>> = Vec::new();
+        let mut corrected = Vec::new();
+        if checks.dkim || checks.dmarc {
+            dkim_outputs = self.auth.verify_dkim(&message).await;
+            if let Some(fixed) = &fixed {
+                let failed = |o: &DkimOutput<'_>| {
+                    matches!(
+                        o.result(),
+                        mail_auth::DkimResult::Neutral(mail_auth::Error::Dkim(
+                            DkimError::FailedBodyHashMatch
+                        )) | mail_auth::DkimResult::Fail(mail_auth::Error::Dkim(
+                            DkimError::FailedBodyHashMatch
+                        ))
+                    ) && o
+                        .signature()
+                        .is_some_and(|s| s.cb == Canonicalization::Relaxed)
+                };
+                if dkim_outputs.iter().any(failed) {
+                    let again = self.auth.verify_dkim(fixed).await;
+                    for output in dkim_outputs.iter_mut() {
+                        if !failed(output) {
+                            continue;
+                        }
+                        let b = output.signature().map(|s| s.b.clone());
+                        if let Some(better) = again.iter().find(|o| {
+                            o.signature().map(|s| &s.b) == b.as_ref()
+                                && *o.result() == mail_auth::DkimResult::Pass
+                        }) {
+                            *output = better.clone();
+                            corrected.push(b);
+                        }
+                    }
+                }
+            }
+            report.dkim = Some(
+                dkim_outputs
+                    .iter()
+                    .map(|o| {
+                        let was_corrected = corrected
+                            .iter()
+                            .any(|b| b.as_ref() == o.signature().map(|s| &s.b));
+                        dkim_verdict(o, was_corrected)
+                    })
+                    .collect(),
+            );
+        }
+
+        let arc_output = if checks.arc || sealer.is_some() {
+            let output = self.auth.verify_arc(&message).await;
+            if checks.arc {
+                report.arc = Some(arc_verdict(&output));
+            }
+            Some(output)
+        } else {
+            None
+        };
+
+        let spf_output = spf.map_or_else(
+            || SpfOutput::new(String::new()),
+            |s| {
+                SpfOutput::new(s.mail_from.domain().to_owned()).with_result(
+                    match s.mail_from.result {
+                        SpfResult::Pass => mail_auth::SpfResult::Pass,
+                        SpfResult::Fail => mail_auth::SpfResult::Fail,
+                        SpfResult::SoftFail => mail_auth::SpfResult::SoftFail,
+                        SpfResult::Neutral => mail_auth::SpfResult::Neutral,
+                        SpfResult::None => mail_auth::SpfResult::None,
+                        SpfResult::TempError => mail_auth::SpfResult::TempError,
+                        SpfResult::PermError => mail_auth::SpfResult::PermError,
+                    },
+                )
+            },
+        );
+        let mail_from_domain = spf.map_or("", |s| s.mail_from.domain()).to_owned();
+        let dmarc_output = if checks.dmarc {
+            let output = self
+                .auth
+                .verify_dmarc(DmarcParameters {
+                    message: &message,
+                    dkim_output: &dkim_outputs,
+                    dkim2_output: None,
+                    rfc5321_mail_from_domain: &mail_from_domain,
+                    spf_output: &spf_output,
+                })
+                .await;
+            report.dmarc = Some(self.dmarc_verdict(&output).await);
+            Some(output)
+        } else {
+            None
+        };
+
+        let seal = match (sealer, &arc_output) {
+            (Some(sealer), Some(arc)) if arc.can_be_sealed() => {
+                let ip = spf.map_or(IpAddr::from([0, 0, 0, 0]), |s| s.ip);
+                let helo = spf.map_or("", |s| s.helo_name.as_str());
+                let mut results = AuthenticationResults::new(&self.hostname).with_dkim_results(
+                    &dkim_outputs,
+                    message.from.first().map_or("", |f| f.as_str()),
+                );
+                if let Some(spf) = spf {
+                    results = results.with_spf_mailfrom_result(
+                        &spf_output,
+                        ip,
+                        if spf.null_sender {
+                            ""
+                        } else {
+                            &spf.mail_from.identity
+                        },
+                        helo,
+                    );
+                }
+                if let Some(dmarc) = &dmarc_output {
+                    results = results.with_dmarc_result(dmarc);
+                }
+                results = results.with_arc_result(arc, ip);
+                sealer.seal(&message, &results, arc)
+            }
+            _ => None,
+        };
+        (report, seal)
+    }
+
+    /// Our DMARC verdict from mail-auth's, with `pct` applied (mail-auth 0.13 follows
+    /// DMARCbis, which dropped `pct`; RFC 7489 §6.6.4 still has it).
+    async fn dmarc_verdict(&self, output: &DmarcOutput) -> DmarcVerdict {
+        let result = match output.result() {
+            mail_auth::DmarcResult::Pass => DmarcResult::Pass,
+            mail_auth::DmarcResult::Fail(_) => DmarcResult::Fail,
+            mail_auth::DmarcResult::TempError(_) => DmarcResult::TempError,
+            mail_auth::DmarcResult::PermError(_) => DmarcResult::PermError,
+            mail_auth::DmarcResult::None => DmarcResult::None,
+        };
+        let published = match output.policy() {
+            mail_auth::dmarc::Policy::Reject => DmarcPolicy::Reject,
+            mail_auth::dmarc::Policy::Quarantine => DmarcPolicy::Quarantine,
+            mail_auth::dmarc::Policy::None | mail_auth::dmarc::Policy::Unspecified => {
+                DmarcPolicy::None
+            }
+        };
+        let mut verdict = DmarcVerdict {
+            result,
+            header_from: output.domain().to_owned(),
+            published_policy: published,
+            policy: published,
+            pct: 100,
+            spf_aligned: *output.spf_result() == mail_auth::DmarcResult::Pass,
+            dkim_aligned: *output.dkim_result() == mail_auth::DmarcResult::Pass,
+        };
+        if result == DmarcResult::Fail && published != DmarcPolicy::None {
+            verdict.pct = self.dmarc_pct(&verdict.header_from).await;
+            if !sampled(verdict.pct) {
+                verdict.policy = published.demoted();
+            }
+        }
+        verdict
+    }
+
+    /// The `pct` tag of the DMARC record found for `domain` (walking up to the
+    /// organizational domain, as the policy lookup does); 100 when absent.
+    async fn dmarc_pct(&self, domain: &str) -> u8 {
+        let mut name = domain.trim_end_matches('.');
+        for _ in 0..8 {
+            if let Ok(lookup) = self.auth.0.txt_lookup(format!("_dmarc.{name}.")).await {
+                for txt in lookup.answers().iter().filter_map(|r| match &r.data {
+                    hickory_resolver::proto::rr::RData::TXT(txt) => Some(txt),
+                    _ => None,
+                }) {
+                    let text: String = txt
+                        .txt_data
+                        .iter()
+                        .map(|part| String::from_utf8_lossy(part))
+                        .collect();
+                    if let Some(pct) = record_pct(&text) {
+                        return pct;
+                    }
+                }
+            }
+            match name.split_once('.') {
+                Some((_, parent)) if parent.contains('.') => name = parent,
+                _ => break,
+            }
+        }
+        100
+    }
+}
+
+/// `Some(pct)` when `record` is a DMARC record (100 when it has no valid `pct`).
+fn record_pct(record: &str) -> Option<u8> {
+    let mut tags = record.split(';').map(str::trim);
+    if !tags
+        .next()
+        .is_some_and(|v| v.replace(' ', "").eq_ignore_ascii_case("v=DMARC1"))
+    {
+        return None;
+    }
+    Some(
+        tags.filter_map(|t| t.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("pct"))
+            .and_then(|(_, v)| v.trim().parse::<u8>().ok())
+            .filter(|p| *p <= 100)
+            .unwrap_or(100),
+    )
+}
+
+/// Whether a message falls in the `pct` percent sample.
+fn sampled(pct: u8) -> bool {
+    match pct {
+        100.. => true,
+        0 => false,
+        _ => {
+            let mut hasher = RandomState::new().build_hasher();
+            hasher.write_u64(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+            );
+            hasher.finish() % 100 < u64::from(pct)
+        }
+    }
+}
+
+/// Whether `name` can be an SPF domain: a dotted name, not an address literal.
+fn is_domain(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('[')
+        && name.contains('.')
+        && name.parse::<IpAddr>().is_err()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' || b >= 0x80)
+}
+
+fn spf_verdict(output: &SpfOutput, identity: String) -> SpfVerdict {
+    SpfVerdict {
+        result: match output.result() {
+            mail_auth::SpfResult::Pass => SpfResult::Pass,
+            mail_auth::SpfResult::Fail => SpfResult::Fail,
+            mail_auth::SpfResult::SoftFail => SpfResult::SoftFail,
+            mail_auth::SpfResult::Neutral => SpfResult::Neutral,
+            mail_auth::SpfResult::None => SpfResult::None,
+            mail_auth::SpfResult::TempError => SpfResult::TempError,
+            mail_auth::SpfResult::PermError => SpfResult::PermError,
+        },
+        identity,
+        explanation: output.explanation().map(str::to_owned),
+    }
+}
+
+fn dkim_verdict(output: &DkimOutput<'_>, corrected: bool) -> DkimVerdict {
+    let (result, reason) = match output.result() {
+        mail_auth::DkimResult::Pass => (DkimResult::Pass, None),
+        // mail-auth reports a body hash mismatch as neutral; it is a failed signature.
+        mail_auth::DkimResult::Neutral(
+            e @ mail_auth::Error::Dkim(DkimError::FailedBodyHashMatch),
+        ) => (DkimResult::Fail, Some(e.to_string())),
+        mail_auth::DkimResult::Neutral(e) => (DkimResult::Neutral, Some(e.to_string())),
+        mail_auth::DkimResult::Fail(e) => (DkimResult::Fail, Some(e.to_string())),
+        mail_auth::DkimResult::TempError(e) => (DkimResult::TempError, Some(e.to_string())),
+        mail_auth::DkimResult::PermError(e) => (DkimResult::PermError, Some(e.to_string())),
+        mail_auth::DkimResult::None => (DkimResult::None, None),
+    };
+    let signature = output.signature();
+    DkimVerdict {
+        result,
+        domain: signature.map(|s| s.d.clone()),
+        selector: signature.map(|s| s.s.clone()),
+        algorithm: signature.map(|s| algorithm_name(s.a).to_owned()),
+        b_prefix: signature.map(|s| b_prefix(&s.b)),
+        reason,
+        corrected_relaxed_body: corrected,
+    }
+}
+
+fn algorithm_name(a: mail_auth::common::crypto::Algorithm) -> &'static str {
+    match a {
+        mail_auth::common::crypto::Algorithm::RsaSha256 => "rsa-sha256",
+        mail_auth::common::crypto::Algorithm::RsaSha1 => "rsa-sha1",
+        mail_auth::common::crypto::Algorithm::Ed25519Sha256 => "ed25519-sha256",
+    }
+}
+
+/// The first 8 base64 characters of a signature (RFC 6008 `header.b`).
+fn b_prefix(b: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(8);
+    for chunk in b.chunks(3).take(2) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &byte)| n | u32::from(byte) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
+fn arc_verdict(output: &ArcOutput<'_>) -> ArcVerdict {
+    let (result, reason) = match output.result() {
+        mail_auth::DkimResult::Pass => (ArcResult::Pass, None),
+        mail_auth::DkimResult::None => (ArcResult::None, None),
+        mail_auth::DkimResult::Fail(e)
+        | mail_auth::DkimResult::Neutral(e)
+        | mail_auth::DkimResult::PermError(e)
+        | mail_auth::DkimResult::TempError(e) => (ArcResult::Fail, Some(e.to_string())),
+    };
+    ArcVerdict {
+        result,
+        sets: u32::try_from(output.sets().len()).unwrap_or(u32::MAX),
+        reason,
+    }
+}
+
+/// The message without the whitespace-only lines that end its body, when it has any
+/// (see the module documentation); `None` when there is nothing to correct.
+pub(crate) fn corrected_relaxed_body(message: &AuthenticatedMessage<'_>) -> Option<Vec<u8>> {
+    let raw = message.raw_message();
+    let offset = message.body_offset();
+    let body = raw.get(offset..)?;
+    // The end of the last line with content, line break included.
+    let keep = match body
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+    {
+        Some(last) => body[last..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(body.len(), |p| last + p + 1),
+        None => 0,
+    };
+    let tail = &body[keep..];
+    if !tail.iter().any(|b| matches!(b, b' ' | b'\t')) {
+        return None;
+    }
+    let mut fixed = Vec::with_capacity(offset + keep);
+    fixed.extend_from_slice(&raw[..offset]);
+    fixed.extend_from_slice(&body[..keep]);
+    Some(fixed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fix(raw: &[u8]) -> Option<Vec<u8>> {
+        let message = AuthenticatedMessage::parse(raw)?;
+        corrected_relaxed_body(&message)
+    }
+
+    #[test]
+    fn trailing_whitespace_lines_are_removed() {
+        let fixed = fix(b"Subject: x\r\n\r\nHello!\r\n  \r\n\r\n");
+        assert_eq!(fixed.as_deref(), Some(&b"Subject: x\r\n\r\nHello!\r\n"[..]));
+        let fixed = fix(b"Subject: x\r\n\r\nHello!  \r\n \t \r\n");
+        assert_eq!(
+            fixed.as_deref(),
+            Some(&b"Subject: x\r\n\r\nHello!  \r\n"[..])
+        );
+        let fixed = fix(b"Subject: x\r\n\r\n \r\n");
+        assert_eq!(fixed.as_deref(), Some(&b"Subject: x\r\n\r\n"[..]));
+        assert_eq!(fix(b"Subject: x\r\n\r\nHello!  \r\n"), None);
+    }
+
+    #[test]
+    fn nothing_to_correct() {
+        assert_eq!(fix(b"Subject: x\r\n\r\nHello!\r\n\r\n"), None);
+        assert_eq!(fix(b"Subject: x\r\n\r\nHello!\r\n"), None);
+    }
+
+    #[test]
+    fn signature_prefix() {
+        assert_eq!(
+            b_prefix(&[0xff, 0xee, 0xdd, 0x00, 0x11, 0x22, 0x33]),
+            "/+7dABEi"
+        );
+        assert_eq!(b_prefix(b"Man"), "TWFu");
+    }
+
+    #[test]
+    fn pct_tag() {
+        assert_eq!(record_pct("v=DMARC1; p=reject; pct=20"), Some(20));
+        assert_eq!(record_pct("v=DMARC1; p=reject"), Some(100));
+        assert_eq!(record_pct("v=DMARC1; p=reject; pct=200"), Some(100));
+        assert_eq!(record_pct("v=spf1 -all"), None);
+        assert!(sampled(100));
+        assert!(!sampled(0));
+    }
+}
