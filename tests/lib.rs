@@ -130,7 +130,13 @@ pub struct TestMta {
     pub pki: Arc<TestPki>,
     /// The local domain.
     pub domain: String,
+    /// The DNS server the MTA asks, when the test gave none in `[dns]`: authoritative
+    /// for `test.` with no records, so every `.test` name is NXDOMAIN (SPF `none`).
+    pub dns: Option<dns_mx::testing::TestDns>,
 }
+
+/// The zone of the default test DNS server: `test.` with no records in it.
+pub const EMPTY_TEST_ZONE: &str = "$ORIGIN test.\n@ 3600 IN SOA ns root 1 3600 600 86400 60\n";
 
 impl TestMta {
     /// Starts an MTA with relay, submission and smtps listeners on port 0, local domain
@@ -171,6 +177,13 @@ impl TestMta {
             o.extra,
             o.relay_port,
         );
+        let (dns, dns_section) = if o.extra.contains("[dns]") {
+            (None, String::new())
+        } else {
+            let dns = dns_mx::testing::TestDns::start(&[EMPTY_TEST_ZONE]).await;
+            let section = format!("[dns]\nnameservers = [\"{}\"]\n", dns.addr());
+            (Some(dns), section)
+        };
         let tls = if o.tls {
             format!(
                 "[[listener]]\naddress = \"127.0.0.1:0\"\nmode = \"smtps\"\n[tls]\ncertificate = \"{d}/cert.pem\"\nprivate_key = \"{d}/key.pem\"\n"
@@ -200,6 +213,7 @@ mailboxes = ["bob@{domain}", "carol@{domain}", "孫子@{domain}"]
 [[account]]
 username = "alice@{domain}"
 password = "secret"
+{dns_section}
 {extra}
 "#
         );
@@ -210,6 +224,7 @@ password = "secret"
             dir,
             pki,
             domain: domain.to_owned(),
+            dns,
         }
     }
 

@@ -84,6 +84,13 @@ impl Shared {
                 .iter()
                 .any(|n| n.contains(session.peer.ip()))
     }
+
+    /// Whether a session's mail to other domains is mail we forward, to be ARC-sealed:
+    /// it came in on the relay listener, not from a login (from the internet, or from
+    /// a trusted host such as a list server relaying through us).
+    fn forwarded(&self, session: &SessionInfo) -> bool {
+        session.mode == ListenerMode::Relay && session.authenticated.is_none()
+    }
 }
 
 /// The inbound checks, configured once, giving a mail-stage and a data-stage layer.
@@ -134,8 +141,9 @@ impl AuthChecks {
         self.edit(|s| s.skip_networks = networks)
     }
 
-    /// Adds an ARC set to checked messages with a recipient outside `local_domains`
-    /// (mail we forward), when the chain they carry can be extended.
+    /// Adds an ARC set to mail we forward: messages from the relay listener (not from
+    /// logins; trusted networks included) with a recipient outside `local_domains`,
+    /// when the chain they carry can be extended (RFC 8617 §5.1).
     pub fn arc_sealer(self, signer: ArcSigner, local_domains: DomainSet) -> Self {
         self.edit(|s| s.sealer = Some((signer, local_domains)))
     }
@@ -322,30 +330,44 @@ where
                 request.body = Arc::new(cleaned);
             }
             let policy = shared.policy;
-            if !shared.checks(&request.session) || !policy.any() {
+            let checked = shared.checks(&request.session) && policy.any();
+            let sealer = shared.sealer.as_ref().and_then(|(signer, local)| {
+                shared
+                    .forwarded(&request.session)
+                    .then_some(())
+                    .filter(|()| {
+                        request.envelope.recipients.iter().any(|r| match &r.to {
+                            ForwardPath::Mailbox(m) => !local.contains(m.domain()),
+                            ForwardPath::Postmaster => false,
+                        })
+                    })
+                    .map(|()| signer)
+            });
+            if !checked && sealer.is_none() {
                 return inner.call(request).await;
             }
             let spf = request.notes.get::<SpfCheck>();
-            let checks = MessageChecks {
-                dkim: policy.dkim != Mode::Off,
-                arc: policy.arc != Mode::Off,
-                dmarc: policy.dmarc != Mode::Off,
+            let checks = if checked {
+                MessageChecks {
+                    dkim: policy.dkim != Mode::Off,
+                    arc: policy.arc != Mode::Off,
+                    dmarc: policy.dmarc != Mode::Off,
+                }
+            } else {
+                MessageChecks::ALL
             };
-            let sealer = shared.sealer.as_ref().and_then(|(signer, local)| {
-                request
-                    .envelope
-                    .recipients
-                    .iter()
-                    .any(|r| match &r.to {
-                        ForwardPath::Mailbox(m) => !local.contains(m.domain()),
-                        ForwardPath::Postmaster => false,
-                    })
-                    .then_some(signer)
-            });
             let (mut report, seal) = shared
                 .verifier
                 .check_and_seal(&request.body, spf.as_ref(), checks, sealer)
                 .await;
+            if let Some(seal) = seal {
+                let mut headers = seal.into_bytes();
+                headers.extend_from_slice(&request.added_headers);
+                request.added_headers = headers;
+            }
+            if !checked {
+                return inner.call(request).await;
+            }
             if policy.spf == Mode::Off {
                 report.spf = None;
             }
@@ -367,11 +389,6 @@ where
                 );
             }
             request.prepend_header("Authentication-Results", &report.header_value(&hostname));
-            if let Some(seal) = seal {
-                let mut headers = seal.into_bytes();
-                headers.extend_from_slice(&request.added_headers);
-                request.added_headers = headers;
-            }
             inner.call(request).await
         })
     }

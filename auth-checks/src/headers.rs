@@ -108,6 +108,11 @@ pub fn remove_our_results(message: &[u8], our_id: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The names of the fields in `message`'s header section, in order.
+pub(crate) fn field_names(message: &[u8]) -> Vec<&[u8]> {
+    fields(message).into_iter().map(|(name, _)| name).collect()
+}
+
 /// The domain of the first address in the `From` field, lower-cased.
 pub(crate) fn from_domain(message: &[u8]) -> Option<String> {
     let (_, range) = fields(message)

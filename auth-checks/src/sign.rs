@@ -3,22 +3,23 @@
 
 use std::path::Path;
 
+use std::sync::Arc;
+
 use mail_auth::arc::ArcSealer;
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
-use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::{Canonicalization, DkimSigner as MailAuthSigner, Done};
+use mail_auth::common::crypto::{Algorithm, DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey};
+use mail_auth::common::headers::{HeaderWriter, Writable};
+use mail_auth::dkim::{Canonicalization, DkimSigner as MailAuthSigner};
 use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults};
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::error::Error;
 
-/// The header fields signed by default: those RFC 6376 §5.4.1 recommends, that carry
-/// what a reader sees and what list software and replies rely on. `From` is listed
-/// twice so that a second `From` cannot be added without breaking the signature
-/// (RFC 6376 §8.15).
+/// The header fields signed by default, when the message has them: those RFC 6376
+/// §5.4.1 recommends, which carry what a reader sees and what list software and replies
+/// rely on. `From` is also signed once more than it occurs, so that a second `From`
+/// cannot be added without breaking the signature (RFC 6376 §8.15).
 pub const DEFAULT_SIGNED_HEADERS: &[&str] = &[
-    "From",
     "From",
     "Reply-To",
     "Subject",
@@ -64,35 +65,50 @@ impl KeyKind {
     }
 }
 
-enum Key {
-    Rsa(RsaKey<Sha256>),
-    Ed25519(Ed25519Key),
+/// A key shared by every signature made with it: mail-auth's signers own their key,
+/// and ours build one per message (the header list depends on the message).
+#[derive(Clone)]
+struct SharedKey(Arc<DkimKey>);
+
+impl SigningKey for SharedKey {
+    type Hasher = Sha256;
+
+    fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
+        self.0.sign(input)
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        self.0.algorithm()
+    }
 }
 
-impl Key {
+impl SharedKey {
     /// Reads an RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8) private key in PEM.
     fn from_pem(pem: &[u8]) -> Result<Self, Error> {
         let der = PrivateKeyDer::from_pem_slice(pem)
             .map_err(|e| Error::Key(format!("not a PEM private key: {e}")))?;
-        match der {
+        let key = match der {
             PrivateKeyDer::Pkcs1(_) => RsaKey::<Sha256>::from_key_der(der)
-                .map(Key::Rsa)
-                .map_err(|e| Error::Key(e.to_string())),
+                .map(DkimKey::Rsa)
+                .map_err(|e| Error::Key(e.to_string()))?,
             PrivateKeyDer::Pkcs8(pkcs8) => {
                 let bytes = pkcs8.secret_pkcs8_der().to_vec();
                 match RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(pkcs8)) {
-                    Ok(key) => Ok(Key::Rsa(key)),
+                    Ok(key) => DkimKey::Rsa(key),
                     Err(_) => Ed25519Key::from_pkcs8_maybe_unchecked_der(&bytes)
-                        .map(Key::Ed25519)
+                        .map(DkimKey::Ed25519)
                         .map_err(|_| {
                             Error::Key("PKCS#8 key is neither RSA nor Ed25519".to_owned())
-                        }),
+                        })?,
                 }
             }
-            _ => Err(Error::Key(
-                "unsupported key type (use RSA or Ed25519)".to_owned(),
-            )),
-        }
+            _ => {
+                return Err(Error::Key(
+                    "unsupported key type (use RSA or Ed25519)".to_owned(),
+                ));
+            }
+        };
+        Ok(Self(Arc::new(key)))
     }
 
     fn read(path: &Path) -> Result<Self, Error> {
@@ -100,11 +116,35 @@ impl Key {
             .map_err(|e| Error::Key(format!("cannot read {}: {e}", path.display())))?;
         Self::from_pem(&pem).map_err(|e| Error::Key(format!("{}: {e}", path.display())))
     }
+
+    fn kind(&self) -> KeyKind {
+        match *self.0 {
+            DkimKey::Rsa(_) => KeyKind::Rsa,
+            DkimKey::Ed25519(_) => KeyKind::Ed25519,
+        }
+    }
 }
 
-enum DkimInner {
-    Rsa(MailAuthSigner<RsaKey<Sha256>, Done>),
-    Ed25519(MailAuthSigner<Ed25519Key, Done>),
+/// The names in `wanted` that `message`'s header section has, in `wanted`'s order, with
+/// `From` once more at the end when `oversign_from`: a second `From` added later then
+/// breaks the signature (RFC 6376 §8.15), while absent fields (a `List-Id` a mailing
+/// list adds) are not locked out.
+fn present_headers(message: &[u8], wanted: &[String], oversign_from: bool) -> Vec<String> {
+    let names = crate::headers::field_names(message);
+    let mut out: Vec<String> = Vec::new();
+    for name in wanted {
+        if names
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+            && !out.iter().any(|o| o.eq_ignore_ascii_case(name))
+        {
+            out.push(name.clone());
+        }
+    }
+    if oversign_from {
+        out.push("From".to_owned());
+    }
+    out
 }
 
 /// Signs messages for one domain and selector.
@@ -124,8 +164,8 @@ enum DkimInner {
 pub struct DkimSigner {
     domain: String,
     selector: String,
-    kind: KeyKind,
-    inner: DkimInner,
+    key: SharedKey,
+    headers: Vec<String>,
 }
 
 impl std::fmt::Debug for DkimSigner {
@@ -135,7 +175,7 @@ impl std::fmt::Debug for DkimSigner {
             "DkimSigner(d={} s={} a={})",
             self.domain,
             self.selector,
-            self.kind.algorithm()
+            self.key.kind().algorithm()
         )
     }
 }
@@ -143,70 +183,39 @@ impl std::fmt::Debug for DkimSigner {
 impl DkimSigner {
     /// A signer with a PEM private key (RSA or Ed25519) and the default header list.
     pub fn from_pem(domain: &str, selector: &str, pem: &[u8]) -> Result<Self, Error> {
-        Self::with_key(
-            domain,
-            selector,
-            Key::from_pem(pem)?,
-            DEFAULT_SIGNED_HEADERS,
-        )
+        Self::with_key(domain, selector, SharedKey::from_pem(pem)?)
     }
 
     /// A signer with the PEM private key in `path`.
     pub fn from_pem_file(domain: &str, selector: &str, path: &Path) -> Result<Self, Error> {
-        Self::with_key(domain, selector, Key::read(path)?, DEFAULT_SIGNED_HEADERS)
+        Self::with_key(domain, selector, SharedKey::read(path)?)
     }
 
-    /// Signs these header fields instead of [`DEFAULT_SIGNED_HEADERS`].
-    pub fn with_headers(self, headers: &[&str]) -> Result<Self, Error> {
-        let key = match self.inner {
-            DkimInner::Rsa(s) => Key::Rsa(s.key),
-            DkimInner::Ed25519(s) => Key::Ed25519(s.key),
-        };
-        Self::with_key(&self.domain, &self.selector, key, headers)
+    /// Signs these header fields (those of them a message has) instead of
+    /// [`DEFAULT_SIGNED_HEADERS`]; `From` is always signed.
+    pub fn with_headers(mut self, headers: &[&str]) -> Self {
+        self.headers = headers.iter().map(|h| (*h).to_owned()).collect();
+        if !self.headers.iter().any(|h| h.eq_ignore_ascii_case("from")) {
+            self.headers.insert(0, "From".to_owned());
+        }
+        self
     }
 
-    fn with_key(domain: &str, selector: &str, key: Key, headers: &[&str]) -> Result<Self, Error> {
+    fn with_key(domain: &str, selector: &str, key: SharedKey) -> Result<Self, Error> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         if domain.is_empty() || selector.is_empty() {
             return Err(Error::Key(
                 "a DKIM signer needs a domain and a selector".to_owned(),
             ));
         }
-        if !headers.iter().any(|h| h.eq_ignore_ascii_case("from")) {
-            return Err(Error::Key(
-                "the signed headers must include From".to_owned(),
-            ));
-        }
-        let headers = headers.iter().map(|h| (*h).to_owned());
-        let (kind, inner) = match key {
-            Key::Rsa(key) => (
-                KeyKind::Rsa,
-                DkimInner::Rsa(
-                    MailAuthSigner::from_key(key)
-                        .domain(domain.clone())
-                        .selector(selector)
-                        .headers(headers)
-                        .header_canonicalization(Canonicalization::Relaxed)
-                        .body_canonicalization(Canonicalization::Simple),
-                ),
-            ),
-            Key::Ed25519(key) => (
-                KeyKind::Ed25519,
-                DkimInner::Ed25519(
-                    MailAuthSigner::from_key(key)
-                        .domain(domain.clone())
-                        .selector(selector)
-                        .headers(headers)
-                        .header_canonicalization(Canonicalization::Relaxed)
-                        .body_canonicalization(Canonicalization::Simple),
-                ),
-            ),
-        };
         Ok(Self {
             domain,
             selector: selector.to_owned(),
-            kind,
-            inner,
+            key,
+            headers: DEFAULT_SIGNED_HEADERS
+                .iter()
+                .map(|h| (*h).to_owned())
+                .collect(),
         })
     }
 
@@ -222,23 +231,21 @@ impl DkimSigner {
 
     /// The key's kind.
     pub fn kind(&self) -> KeyKind {
-        self.kind
+        self.key.kind()
     }
 
     /// A `DKIM-Signature:` header field for `message`, CRLF-terminated, to put on top.
     pub fn sign(&self, message: &[u8]) -> Result<String, Error> {
-        let signature = match &self.inner {
-            DkimInner::Rsa(s) => s.sign(message),
-            DkimInner::Ed25519(s) => s.sign(message),
-        }
-        .map_err(|e| Error::Sign(e.to_string()))?;
+        let signature = MailAuthSigner::from_key(self.key.clone())
+            .domain(self.domain.clone())
+            .selector(self.selector.clone())
+            .headers(present_headers(message, &self.headers, true))
+            .header_canonicalization(Canonicalization::Relaxed)
+            .body_canonicalization(Canonicalization::Simple)
+            .sign(message)
+            .map_err(|e| Error::Sign(e.to_string()))?;
         Ok(signature.to_header())
     }
-}
-
-enum ArcInner {
-    Rsa(ArcSealer<RsaKey<Sha256>, Done>),
-    Ed25519(ArcSealer<Ed25519Key, Done>),
 }
 
 /// Adds ARC sets (RFC 8617 §5.1) to messages we forward, with our verdicts as the
@@ -246,7 +253,8 @@ enum ArcInner {
 pub struct ArcSigner {
     domain: String,
     selector: String,
-    inner: ArcInner,
+    key: SharedKey,
+    headers: Vec<String>,
 }
 
 impl std::fmt::Debug for ArcSigner {
@@ -258,48 +266,33 @@ impl std::fmt::Debug for ArcSigner {
 impl ArcSigner {
     /// A sealer with a PEM private key (RSA or Ed25519).
     pub fn from_pem(domain: &str, selector: &str, pem: &[u8]) -> Result<Self, Error> {
-        Self::with_key(domain, selector, Key::from_pem(pem)?)
+        Self::with_key(domain, selector, SharedKey::from_pem(pem)?)
     }
 
     /// A sealer with the PEM private key in `path`.
     pub fn from_pem_file(domain: &str, selector: &str, path: &Path) -> Result<Self, Error> {
-        Self::with_key(domain, selector, Key::read(path)?)
+        Self::with_key(domain, selector, SharedKey::read(path)?)
     }
 
-    fn with_key(domain: &str, selector: &str, key: Key) -> Result<Self, Error> {
+    fn with_key(domain: &str, selector: &str, key: SharedKey) -> Result<Self, Error> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         if domain.is_empty() || selector.is_empty() {
             return Err(Error::Key(
                 "an ARC sealer needs a domain and a selector".to_owned(),
             ));
         }
+        // The ARC-Message-Signature covers what a DKIM signature would, and the DKIM
+        // signatures themselves.
         let headers = DEFAULT_SIGNED_HEADERS
             .iter()
-            .skip(1)
             .chain(["DKIM-Signature"].iter())
-            .map(|h| (*h).to_owned());
-        let inner = match key {
-            Key::Rsa(key) => ArcInner::Rsa(
-                ArcSealer::from_key(key)
-                    .domain(domain.clone())
-                    .selector(selector)
-                    .headers(headers)
-                    .header_canonicalization(Canonicalization::Relaxed)
-                    .body_canonicalization(Canonicalization::Simple),
-            ),
-            Key::Ed25519(key) => ArcInner::Ed25519(
-                ArcSealer::from_key(key)
-                    .domain(domain.clone())
-                    .selector(selector)
-                    .headers(headers)
-                    .header_canonicalization(Canonicalization::Relaxed)
-                    .body_canonicalization(Canonicalization::Simple),
-            ),
-        };
+            .map(|h| (*h).to_owned())
+            .collect();
         Ok(Self {
             domain,
             selector: selector.to_owned(),
-            inner,
+            key,
+            headers,
         })
     }
 
@@ -311,11 +304,13 @@ impl ArcSigner {
         results: &AuthenticationResults<'_>,
         arc: &ArcOutput<'_>,
     ) -> Option<String> {
-        let set = match &self.inner {
-            ArcInner::Rsa(s) => s.seal(message, results, arc),
-            ArcInner::Ed25519(s) => s.seal(message, results, arc),
-        };
-        match set {
+        let sealer = ArcSealer::from_key(self.key.clone())
+            .domain(self.domain.clone())
+            .selector(self.selector.clone())
+            .headers(present_headers(message.raw_headers(), &self.headers, false))
+            .header_canonicalization(Canonicalization::Relaxed)
+            .body_canonicalization(Canonicalization::Simple);
+        match sealer.seal(message, results, arc) {
             Ok(set) => Some(set.to_header()),
             Err(e) => {
                 tracing::warn!(error = %e, "ARC sealing failed");

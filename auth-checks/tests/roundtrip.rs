@@ -51,3 +51,28 @@ async fn both_key_kinds_sign_and_verify() {
         );
     }
 }
+
+#[test]
+fn signs_the_fields_present_and_from_once_more() {
+    let key = generate_key(KeyKind::Ed25519).unwrap_or_else(|e| panic!("keygen: {e}"));
+    let signer = DkimSigner::from_pem("example.org", "s1", key.private_pem.as_bytes())
+        .unwrap_or_else(|e| panic!("signer: {e}"));
+    let header = signer
+        .sign(MESSAGE)
+        .unwrap_or_else(|e| panic!("sign: {e}"))
+        .replace("\r\n\t", "");
+    let h = header
+        .split(';')
+        .map(str::trim)
+        .find_map(|tag| tag.strip_prefix("h="))
+        .unwrap_or_else(|| panic!("no h= in {header}"));
+    let mut names: Vec<&str> = h.split(':').map(str::trim).collect();
+    names.sort_unstable();
+    // Present fields once each, From twice (the second locks out an added From), and
+    // nothing absent (a mailing list may still add List-Id).
+    assert_eq!(
+        names,
+        ["Date", "From", "From", "Message-ID", "Subject", "To"],
+        "{header}"
+    );
+}

@@ -67,6 +67,28 @@ pub struct Config {
     /// Outbound delivery.
     #[serde(default)]
     pub outbound: Outbound,
+    /// Sender authentication checks on the relay listener: `off`, `tag` or `enforce`
+    /// for each of `spf`, `dkim`, `dmarc`, `arc` (all `tag` by default).
+    #[serde(default)]
+    pub auth_checks: auth_checks::Policy,
+    /// DKIM signing keys for mail from logins and trusted networks.
+    #[serde(default, rename = "dkim_key")]
+    pub dkim_keys: Vec<SigningKey>,
+    /// ARC sealing of mail forwarded from the relay listener to other hosts.
+    #[serde(default)]
+    pub arc_seal: Option<SigningKey>,
+}
+
+/// `[[dkim_key]]` and `[arc_seal]`: a domain, a selector and a PEM private key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKey {
+    /// The signing domain (`d=`).
+    pub domain: String,
+    /// The selector (`s=`): the key is published at `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// The private key (RSA or Ed25519, PEM), as `mta dkim-keygen` writes it.
+    pub private_key: PathBuf,
 }
 
 /// `[[listener]]`
@@ -401,6 +423,16 @@ impl Config {
             && self.local.lmtp.is_none()
         {
             bail!("[local]: local domains need maildir or lmtp to deliver to");
+        }
+        for (section, key) in self
+            .dkim_keys
+            .iter()
+            .map(|k| ("[[dkim_key]]", k))
+            .chain(self.arc_seal.iter().map(|k| ("[arc_seal]", k)))
+        {
+            if key.domain.is_empty() || key.selector.is_empty() {
+                bail!("{section}: give domain and selector");
+            }
         }
         for a in &self.accounts {
             if !a.username.contains('@') {

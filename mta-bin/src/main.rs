@@ -37,6 +37,22 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Make a DKIM signing key: write the private key and print the DNS record to
+    /// publish and the configuration to add.
+    DkimKeygen {
+        /// The signing domain.
+        #[arg(long)]
+        domain: String,
+        /// The selector (the key is published at <selector>._domainkey.<domain>).
+        #[arg(long)]
+        selector: String,
+        /// `rsa` (2048 bits, understood everywhere) or `ed25519` (RFC 8463).
+        #[arg(long, default_value = "rsa")]
+        algorithm: String,
+        /// Where to write the private key (default: <domain>.<selector>.key here).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +60,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => run_serve(config),
         Command::CheckConfig { config } => check_config(&config),
+        Command::DkimKeygen {
+            domain,
+            selector,
+            algorithm,
+            output,
+        } => dkim_keygen(&domain, &selector, &algorithm, output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,6 +97,71 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         println!("warning: {warning}");
     }
     println!("{}: ok", path.display());
+    Ok(())
+}
+
+fn dkim_keygen(
+    domain: &str,
+    selector: &str,
+    algorithm: &str,
+    output: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use auth_checks::KeyKind;
+    let kind = match algorithm {
+        "rsa" => KeyKind::Rsa,
+        "ed25519" => KeyKind::Ed25519,
+        other => anyhow::bail!("--algorithm {other:?}: use rsa or ed25519"),
+    };
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    };
+    if !valid(&domain) || !domain.contains('.') {
+        anyhow::bail!("--domain {domain:?} is not a domain name");
+    }
+    if !valid(selector) {
+        anyhow::bail!("--selector {selector:?}: use letters, digits, '-', '_' and dots");
+    }
+    let path = output.unwrap_or_else(|| PathBuf::from(format!("{domain}.{selector}.key")));
+    let key = auth_checks::generate_key(kind)?;
+    write_private(&path, key.private_pem.as_bytes())?;
+    let absolute = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+    println!(
+        "Wrote the {} private key to {}",
+        kind.algorithm(),
+        absolute.display()
+    );
+    println!();
+    println!("Publish this TXT record in DNS:");
+    println!();
+    println!("{}", key.zone_line(selector, &domain));
+    println!();
+    println!("Then add to the configuration:");
+    println!();
+    println!("[[dkim_key]]");
+    println!("domain = \"{domain}\"");
+    println!("selector = \"{selector}\"");
+    println!("private_key = \"{}\"", absolute.display());
+    Ok(())
+}
+
+/// Writes a new file readable by its owner only; never replaces an existing key.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
     Ok(())
 }
 

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use crate::accounts::Accounts;
 use crate::config::{Config, parse_duration};
 use crate::delivery::{Delivery, Lmtp, LocalTarget, Maildir, Relay, Remote, RemoteConfig};
+use auth_checks::{ArcSigner, AuthChecks, DkimSignLayer, DkimSigner, Verifier};
 use dns_mx::{MxConfig, MxResolver};
 use smtp_client::{OutboundConfig, TlsConfigs};
 
@@ -61,7 +62,12 @@ impl Mta {
         let queue = Queue::open(queue_config(&config)?)
             .with_context(|| format!("cannot open the queue at {}", config.queue.path.display()))?;
         let local_domains = DomainSet::new(&config.local.domains);
-        let stages = stages(&config, &local_domains, queue.clone())?;
+        let resolver = MxResolver::new(MxConfig {
+            nameservers: config.dns.nameservers.clone(),
+            our_names: vec![config.hostname.clone()],
+            ..MxConfig::default()
+        })?;
+        let stages = stages(&config, &local_domains, &resolver, queue.clone())?;
         let server = Server::bind(server_config(&config, tls)?, stages).await?;
         let addrs = server.local_addrs();
 
@@ -78,7 +84,7 @@ impl Mta {
             .domains
             .first()
             .map(|d| format!("postmaster@{d}"));
-        let remote = remote_delivery(&config)?;
+        let remote = remote_delivery(&config, resolver)?;
         let delivery = Delivery::new(local_domains, local, Some(remote), postmaster);
 
         let (stop, stopped) = watch::channel(false);
@@ -181,7 +187,7 @@ async fn shutdown_signal() {
 }
 
 /// Remote delivery: MX routing (or the relay) and the SMTP client settings.
-fn remote_delivery(config: &Config) -> anyhow::Result<Remote> {
+fn remote_delivery(config: &Config, resolver: MxResolver) -> anyhow::Result<Remote> {
     let o = &config.outbound;
     let extra_roots = match &o.ca_file {
         Some(path) => {
@@ -214,11 +220,6 @@ fn remote_delivery(config: &Config) -> anyhow::Result<Remote> {
             Some(Relay { host })
         }
     };
-    let resolver = MxResolver::new(MxConfig {
-        nameservers: config.dns.nameservers.clone(),
-        our_names: vec![config.hostname.clone()],
-        ..MxConfig::default()
-    })?;
     Ok(Remote::new(
         resolver,
         RemoteConfig {
@@ -303,8 +304,16 @@ fn server_config(
     })
 }
 
-/// The middleware chain: the built-in policy as layers around the queue.
-fn stages(config: &Config, local_domains: &DomainSet, queue: Queue) -> anyhow::Result<Stages> {
+/// The middleware chain: the built-in policy as layers around the queue. A message
+/// passes the hop limit, then sender authentication (which adds
+/// `Authentication-Results`), then gets its `Received:` (on top) and, from a login, its
+/// DKIM signature.
+fn stages(
+    config: &Config,
+    local_domains: &DomainSet,
+    resolver: &MxResolver,
+    queue: Queue,
+) -> anyhow::Result<Stages> {
     let trusted = config
         .relay
         .trusted_networks
@@ -317,9 +326,30 @@ fn stages(config: &Config, local_domains: &DomainSet, queue: Queue) -> anyhow::R
             .iter()
             .map(|a| (a.username.as_str(), a.password.as_str())),
     );
+    let signers = config
+        .dkim_keys
+        .iter()
+        .map(|k| {
+            DkimSigner::from_pem_file(&k.domain, &k.selector, &k.private_key)
+                .with_context(|| format!("[[dkim_key]] {} (selector {})", k.domain, k.selector))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut checks = AuthChecks::new(
+        Verifier::new(resolver.resolver().clone(), &config.hostname),
+        config.auth_checks,
+    )
+    .skip_networks(trusted.clone());
+    if let Some(k) = &config.arc_seal {
+        let sealer = ArcSigner::from_pem_file(&k.domain, &k.selector, &k.private_key)
+            .with_context(|| format!("[arc_seal] {} (selector {})", k.domain, k.selector))?;
+        checks = checks.arc_sealer(sealer, local_domains.clone());
+    }
     let mut stages = Stages::new(Enqueue { queue })
+        .data_layer(DkimSignLayer::new(signers, trusted.clone()))
         .data_layer(ReceivedLayer::new(&config.hostname))
+        .data_layer(checks.data_layer())
         .data_layer(HopLimitLayer::new(config.limits.max_hops.unwrap_or(50)))
+        .mail_layer(checks.mail_layer())
         .auth_layer(AuthLayer::new(accounts));
     if !config.local.accept_any_user {
         let mailboxes = config
