@@ -114,6 +114,7 @@ pub(crate) fn field_names(message: &[u8]) -> Vec<&[u8]> {
 }
 
 /// The domain of the first address in the `From` field, lower-cased.
+#[cfg(feature = "layers")]
 pub(crate) fn from_domain(message: &[u8]) -> Option<String> {
     let (_, range) = fields(message)
         .into_iter()
@@ -151,6 +152,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "layers")]
     #[test]
     fn author_domain() {
         assert_eq!(

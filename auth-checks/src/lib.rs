@@ -7,7 +7,8 @@
 //!   (RFC 7489) and ARC (RFC 8617) against DNS, with results as plain values
 //!   ([`results`]) that render as `Authentication-Results` (RFC 8601).
 //! - [`AuthChecks`]: the checks as mail-stage and data-stage layers, each `off`, `tag`
-//!   or `enforce` ([`Policy`]).
+//!   or `enforce` ([`Policy`]) (feature `layers`, on by default; without it the crate
+//!   does not depend on `smtp-server`).
 //! - [`DkimSigner`] / [`DkimSignLayer`]: DKIM signing of outbound mail; [`ArcSigner`]:
 //!   ARC sealing of mail we forward; [`generate_key`]: new keys and their DNS records.
 //!
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+#[cfg(feature = "layers")]
 mod filter;
 mod headers;
 mod keygen;
@@ -34,6 +36,7 @@ mod sign;
 pub mod verify;
 
 pub use error::Error;
+#[cfg(feature = "layers")]
 pub use filter::{
     AuthChecks, CheckLayer, CheckService, DkimSign, DkimSignLayer, MessageStage, Mode, Policy,
     QUARANTINE_HEADER, SpfStage,

@@ -235,7 +235,16 @@ impl DkimSigner {
     }
 
     /// A `DKIM-Signature:` header field for `message`, CRLF-terminated, to put on top.
+    ///
+    /// A message without a `From` field is refused: RFC 6376 §5.4 requires `From` to be
+    /// signed, and RFC 5322 §3.6 requires the field.
     pub fn sign(&self, message: &[u8]) -> Result<String, Error> {
+        if !crate::headers::field_names(message)
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(b"From"))
+        {
+            return Err(Error::Sign("the message has no From field".to_owned()));
+        }
         let signature = MailAuthSigner::from_key(self.key.clone())
             .domain(self.domain.clone())
             .selector(self.selector.clone())
