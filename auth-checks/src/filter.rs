@@ -445,6 +445,13 @@ fn message_refusal(report: &AuthReport, policy: &Policy) -> Option<Decision> {
         && let Some(arc) = &report.arc
         && arc.result == ArcResult::Fail
     {
+        if arc.temporary {
+            return Some(Decision::defer(
+                451,
+                EnhancedStatus::ARC_TEMPORARY,
+                "ARC validation failed temporarily (DNS); try again later",
+            ));
+        }
         return Some(Decision::reject(
             550,
             EnhancedStatus::ARC_FAILED,

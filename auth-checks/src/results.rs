@@ -176,6 +176,9 @@ pub struct ArcVerdict {
     pub sets: u32,
     /// Why it failed, for people.
     pub reason: Option<String>,
+    /// Whether it failed only for a temporary DNS error (a key that could not be
+    /// fetched): retrying later may give another verdict.
+    pub temporary: bool,
 }
 
 /// A DMARC result (RFC 7489 §11.2).
@@ -436,6 +439,7 @@ mod tests {
                 result: ArcResult::None,
                 sets: 0,
                 reason: None,
+                temporary: false,
             }),
             dmarc: Some(DmarcVerdict {
                 result: DmarcResult::Pass,

@@ -89,7 +89,17 @@ impl Verifier {
     /// SPF for a transaction (RFC 7208): the HELO identity, then the MAIL FROM
     /// identity; `mail_from` empty for the null sender, which is checked as
     /// `postmaster@<helo>`.
+    ///
+    /// Before mail-auth sees them (RFC 7208 §4.3, §5, §6.2): an IPv4-mapped IPv6
+    /// address is checked (and recorded) as IPv4; a malformed domain (an empty label, a
+    /// label over 63 octets, a name over 253) is `none` without a lookup; a sender
+    /// with no local part is checked as `postmaster@<domain>`; an explanation that is
+    /// not US-ASCII is dropped, as a syntax error of the explanation.
     pub async fn spf(&self, ip: IpAddr, helo: &str, mail_from: &str) -> SpfCheck {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        };
         let helo_name = helo.trim_end_matches('.').to_ascii_lowercase();
         let helo_verdict = if is_domain(&helo_name) {
             let output = self
@@ -109,14 +119,20 @@ impl Verifier {
             })
         } else {
             match mail_from.rsplit_once('@') {
-                Some((_, domain)) if is_domain(domain) => {
+                Some((local, domain)) if is_domain(domain.trim_end_matches('.')) => {
+                    // RFC 7208 §4.3: no local part is "postmaster".
+                    let sender = if local.is_empty() {
+                        format!("postmaster@{domain}")
+                    } else {
+                        mail_from.to_owned()
+                    };
                     let output = self
                         .auth
                         .verify_spf(SpfParameters::verify_mail_from(
                             ip,
                             &helo_name,
                             &self.hostname,
-                            mail_from,
+                            &sender,
                         ))
                         .await;
                     spf_verdict(&output, mail_from.to_owned())
@@ -168,6 +184,7 @@ impl Verifier {
                 result: ArcResult::None,
                 sets: 0,
                 reason: None,
+                temporary: false,
             });
             report.dmarc = checks.dmarc.then(|| DmarcVerdict::none(""));
             return (report, None);
@@ -250,17 +267,10 @@ impl Verifier {
         );
         let mail_from_domain = spf.map_or("", |s| s.mail_from.domain()).to_owned();
         let dmarc_output = if checks.dmarc {
-            let output = self
-                .auth
-                .verify_dmarc(DmarcParameters {
-                    message: &message,
-                    dkim_output: &dkim_outputs,
-                    dkim2_output: None,
-                    rfc5321_mail_from_domain: &mail_from_domain,
-                    spf_output: &spf_output,
-                })
+            let (verdict, output) = self
+                .dmarc(&message, &dkim_outputs, &mail_from_domain, &spf_output)
                 .await;
-            report.dmarc = Some(self.dmarc_verdict(&output).await);
+            report.dmarc = Some(verdict);
             Some(output)
         } else {
             None
@@ -295,6 +305,67 @@ impl Verifier {
             _ => None,
         };
         (report, seal)
+    }
+
+    /// DMARC for `message`, with mail-auth's output for the verdict kept.
+    ///
+    /// mail-auth 0.13 exempts a From field whose addresses are in more than one domain
+    /// (result `none`), so a sender could escape a `p=reject` domain's policy by adding
+    /// an address of its own to From. RFC 7489 §6.6.1 checks each of those domains as
+    /// the Author Domain and applies the strictest policy among the checks that fail: so
+    /// with several From domains, each is evaluated alone and the strictest verdict kept
+    /// (a failure with the strictest policy, then temperror, permerror, pass, none).
+    async fn dmarc<'x>(
+        &self,
+        message: &AuthenticatedMessage<'x>,
+        dkim_outputs: &[DkimOutput<'x>],
+        mail_from_domain: &str,
+        spf_output: &SpfOutput,
+    ) -> (DmarcVerdict, DmarcOutput) {
+        let mut domains: Vec<&str> = Vec::new();
+        for domain in message.from.iter().filter_map(|a| a.rsplit_once('@')) {
+            if !domains.contains(&domain.1) {
+                domains.push(domain.1);
+            }
+        }
+        if domains.len() < 2 {
+            let output = self
+                .auth
+                .verify_dmarc(DmarcParameters {
+                    message,
+                    dkim_output: dkim_outputs,
+                    dkim2_output: None,
+                    rfc5321_mail_from_domain: mail_from_domain,
+                    spf_output,
+                })
+                .await;
+            return (self.dmarc_verdict(&output).await, output);
+        }
+        let mut strictest: Option<(DmarcVerdict, DmarcOutput)> = None;
+        for domain in domains {
+            let mut single = message.clone();
+            single
+                .from
+                .retain(|a| a.rsplit_once('@').is_some_and(|(_, d)| d == domain));
+            let output = self
+                .auth
+                .verify_dmarc(DmarcParameters {
+                    message: &single,
+                    dkim_output: dkim_outputs,
+                    dkim2_output: None,
+                    rfc5321_mail_from_domain: mail_from_domain,
+                    spf_output,
+                })
+                .await;
+            let verdict = self.dmarc_verdict(&output).await;
+            if strictest
+                .as_ref()
+                .is_none_or(|(v, _)| strictness(&verdict) > strictness(v))
+            {
+                strictest = Some((verdict, output));
+            }
+        }
+        strictest.unwrap_or_else(|| (DmarcVerdict::none(""), DmarcOutput::default()))
     }
 
     /// Our DMARC verdict from mail-auth's, with `pct` applied (mail-auth 0.13 follows
@@ -361,6 +432,19 @@ impl Verifier {
     }
 }
 
+/// How strict a DMARC verdict is, for choosing among several From domains: a failure
+/// (by its policy), then temperror, permerror, pass, none.
+fn strictness(verdict: &DmarcVerdict) -> (u8, DmarcPolicy) {
+    let rank = match verdict.result {
+        DmarcResult::Fail => 4,
+        DmarcResult::TempError => 3,
+        DmarcResult::PermError => 2,
+        DmarcResult::Pass => 1,
+        DmarcResult::None => 0,
+    };
+    (rank, verdict.policy)
+}
+
 /// `Some(pct)` when `record` is a DMARC record (100 when it has no valid `pct`).
 fn record_pct(record: &str) -> Option<u8> {
     let mut tags = record.split(';').map(str::trim);
@@ -396,11 +480,15 @@ fn sampled(pct: u8) -> bool {
     }
 }
 
-/// Whether `name` can be an SPF domain: a dotted name, not an address literal.
+/// Whether `name` can be an SPF domain: a dotted name, not an address literal, with
+/// no empty label, no label over 63 octets and at most 253 octets (RFC 7208 §4.3: a
+/// malformed domain is `none`).
 fn is_domain(name: &str) -> bool {
     !name.is_empty()
+        && name.len() <= 253
         && !name.starts_with('[')
         && name.contains('.')
+        && name.split('.').all(|label| (1..=63).contains(&label.len()))
         && name.parse::<IpAddr>().is_err()
         && name
             .bytes()
@@ -419,7 +507,12 @@ fn spf_verdict(output: &SpfOutput, identity: String) -> SpfVerdict {
             mail_auth::SpfResult::PermError => SpfResult::PermError,
         },
         identity,
-        explanation: output.explanation().map(str::to_owned),
+        // RFC 7208 §6.2: the explanation is for an SMTP reply, so it MUST be US-ASCII;
+        // one that is not is a syntax error of the explanation string, to be ignored.
+        explanation: output
+            .explanation()
+            .filter(|e| e.is_ascii())
+            .map(str::to_owned),
     }
 }
 
@@ -473,18 +566,19 @@ fn b_prefix(b: &[u8]) -> String {
 }
 
 fn arc_verdict(output: &ArcOutput<'_>) -> ArcVerdict {
-    let (result, reason) = match output.result() {
-        mail_auth::DkimResult::Pass => (ArcResult::Pass, None),
-        mail_auth::DkimResult::None => (ArcResult::None, None),
+    let (result, reason, temporary) = match output.result() {
+        mail_auth::DkimResult::Pass => (ArcResult::Pass, None, false),
+        mail_auth::DkimResult::None => (ArcResult::None, None, false),
+        mail_auth::DkimResult::TempError(e) => (ArcResult::Fail, Some(e.to_string()), true),
         mail_auth::DkimResult::Fail(e)
         | mail_auth::DkimResult::Neutral(e)
-        | mail_auth::DkimResult::PermError(e)
-        | mail_auth::DkimResult::TempError(e) => (ArcResult::Fail, Some(e.to_string())),
+        | mail_auth::DkimResult::PermError(e) => (ArcResult::Fail, Some(e.to_string()), false),
     };
     ArcVerdict {
         result,
         sets: u32::try_from(output.sets().len()).unwrap_or(u32::MAX),
         reason,
+        temporary,
     }
 }
 

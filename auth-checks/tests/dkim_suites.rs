@@ -89,19 +89,9 @@ fn root_zone(records: &[(String, String)]) -> String {
     zone
 }
 
-/// Starts the test DNS server. `TestDns::start` binds UDP on a free port, then TCP on
-/// the same number, which another socket may hold already ("address in use"): it
-/// panics then, so try again a few times (a panic in a spawned task is caught).
+/// Starts the test DNS server for `zone`.
 async fn start_dns(zone: String) -> TestDns {
-    let mut last = String::new();
-    for _ in 0..5 {
-        let zone = zone.clone();
-        match tokio::spawn(async move { TestDns::start(&[&zone]).await }).await {
-            Ok(dns) => return dns,
-            Err(e) => last = e.to_string(),
-        }
-    }
-    panic!("test DNS server did not start: {last}")
+    TestDns::start(&[&zone]).await
 }
 
 /// A DNS server with `records` and a verifier that asks it.

@@ -226,6 +226,8 @@ statuses! {
     CRYPTO_TEMPORARY = (4, 7, 5);
     /// `4.7.24` SPF validation error (RFC 7372): a temporary DNS failure.
     SPF_TEMPORARY = (4, 7, 24);
+    /// `4.7.29` ARC validation failure, for now (a key that could not be fetched).
+    ARC_TEMPORARY = (4, 7, 29);
     /// `5.1.1` Bad destination mailbox address.
     BAD_DESTINATION_MAILBOX = (5, 1, 1);
     /// `5.1.3` Bad destination mailbox address syntax.
