@@ -195,3 +195,67 @@ fn embedded_default_receives_mail_and_stops_on_sigterm() {
     let _ = stdout.read_to_string(&mut rest);
     assert!(rest.contains("shutting down"), "{rest}");
 }
+
+/// `mta dkim-keygen` writes a private key only its owner can read, prints the record to
+/// publish and the configuration to add, and never overwrites a key.
+#[test]
+fn dkim_keygen_writes_the_key_and_prints_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    for (algorithm, k) in [("rsa", "k=rsa"), ("ed25519", "k=ed25519")] {
+        let selector = format!("s-{algorithm}");
+        let run = || {
+            mta()
+                .current_dir(dir.path())
+                .args([
+                    "dkim-keygen",
+                    "--domain",
+                    "Example.ORG",
+                    "--selector",
+                    &selector,
+                ])
+                .args(["--algorithm", algorithm])
+                .output()
+                .unwrap()
+        };
+        let out = run();
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let record = format!("{selector}._domainkey.example.org. IN TXT \"v=DKIM1; {k}; p=");
+        assert!(stdout.contains(&record), "{stdout}");
+        assert!(
+            stdout.contains("[[dkim_key]]\ndomain = \"example.org\""),
+            "{stdout}"
+        );
+        let key = dir.path().join(format!("example.org.{selector}.key"));
+        let pem = std::fs::read(&key).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        }
+        // The key signs.
+        let signer = auth_checks::DkimSigner::from_pem("example.org", &selector, &pem).unwrap();
+        assert!(signer.sign(b"From: a@example.org\r\n\r\nhi\r\n").is_ok());
+        // A second run refuses to replace it.
+        let again = run();
+        assert_eq!(again.status.code(), Some(2), "{again:?}");
+        assert!(String::from_utf8_lossy(&again.stderr).contains("File exists"));
+        assert_eq!(std::fs::read(&key).unwrap(), pem, "the key is unchanged");
+    }
+    let bad = mta()
+        .current_dir(dir.path())
+        .args([
+            "dkim-keygen",
+            "--domain",
+            "example.org",
+            "--selector",
+            "s",
+            "--algorithm",
+            "dsa",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("use rsa or ed25519"));
+}
