@@ -54,23 +54,7 @@ async fn verify(dns: &TestDns, message: &[u8]) -> Vec<DkimVerdict> {
 /// resolver pointed at the test DNS server: argv[1] is its port on 127.0.0.1. The
 /// message is on stdin; exit status 0 and "signature ok" mean it verified. dkimpy's
 /// debug log goes to stderr, to explain a failure.
-const DKIMVERIFY_WRAPPER: &str = r#"
-import logging
-import sys
-
-import dns.resolver
-
-resolver = dns.resolver.Resolver(configure=False)
-resolver.nameservers = ["127.0.0.1"]
-resolver.port = int(sys.argv[1])
-dns.resolver.default_resolver = resolver
-logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
-
-from dkim import dkimverify
-
-sys.argv = ["dkimverify"]
-dkimverify.main()
-"#;
+const DKIMVERIFY_WRAPPER: &str = include_str!("data/dkimverify.py");
 
 /// A Python that has dkimpy, dnspython and PyNaCl (for Ed25519): `$DKIMPY_PYTHON`,
 /// Debian's `/usr/bin/python3` (where `python3-dkim` installs), or `python3`.
