@@ -10,18 +10,16 @@
 //!
 //! Run: `cargo test -p auth-checks --test arc_suite -- --nocapture`
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+mod support;
 
-use auth_checks::{ArcResult, MessageChecks, Verifier};
-use dns_mx::testing::TestDns;
-use dns_mx::{MxConfig, MxResolver};
+use std::collections::{BTreeMap, BTreeSet};
+
+use auth_checks::{ArcResult, MessageChecks};
+use support::{assert_known_failures, crlf, read_text, start_dns, txt_line, verifier};
 use yaml_rust2::{Yaml, YamlLoader};
 
-const DATA: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/testdata/arc-test-suite"
-);
+/// The suite's file, in `shared/testdata/arc-test-suite`.
+const SUITE_FILE: &str = "arc-draft-validation-tests.yml";
 
 /// The cases we fail, each with why: `[mail-auth]` where mail-auth 0.13.3 departs from
 /// RFC 8617, `[pre-RFC 8617]` where the suite's expectation follows the drafts (and
@@ -102,18 +100,6 @@ const KNOWN_FAILURES: &[(&str, &str)] = &[
 /// what we expect of them. They count as passes when we answer fail.
 const BLANK_CV_MEANS_FAIL: &str = "fail";
 
-/// Where the suite is, or `None` (skip) when it is absent; absent under `CI=true` fails.
-fn data_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(DATA);
-    if dir.join("arc-draft-validation-tests.yml").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("ARC suite data missing at {DATA} (required when CI=true)");
-    }
-    None
-}
-
 fn string(y: &Yaml, what: &str) -> String {
     match y {
         Yaml::String(s) | Yaml::Real(s) => s.clone(),
@@ -123,50 +109,13 @@ fn string(y: &Yaml, what: &str) -> String {
     }
 }
 
-/// A TXT record as one zone-file line: quoted strings of at most 255 octets.
-fn txt_line(name: &str, value: &str) -> String {
-    let strings: Vec<String> = value
-        .as_bytes()
-        .chunks(200)
-        .map(|c| {
-            let mut s = String::from("\"");
-            for ch in String::from_utf8_lossy(c).chars() {
-                if ch == '"' || ch == '\\' {
-                    s.push('\\');
-                }
-                s.push(ch);
-            }
-            s.push('"');
-            s
-        })
-        .collect();
-    format!("{name}. 300 IN TXT {}", strings.join(" "))
-}
-
-/// One zone per top-level domain, so that names absent from the data are NXDOMAIN (not
-/// REFUSED, which would be a temporary error).
+/// One zone per top-level domain for the `(name, TXT value)` records.
 fn zones(records: &BTreeMap<String, String>) -> Vec<String> {
-    let mut by_tld: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (name, value) in records {
-        let tld = name.trim_end_matches('.').rsplit('.').next().unwrap_or("");
-        by_tld.entry(tld).or_default().push(txt_line(name, value));
-    }
-    by_tld
-        .into_iter()
-        .map(|(tld, lines)| {
-            format!(
-                "$ORIGIN {tld}.\n@ 3600 IN SOA ns root 1 3600 600 86400 60\n{}\n",
-                lines.join("\n")
-            )
-        })
-        .collect()
-}
-
-/// The message as it arrives over SMTP: the YAML text has LF line ends.
-fn crlf(text: &str) -> Vec<u8> {
-    text.replace("\r\n", "\n")
-        .replace('\n', "\r\n")
-        .into_bytes()
+    let lines: Vec<(String, String)> = records
+        .iter()
+        .map(|(name, value)| (name.clone(), txt_line(name, value)))
+        .collect();
+    support::zones_by_tld(&lines)
 }
 
 /// The file repeats four case names within a scenario (`as_fields_b_head_case`,
@@ -194,12 +143,6 @@ fn dedup_case_names(text: &str) -> String {
     out
 }
 
-/// A test DNS server for `zones`.
-async fn start_dns(zones: &[String]) -> TestDns {
-    let refs: Vec<&str> = zones.iter().map(String::as_str).collect();
-    TestDns::start(&refs).await
-}
-
 struct Row {
     name: String,
     scenario: String,
@@ -211,13 +154,11 @@ struct Row {
 
 #[tokio::test]
 async fn arc_validation_suite() {
-    let Some(dir) = data_dir() else {
-        eprintln!("SKIP arc_suite: no test data at {DATA} (set CI=true to make this fail)");
+    let Some(dir) = support::shared_testdata("arc-test-suite", SUITE_FILE) else {
         return;
     };
-    let path = dir.join("arc-draft-validation-tests.yml");
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let path = dir.join(SUITE_FILE);
+    let text = read_text(&path);
     let docs = YamlLoader::load_from_str(&dedup_case_names(&text))
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 
@@ -235,19 +176,14 @@ async fn arc_validation_suite() {
         }
         let zones = zones(&records);
         let dns = start_dns(&zones).await;
-        let resolver = MxResolver::new(MxConfig {
-            nameservers: vec![dns.addr()],
-            ..MxConfig::default()
-        })
-        .unwrap_or_else(|e| panic!("resolver: {e}"));
-        let verifier = Verifier::new(resolver.resolver().clone(), "mx.example.net");
+        let verifier = verifier(&dns);
 
         let tests = doc["tests"]
             .as_hash()
             .unwrap_or_else(|| panic!("{scenario}: no tests"));
         for (name, case) in tests {
             let name = string(name, "test name");
-            let message = crlf(&string(&case["message"], "message"));
+            let message = crlf(string(&case["message"], "message").as_bytes());
             let mut expected = string(&case["cv"], "cv").trim().to_ascii_lowercase();
             let overridden = expected.is_empty();
             if overridden {
@@ -319,20 +255,7 @@ async fn arc_validation_suite() {
         .filter(|r| !r.ok)
         .map(|r| r.name.clone())
         .collect();
-    let known: BTreeSet<String> = KNOWN_FAILURES
-        .iter()
-        .map(|(n, _)| (*n).to_owned())
-        .collect();
-    for (name, reason) in KNOWN_FAILURES {
-        println!("known failure {name}: {reason}");
-    }
     let names: BTreeSet<&str> = rows.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names.len(), rows.len(), "duplicate case names");
-    let new: Vec<_> = failures.difference(&known).collect();
-    let fixed: Vec<_> = known.difference(&failures).collect();
-    assert!(
-        new.is_empty() && fixed.is_empty(),
-        "ARC suite changed: newly failing {new:?}; now passing (remove from KNOWN_FAILURES) \
-         {fixed:?}"
-    );
+    assert_known_failures("ARC", &failures, KNOWN_FAILURES);
 }

@@ -10,41 +10,18 @@
 //!   test of the workaround for mail-auth 0.13.3's relaxed body canonicalization
 //!   (see `auth-checks/src/verify.rs`). It needs no Python: the fixture is checked in.
 
+mod support;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use auth_checks::{DkimResult, DkimSigner, DkimVerdict, KeyKind, MessageChecks, Verifier};
-use auth_checks::{GeneratedKey, generate_key};
+use auth_checks::{DkimResult, DkimVerdict, KeyKind};
 use dns_mx::testing::TestDns;
-use dns_mx::{MxConfig, MxResolver};
+use support::{signed_with_fresh_key, start_dns, verifier, verify_dkim, zone};
 
-/// DKIM only: DMARC and ARC would make lookups these tests do not serve.
-const DKIM_ONLY: MessageChecks = MessageChecks {
-    dkim: true,
-    arc: false,
-    dmarc: false,
-};
-
-/// Starts the test DNS server for `zone`.
-async fn start_dns(zone: String) -> TestDns {
-    TestDns::start(&[&zone]).await
-}
-
-fn zone(origin: &str, records: &str) -> String {
-    format!("$ORIGIN {origin}.\n@ 3600 IN SOA ns root 1 3600 600 86400 60\n{records}\n")
-}
-
+/// The DKIM verdicts on `message` of a fresh verifier that asks `dns`.
 async fn verify(dns: &TestDns, message: &[u8]) -> Vec<DkimVerdict> {
-    let resolver = MxResolver::new(MxConfig {
-        nameservers: vec![dns.addr()],
-        ..MxConfig::default()
-    })
-    .unwrap_or_else(|e| panic!("resolver: {e}"));
-    Verifier::new(resolver.resolver().clone(), "mx.example.net")
-        .check_message(message, None, DKIM_ONLY)
-        .await
-        .dkim
-        .unwrap_or_default()
+    verify_dkim(&verifier(dns), message).await
 }
 
 // ---------------------------------------------------------------------------------
@@ -115,24 +92,14 @@ const MESSAGE: &[u8] = b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example
 #[tokio::test]
 async fn dkimpy_verifies_our_signatures() {
     let Some(python) = dkimpy_python() else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "dkimpy not found (python3 with dkim, dns.resolver and nacl; Debian python3-dkim), required when CI=true"
-            );
-        }
-        eprintln!(
-            "SKIPPED: dkimpy not found (install Debian python3-dkim, or pip install dkimpy dnspython pynacl); the independent-verifier check did not run"
+        support::skip(
+            "dkimpy (python3 with dkim, dns.resolver and nacl: Debian python3-dkim, or pip \
+             install dkimpy dnspython pynacl)",
         );
         return;
     };
     for kind in [KeyKind::Rsa, KeyKind::Ed25519] {
-        let key: GeneratedKey = generate_key(kind).unwrap_or_else(|e| panic!("keygen: {e}"));
-        let dns = start_dns(zone("example.org", &key.zone_line("s1", "example.org"))).await;
-        let signer = DkimSigner::from_pem("example.org", "s1", key.private_pem.as_bytes())
-            .unwrap_or_else(|e| panic!("signer: {e}"));
-        let header = signer.sign(MESSAGE).unwrap_or_else(|e| panic!("sign: {e}"));
-        let mut signed = header.into_bytes();
-        signed.extend_from_slice(MESSAGE);
+        let (dns, signed) = signed_with_fresh_key(kind, MESSAGE).await;
 
         // We pass it ourselves...
         let ours = verify(&dns, &signed).await;
@@ -201,7 +168,7 @@ async fn relaxed_body_signed_by_dkimpy() {
         RELAXED_BODY.ends_with(b"\r\n\r\nHello!\r\n  \r\n\r\n"),
         "the fixture's body must be exactly \"Hello!\\r\\n  \\r\\n\\r\\n\""
     );
-    let dns = start_dns(zone("example.org", RELAXED_BODY_ZONE)).await;
+    let dns = start_dns(&[zone("example.org", RELAXED_BODY_ZONE)]).await;
 
     // Both signatures pass, and only through the workaround: `corrected_relaxed_body`
     // is set only after mail-auth has failed the body hash of the message as it is,

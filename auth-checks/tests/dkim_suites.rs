@@ -10,61 +10,23 @@
 //! Run: `cargo test -p auth-checks --test dkim_suites -- --nocapture` (the summary
 //! tables are printed).
 
-// The suites print their result tables and why they skip, from helpers too.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+// The suites print their result tables, from helpers too.
+#![allow(clippy::print_stdout)]
+
+mod support;
 
 use std::path::{Path, PathBuf};
 
-use auth_checks::{DkimResult, DkimSigner, DkimVerdict, MessageChecks, Verifier};
+use auth_checks::{DkimResult, DkimSigner, DkimVerdict, Verifier};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use dns_mx::testing::TestDns;
-use dns_mx::{MxConfig, MxResolver};
+use support::{crlf, read, read_text, start_dns, verifier, verify_dkim as verify};
 
-const DKIMPY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/dkimpy");
-const MAIL_AUTH: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/testdata/mail-auth"
-);
-
-/// DKIM only: DMARC and ARC would make lookups these tests do not serve.
-const DKIM_ONLY: MessageChecks = MessageChecks {
-    dkim: true,
-    arc: false,
-    dmarc: false,
-};
-
-/// The data set's folder, or `None` (after saying so) when it is absent outside CI.
-fn data_set(dir: &str, name: &str) -> Option<PathBuf> {
-    let path = PathBuf::from(dir);
-    if path.join("README.md").is_file() {
-        return Some(path);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{name} test data missing at {dir} (required when CI=true)");
-    }
-    eprintln!("SKIPPED: {name} test data not found at {dir}; the {name} DKIM suite did not run");
-    None
-}
-
-fn read(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-fn read_text(path: &Path) -> String {
-    String::from_utf8(read(path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Bare LF line ends as CRLF, as on the wire (CRLF already there stays).
-fn crlf(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() + raw.len() / 20);
-    for (i, &b) in raw.iter().enumerate() {
-        if b == b'\n' && (i == 0 || raw[i - 1] != b'\r') {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
+/// The data set `shared/testdata/{name}`, or `None` (after saying so) when it is absent
+/// outside CI.
+fn data_set(name: &str) -> Option<PathBuf> {
+    support::shared_testdata(name, "README.md")
 }
 
 /// A zone for the root, so that one server answers every name of a case, with
@@ -89,29 +51,11 @@ fn root_zone(records: &[(String, String)]) -> String {
     zone
 }
 
-/// Starts the test DNS server for `zone`.
-async fn start_dns(zone: String) -> TestDns {
-    TestDns::start(&[&zone]).await
-}
-
 /// A DNS server with `records` and a verifier that asks it.
 async fn serve(records: &[(String, String)]) -> (TestDns, Verifier) {
-    let dns = start_dns(root_zone(records)).await;
-    let resolver = MxResolver::new(MxConfig {
-        nameservers: vec![dns.addr()],
-        ..MxConfig::default()
-    })
-    .unwrap_or_else(|e| panic!("resolver: {e}"));
-    let verifier = Verifier::new(resolver.resolver().clone(), "mx.example.net");
+    let dns = start_dns(&[root_zone(records)]).await;
+    let verifier = verifier(&dns);
     (dns, verifier)
-}
-
-async fn verify(verifier: &Verifier, message: &[u8]) -> Vec<DkimVerdict> {
-    verifier
-        .check_message(message, None, DKIM_ONLY)
-        .await
-        .dkim
-        .unwrap_or_default()
 }
 
 fn show(v: &DkimVerdict) -> String {
@@ -270,7 +214,7 @@ type Case = (
 /// dkimpy's signed messages, verified as its README (and its tests) say.
 #[tokio::test]
 async fn dkimpy_signed_messages() {
-    let Some(dir) = data_set(DKIMPY, "dkimpy") else {
+    let Some(dir) = data_set("dkimpy") else {
         return;
     };
     let test_txt = record(&dir, "test.txt");
@@ -393,7 +337,7 @@ async fn dkimpy_signed_messages() {
 /// `x=` has passed since is expected to be refused as expired (RFC 6376 §3.5 `x=`).
 #[tokio::test]
 async fn mail_auth_signed_messages() {
-    let Some(dir) = data_set(MAIL_AUTH, "mail-auth") else {
+    let Some(dir) = data_set("mail-auth") else {
         return;
     };
     let folder = dir.join("resources").join("dkim");
@@ -515,7 +459,7 @@ impl SuiteKey {
 /// Sign-then-verify with dkimpy's test keys over the README's input messages.
 #[tokio::test]
 async fn dkimpy_keys_round_trip() {
-    let Some(dir) = data_set(DKIMPY, "dkimpy") else {
+    let Some(dir) = data_set("dkimpy") else {
         return;
     };
     let data = dir.join("data");

@@ -20,20 +20,17 @@
 //!
 //! Run: `cargo test -p auth-checks --test dmarc_suite -- --nocapture`
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+mod support;
 
-use auth_checks::{
-    DkimResult, DkimSigner, DmarcVerdict, KeyKind, MessageChecks, Verifier, generate_key,
-};
-use dns_mx::testing::TestDns;
-use dns_mx::{MxConfig, MxResolver};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use auth_checks::{DkimResult, DkimSigner, DmarcVerdict, KeyKind, MessageChecks, generate_key};
+use support::{assert_known_failures, crlf, read, read_text, start_dns, txt_line, verifier};
 use yaml_rust2::{Yaml, YamlLoader};
 
-const DATA: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/testdata/authheaders-dmarc"
-);
+/// The suite's case list, in `shared/testdata/authheaders-dmarc`.
+const CASES_FILE: &str = "dmarc-cases.yaml";
 
 /// The cases we fail, each with why. Keep in step with the conformance notes.
 const KNOWN_FAILURES: &[(&str, &str)] = &[
@@ -58,100 +55,10 @@ const KNOWN_FAILURES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Where the suite is, or `None` (skip) when it is absent; absent under `CI=true` fails.
-fn data_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(DATA);
-    if dir.join("dmarc-cases.yaml").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("DMARC suite data missing at {DATA} (required when CI=true)");
-    }
-    None
-}
-
-fn read(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-/// The message as it arrives over SMTP: every line ending CRLF. The files end lines in LF
-/// (one mixes both); authheaders' DKIM (dkimpy) reads them the same way.
-fn crlf(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() + raw.len() / 16);
-    for (i, &b) in raw.iter().enumerate() {
-        if b == b'\n' && (i == 0 || raw[i - 1] != b'\r') {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
-}
-
 fn string(y: &Yaml, what: &str) -> String {
     y.as_str()
         .unwrap_or_else(|| panic!("{what}: not a string: {y:?}"))
         .to_owned()
-}
-
-/// A TXT record as one zone-file line: quoted strings of at most 255 octets.
-fn txt_line(name: &str, value: &str) -> String {
-    let escaped: Vec<String> = value
-        .as_bytes()
-        .chunks(200)
-        .map(|c| {
-            let mut s = String::from("\"");
-            for ch in String::from_utf8_lossy(c).chars() {
-                if ch == '"' || ch == '\\' {
-                    s.push('\\');
-                }
-                s.push(ch);
-            }
-            s.push('"');
-            s
-        })
-        .collect();
-    format!("{name}. 300 IN TXT {}", escaped.join(" "))
-}
-
-/// One zone per top-level domain, so that names absent from the data are NXDOMAIN (not
-/// REFUSED, which would be a temporary error).
-fn zones(lines: &[(String, String)]) -> Vec<String> {
-    let mut by_tld: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-    for (name, line) in lines {
-        let tld = name.trim_end_matches('.').rsplit('.').next().unwrap_or("");
-        by_tld.entry(tld.to_owned()).or_default().push(line);
-    }
-    by_tld
-        .into_iter()
-        .map(|(tld, lines)| {
-            format!(
-                "$ORIGIN {tld}.\n@ 3600 IN SOA ns root 1 3600 600 86400 60\n{}\n",
-                lines.join("\n")
-            )
-        })
-        .collect()
-}
-
-/// A test DNS server for `zones`. `TestDns` binds TCP on the port the system gave its
-/// UDP socket, which now and then is taken when many test binaries run at once: try
-/// again on a fresh port rather than fail the suite on it.
-async fn start_dns(zones: &[String]) -> TestDns {
-    let mut attempt = 1;
-    loop {
-        let owned = zones.to_vec();
-        let started = tokio::spawn(async move {
-            let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
-            TestDns::start(&refs).await
-        })
-        .await;
-        match started {
-            Ok(dns) => return dns,
-            // The panic hook has printed why.
-            Err(_) if attempt < 5 => {}
-            Err(e) => panic!("test DNS did not start: {e}"),
-        }
-        attempt += 1;
-    }
 }
 
 struct Case {
@@ -167,8 +74,7 @@ struct Case {
 }
 
 fn load(dir: &Path) -> (Yaml, Vec<Case>) {
-    let text = String::from_utf8(read(&dir.join("dmarc-cases.yaml")))
-        .unwrap_or_else(|e| panic!("dmarc-cases.yaml: {e}"));
+    let text = read_text(&dir.join(CASES_FILE));
     let doc = YamlLoader::load_from_str(&text)
         .unwrap_or_else(|e| panic!("dmarc-cases.yaml: {e}"))
         .into_iter()
@@ -232,15 +138,6 @@ fn load(dir: &Path) -> (Yaml, Vec<Case>) {
     (doc, cases)
 }
 
-async fn verifier(dns: &TestDns) -> Verifier {
-    let resolver = MxResolver::new(MxConfig {
-        nameservers: vec![dns.addr()],
-        ..MxConfig::default()
-    })
-    .unwrap_or_else(|e| panic!("resolver: {e}"));
-    Verifier::new(resolver.resolver().clone(), "mx.example.net")
-}
-
 /// The `dmarc=` keyword of an authheaders result string.
 fn expected_keyword(expected: &str) -> &str {
     expected
@@ -253,8 +150,7 @@ fn expected_keyword(expected: &str) -> &str {
 
 #[tokio::test]
 async fn authheaders_dmarc_cases() {
-    let Some(dir) = data_dir() else {
-        eprintln!("SKIP dmarc_suite: no test data at {DATA} (set CI=true to make this fail)");
+    let Some(dir) = support::shared_testdata("authheaders-dmarc", CASES_FILE) else {
         return;
     };
     let (doc, cases) = load(&dir);
@@ -295,9 +191,8 @@ async fn authheaders_dmarc_cases() {
             .unwrap_or_else(|e| panic!("signer for {domain}: {e}"));
         signers.insert(domain.clone(), signer);
     }
-    let zones = zones(&lines);
-    let dns = start_dns(&zones).await;
-    let verifier = verifier(&dns).await;
+    let dns = start_dns(&support::zones_by_tld(&lines)).await;
+    let verifier = verifier(&dns);
 
     let mut failures = BTreeSet::new();
     let mut rows = Vec::new();
@@ -374,18 +269,5 @@ async fn authheaders_dmarc_cases() {
     let passed = rows.iter().filter(|r| r.3).count();
     println!("\nDMARC: {passed}/{} cases pass\n", rows.len());
 
-    let known: BTreeSet<String> = KNOWN_FAILURES
-        .iter()
-        .map(|(n, _)| (*n).to_owned())
-        .collect();
-    for (name, reason) in KNOWN_FAILURES {
-        println!("known failure {name}: {reason}");
-    }
-    let new: Vec<_> = failures.difference(&known).collect();
-    let fixed: Vec<_> = known.difference(&failures).collect();
-    assert!(
-        new.is_empty() && fixed.is_empty(),
-        "DMARC suite changed: newly failing {new:?}; now passing (remove from KNOWN_FAILURES) \
-         {fixed:?}"
-    );
+    assert_known_failures("DMARC", &failures, KNOWN_FAILURES);
 }

@@ -1,36 +1,17 @@
 //! Sign-then-verify round trips through a real DNS server on loopback.
 
-use auth_checks::{DkimResult, DkimSigner, KeyKind, MessageChecks, Verifier, generate_key};
-use dns_mx::testing::TestDns;
-use dns_mx::{MxConfig, MxResolver};
+mod support;
 
-async fn verifier(dns: &TestDns) -> Verifier {
-    let resolver = MxResolver::new(MxConfig {
-        nameservers: vec![dns.addr()],
-        ..MxConfig::default()
-    })
-    .unwrap_or_else(|e| panic!("resolver: {e}"));
-    Verifier::new(resolver.resolver().clone(), "mx.example.net")
-}
-
-fn zone(records: &str) -> String {
-    format!("$ORIGIN example.org.\n@ 3600 IN SOA ns root 1 3600 600 86400 60\n{records}\n")
-}
+use auth_checks::{DkimResult, DkimSigner, KeyKind, MessageChecks, generate_key};
+use support::{signed_with_fresh_key, verifier};
 
 const MESSAGE: &[u8] = b"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: round trip\r\nDate: Tue, 24 Nov 2026 20:00:00 +0000\r\nMessage-ID: <1@example.org>\r\n\r\nHello Bob,\r\n  indented line \r\n\r\nBye.\r\n";
 
 #[tokio::test]
 async fn both_key_kinds_sign_and_verify() {
     for kind in [KeyKind::Rsa, KeyKind::Ed25519] {
-        let key = generate_key(kind).unwrap_or_else(|e| panic!("keygen: {e}"));
-        let dns = TestDns::start(&[&zone(&key.zone_line("s1", "example.org"))]).await;
-        let signer = DkimSigner::from_pem("example.org", "s1", key.private_pem.as_bytes())
-            .unwrap_or_else(|e| panic!("signer: {e}"));
-        let header = signer.sign(MESSAGE).unwrap_or_else(|e| panic!("sign: {e}"));
-        let mut signed = header.into_bytes();
-        signed.extend_from_slice(MESSAGE);
+        let (dns, signed) = signed_with_fresh_key(kind, MESSAGE).await;
         let report = verifier(&dns)
-            .await
             .check_message(&signed, None, MessageChecks::ALL)
             .await;
         let dkim = report.dkim.unwrap_or_default();
@@ -41,7 +22,6 @@ async fn both_key_kinds_sign_and_verify() {
         // A changed body fails.
         let tampered = String::from_utf8_lossy(&signed).replace("Bye.", "Bye!");
         let report = verifier(&dns)
-            .await
             .check_message(tampered.as_bytes(), None, MessageChecks::ALL)
             .await;
         assert_eq!(

@@ -21,9 +21,10 @@
 
 #![allow(clippy::print_stdout)]
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use auth_checks::Verifier;
@@ -37,8 +38,8 @@ use hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME, MX, NULL, PTR, TXT};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use yaml_rust2::{Yaml, YamlLoader};
 
-/// Where the suite is, from this crate's directory.
-const SUITE: &str = "../../shared/testdata/openspf-pyspf/rfc7208-tests.yml";
+/// The suite's file, in `shared/testdata/openspf-pyspf`.
+const SUITE_FILE: &str = "rfc7208-tests.yml";
 
 /// How long one DNS query may take. A lookup of a `TIMEOUT` name costs about twice this
 /// (the resolver tries its UDP and TCP connections), and sections run at once, so the
@@ -551,29 +552,13 @@ async fn run_section(section: Section) -> (String, Vec<Outcome>) {
     (section.description, outcomes)
 }
 
-fn suite_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(SUITE)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openspf_rfc7208_suite() {
-    let path = suite_path();
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) => {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-            assert!(
-                !ci,
-                "CI=true and the SPF suite is missing: {}: {e}",
-                path.display()
-            );
-            println!(
-                "SKIPPED: the OpenSPF suite is not at {} ({e}); it is pyspf's test/rfc7208-tests.yml",
-                path.display()
-            );
-            return;
-        }
+    // pyspf's test/rfc7208-tests.yml.
+    let Some(dir) = support::shared_testdata("openspf-pyspf", SUITE_FILE) else {
+        return;
     };
+    let text = support::read_text(&dir.join(SUITE_FILE));
     let sections = load(&text);
     let mut names = BTreeSet::new();
     for case in sections.iter().flat_map(|s| &s.cases) {
