@@ -7,6 +7,15 @@
 # Both deliver every message to a Maildir; after each run the script waits for delivery
 # to drain and counts the files that arrived.
 #
+# Sender authentication: every peer receives the same DKIM-signed message (RSA-2048,
+# c=relaxed/simple, one file per size, signed by dkimpy with a key from `mta dkim-keygen`,
+# sent with smtp-source -F) from HELO client.bench.test. A local dnsmasq, authoritative
+# for `test.` on 127.0.0.1:$DNS_PORT, publishes SPF for bench.test and the HELO name
+# (ip4:127.0.0.1), DMARC for bench.test (p=none) and the DKIM key; mta asks it through
+# `[dns] nameservers`. AUTH_CHECKS=on (the default) runs mta's SPF, DKIM, DMARC and ARC
+# checks (all `tag`, mta's default); AUTH_CHECKS=off turns all four off. Postfix checks
+# nothing either way.
+#
 # Run as root:   bash bench/inbound.sh
 # See bench/README.md for the environment variables.
 set -euo pipefail
@@ -18,7 +27,7 @@ ROOT="$(cd "$HERE/.." && pwd)"
 COUNT="${COUNT:-12000}"                  # messages per smtp-source run
 COUNT_S1="${COUNT_S1:-$(( COUNT / 4 ))}" # messages per run with 1 session (latency-bound)
 REPS="${REPS:-5}"                        # runs per peer and configuration (median reported)
-SIZES="${SIZES:-1024 65536}"             # message sizes in bytes (smtp-source -l)
+SIZES="${SIZES:-1024 65536}"             # message body sizes in bytes (as smtp-source -l)
 SESSIONS="${SESSIONS:-1 20 100}"         # concurrent sessions (smtp-source -s)
 # Peers, run interleaved in this order for every repetition:
 #   mta      `mta serve`, RUST_LOG=$MTA_LOG (default warn: no per-message log lines)
@@ -33,9 +42,16 @@ PF_PORT="${PF_PORT:-2555}"
 MTA_PORT="${MTA_PORT:-2556}"
 MTA_INFO_PORT="${MTA_INFO_PORT:-2557}"
 SINK_PORT="${SINK_PORT:-2558}"
+AUTH_CHECKS="${AUTH_CHECKS:-on}"       # on: mta's [auth_checks] all `tag`; off: all `off`
+DNS_PORT="${DNS_PORT:-5354}"           # the local dnsmasq (UDP and TCP on 127.0.0.1)
+DNS_TTL="${DNS_TTL:-300}"              # TTL of its records (and of its negative answers)
+DNS_LOG="${DNS_LOG:-0}"                # 1: dnsmasq logs every query to $WORK/dnsmasq.log
 DOMAIN="${DOMAIN:-maildir.test}"       # recipient domain, local on both peers
 RCPT_USER="${RCPT_USER:-benchuser}"    # local part, and the Unix user Postfix delivers to
 SENDER="sender@bench.test"
+SENDER_DOMAIN="${SENDER#*@}"
+HELO="client.$SENDER_DOMAIN"           # smtp-source -M: the HELO name
+DKIM_SELECTOR="s1"
 RCPT="$RCPT_USER@$DOMAIN"
 
 PF_CONF="${PF_CONF:-/etc/postfix-bench}"         # dedicated Postfix config directory
@@ -56,6 +72,7 @@ die() { log "error: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (installs packages, starts Postfix, adds a local user)"
 [[ " $PEERS " == *" postfix "* ]] || die "PEERS must include postfix (the ratios are to Postfix)"
+case $AUTH_CHECKS in on|off) ;; *) die "AUTH_CHECKS must be on or off, not $AUTH_CHECKS" ;; esac
 
 # ---------------------------------------------------------------- prerequisites
 if ! command -v smtp-source >/dev/null || ! command -v postfix >/dev/null; then
@@ -65,6 +82,13 @@ if ! command -v smtp-source >/dev/null || ! command -v postfix >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y postfix
 fi
 command -v python3 >/dev/null || die "python3 is needed for the statistics"
+# dnsmasq serves the sender's DNS records; dkimpy (Debian's python3-dkim, for /usr/bin/python3)
+# signs the message files.
+if ! command -v dnsmasq >/dev/null || ! /usr/bin/python3 -c 'import dkim' 2>/dev/null; then
+    log "installing dnsmasq-base and python3-dkim"
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y dnsmasq-base python3-dkim
+fi
 
 if [ -z "${MTA_BIN:-}" ]; then
     log "building mta (cargo build --release -p mta-bin)"
@@ -189,12 +213,133 @@ accept_any_user = true
 [limits]
 max_connections = 20000
 max_connections_per_ip = 1000
+
+[dns]
+nameservers = ["127.0.0.1:$DNS_PORT"]
+
+[auth_checks]
+spf = "$AUTH_MODE"
+dkim = "$AUTH_MODE"
+dmarc = "$AUTH_MODE"
+arc = "$AUTH_MODE"
 EOF
     "$MTA_BIN" check-config --config "$dir/mta.toml" >/dev/null
     RUST_LOG="$level" "$MTA_BIN" serve --config "$dir/mta.toml" >"$dir/stdout" 2>"$dir/stderr" &
     PID[$peer]=$!
     MAILDIRS[$peer]="$dir/maildir/$DOMAIN/$RCPT_USER/new"
     wait_port "${PORT[$peer]}" || { cat "$dir/stderr" >&2; die "$peer does not listen on ${PORT[$peer]}"; }
+}
+
+# ---------------------------------------------------------------- DNS and the signed messages
+# dns_start: dnsmasq on 127.0.0.1:$DNS_PORT, authoritative for `test.` (so every other name
+# there is NXDOMAIN with an SOA, which resolvers cache, as under a real zone), nothing else
+# (no upstream, no /etc/hosts). Its records: SPF for the sender domain and the HELO name,
+# DMARC (p=none: no rejections) and the DKIM key made by make_messages.
+dns_start() {
+    local parts
+    # The key's TXT strings from `mta dkim-keygen`'s zone line, comma-separated for dnsmasq.
+    parts=$(grep -o '"[^"]*"' <<<"$DKIM_ZONE_LINE" | tr -d '"' | paste -sd, -)
+    [ -n "$parts" ] || die "no DKIM record in $WORK/dkim-keygen.out"
+    # shellcheck disable=SC2054  # the commas belong to dnsmasq's option values
+    local args=(-k --conf-file=/dev/null --pid-file= --user=root
+        --port="$DNS_PORT" --listen-address=127.0.0.1 --bind-interfaces
+        --no-resolv --no-hosts
+        --auth-server=ns.test,127.0.0.1 --auth-zone=test --auth-ttl="$DNS_TTL"
+        --auth-soa="1,hostmaster.test,1200,120,604800"
+        --log-facility="$WORK/dnsmasq.log"
+        "--txt-record=$SENDER_DOMAIN,v=spf1 ip4:127.0.0.1 -all"
+        "--txt-record=$HELO,v=spf1 ip4:127.0.0.1 -all"
+        "--txt-record=_dmarc.$SENDER_DOMAIN,v=DMARC1; p=none"
+        "--txt-record=$DKIM_SELECTOR._domainkey.$SENDER_DOMAIN,$parts")
+    [ "$DNS_LOG" = 1 ] && args+=(--log-queries)
+    dnsmasq "${args[@]}" &
+    PID[dns]=$!
+    # Every record answers as published (dnspython comes with python3-dkim).
+    local ok=0
+    for _ in $(seq 50); do
+        if /usr/bin/python3 - "$DNS_PORT" "$SENDER_DOMAIN" "$HELO" "$DKIM_SELECTOR" <<'PY' 2>/dev/null
+import sys
+import dns.message, dns.query, dns.rcode
+port, domain, helo, selector = sys.argv[1:]
+def txt(name):
+    q = dns.message.make_query(name, "TXT")
+    r = dns.query.udp(q, "127.0.0.1", port=int(port), timeout=1)
+    assert r.rcode() == dns.rcode.NOERROR, (name, dns.rcode.to_text(r.rcode()))
+    return b"".join(s for rr in r.answer for item in rr for s in item.strings).decode()
+assert txt(domain) == "v=spf1 ip4:127.0.0.1 -all"
+assert txt(helo) == "v=spf1 ip4:127.0.0.1 -all"
+assert txt("_dmarc." + domain) == "v=DMARC1; p=none"
+assert txt(f"{selector}._domainkey.{domain}").startswith("v=DKIM1; k=rsa; p=MII")
+PY
+        then ok=1; break; fi
+        sleep 0.1
+    done
+    [ "$ok" = 1 ] || { cat "$WORK/dnsmasq.log" >&2; die "dnsmasq on 127.0.0.1:$DNS_PORT does not serve the records"; }
+}
+
+# The number of queries dnsmasq has answered for its zone (its statistics, logged on SIGUSR1).
+dns_queries() {
+    kill -USR1 "${PID[dns]}" 2>/dev/null || return 0
+    sleep 0.3
+    { grep -o 'queries for authoritative zones [0-9]*' "$WORK/dnsmasq.log" || true; } | tail -1 | grep -o '[0-9]*$' || true
+}
+
+# make_messages: a DKIM key (`mta dkim-keygen --algorithm rsa`: RSA-2048) and, for each
+# size, $WORK/msg-SIZE.txt for smtp-source -F: the header fields smtp-source writes itself
+# (From, To, Date, Message-Id) and a body like its -l SIZE one (80-byte lines: a digit,
+# 77 X, CRLF; SIZE bytes in all), signed by dkimpy (c=relaxed/simple) over the CRLF form
+# smtp-source sends, then stored with LF line ends (smtp-source appends CRLF to each line;
+# the empty line it adds at the end is not part of a simple-canonicalized body). Each file
+# is checked against the published key before it is used.
+make_messages() {
+    "$MTA_BIN" dkim-keygen --domain "$SENDER_DOMAIN" --selector "$DKIM_SELECTOR" \
+        --algorithm rsa --output "$WORK/dkim.key" >"$WORK/dkim-keygen.out"
+    DKIM_ZONE_LINE=$(grep '_domainkey' "$WORK/dkim-keygen.out")
+    for size in $SIZES; do
+        /usr/bin/python3 - "$WORK/dkim.key" "$DKIM_SELECTOR" "$size" "$SENDER" "$RCPT" \
+            "$DKIM_ZONE_LINE" "$WORK/msg-$size.txt" <<'PY' || die "cannot make the signed $size-byte message"
+import re, sys
+import dkim
+key, selector, size, sender, rcpt, zone_line, out = sys.argv[1:]
+size = int(size)
+domain = sender.rsplit("@", 1)[1]
+headers = (f"From: <{sender}>\r\nTo: <{rcpt}>\r\n"
+           f"Date: Tue, 24 Nov 2026 12:00:00 +0000\r\n"
+           f"Message-Id: <bench.{size}@{domain}>\r\n").encode()
+body = bytearray()
+n = 0
+while len(body) + 80 <= size:
+    n += 1
+    body += str(n % 10).encode() + b"X" * 77 + b"\r\n"
+if size - len(body) >= 3:
+    body += b"X" * (size - len(body) - 2) + b"\r\n"
+message = headers + b"\r\n" + bytes(body)
+with open(key, "rb") as f:
+    private = f.read()
+signature = dkim.sign(message, selector.encode(), domain.encode(), private,
+                      canonicalize=(b"relaxed", b"simple"),
+                      include_headers=[b"from", b"to", b"date", b"message-id"])
+signed = signature + message
+bare = signed.replace(b"\r\n", b"")
+assert b"\r" not in bare and b"\n" not in bare, "bare CR or LF"
+record = b"".join(re.findall(rb'"([^"]*)"', zone_line.encode()))
+assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: record), "does not verify"
+with open(out, "wb") as f:
+    f.write(signed.replace(b"\r\n", b"\n"))
+PY
+    done
+}
+
+# The Authentication-Results field (unfolded) of one message in PEER's Maildir.
+auth_results_of() {
+    local file
+    # shellcheck disable=SC2086  # MAILDIRS holds one or two directories
+    file=$({ find ${MAILDIRS[$1]} -maxdepth 1 -type f 2>/dev/null || true; } | head -1)
+    [ -n "$file" ] || return 0
+    tr -d '\r' <"$file" | awk '
+        /^Authentication-Results:/ { on = 1; printf "%s", $0; next }
+        on && /^[ \t]/ { sub(/^[ \t]+/, " "); printf "%s", $0; next }
+        on || /^$/ { exit }'
 }
 
 sink_start() {
@@ -268,8 +413,8 @@ run_one() {
     load=$(cut -d' ' -f1 /proc/loadavg)
     drops0=$(listen_drops)
     t0=$(date +%s.%N)
-    smtp-source -s "$sessions" -l "$size" -m "$count" -f "$SENDER" -t "$RCPT" \
-        "127.0.0.1:${PORT[$peer]}" >/dev/null 2>"$errfile" || rc=$?
+    smtp-source -s "$sessions" -M "$HELO" -F "$WORK/msg-$size.txt" -m "$count" \
+        -f "$SENDER" -t "$RCPT" "127.0.0.1:${PORT[$peer]}" >/dev/null 2>"$errfile" || rc=$?
     t1=$(date +%s.%N)
     drops=$(( $(listen_drops) - drops0 ))
     secs=$(calc "$t1 - $t0")
@@ -295,7 +440,11 @@ run_one() {
 }
 
 # ---------------------------------------------------------------- main
-log "work dir $WORK; mta $MTA_BIN; PEERS=\"$PEERS\" COUNT=$COUNT COUNT_S1=$COUNT_S1 REPS=$REPS MTA_LOG=$MTA_LOG"
+log "work dir $WORK; mta $MTA_BIN; PEERS=\"$PEERS\" COUNT=$COUNT COUNT_S1=$COUNT_S1 REPS=$REPS MTA_LOG=$MTA_LOG AUTH_CHECKS=$AUTH_CHECKS"
+AUTH_MODE=tag
+[ "$AUTH_CHECKS" = off ] && AUTH_MODE=off
+make_messages
+dns_start
 LOAD_START="$(uptime)"
 log "uptime: $LOAD_START"
 pf_start
@@ -309,12 +458,32 @@ for peer in $PEERS; do
     esac
 done
 
-# Warm-up (not measured): creates the Maildirs and wakes every server up.
+# Warm-up (not measured): creates the Maildirs, fills mta's DNS cache and wakes every
+# server up; 50 messages of each size through every peer. Then what mta's checks made of
+# them: with AUTH_CHECKS=on, every size must pass SPF, DKIM and DMARC.
 log "warm-up"
-for peer in $PEERS; do
-    smtp-source -s 5 -l 1024 -m 50 -f "$SENDER" -t "$RCPT" "127.0.0.1:${PORT[$peer]}" >/dev/null 2>&1 || true
-    [ "$peer" = sink ] || wait_drain "$peer" 50 "$(date +%s.%N)" >/dev/null
+AUTH_RESULTS="(no mta peer)"
+for size in $SIZES; do
+    for peer in $PEERS; do
+        [ "$peer" = sink ] || clear_peer "$peer"
+        smtp-source -s 5 -M "$HELO" -F "$WORK/msg-$size.txt" -m 50 -f "$SENDER" -t "$RCPT" \
+            "127.0.0.1:${PORT[$peer]}" >/dev/null 2>&1 || true
+        [ "$peer" = sink ] || wait_drain "$peer" 50 "$(date +%s.%N)" >/dev/null
+    done
+    for peer in mta mta-info; do
+        [[ " $PEERS " == *" $peer "* ]] || continue
+        results=$(auth_results_of "$peer")
+        [ -n "$results" ] || results="(no Authentication-Results field)"
+        log "a $size-byte message delivered by $peer: $results"
+        [ "$AUTH_RESULTS" = "(no mta peer)" ] && AUTH_RESULTS=$results
+        if [ "$AUTH_CHECKS" = on ]; then
+            for verdict in "spf=pass" "dkim=pass" "dmarc=pass"; do
+                [[ "$results" == *"$verdict"* ]] || die "no $verdict in $peer's Authentication-Results: the setup is wrong"
+            done
+        fi
+    done
 done
+DNS_QUERIES_START=$(dns_queries)
 
 printf 'peer\tsize\tsessions\trep\tcount\tseconds\tmsgs_per_s\tdelivered\tall_delivered_after_s\tsmtp_source_error_lines\tload1\tflag\tlisten_drops\n' >"$RAW"
 for size in $SIZES; do
@@ -331,6 +500,7 @@ for size in $SIZES; do
 done
 LOAD_END="$(uptime)"
 log "uptime: $LOAD_END"
+DNS_QUERIES_END=$(dns_queries)
 
 # ---------------------------------------------------------------- health
 HEALTH="$WORK/health.md"
@@ -350,11 +520,12 @@ for peer in mta mta-info; do
     fi
 done
 echo "- postfix: $(grep -c -E 'warning|fatal|panic' "$PF_LOG" || true) warning/fatal lines in $PF_LOG; still queued: $(pf_queue_len)" >>"$HEALTH"
+echo "- dnsmasq: $(( ${DNS_QUERIES_END:-0} - ${DNS_QUERIES_START:-0} )) queries answered during the measured runs (${DNS_QUERIES_END:-?} in all, with the setup check and the warm-up; TTL $DNS_TTL s)" >>"$HEALTH"
 
 # ---------------------------------------------------------------- report
 {
 cat <<EOF
-# Inbound durable acceptance: mta vs Postfix
+# Inbound durable acceptance: mta vs Postfix (sender authentication $AUTH_CHECKS)
 
 - date: $(date -Iseconds); host: $(hostname); $(nproc) cores; kernel $(uname -r)
 - mta: \`$MTA_BIN\` (peer \`mta\`: RUST_LOG=$MTA_LOG; peer \`mta-info\`: RUST_LOG=info), queue backend sled (default), Maildir delivery
@@ -363,7 +534,15 @@ cat <<EOF
   default); mta makes every message durable before 250 (group commit: one fsync may cover several
   messages). Both fsync the delivered Maildir file as well.
 - sink: smtp-sink stores nothing; it is the ceiling of this machine with this load generator.
-- load generator: smtp-source (HELO, no pipelining, one message per connection, no -d), one process.
+- sender authentication: AUTH_CHECKS=$AUTH_CHECKS (mta \`[auth_checks]\` spf, dkim, dmarc, arc = \`$AUTH_MODE\`;
+  Postfix checks nothing). Every peer gets the same message file per size (smtp-source -F,
+  HELO $HELO, MAIL FROM $SENDER), DKIM-signed with RSA-2048 (c=relaxed/simple, by dkimpy):
+  $(for size in $SIZES; do printf '%s KB body: %s bytes on the wire; ' "$(( size / 1024 ))" "$(( $(wc -c <"$WORK/msg-$size.txt") + $(wc -l <"$WORK/msg-$size.txt") ))"; done)
+  DNS from dnsmasq on 127.0.0.1:$DNS_PORT (\`[dns] nameservers\`), authoritative for \`test.\`, TTL $DNS_TTL s:
+  SPF \`v=spf1 ip4:127.0.0.1 -all\` for $SENDER_DOMAIN and $HELO, \`_dmarc.$SENDER_DOMAIN\` \`v=DMARC1; p=none\`,
+  the key at \`$DKIM_SELECTOR._domainkey.$SENDER_DOMAIN\`.
+- a message mta delivered in the warm-up (${SIZES%% *}-byte body): \`$AUTH_RESULTS\`
+- load generator: smtp-source -F (HELO, no pipelining, one message per connection, no -d), one process.
   COUNT=$COUNT messages per run (COUNT_S1=$COUNT_S1 with 1 session), REPS=$REPS runs per peer,
   interleaved in the order: $PEERS, $PEERS, ...
 - msgs/s = messages / wall time of smtp-source (acceptance, the durable 250). e2e = messages / time
