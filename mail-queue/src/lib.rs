@@ -27,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod commit;
 pub mod conformance;
 mod delivery;
@@ -38,6 +39,7 @@ mod queue;
 mod spool;
 mod store;
 
+pub use admin::{AGE_BUCKETS_MINUTES, Action, ActionResult, DomainSummary, MessageState, Summary};
 pub use commit::CommitStats;
 pub use delivery::{BoxError, DeliveryReport, DeliveryRequest, Outcome};
 pub use error::QueueError;

@@ -193,7 +193,8 @@ pub struct MessageMeta {
     pub spool: SpoolRef,
     /// Delivery attempts so far.
     pub attempts: u32,
-    /// When to try next, in seconds since the Unix epoch.
+    /// When to try next, in seconds since the Unix epoch; [`MessageMeta::HELD`] while
+    /// the message is on hold.
     pub next_attempt: u64,
     /// The last error, for `mta queue list`.
     pub last_error: Option<String>,
@@ -202,6 +203,14 @@ pub struct MessageMeta {
 }
 
 impl MessageMeta {
+    /// The `next_attempt` of a held message: never, until it is released.
+    pub const HELD: u64 = u64::MAX;
+
+    /// Whether the message is on hold (`mta queue hold`).
+    pub fn is_held(&self) -> bool {
+        self.next_attempt == Self::HELD
+    }
+
     /// Whether every recipient is delivered or failed.
     pub fn is_finished(&self) -> bool {
         self.recipients

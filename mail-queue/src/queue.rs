@@ -1,6 +1,6 @@
 //! The queue: durable enqueue, recovery on start, and the delivery scheduler.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -104,25 +104,62 @@ impl Default for QueueConfig {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Queue {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    config: QueueConfig,
-    store: Arc<dyn QueueStore>,
-    spool: Arc<Spool>,
+pub(crate) struct Inner {
+    pub(crate) config: QueueConfig,
+    pub(crate) store: Arc<dyn QueueStore>,
+    pub(crate) spool: Arc<Spool>,
     committer: Committer,
     ids: IdGenerator,
-    schedule: Mutex<Schedule>,
-    wake: Notify,
+    pub(crate) schedule: Mutex<Schedule>,
+    pub(crate) wake: Notify,
 }
 
-/// Messages waiting for their next attempt, by time.
+/// Where every message stands in memory: waiting for its next attempt (by time), being
+/// delivered (or changed by the administrator), or held.
 #[derive(Debug, Default)]
-struct Schedule {
+pub(crate) struct Schedule {
     due: BTreeSet<(u64, QueueId)>,
-    in_flight: HashSet<QueueId>,
+    due_at: HashMap<QueueId, u64>,
+    pub(crate) in_flight: HashSet<QueueId>,
+    pub(crate) held: HashSet<QueueId>,
+    /// Administrator actions on messages that were in flight, applied when the
+    /// attempt ends.
+    pub(crate) after_flight: HashMap<QueueId, crate::Action>,
+}
+
+impl Schedule {
+    /// Schedules `id` at `at` (unix seconds), replacing an earlier time.
+    pub(crate) fn insert_due(&mut self, at: u64, id: QueueId) {
+        if let Some(old) = self.due_at.insert(id, at) {
+            self.due.remove(&(old, id));
+        }
+        self.due.insert((at, id));
+    }
+
+    /// Takes `id` off the schedule; returns when it was due.
+    pub(crate) fn remove_due(&mut self, id: QueueId) -> Option<u64> {
+        let at = self.due_at.remove(&id)?;
+        self.due.remove(&(at, id));
+        Some(at)
+    }
+
+    /// Every message id the schedule knows, in id order.
+    pub(crate) fn ids(&self) -> Vec<QueueId> {
+        let mut ids: Vec<QueueId> = self
+            .due_at
+            .keys()
+            .chain(&self.in_flight)
+            .chain(&self.held)
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
 }
 
 impl Queue {
@@ -151,12 +188,13 @@ impl Queue {
             spool.retain(&meta.spool);
             // A finished message left by a crash still has its notifications to send:
             // the scheduler does that (and removes it) at once.
-            let at = if meta.is_finished() {
-                0
+            if meta.is_finished() {
+                schedule.insert_due(0, meta.id);
+            } else if meta.is_held() {
+                schedule.held.insert(meta.id);
             } else {
-                meta.next_attempt
-            };
-            schedule.due.insert((at, meta.id));
+                schedule.insert_due(meta.next_attempt, meta.id);
+            }
             true
         })?;
         let committer = Committer::start(Arc::clone(&spool), Arc::clone(&store))?;
@@ -242,23 +280,23 @@ impl Queue {
 
     fn schedule_new(&self, id: QueueId, at: u64) {
         if let Ok(mut s) = self.inner.schedule.lock() {
-            s.due.insert((at, id));
+            s.insert_due(at, id);
         }
         self.inner.wake.notify_one();
     }
 
-    async fn commit(&self, changes: Vec<Change>) -> Result<(), QueueError> {
+    pub(crate) async fn commit(&self, changes: Vec<Change>) -> Result<(), QueueError> {
         let (done, rx) = oneshot::channel();
         self.inner.committer.submit(Job::Update { changes, done })?;
         rx.await.map_err(|_| QueueError::Closed)?
     }
 
-    /// Messages in the queue (waiting or being delivered).
+    /// Messages in the queue (waiting, being delivered or held).
     pub fn len(&self) -> usize {
         self.inner
             .schedule
             .lock()
-            .map_or(0, |s| s.due.len() + s.in_flight.len())
+            .map_or(0, |s| s.due.len() + s.in_flight.len() + s.held.len())
     }
 
     /// Whether the queue is empty.
@@ -295,14 +333,13 @@ impl Queue {
         )
     }
 
-    /// Asks the scheduler to try every waiting message now.
+    /// Asks the scheduler to try every waiting message now (held ones stay held).
     pub fn flush(&self) {
         if let Ok(mut s) = self.inner.schedule.lock() {
-            let due: Vec<_> = std::mem::take(&mut s.due)
-                .into_iter()
-                .map(|(_, id)| (0, id))
-                .collect();
-            s.due.extend(due);
+            let ids: Vec<QueueId> = s.due_at.keys().copied().collect();
+            for id in ids {
+                s.insert_due(0, id);
+            }
         }
         self.inner.wake.notify_one();
     }
@@ -356,7 +393,7 @@ impl Queue {
         };
         match s.due.first().copied() {
             Some((at, id)) if at <= now => {
-                s.due.remove(&(at, id));
+                s.remove_due(id);
                 s.in_flight.insert(id);
                 Ok(id)
             }
@@ -390,11 +427,20 @@ impl Queue {
         }
         .instrument(span)
         .await;
-        if let Ok(mut s) = self.inner.schedule.lock() {
-            s.in_flight.remove(&id);
-            if let Some(at) = next {
-                s.due.insert((at, id));
+        let action = self.inner.schedule.lock().ok().and_then(|mut s| {
+            let action = s.after_flight.remove(&id);
+            if action.is_none() {
+                s.in_flight.remove(&id);
+                if let Some(at) = next {
+                    s.insert_due(at, id);
+                }
             }
+            action
+        });
+        // An administrator acted while it was being delivered: the message is still
+        // claimed (in flight); apply the action now, with what the attempt recorded.
+        if let Some(action) = action {
+            self.apply_claimed(vec![(id, next)], action).await;
         }
     }
 

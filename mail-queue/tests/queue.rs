@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mail_queue::{
-    Backend, BoxError, DeliveryReport, DeliveryRequest, MailParams, NewMessage, NewRecipient,
-    Outcome, Queue, QueueConfig, RecipientDsn, RecipientState,
+    Action, ActionResult, Backend, BoxError, DeliveryReport, DeliveryRequest, MailParams,
+    MessageState, NewMessage, NewRecipient, Outcome, Queue, QueueConfig, RecipientDsn,
+    RecipientState,
 };
 use tower::service_fn;
 
@@ -395,4 +396,218 @@ async fn expiry_bounces_and_delay_warnings_are_sent_once() {
         failed[0]
     );
     assert!(queue.is_empty());
+}
+
+/// Runs the scheduler with `service` until the returned sender is used or dropped.
+fn run_scheduler<S: mail_queue::DeliveryService>(
+    queue: &Queue,
+    service: S,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let runner = queue.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        runner
+            .run(service, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (stop, handle)
+}
+
+/// Waits (up to 5 s) until `check` holds.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_messages_wait_across_restarts_until_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), Backend::Sled);
+    let id = {
+        let queue = Queue::open(cfg.clone()).unwrap();
+        let id = queue
+            .enqueue(message(&["ok@x.test"]), b"x\r\n".to_vec())
+            .await
+            .unwrap();
+        let results = queue.act(&[id], Action::Hold).await.unwrap();
+        assert_eq!(results, vec![(id, ActionResult::Done)]);
+        let again = queue.act(&[id], Action::Hold).await.unwrap();
+        assert_eq!(again[0].1, ActionResult::Unchanged("already held".into()));
+        id
+    };
+    let queue = Queue::open(cfg).unwrap();
+    let meta = queue.get(id).unwrap().unwrap();
+    assert!(meta.is_held(), "held after a restart");
+    assert_eq!(queue.state(&meta), MessageState::Held);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (stop, handle) = run_scheduler(&queue, scripted(Arc::clone(&log)));
+    queue.flush();
+    let flushed = queue.act(&[id], Action::Flush).await.unwrap();
+    assert_eq!(
+        flushed[0].1,
+        ActionResult::Unchanged("held: release it first".into())
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        log.lock().unwrap().is_empty(),
+        "a held message is not tried"
+    );
+    assert_eq!(queue.len(), 1);
+
+    let released = queue.act(&[id], Action::Release).await.unwrap();
+    assert_eq!(released[0].1, ActionResult::Done);
+    eventually("delivery after release", || queue.is_empty()).await;
+    assert_eq!(*log.lock().unwrap(), vec!["ok@x.test".to_owned()]);
+    let _ = stop.send(());
+    handle.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_is_silent_and_bounce_tells_the_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(QueueConfig {
+        hostname: "mx.example.test".into(),
+        retry_intervals: vec![Duration::from_secs(3600)],
+        ..config(dir.path(), Backend::Sled)
+    })
+    .unwrap();
+    let deleted = queue
+        .enqueue(
+            message(&["later@x.test"]),
+            b"Subject: deleted\r\n\r\nx\r\n".to_vec(),
+        )
+        .await
+        .unwrap();
+    let bounced = queue
+        .enqueue(
+            message(&["later@y.test", "ok@y.test"]),
+            b"Subject: bounced\r\n\r\nx\r\n".to_vec(),
+        )
+        .await
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (stop, handle) = run_scheduler(&queue, scripted(Arc::clone(&log)));
+    // One attempt each: `later@` is deferred for an hour, ok@y.test delivered.
+    eventually("first attempts", || log.lock().unwrap().len() == 3).await;
+    eventually("deferred", || {
+        queue
+            .get(bounced)
+            .unwrap()
+            .is_some_and(|m| queue.state(&m) == MessageState::Deferred)
+    })
+    .await;
+
+    let summary = queue.summary().unwrap();
+    assert_eq!(summary.messages, 2);
+    assert_eq!(summary.by_state.get("deferred"), Some(&2));
+    assert_eq!(summary.by_age[0], 2, "both younger than 5 minutes");
+    assert_eq!(
+        summary.domains.keys().collect::<Vec<_>>(),
+        ["x.test", "y.test"],
+        "domains of the pending recipients only"
+    );
+
+    let results = queue
+        .act(&[deleted, bounced, mail_queue::QueueId(1)], Action::Delete)
+        .await
+        .unwrap();
+    assert_eq!(results[0].1, ActionResult::Done);
+    assert_eq!(results[2].1, ActionResult::NotFound);
+    // (bounced was deleted too: enqueue it again to bounce it)
+    assert_eq!(results[1].1, ActionResult::Done);
+    let bounced = queue
+        .enqueue(
+            message(&["later@y.test"]),
+            b"Subject: bounced\r\n\r\nx\r\n".to_vec(),
+        )
+        .await
+        .unwrap();
+    eventually("attempted", || log.lock().unwrap().len() == 4).await;
+    eventually("deferred", || {
+        queue.get(bounced).unwrap().is_some_and(|m| m.attempts == 1)
+    })
+    .await;
+    assert_eq!(
+        queue.act(&[bounced], Action::Bounce).await.unwrap()[0].1,
+        ActionResult::Done
+    );
+    // The original leaves; its notification stays (the scripted service defers the
+    // sender's address), so the queue holds exactly that.
+    eventually("bounce queued", || {
+        let c = contents(&queue);
+        c.len() == 1 && c[0].0.is_empty()
+    })
+    .await;
+    let _ = stop.send(());
+    handle.await.unwrap();
+    let c = contents(&queue);
+    let (_, to, body) = &c[0];
+    assert_eq!(to, &["sender@example.test".to_owned()]);
+    assert!(
+        body.contains(
+            "Final-Recipient: rfc822; later@y.test\r\nAction: failed\r\nStatus: 5.0.0\r\n"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("returned to the sender by the postmaster"),
+        "{body}"
+    );
+    assert!(!body.contains("Subject: deleted"), "delete tells no one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_on_a_message_being_delivered_applies_after_the_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(QueueConfig {
+        retry_intervals: vec![Duration::from_secs(3600)],
+        ..config(dir.path(), Backend::Sled)
+    })
+    .unwrap();
+    let id = queue
+        .enqueue(message(&["slow@x.test"]), b"x\r\n".to_vec())
+        .await
+        .unwrap();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let proceed = Arc::new(tokio::sync::Semaphore::new(0));
+    let (s, p) = (Arc::clone(&started), Arc::clone(&proceed));
+    let service = service_fn(move |req: DeliveryRequest| {
+        let (s, p) = (Arc::clone(&s), Arc::clone(&p));
+        async move {
+            s.notify_one();
+            let _permit = p.acquire().await;
+            Ok::<_, BoxError>(vec![
+                Outcome::Deferred("451 4.3.0 try later".into());
+                req.recipients.len()
+            ])
+        }
+    });
+    let (stop, handle) = run_scheduler(&queue, service);
+    started.notified().await;
+    let meta = queue.get(id).unwrap().unwrap();
+    assert_eq!(queue.state(&meta), MessageState::Active);
+    assert_eq!(
+        queue.act(&[id], Action::Hold).await.unwrap()[0].1,
+        ActionResult::AfterAttempt
+    );
+    proceed.add_permits(1);
+    eventually("held after the attempt", || {
+        queue.get(id).unwrap().is_some_and(|m| m.is_held())
+    })
+    .await;
+    let meta = queue.get(id).unwrap().unwrap();
+    assert_eq!(meta.attempts, 1, "the attempt was recorded");
+    assert_eq!(queue.state(&meta), MessageState::Held);
+    let _ = stop.send(());
+    handle.await.unwrap();
 }

@@ -9,6 +9,10 @@
 
 pub mod accounts;
 pub mod config;
+#[cfg(unix)]
+pub mod control;
 pub mod delivery;
+#[cfg(unix)]
+pub mod queue_cmd;
 pub mod serve;
 pub mod tls;

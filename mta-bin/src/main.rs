@@ -37,6 +37,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Inspect and steer the queue (of a running server through its control socket).
+    #[cfg(unix)]
+    Queue(mta_bin::queue_cmd::QueueArgs),
     /// Make a DKIM signing key: write the private key and print the DNS record to
     /// publish and the configuration to add.
     DkimKeygen {
@@ -60,6 +63,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => run_serve(config),
         Command::CheckConfig { config } => check_config(&config),
+        #[cfg(unix)]
+        Command::Queue(args) => match mta_bin::queue_cmd::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
         Command::DkimKeygen {
             domain,
             selector,

@@ -92,10 +92,23 @@ impl Mta {
             let _ = rx.wait_for(|s| *s).await;
         };
         let queue_runner = queue.clone();
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(server.run(wait(stopped.clone()))),
             tokio::spawn(async move { queue_runner.run(delivery, wait(stopped)).await }),
         ];
+        #[cfg(unix)]
+        {
+            let control = crate::control::serve(
+                queue.clone(),
+                crate::control::socket_path(&config.queue.path),
+                wait(stop.subscribe()),
+            );
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = control.await {
+                    tracing::warn!(error = %format!("{e:#}"), "queue control socket");
+                }
+            }));
+        }
         Ok(Self {
             addrs,
             queue,
@@ -232,7 +245,7 @@ fn remote_delivery(config: &Config, resolver: MxResolver) -> anyhow::Result<Remo
     ))
 }
 
-fn queue_config(config: &Config) -> anyhow::Result<QueueConfig> {
+pub(crate) fn queue_config(config: &Config) -> anyhow::Result<QueueConfig> {
     let q = &config.queue;
     Ok(QueueConfig {
         path: q.path.clone(),

@@ -107,12 +107,257 @@ fn startup_errors_are_one_line_and_exit_2() {
     }
 }
 
+/// One SMTP transaction on `addr` (EHLO, MAIL, RCPT..., DATA, QUIT); returns what the
+/// server said.
+fn smtp_send(addr: &str, from: &str, to: &[&str], message: &str) -> String {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut commands = format!("EHLO client.test\r\nMAIL FROM:<{from}>\r\n");
+    for rcpt in to {
+        commands.push_str(&format!("RCPT TO:<{rcpt}>\r\n"));
+    }
+    commands.push_str("DATA\r\n");
+    tcp.write_all(commands.as_bytes()).unwrap();
+    let read_until = |tcp: &mut std::net::TcpStream, seen: &mut String, what: &str| {
+        let mut buf = [0u8; 4096];
+        while !seen.contains(what) {
+            let n = tcp.read(&mut buf).unwrap();
+            assert!(n > 0, "{seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    let mut seen = String::new();
+    read_until(&mut tcp, &mut seen, "354");
+    tcp.write_all(format!("{message}.\r\nQUIT\r\n").as_bytes())
+        .unwrap();
+    read_until(&mut tcp, &mut seen, "221");
+    seen
+}
+
+/// Starts `mta serve` on `config`; returns the child and its relay listener's address
+/// (from the banner).
+fn serve(config: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = mta()
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    while !banner.contains("mta: queue in") {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        banner.push_str(&line);
+    }
+    // Keep reading stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let addr = banner
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no listener in the banner: {banner}"))
+        .to_owned();
+    (child, addr)
+}
+
+/// Sends SIGTERM and waits for a clean exit.
+fn terminate(mut child: std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
+}
+
+/// `mta queue ARGS` with `config`: (exit code, stdout, stderr).
+fn queue_cmd(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = mta()
+        .arg("queue")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The ids `mta queue list --json ARGS` shows.
+fn listed(config: &std::path::Path, args: &[&str]) -> Vec<String> {
+    let (code, out, err) = queue_cmd(config, &[&["list", "--json"], args].concat());
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `mta queue` against a running server (through its control socket) and then on the
+/// stopped server's queue: list with filters, show, summary, hold, delete, bounce (the
+/// notification lands in the sender's Maildir), release.
+#[test]
+fn queue_commands_steer_a_running_server_and_a_stopped_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // Remote mail goes to a relay that refuses connections: every attempt is deferred,
+    // and retried only after an hour.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused_addr = refused.local_addr().unwrap();
+    drop(refused);
+    let d = dir.path().display();
+    let cfg = write(
+        dir.path(),
+        "mta.toml",
+        &format!(
+            r#"hostname = "mx.test"
+[[listener]]
+address = "127.0.0.1:0"
+mode = "relay"
+[queue]
+path = "{d}/queue"
+retry_intervals = ["1h"]
+[local]
+domains = ["mx.test"]
+maildir = "{d}/maildir"
+[relay]
+trusted_networks = ["127.0.0.0/8"]
+[outbound]
+relay = "{refused_addr}"
+tls = "disabled"
+"#
+        ),
+    );
+    let cfg = cfg.as_path();
+    let (child, addr) = serve(cfg);
+    for (to, subject) in [
+        (&["a@far.test", "b@far.test"][..], "one"),
+        (&["c@far.test"][..], "two"),
+        (&["d@other.test"][..], "three"),
+    ] {
+        let said = smtp_send(
+            &addr,
+            "me@mx.test",
+            to,
+            &format!("From: me@mx.test\r\nSubject: {subject}\r\n\r\nbody {subject}\r\n"),
+        );
+        assert!(said.contains("queued as"), "{said}");
+    }
+    let start = std::time::Instant::now();
+    while listed(cfg, &["--state", "deferred"]).len() < 3 {
+        assert!(start.elapsed().as_secs() < 20, "three deferred messages");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let all = listed(cfg, &[]);
+    assert_eq!(all.len(), 3, "{all:?}");
+    let (one, two, three) = (all[0].as_str(), all[1].as_str(), all[2].as_str());
+    assert_eq!(
+        listed(cfg, &["--domain", "other.test"]),
+        vec![three.to_owned()]
+    );
+    assert_eq!(listed(cfg, &["--sender", "ME@MX"]).len(), 3);
+    assert_eq!(listed(cfg, &["--sender", "<>"]).len(), 0);
+    assert_eq!(listed(cfg, &["--older-than", "1h"]).len(), 0);
+    assert_eq!(listed(cfg, &["--limit", "1"]), vec![one.to_owned()]);
+
+    let (code, text, _) = queue_cmd(cfg, &["list"]);
+    assert_eq!(code, 0);
+    assert!(text.contains(&format!("{one}  deferred")), "{text}");
+    assert!(text.contains("pending    a@far.test"), "{text}");
+    assert!(text.contains("next attempt in "), "{text}");
+    assert!(text.contains("-- 3 of 3 messages"), "{text}");
+
+    let (code, text, _) = queue_cmd(cfg, &["show", two]);
+    assert_eq!(code, 0);
+    assert!(text.contains("Subject: two"), "the header: {text}");
+    assert!(!text.contains("body two"), "no body without --body: {text}");
+    let (_, text, _) = queue_cmd(cfg, &["show", two, "--body"]);
+    assert!(text.contains("body two"), "{text}");
+
+    let (code, text, _) = queue_cmd(cfg, &["summary"]);
+    assert_eq!(code, 0);
+    assert!(text.starts_with("3 messages"), "{text}");
+    let far = text.lines().find(|l| l.starts_with("far.test")).unwrap();
+    assert_eq!(far.split_whitespace().nth(1), Some("2"), "{text}");
+
+    let (code, text, _) = queue_cmd(cfg, &["hold", one]);
+    assert_eq!(
+        (code, text.lines().next()),
+        (0, Some(&*format!("{one}: done")))
+    );
+    assert_eq!(listed(cfg, &["--state", "held"]), vec![one.to_owned()]);
+
+    let (code, _, _) = queue_cmd(cfg, &["delete", three]);
+    assert_eq!(code, 0);
+    let (code, text, _) = queue_cmd(cfg, &["delete", "0000000000000001"]);
+    assert_eq!(code, 1, "an unknown id: exit 1: {text}");
+    assert!(text.contains("not in the queue"), "{text}");
+
+    let (code, _, _) = queue_cmd(cfg, &["bounce", two]);
+    assert_eq!(code, 0);
+    let new = dir.path().join("maildir/mx.test/me/new");
+    let start = std::time::Instant::now();
+    let bounce = loop {
+        let files: Vec<_> = std::fs::read_dir(&new)
+            .map(|d| d.filter_map(Result::ok).collect())
+            .unwrap_or_default();
+        if let Some(f) = files.first() {
+            break std::fs::read_to_string(f.path()).unwrap();
+        }
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "a notification in {}",
+            new.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        bounce.contains("Final-Recipient: rfc822; c@far.test\r\nAction: failed\r\nStatus: 5.0.0"),
+        "{bounce}"
+    );
+    assert!(bounce.contains("Subject: two"), "{bounce}");
+    assert_eq!(
+        listed(cfg, &[]),
+        vec![one.to_owned()],
+        "only the held one is left"
+    );
+    terminate(child);
+
+    // No server: the command opens the queue itself.
+    assert!(
+        !dir.path().join("queue/control.sock").exists(),
+        "socket removed"
+    );
+    assert_eq!(listed(cfg, &["--state", "held"]), vec![one.to_owned()]);
+    let (code, text, _) = queue_cmd(cfg, &["release", one]);
+    assert_eq!(
+        (code, text.lines().next()),
+        (0, Some(&*format!("{one}: done")))
+    );
+    let (_, json, _) = queue_cmd(cfg, &["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["messages"][0]["state"], "deferred", "{json}");
+}
+
 /// The README's first command: `mta serve` with no file, in an empty directory, takes a
 /// message on 127.0.0.1:2525 and puts it in ./mta-data/maildir/localhost/<user>/new/;
 /// SIGTERM then stops it cleanly.
 #[test]
 fn embedded_default_receives_mail_and_stops_on_sigterm() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufRead, BufReader, Read};
     let dir = tempfile::tempdir().unwrap();
     let mut child = mta()
         .arg("serve")
@@ -143,27 +388,12 @@ fn embedded_default_receives_mail_and_stops_on_sigterm() {
         "{banner}"
     );
 
-    let mut tcp = std::net::TcpStream::connect("127.0.0.1:2525").unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    tcp.write_all(
-        b"EHLO readme.test\r\nMAIL FROM:<me@readme.test>\r\nRCPT TO:<you@localhost>\r\nDATA\r\n",
-    )
-    .unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains("354") {
-        let n = tcp.read(&mut buf).unwrap();
-        assert!(n > 0, "{seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    tcp.write_all(b"Subject: first message\r\n\r\nIt works.\r\n.\r\nQUIT\r\n")
-        .unwrap();
-    while !seen.contains("221") {
-        let n = tcp.read(&mut buf).unwrap();
-        assert!(n > 0, "{seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let seen = smtp_send(
+        "127.0.0.1:2525",
+        "me@readme.test",
+        &["you@localhost"],
+        "Subject: first message\r\n\r\nIt works.\r\n",
+    );
     assert!(seen.contains("250 2.0.0 Ok: queued as "), "{seen}");
 
     let new = dir.path().join("mta-data/maildir/localhost/you/new");

@@ -1,0 +1,401 @@
+//! The queue control socket: how `mta queue ...` steers a running `mta serve`.
+//!
+//! `mta serve` listens on a Unix socket in the queue directory (`control.sock`, mode
+//! 0600: its owner and root only). A client sends one [`Request`] as a JSON line and
+//! reads one [`Response`] as a JSON line. When no server is running, `mta queue` opens
+//! the queue itself and runs the same [`handle`] (the queue's lock keeps the two from
+//! ever opening it at once).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use mail_queue::{
+    Action, ActionResult, MessageMeta, MessageState, Queue, QueueId, RecipientState, Summary,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// The longest request line the server reads (ids of many messages fit).
+const MAX_REQUEST: u64 = 16 << 20;
+
+/// The socket of the queue at `queue_path`.
+pub fn socket_path(queue_path: &Path) -> PathBuf {
+    queue_path.join("control.sock")
+}
+
+/// Which messages `list` shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filter {
+    /// A pending recipient in this domain (case-insensitive).
+    pub domain: Option<String>,
+    /// The sender contains this (case-insensitive; `<>` for the null sender).
+    pub sender: Option<String>,
+    /// In this state.
+    pub state: Option<MessageState>,
+    /// At least this old, in seconds.
+    pub min_age: Option<u64>,
+}
+
+impl Filter {
+    fn matches(&self, meta: &MessageMeta, state: MessageState, now: u64) -> bool {
+        let domain_ok = self.domain.as_ref().is_none_or(|d| {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            meta.recipients
+                .iter()
+                .any(|r| r.state == RecipientState::Pending && r.domain() == d)
+        });
+        let sender_ok = self.sender.as_ref().is_none_or(|s| {
+            let s = s.to_ascii_lowercase();
+            if meta.from.is_empty() {
+                s == "<>"
+            } else {
+                meta.from.to_ascii_lowercase().contains(&s)
+            }
+        });
+        domain_ok
+            && sender_ok
+            && self.state.is_none_or(|s| s == state)
+            && self
+                .min_age
+                .is_none_or(|age| now.saturating_sub(meta.received) >= age)
+    }
+}
+
+/// What a client asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Messages matching a filter, oldest first, at most `limit`.
+    List {
+        /// Which messages.
+        filter: Filter,
+        /// At most this many.
+        limit: Option<usize>,
+    },
+    /// One message; with its body when `body`.
+    Show {
+        /// The queue id.
+        id: String,
+        /// Include the whole message, not only its header.
+        body: bool,
+    },
+    /// An action on messages: those named, every message (`all`), or those with a
+    /// pending recipient in `domain`.
+    Act {
+        /// What to do.
+        action: Action,
+        /// Queue ids.
+        ids: Vec<String>,
+        /// Every message in the queue.
+        all: bool,
+        /// Messages with a pending recipient in this domain.
+        domain: Option<String>,
+    },
+    /// Counts by state, age and destination domain.
+    Summary,
+}
+
+/// One recipient as shown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientView {
+    /// The address.
+    pub address: String,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    /// The last reply or error for it.
+    pub last_reply: Option<String>,
+}
+
+/// One message as shown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    /// The queue id.
+    pub id: String,
+    /// Where it stands.
+    pub state: MessageState,
+    /// When it was accepted (Unix seconds).
+    pub received: u64,
+    /// Its age in seconds.
+    pub age: u64,
+    /// The body size in octets.
+    pub size: u64,
+    /// The reverse-path (empty for `<>`).
+    pub from: String,
+    /// Who handed it over.
+    pub source: String,
+    /// The recipients.
+    pub recipients: Vec<RecipientView>,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// When it is tried next (Unix seconds); none while held.
+    pub next_attempt: Option<u64>,
+    /// The last error.
+    pub last_error: Option<String>,
+}
+
+impl MessageView {
+    fn new(queue: &Queue, meta: &MessageMeta, now: u64) -> Self {
+        Self {
+            id: meta.id.to_string(),
+            state: queue.state(meta),
+            received: meta.received,
+            age: now.saturating_sub(meta.received),
+            size: meta.size(),
+            from: meta.from.clone(),
+            source: meta.source.clone(),
+            recipients: meta
+                .recipients
+                .iter()
+                .map(|r| RecipientView {
+                    address: r.address.clone(),
+                    state: format!("{:?}", r.state).to_ascii_lowercase(),
+                    last_reply: r.last_reply.clone(),
+                })
+                .collect(),
+            attempts: meta.attempts,
+            next_attempt: (!meta.is_held()).then_some(meta.next_attempt),
+            last_error: meta.last_error.clone(),
+        }
+    }
+}
+
+/// What the server answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    /// For `List`: the messages, and how many matched in all.
+    Messages {
+        /// The messages shown.
+        messages: Vec<MessageView>,
+        /// How many matched (more than shown when a limit cut the list).
+        matched: u64,
+    },
+    /// For `Show`.
+    Message {
+        /// The message.
+        message: MessageView,
+        /// Its header (or the whole message), as stored.
+        content: String,
+    },
+    /// For `Act`: per message, what became of it.
+    Results {
+        /// `(queue id, result)`.
+        results: Vec<(String, ActionResult)>,
+    },
+    /// For `Summary`.
+    Summary {
+        /// The counts.
+        summary: Summary,
+    },
+    /// The request could not be carried out.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+fn parse_id(id: &str) -> Result<QueueId, String> {
+    id.trim()
+        .parse()
+        .map_err(|_| format!("{id:?} is not a queue id (16 hexadecimal digits)"))
+}
+
+fn error(message: impl Into<String>) -> Response {
+    Response::Error {
+        message: message.into(),
+    }
+}
+
+/// Carries out one request on `queue`.
+pub async fn handle(queue: &Queue, request: Request) -> Response {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match request {
+        Request::List { filter, limit } => {
+            let limit = limit.unwrap_or(usize::MAX);
+            let mut messages = Vec::new();
+            let mut matched = 0u64;
+            let scanned = queue.scan(None, &mut |meta| {
+                let state = queue.state(&meta);
+                if filter.matches(&meta, state, now) {
+                    matched += 1;
+                    if messages.len() < limit {
+                        messages.push(MessageView::new(queue, &meta, now));
+                    }
+                }
+                // Without a filter the count is the queue's length: stop at the limit.
+                filter != Filter::default() || messages.len() < limit
+            });
+            if filter == Filter::default() {
+                matched = matched.max(queue.len() as u64);
+            }
+            match scanned {
+                Ok(()) => Response::Messages { messages, matched },
+                Err(e) => error(e.to_string()),
+            }
+        }
+        Request::Show { id, body } => {
+            let id = match parse_id(&id) {
+                Ok(id) => id,
+                Err(e) => return error(e),
+            };
+            let meta = match queue.get(id) {
+                Ok(Some(meta)) => meta,
+                Ok(None) => return error(format!("no message {id} in the queue")),
+                Err(e) => return error(e.to_string()),
+            };
+            let bytes = match queue.read_body(&meta) {
+                Ok(bytes) => bytes,
+                Err(e) => return error(e.to_string()),
+            };
+            let end = if body {
+                bytes.len()
+            } else {
+                header_end(&bytes)
+            };
+            Response::Message {
+                message: MessageView::new(queue, &meta, now),
+                content: String::from_utf8_lossy(&bytes[..end]).into_owned(),
+            }
+        }
+        Request::Act {
+            action,
+            ids,
+            all,
+            domain,
+        } => {
+            let result = if all {
+                queue.act_all(action).await
+            } else if let Some(domain) = domain {
+                let filter = Filter {
+                    domain: Some(domain),
+                    ..Filter::default()
+                };
+                let mut matching = Vec::new();
+                let scanned = queue.scan(None, &mut |meta| {
+                    if filter.matches(&meta, MessageState::Queued, now) {
+                        matching.push(meta.id);
+                    }
+                    true
+                });
+                match scanned {
+                    Ok(()) => queue.act(&matching, action).await,
+                    Err(e) => Err(e),
+                }
+            } else {
+                let parsed: Result<Vec<QueueId>, String> =
+                    ids.iter().map(|i| parse_id(i)).collect();
+                match parsed {
+                    Ok(ids) => queue.act(&ids, action).await,
+                    Err(e) => return error(e),
+                }
+            };
+            match result {
+                Ok(results) => Response::Results {
+                    results: results
+                        .into_iter()
+                        .map(|(id, r)| (id.to_string(), r))
+                        .collect(),
+                },
+                Err(e) => error(e.to_string()),
+            }
+        }
+        Request::Summary => match queue.summary() {
+            Ok(summary) => Response::Summary { summary },
+            Err(e) => error(e.to_string()),
+        },
+    }
+}
+
+/// The length of the header section, its blank line included.
+fn header_end(message: &[u8]) -> usize {
+    if message.starts_with(b"\r\n") {
+        return 2;
+    }
+    message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message.len(), |i| i + 4)
+}
+
+/// Serves the control socket of `queue` until `shutdown` completes.
+#[cfg(unix)]
+pub async fn serve(
+    queue: Queue,
+    path: PathBuf,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // A socket left by a server that died: nobody answers on it any more.
+    if path.exists() && std::os::unix::net::UnixStream::connect(&path).is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let queue = queue.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(&queue, stream).await {
+                        tracing::warn!(error = %e, "control socket");
+                    }
+                });
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn connection(queue: &Queue, stream: tokio::net::UnixStream) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
+    tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line))
+        .await
+        .context("no request within 30 s")??;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => handle(queue, request).await,
+        Err(e) => error(format!("bad request: {e}")),
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await?;
+    Ok(())
+}
+
+/// Sends `request` to the server on `socket`; `Ok(None)` when no server listens there.
+#[cfg(unix)]
+pub fn request(socket: &Path, request: &Request) -> anyhow::Result<Option<Response>> {
+    use std::io::{BufRead, Write};
+    let mut stream = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot connect to {}", socket.display())),
+    };
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut answer = String::new();
+    reader.read_line(&mut answer)?;
+    let response = serde_json::from_str(&answer)
+        .with_context(|| format!("unreadable answer from {}", socket.display()))?;
+    Ok(Some(response))
+}

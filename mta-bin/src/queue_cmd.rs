@@ -1,0 +1,327 @@
+//! `mta queue ...`: inspect and steer the queue, through the control socket of a running
+//! `mta serve`, or on the queue directly when no server runs.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use mail_queue::{AGE_BUCKETS_MINUTES, Action, ActionResult, MessageState, Queue, Summary};
+
+use crate::config::{Config, EMBEDDED_DEFAULT, parse_duration};
+use crate::control::{self, Filter, MessageView, Request, Response};
+
+/// `mta queue` and its options.
+#[derive(Args, Debug)]
+pub struct QueueArgs {
+    /// The configuration file of the server (default: the embedded default, whose
+    /// queue is ./mta-data/queue).
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: QueueCommand,
+}
+
+/// The queue commands.
+#[derive(Subcommand, Debug)]
+pub enum QueueCommand {
+    /// List messages, oldest first: id, state, age, size, sender, each recipient with
+    /// its state and last reply, next attempt, last error.
+    List {
+        /// Only messages with a pending recipient in this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Only messages whose sender contains this (`<>`: the null sender).
+        #[arg(long)]
+        sender: Option<String>,
+        /// Only messages in this state: queued, active, deferred, held.
+        #[arg(long, value_parser = parse_state)]
+        state: Option<MessageState>,
+        /// Only messages at least this old (`30m`, `2h`, `1d`).
+        #[arg(long)]
+        older_than: Option<String>,
+        /// Show at most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// One message: envelope, recipients and their last replies, and its header.
+    Show {
+        /// The queue id.
+        id: String,
+        /// The whole message, not only its header.
+        #[arg(long)]
+        body: bool,
+    },
+    /// Stop delivering messages until they are released.
+    Hold(Targets),
+    /// Release held messages: they are tried at once.
+    Release(Targets),
+    /// Try messages now (all when none is named).
+    Flush(FlushTargets),
+    /// Remove messages silently.
+    Delete(Targets),
+    /// Give up on messages: the sender gets a failure notification.
+    Bounce(Targets),
+    /// Counts and sizes by state, age and destination domain (like Postfix's qshape).
+    Summary,
+}
+
+/// Messages named by id, or every message.
+#[derive(Args, Debug)]
+pub struct Targets {
+    /// Queue ids.
+    #[arg(required_unless_present = "all")]
+    pub ids: Vec<String>,
+    /// Every message in the queue.
+    #[arg(long, conflicts_with = "ids")]
+    pub all: bool,
+}
+
+/// `flush`: ids, a domain, or (with neither) every message.
+#[derive(Args, Debug)]
+pub struct FlushTargets {
+    /// Queue ids.
+    pub ids: Vec<String>,
+    /// The messages with a pending recipient in this domain.
+    #[arg(long, conflicts_with = "ids")]
+    pub domain: Option<String>,
+}
+
+fn parse_state(s: &str) -> Result<MessageState, String> {
+    match s {
+        "queued" => Ok(MessageState::Queued),
+        "active" => Ok(MessageState::Active),
+        "deferred" => Ok(MessageState::Deferred),
+        "held" | "hold" => Ok(MessageState::Held),
+        _ => Err("use queued, active, deferred or held".into()),
+    }
+}
+
+/// Runs `mta queue ...`; returns whether every named message was found.
+pub fn run(args: QueueArgs) -> anyhow::Result<bool> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::parse(EMBEDDED_DEFAULT)?,
+    };
+    let request = request(&args.command)?;
+    let response = match control::request(&control::socket_path(&config.queue.path), &request)? {
+        Some(response) => response,
+        None => offline(&config, request)?,
+    };
+    let mut out = String::new();
+    let ok = match &response {
+        Response::Error { message } => bail!("{message}"),
+        Response::Results { results } => results.iter().all(|(_, r)| *r != ActionResult::NotFound),
+        _ => true,
+    };
+    if args.json {
+        out = serde_json::to_string_pretty(&response)?;
+        out.push('\n');
+    } else {
+        render(&mut out, &response);
+    }
+    print!("{out}");
+    Ok(ok)
+}
+
+fn request(command: &QueueCommand) -> anyhow::Result<Request> {
+    let act = |action, t: &Targets| Request::Act {
+        action,
+        ids: t.ids.clone(),
+        all: t.all,
+        domain: None,
+    };
+    Ok(match command {
+        QueueCommand::List {
+            domain,
+            sender,
+            state,
+            older_than,
+            limit,
+        } => Request::List {
+            filter: Filter {
+                domain: domain.clone(),
+                sender: sender.clone(),
+                state: *state,
+                min_age: older_than
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .context("--older-than")?
+                    .map(|d| d.as_secs()),
+            },
+            limit: *limit,
+        },
+        QueueCommand::Show { id, body } => Request::Show {
+            id: id.clone(),
+            body: *body,
+        },
+        QueueCommand::Hold(t) => act(Action::Hold, t),
+        QueueCommand::Release(t) => act(Action::Release, t),
+        QueueCommand::Delete(t) => act(Action::Delete, t),
+        QueueCommand::Bounce(t) => act(Action::Bounce, t),
+        QueueCommand::Flush(t) => Request::Act {
+            action: Action::Flush,
+            ids: t.ids.clone(),
+            all: t.ids.is_empty() && t.domain.is_none(),
+            domain: t.domain.clone(),
+        },
+        QueueCommand::Summary => Request::Summary,
+    })
+}
+
+/// No server runs: open the queue here (its lock fails if a server holds it after all).
+fn offline(config: &Config, request: Request) -> anyhow::Result<Response> {
+    let path = &config.queue.path;
+    if !path.exists() {
+        bail!("no queue at {} (and no server running)", path.display());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let queue = Queue::open(crate::serve::queue_config(config)?)
+            .with_context(|| format!("cannot open the queue at {}", path.display()))?;
+        Ok(control::handle(&queue, request).await)
+    })
+}
+
+fn render(out: &mut String, response: &Response) {
+    match response {
+        Response::Messages { messages, matched } => {
+            if messages.is_empty() {
+                let _ = writeln!(out, "The queue holds no such message.");
+                return;
+            }
+            for m in messages {
+                render_message(out, m);
+            }
+            let _ = writeln!(out, "-- {} of {matched} messages", messages.len());
+        }
+        Response::Message { message, content } => {
+            render_message(out, message);
+            let _ = writeln!(
+                out,
+                "  source: {}; attempts: {}",
+                message.source, message.attempts
+            );
+            let _ = writeln!(out);
+            out.push_str(&content.replace("\r\n", "\n"));
+        }
+        Response::Results { results } => {
+            let mut done = 0;
+            for (id, result) in results {
+                let text = match result {
+                    ActionResult::Done => {
+                        done += 1;
+                        "done".to_owned()
+                    }
+                    ActionResult::AfterAttempt => {
+                        "being delivered: applied when this attempt ends".to_owned()
+                    }
+                    ActionResult::Unchanged(why) => format!("unchanged ({why})"),
+                    ActionResult::NotFound => "not in the queue".to_owned(),
+                };
+                let _ = writeln!(out, "{id}: {text}");
+            }
+            let _ = writeln!(out, "-- {done} of {} messages changed", results.len());
+        }
+        Response::Summary { summary } => render_summary(out, summary),
+        Response::Error { message } => {
+            let _ = writeln!(out, "error: {message}");
+        }
+    }
+}
+
+fn render_message(out: &mut String, m: &MessageView) {
+    let from = if m.from.is_empty() { "<>" } else { &m.from };
+    let state = format!("{:?}", m.state).to_ascii_lowercase();
+    let _ = writeln!(
+        out,
+        "{}  {state:<8}  {:>7}  {:>9}  {from}",
+        m.id,
+        age(m.age),
+        m.size
+    );
+    for r in &m.recipients {
+        let reply = r
+            .last_reply
+            .as_deref()
+            .map(|t| format!("  ({t})"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "    {:<9}  {}{reply}", r.state, r.address);
+    }
+    let now = m.received + m.age;
+    match m.next_attempt {
+        None => {
+            let _ = writeln!(out, "  held: not tried until released");
+        }
+        Some(at) if m.state == MessageState::Deferred => {
+            let _ = writeln!(
+                out,
+                "  next attempt in {}; last error: {}",
+                age(at.saturating_sub(now)),
+                m.last_error.as_deref().unwrap_or("none")
+            );
+        }
+        Some(_) => {}
+    }
+}
+
+fn render_summary(out: &mut String, s: &Summary) {
+    let _ = writeln!(out, "{} messages, {} bytes", s.messages, s.bytes);
+    let states: Vec<String> = s.by_state.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(out, "by state: {}", states.join(", "));
+    let _ = writeln!(out);
+    let mut header = format!("{:<30} {:>7} {:>7}", "domain (minutes)", "T", "bytes");
+    for limit in AGE_BUCKETS_MINUTES {
+        let _ = write!(header, " {:>6}", format!("<{limit}"));
+    }
+    let _ = write!(header, " {:>6}", "older");
+    let _ = writeln!(out, "{header}");
+    let line = |out: &mut String, name: &str, messages: u64, bytes: u64, ages: &[u64]| {
+        let _ = write!(out, "{name:<30} {messages:>7} {bytes:>7}");
+        for n in ages {
+            let _ = write!(out, " {n:>6}");
+        }
+        let _ = writeln!(out);
+    };
+    line(out, "TOTAL", s.messages, s.bytes, &s.by_age);
+    let mut domains: Vec<_> = s.domains.iter().collect();
+    domains.sort_by(|a, b| b.1.messages.cmp(&a.1.messages).then(a.0.cmp(b.0)));
+    for (domain, d) in domains {
+        let name = if domain.is_empty() {
+            "(postmaster)"
+        } else {
+            domain
+        };
+        line(out, name, d.messages, d.bytes, &d.by_age);
+    }
+}
+
+/// `95s` → `1m35s`, `7300s` → `2h01m`, days as `3d04h`.
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::age;
+
+    #[test]
+    fn ages_read_like_mailq() {
+        assert_eq!(age(5), "5s");
+        assert_eq!(age(95), "1m35s");
+        assert_eq!(age(7300), "2h01m");
+        assert_eq!(age(3 * 86400 + 4 * 3600 + 5), "3d04h");
+    }
+}
