@@ -1,4 +1,5 @@
-//! The queue control socket: how `mta queue ...` steers a running `mta serve`.
+//! The queue control socket: how `mta queue ...` steers a running `mta serve`, and
+//! how `mta sendmail` hands it a message.
 //!
 //! `mta serve` listens on a Unix socket in the queue directory (`control.sock`, mode
 //! 0600: its owner and root only). A client sends one [`Request`] as a JSON line and
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mail_queue::{
-    Action, ActionResult, MessageMeta, MessageState, Queue, QueueId, RecipientState, Summary,
+    Action, ActionResult, BodyType, MailParams, MessageMeta, MessageState, NewMessage,
+    NewRecipient, Queue, QueueId, RecipientDsn, RecipientState, Summary,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -94,6 +96,15 @@ pub enum Request {
     },
     /// Counts by state, age and destination domain.
     Summary,
+    /// Queue a message (`mta sendmail`): durable when the answer comes.
+    Inject {
+        /// The envelope sender; empty for `<>`.
+        from: String,
+        /// The recipients.
+        recipients: Vec<String>,
+        /// The message, CRLF line endings.
+        message: Vec<u8>,
+    },
 }
 
 /// One recipient as shown.
@@ -187,6 +198,11 @@ pub enum Response {
     Summary {
         /// The counts.
         summary: Summary,
+    },
+    /// For `Inject`: the message is in the queue.
+    Queued {
+        /// Its queue id.
+        id: String,
     },
     /// The request could not be carried out.
     Error {
@@ -299,6 +315,40 @@ pub async fn handle(queue: &Queue, request: Request) -> Response {
                         .map(|(id, r)| (id.to_string(), r))
                         .collect(),
                 },
+                Err(e) => error(e.to_string()),
+            }
+        }
+        Request::Inject {
+            from,
+            recipients,
+            message,
+        } => {
+            let params = MailParams {
+                body: if message.is_ascii() {
+                    BodyType::SevenBit
+                } else {
+                    BodyType::EightBitMime
+                },
+                smtputf8: !from.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
+                ..MailParams::default()
+            };
+            let new = NewMessage {
+                from,
+                params,
+                recipients: recipients
+                    .into_iter()
+                    .map(|address| NewRecipient {
+                        address,
+                        dsn: RecipientDsn::default(),
+                    })
+                    .collect(),
+                source: "local".to_owned(),
+            };
+            match queue.enqueue(new, message).await {
+                Ok(id) => {
+                    tracing::info!(queue_id = %id, source = "local", "message accepted");
+                    Response::Queued { id: id.to_string() }
+                }
                 Err(e) => error(e.to_string()),
             }
         }

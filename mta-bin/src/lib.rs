@@ -14,5 +14,7 @@ pub mod control;
 pub mod delivery;
 #[cfg(unix)]
 pub mod queue_cmd;
+#[cfg(unix)]
+pub mod sendmail;
 pub mod serve;
 pub mod tls;

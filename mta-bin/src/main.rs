@@ -40,6 +40,14 @@ enum Command {
     /// Inspect and steer the queue (of a running server through its control socket).
     #[cfg(unix)]
     Queue(mta_bin::queue_cmd::QueueArgs),
+    /// Send a message read from standard input, as sendmail does (-t, -i, -f, -F, -bp);
+    /// also what the binary does when invoked as `sendmail`.
+    #[cfg(unix)]
+    Sendmail {
+        /// sendmail's options and the recipients.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Make a DKIM signing key: write the private key and print the DNS record to
     /// publish and the configuration to add.
     DkimKeygen {
@@ -59,10 +67,31 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Invoked as `sendmail` (a link to this binary) or `mailq`: behave as those.
+    #[cfg(unix)]
+    {
+        let mut args = std::env::args();
+        let name = args
+            .next()
+            .map(PathBuf::from)
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        match name.as_str() {
+            "sendmail" => return ExitCode::from(mta_bin::sendmail::run(args.collect())),
+            "mailq" => {
+                let mut rest: Vec<String> = vec!["-bp".to_owned()];
+                rest.extend(args);
+                return ExitCode::from(mta_bin::sendmail::run(rest));
+            }
+            _ => {}
+        }
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => run_serve(config),
         Command::CheckConfig { config } => check_config(&config),
+        #[cfg(unix)]
+        Command::Sendmail { args } => return ExitCode::from(mta_bin::sendmail::run(args)),
         #[cfg(unix)]
         Command::Queue(args) => match mta_bin::queue_cmd::run(args) {
             Ok(true) => Ok(()),

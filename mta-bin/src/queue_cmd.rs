@@ -175,9 +175,11 @@ fn request(command: &QueueCommand) -> anyhow::Result<Request> {
 }
 
 /// No server runs: open the queue here (its lock fails if a server holds it after all).
-fn offline(config: &Config, request: Request) -> anyhow::Result<Response> {
+/// Also the way `mta sendmail` queues without a server.
+pub(crate) fn offline(config: &Config, request: Request) -> anyhow::Result<Response> {
     let path = &config.queue.path;
-    if !path.exists() {
+    // A message may start a queue; the other commands need one.
+    if !path.exists() && !matches!(request, Request::Inject { .. }) {
         bail!("no queue at {} (and no server running)", path.display());
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -231,6 +233,9 @@ fn render(out: &mut String, response: &Response) {
             let _ = writeln!(out, "-- {done} of {} messages changed", results.len());
         }
         Response::Summary { summary } => render_summary(out, summary),
+        Response::Queued { id } => {
+            let _ = writeln!(out, "queued as {id}");
+        }
         Response::Error { message } => {
             let _ = writeln!(out, "error: {message}");
         }

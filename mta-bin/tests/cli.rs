@@ -489,3 +489,102 @@ fn dkim_keygen_writes_the_key_and_prints_the_record() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("use rsa or ed25519"));
 }
+
+/// The Maildir files of `user@mx.test` under `dir`, waiting (up to 20 s) for `count`.
+fn maildir_files(dir: &std::path::Path, user: &str, count: usize) -> Vec<String> {
+    let new = dir.join("maildir/mx.test").join(user).join("new");
+    let start = std::time::Instant::now();
+    loop {
+        let mut files: Vec<String> = std::fs::read_dir(&new)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|f| std::fs::read_to_string(f.path()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if files.len() >= count || start.elapsed().as_secs() > 20 {
+            files.sort();
+            return files;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// sendmail as cron and scripts use it: a shell pipeline into `mta sendmail -t -oi`
+/// while the server runs, and into the binary invoked as `sendmail` while it does not
+/// (queued directly, delivered once the server starts); exit 64 without recipients.
+#[test]
+fn sendmail_interface_queues_piped_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "mta.toml",
+        &config(dir.path(), "127.0.0.1:0", "accept_any_user = true\n"),
+    );
+    let link = dir.path().join("sendmail");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_mta"), &link).unwrap();
+    let pipe = |command: String| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .env("USER", "cron")
+            .output()
+            .unwrap()
+    };
+
+    // No server: the message goes straight into the queue.
+    let out = pipe(format!(
+        "printf 'Subject: while stopped\\n\\nfirst\\n.\\nnot read\\n' | {} -C {} -F 'Cron Daemon' you@mx.test",
+        link.display(),
+        cfg.display()
+    ));
+    assert!(out.status.success(), "{out:?}");
+
+    let (child, _) = serve(&cfg);
+    let out = pipe(format!(
+        "printf 'To: Ann <ann@mx.test>, you@mx.test\\nBcc: secret@mx.test\\nSubject: cron job\\n\\n.hidden dot line\\n.\\nlast line\\n' | {} sendmail -t -oi -C {}",
+        env!("CARGO_BIN_EXE_mta"),
+        cfg.display()
+    ));
+    assert!(out.status.success(), "{out:?}");
+    let out = pipe(format!(
+        "printf 'Subject: nobody\\n\\nx\\n' | {} sendmail -C {}",
+        env!("CARGO_BIN_EXE_mta"),
+        cfg.display()
+    ));
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no recipients"));
+
+    let you = maildir_files(dir.path(), "you", 2);
+    assert_eq!(you.len(), 2, "{you:?}");
+    let stopped = you.iter().find(|m| m.contains("while stopped")).unwrap();
+    assert!(
+        stopped.contains("From: \"Cron Daemon\" <cron@mx.test>\r\n"),
+        "{stopped}"
+    );
+    assert!(stopped.contains("Message-ID: <"), "{stopped}");
+    assert!(
+        stopped.ends_with("\r\n\r\nfirst\r\n"),
+        "a lone dot ends it: {stopped}"
+    );
+    let job = you.iter().find(|m| m.contains("cron job")).unwrap();
+    assert!(
+        job.contains("Received: by mx.test (mta sendmail, from user cron)"),
+        "{job}"
+    );
+    assert!(
+        job.ends_with("\r\n.hidden dot line\r\n.\r\nlast line\r\n"),
+        "-oi: {job}"
+    );
+    assert!(
+        !job.contains("Bcc") && !job.contains("secret@"),
+        "Bcc removed: {job}"
+    );
+    assert_eq!(maildir_files(dir.path(), "ann", 1).len(), 1);
+    assert_eq!(
+        maildir_files(dir.path(), "secret", 1).len(),
+        1,
+        "Bcc gets a copy"
+    );
+    terminate(child);
+}

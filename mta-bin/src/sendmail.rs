@@ -1,0 +1,546 @@
+//! `mta sendmail` (and the binary when invoked as `sendmail`): the Unix way to send mail,
+//! so cron, PHP's `mail()` and scripts work unchanged.
+//!
+//! It reads a message on standard input, completes its header (`From`, `Date`,
+//! `Message-ID`, a `Received` line), and puts it in the queue durably: through the
+//! control socket of a running `mta serve`, or in the queue itself when no server runs.
+//! It exits 0 only once the message is queued; 75 (`EX_TEMPFAIL`) when it could not be,
+//! 64 (`EX_USAGE`) for a bad command line or a message without recipients.
+//!
+//! ```
+//! use mta_bin::sendmail::Options;
+//! let o = Options::parse(["-t", "-oi", "-f", "cron@example.org"].map(String::from)).unwrap();
+//! assert!(o.extract_recipients && o.ignore_dots);
+//! assert_eq!(o.sender.as_deref(), Some("cron@example.org"));
+//! ```
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use smtp_proto::Mailbox;
+
+/// The exit status for a bad command line or message (`EX_USAGE`, sysexits.h).
+pub const EX_USAGE: u8 = 64;
+/// The exit status when the message could not be queued now (`EX_TEMPFAIL`).
+pub const EX_TEMPFAIL: u8 = 75;
+
+/// The command line, as sendmail understands it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `-t`: recipients from the `To`, `Cc` and `Bcc` fields (and `Bcc` removed).
+    pub extract_recipients: bool,
+    /// `-i`, `-oi`: a line with a single `.` does not end the message.
+    pub ignore_dots: bool,
+    /// `-f ADDR` (or `-r ADDR`): the envelope sender; `<>` for the null sender.
+    pub sender: Option<String>,
+    /// `-F NAME`: the sender's full name, for a `From` field we add.
+    pub full_name: Option<String>,
+    /// `-C FILE`: the configuration file (default: the embedded default).
+    pub config: Option<PathBuf>,
+    /// `-bp`: list the queue instead (as `mailq`).
+    pub list_queue: bool,
+    /// The recipients on the command line.
+    pub recipients: Vec<String>,
+}
+
+impl Options {
+    /// Parses the arguments after the program name. Options that change nothing here
+    /// (`-oem`, `-odb`, `-B 8BITMIME`, `-v`, ...) are accepted and ignored, as
+    /// Postfix's sendmail does.
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
+        let mut o = Self::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            if arg == "--" {
+                o.recipients.extend(args.by_ref());
+                break;
+            }
+            let Some(flag) = arg.strip_prefix('-').filter(|f| !f.is_empty()) else {
+                o.recipients.push(arg);
+                continue;
+            };
+            // Options with a value take it attached (`-fADDR`) or as the next argument.
+            let mut value = |rest: &str| -> Result<String, String> {
+                if rest.is_empty() {
+                    args.next()
+                        .ok_or_else(|| format!("-{flag}: a value is needed"))
+                } else {
+                    Ok(rest.to_owned())
+                }
+            };
+            match flag.split_at(1) {
+                ("t", "") => o.extract_recipients = true,
+                ("i", "") => o.ignore_dots = true,
+                ("o", "i") => o.ignore_dots = true,
+                ("f" | "r", rest) => o.sender = Some(value(rest)?),
+                ("F", rest) => o.full_name = Some(value(rest)?),
+                ("C", rest) => o.config = Some(PathBuf::from(value(rest)?)),
+                ("b", "p") => o.list_queue = true,
+                ("b", "m") => {}
+                ("b", other) => return Err(format!("-b{other} is not supported")),
+                // Values we accept and do not use.
+                ("B" | "N" | "R" | "V" | "O" | "L" | "X", rest) => {
+                    value(rest)?;
+                }
+                ("o" | "v" | "U" | "n" | "m" | "e" | "q", _) => {}
+                _ => return Err(format!("unknown option -{flag}")),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// What the message is completed with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Context {
+    /// Our host name (`Message-ID`, `Received`).
+    pub hostname: String,
+    /// The domain for addresses without one (`root` becomes `root@<domain>`).
+    pub domain: String,
+    /// The invoking user's login name.
+    pub user: String,
+    /// Now, in Unix seconds.
+    pub now: u64,
+    /// Unique within this host for this second (the process id will do).
+    pub unique: u64,
+}
+
+/// A message ready to queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prepared {
+    /// The envelope sender; empty for `<>`.
+    pub from: String,
+    /// The recipients.
+    pub recipients: Vec<String>,
+    /// The message, CRLF line endings, header completed.
+    pub message: Vec<u8>,
+}
+
+/// Reads the message from `input`: until the end, or a line with a single `.` unless
+/// `ignore_dots`; at most `limit` octets.
+pub fn read_message(
+    mut input: impl Read,
+    ignore_dots: bool,
+    limit: u64,
+) -> Result<Vec<u8>, String> {
+    let mut raw = Vec::new();
+    input
+        .by_ref()
+        .take(limit + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("cannot read the message: {e}"))?;
+    if raw.len() as u64 > limit {
+        return Err(format!(
+            "the message is larger than the limit of {limit} octets"
+        ));
+    }
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
+    for line in raw.split_inclusive(|&b| b == b'\n') {
+        let text = line
+            .strip_suffix(b"\n")
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .unwrap_or(line);
+        if !ignore_dots && text == b"." {
+            break;
+        }
+        out.extend_from_slice(text);
+        out.extend_from_slice(b"\r\n");
+    }
+    Ok(out)
+}
+
+/// Completes the message and works out its envelope.
+pub fn prepare(message: &[u8], options: &Options, cx: &Context) -> Result<Prepared, String> {
+    let qualify = |address: &str| -> Result<String, String> {
+        let address = address.trim();
+        let full = if address.contains('@') {
+            address.to_owned()
+        } else {
+            format!("{address}@{}", cx.domain)
+        };
+        Mailbox::parse(&full)
+            .map(|m| m.to_string())
+            .map_err(|_| format!("{address:?} is not a mail address"))
+    };
+    let (header, body) = split_header(message);
+    let fields = unfold(header);
+    let mut recipients = Vec::new();
+    for r in &options.recipients {
+        for address in address_list(r) {
+            recipients.push(qualify(&address)?);
+        }
+    }
+    if options.extract_recipients {
+        for (name, value) in &fields {
+            if ["to", "cc", "bcc"].contains(&name.to_ascii_lowercase().as_str()) {
+                for address in address_list(value) {
+                    recipients.push(qualify(&address)?);
+                }
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    recipients.retain(|r| seen.insert(r.to_ascii_lowercase()));
+    if recipients.is_empty() {
+        return Err("no recipients: name them on the command line or use -t".into());
+    }
+    let from = match options.sender.as_deref().map(str::trim) {
+        Some("<>" | "") => String::new(),
+        Some(sender) => qualify(sender.trim_start_matches('<').trim_end_matches('>'))?,
+        None => qualify(&cx.user)?,
+    };
+    let has = |field: &str| fields.iter().any(|(n, _)| n.eq_ignore_ascii_case(field));
+    let date = smtp_proto::rfc5322_date(cx.now);
+    let mut out = format!(
+        "Received: by {} (mta sendmail, from user {}); {date}\r\n",
+        cx.hostname, cx.user
+    );
+    if !has("From") {
+        let own;
+        let address = if from.is_empty() {
+            own = qualify(&cx.user)?;
+            &own
+        } else {
+            &from
+        };
+        match options.full_name.as_deref().filter(|n| !n.is_empty()) {
+            Some(name) => {
+                let name = name.replace(['"', '\\', '\r', '\n'], "");
+                out.push_str(&format!("From: \"{name}\" <{address}>\r\n"));
+            }
+            None => out.push_str(&format!("From: {address}\r\n")),
+        }
+    }
+    if !has("Date") {
+        out.push_str(&format!("Date: {date}\r\n"));
+    }
+    if !has("Message-ID") {
+        out.push_str(&format!(
+            "Message-ID: <{}.{}@{}>\r\n",
+            cx.now, cx.unique, cx.hostname
+        ));
+    }
+    let mut bytes = out.into_bytes();
+    // The header as given, without Bcc when the recipients came from it (RFC 5322 §3.6.3).
+    let mut skipping = false;
+    for line in header.split_inclusive(|&b| b == b'\n') {
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !continuation {
+            skipping = options.extract_recipients
+                && line.len() >= 4
+                && line[..4].eq_ignore_ascii_case(b"bcc:");
+        }
+        if !skipping {
+            bytes.extend_from_slice(line);
+        }
+    }
+    bytes.extend_from_slice(b"\r\n");
+    bytes.extend_from_slice(body);
+    Ok(Prepared {
+        from,
+        recipients,
+        message: bytes,
+    })
+}
+
+/// The header lines (each with its CRLF) and the body after the blank line. A message
+/// that does not start with a header field is all body.
+fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
+    let starts_with_field = message
+        .iter()
+        .position(|&b| b == b':' || b == b'\r' || b == b' ')
+        .is_some_and(|i| i > 0 && message[i] == b':');
+    if !starts_with_field {
+        return (&[], message.strip_prefix(b"\r\n").unwrap_or(message));
+    }
+    match message.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => (&message[..i + 2], &message[i + 4..]),
+        None => (message, &[]),
+    }
+}
+
+/// `(name, value)` of each field, continuation lines joined.
+fn unfold(header: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(header);
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, value)) = fields.last_mut() {
+                value.push(' ');
+                value.push_str(line.trim());
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            fields.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+    }
+    fields
+}
+
+/// The addresses in an address list (`Ann <a@x>, b@y, "Doe, J" <j@z>`); group names
+/// and comments are dropped.
+fn address_list(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut item = String::new();
+    let (mut quoted, mut angle, mut comment) = (false, false, 0u32);
+    let mut push = |item: &mut String| {
+        let text = std::mem::take(item);
+        let text = text.trim();
+        let address = match (text.rfind('<'), text.rfind('>')) {
+            (Some(a), Some(b)) if a < b => text[a + 1..b].trim().to_owned(),
+            _ => text
+                .rsplit_once(':')
+                .map_or(text, |(_, a)| a)
+                .trim()
+                .to_owned(),
+        };
+        let address = address.trim_end_matches(';').trim().to_owned();
+        if !address.is_empty() {
+            out.push(address);
+        }
+    };
+    for c in value.chars() {
+        match c {
+            '"' if comment == 0 => quoted = !quoted,
+            '(' if !quoted => comment += 1,
+            ')' if !quoted && comment > 0 => {
+                comment -= 1;
+                continue;
+            }
+            '<' if !quoted && comment == 0 => angle = true,
+            '>' if !quoted && comment == 0 => angle = false,
+            ',' | ';' if !quoted && !angle && comment == 0 => {
+                push(&mut item);
+                continue;
+            }
+            _ => {}
+        }
+        if comment == 0 && c != '"' {
+            item.push(c);
+        }
+    }
+    push(&mut item);
+    out
+}
+
+/// Runs sendmail with the arguments after the program name; returns the exit status.
+pub fn run(args: Vec<String>) -> u8 {
+    let options = match Options::parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return EX_USAGE;
+        }
+    };
+    if options.list_queue {
+        let args = crate::queue_cmd::QueueArgs {
+            config: options.config,
+            json: false,
+            command: crate::queue_cmd::QueueCommand::List {
+                domain: None,
+                sender: None,
+                state: None,
+                older_than: None,
+                limit: None,
+            },
+        };
+        return match crate::queue_cmd::run(args) {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("sendmail: {e:#}");
+                EX_TEMPFAIL
+            }
+        };
+    }
+    match send(&options) {
+        Ok(id) => {
+            tracing::debug!(queue_id = %id, "queued");
+            0
+        }
+        Err((status, e)) => {
+            eprintln!("sendmail: {e:#}");
+            status
+        }
+    }
+}
+
+/// Reads, completes and queues the message; returns its queue id.
+fn send(options: &Options) -> Result<String, (u8, anyhow::Error)> {
+    use crate::config::{Config, EMBEDDED_DEFAULT};
+    use crate::control::{self, Request, Response};
+    let temp = |e: anyhow::Error| (EX_TEMPFAIL, e);
+    let usage = |e: String| (EX_USAGE, anyhow::anyhow!(e));
+    let config = match &options.config {
+        Some(path) => Config::load(path),
+        None => Config::parse(EMBEDDED_DEFAULT),
+    }
+    .map_err(temp)?;
+    let limit = config.limits.max_message_size.unwrap_or(DEFAULT_MAX_SIZE);
+    let message =
+        read_message(std::io::stdin().lock(), options.ignore_dots, limit).map_err(usage)?;
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".to_owned());
+    let cx = Context {
+        domain: config
+            .local
+            .domains
+            .first()
+            .cloned()
+            .unwrap_or_else(|| config.hostname.clone()),
+        hostname: config.hostname.clone(),
+        user,
+        now: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        unique: u64::from(std::process::id()),
+    };
+    let prepared = prepare(&message, options, &cx).map_err(usage)?;
+    let request = Request::Inject {
+        from: prepared.from,
+        recipients: prepared.recipients,
+        message: prepared.message,
+    };
+    let socket = control::socket_path(&config.queue.path);
+    let response = match control::request(&socket, &request).map_err(temp)? {
+        Some(response) => response,
+        None => crate::queue_cmd::offline(&config, request).map_err(temp)?,
+    };
+    match response {
+        Response::Queued { id } => Ok(id),
+        Response::Error { message } => Err(temp(anyhow::anyhow!(message))),
+        other => Err(temp(anyhow::anyhow!("unexpected answer: {other:?}"))),
+    }
+}
+
+/// The message size limit when the configuration sets none (the server's default).
+const DEFAULT_MAX_SIZE: u64 = 50 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cx() -> Context {
+        Context {
+            hostname: "mx.example.org".into(),
+            domain: "example.org".into(),
+            user: "cron".into(),
+            now: 1_795_550_400,
+            unique: 42,
+        }
+    }
+
+    #[test]
+    fn options_as_sendmail_takes_them() {
+        let o = Options::parse(
+            [
+                "-oi",
+                "-fbounces@example.org",
+                "-F",
+                "Cron Daemon",
+                "-oem",
+                "-B",
+                "8BITMIME",
+                "a@x.test",
+                "--",
+                "-b@y.test",
+            ]
+            .map(String::from),
+        )
+        .unwrap();
+        assert!(o.ignore_dots && !o.extract_recipients);
+        assert_eq!(o.sender.as_deref(), Some("bounces@example.org"));
+        assert_eq!(o.full_name.as_deref(), Some("Cron Daemon"));
+        assert_eq!(o.recipients, ["a@x.test", "-b@y.test"]);
+        assert!(Options::parse(["-bs".to_owned()]).is_err());
+        assert!(Options::parse(["-Z".to_owned()]).is_err());
+        assert!(
+            Options::parse(["-f".to_owned()]).is_err(),
+            "a value is needed"
+        );
+        assert!(Options::parse(["-bp".to_owned()]).unwrap().list_queue);
+    }
+
+    #[test]
+    fn a_lone_dot_ends_the_message_unless_i() {
+        let input = b"Subject: x\n\nline\n.\nafter\n";
+        assert_eq!(
+            read_message(&input[..], false, 1000).unwrap(),
+            b"Subject: x\r\n\r\nline\r\n"
+        );
+        assert_eq!(
+            read_message(&input[..], true, 1000).unwrap(),
+            b"Subject: x\r\n\r\nline\r\n.\r\nafter\r\n"
+        );
+        assert!(
+            read_message(&input[..], true, 10).is_err(),
+            "over the limit"
+        );
+    }
+
+    #[test]
+    fn dash_t_takes_recipients_from_the_header_and_drops_bcc() {
+        let o = Options {
+            extract_recipients: true,
+            ..Options::default()
+        };
+        let message = b"To: Ann <ann@x.test>, \"Doe, J\" <j@y.test>\r\nCc: root\r\nBcc: hidden@z.test,\r\n other@z.test\r\nSubject: hi\r\n\r\nbody\r\n";
+        let p = prepare(message, &o, &cx()).unwrap();
+        assert_eq!(
+            p.recipients,
+            [
+                "ann@x.test",
+                "j@y.test",
+                "root@example.org",
+                "hidden@z.test",
+                "other@z.test"
+            ]
+        );
+        assert_eq!(p.from, "cron@example.org");
+        let text = String::from_utf8(p.message).unwrap();
+        assert!(text.starts_with("Received: by mx.example.org (mta sendmail, from user cron); Tue, 24 Nov 2026 20:00:00 +0000\r\nFrom: cron@example.org\r\nDate: Tue, 24 Nov 2026 20:00:00 +0000\r\nMessage-ID: <1795550400.42@mx.example.org>\r\nTo: Ann"), "{text}");
+        assert!(!text.contains("Bcc") && !text.contains("hidden"), "{text}");
+        assert!(text.ends_with("Subject: hi\r\n\r\nbody\r\n"), "{text}");
+    }
+
+    #[test]
+    fn sender_name_and_existing_fields() {
+        let o = Options {
+            sender: Some("<>".into()),
+            full_name: Some("The \"Daemon\"".into()),
+            recipients: vec!["a@x.test".into()],
+            ..Options::default()
+        };
+        let p = prepare(b"no header here\r\n", &o, &cx()).unwrap();
+        assert_eq!(p.from, "", "the null sender");
+        let text = String::from_utf8(p.message).unwrap();
+        assert!(
+            text.contains("From: \"The Daemon\" <cron@example.org>\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\r\n\r\nno header here\r\n"),
+            "all body: {text}"
+        );
+
+        let p = prepare(
+            b"From: me@else.test\r\nDate: x\r\nMessage-ID: <m@else.test>\r\n\r\nb\r\n",
+            &o,
+            &cx(),
+        )
+        .unwrap();
+        let text = String::from_utf8(p.message).unwrap();
+        assert_eq!(text.matches("From:").count(), 1, "{text}");
+        assert_eq!(text.matches("Date:").count(), 1, "{text}");
+        assert_eq!(text.matches("Message-ID:").count(), 1, "{text}");
+        assert!(
+            prepare(b"x\r\n", &Options::default(), &cx()).is_err(),
+            "no recipients"
+        );
+        let bad = Options {
+            recipients: vec!["a b@x".into()],
+            ..Options::default()
+        };
+        assert!(prepare(b"x\r\n", &bad, &cx()).is_err());
+    }
+}
