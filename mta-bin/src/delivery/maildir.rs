@@ -60,29 +60,49 @@ impl Maildir {
         if final_path.exists() || cur.join(format!("{name}:2,")).exists() {
             return Ok(false);
         }
-        for dir in [&tmp, &new, &cur] {
-            if !dir.is_dir() {
-                fs::create_dir_all(dir)?;
-                sync_dir(dir.parent().unwrap_or(dir))?;
-            }
-        }
         let tmp_path = tmp.join(&name);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp_path)?;
-        let return_path = if message.from.is_empty() {
-            String::new()
-        } else {
-            message.from.clone()
+        let create = || {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp_path)
         };
-        let header = format!("Return-Path: <{return_path}>\r\nDelivered-To: {address}\r\n");
-        file.write_all(header.as_bytes())?;
-        file.write_all(body)?;
+        let make_folder = || -> std::io::Result<()> {
+            for dir in [&tmp, &new, &cur] {
+                if !dir.is_dir() {
+                    fs::create_dir_all(dir)?;
+                    sync_dir(dir.parent().unwrap_or(dir))?;
+                }
+            }
+            Ok(())
+        };
+        // The folder usually exists: make it only when the file cannot be created (or,
+        // below, moved into new/).
+        let mut file = match create() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                make_folder()?;
+                create()?
+            }
+            other => other?,
+        };
+        // One write: the two fields we add, then the message.
+        let mut bytes = format!(
+            "Return-Path: <{}>\r\nDelivered-To: {address}\r\n",
+            message.from
+        )
+        .into_bytes();
+        bytes.extend_from_slice(body);
+        file.write_all(&bytes)?;
         file.sync_all()?;
         drop(file);
-        fs::rename(&tmp_path, &final_path)?;
+        if let Err(e) = fs::rename(&tmp_path, &final_path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e);
+            }
+            make_folder()?;
+            fs::rename(&tmp_path, &final_path)?;
+        }
         sync_dir(&new)?;
         Ok(true)
     }
