@@ -12,19 +12,29 @@
 //! While one batch is being synced, new jobs queue up in the channel; the next batch
 //! takes all of them. Under load the batch grows by itself, so the cost of an fsync is
 //! shared by as many messages as arrive during one fsync.
+//!
+//! Forgetting a delivered message ([`Job::Forget`]) waits for nobody: it rides along
+//! with the next batch, or is committed on its own after [`FORGET_DELAY`] when no other
+//! job comes. Until then a crash only means the message is delivered again (a Maildir
+//! delivery notices; see `docs/durability.md`). Its spool space is released once the
+//! removal is durable.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use crate::spool::Spool;
 use crate::store::{Change, QueueStore};
-use crate::{MessageMeta, QueueError};
+use crate::{MessageMeta, QueueError, QueueId, SpoolRef};
 
 /// The most jobs in one batch.
 const MAX_BATCH: usize = 1024;
+
+/// How long a [`Job::Forget`] waits for company before it is committed alone.
+pub(crate) const FORGET_DELAY: Duration = Duration::from_millis(50);
 
 pub(crate) enum Job {
     /// Store the body, then the metadata.
@@ -38,6 +48,14 @@ pub(crate) enum Job {
         changes: Vec<Change>,
         done: oneshot::Sender<Result<(), QueueError>>,
     },
+    /// Remove a finished message, then release its spool space; nobody waits for it.
+    Forget { id: QueueId, spool: SpoolRef },
+}
+
+impl Job {
+    fn is_forget(&self) -> bool {
+        matches!(self, Self::Forget { .. })
+    }
 }
 
 /// Counters of the committer.
@@ -89,11 +107,25 @@ impl Committer {
 }
 
 fn run(rx: &mpsc::Receiver<Job>, spool: &Spool, store: &dyn QueueStore, stats: &CommitStats) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
+    // Removals whose commit failed: tried again with the next batch.
+    let mut carried: Vec<Job> = Vec::new();
+    loop {
+        let mut jobs = std::mem::take(&mut carried);
+        if jobs.is_empty() {
+            match rx.recv() {
+                Ok(first) => jobs.push(first),
+                Err(_) => break,
+            }
+        }
+        drain(rx, &mut jobs);
+        // Only removals: give other jobs a moment to come and share the commit.
+        let deadline = Instant::now() + FORGET_DELAY;
+        while jobs.iter().all(Job::is_forget) && jobs.len() < MAX_BATCH {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(job) => {
+                    jobs.push(job);
+                    drain(rx, &mut jobs);
+                }
                 Err(_) => break,
             }
         }
@@ -108,7 +140,29 @@ fn run(rx: &mpsc::Receiver<Job>, spool: &Spool, store: &dyn QueueStore, stats: &
                 Job::Update { done, .. } => {
                     let _ = done.send(result.as_ref().map(|_| ()).map_err(same_error));
                 }
+                Job::Forget { spool: place, .. } if result.is_ok() => spool.release(&place),
+                forget @ Job::Forget { .. } => carried.push(forget),
             }
+        }
+        if !carried.is_empty() {
+            // The store is failing (a full disk?): do not spin on it, and stop with the
+            // queue (the messages are delivered again after a restart).
+            std::thread::sleep(Duration::from_secs(1));
+            match rx.try_recv() {
+                Ok(job) => carried.push(job),
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+        }
+    }
+}
+
+/// Adds every job already waiting, up to a batch.
+fn drain(rx: &mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
+    while jobs.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
         }
     }
 }
@@ -119,7 +173,7 @@ fn commit_batch(jobs: &mut [Job], spool: &Spool, store: &dyn QueueStore) -> Resu
         .iter()
         .filter_map(|j| match j {
             Job::Enqueue { meta, body, .. } => Some((meta.id, body.as_slice())),
-            Job::Update { .. } => None,
+            Job::Update { .. } | Job::Forget { .. } => None,
         })
         .collect();
     let refs = spool.append(&records)?;
@@ -134,6 +188,7 @@ fn commit_batch(jobs: &mut [Job], spool: &Spool, store: &dyn QueueStore) -> Resu
                 changes.push(Change::Put((**meta).clone()));
             }
             Job::Update { changes: c, .. } => changes.extend(c.iter().cloned()),
+            Job::Forget { id, .. } => changes.push(Change::Remove(*id)),
         }
     }
     if let Err(e) = store.commit(&changes) {

@@ -588,11 +588,14 @@ impl Queue {
                 return Some(unix_now() + 60);
             }
         }
-        match self.commit(vec![Change::Remove(meta.id)]).await {
-            Ok(()) => {
-                self.inner.spool.release(&meta.spool);
-                None
-            }
+        // The removal rides along with the next commit (see `commit`): a crash before it
+        // is durable delivers the message again, which loses nothing.
+        let forget = Job::Forget {
+            id: meta.id,
+            spool: meta.spool,
+        };
+        match self.inner.committer.submit(forget) {
+            Ok(()) => None,
             Err(e) => {
                 warn!(error = %e, "cannot remove a finished message; retrying later");
                 Some(unix_now() + 60)
