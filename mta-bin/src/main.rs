@@ -30,6 +30,10 @@ enum Command {
         /// The configuration file (TOML).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Log lines as `text` (for people) or `json` (one object per line, for log
+        /// collectors).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Check a configuration file and report every problem with its key and line.
     CheckConfig {
@@ -88,7 +92,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => run_serve(config),
+        Command::Serve { config, log_format } => run_serve(config, log_format),
         Command::CheckConfig { config } => check_config(&config),
         #[cfg(unix)]
         Command::Sendmail { args } => return ExitCode::from(mta_bin::sendmail::run(args)),
@@ -114,12 +118,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_serve(path: Option<PathBuf>) -> anyhow::Result<()> {
+fn run_serve(path: Option<PathBuf>, log_format: LogFormat) -> anyhow::Result<()> {
     let config = match &path {
         Some(path) => Config::load(path)?,
         None => Config::parse(EMBEDDED_DEFAULT)?,
     };
-    let _log_guard = init_logging();
+    let _log_guard = init_logging(log_format);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
@@ -203,20 +207,37 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How log lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One line of text per event, with its spans (connection, queue id).
+    Text,
+    /// One JSON object per event: `timestamp`, `level`, `fields`, `target`, and the
+    /// spans (`span`, `spans`) with their fields.
+    Json,
+}
+
 /// Logs go to stderr through a writer thread, so a session never waits for the
 /// terminal or the journal; nothing is dropped (the writer blocks when far behind).
 /// Keep the returned guard: dropping it flushes what is left.
-fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::stderr());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(writer)
-        .init();
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
     guard
 }

@@ -139,12 +139,24 @@ fn smtp_send(addr: &str, from: &str, to: &[&str], message: &str) -> String {
 /// Starts `mta serve` on `config`; returns the child and its relay listener's address
 /// (from the banner).
 fn serve(config: &std::path::Path) -> (std::process::Child, String) {
+    serve_logging(config, &[], "warn", std::process::Stdio::inherit())
+}
+
+/// `serve` with more arguments, a `RUST_LOG` and where its log (stderr) goes.
+fn serve_logging(
+    config: &std::path::Path,
+    args: &[&str],
+    rust_log: &str,
+    log: std::process::Stdio,
+) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     let mut child = mta()
         .args(["serve", "--config"])
         .arg(config)
-        .env("RUST_LOG", "warn")
+        .args(args)
+        .env("RUST_LOG", rust_log)
         .stdout(std::process::Stdio::piped())
+        .stderr(log)
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -587,4 +599,60 @@ fn sendmail_interface_queues_piped_mail() {
         "Bcc gets a copy"
     );
     terminate(child);
+}
+
+/// `--log-format json`: every log line is a JSON object; an accepted message's line
+/// carries its queue id, and the connection's span says where it came from.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "mta.toml",
+        &config(dir.path(), "127.0.0.1:0", "accept_any_user = true\n"),
+    );
+    let log_path = dir.path().join("log.jsonl");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let (child, addr) = serve_logging(&cfg, &["--log-format", "json"], "info", log.into());
+    let said = smtp_send(
+        &addr,
+        "me@mx.test",
+        &["you@mx.test"],
+        "Subject: logged\r\n\r\nbody\r\n",
+    );
+    let id = said
+        .split("queued as ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(maildir_files(dir.path(), "you", 1).len(), 1);
+    terminate(child);
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert!(lines.len() > 3, "{text}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+    let accepted = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "message accepted")
+        .unwrap_or_else(|| panic!("no accepted line: {text}"));
+    assert!(
+        accepted.to_string().contains(&id),
+        "queue id {id} in {accepted}"
+    );
+    assert!(
+        text.contains("\"peer\":\"127.0.0.1:"),
+        "the connection span names the client: {accepted}"
+    );
+    assert!(
+        !text.contains("Subject: logged"),
+        "no message content in logs"
+    );
 }
