@@ -37,6 +37,7 @@ mod id;
 mod message;
 mod queue;
 mod spool;
+mod stats;
 mod store;
 
 pub use admin::{AGE_BUCKETS_MINUTES, Action, ActionResult, DomainSummary, MessageState, Summary};
@@ -49,4 +50,5 @@ pub use message::{
     RecipientState, SpoolRef,
 };
 pub use queue::{Backend, DeliveryService, Queue, QueueConfig};
+pub use stats::{QueueCounts, QueueStats};
 pub use store::{Change, QueueStore, RedbStore, SledStore};

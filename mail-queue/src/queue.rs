@@ -16,6 +16,7 @@ use crate::dsn::{self, DsnAction};
 use crate::id::IdGenerator;
 use crate::message::{MessageMeta, NewMessage, RecipientMeta, RecipientState, SpoolRef};
 use crate::spool::Spool;
+use crate::stats::{QueueCounts, QueueStats};
 use crate::store::{Change, QueueStore, RedbStore, SledStore};
 use crate::{QueueError, QueueId};
 
@@ -116,6 +117,7 @@ pub(crate) struct Inner {
     ids: IdGenerator,
     pub(crate) schedule: Mutex<Schedule>,
     pub(crate) wake: Notify,
+    stats: QueueStats,
 }
 
 /// Where every message stands in memory: waiting for its next attempt (by time), being
@@ -207,6 +209,7 @@ impl Queue {
                 ids: IdGenerator::new(largest),
                 schedule: Mutex::new(schedule),
                 wake: Notify::new(),
+                stats: QueueStats::default(),
             }),
         };
         let swept = queue.inner.spool.sweep()?;
@@ -225,6 +228,7 @@ impl Queue {
         let (_, rx) = self.submit(message, body)?;
         let meta = rx.await.map_err(|_| QueueError::Closed)??;
         self.schedule_new(meta.id, meta.next_attempt);
+        count(&self.inner.stats.enqueued);
         Ok(meta.id)
     }
 
@@ -237,6 +241,7 @@ impl Queue {
         let (_, rx) = self.submit(message, body)?;
         let meta = rx.blocking_recv().map_err(|_| QueueError::Closed)??;
         self.schedule_new(meta.id, meta.next_attempt);
+        count(&self.inner.stats.enqueued);
         Ok(meta.id)
     }
 
@@ -331,6 +336,23 @@ impl Queue {
             s.batches.load(Ordering::Relaxed),
             s.jobs.load(Ordering::Relaxed),
         )
+    }
+
+    /// What the queue did so far (for metrics).
+    pub fn stats(&self) -> &QueueStats {
+        &self.inner.stats
+    }
+
+    /// How many messages wait, are being delivered, and are held, now.
+    pub fn counts(&self) -> QueueCounts {
+        self.inner
+            .schedule
+            .lock()
+            .map_or(QueueCounts::default(), |s| QueueCounts {
+                waiting: s.due.len() as u64,
+                active: s.in_flight.len() as u64,
+                held: s.held.len() as u64,
+            })
     }
 
     /// Asks the scheduler to try every waiting message now (held ones stay held).
@@ -498,16 +520,19 @@ impl Queue {
                 let r = &mut meta.recipients[i];
                 match outcome {
                     Outcome::Delivered(text) => {
+                        count(&self.inner.stats.delivered);
                         info!(to = %r.address, result = "delivered", detail = %text, "delivery");
                         r.state = RecipientState::Delivered;
                         r.last_reply = Some(text);
                     }
                     Outcome::Failed(text) => {
+                        count(&self.inner.stats.failed);
                         warn!(to = %r.address, result = "failed", detail = %text, "delivery");
                         r.state = RecipientState::Failed;
                         r.last_reply = Some(text);
                     }
                     Outcome::Deferred(text) => {
+                        count(&self.inner.stats.deferred);
                         info!(to = %r.address, result = "deferred", detail = %text, "delivery");
                         meta.last_error = Some(text.clone());
                         r.last_reply = Some(text);
@@ -523,6 +548,7 @@ impl Queue {
                 .iter_mut()
                 .filter(|r| r.state == RecipientState::Pending)
             {
+                count(&self.inner.stats.expired);
                 warn!(to = %r.address, result = "expired", "delivery");
                 r.state = RecipientState::Failed;
                 r.last_reply = Some(format!(
@@ -623,6 +649,7 @@ impl Queue {
         };
         match self.enqueue(message, report).await {
             Ok(id) => {
+                count(&self.inner.stats.notifications);
                 info!(dsn = %id, to = %meta.from, action = ?action, recipients = recipients.len(), "notification queued");
                 Ok(())
             }
@@ -665,6 +692,10 @@ where
         }
     }
     out
+}
+
+fn count(counter: &std::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 pub(crate) fn unix_now() -> u64 {

@@ -77,6 +77,17 @@ pub struct Config {
     /// ARC sealing of mail forwarded from the relay listener to other hosts.
     #[serde(default)]
     pub arc_seal: Option<SigningKey>,
+    /// Prometheus metrics and health checks over HTTP (off when absent).
+    #[serde(default)]
+    pub metrics: Option<Metrics>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (e.g. `127.0.0.1:9187`).
+    pub address: SocketAddr,
 }
 
 /// `[[dkim_key]]` and `[arc_seal]`: a domain, a selector and a PEM private key.

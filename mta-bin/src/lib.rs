@@ -12,6 +12,7 @@ pub mod config;
 #[cfg(unix)]
 pub mod control;
 pub mod delivery;
+pub mod metrics;
 #[cfg(unix)]
 pub mod queue_cmd;
 #[cfg(unix)]

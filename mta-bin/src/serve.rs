@@ -70,6 +70,11 @@ impl Mta {
         let stages = stages(&config, &local_domains, &resolver, queue.clone())?;
         let server = Server::bind(server_config(&config, tls)?, stages).await?;
         let addrs = server.local_addrs();
+        let metrics = match &config.metrics {
+            Some(m) => Some(crate::metrics::bind(m.address).await?),
+            None => None,
+        };
+        let server_stats = server.stats();
 
         let local = match (&config.local.lmtp, &config.local.maildir) {
             (Some(addr), _) => Some(LocalTarget::Lmtp(Lmtp::new(*addr, &config.hostname))),
@@ -96,6 +101,25 @@ impl Mta {
             tokio::spawn(server.run(wait(stopped.clone()))),
             tokio::spawn(async move { queue_runner.run(delivery, wait(stopped)).await }),
         ];
+        if let Some(listener) = metrics {
+            let mut modes = Vec::new();
+            for (mode, _) in &addrs {
+                if !modes.contains(mode) {
+                    modes.push(*mode);
+                }
+            }
+            let sources = crate::metrics::Sources {
+                server: server_stats,
+                modes,
+                queue: queue.clone(),
+                queue_path: config.queue.path.clone(),
+            };
+            tasks.push(tokio::spawn(crate::metrics::serve(
+                listener,
+                sources,
+                wait(stop.subscribe()),
+            )));
+        }
         #[cfg(unix)]
         {
             let control = crate::control::serve(

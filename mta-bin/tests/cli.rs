@@ -656,3 +656,115 @@ fn json_logs_are_one_object_per_line() {
         "no message content in logs"
     );
 }
+
+/// One HTTP GET to `addr`; returns the status line and the body.
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// Parses the Prometheus text format strictly enough to catch mistakes: every sample
+/// belongs to a family declared by `# TYPE` before it, no sample appears twice, values
+/// are numbers. Returns `sample (name and labels) -> value`.
+fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut types = std::collections::HashMap::new();
+    let mut samples = std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            assert!(
+                types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                "{line}"
+            );
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (sample, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let name = sample.split('{').next().unwrap();
+        assert!(types.contains_key(name), "no # TYPE before {line}");
+        if let Some(labels) = sample.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "{line}"
+            );
+        }
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        assert!(
+            samples.insert(sample.to_owned(), value).is_none(),
+            "twice: {line}"
+        );
+    }
+    samples
+}
+
+/// `[metrics]`: /metrics in the Prometheus text format counts connections, messages and
+/// deliveries as they happen; /healthz and /readyz answer 200.
+#[test]
+fn metrics_are_scraped_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = free.local_addr().unwrap().to_string();
+    drop(free);
+    let cfg = write(
+        dir.path(),
+        "mta.toml",
+        &config(
+            dir.path(),
+            "127.0.0.1:0",
+            &format!("accept_any_user = true\n[metrics]\naddress = \"{metrics}\"\n"),
+        ),
+    );
+    let (child, addr) = serve(&cfg);
+    assert_eq!(http_get(&metrics, "/healthz").0, "HTTP/1.1 200 OK");
+    assert_eq!(
+        http_get(&metrics, "/readyz"),
+        ("HTTP/1.1 200 OK".into(), "ready\n".into())
+    );
+    assert_eq!(http_get(&metrics, "/nothing").0, "HTTP/1.1 404 Not Found");
+    let before = parse_prometheus(&http_get(&metrics, "/metrics").1);
+    assert_eq!(
+        before["mta_smtp_messages_total{listener=\"relay\",result=\"accepted\"}"],
+        0.0
+    );
+
+    let said = smtp_send(
+        &addr,
+        "me@mx.test",
+        &["you@mx.test"],
+        "Subject: counted\r\n\r\nx\r\n",
+    );
+    assert!(said.contains("queued as"), "{said}");
+    assert_eq!(maildir_files(dir.path(), "you", 1).len(), 1);
+    let start = std::time::Instant::now();
+    let after = loop {
+        let m = parse_prometheus(&http_get(&metrics, "/metrics").1);
+        if m["mta_delivery_recipients_total{result=\"delivered\"}"] >= 1.0
+            || start.elapsed().as_secs() > 10
+        {
+            break m;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(after["mta_smtp_connections_total{listener=\"relay\"}"], 1.0);
+    assert_eq!(
+        after["mta_smtp_messages_total{listener=\"relay\",result=\"accepted\"}"],
+        1.0
+    );
+    assert_eq!(
+        after["mta_delivery_recipients_total{result=\"delivered\"}"],
+        1.0
+    );
+    assert_eq!(after["mta_queue_enqueued_total"], 1.0);
+    assert!(after["mta_smtp_received_bytes_total{listener=\"relay\"}"] > 20.0);
+    assert_eq!(after["mta_queue_messages{state=\"held\"}"], 0.0);
+    terminate(child);
+}

@@ -21,6 +21,7 @@ use crate::stage::{
     AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, EhloRequest, MailRequest, Notes,
     RcptRequest, SessionInfo, Stages, TlsInfo, call,
 };
+use crate::stats::ServerStats;
 
 /// Read buffer between commands; small, so idle connections cost little.
 const COMMAND_BUFFER: usize = 4 * 1024;
@@ -34,6 +35,7 @@ pub(crate) struct Listener {
     pub(crate) mode: ListenerMode,
     pub(crate) stages: Stages,
     pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) stats: Arc<ServerStats>,
 }
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
@@ -275,7 +277,8 @@ impl Connection {
                 .await
             }
             Event::Message { envelope, body } => {
-                let span = info_span!("smtp.txn", from = %envelope.from, rcpts = envelope.recipients.len(), size = body.len());
+                let body_len = body.len();
+                let span = info_span!("smtp.txn", from = %envelope.from, rcpts = envelope.recipients.len(), size = body_len);
                 let request = DataRequest {
                     session: self.snapshot(session),
                     envelope,
@@ -283,15 +286,25 @@ impl Connection {
                     body: Arc::new(body),
                     notes: self.notes.clone(),
                 };
+                let size = body_len as u64;
                 let decision = call(&stages.data, request).instrument(span.clone()).await;
+                let stats = listener.stats.mode(listener.mode);
                 span.in_scope(|| match &decision {
                     Ok(Decision::Accept(reply)) => {
+                        ServerStats::count(&stats.messages_accepted, 1);
+                        ServerStats::count(&stats.bytes_accepted, size);
                         info!(reply = %reply_text(reply.as_ref()), "message accepted")
                     }
                     Ok(Decision::Reject(r) | Decision::Defer(r) | Decision::Disconnect(r)) => {
+                        let counter = if r.is_permanent() {
+                            &stats.messages_rejected
+                        } else {
+                            &stats.messages_deferred
+                        };
+                        ServerStats::count(counter, 1);
                         info!(reply = %r.to_string().trim_end(), "message refused");
                     }
-                    Err(_) => {}
+                    Err(_) => ServerStats::count(&stats.messages_deferred, 1),
                 });
                 decision
             }

@@ -49,6 +49,7 @@ pub mod filters;
 mod from_fn;
 mod server;
 mod stage;
+mod stats;
 pub mod tls;
 
 pub use config::{Limits, ListenerConfig, ListenerMode, ServerConfig};
@@ -59,3 +60,4 @@ pub use stage::{
     AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, EhloRequest, MailRequest, Notes,
     RcptRequest, SessionInfo, StageService, Stages, TlsInfo,
 };
+pub use stats::{ModeStats, ServerStats};

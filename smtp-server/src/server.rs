@@ -16,6 +16,7 @@ use crate::ServerError;
 use crate::config::{ListenerMode, ServerConfig};
 use crate::connection::{Listener, serve};
 use crate::stage::Stages;
+use crate::stats::ServerStats;
 
 /// An SMTP server: its listeners bound, ready to [`Server::run`].
 ///
@@ -34,6 +35,7 @@ use crate::stage::Stages;
 pub struct Server {
     config: Arc<ServerConfig>,
     listeners: Vec<(TcpListener, Arc<Listener>)>,
+    stats: Arc<ServerStats>,
 }
 
 impl std::fmt::Debug for Server {
@@ -51,6 +53,7 @@ impl Server {
         let config = Arc::new(config);
         let acceptor = config.tls.clone().map(TlsAcceptor::from);
         let mut listeners = Vec::new();
+        let stats = Arc::new(ServerStats::default());
         for l in &config.listeners {
             if l.mode == ListenerMode::Smtps && acceptor.is_none() {
                 return Err(ServerError::TlsRequired(l.address));
@@ -67,10 +70,21 @@ impl Server {
                 mode: l.mode,
                 stages: stages.clone(),
                 tls: acceptor.clone(),
+                stats: Arc::clone(&stats),
             };
             listeners.push((socket, Arc::new(listener)));
         }
-        Ok(Self { config, listeners })
+        Ok(Self {
+            config,
+            listeners,
+            stats,
+        })
+    }
+
+    /// The counters of this server (connections and messages per listener mode), shared
+    /// with it: keep the `Arc` to read them while it runs.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Where each listener listens.
@@ -115,19 +129,25 @@ impl Server {
                             continue;
                         }
                     };
+                    let stats = listener.stats.mode(listener.mode);
                     let Some(guard) = counts.enter(
                         peer.ip(),
                         limits.max_connections,
                         limits.max_connections_per_ip,
                     ) else {
+                        ServerStats::count(&stats.connections_refused, 1);
                         info!(peer = %peer, "connection limit reached");
                         tokio::spawn(refuse(tcp, listener.config.hostname.clone()));
                         continue;
                     };
+                    ServerStats::count(&stats.connections, 1);
                     let (listener, stopped) = (Arc::clone(&listener), stopped.clone());
                     if let Ok(mut set) = connections.lock() {
                         set.spawn(async move {
-                            serve(listener, tcp, peer, stopped).await;
+                            let open = &listener.stats.connections_open;
+                            ServerStats::count(open, 1);
+                            serve(Arc::clone(&listener), tcp, peer, stopped).await;
+                            open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                             drop(guard);
                         });
                         // Reap finished connections so the set does not grow.

@@ -1,0 +1,227 @@
+//! `[metrics]`: Prometheus metrics (`/metrics`), liveness (`/healthz`) and readiness
+//! (`/readyz`: listeners up, queue directory writable) over plain HTTP, for a scraper
+//! on a trusted network. `docs/metrics.md` lists every metric.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use mail_queue::Queue;
+use smtp_server::{ListenerMode, ServerStats};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the endpoint reads.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    /// The SMTP server's counters.
+    pub server: Arc<ServerStats>,
+    /// The listener modes in use.
+    pub modes: Vec<ListenerMode>,
+    /// The queue.
+    pub queue: Queue,
+    /// The queue directory (readiness: can we write there?).
+    pub queue_path: PathBuf,
+}
+
+/// Serves the endpoint on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    sources: Sources,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let sources = Arc::new(sources);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let sources = Arc::clone(&sources);
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &sources)).await;
+                });
+            }
+        }
+    }
+}
+
+/// Binds the endpoint's address.
+pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("[metrics] cannot listen on {address}"))
+}
+
+async fn answer(stream: TcpStream, sources: &Sources) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, 8192));
+    let mut request = String::new();
+    reader.read_line(&mut request).await?;
+    // The rest of the head (headers) is read and ignored, so the client is done writing
+    // before we answer and close.
+    let mut line = String::new();
+    while reader.read_line(&mut line).await? > 2 {
+        line.clear();
+    }
+    let path = request.split_whitespace().nth(1).unwrap_or("");
+    let (status, content_type, body) = match (request.split_whitespace().next(), path) {
+        (Some("GET"), "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(sources),
+        ),
+        (Some("GET"), "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
+        (Some("GET"), "/readyz") => match ready(sources) {
+            Ok(()) => ("200 OK", "text/plain", "ready\n".to_owned()),
+            Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+        },
+        (Some("GET"), _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_owned(),
+        ),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    write.write_all(head.as_bytes()).await?;
+    write.write_all(body.as_bytes()).await?;
+    write.shutdown().await
+}
+
+/// Ready when the queue directory takes a new file.
+fn ready(sources: &Sources) -> Result<(), String> {
+    let probe = sources.queue_path.join(".readyz");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| format!("queue directory not writable: {e}"))
+}
+
+/// The Prometheus text exposition of every metric.
+fn render(s: &Sources) -> String {
+    let mut out = String::new();
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let per_mode = |f: &dyn Fn(&smtp_server::ModeStats) -> u64| -> Vec<(String, u64)> {
+        s.modes
+            .iter()
+            .map(|m| {
+                (
+                    format!("{{listener=\"{}\"}}", m.as_str()),
+                    f(s.server.mode(*m)),
+                )
+            })
+            .collect()
+    };
+    family(
+        "mta_smtp_connections_total",
+        "counter",
+        "SMTP connections accepted, by listener.",
+        per_mode(&|m| get(&m.connections)),
+    );
+    family(
+        "mta_smtp_connections_refused_total",
+        "counter",
+        "SMTP connections refused at the connection limits, by listener.",
+        per_mode(&|m| get(&m.connections_refused)),
+    );
+    family(
+        "mta_smtp_connections_open",
+        "gauge",
+        "SMTP connections open now.",
+        vec![(String::new(), get(&s.server.connections_open))],
+    );
+    let mut messages = Vec::new();
+    for m in &s.modes {
+        let st = s.server.mode(*m);
+        for (result, n) in [
+            ("accepted", get(&st.messages_accepted)),
+            ("rejected", get(&st.messages_rejected)),
+            ("deferred", get(&st.messages_deferred)),
+        ] {
+            messages.push((
+                format!("{{listener=\"{}\",result=\"{result}\"}}", m.as_str()),
+                n,
+            ));
+        }
+    }
+    family(
+        "mta_smtp_messages_total",
+        "counter",
+        "Messages at the end of DATA, by listener and result (rejected: 5xx, deferred: 4xx).",
+        messages,
+    );
+    family(
+        "mta_smtp_received_bytes_total",
+        "counter",
+        "Octets of the accepted messages, by listener.",
+        per_mode(&|m| get(&m.bytes_accepted)),
+    );
+    let counts = s.queue.counts();
+    family(
+        "mta_queue_messages",
+        "gauge",
+        "Messages in the queue, by state.",
+        vec![
+            ("{state=\"waiting\"}".into(), counts.waiting),
+            ("{state=\"active\"}".into(), counts.active),
+            ("{state=\"held\"}".into(), counts.held),
+        ],
+    );
+    let q = s.queue.stats();
+    family(
+        "mta_queue_enqueued_total",
+        "counter",
+        "Messages made durable in the queue (notifications included).",
+        vec![(String::new(), get(&q.enqueued))],
+    );
+    family(
+        "mta_queue_notifications_total",
+        "counter",
+        "Delivery status notifications queued.",
+        vec![(String::new(), get(&q.notifications))],
+    );
+    family(
+        "mta_delivery_recipients_total",
+        "counter",
+        "Recipient delivery attempts, by result.",
+        vec![
+            ("{result=\"delivered\"}".into(), get(&q.delivered)),
+            ("{result=\"deferred\"}".into(), get(&q.deferred)),
+            ("{result=\"failed\"}".into(), get(&q.failed)),
+            ("{result=\"expired\"}".into(), get(&q.expired)),
+        ],
+    );
+    let (batches, jobs) = s.queue.commit_stats();
+    family(
+        "mta_queue_commits_total",
+        "counter",
+        "Durable commits of the queue (each one fsync pair).",
+        vec![(String::new(), batches)],
+    );
+    family(
+        "mta_queue_committed_jobs_total",
+        "counter",
+        "Messages and updates made durable by those commits.",
+        vec![(String::new(), jobs)],
+    );
+    family(
+        "mta_build_info",
+        "gauge",
+        "The running version.",
+        vec![(format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1)],
+    );
+    out
+}

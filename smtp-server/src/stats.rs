@@ -1,0 +1,54 @@
+//! Counters of a running server, for metrics: connections and messages per listener mode.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::ListenerMode;
+
+/// What happened on one kind of listener so far. Every field only grows.
+#[derive(Debug, Default)]
+pub struct ModeStats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Connections refused at the connection limits (`421 4.7.0`).
+    pub connections_refused: AtomicU64,
+    /// Messages accepted (the `250` after DATA or the last BDAT).
+    pub messages_accepted: AtomicU64,
+    /// Messages refused with a `5yz` at end of data.
+    pub messages_rejected: AtomicU64,
+    /// Messages refused with a `4yz` at end of data (try again later).
+    pub messages_deferred: AtomicU64,
+    /// Octets of the accepted messages, as received.
+    pub bytes_accepted: AtomicU64,
+}
+
+/// Counters of a [`Server`](crate::Server), shared with its connections.
+///
+/// ```
+/// use smtp_server::{ListenerMode, ServerStats};
+/// let stats = ServerStats::default();
+/// let relay = stats.mode(ListenerMode::Relay);
+/// assert_eq!(relay.connections.load(std::sync::atomic::Ordering::Relaxed), 0);
+/// ```
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    relay: ModeStats,
+    submission: ModeStats,
+    smtps: ModeStats,
+    /// Connections open now.
+    pub connections_open: AtomicU64,
+}
+
+impl ServerStats {
+    /// The counters of one listener mode.
+    pub fn mode(&self, mode: ListenerMode) -> &ModeStats {
+        match mode {
+            ListenerMode::Relay => &self.relay,
+            ListenerMode::Submission => &self.submission,
+            ListenerMode::Smtps => &self.smtps,
+        }
+    }
+
+    pub(crate) fn count(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
