@@ -16,6 +16,8 @@ pub mod metrics;
 #[cfg(unix)]
 pub mod queue_cmd;
 #[cfg(unix)]
+pub mod send;
+#[cfg(unix)]
 pub mod sendmail;
 pub mod serve;
 pub mod tls;

@@ -44,6 +44,10 @@ enum Command {
     /// Inspect and steer the queue (of a running server through its control socket).
     #[cfg(unix)]
     Queue(mta_bin::queue_cmd::QueueArgs),
+    /// Send a message built from the command line (text, attachments), for tests and
+    /// scripts.
+    #[cfg(unix)]
+    Send(mta_bin::send::SendArgs),
     /// Send a message read from standard input, as sendmail does (-t, -i, -f, -F, -bp);
     /// also what the binary does when invoked as `sendmail`.
     #[cfg(unix)]
@@ -94,6 +98,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, log_format } => run_serve(config, log_format),
         Command::CheckConfig { config } => check_config(&config),
+        #[cfg(unix)]
+        Command::Send(args) => return ExitCode::from(mta_bin::send::run(args)),
         #[cfg(unix)]
         Command::Sendmail { args } => return ExitCode::from(mta_bin::sendmail::run(args)),
         #[cfg(unix)]

@@ -365,18 +365,34 @@ pub fn run(args: Vec<String>) -> u8 {
 
 /// Reads, completes and queues the message; returns its queue id.
 fn send(options: &Options) -> Result<String, (u8, anyhow::Error)> {
+    let config = load_config(options)?;
+    let limit = config.limits.max_message_size.unwrap_or(DEFAULT_MAX_SIZE);
+    let message = read_message(std::io::stdin().lock(), options.ignore_dots, limit)
+        .map_err(|e| (EX_USAGE, anyhow::anyhow!(e)))?;
+    submit(&config, options, &message)
+}
+
+/// The configuration of `-C` (or the embedded default).
+pub(crate) fn load_config(options: &Options) -> Result<crate::config::Config, (u8, anyhow::Error)> {
     use crate::config::{Config, EMBEDDED_DEFAULT};
-    use crate::control::{self, Request, Response};
-    let temp = |e: anyhow::Error| (EX_TEMPFAIL, e);
-    let usage = |e: String| (EX_USAGE, anyhow::anyhow!(e));
-    let config = match &options.config {
+    match &options.config {
         Some(path) => Config::load(path),
         None => Config::parse(EMBEDDED_DEFAULT),
     }
-    .map_err(temp)?;
-    let limit = config.limits.max_message_size.unwrap_or(DEFAULT_MAX_SIZE);
-    let message =
-        read_message(std::io::stdin().lock(), options.ignore_dots, limit).map_err(usage)?;
+    .map_err(|e| (EX_TEMPFAIL, e))
+}
+
+/// Completes `message` (see [`prepare`]) and queues it: through the control socket of a
+/// running server, or in the queue itself. Returns the queue id, or the exit status and
+/// the error.
+pub fn submit(
+    config: &crate::config::Config,
+    options: &Options,
+    message: &[u8],
+) -> Result<String, (u8, anyhow::Error)> {
+    use crate::control::{self, Request, Response};
+    let temp = |e: anyhow::Error| (EX_TEMPFAIL, e);
+    let usage = |e: String| (EX_USAGE, anyhow::anyhow!(e));
     let user = ["USER", "LOGNAME"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
@@ -395,7 +411,7 @@ fn send(options: &Options) -> Result<String, (u8, anyhow::Error)> {
             .map_or(0, |d| d.as_secs()),
         unique: u64::from(std::process::id()),
     };
-    let prepared = prepare(&message, options, &cx).map_err(usage)?;
+    let prepared = prepare(message, options, &cx).map_err(usage)?;
     let request = Request::Inject {
         from: prepared.from,
         recipients: prepared.recipients,
@@ -404,7 +420,7 @@ fn send(options: &Options) -> Result<String, (u8, anyhow::Error)> {
     let socket = control::socket_path(&config.queue.path);
     let response = match control::request(&socket, &request).map_err(temp)? {
         Some(response) => response,
-        None => crate::queue_cmd::offline(&config, request).map_err(temp)?,
+        None => crate::queue_cmd::offline(config, request).map_err(temp)?,
     };
     match response {
         Response::Queued { id } => Ok(id),

@@ -768,3 +768,68 @@ fn metrics_are_scraped_over_http() {
     assert_eq!(after["mta_queue_messages{state=\"held\"}"], 0.0);
     terminate(child);
 }
+
+/// `mta send` builds a MIME message that Python's `email` package reads back: the
+/// subject decoded, the text, and the attachment byte for byte.
+#[test]
+fn mta_send_builds_mime_that_python_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "mta.toml",
+        &config(dir.path(), "127.0.0.1:0", "accept_any_user = true\n"),
+    );
+    let attachment: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    std::fs::write(dir.path().join("données.bin"), &attachment).unwrap();
+    let (child, _) = serve(&cfg);
+    let out = mta()
+        .args(["send", "--from", "ops@mx.test", "--to", "you@mx.test"])
+        .args([
+            "--subject",
+            "Rapport du jour: ça marche",
+            "--text",
+            "Bonjour,\nvoilà.\n",
+        ])
+        .arg("--attach")
+        .arg(dir.path().join("données.bin"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("queued as "));
+    let files = maildir_files(dir.path(), "you", 1);
+    assert_eq!(files.len(), 1);
+    terminate(child);
+    let path = std::fs::read_dir(dir.path().join("maildir/mx.test/you/new"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let script = r#"
+import email, email.policy, sys
+m = email.message_from_binary_file(open(sys.argv[1], "rb"), policy=email.policy.default)
+print(m["subject"])
+parts = list(m.iter_parts())
+print(parts[0].get_content(), end="")
+print(parts[1].get_filename())
+sys.stdout.flush()
+sys.stdout.buffer.write(parts[1].get_content())
+"#;
+    let py = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{py:?}");
+    let expected_head = "Rapport du jour: ça marche\nBonjour,\r\nvoilà.\r\ndonnées.bin\n";
+    let stdout = py.stdout;
+    let (head, tail) = stdout.split_at(expected_head.len().min(stdout.len()));
+    assert_eq!(
+        String::from_utf8_lossy(head).replace("\r\n", "\n"),
+        expected_head.replace("\r\n", "\n")
+    );
+    assert_eq!(tail, &attachment[..], "the attachment, byte for byte");
+}
