@@ -149,6 +149,11 @@ impl Schedule {
         Some(at)
     }
 
+    /// Whether the schedule knows `id` (waiting, in flight or held).
+    pub(crate) fn contains(&self, id: QueueId) -> bool {
+        self.due_at.contains_key(&id) || self.in_flight.contains(&id) || self.held.contains(&id)
+    }
+
     /// Every message id the schedule knows, in id order.
     pub(crate) fn ids(&self) -> Vec<QueueId> {
         let mut ids: Vec<QueueId> = self
@@ -319,13 +324,22 @@ impl Queue {
         self.inner.spool.read(meta.id, &meta.spool)
     }
 
-    /// Calls `f` for every message in id order from `start`, until it returns false.
+    /// Calls `f` for every message in the queue in id order from `start`, until it
+    /// returns false. A finished message whose removal is not yet committed (see
+    /// `commit`) is no longer in the queue.
     pub fn scan(
         &self,
         start: Option<QueueId>,
         f: &mut dyn FnMut(MessageMeta) -> bool,
     ) -> Result<(), QueueError> {
-        self.inner.store.scan(start, f)
+        self.inner.store.scan(start, &mut |meta| {
+            let queued = self
+                .inner
+                .schedule
+                .lock()
+                .is_ok_and(|s| s.contains(meta.id));
+            !queued || f(meta)
+        })
     }
 
     /// Counters of the group committer: `(batches, jobs)`. `jobs / batches` is how many

@@ -8,6 +8,7 @@
 //! ever opening it at once).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -96,6 +97,8 @@ pub enum Request {
     },
     /// Counts by state, age and destination domain.
     Summary,
+    /// Reload the server's configuration file (`mta reload`).
+    Reload,
     /// Queue a message (`mta sendmail`): durable when the answer comes.
     Inject {
         /// The envelope sender; empty for `<>`.
@@ -199,6 +202,8 @@ pub enum Response {
         /// The counts.
         summary: Summary,
     },
+    /// For `Reload`: the new configuration is in force.
+    Reloaded,
     /// For `Inject`: the message is in the queue.
     Queued {
         /// Its queue id.
@@ -223,8 +228,12 @@ fn error(message: impl Into<String>) -> Response {
     }
 }
 
-/// Carries out one request on `queue`.
-pub async fn handle(queue: &Queue, request: Request) -> Response {
+/// How the server reloads its configuration (an error says why it did not).
+pub type ReloadFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Carries out one request on `queue`; `reload` is the running server's (none when the
+/// command opened the queue itself).
+pub async fn handle(queue: &Queue, request: Request, reload: Option<&ReloadFn>) -> Response {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -352,6 +361,13 @@ pub async fn handle(queue: &Queue, request: Request) -> Response {
                 Err(e) => error(e.to_string()),
             }
         }
+        Request::Reload => match reload {
+            Some(reload) => match reload() {
+                Ok(()) => Response::Reloaded,
+                Err(e) => error(e),
+            },
+            None => error("no server is running"),
+        },
         Request::Summary => match queue.summary() {
             Ok(summary) => Response::Summary { summary },
             Err(e) => error(e.to_string()),
@@ -375,6 +391,7 @@ fn header_end(message: &[u8]) -> usize {
 pub async fn serve(
     queue: Queue,
     path: PathBuf,
+    reload: ReloadFn,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -391,9 +408,9 @@ pub async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let queue = queue.clone();
+                let (queue, reload) = (queue.clone(), Arc::clone(&reload));
                 tokio::spawn(async move {
-                    if let Err(e) = connection(&queue, stream).await {
+                    if let Err(e) = connection(&queue, &reload, stream).await {
                         tracing::warn!(error = %e, "control socket");
                     }
                 });
@@ -405,7 +422,11 @@ pub async fn serve(
 }
 
 #[cfg(unix)]
-async fn connection(queue: &Queue, stream: tokio::net::UnixStream) -> anyhow::Result<()> {
+async fn connection(
+    queue: &Queue,
+    reload: &ReloadFn,
+    stream: tokio::net::UnixStream,
+) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
@@ -413,7 +434,7 @@ async fn connection(queue: &Queue, stream: tokio::net::UnixStream) -> anyhow::Re
         .await
         .context("no request within 30 s")??;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => handle(queue, request).await,
+        Ok(request) => handle(queue, request, Some(reload)).await,
         Err(e) => error(format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&response)?;

@@ -35,6 +35,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
     },
+    /// Make a running `mta serve` read its configuration file again (as SIGHUP does),
+    /// and say whether it took it.
+    #[cfg(unix)]
+    Reload {
+        /// The server's configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Check a configuration file and report every problem with its key and line.
     CheckConfig {
         /// The configuration file (TOML).
@@ -97,6 +105,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, log_format } => run_serve(config, log_format),
+        #[cfg(unix)]
+        Command::Reload { config } => reload(config),
         Command::CheckConfig { config } => check_config(&config),
         #[cfg(unix)]
         Command::Send(args) => return ExitCode::from(mta_bin::send::run(args)),
@@ -136,7 +146,26 @@ fn run_serve(path: Option<PathBuf>, log_format: LogFormat) -> anyhow::Result<()>
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve::serve(config))
+    runtime.block_on(serve::serve(config, path))
+}
+
+#[cfg(unix)]
+fn reload(path: PathBuf) -> anyhow::Result<()> {
+    use mta_bin::control::{self, Request, Response};
+    let config = Config::load(&path)?;
+    let socket = control::socket_path(&config.queue.path);
+    match control::request(&socket, &Request::Reload)? {
+        None => anyhow::bail!(
+            "no server is running on the queue {}",
+            config.queue.path.display()
+        ),
+        Some(Response::Reloaded) => {
+            println!("{}: reloaded", path.display());
+            Ok(())
+        }
+        Some(Response::Error { message }) => anyhow::bail!("reload refused: {message}"),
+        Some(other) => anyhow::bail!("unexpected answer: {other:?}"),
+    }
 }
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {

@@ -188,7 +188,7 @@ pub(crate) fn offline(config: &Config, request: Request) -> anyhow::Result<Respo
     runtime.block_on(async {
         let queue = Queue::open(crate::serve::queue_config(config)?)
             .with_context(|| format!("cannot open the queue at {}", path.display()))?;
-        Ok(control::handle(&queue, request).await)
+        Ok(control::handle(&queue, request, None).await)
     })
 }
 
@@ -235,6 +235,9 @@ fn render(out: &mut String, response: &Response) {
         Response::Summary { summary } => render_summary(out, summary),
         Response::Queued { id } => {
             let _ = writeln!(out, "queued as {id}");
+        }
+        Response::Reloaded => {
+            let _ = writeln!(out, "configuration reloaded");
         }
         Response::Error { message } => {
             let _ = writeln!(out, "error: {message}");

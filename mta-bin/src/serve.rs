@@ -1,6 +1,7 @@
 //! `mta serve`: wires the server, the queue and local delivery together.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,29 +26,84 @@ use auth_checks::{ArcSigner, AuthChecks, DkimSignLayer, DkimSigner, Verifier};
 use dns_mx::{MxConfig, MxResolver};
 use smtp_client::{OutboundConfig, TlsConfigs};
 
-/// Runs until SIGTERM or SIGINT, then shuts down gracefully.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let mta = Mta::start(config).await?;
+/// Runs until SIGTERM or SIGINT, then shuts down gracefully. SIGHUP reloads the
+/// configuration from `path` (see [`Reload`]).
+pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    let mta = Mta::start_from(config, path).await?;
     mta.print_banner();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = signal(SignalKind::hangup())?;
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                _ = hangup.recv() => match mta.reload.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: configuration reloaded"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload refused; the running configuration stays in force"),
+                },
+            }
+        }
+    }
+    #[cfg(not(unix))]
     shutdown_signal().await;
     println!("mta: shutting down");
     mta.stop().await;
     Ok(())
 }
 
-/// A running MTA: listeners bound, queue open, delivery running.
-#[derive(Debug)]
-pub struct Mta {
-    addrs: Vec<(ListenerMode, std::net::SocketAddr)>,
+/// Reloads the configuration of a running MTA (SIGHUP, `mta reload`): listener
+/// policy, accounts, limits, TLS certificate, sender authentication, signing keys, local
+/// delivery and outbound settings take effect for new connections and deliveries;
+/// connections and queued mail are untouched. A file that does not parse or validate,
+/// or that changes what only a restart can change (listeners, `[queue]`, `[metrics]`),
+/// is refused as a whole and the running configuration stays in force.
+#[derive(Clone, Debug)]
+pub struct Reload {
+    path: Option<PathBuf>,
+    server: smtp_server::Reloader,
+    delivery: Delivery,
     queue: Queue,
-    config: Config,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    queue_config: QueueConfig,
+    metrics: Option<std::net::SocketAddr>,
 }
 
-impl Mta {
-    /// Opens the queue, binds the listeners and starts serving and delivering.
-    pub async fn start(config: Config) -> anyhow::Result<Self> {
+impl Reload {
+    /// Reads the file again and applies it, or says why not.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let Some(path) = &self.path else {
+            anyhow::bail!(
+                "the server runs on the embedded default (no --config): nothing to reload"
+            );
+        };
+        let config = Config::load(path)?;
+        if queue_config(&config)? != self.queue_config {
+            anyhow::bail!("[queue] changed: restart to apply that");
+        }
+        if config.metrics.as_ref().map(|m| m.address) != self.metrics {
+            anyhow::bail!("[metrics] changed: restart to apply that");
+        }
+        let parts = Parts::build(&config, &self.queue)?;
+        self.server.reload(parts.server_config, parts.stages)?;
+        self.delivery.replace(&parts.delivery);
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
+        Ok(())
+    }
+}
+
+/// What the configuration makes: the server's settings and stages, and the delivery.
+struct Parts {
+    server_config: smtp_server::ServerConfig,
+    stages: Stages,
+    delivery: Delivery,
+}
+
+impl Parts {
+    fn build(config: &Config, queue: &Queue) -> anyhow::Result<Self> {
         let tls = match &config.tls {
             None => None,
             Some(t) if t.self_signed => Some(crate::tls::self_signed(
@@ -59,23 +115,13 @@ impl Mta {
                 _ => None,
             },
         };
-        let queue = Queue::open(queue_config(&config)?)
-            .with_context(|| format!("cannot open the queue at {}", config.queue.path.display()))?;
         let local_domains = DomainSet::new(&config.local.domains);
         let resolver = MxResolver::new(MxConfig {
             nameservers: config.dns.nameservers.clone(),
             our_names: vec![config.hostname.clone()],
             ..MxConfig::default()
         })?;
-        let stages = stages(&config, &local_domains, &resolver, queue.clone())?;
-        let server = Server::bind(server_config(&config, tls)?, stages).await?;
-        let addrs = server.local_addrs();
-        let metrics = match &config.metrics {
-            Some(m) => Some(crate::metrics::bind(m.address).await?),
-            None => None,
-        };
-        let server_stats = server.stats();
-
+        let stages = stages(config, &local_domains, &resolver, queue.clone())?;
         let local = match (&config.local.lmtp, &config.local.maildir) {
             (Some(addr), _) => Some(LocalTarget::Lmtp(Lmtp::new(*addr, &config.hostname))),
             (None, Some(root)) => Some(LocalTarget::Maildir(Maildir::new(
@@ -89,8 +135,57 @@ impl Mta {
             .domains
             .first()
             .map(|d| format!("postmaster@{d}"));
-        let remote = remote_delivery(&config, resolver)?;
-        let delivery = Delivery::new(local_domains, local, Some(remote), postmaster);
+        let remote = remote_delivery(config, resolver)?;
+        Ok(Self {
+            server_config: server_config(config, tls)?,
+            stages,
+            delivery: Delivery::new(local_domains, local, Some(remote), postmaster),
+        })
+    }
+}
+
+/// A running MTA: listeners bound, queue open, delivery running.
+#[derive(Debug)]
+pub struct Mta {
+    addrs: Vec<(ListenerMode, std::net::SocketAddr)>,
+    queue: Queue,
+    config: Config,
+    reload: Reload,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Mta {
+    /// Opens the queue, binds the listeners and starts serving and delivering.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        Self::start_from(config, None).await
+    }
+
+    /// [`Mta::start`] for a configuration read from `path`, which a reload reads again.
+    pub async fn start_from(config: Config, path: Option<PathBuf>) -> anyhow::Result<Self> {
+        let queue_settings = queue_config(&config)?;
+        let queue = Queue::open(queue_settings.clone())
+            .with_context(|| format!("cannot open the queue at {}", config.queue.path.display()))?;
+        let Parts {
+            server_config,
+            stages,
+            delivery,
+        } = Parts::build(&config, &queue)?;
+        let server = Server::bind(server_config, stages).await?;
+        let addrs = server.local_addrs();
+        let reload = Reload {
+            path,
+            server: server.reloader(),
+            delivery: delivery.clone(),
+            queue: queue.clone(),
+            queue_config: queue_settings,
+            metrics: config.metrics.as_ref().map(|m| m.address),
+        };
+        let metrics = match &config.metrics {
+            Some(m) => Some(crate::metrics::bind(m.address).await?),
+            None => None,
+        };
+        let server_stats = server.stats();
 
         let (stop, stopped) = watch::channel(false);
         let wait = |mut rx: watch::Receiver<bool>| async move {
@@ -122,9 +217,11 @@ impl Mta {
         }
         #[cfg(unix)]
         {
+            let reloader = reload.clone();
             let control = crate::control::serve(
                 queue.clone(),
                 crate::control::socket_path(&config.queue.path),
+                Arc::new(move || reloader.reload().map_err(|e| format!("{e:#}"))),
                 wait(stop.subscribe()),
             );
             tasks.push(tokio::spawn(async move {
@@ -137,6 +234,7 @@ impl Mta {
             addrs,
             queue,
             config,
+            reload,
             stop,
             tasks,
         })

@@ -833,3 +833,126 @@ sys.stdout.buffer.write(parts[1].get_content())
     );
     assert_eq!(tail, &attachment[..], "the attachment, byte for byte");
 }
+
+/// EHLO, MAIL, one RCPT, QUIT on `addr`; returns the reply to RCPT.
+fn rcpt_reply(addr: &str, rcpt: &str) -> String {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    tcp.write_all(
+        format!("EHLO client.test\r\nMAIL FROM:<me@client.test>\r\nRCPT TO:<{rcpt}>\r\nQUIT\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut seen = String::new();
+    tcp.read_to_string(&mut seen).unwrap();
+    // Greeting, EHLO (multi-line), MAIL, RCPT, QUIT: the RCPT reply is the one before 221.
+    let lines: Vec<&str> = seen
+        .lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .collect();
+    lines[lines.len() - 2].to_owned()
+}
+
+/// SIGHUP and `mta reload` apply a changed configuration to new connections; a file
+/// with an error, or one that changes the listeners, is refused and the running
+/// configuration stays in force.
+#[test]
+fn reload_applies_a_valid_configuration_and_refuses_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = free.local_addr().unwrap().to_string();
+    drop(free);
+    let with = |extra: &str| config(dir.path(), &listen, extra);
+    let cfg = write(
+        dir.path(),
+        "mta.toml",
+        &with("mailboxes = [\"a@mx.test\"]\n"),
+    );
+    let (child, addr) = serve(&cfg);
+    assert!(rcpt_reply(&addr, "a@mx.test").starts_with("250"));
+    assert!(
+        rcpt_reply(&addr, "b@mx.test").starts_with("550"),
+        "b is unknown"
+    );
+
+    write(
+        dir.path(),
+        "mta.toml",
+        &with("mailboxes = [\"a@mx.test\", \"b@mx.test\"]\n"),
+    );
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = std::time::Instant::now();
+    while !rcpt_reply(&addr, "b@mx.test").starts_with("250") {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "SIGHUP did not apply the new mailbox"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // A mistake: refused with its key and line, nothing changes.
+    write(
+        dir.path(),
+        "mta.toml",
+        &with("mailboxes = [\"a@mx.test\"]\nno_such_key = 1\n"),
+    );
+    let out = mta()
+        .args(["reload", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no_such_key") && stderr.contains("line"),
+        "{stderr}"
+    );
+    assert!(
+        rcpt_reply(&addr, "b@mx.test").starts_with("250"),
+        "still the old configuration"
+    );
+
+    // A listener change needs a restart: refused by the server.
+    let two = format!(
+        "{}[[listener]]\naddress = \"127.0.0.1:0\"\nmode = \"relay\"\n",
+        with("mailboxes = [\"a@mx.test\"]\n")
+    );
+    write(dir.path(), "mta.toml", &two);
+    let out = mta()
+        .args(["reload", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("restart"), "{stderr}");
+    assert!(
+        rcpt_reply(&addr, "b@mx.test").starts_with("250"),
+        "still the old configuration"
+    );
+
+    // And a good one through `mta reload`.
+    write(
+        dir.path(),
+        "mta.toml",
+        &with("mailboxes = [\"a@mx.test\"]\n"),
+    );
+    let out = mta()
+        .args(["reload", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reloaded"));
+    assert!(
+        rcpt_reply(&addr, "b@mx.test").starts_with("550"),
+        "b is gone again"
+    );
+    terminate(child);
+}

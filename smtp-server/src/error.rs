@@ -19,4 +19,7 @@ pub enum ServerError {
     /// A listener needs TLS but no certificate is configured.
     #[error("listener {0} is smtps but no TLS certificate is configured")]
     TlsRequired(std::net::SocketAddr),
+    /// A reload changes the listeners, which only a restart can do.
+    #[error("the listeners changed (addresses or modes): restart to apply that")]
+    ListenersChanged,
 }

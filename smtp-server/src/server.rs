@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::ServerError;
-use crate::config::{ListenerMode, ServerConfig};
+use crate::config::{ListenerConfig, ListenerMode, ServerConfig};
 use crate::connection::{Listener, serve};
 use crate::stage::Stages;
 use crate::stats::ServerStats;
@@ -34,8 +34,86 @@ use crate::stats::ServerStats;
 /// ```
 pub struct Server {
     config: Arc<ServerConfig>,
-    listeners: Vec<(TcpListener, Arc<Listener>)>,
+    listeners: Vec<(TcpListener, Slot)>,
     stats: Arc<ServerStats>,
+}
+
+/// What a listener serves new connections with; a reload replaces it, connections
+/// already open keep the one they started with.
+type Slot = Arc<RwLock<Arc<Listener>>>;
+
+/// Replaces the configuration and the stages of a running [`Server`] (see
+/// [`Server::reloader`]).
+#[derive(Clone)]
+pub struct Reloader {
+    listeners: Vec<(ListenerConfig, Slot)>,
+    stats: Arc<ServerStats>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("listeners", &self.listeners.len())
+            .finish()
+    }
+}
+
+impl Reloader {
+    /// From the next connection on, every listener serves with `config` (limits, TLS
+    /// certificate, host name, ...) and `stages`; connections already open finish with
+    /// what they had. The listeners themselves (addresses and modes) must be the same,
+    /// else nothing changes and the answer is [`ServerError::ListenersChanged`].
+    pub fn reload(&self, config: ServerConfig, stages: Stages) -> Result<(), ServerError> {
+        let same = config.listeners.len() == self.listeners.len()
+            && config
+                .listeners
+                .iter()
+                .zip(&self.listeners)
+                .all(|(new, (old, _))| new.address == old.address && new.mode == old.mode);
+        if !same {
+            return Err(ServerError::ListenersChanged);
+        }
+        let config = Arc::new(config);
+        let acceptor = config.tls.clone().map(TlsAcceptor::from);
+        let mut fresh = Vec::new();
+        for l in &config.listeners {
+            fresh.push(listener(
+                &config,
+                l,
+                &stages,
+                acceptor.as_ref(),
+                &self.stats,
+            )?);
+        }
+        for ((_, slot), new) in self.listeners.iter().zip(fresh) {
+            if let Ok(mut current) = slot.write() {
+                *current = Arc::new(new);
+            }
+        }
+        info!("configuration reloaded");
+        Ok(())
+    }
+}
+
+/// What one listener serves with.
+fn listener(
+    config: &Arc<ServerConfig>,
+    l: &ListenerConfig,
+    stages: &Stages,
+    acceptor: Option<&TlsAcceptor>,
+    stats: &Arc<ServerStats>,
+) -> Result<Listener, ServerError> {
+    if l.mode == ListenerMode::Smtps && acceptor.is_none() {
+        return Err(ServerError::TlsRequired(l.address));
+    }
+    Ok(Listener {
+        config: Arc::clone(config),
+        session_config: Arc::new(config.session_config(l.mode)),
+        mode: l.mode,
+        stages: stages.clone(),
+        tls: acceptor.cloned(),
+        stats: Arc::clone(stats),
+    })
 }
 
 impl std::fmt::Debug for Server {
@@ -55,24 +133,14 @@ impl Server {
         let mut listeners = Vec::new();
         let stats = Arc::new(ServerStats::default());
         for l in &config.listeners {
-            if l.mode == ListenerMode::Smtps && acceptor.is_none() {
-                return Err(ServerError::TlsRequired(l.address));
-            }
+            let listener = listener(&config, l, &stages, acceptor.as_ref(), &stats)?;
             let socket = listen(l.address, config.limits.listen_backlog).map_err(|source| {
                 ServerError::Bind {
                     address: l.address,
                     source,
                 }
             })?;
-            let listener = Listener {
-                config: Arc::clone(&config),
-                session_config: Arc::new(config.session_config(l.mode)),
-                mode: l.mode,
-                stages: stages.clone(),
-                tls: acceptor.clone(),
-                stats: Arc::clone(&stats),
-            };
-            listeners.push((socket, Arc::new(listener)));
+            listeners.push((socket, Arc::new(RwLock::new(Arc::new(listener)))));
         }
         Ok(Self {
             config,
@@ -91,8 +159,23 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<(ListenerMode, SocketAddr)> {
         self.listeners
             .iter()
-            .filter_map(|(s, l)| s.local_addr().ok().map(|a| (l.mode, a)))
+            .zip(&self.config.listeners)
+            .filter_map(|((s, _), l)| s.local_addr().ok().map(|a| (l.mode, a)))
             .collect()
+    }
+
+    /// A handle that replaces the configuration and stages while the server runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            listeners: self
+                .config
+                .listeners
+                .iter()
+                .cloned()
+                .zip(self.listeners.iter().map(|(_, slot)| Arc::clone(slot)))
+                .collect(),
+            stats: Arc::clone(&self.stats),
+        }
     }
 
     /// Accepts connections until `shutdown` completes; then stops accepting, lets
@@ -103,16 +186,15 @@ impl Server {
         let counts = Arc::new(ConnectionCounts::default());
         let mut accept_loops = JoinSet::new();
         let connections = Arc::new(Mutex::new(JoinSet::new()));
-        for (socket, listener) in self.listeners {
+        for ((socket, slot), l) in self.listeners.into_iter().zip(&self.config.listeners) {
             if let Ok(addr) = socket.local_addr() {
-                info!(address = %addr, mode = listener.mode.as_str(), "listening");
+                info!(address = %addr, mode = l.mode.as_str(), "listening");
             }
             let (counts, stopped, connections) = (
                 Arc::clone(&counts),
                 stopped.clone(),
                 Arc::clone(&connections),
             );
-            let limits = self.config.limits.clone();
             accept_loops.spawn(async move {
                 let mut stop_accepting = stopped.clone();
                 loop {
@@ -129,6 +211,12 @@ impl Server {
                             continue;
                         }
                     };
+                    // The configuration in force now (a reload may have replaced it).
+                    let listener = match slot.read() {
+                        Ok(current) => Arc::clone(&current),
+                        Err(_) => continue,
+                    };
+                    let limits = &listener.config.limits;
                     let stats = listener.stats.mode(listener.mode);
                     let Some(guard) = counts.enter(
                         peer.ip(),

@@ -29,7 +29,9 @@ pub enum LocalTarget {
 /// Routes each recipient: local domains to the local target, the rest deferred.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    inner: Arc<Inner>,
+    /// Replaced by a configuration reload; a delivery uses the one in force when it
+    /// starts.
+    inner: Arc<std::sync::RwLock<Arc<Inner>>>,
 }
 
 #[derive(Debug)]
@@ -50,17 +52,32 @@ impl Delivery {
         postmaster: Option<String>,
     ) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(std::sync::RwLock::new(Arc::new(Inner {
                 local_domains,
                 local,
                 remote,
                 postmaster,
-            }),
+            }))),
+        }
+    }
+
+    /// From the next delivery on, deliver as `other` does (a configuration reload).
+    pub fn replace(&self, other: &Delivery) {
+        let new = other.current();
+        if let Ok(mut inner) = self.inner.write() {
+            *inner = new;
+        }
+    }
+
+    fn current(&self) -> Arc<Inner> {
+        match self.inner.read() {
+            Ok(inner) => Arc::clone(&inner),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
     }
 
     async fn deliver(self, request: DeliveryRequest) -> DeliveryReport {
-        let inner = &self.inner;
+        let inner = &self.current();
         let addresses: Vec<String> = request
             .addresses()
             .map(|a| {
