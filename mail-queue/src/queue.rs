@@ -535,6 +535,8 @@ impl Queue {
                 match outcome {
                     Outcome::Delivered(text) => {
                         count(&self.inner.stats.delivered);
+                        let delay = now.saturating_sub(meta.received);
+                        self.inner.stats.delivery_delay.observe(delay);
                         info!(to = %r.address, result = "delivered", detail = %text, "delivery");
                         r.state = RecipientState::Delivered;
                         r.last_reply = Some(text);

@@ -143,6 +143,16 @@ fn render(s: &Sources) -> String {
         "SMTP connections open now.",
         vec![(String::new(), get(&s.server.connections_open))],
     );
+    family(
+        "mta_smtp_tls_handshakes_total",
+        "counter",
+        "TLS handshakes of SMTP sessions (STARTTLS or implicit TLS), by result.",
+        vec![
+            ("{result=\"tls1.2\"}".into(), get(&s.server.tls12)),
+            ("{result=\"tls1.3\"}".into(), get(&s.server.tls13)),
+            ("{result=\"failed\"}".into(), get(&s.server.tls_failed)),
+        ],
+    );
     let mut messages = Vec::new();
     for m in &s.modes {
         let st = s.server.mode(*m);
@@ -203,6 +213,26 @@ fn render(s: &Sources) -> String {
             ("{result=\"failed\"}".into(), get(&q.failed)),
             ("{result=\"expired\"}".into(), get(&q.expired)),
         ],
+    );
+    let delay = &q.delivery_delay;
+    let mut cumulative = 0;
+    let mut buckets = Vec::new();
+    for (i, bound) in mail_queue::DELAY_BUCKETS
+        .iter()
+        .map(|b| b.to_string())
+        .chain(std::iter::once("+Inf".to_owned()))
+        .enumerate()
+    {
+        cumulative += get(&delay.buckets[i]);
+        buckets.push((format!("_bucket{{le=\"{bound}\"}}"), cumulative));
+    }
+    buckets.push(("_sum".to_owned(), get(&delay.sum)));
+    buckets.push(("_count".to_owned(), get(&delay.count)));
+    family(
+        "mta_delivery_delay_seconds",
+        "histogram",
+        "Time from acceptance to delivery of each delivered recipient (whole seconds).",
+        buckets,
     );
     let (batches, jobs) = s.queue.commit_stats();
     family(

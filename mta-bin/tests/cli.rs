@@ -678,7 +678,7 @@ fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
-            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
             assert!(
                 types.insert(name.to_owned(), kind.to_owned()).is_none(),
                 "{line}"
@@ -690,7 +690,12 @@ fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
         }
         let (sample, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
         let name = sample.split('{').next().unwrap();
-        assert!(types.contains_key(name), "no # TYPE before {line}");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "no # TYPE before {line}");
         if let Some(labels) = sample.strip_prefix(name) {
             assert!(
                 labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
@@ -720,7 +725,9 @@ fn metrics_are_scraped_over_http() {
         &config(
             dir.path(),
             "127.0.0.1:0",
-            &format!("accept_any_user = true\n[metrics]\naddress = \"{metrics}\"\n"),
+            &format!(
+                "accept_any_user = true\n[metrics]\naddress = \"{metrics}\"\n[tls]\nself_signed = true\n"
+            ),
         ),
     );
     let (child, addr) = serve(&cfg);
@@ -766,6 +773,24 @@ fn metrics_are_scraped_over_http() {
     assert_eq!(after["mta_queue_enqueued_total"], 1.0);
     assert!(after["mta_smtp_received_bytes_total{listener=\"relay\"}"] > 20.0);
     assert_eq!(after["mta_queue_messages{state=\"held\"}"], 0.0);
+    // A STARTTLS by Python's smtplib: one TLS 1.3 handshake.
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let py = Command::new("python3")
+        .arg("-c")
+        .arg("import smtplib, ssl, sys; s = smtplib.SMTP(sys.argv[1], int(sys.argv[2])); s.starttls(context=ssl._create_unverified_context()); s.quit()")
+        .args([host, port])
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{py:?}");
+    let tls = parse_prometheus(&http_get(&metrics, "/metrics").1);
+    assert_eq!(tls["mta_smtp_tls_handshakes_total{result=\"tls1.3\"}"], 1.0);
+    assert_eq!(tls["mta_smtp_tls_handshakes_total{result=\"failed\"}"], 0.0);
+    assert_eq!(after["mta_delivery_delay_seconds_count"], 1.0);
+    assert_eq!(after["mta_delivery_delay_seconds_bucket{le=\"+Inf\"}"], 1.0);
+    assert_eq!(
+        after["mta_delivery_delay_seconds_bucket{le=\"5\"}"], 1.0,
+        "delivered within 5 s"
+    );
     terminate(child);
 }
 

@@ -161,13 +161,16 @@ impl Connection {
             return Err(io::Error::other("TLS already active"));
         };
         let timeout = self.listener.config.limits.tls_handshake_timeout;
+        let stats = &self.listener.stats;
         let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
+                ServerStats::count(&stats.tls_failed, 1);
                 info!(error = %e, "TLS handshake failed");
                 return Err(e);
             }
             Err(_) => {
+                ServerStats::count(&stats.tls_failed, 1);
                 info!("TLS handshake timed out");
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -177,8 +180,14 @@ impl Connection {
         };
         let conn = tls.get_ref().1;
         let version = match conn.protocol_version() {
-            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
-            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+            Some(rustls::ProtocolVersion::TLSv1_3) => {
+                ServerStats::count(&stats.tls13, 1);
+                "TLSv1.3".to_owned()
+            }
+            Some(rustls::ProtocolVersion::TLSv1_2) => {
+                ServerStats::count(&stats.tls12, 1);
+                "TLSv1.2".to_owned()
+            }
             other => format!("{other:?}"),
         };
         let cipher = conn

@@ -36,6 +36,12 @@ pub struct ServerStats {
     smtps: ModeStats,
     /// Connections open now.
     pub connections_open: AtomicU64,
+    /// TLS sessions established with TLS 1.2 (STARTTLS or implicit).
+    pub tls12: AtomicU64,
+    /// TLS sessions established with TLS 1.3.
+    pub tls13: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_failed: AtomicU64,
 }
 
 impl ServerStats {
