@@ -133,16 +133,7 @@ async fn deliveries_update_recipients_and_retry() {
         .await
         .unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
-    let runner = queue.clone();
-    let service = scripted(Arc::clone(&log));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        runner
-            .run(service, async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
+    let (stop, handle) = run_scheduler(&queue, scripted(Arc::clone(&log)));
     // Wait for two attempts of the deferred recipient (retry interval 1 s).
     for _ in 0..100 {
         if log
@@ -199,16 +190,7 @@ async fn expired_messages_fail() {
         .await
         .unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
-    let runner = queue.clone();
-    let service = scripted(Arc::clone(&log));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        runner
-            .run(service, async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let (stop, handle) = run_scheduler(&queue, scripted(Arc::clone(&log)));
     for _ in 0..50 {
         if queue.is_empty() {
             break;
@@ -274,16 +256,7 @@ async fn failures_bounce_to_the_sender_but_never_from_the_null_sender() {
         .await
         .unwrap();
 
-    let runner = queue.clone();
-    let service = scripted(Arc::new(Mutex::new(Vec::new())));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        runner
-            .run(service, async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let (stop, handle) = run_scheduler(&queue, scripted(Arc::new(Mutex::new(Vec::new()))));
     // The three originals finish; one bounce (to sender@example.test) stays, deferred
     // by the scripted service.
     for _ in 0..100 {
@@ -355,15 +328,7 @@ async fn expiry_bounces_and_delay_warnings_are_sent_once() {
             Ok::<_, BoxError>(out)
         }
     });
-    let runner = queue.clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(async move {
-        runner
-            .run(service, async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let (stop, handle) = run_scheduler(&queue, service);
     for _ in 0..100 {
         if received
             .lock()
