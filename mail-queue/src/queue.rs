@@ -464,7 +464,9 @@ impl Queue {
         .instrument(span)
         .await;
         let action = self.inner.schedule.lock().ok().and_then(|mut s| {
-            let action = s.after_flight.remove(&id);
+            // A message that left the queue (its removal may not be committed yet) is
+            // past any action: applying one now would write it back.
+            let action = s.after_flight.remove(&id).filter(|_| next.is_some());
             if action.is_none() {
                 s.in_flight.remove(&id);
                 if let Some(at) = next {

@@ -19,8 +19,24 @@ use mail_queue::{
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-/// The longest request line the server reads (ids of many messages fit).
-const MAX_REQUEST: u64 = 16 << 20;
+/// What a request line may hold besides a message (ids of many messages fit).
+const REQUEST_OVERHEAD: u64 = 16 << 20;
+
+/// `Vec<u8>` as a base64 string in JSON (a message for `Inject`).
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::Deserialize;
+
+    pub(super) fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
 
 /// The socket of the queue at `queue_path`.
 pub fn socket_path(queue_path: &Path) -> PathBuf {
@@ -105,7 +121,8 @@ pub enum Request {
         from: String,
         /// The recipients.
         recipients: Vec<String>,
-        /// The message, CRLF line endings.
+        /// The message, CRLF line endings (base64 in the JSON line).
+        #[serde(with = "base64_bytes")]
         message: Vec<u8>,
     },
 }
@@ -392,8 +409,11 @@ pub async fn serve(
     queue: Queue,
     path: PathBuf,
     reload: ReloadFn,
+    max_message: u64,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // A message of the largest size the server accepts, in base64, fits in a request.
+    let max_request = max_message.saturating_mul(4) / 3 + REQUEST_OVERHEAD;
     use std::os::unix::fs::PermissionsExt;
     // A socket left by a server that died: nobody answers on it any more.
     if path.exists() && std::os::unix::net::UnixStream::connect(&path).is_err() {
@@ -410,7 +430,7 @@ pub async fn serve(
                 let Ok((stream, _)) = accepted else { continue };
                 let (queue, reload) = (queue.clone(), Arc::clone(&reload));
                 tokio::spawn(async move {
-                    if let Err(e) = connection(&queue, &reload, stream).await {
+                    if let Err(e) = connection(&queue, &reload, max_request, stream).await {
                         tracing::warn!(error = %e, "control socket");
                     }
                 });
@@ -425,11 +445,12 @@ pub async fn serve(
 async fn connection(
     queue: &Queue,
     reload: &ReloadFn,
+    max_request: u64,
     stream: tokio::net::UnixStream,
 ) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, max_request));
     tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line))
         .await
         .context("no request within 30 s")??;

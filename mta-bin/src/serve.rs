@@ -171,6 +171,7 @@ impl Mta {
             stages,
             delivery,
         } = Parts::build(&config, &queue)?;
+        let max_message = server_config.limits.max_message_size;
         let server = Server::bind(server_config, stages).await?;
         let addrs = server.local_addrs();
         let reload = Reload {
@@ -222,6 +223,7 @@ impl Mta {
                 queue.clone(),
                 crate::control::socket_path(&config.queue.path),
                 Arc::new(move || reloader.reload().map_err(|e| format!("{e:#}"))),
+                max_message,
                 wait(stop.subscribe()),
             );
             tasks.push(tokio::spawn(async move {

@@ -568,6 +568,18 @@ fn sendmail_interface_queues_piped_mail() {
     ));
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no recipients"));
+    // A large message through the control socket (6 MB of 70-character lines).
+    let out = pipe(format!(
+        "{{ printf 'Subject: big\\n\\n'; head -c 6000000 /dev/zero | tr '\\0' x | fold -w 70; }} | {} sendmail -C {} big@mx.test",
+        env!("CARGO_BIN_EXE_mta"),
+        cfg.display()
+    ));
+    assert!(out.status.success(), "{out:?}");
+    let big = maildir_files(dir.path(), "big", 1);
+    assert!(
+        big.len() == 1 && big[0].len() > 6_000_000,
+        "the whole message arrived"
+    );
 
     let you = maildir_files(dir.path(), "you", 2);
     assert_eq!(you.len(), 2, "{you:?}");
