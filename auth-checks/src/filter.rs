@@ -71,6 +71,7 @@ struct Shared {
     policy: Policy,
     skip_networks: Vec<IpNetwork>,
     sealer: Option<(ArcSigner, DomainSet)>,
+    stats: Option<Arc<crate::AuthStats>>,
 }
 
 impl Shared {
@@ -125,6 +126,7 @@ impl AuthChecks {
                 policy,
                 skip_networks: Vec::new(),
                 sealer: None,
+                stats: None,
             }),
         }
     }
@@ -146,6 +148,12 @@ impl AuthChecks {
     /// when the chain they carry can be extended (RFC 8617 §5.1).
     pub fn arc_sealer(self, signer: ArcSigner, local_domains: DomainSet) -> Self {
         self.edit(|s| s.sealer = Some((signer, local_domains)))
+    }
+
+    /// Counts every checked message's verdicts in `stats` (shared, so the counts can
+    /// outlive this value, e.g. across a configuration reload).
+    pub fn count_into(self, stats: Arc<crate::AuthStats>) -> Self {
+        self.edit(|s| s.stats = Some(stats))
     }
 
     /// SPF at MAIL FROM; the verdict is left in the transaction's notes for DMARC.
@@ -373,6 +381,9 @@ where
             }
             if policy.dkim == Mode::Off && report.dkim.as_ref().is_some_and(|d| d.is_empty()) {
                 report.dkim = None;
+            }
+            if let Some(stats) = &shared.stats {
+                stats.record(&report);
             }
             if let Some(refusal) = message_refusal(&report, &policy) {
                 info!(results = %report.header_value(&hostname).replace("\r\n\t", " "), "message refused by sender authentication");

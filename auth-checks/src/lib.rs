@@ -44,8 +44,8 @@ pub use filter::{
 pub use headers::remove_our_results;
 pub use keygen::{GeneratedKey, generate_key};
 pub use results::{
-    ArcResult, ArcVerdict, AuthReport, DkimResult, DkimVerdict, DmarcPolicy, DmarcResult,
-    DmarcVerdict, SpfCheck, SpfResult, SpfVerdict,
+    ArcResult, ArcVerdict, AuthReport, AuthStats, DkimResult, DkimVerdict, DmarcPolicy,
+    DmarcResult, DmarcVerdict, SpfCheck, SpfResult, SpfVerdict,
 };
 pub use sign::{ArcSigner, DEFAULT_SIGNED_HEADERS, DkimSigner, KeyKind};
 pub use verify::{MessageChecks, Verifier};

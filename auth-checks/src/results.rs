@@ -456,3 +456,52 @@ mod tests {
         );
     }
 }
+
+/// Counts of verdicts over many messages, for metrics: how many messages got each
+/// result of each method (`spf`, `dkim`, `arc`, `dmarc`). DKIM counts each signature,
+/// and `none` for an unsigned message.
+///
+/// ```
+/// use auth_checks::{AuthReport, AuthStats};
+/// let stats = AuthStats::default();
+/// stats.record(&AuthReport { dkim: Some(Vec::new()), ..AuthReport::default() });
+/// assert_eq!(stats.snapshot(), vec![(("dkim", "none"), 1)]);
+/// ```
+#[derive(Debug, Default)]
+pub struct AuthStats {
+    counts: std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+impl AuthStats {
+    /// Counts the verdicts of one message.
+    pub fn record(&self, report: &AuthReport) {
+        let Ok(mut counts) = self.counts.lock() else {
+            return;
+        };
+        let mut add = |method, result| *counts.entry((method, result)).or_insert(0) += 1;
+        if let Some(spf) = &report.spf {
+            add("spf", spf.mail_from.result.as_str());
+        }
+        match report.dkim.as_deref() {
+            Some([]) => add("dkim", "none"),
+            Some(signatures) => signatures
+                .iter()
+                .for_each(|s| add("dkim", s.result.as_str())),
+            None => {}
+        }
+        if let Some(arc) = &report.arc {
+            add("arc", arc.result.as_str());
+        }
+        if let Some(dmarc) = &report.dmarc {
+            add("dmarc", dmarc.result.as_str());
+        }
+    }
+
+    /// `((method, result), count)` for every pair seen so far, in order.
+    pub fn snapshot(&self) -> Vec<((&'static str, &'static str), u64)> {
+        self.counts
+            .lock()
+            .map(|c| c.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
+    }
+}

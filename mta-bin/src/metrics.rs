@@ -26,6 +26,8 @@ pub struct Sources {
     pub queue: Queue,
     /// The queue directory (readiness: can we write there?).
     pub queue_path: PathBuf,
+    /// Sender-authentication verdicts.
+    pub auth: Arc<auth_checks::AuthStats>,
 }
 
 /// Serves the endpoint on `listener` until `shutdown` completes.
@@ -233,6 +235,18 @@ fn render(s: &Sources) -> String {
         "histogram",
         "Time from acceptance to delivery of each delivered recipient (whole seconds).",
         buckets,
+    );
+    family(
+        "mta_auth_results_total",
+        "counter",
+        "Sender-authentication verdicts of checked messages, by method and result (DKIM: per signature, none when unsigned).",
+        s.auth
+            .snapshot()
+            .into_iter()
+            .map(|((method, result), n)| {
+                (format!("{{method=\"{method}\",result=\"{result}\"}}"), n)
+            })
+            .collect(),
     );
     let (batches, jobs) = s.queue.commit_stats();
     family(

@@ -68,6 +68,8 @@ pub struct Reload {
     queue: Queue,
     queue_config: QueueConfig,
     metrics: Option<std::net::SocketAddr>,
+    /// Sender-authentication counts, kept across reloads.
+    auth_stats: Arc<auth_checks::AuthStats>,
 }
 
 impl Reload {
@@ -85,7 +87,7 @@ impl Reload {
         if config.metrics.as_ref().map(|m| m.address) != self.metrics {
             anyhow::bail!("[metrics] changed: restart to apply that");
         }
-        let parts = Parts::build(&config, &self.queue)?;
+        let parts = Parts::build(&config, &self.queue, &self.auth_stats)?;
         self.server.reload(parts.server_config, parts.stages)?;
         self.delivery.replace(&parts.delivery);
         for warning in config.warnings() {
@@ -103,7 +105,11 @@ struct Parts {
 }
 
 impl Parts {
-    fn build(config: &Config, queue: &Queue) -> anyhow::Result<Self> {
+    fn build(
+        config: &Config,
+        queue: &Queue,
+        auth_stats: &Arc<auth_checks::AuthStats>,
+    ) -> anyhow::Result<Self> {
         let tls = match &config.tls {
             None => None,
             Some(t) if t.self_signed => Some(crate::tls::self_signed(
@@ -121,7 +127,7 @@ impl Parts {
             our_names: vec![config.hostname.clone()],
             ..MxConfig::default()
         })?;
-        let stages = stages(config, &local_domains, &resolver, queue.clone())?;
+        let stages = stages(config, &local_domains, &resolver, queue.clone(), auth_stats)?;
         let local = match (&config.local.lmtp, &config.local.maildir) {
             (Some(addr), _) => Some(LocalTarget::Lmtp(Lmtp::new(*addr, &config.hostname))),
             (None, Some(root)) => Some(LocalTarget::Maildir(Maildir::new(
@@ -164,13 +170,14 @@ impl Mta {
     /// [`Mta::start`] for a configuration read from `path`, which a reload reads again.
     pub async fn start_from(config: Config, path: Option<PathBuf>) -> anyhow::Result<Self> {
         let queue_settings = queue_config(&config)?;
+        let auth_stats = Arc::new(auth_checks::AuthStats::default());
         let queue = Queue::open(queue_settings.clone())
             .with_context(|| format!("cannot open the queue at {}", config.queue.path.display()))?;
         let Parts {
             server_config,
             stages,
             delivery,
-        } = Parts::build(&config, &queue)?;
+        } = Parts::build(&config, &queue, &auth_stats)?;
         let max_message = server_config.limits.max_message_size;
         let server = Server::bind(server_config, stages).await?;
         let addrs = server.local_addrs();
@@ -181,6 +188,7 @@ impl Mta {
             queue: queue.clone(),
             queue_config: queue_settings,
             metrics: config.metrics.as_ref().map(|m| m.address),
+            auth_stats: Arc::clone(&auth_stats),
         };
         let metrics = match &config.metrics {
             Some(m) => Some(crate::metrics::bind(m.address).await?),
@@ -209,6 +217,7 @@ impl Mta {
                 modes,
                 queue: queue.clone(),
                 queue_path: config.queue.path.clone(),
+                auth: Arc::clone(&auth_stats),
             };
             tasks.push(tokio::spawn(crate::metrics::serve(
                 listener,
@@ -450,6 +459,7 @@ fn stages(
     local_domains: &DomainSet,
     resolver: &MxResolver,
     queue: Queue,
+    auth_stats: &Arc<auth_checks::AuthStats>,
 ) -> anyhow::Result<Stages> {
     let trusted = config
         .relay
@@ -475,7 +485,8 @@ fn stages(
         Verifier::new(resolver.resolver().clone(), &config.hostname),
         config.auth_checks,
     )
-    .skip_networks(trusted.clone());
+    .skip_networks(trusted.clone())
+    .count_into(Arc::clone(auth_stats));
     if let Some(k) = &config.arc_seal {
         let sealer = ArcSigner::from_pem_file(&k.domain, &k.selector, &k.private_key)
             .with_context(|| format!("[arc_seal] {} (selector {})", k.domain, k.selector))?;

@@ -794,6 +794,18 @@ fn metrics_are_scraped_over_http() {
     assert_eq!(tls["mta_smtp_tls_handshakes_total{result=\"tls1.3\"}"], 1.0);
     assert_eq!(tls["mta_smtp_tls_handshakes_total{result=\"failed\"}"], 0.0);
     assert_eq!(after["mta_delivery_delay_seconds_count"], 1.0);
+    // The message was checked (relay listener, not trusted): unsigned, and one SPF
+    // verdict (which one depends on this machine's DNS).
+    assert_eq!(
+        after["mta_auth_results_total{method=\"dkim\",result=\"none\"}"],
+        1.0
+    );
+    let spf: f64 = after
+        .iter()
+        .filter(|(k, _)| k.starts_with("mta_auth_results_total{method=\"spf\""))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(spf, 1.0, "one SPF verdict");
     assert_eq!(after["mta_delivery_delay_seconds_bucket{le=\"+Inf\"}"], 1.0);
     assert_eq!(
         after["mta_delivery_delay_seconds_bucket{le=\"5\"}"], 1.0,
