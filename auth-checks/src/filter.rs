@@ -509,6 +509,24 @@ pub struct DkimSign<S> {
 }
 
 impl DkimSignLayer {
+    /// A `DKIM-Signature` field for `message` (header and body, CRLF) with the key of
+    /// its author's domain (or closest parent domain with a key); `None` when there is
+    /// no such key or signing fails (logged).
+    pub fn sign_message(&self, message: &[u8]) -> Option<String> {
+        let domain = crate::headers::from_domain(message)?;
+        let signer = self.signer_for(&domain)?;
+        match signer.sign(message) {
+            Ok(header) => {
+                debug!(d = signer.domain(), s = signer.selector(), "DKIM signed");
+                Some(header)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, domain, "DKIM signing failed; sending unsigned");
+                None
+            }
+        }
+    }
+
     fn signer_for(&self, domain: &str) -> Option<&DkimSigner> {
         let mut name = domain;
         loop {
@@ -541,21 +559,10 @@ where
                 .trusted
                 .iter()
                 .any(|n| n.contains(session.peer.ip()));
-        if ours
-            && let Some(domain) = crate::headers::from_domain(&request.body)
-            && let Some(signer) = self.layer.signer_for(&domain)
-        {
-            match signer.sign(&request.message()) {
-                Ok(header) => {
-                    let mut headers = header.into_bytes();
-                    headers.extend_from_slice(&request.added_headers);
-                    request.added_headers = headers;
-                    debug!(d = signer.domain(), s = signer.selector(), "DKIM signed");
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, domain, "DKIM signing failed; sending unsigned")
-                }
-            }
+        if ours && let Some(header) = self.layer.sign_message(&request.message()) {
+            let mut headers = header.into_bytes();
+            headers.extend_from_slice(&request.added_headers);
+            request.added_headers = headers;
         }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

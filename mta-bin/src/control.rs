@@ -245,12 +245,23 @@ fn error(message: impl Into<String>) -> Response {
     }
 }
 
-/// How the server reloads its configuration (an error says why it did not).
+/// Reloads the server's configuration; an error says why it did not.
 pub type ReloadFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// Carries out one request on `queue`; `reload` is the running server's (none when the
-/// command opened the queue itself).
-pub async fn handle(queue: &Queue, request: Request, reload: Option<&ReloadFn>) -> Response {
+/// A `DKIM-Signature` field for an injected message, when a key applies.
+pub type SignFn = Arc<dyn Fn(&[u8]) -> Option<String> + Send + Sync>;
+
+/// What requests need from the server besides the queue.
+#[derive(Clone)]
+pub struct Hooks {
+    /// `None` when the command opened the queue itself.
+    pub reload: Option<ReloadFn>,
+    /// Signs injected mail.
+    pub sign: SignFn,
+}
+
+/// Carries out one request on `queue`.
+pub async fn handle(queue: &Queue, request: Request, hooks: &Hooks) -> Response {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -370,6 +381,11 @@ pub async fn handle(queue: &Queue, request: Request, reload: Option<&ReloadFn>) 
                     .collect(),
                 source: "local".to_owned(),
             };
+            // Signed like mail from a login (the signing layer runs on SMTP sessions).
+            let message = match (hooks.sign)(&message) {
+                Some(header) => [header.into_bytes(), message].concat(),
+                None => message,
+            };
             match queue.enqueue(new, message).await {
                 Ok(id) => {
                     tracing::info!(queue_id = %id, source = "local", "message accepted");
@@ -378,7 +394,7 @@ pub async fn handle(queue: &Queue, request: Request, reload: Option<&ReloadFn>) 
                 Err(e) => error(e.to_string()),
             }
         }
-        Request::Reload => match reload {
+        Request::Reload => match &hooks.reload {
             Some(reload) => match reload() {
                 Ok(()) => Response::Reloaded,
                 Err(e) => error(e),
@@ -408,7 +424,7 @@ fn header_end(message: &[u8]) -> usize {
 pub async fn serve(
     queue: Queue,
     path: PathBuf,
-    reload: ReloadFn,
+    hooks: Hooks,
     max_message: u64,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -428,9 +444,9 @@ pub async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let (queue, reload) = (queue.clone(), Arc::clone(&reload));
+                let (queue, hooks) = (queue.clone(), hooks.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = connection(&queue, &reload, max_request, stream).await {
+                    if let Err(e) = connection(&queue, &hooks, max_request, stream).await {
                         tracing::warn!(error = %e, "control socket");
                     }
                 });
@@ -444,7 +460,7 @@ pub async fn serve(
 #[cfg(unix)]
 async fn connection(
     queue: &Queue,
-    reload: &ReloadFn,
+    hooks: &Hooks,
     max_request: u64,
     stream: tokio::net::UnixStream,
 ) -> anyhow::Result<()> {
@@ -455,7 +471,7 @@ async fn connection(
         .await
         .context("no request within 30 s")??;
     let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => handle(queue, request, Some(reload)).await,
+        Ok(request) => handle(queue, request, hooks).await,
         Err(e) => error(format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&response)?;

@@ -188,7 +188,13 @@ pub(crate) fn offline(config: &Config, request: Request) -> anyhow::Result<Respo
     runtime.block_on(async {
         let queue = Queue::open(crate::serve::queue_config(config)?)
             .with_context(|| format!("cannot open the queue at {}", path.display()))?;
-        Ok(control::handle(&queue, request, None).await)
+        // Injected mail is signed with the configured keys, as the server would.
+        let signing = crate::serve::dkim_signing(config)?;
+        let hooks = control::Hooks {
+            reload: None,
+            sign: std::sync::Arc::new(move |message: &[u8]| signing.sign_message(message)),
+        };
+        Ok(control::handle(&queue, request, &hooks).await)
     })
 }
 

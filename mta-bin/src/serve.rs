@@ -70,6 +70,8 @@ pub struct Reload {
     metrics: Option<std::net::SocketAddr>,
     /// Sender-authentication counts, kept across reloads.
     auth_stats: Arc<auth_checks::AuthStats>,
+    /// The signing of injected mail (the control socket reads it).
+    signing: Arc<std::sync::RwLock<DkimSignLayer>>,
 }
 
 impl Reload {
@@ -90,6 +92,9 @@ impl Reload {
         let parts = Parts::build(&config, &self.queue, &self.auth_stats)?;
         self.server.reload(parts.server_config, parts.stages)?;
         self.delivery.replace(&parts.delivery);
+        if let Ok(mut signing) = self.signing.write() {
+            *signing = parts.signing;
+        }
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
@@ -97,11 +102,37 @@ impl Reload {
     }
 }
 
-/// What the configuration makes: the server's settings and stages, and the delivery.
+/// `[relay] trusted_networks`.
+fn trusted_networks(config: &Config) -> anyhow::Result<Vec<IpNetwork>> {
+    config
+        .relay
+        .trusted_networks
+        .iter()
+        .map(|n| n.parse::<IpNetwork>().map_err(anyhow::Error::msg))
+        .collect()
+}
+
+/// DKIM signing with the `[[dkim_key]]`s: of mail from logins and trusted networks, and
+/// of mail injected by `mta sendmail` and `mta send`.
+pub(crate) fn dkim_signing(config: &Config) -> anyhow::Result<DkimSignLayer> {
+    let signers = config
+        .dkim_keys
+        .iter()
+        .map(|k| {
+            DkimSigner::from_pem_file(&k.domain, &k.selector, &k.private_key)
+                .with_context(|| format!("[[dkim_key]] {} (selector {})", k.domain, k.selector))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(DkimSignLayer::new(signers, trusted_networks(config)?))
+}
+
+/// What the configuration makes: the server's settings and stages, the delivery, and
+/// the signing of injected mail.
 struct Parts {
     server_config: smtp_server::ServerConfig,
     stages: Stages,
     delivery: Delivery,
+    signing: DkimSignLayer,
 }
 
 impl Parts {
@@ -127,7 +158,15 @@ impl Parts {
             our_names: vec![config.hostname.clone()],
             ..MxConfig::default()
         })?;
-        let stages = stages(config, &local_domains, &resolver, queue.clone(), auth_stats)?;
+        let signing = dkim_signing(config)?;
+        let stages = stages(
+            config,
+            &local_domains,
+            &resolver,
+            queue.clone(),
+            auth_stats,
+            signing.clone(),
+        )?;
         let local = match (&config.local.lmtp, &config.local.maildir) {
             (Some(addr), _) => Some(LocalTarget::Lmtp(Lmtp::new(*addr, &config.hostname))),
             (None, Some(root)) => Some(LocalTarget::Maildir(Maildir::new(
@@ -146,6 +185,7 @@ impl Parts {
             server_config: server_config(config, tls)?,
             stages,
             delivery: Delivery::new(local_domains, local, Some(remote), postmaster),
+            signing,
         })
     }
 }
@@ -177,7 +217,9 @@ impl Mta {
             server_config,
             stages,
             delivery,
+            signing,
         } = Parts::build(&config, &queue, &auth_stats)?;
+        let signing = Arc::new(std::sync::RwLock::new(signing));
         let max_message = server_config.limits.max_message_size;
         let server = Server::bind(server_config, stages).await?;
         let addrs = server.local_addrs();
@@ -189,6 +231,7 @@ impl Mta {
             queue_config: queue_settings,
             metrics: config.metrics.as_ref().map(|m| m.address),
             auth_stats: Arc::clone(&auth_stats),
+            signing: Arc::clone(&signing),
         };
         let metrics = match &config.metrics {
             Some(m) => Some(crate::metrics::bind(m.address).await?),
@@ -228,10 +271,18 @@ impl Mta {
         #[cfg(unix)]
         {
             let reloader = reload.clone();
+            let hooks = crate::control::Hooks {
+                reload: Some(Arc::new(move || {
+                    reloader.reload().map_err(|e| format!("{e:#}"))
+                })),
+                sign: Arc::new(move |message: &[u8]| {
+                    signing.read().ok().and_then(|s| s.sign_message(message))
+                }),
+            };
             let control = crate::control::serve(
                 queue.clone(),
                 crate::control::socket_path(&config.queue.path),
-                Arc::new(move || reloader.reload().map_err(|e| format!("{e:#}"))),
+                hooks,
                 max_message,
                 wait(stop.subscribe()),
             );
@@ -460,27 +511,15 @@ fn stages(
     resolver: &MxResolver,
     queue: Queue,
     auth_stats: &Arc<auth_checks::AuthStats>,
+    signing: DkimSignLayer,
 ) -> anyhow::Result<Stages> {
-    let trusted = config
-        .relay
-        .trusted_networks
-        .iter()
-        .map(|n| n.parse::<IpNetwork>().map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let trusted = trusted_networks(config)?;
     let accounts = Accounts::new(
         config
             .accounts
             .iter()
             .map(|a| (a.username.as_str(), a.password.as_str())),
     );
-    let signers = config
-        .dkim_keys
-        .iter()
-        .map(|k| {
-            DkimSigner::from_pem_file(&k.domain, &k.selector, &k.private_key)
-                .with_context(|| format!("[[dkim_key]] {} (selector {})", k.domain, k.selector))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut checks = AuthChecks::new(
         Verifier::new(resolver.resolver().clone(), &config.hostname),
         config.auth_checks,
@@ -493,7 +532,7 @@ fn stages(
         checks = checks.arc_sealer(sealer, local_domains.clone());
     }
     let mut stages = Stages::new(Enqueue { queue })
-        .data_layer(DkimSignLayer::new(signers, trusted.clone()))
+        .data_layer(signing)
         .data_layer(ReceivedLayer::new(&config.hostname))
         .data_layer(checks.data_layer())
         .data_layer(HopLimitLayer::new(config.limits.max_hops.unwrap_or(50)))
