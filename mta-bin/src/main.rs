@@ -56,7 +56,7 @@ enum Command {
     /// scripts.
     #[cfg(unix)]
     Send(mta_bin::send::SendArgs),
-    /// Send a message read from standard input, as sendmail does (-t, -i, -f, -F, -bp);
+    /// Send a message read from standard input, as sendmail does (-t, -i, -f, -F, -bp, -bs);
     /// also what the binary does when invoked as `sendmail`.
     #[cfg(unix)]
     Sendmail {

@@ -39,6 +39,8 @@ pub struct Options {
     pub config: Option<PathBuf>,
     /// `-bp`: list the queue instead (as `mailq`).
     pub list_queue: bool,
+    /// `-bs`: speak SMTP on standard input and output instead of reading one message.
+    pub smtp: bool,
     /// The recipients on the command line.
     pub recipients: Vec<String>,
 }
@@ -76,6 +78,7 @@ impl Options {
                 ("F", rest) => o.full_name = Some(value(rest)?),
                 ("C", rest) => o.config = Some(PathBuf::from(value(rest)?)),
                 ("b", "p") => o.list_queue = true,
+                ("b", "s") => o.smtp = true,
                 ("b", "m") => {}
                 ("b", other) => return Err(format!("-b{other} is not supported")),
                 // Values we accept and do not use.
@@ -351,6 +354,15 @@ pub fn run(args: Vec<String>) -> u8 {
             }
         };
     }
+    if options.smtp {
+        return match smtp_on_stdio(&options) {
+            Ok(()) => 0,
+            Err((status, e)) => {
+                eprintln!("sendmail: {e:#}");
+                status
+            }
+        };
+    }
     match send(&options) {
         Ok(id) => {
             tracing::debug!(queue_id = %id, "queued");
@@ -360,6 +372,84 @@ pub fn run(args: Vec<String>) -> u8 {
             eprintln!("sendmail: {e:#}");
             status
         }
+    }
+}
+
+/// `-bs`: an SMTP session on standard input and output (as inetd-style tools and some
+/// mailers use it), run by smtp-proto's server session: no TLS and no AUTH (the caller
+/// is local), any recipient; each message is completed and queued as with plain
+/// sendmail, and answered `250` only once it is queued.
+fn smtp_on_stdio(options: &Options) -> Result<(), (u8, anyhow::Error)> {
+    use smtp_proto::{EnhancedStatus, Event, ForwardPath, Reply, ReplyCode, ReversePath};
+    use std::io::{Read, Write};
+    let config = load_config(options)?;
+    let io = |e: std::io::Error| (EX_TEMPFAIL, anyhow::Error::from(e));
+    let mut protocol = smtp_proto::ServerConfig {
+        hostname: config.hostname.clone(),
+        max_message_size: config.limits.max_message_size.unwrap_or(DEFAULT_MAX_SIZE),
+        ..smtp_proto::ServerConfig::default()
+    };
+    protocol.extensions.starttls = false;
+    protocol.extensions.auth = Vec::new();
+    let mut session = smtp_proto::ServerSession::new(std::sync::Arc::new(protocol));
+    let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        while let Some(event) = session.poll_event() {
+            match event {
+                Event::Message { envelope, body } => {
+                    let from = match &envelope.from {
+                        ReversePath::Null => "<>".to_owned(),
+                        ReversePath::Mailbox(m) => m.to_string(),
+                    };
+                    let recipients = envelope
+                        .recipients
+                        .iter()
+                        .map(|r| match &r.to {
+                            ForwardPath::Postmaster => "postmaster".to_owned(),
+                            ForwardPath::Mailbox(m) => m.to_string(),
+                        })
+                        .collect();
+                    let one = Options {
+                        sender: Some(from),
+                        recipients,
+                        config: options.config.clone(),
+                        ..Options::default()
+                    };
+                    let reply = match submit(&config, &one, &body) {
+                        Ok(id) => Reply::new(
+                            ReplyCode::OK,
+                            EnhancedStatus::OK,
+                            format!("Ok: queued as {id}"),
+                        ),
+                        Err((_, e)) => Reply::new(
+                            ReplyCode::LOCAL_ERROR,
+                            EnhancedStatus::SYSTEM_TEMPORARY,
+                            format!("Not queued, try again later: {e:#}"),
+                        ),
+                    };
+                    session.respond(reply);
+                }
+                _ => session.accept(),
+            }
+        }
+        let pending = session.pending_output().len();
+        if pending > 0 {
+            output.write_all(session.pending_output()).map_err(io)?;
+            output.flush().map_err(io)?;
+            session.consume_output(pending);
+        }
+        if session.is_closed() {
+            return Ok(());
+        }
+        let n = input.read(&mut buffer).map_err(io)?;
+        if n == 0 {
+            session.shutdown();
+            let pending = session.pending_output().len();
+            let _ = output.write_all(&session.pending_output()[..pending]);
+            return Ok(());
+        }
+        session.receive(&buffer[..n]);
     }
 }
 
@@ -468,7 +558,8 @@ mod tests {
         assert_eq!(o.sender.as_deref(), Some("bounces@example.org"));
         assert_eq!(o.full_name.as_deref(), Some("Cron Daemon"));
         assert_eq!(o.recipients, ["a@x.test", "-b@y.test"]);
-        assert!(Options::parse(["-bs".to_owned()]).is_err());
+        assert!(Options::parse(["-bs".to_owned()]).unwrap().smtp);
+        assert!(Options::parse(["-bx".to_owned()]).is_err());
         assert!(Options::parse(["-Z".to_owned()]).is_err());
         assert!(
             Options::parse(["-f".to_owned()]).is_err(),

@@ -568,6 +568,28 @@ fn sendmail_interface_queues_piped_mail() {
     ));
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no recipients"));
+    // -bs: an SMTP session on standard input and output.
+    let out = pipe(format!(
+        "printf 'EHLO local\\r\\nMAIL FROM:<me@mx.test>\\r\\nRCPT TO:<smtp@mx.test>\\r\\nDATA\\r\\nSubject: over stdio\\r\\n\\r\\nhi\\r\\n.\\r\\nQUIT\\r\\n' | {} -bs -C {}",
+        link.display(),
+        cfg.display()
+    ));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(said.starts_with("220 mx.test"), "{said}");
+    assert!(
+        !said.contains("STARTTLS") && !said.contains("AUTH"),
+        "{said}"
+    );
+    assert!(
+        said.contains("250 2.0.0 Ok: queued as") && said.contains("\r\n221 2.0.0 "),
+        "{said}"
+    );
+    let over_stdio = maildir_files(dir.path(), "smtp", 1);
+    assert!(
+        over_stdio[0].contains("Subject: over stdio"),
+        "{over_stdio:?}"
+    );
     // A large message through the control socket (6 MB of 70-character lines).
     let out = pipe(format!(
         "{{ printf 'Subject: big\\n\\n'; head -c 6000000 /dev/zero | tr '\\0' x | fold -w 70; }} | {} sendmail -C {} big@mx.test",
