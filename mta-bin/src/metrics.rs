@@ -155,6 +155,16 @@ fn render(s: &Sources) -> String {
             ("{result=\"failed\"}".into(), get(&s.server.tls_failed)),
         ],
     );
+    family(
+        "mta_smtp_refusals_total",
+        "counter",
+        "Commands refused by a stage (policy, filters, limits), by stage and reply code.",
+        s.server
+            .refusals()
+            .into_iter()
+            .map(|((stage, code), n)| (format!("{{stage=\"{stage}\",code=\"{code}\"}}"), n))
+            .collect(),
+    );
     let mut messages = Vec::new();
     for m in &s.modes {
         let st = s.server.mode(*m);

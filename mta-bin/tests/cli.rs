@@ -792,6 +792,15 @@ fn metrics_are_scraped_over_http() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert_eq!(after["mta_smtp_connections_total{listener=\"relay\"}"], 1.0);
+    assert!(
+        rcpt_reply(&addr, "you@elsewhere.test").starts_with("554"),
+        "no relaying"
+    );
+    let refused = parse_prometheus(&http_get(&metrics, "/metrics").1);
+    assert_eq!(
+        refused["mta_smtp_refusals_total{stage=\"rcpt\",code=\"554\"}"],
+        1.0
+    );
     assert_eq!(
         after["mta_smtp_messages_total{listener=\"relay\",result=\"accepted\"}"],
         1.0

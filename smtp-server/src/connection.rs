@@ -211,6 +211,15 @@ impl Connection {
     async fn handle(&mut self, session: &mut ServerSession, event: Event) {
         let listener = Arc::clone(&self.listener);
         let stages = &listener.stages;
+        let stage = match &event {
+            Event::Connect => "connect",
+            Event::Helo { .. } => "helo",
+            Event::Auth(_) => "auth",
+            Event::Mail { .. } => "mail",
+            Event::Rcpt { .. } => "rcpt",
+            Event::Message { .. } => "data",
+            Event::StartTls => "starttls",
+        };
         let decision = match event {
             Event::Connect => {
                 call(
@@ -319,6 +328,13 @@ impl Connection {
             }
             Event::StartTls => return,
         };
+        match &decision {
+            Ok(Decision::Reject(r) | Decision::Defer(r) | Decision::Disconnect(r)) => {
+                listener.stats.refused(stage, r.code().as_u16());
+            }
+            Err(_) => listener.stats.refused(stage, 451),
+            Ok(Decision::Accept(_)) => {}
+        }
         apply(session, decision);
     }
 }

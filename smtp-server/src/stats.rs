@@ -42,6 +42,8 @@ pub struct ServerStats {
     pub tls13: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub tls_failed: AtomicU64,
+    /// Refusals by the stage that refused and the reply code (bounded: our own replies).
+    refusals: std::sync::Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
 }
 
 impl ServerStats {
@@ -52,6 +54,22 @@ impl ServerStats {
             ListenerMode::Submission => &self.submission,
             ListenerMode::Smtps => &self.smtps,
         }
+    }
+
+    /// Counts a refusal (a 4yz or 5yz from a stage) at `stage` with `code`.
+    pub(crate) fn refused(&self, stage: &'static str, code: u16) {
+        if let Ok(mut r) = self.refusals.lock() {
+            *r.entry((stage, code)).or_insert(0) += 1;
+        }
+    }
+
+    /// `((stage, reply code), count)` of every refusal so far: the stage is `connect`,
+    /// `helo`, `auth`, `mail`, `rcpt` or `data`.
+    pub fn refusals(&self) -> Vec<((&'static str, u16), u64)> {
+        self.refusals
+            .lock()
+            .map(|r| r.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
     }
 
     pub(crate) fn count(counter: &AtomicU64, n: u64) {
