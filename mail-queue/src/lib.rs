@@ -50,5 +50,5 @@ pub use message::{
     RecipientState, SpoolRef,
 };
 pub use queue::{Backend, DeliveryService, Queue, QueueConfig};
-pub use stats::{DELAY_BUCKETS, Histogram, QueueCounts, QueueStats};
+pub use stats::{DELAY_BUCKETS, DomainCounts, Histogram, QueueCounts, QueueStats, TRACKED_DOMAINS};
 pub use store::{Change, QueueStore, RedbStore, SledStore};

@@ -534,6 +534,7 @@ impl Queue {
             };
             for (i, outcome) in indexes.into_iter().zip(outcomes) {
                 let r = &mut meta.recipients[i];
+                self.inner.stats.by_domain.count(&r.domain(), &outcome);
                 match outcome {
                     Outcome::Delivered(text) => {
                         count(&self.inner.stats.delivered);

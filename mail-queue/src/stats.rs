@@ -20,6 +20,50 @@ pub struct QueueStats {
     pub expired: AtomicU64,
     /// Time from acceptance to delivery of each delivered recipient.
     pub delivery_delay: Histogram,
+    /// Recipient attempts by destination domain.
+    pub by_domain: DomainCounts,
+}
+
+/// How many destination domains get counts of their own in [`DomainCounts`].
+pub const TRACKED_DOMAINS: usize = 100;
+
+/// Recipient attempts by destination domain and result (delivered, deferred, failed):
+/// the first [`TRACKED_DOMAINS`] domains seen each have their own counts, every later
+/// one counts as `other`, so a metric labelled by domain stays bounded (and its counts
+/// only grow).
+#[derive(Debug, Default)]
+pub struct DomainCounts {
+    counts: std::sync::Mutex<std::collections::BTreeMap<String, [u64; 3]>>,
+}
+
+impl DomainCounts {
+    /// The name under which domains beyond the first [`TRACKED_DOMAINS`] are counted.
+    pub const OTHER: &'static str = "other";
+
+    pub(crate) fn count(&self, domain: &str, outcome: &crate::Outcome) {
+        let i = match outcome {
+            crate::Outcome::Delivered(_) => 0,
+            crate::Outcome::Deferred(_) => 1,
+            crate::Outcome::Failed(_) => 2,
+        };
+        let Ok(mut counts) = self.counts.lock() else {
+            return;
+        };
+        let key = if counts.contains_key(domain) || counts.len() < TRACKED_DOMAINS {
+            domain
+        } else {
+            Self::OTHER
+        };
+        counts.entry(key.to_owned()).or_default()[i] += 1;
+    }
+
+    /// `(domain, [delivered, deferred, failed])` for every domain counted, in order.
+    pub fn snapshot(&self) -> Vec<(String, [u64; 3])> {
+        self.counts
+            .lock()
+            .map(|c| c.iter().map(|(d, n)| (d.clone(), *n)).collect())
+            .unwrap_or_default()
+    }
 }
 
 /// The upper bounds (seconds) of [`Histogram`]'s buckets; the queue keeps times in whole
@@ -59,4 +103,26 @@ pub struct QueueCounts {
     pub active: u64,
     /// On hold.
     pub held: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Outcome;
+
+    #[test]
+    fn domains_beyond_the_limit_count_as_other() {
+        let counts = DomainCounts::default();
+        for n in 0..TRACKED_DOMAINS + 5 {
+            counts.count(&format!("d{n}.test"), &Outcome::Delivered(String::new()));
+        }
+        counts.count("d0.test", &Outcome::Deferred(String::new()));
+        counts.count("late.test", &Outcome::Failed(String::new()));
+        let snapshot = counts.snapshot();
+        assert_eq!(snapshot.len(), TRACKED_DOMAINS + 1, "100 domains and other");
+        let get = |d: &str| snapshot.iter().find(|(name, _)| name == d).map(|(_, n)| *n);
+        assert_eq!(get("d0.test"), Some([1, 1, 0]));
+        assert_eq!(get(DomainCounts::OTHER), Some([5, 0, 1]));
+        assert_eq!(get("late.test"), None);
+    }
 }

@@ -226,6 +226,24 @@ fn render(s: &Sources) -> String {
             ("{result=\"expired\"}".into(), get(&q.expired)),
         ],
     );
+    let mut by_domain = Vec::new();
+    for (domain, [delivered, deferred, failed]) in q.by_domain.snapshot() {
+        // Domains are the queue's own lower-cased names; quote what the format needs.
+        let domain = domain.replace('\\', "\\\\").replace('"', "\\\"");
+        for (result, n) in [
+            ("delivered", delivered),
+            ("deferred", deferred),
+            ("failed", failed),
+        ] {
+            by_domain.push((format!("{{domain=\"{domain}\",result=\"{result}\"}}"), n));
+        }
+    }
+    family(
+        "mta_delivery_recipients_by_domain_total",
+        "counter",
+        "Recipient delivery attempts by destination domain (the first 100 domains seen; later ones as other) and result.",
+        by_domain,
+    );
     let delay = &q.delivery_delay;
     let mut cumulative = 0;
     let mut buckets = Vec::new();

@@ -825,6 +825,10 @@ fn metrics_are_scraped_over_http() {
     assert_eq!(tls["mta_smtp_tls_handshakes_total{result=\"tls1.3\"}"], 1.0);
     assert_eq!(tls["mta_smtp_tls_handshakes_total{result=\"failed\"}"], 0.0);
     assert_eq!(after["mta_delivery_delay_seconds_count"], 1.0);
+    assert_eq!(
+        after["mta_delivery_recipients_by_domain_total{domain=\"mx.test\",result=\"delivered\"}"],
+        1.0
+    );
     // The message was checked (relay listener, not trusted): unsigned, and one SPF
     // verdict (which one depends on this machine's DNS).
     assert_eq!(
