@@ -99,6 +99,17 @@ async fn greeting_421_is_a_temporary_failure() {
     assert_eq!(err.reply().code().as_u16(), 421);
 }
 
+/// A session to the scripted server on `port` (opportunistic TLS).
+async fn open(port: u16) -> Session {
+    Session::open(
+        "server.test",
+        &LOCALHOST,
+        &config(port, TlsPolicy::Opportunistic),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn ehlo_refused_falls_back_to_helo() {
     let (port, server) = scripted("220 old\r\n", |verb| match verb {
@@ -108,13 +119,7 @@ async fn ehlo_refused_falls_back_to_helo() {
         _ => Some("250 ok\r\n"),
     })
     .await;
-    let mut s = Session::open(
-        "server.test",
-        &LOCALHOST,
-        &config(port, TlsPolicy::Opportunistic),
-    )
-    .await
-    .unwrap();
+    let mut s = open(port).await;
     let replies = s
         .deliver(&message("Subject: x\r\n\r\nhi\r\n"))
         .await
@@ -140,13 +145,7 @@ async fn starttls_454_continues_in_plaintext_unless_required() {
         }
     }
     let (port, _) = scripted("220 hi\r\n", script).await;
-    let mut s = Session::open(
-        "server.test",
-        &LOCALHOST,
-        &config(port, TlsPolicy::Opportunistic),
-    )
-    .await
-    .unwrap();
+    let mut s = open(port).await;
     assert!(!s.is_tls());
     assert_eq!(
         s.deliver(&message("x\r\n")).await.unwrap()[0]
@@ -182,13 +181,7 @@ async fn a_drop_after_the_dot_is_not_a_delivery() {
         _ => Some("250 ok\r\n"),
     })
     .await;
-    let mut s = Session::open(
-        "server.test",
-        &LOCALHOST,
-        &config(port, TlsPolicy::Opportunistic),
-    )
-    .await
-    .unwrap();
+    let mut s = open(port).await;
     let err = s.deliver(&message("x\r\n")).await.unwrap_err();
     assert!(
         err.is_transient(),
@@ -204,13 +197,7 @@ async fn a_refused_bdat_chunk_is_temporary() {
         _ => Some("250 ok\r\n"),
     })
     .await;
-    let mut s = Session::open(
-        "server.test",
-        &LOCALHOST,
-        &config(port, TlsPolicy::Opportunistic),
-    )
-    .await
-    .unwrap();
+    let mut s = open(port).await;
     let replies = s
         .deliver(&message("Subject: x\r\n\r\nhi\r\n"))
         .await
@@ -241,13 +228,7 @@ async fn malformed_and_oversized_replies_are_temporary_failures() {
         _ => Some("250 ok\r\n"),
     })
     .await;
-    let mut s = Session::open(
-        "server.test",
-        &LOCALHOST,
-        &config(port, TlsPolicy::Opportunistic),
-    )
-    .await
-    .unwrap();
+    let mut s = open(port).await;
     let replies = s
         .deliver(&message("this body is longer than ten octets\r\n"))
         .await
