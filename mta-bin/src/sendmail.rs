@@ -422,6 +422,13 @@ fn smtp_on_stdio(options: &Options) -> Result<(), (u8, anyhow::Error)> {
                             EnhancedStatus::OK,
                             format!("Ok: queued as {id}"),
                         ),
+                        // The envelope passed smtp-proto's checks, so a usage error
+                        // here is the message itself: permanent.
+                        Err((EX_USAGE, e)) => Reply::new(
+                            ReplyCode::TRANSACTION_FAILED,
+                            EnhancedStatus::INVALID_ARGUMENTS,
+                            format!("Message refused: {e:#}"),
+                        ),
                         Err((_, e)) => Reply::new(
                             ReplyCode::LOCAL_ERROR,
                             EnhancedStatus::SYSTEM_TEMPORARY,
