@@ -34,12 +34,19 @@ maildir = "./mta-data/maildir"
 accept_any_user = true
 "#;
 
+/// Where the configuration of a server installed as `docs/deploying.md` shows lives.
+pub const SYSTEM_CONFIG: &str = "/etc/mta/mta.toml";
+
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Our host name.
     pub hostname: String,
+    /// The user to run as when started as root: listeners are bound first, then the
+    /// server becomes this user (with its groups) before it touches the queue or a key.
+    #[serde(default)]
+    pub user: Option<String>,
     /// Listeners.
     #[serde(default, rename = "listener")]
     pub listeners: Vec<Listener>,
@@ -80,6 +87,20 @@ pub struct Config {
     /// Prometheus metrics and health checks over HTTP (off when absent).
     #[serde(default)]
     pub metrics: Option<Metrics>,
+    /// Local submission by users other than root and the server's own user.
+    #[serde(default)]
+    pub sendmail: Sendmail,
+}
+
+/// `[sendmail]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sendmail {
+    /// A socket on which any local user may hand in a message (and do nothing else),
+    /// for `sendmail` run by cron jobs, PHP `mail()` and scripts of other users. The
+    /// server records the user id of each. Absent: only root and the server's user can
+    /// inject mail (through the control socket in the queue directory).
+    pub socket: Option<PathBuf>,
 }
 
 /// `[metrics]`
@@ -353,6 +374,24 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// The configuration the client commands (`mta queue`, `mta sendmail`, `mta send`)
+    /// use: `path` when given, else `$MTA_CONFIG`, else [`SYSTEM_CONFIG`] when it exists
+    /// (cron and PHP run `sendmail` with no option to point elsewhere), else the
+    /// embedded default.
+    pub fn find(path: Option<&Path>) -> anyhow::Result<Self> {
+        let path = path
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("MTA_CONFIG").map(PathBuf::from))
+            .or_else(|| {
+                let system = PathBuf::from(SYSTEM_CONFIG);
+                system.exists().then_some(system)
+            });
+        match path {
+            Some(path) => Self::load(&path),
+            None => Self::parse(EMBEDDED_DEFAULT),
+        }
     }
 
     /// Checks what the types alone cannot.

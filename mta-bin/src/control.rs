@@ -3,7 +3,9 @@
 //!
 //! `mta serve` listens on a Unix socket in the queue directory (`control.sock`, mode
 //! 0600: its owner and root only). A client sends one [`Request`] as a JSON line and
-//! reads one [`Response`] as a JSON line. When no server is running, `mta queue` opens
+//! reads one [`Response`] as a JSON line. With `[sendmail] socket` configured, it also
+//! listens there (mode 0666) for [`Request::Inject`] alone, from any local user, whose
+//! user id it records in a `Received` field and in the message's source. When no server is running, `mta queue` opens
 //! the queue itself and runs the same [`handle`] (the queue's lock keeps the two from
 //! ever opening it at once).
 
@@ -359,41 +361,7 @@ pub async fn handle(queue: &Queue, request: Request, hooks: &Hooks) -> Response 
             from,
             recipients,
             message,
-        } => {
-            let params = MailParams {
-                body: if message.is_ascii() {
-                    BodyType::SevenBit
-                } else {
-                    BodyType::EightBitMime
-                },
-                smtputf8: !from.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
-                ..MailParams::default()
-            };
-            let new = NewMessage {
-                from,
-                params,
-                recipients: recipients
-                    .into_iter()
-                    .map(|address| NewRecipient {
-                        address,
-                        dsn: RecipientDsn::default(),
-                    })
-                    .collect(),
-                source: "local".to_owned(),
-            };
-            // Signed like mail from a login (the signing layer runs on SMTP sessions).
-            let message = match (hooks.sign)(&message) {
-                Some(header) => [header.into_bytes(), message].concat(),
-                None => message,
-            };
-            match queue.enqueue(new, message).await {
-                Ok(id) => {
-                    tracing::info!(queue_id = %id, source = "local", "message accepted");
-                    Response::Queued { id: id.to_string() }
-                }
-                Err(e) => error(e.to_string()),
-            }
-        }
+        } => inject(queue, hooks, from, recipients, message, "local").await,
         Request::Reload => match &hooks.reload {
             Some(reload) => match reload() {
                 Ok(()) => Response::Reloaded,
@@ -408,6 +376,50 @@ pub async fn handle(queue: &Queue, request: Request, hooks: &Hooks) -> Response 
     }
 }
 
+/// Queues a message handed in by `source`, signed with the configured keys as mail
+/// from a login would be (the signing layer runs on SMTP sessions only).
+async fn inject(
+    queue: &Queue,
+    hooks: &Hooks,
+    from: String,
+    recipients: Vec<String>,
+    message: Vec<u8>,
+    source: &str,
+) -> Response {
+    let params = MailParams {
+        body: if message.is_ascii() {
+            BodyType::SevenBit
+        } else {
+            BodyType::EightBitMime
+        },
+        smtputf8: !from.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
+        ..MailParams::default()
+    };
+    let new = NewMessage {
+        from,
+        params,
+        recipients: recipients
+            .into_iter()
+            .map(|address| NewRecipient {
+                address,
+                dsn: RecipientDsn::default(),
+            })
+            .collect(),
+        source: source.to_owned(),
+    };
+    let message = match (hooks.sign)(&message) {
+        Some(header) => [header.into_bytes(), message].concat(),
+        None => message,
+    };
+    match queue.enqueue(new, message).await {
+        Ok(id) => {
+            tracing::info!(queue_id = %id, source, "message accepted");
+            Response::Queued { id: id.to_string() }
+        }
+        Err(e) => error(e.to_string()),
+    }
+}
+
 /// The length of the header section, its blank line included.
 fn header_end(message: &[u8]) -> usize {
     if message.starts_with(b"\r\n") {
@@ -419,34 +431,59 @@ fn header_end(message: &[u8]) -> usize {
         .map_or(message.len(), |i| i + 4)
 }
 
-/// Serves the control socket of `queue` until `shutdown` completes.
+/// Who may use a socket.
+#[derive(Clone, Debug)]
+pub enum Access {
+    /// The control socket: the server's user and root, every request (mode 0600).
+    Owner,
+    /// The `[sendmail] socket`: any local user, [`Request::Inject`] only (mode 0666).
+    /// `hostname` names this host in the `Received` field that records the user.
+    Anyone {
+        /// Our host name.
+        hostname: String,
+    },
+}
+
+/// Binds the socket at `path` for `access` (replacing one left by a server that died).
+#[cfg(unix)]
+pub fn listen(path: &Path, access: &Access) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    // A socket left by a server that died: nobody answers on it any more.
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    let mode = match access {
+        Access::Owner => 0o600,
+        Access::Anyone { .. } => 0o666,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+/// Serves requests on `listener` (bound at `path` by [`listen`]) until `shutdown`
+/// completes, then removes the socket.
 #[cfg(unix)]
 pub async fn serve(
     queue: Queue,
-    path: PathBuf,
+    (listener, path): (tokio::net::UnixListener, PathBuf),
+    access: Access,
     hooks: Hooks,
     max_message: u64,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+) {
     // A message of the largest size the server accepts, in base64, fits in a request.
     let max_request = max_message.saturating_mul(4) / 3 + REQUEST_OVERHEAD;
-    use std::os::unix::fs::PermissionsExt;
-    // A socket left by a server that died: nobody answers on it any more.
-    if path.exists() && std::os::unix::net::UnixStream::connect(&path).is_err() {
-        let _ = std::fs::remove_file(&path);
-    }
-    let listener = tokio::net::UnixListener::bind(&path)
-        .with_context(|| format!("cannot listen on {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let (queue, hooks) = (queue.clone(), hooks.clone());
+                let (queue, hooks, access) = (queue.clone(), hooks.clone(), access.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = connection(&queue, &hooks, max_request, stream).await {
+                    if let Err(e) = connection(&queue, &hooks, &access, max_request, stream).await {
                         tracing::warn!(error = %e, "control socket");
                     }
                 });
@@ -454,25 +491,50 @@ pub async fn serve(
         }
     }
     let _ = std::fs::remove_file(&path);
-    Ok(())
 }
 
 #[cfg(unix)]
 async fn connection(
     queue: &Queue,
     hooks: &Hooks,
+    access: &Access,
     max_request: u64,
     stream: tokio::net::UnixStream,
 ) -> anyhow::Result<()> {
+    let uid = stream.peer_cred().map(|c| c.uid()).ok();
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, max_request));
     tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line))
         .await
         .context("no request within 30 s")??;
-    let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => handle(queue, request, hooks).await,
-        Err(e) => error(format!("bad request: {e}")),
+    let response = match (serde_json::from_str::<Request>(&line), access) {
+        (Ok(request), Access::Owner) => handle(queue, request, hooks).await,
+        (
+            Ok(Request::Inject {
+                from,
+                recipients,
+                message,
+            }),
+            Access::Anyone { hostname },
+        ) => {
+            let uid = uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string());
+            let received = format!(
+                "Received: by {hostname} (mta sendmail socket, from userid {uid});\r\n\t{}\r\n",
+                smtp_proto::rfc5322_date(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                )
+            );
+            let message = [received.into_bytes(), message].concat();
+            let source = format!("local uid {uid}");
+            inject(queue, hooks, from, recipients, message, &source).await
+        }
+        (Ok(_), Access::Anyone { .. }) => {
+            error("this socket takes messages only; queue control needs the control socket")
+        }
+        (Err(e), _) => error(format!("bad request: {e}")),
     };
     let mut out = serde_json::to_vec(&response)?;
     out.push(b'\n');

@@ -14,6 +14,10 @@ pub mod control;
 pub mod delivery;
 pub mod metrics;
 #[cfg(unix)]
+pub mod notify;
+#[cfg(unix)]
+pub mod privileges;
+#[cfg(unix)]
 pub mod queue_cmd;
 #[cfg(unix)]
 pub mod send;

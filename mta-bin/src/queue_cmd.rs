@@ -8,14 +8,15 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use mail_queue::{AGE_BUCKETS_MINUTES, Action, ActionResult, MessageState, Queue, Summary};
 
-use crate::config::{Config, EMBEDDED_DEFAULT, parse_duration};
+use crate::config::{Config, parse_duration};
 use crate::control::{self, Filter, MessageView, Request, Response};
 
 /// `mta queue` and its options.
 #[derive(Args, Debug)]
 pub struct QueueArgs {
-    /// The configuration file of the server (default: the embedded default, whose
-    /// queue is ./mta-data/queue).
+    /// The configuration file of the server (default: $MTA_CONFIG, else
+    /// /etc/mta/mta.toml if it exists, else the embedded default, whose queue is
+    /// ./mta-data/queue).
     #[arg(long, short, global = true)]
     pub config: Option<PathBuf>,
     /// Print JSON instead of text.
@@ -103,10 +104,7 @@ fn parse_state(s: &str) -> Result<MessageState, String> {
 
 /// Runs `mta queue ...`; returns whether every named message was found.
 pub fn run(args: QueueArgs) -> anyhow::Result<bool> {
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::parse(EMBEDDED_DEFAULT)?,
-    };
+    let config = Config::find(args.config.as_deref())?;
     let request = request(&args.command)?;
     let response = match control::request(&control::socket_path(&config.queue.path), &request)? {
         Some(response) => response,
@@ -181,6 +179,15 @@ pub(crate) fn offline(config: &Config, request: Request) -> anyhow::Result<Respo
     // A message may start a queue; the other commands need one.
     if !path.exists() && !matches!(request, Request::Inject { .. }) {
         bail!("no queue at {} (and no server running)", path.display());
+    }
+    // Root works on the queue as the server's user, so that what it writes stays
+    // writable by the server.
+    if let Some(name) = &config.user
+        && nix::unistd::Uid::effective().is_root()
+    {
+        let user = crate::privileges::RunAs::lookup(name)?;
+        user.prepare_dir(path)?;
+        user.switch()?;
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -180,7 +180,8 @@ pub struct SendArgs {
     /// A file to attach (repeat for more).
     #[arg(long)]
     pub attach: Vec<std::path::PathBuf>,
-    /// The configuration file (default: the embedded default).
+    /// The configuration file (default: $MTA_CONFIG, else /etc/mta/mta.toml if it
+    /// exists, else the embedded default).
     #[arg(long, short)]
     pub config: Option<std::path::PathBuf>,
 }

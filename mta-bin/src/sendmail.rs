@@ -35,7 +35,7 @@ pub struct Options {
     pub sender: Option<String>,
     /// `-F NAME`: the sender's full name, for a `From` field we add.
     pub full_name: Option<String>,
-    /// `-C FILE`: the configuration file (default: the embedded default).
+    /// `-C FILE`: the configuration file (default: see [`Config::find`](crate::config::Config::find)).
     pub config: Option<PathBuf>,
     /// `-bp`: list the queue instead (as `mailq`).
     pub list_queue: bool,
@@ -469,14 +469,10 @@ fn send(options: &Options) -> Result<String, (u8, anyhow::Error)> {
     submit(&config, options, &message)
 }
 
-/// The configuration of `-C` (or the embedded default).
+/// The configuration (see [`Config::find`](crate::config::Config::find)).
 pub(crate) fn load_config(options: &Options) -> Result<crate::config::Config, (u8, anyhow::Error)> {
-    use crate::config::{Config, EMBEDDED_DEFAULT};
-    match &options.config {
-        Some(path) => Config::load(path),
-        None => Config::parse(EMBEDDED_DEFAULT),
-    }
-    .map_err(|e| (EX_TEMPFAIL, e))
+    use crate::config::Config;
+    Config::find(options.config.as_deref()).map_err(|e| (EX_TEMPFAIL, e))
 }
 
 /// Completes `message` (see [`prepare`]) and queues it: through the control socket of a
@@ -490,10 +486,7 @@ pub fn submit(
     use crate::control::{self, Request, Response};
     let temp = |e: anyhow::Error| (EX_TEMPFAIL, e);
     let usage = |e: String| (EX_USAGE, anyhow::anyhow!(e));
-    let user = ["USER", "LOGNAME"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| "unknown".to_owned());
+    let user = login_name();
     let cx = Context {
         domain: config
             .local
@@ -515,15 +508,54 @@ pub fn submit(
         message: prepared.message,
     };
     let socket = control::socket_path(&config.queue.path);
-    let response = match control::request(&socket, &request).map_err(temp)? {
-        Some(response) => response,
-        None => crate::queue_cmd::offline(config, request).map_err(temp)?,
+    let response = match (control::request(&socket, &request), &config.sendmail.socket) {
+        (Ok(Some(response)), _) => response,
+        (Ok(None), _) => crate::queue_cmd::offline(config, request).map_err(temp)?,
+        // Not the server's user: hand the message in on the socket for everyone.
+        (Err(e), Some(public)) if permission_denied(&e) => control::request(public, &request)
+            .map_err(temp)?
+            .ok_or_else(|| {
+                temp(anyhow::anyhow!(
+                    "no server is running ({} is closed)",
+                    public.display()
+                ))
+            })?,
+        (Err(e), None) if permission_denied(&e) => {
+            return Err(temp(e.context(
+                "only root and the server's user can queue mail here; \
+                 the administrator can open [sendmail] socket to other users",
+            )));
+        }
+        (Err(e), _) => return Err(temp(e)),
     };
     match response {
         Response::Queued { id } => Ok(id),
         Response::Error { message } => Err(temp(anyhow::anyhow!(message))),
         other => Err(temp(anyhow::anyhow!("unexpected answer: {other:?}"))),
     }
+}
+
+/// Who runs this: the name of the real user id (which the caller cannot choose), else
+/// `$USER` or `$LOGNAME`.
+fn login_name() -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .or_else(|| {
+            ["USER", "LOGNAME"]
+                .iter()
+                .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Whether `e` comes from being refused access (to the control socket or the queue).
+fn permission_denied(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    })
 }
 
 /// The message size limit when the configuration sets none (the server's default).

@@ -32,6 +32,8 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     let mta = Mta::start_from(config, path).await?;
     mta.print_banner();
     #[cfg(unix)]
+    crate::notify::notify("READY=1");
+    #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut hangup = signal(SignalKind::hangup())?;
@@ -50,6 +52,8 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     #[cfg(not(unix))]
     shutdown_signal().await;
     println!("mta: shutting down");
+    #[cfg(unix)]
+    crate::notify::notify("STOPPING=1");
     mta.stop().await;
     Ok(())
 }
@@ -68,6 +72,8 @@ pub struct Reload {
     queue: Queue,
     queue_config: QueueConfig,
     metrics: Option<std::net::SocketAddr>,
+    user: Option<String>,
+    sendmail_socket: Option<PathBuf>,
     /// Sender-authentication counts, kept across reloads.
     auth_stats: Arc<auth_checks::AuthStats>,
     /// The signing of injected mail (the control socket reads it).
@@ -89,6 +95,12 @@ impl Reload {
         if config.metrics.as_ref().map(|m| m.address) != self.metrics {
             anyhow::bail!("[metrics] changed: restart to apply that");
         }
+        if config.user != self.user {
+            anyhow::bail!("user changed: restart to apply that");
+        }
+        if config.sendmail.socket != self.sendmail_socket {
+            anyhow::bail!("[sendmail] socket changed: restart to apply that");
+        }
         let parts = Parts::build(&config, &self.queue, &self.auth_stats)?;
         self.server.reload(parts.server_config, parts.stages)?;
         self.delivery.replace(&parts.delivery);
@@ -100,6 +112,40 @@ impl Reload {
         }
         Ok(())
     }
+}
+
+/// With `user` set: becomes that user (when started as root), after creating the
+/// queue and Maildir directories for it if they are missing. Without it, a server
+/// started as root says that it keeps running as root.
+#[cfg(unix)]
+fn give_up_root(config: &Config) -> anyhow::Result<()> {
+    let Some(name) = &config.user else {
+        if nix::unistd::Uid::effective().is_root() {
+            tracing::warn!(
+                "running as root: set `user` in the configuration to give up root once the listeners are bound"
+            );
+        }
+        return Ok(());
+    };
+    let user = crate::privileges::RunAs::lookup(name)?;
+    if user.is_current() {
+        return Ok(());
+    }
+    user.prepare_dir(&config.queue.path)?;
+    user.prepare_dir(&config.data_dir())?;
+    if let Some(parent) = config.sendmail.socket.as_deref().and_then(|s| s.parent()) {
+        user.prepare_dir(parent)?;
+    }
+    if let Some(maildir) = &config.local.maildir {
+        user.prepare_dir(maildir)?;
+    }
+    user.switch()?;
+    tracing::info!(
+        user = user.name(),
+        "listeners bound; running as {}",
+        user.name()
+    );
+    Ok(())
 }
 
 /// `[relay] trusted_networks`.
@@ -208,8 +254,23 @@ impl Mta {
     }
 
     /// [`Mta::start`] for a configuration read from `path`, which a reload reads again.
+    ///
+    /// The order matters when started as root with `user` set: the listening sockets
+    /// (SMTP and metrics) are bound first, then the process becomes that user, and
+    /// only then opens the queue and reads certificates and keys.
     pub async fn start_from(config: Config, path: Option<PathBuf>) -> anyhow::Result<Self> {
         let queue_settings = queue_config(&config)?;
+        let backlog = config
+            .limits
+            .listen_backlog
+            .unwrap_or(Limits::default().listen_backlog);
+        let bound = Server::listen(&listener_configs(&config)?, backlog)?;
+        let metrics = match &config.metrics {
+            Some(m) => Some(crate::metrics::bind(m.address).await?),
+            None => None,
+        };
+        #[cfg(unix)]
+        give_up_root(&config)?;
         let auth_stats = Arc::new(auth_checks::AuthStats::default());
         let queue = Queue::open(queue_settings.clone())
             .with_context(|| format!("cannot open the queue at {}", config.queue.path.display()))?;
@@ -221,7 +282,7 @@ impl Mta {
         } = Parts::build(&config, &queue, &auth_stats)?;
         let signing = Arc::new(std::sync::RwLock::new(signing));
         let max_message = server_config.limits.max_message_size;
-        let server = Server::bind(server_config, stages).await?;
+        let server = Server::with_listeners(server_config, stages, bound)?;
         let addrs = server.local_addrs();
         let reload = Reload {
             path,
@@ -230,12 +291,10 @@ impl Mta {
             queue: queue.clone(),
             queue_config: queue_settings,
             metrics: config.metrics.as_ref().map(|m| m.address),
+            user: config.user.clone(),
+            sendmail_socket: config.sendmail.socket.clone(),
             auth_stats: Arc::clone(&auth_stats),
             signing: Arc::clone(&signing),
-        };
-        let metrics = match &config.metrics {
-            Some(m) => Some(crate::metrics::bind(m.address).await?),
-            None => None,
         };
         let server_stats = server.stats();
 
@@ -279,18 +338,25 @@ impl Mta {
                     signing.read().ok().and_then(|s| s.sign_message(message))
                 }),
             };
-            let control = crate::control::serve(
-                queue.clone(),
+            let mut sockets = vec![(
                 crate::control::socket_path(&config.queue.path),
-                hooks,
-                max_message,
-                wait(stop.subscribe()),
-            );
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = control.await {
-                    tracing::warn!(error = %format!("{e:#}"), "queue control socket");
-                }
-            }));
+                crate::control::Access::Owner,
+            )];
+            if let Some(path) = &config.sendmail.socket {
+                let hostname = config.hostname.clone();
+                sockets.push((path.clone(), crate::control::Access::Anyone { hostname }));
+            }
+            for (path, access) in sockets {
+                let listener = crate::control::listen(&path, &access)?;
+                tasks.push(tokio::spawn(crate::control::serve(
+                    queue.clone(),
+                    (listener, path),
+                    access,
+                    hooks.clone(),
+                    max_message,
+                    wait(stop.subscribe()),
+                )));
+            }
         }
         Ok(Self {
             addrs,
@@ -451,6 +517,20 @@ pub(crate) fn queue_config(config: &Config) -> anyhow::Result<QueueConfig> {
     })
 }
 
+/// The `[[listener]]`s.
+fn listener_configs(config: &Config) -> anyhow::Result<Vec<ListenerConfig>> {
+    config
+        .listeners
+        .iter()
+        .map(|l| {
+            Ok(ListenerConfig {
+                address: l.address,
+                mode: l.mode.parse().map_err(anyhow::Error::msg)?,
+            })
+        })
+        .collect()
+}
+
 fn server_config(
     config: &Config,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -477,16 +557,7 @@ fn server_config(
         listen_backlog: l.listen_backlog.unwrap_or(d.listen_backlog),
         ..d
     };
-    let listeners = config
-        .listeners
-        .iter()
-        .map(|l| {
-            Ok(ListenerConfig {
-                address: l.address,
-                mode: l.mode.parse().map_err(anyhow::Error::msg)?,
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let listeners = listener_configs(config)?;
     let bare_line_endings = match l.bare_line_endings.as_deref() {
         Some("normalize") => smtp_proto::BareLineEndings::Normalize,
         _ => smtp_proto::BareLineEndings::Reject,

@@ -541,7 +541,7 @@ fn sendmail_interface_queues_piped_mail() {
         Command::new("sh")
             .arg("-c")
             .arg(command)
-            .env("USER", "cron")
+            .env("USER", "someone-else")
             .output()
             .unwrap()
     };
@@ -605,9 +605,12 @@ fn sendmail_interface_queues_piped_mail() {
 
     let you = maildir_files(dir.path(), "you", 2);
     assert_eq!(you.len(), 2, "{you:?}");
+    // The sender is the user who ran sendmail, whatever $USER says.
+    let me = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    let me = me.trim();
     let stopped = you.iter().find(|m| m.contains("while stopped")).unwrap();
     assert!(
-        stopped.contains("From: \"Cron Daemon\" <cron@mx.test>\r\n"),
+        stopped.contains(&format!("From: \"Cron Daemon\" <{me}@mx.test>\r\n")),
         "{stopped}"
     );
     assert!(stopped.contains("Message-ID: <"), "{stopped}");
@@ -617,7 +620,9 @@ fn sendmail_interface_queues_piped_mail() {
     );
     let job = you.iter().find(|m| m.contains("cron job")).unwrap();
     assert!(
-        job.contains("Received: by mx.test (mta sendmail, from user cron)"),
+        job.contains(&format!(
+            "Received: by mx.test (mta sendmail, from user {me})"
+        )),
         "{job}"
     );
     assert!(
@@ -1128,4 +1133,174 @@ fn injected_mail_is_dkim_signed() {
             .unwrap();
         assert!(py.wait().unwrap().success(), "dkimpy refuses: {message}");
     }
+}
+
+/// The user id of `name`.
+fn uid_of(name: &str) -> u32 {
+    let out = Command::new("id").args(["-u", name]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A free port below 1024 on loopback (only root can bind it).
+fn free_privileged_address() -> String {
+    (600..1000)
+        .find_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+        .map(|l| l.local_addr().unwrap().to_string())
+        .expect("a free port below 1024")
+}
+
+/// Started as root with `user = "nobody"`: the server binds a privileged port, then
+/// runs as nobody (its process, queue and delivered mail are nobody's); root still
+/// steers it (`mta queue`, through the socket while it runs, and as nobody on the store
+/// when it is stopped). The user `daemon` can hand a message in through the
+/// `[sendmail] socket` (and the server records its user id) but cannot control the
+/// queue.
+#[test]
+fn started_as_root_it_binds_then_runs_as_the_configured_user() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !is_root() {
+        assert!(std::env::var("CI").is_err(), "CI runs the tests as root");
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    let (nobody, daemon) = (uid_of("nobody"), uid_of("daemon"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A copy of the binary that every user may run.
+    let bin = dir.path().join("mta");
+    std::fs::copy(env!("CARGO_BIN_EXE_mta"), &bin).unwrap();
+    let listen = free_privileged_address();
+    let text = format!(
+        "hostname = \"mx.test\"\nuser = \"nobody\"\n[[listener]]\naddress = \"{listen}\"\nmode = \"relay\"\n\
+         [queue]\npath = \"{0}/data/queue\"\n[local]\ndomains = [\"mx.test\"]\nmaildir = \"{0}/maildir\"\n\
+         accept_any_user = true\n[sendmail]\nsocket = \"{0}/run/sendmail.sock\"\n",
+        dir.path().display()
+    );
+    let cfg = write(dir.path(), "mta.toml", &text);
+    let (child, addr) = serve(&cfg);
+    assert_eq!(addr, listen);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uids.split_whitespace().skip(1).collect::<Vec<_>>(),
+        vec![nobody.to_string(); 4],
+        "real, effective, saved and filesystem uid: {uids}"
+    );
+
+    let said = smtp_send(
+        &listen,
+        "me@mx.test",
+        &["you@mx.test"],
+        "Subject: one\r\n\r\nhi\r\n",
+    );
+    assert!(said.contains("250 2.0.0 Ok: queued"), "{said}");
+    maildir_files(dir.path(), "you", 1);
+    let new = dir.path().join("maildir/mx.test/you/new");
+    let file = std::fs::read_dir(&new).unwrap().next().unwrap().unwrap();
+    assert_eq!(
+        file.metadata().unwrap().uid(),
+        nobody,
+        "delivered as nobody"
+    );
+    let queue_dir = dir.path().join("data/queue");
+    assert_eq!(std::fs::metadata(&queue_dir).unwrap().uid(), nobody);
+
+    // setpriv (util-linux) also clears root's supplementary groups. The commands find
+    // the configuration through $MTA_CONFIG.
+    let as_daemon = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=daemon", "--regid=daemon", "--clear-groups", "--"])
+            .arg(&bin)
+            .args(args)
+            .env("MTA_CONFIG", &cfg)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut sendmail = as_daemon(&["sendmail", "ann@mx.test"]);
+    {
+        use std::io::Write;
+        let mut stdin = sendmail.stdin.take().unwrap();
+        stdin
+            .write_all(b"Subject: from a daemon\n\nwork done\n")
+            .unwrap();
+    }
+    let out = sendmail.wait_with_output().unwrap();
+    assert!(out.status.success(), "sendmail as daemon: {out:?}");
+    let ann = maildir_files(dir.path(), "ann", 1);
+    assert_eq!(ann.len(), 1);
+    assert!(
+        ann[0].contains(&format!(
+            "Received: by mx.test (mta sendmail socket, from userid {daemon});"
+        )),
+        "the server records who handed it in: {}",
+        ann[0]
+    );
+    assert!(ann[0].contains("work done"));
+
+    let out = as_daemon(&["queue", "list"]).wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "daemon may not control the queue: {out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ermission denied"),
+        "{out:?}"
+    );
+    let (code, _, err) = queue_cmd(&cfg, &["list"]);
+    assert_eq!(
+        code, 0,
+        "root controls the queue of a server running as nobody: {err}"
+    );
+    terminate(child);
+
+    // Stopped: root works on the store as nobody, so the server can open it again.
+    let (code, out, err) = queue_cmd(&cfg, &["summary"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for entry in std::fs::read_dir(&queue_dir).unwrap() {
+        let entry = entry.unwrap();
+        assert_eq!(
+            entry.metadata().unwrap().uid(),
+            nobody,
+            "{} belongs to nobody",
+            entry.path().display()
+        );
+    }
+}
+
+/// Whether the tests run as root.
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().unwrap().stdout == b"0\n"
+}
+
+/// Under systemd (`Type=notify`): `READY=1` once the server listens, `STOPPING=1` on
+/// SIGTERM, sent to the datagram socket `$NOTIFY_SOCKET` names.
+#[test]
+fn tells_systemd_when_ready_and_when_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = any_user_config(dir.path());
+    let socket_path = dir.path().join("notify.sock");
+    let manager = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    manager
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let child = mta()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = manager.recv(&mut buf).expect("READY=1 within 20 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means listening: the banner's work is done, the queue is open.
+    assert!(dir.path().join("queue/control.sock").exists());
+    terminate(child);
+    let n = manager.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
 }

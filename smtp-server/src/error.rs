@@ -19,7 +19,8 @@ pub enum ServerError {
     /// A listener needs TLS but no certificate is configured.
     #[error("listener {0} is smtps but no TLS certificate is configured")]
     TlsRequired(std::net::SocketAddr),
-    /// A reload changes the listeners, which only a restart can do.
+    /// A reload changes the listeners, which only a restart can do (or
+    /// [`Server::with_listeners`](crate::Server::with_listeners) got sockets bound for others).
     #[error("the listeners changed (addresses or modes): restart to apply that")]
     ListenersChanged,
 }

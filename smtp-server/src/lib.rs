@@ -55,7 +55,7 @@ pub mod tls;
 pub use config::{Limits, ListenerConfig, ListenerMode, ServerConfig};
 pub use error::ServerError;
 pub use from_fn::{FromFn, FromFnLayer, Next, from_fn};
-pub use server::{Reloader, Server};
+pub use server::{BoundListeners, Reloader, Server};
 pub use stage::{
     AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, EhloRequest, MailRequest, Notes,
     RcptRequest, SessionInfo, StageService, Stages, TlsInfo,

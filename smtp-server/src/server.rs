@@ -38,6 +38,24 @@ pub struct Server {
     stats: Arc<ServerStats>,
 }
 
+/// Listening sockets bound by [`Server::listen`], waiting for the server that will
+/// accept on them.
+#[derive(Debug)]
+pub struct BoundListeners {
+    configs: Vec<ListenerConfig>,
+    sockets: Vec<TcpListener>,
+}
+
+impl BoundListeners {
+    /// Where each socket listens (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+}
+
 /// What a listener serves new connections with; a reload replaces it, connections
 /// already open keep the one they started with.
 type Slot = Arc<RwLock<Arc<Listener>>>;
@@ -128,18 +146,61 @@ impl Server {
     /// Binds every listener of `config` (port 0 picks a free port: see
     /// [`Server::local_addrs`]).
     pub async fn bind(config: ServerConfig, stages: Stages) -> Result<Self, ServerError> {
-        let config = Arc::new(config);
-        let acceptor = config.tls.clone().map(TlsAcceptor::from);
-        let mut listeners = Vec::new();
-        let stats = Arc::new(ServerStats::default());
-        for l in &config.listeners {
-            let listener = listener(&config, l, &stages, acceptor.as_ref(), &stats)?;
-            let socket = listen(l.address, config.limits.listen_backlog).map_err(|source| {
-                ServerError::Bind {
+        let bound = Self::listen(&config.listeners, config.limits.listen_backlog)?;
+        Self::with_listeners(config, stages, bound)
+    }
+
+    /// Binds the listening sockets alone, before the rest of the server exists: a
+    /// program started as root binds ports 25, 465 and 587 this way, gives up its
+    /// privileges, and only then reads keys and opens its queue to build the server
+    /// with [`Server::with_listeners`].
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), smtp_server::ServerError> {
+    /// use smtp_server::{Decision, ListenerConfig, ListenerMode, Server, ServerConfig, Stages};
+    /// let listeners = vec![ListenerConfig { address: "0.0.0.0:25".parse().unwrap(), mode: ListenerMode::Relay }];
+    /// let bound = Server::listen(&listeners, 1024)?;
+    /// // ... drop privileges here ...
+    /// let config = ServerConfig { listeners, ..ServerConfig::default() };
+    /// let sink = tower::service_fn(|_req| async { Ok::<_, smtp_server::BoxError>(Decision::accept()) });
+    /// let server = Server::with_listeners(config, Stages::new(sink), bound)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn listen(
+        listeners: &[ListenerConfig],
+        backlog: u32,
+    ) -> Result<BoundListeners, ServerError> {
+        let sockets = listeners
+            .iter()
+            .map(|l| {
+                listen(l.address, backlog).map_err(|source| ServerError::Bind {
                     address: l.address,
                     source,
-                }
-            })?;
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(BoundListeners {
+            configs: listeners.to_vec(),
+            sockets,
+        })
+    }
+
+    /// Builds the server on sockets bound by [`Server::listen`] for the same listeners
+    /// as `config.listeners` (else [`ServerError::ListenersChanged`]).
+    pub fn with_listeners(
+        config: ServerConfig,
+        stages: Stages,
+        bound: BoundListeners,
+    ) -> Result<Self, ServerError> {
+        if bound.configs != config.listeners {
+            return Err(ServerError::ListenersChanged);
+        }
+        let config = Arc::new(config);
+        let acceptor = config.tls.clone().map(TlsAcceptor::from);
+        let stats = Arc::new(ServerStats::default());
+        let mut listeners = Vec::new();
+        for (l, socket) in config.listeners.iter().zip(bound.sockets) {
+            let listener = listener(&config, l, &stages, acceptor.as_ref(), &stats)?;
             listeners.push((socket, Arc::new(RwLock::new(Arc::new(listener)))));
         }
         Ok(Self {
