@@ -340,6 +340,103 @@ fn one_line(text: &str, e: &toml::de::Error) -> String {
     format!("line {line}, column {column} (`{source}`): {message}")
 }
 
+/// Where a problem is in the file.
+#[derive(Clone, Copy, Debug)]
+enum At<'a> {
+    /// A top-level key.
+    Top(&'a str),
+    /// A key of the table `[name]` (`""`: the table itself).
+    Key(&'a str, &'a str),
+    /// A key of the n-th `[[name]]` (`""`: the entry itself).
+    Entry(&'a str, usize, &'a str),
+}
+
+/// The problems of one configuration, each with its line when the key can be found.
+#[derive(Debug)]
+pub struct Problems {
+    lines: Vec<(Option<usize>, String)>,
+    text: String,
+}
+
+impl Problems {
+    fn new(text: &str) -> Self {
+        Self {
+            lines: Vec::new(),
+            text: text.to_owned(),
+        }
+    }
+
+    fn add(&mut self, at: At<'_>, message: impl Into<String>) {
+        let line = locate(&self.text, at);
+        self.lines.push((line, message.into()));
+    }
+
+    fn into_result(self) -> Result<(), Self> {
+        if self.lines.is_empty() {
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
+
+    /// Each problem as `line N: message` (or the message alone).
+    pub fn each(&self) -> impl Iterator<Item = String> + '_ {
+        self.lines.iter().map(|(line, message)| match line {
+            Some(n) => format!("line {n}: {message}"),
+            None => message.clone(),
+        })
+    }
+}
+
+impl std::fmt::Display for Problems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all: Vec<String> = self.each().collect();
+        f.write_str(&all.join("\n"))
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// The line (from 1) of `at` in `text`: the key's line, else its table's header.
+fn locate(text: &str, at: At<'_>) -> Option<usize> {
+    let (header, index, key) = match at {
+        At::Top(key) => (String::new(), 0, key),
+        At::Key(table, key) => (format!("[{table}]"), 0, key),
+        At::Entry(array, i, key) => (format!("[[{array}]]"), i, key),
+    };
+    let mut inside = header.is_empty();
+    let mut seen = 0;
+    let mut header_line = None;
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            let h: String = t
+                .split('#')
+                .next()
+                .unwrap_or("")
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            inside = h == header && {
+                seen += 1;
+                seen - 1 == index
+            };
+            if inside {
+                header_line = Some(n + 1);
+            }
+            continue;
+        }
+        if inside
+            && !key.is_empty()
+            && t.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(n + 1);
+        }
+    }
+    header_line
+}
+
 /// A duration such as `90s`, `5m`, `2h`, `5d` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
@@ -365,7 +462,7 @@ impl Config {
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let config: Self =
             toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", one_line(text, &e)))?;
-        config.validate()?;
+        config.validate(text)?;
         Ok(config)
     }
 
@@ -394,27 +491,51 @@ impl Config {
         }
     }
 
-    /// Checks what the types alone cannot.
-    fn validate(&self) -> anyhow::Result<()> {
+    /// Checks what the types alone cannot; every problem is reported, with its line
+    /// in `text`.
+    fn validate(&self, text: &str) -> Result<(), Problems> {
+        let mut p = Problems::new(text);
         if self.listeners.is_empty() {
-            bail!("no [[listener]]: nothing to listen on");
+            p.add(At::Top(""), "no [[listener]]: nothing to listen on");
         }
-        for l in &self.listeners {
-            l.mode
-                .parse::<smtp_server::ListenerMode>()
-                .map_err(|e| anyhow::anyhow!("[[listener]] mode: {e}"))?;
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Err(e) = l.mode.parse::<smtp_server::ListenerMode>() {
+                p.add(
+                    At::Entry("listener", i, "mode"),
+                    format!("[[listener]] mode: {e}"),
+                );
+            }
         }
         for d in &self.queue.retry_intervals {
-            parse_duration(d).context("[queue] retry_intervals")?;
+            if let Err(e) = parse_duration(d) {
+                p.add(
+                    At::Key("queue", "retry_intervals"),
+                    format!("[queue] retry_intervals: {e}"),
+                );
+            }
         }
         if self.queue.retry_intervals.is_empty() {
-            bail!("[queue] retry_intervals: give at least one interval");
+            p.add(
+                At::Key("queue", "retry_intervals"),
+                "[queue] retry_intervals: give at least one interval",
+            );
         }
-        parse_duration(&self.queue.max_age).context("[queue] max_age")?;
+        if let Err(e) = parse_duration(&self.queue.max_age) {
+            p.add(At::Key("queue", "max_age"), format!("[queue] max_age: {e}"));
+        }
+        if let Some(Err(e)) = self.queue.delay_warning.as_deref().map(parse_duration) {
+            p.add(
+                At::Key("queue", "delay_warning"),
+                format!("[queue] delay_warning: {e}"),
+            );
+        }
         if !matches!(self.queue.backend.as_str(), "sled" | "redb") {
-            bail!(
-                "[queue] backend: {:?} is not sled or redb",
-                self.queue.backend
+            p.add(
+                At::Key("queue", "backend"),
+                format!(
+                    "[queue] backend: {:?} is not sled or redb",
+                    self.queue.backend
+                ),
             );
         }
         for (key, value) in [
@@ -422,77 +543,163 @@ impl Config {
             ("data_timeout", &self.limits.data_timeout),
             ("tls_handshake_timeout", &self.limits.tls_handshake_timeout),
         ] {
-            if let Some(v) = value {
-                parse_duration(v).with_context(|| format!("[limits] {key}"))?;
+            if let Some(Err(e)) = value.as_deref().map(parse_duration) {
+                p.add(At::Key("limits", key), format!("[limits] {key}: {e}"));
             }
         }
         if let Some(v) = &self.limits.bare_line_endings
             && !matches!(v.as_str(), "reject" | "normalize")
         {
-            bail!("[limits] bare_line_endings: {v:?} is not reject or normalize");
+            p.add(
+                At::Key("limits", "bare_line_endings"),
+                format!("[limits] bare_line_endings: {v:?} is not reject or normalize"),
+            );
         }
         for n in &self.relay.trusted_networks {
-            n.parse::<smtp_server::filters::IpNetwork>()
-                .map_err(|e| anyhow::anyhow!("[relay] trusted_networks: {e}"))?;
+            if let Err(e) = n.parse::<smtp_server::filters::IpNetwork>() {
+                p.add(
+                    At::Key("relay", "trusted_networks"),
+                    format!("[relay] trusted_networks: {e}"),
+                );
+            }
         }
-        if let Some(d) = &self.queue.delay_warning {
-            parse_duration(d).context("[queue] delay_warning")?;
-        }
-        if let Some(t) = &self.outbound.relay_tls
+        let o = &self.outbound;
+        if let Some(t) = &o.relay_tls
             && !matches!(t.as_str(), "starttls" | "implicit")
         {
-            bail!("[outbound] relay_tls: {t:?} is not starttls or implicit");
+            p.add(
+                At::Key("outbound", "relay_tls"),
+                format!("[outbound] relay_tls: {t:?} is not starttls or implicit"),
+            );
         }
-        if self.outbound.relay_username.is_some() != self.outbound.relay_password.is_some() {
-            bail!("[outbound] relay_username and relay_password go together");
+        if o.relay_username.is_some() != o.relay_password.is_some() {
+            p.add(
+                At::Key("outbound", "relay_username"),
+                "[outbound] relay_username and relay_password go together",
+            );
         }
-        if self.outbound.relay_username.is_some() && self.outbound.relay.is_none() {
-            bail!("[outbound] relay_username needs a relay");
+        if o.relay_username.is_some() && o.relay.is_none() {
+            p.add(
+                At::Key("outbound", "relay_username"),
+                "[outbound] relay_username needs a relay",
+            );
         }
-        if !matches!(
-            self.outbound.tls.as_str(),
-            "opportunistic" | "required" | "disabled"
-        ) {
-            bail!(
-                "[outbound] tls: {:?} is not opportunistic, required or disabled",
-                self.outbound.tls
+        if !matches!(o.tls.as_str(), "opportunistic" | "required" | "disabled") {
+            p.add(
+                At::Key("outbound", "tls"),
+                format!(
+                    "[outbound] tls: {:?} is not opportunistic, required or disabled",
+                    o.tls
+                ),
             );
         }
         if let Some(tls) = &self.tls
             && !tls.self_signed
             && (tls.certificate.is_none() || tls.private_key.is_none())
         {
-            bail!("[tls]: give certificate and private_key, or self_signed = true");
+            p.add(
+                At::Key("tls", ""),
+                "[tls]: give certificate and private_key, or self_signed = true",
+            );
         }
-        let needs_tls = self.listeners.iter().any(|l| l.mode == "smtps");
-        if needs_tls && self.tls.is_none() {
-            bail!("[[listener]] mode = \"smtps\" needs a [tls] section");
+        if let Some(i) = self.listeners.iter().position(|l| l.mode == "smtps")
+            && self.tls.is_none()
+        {
+            p.add(
+                At::Entry("listener", i, "mode"),
+                "[[listener]] mode = \"smtps\" needs a [tls] section",
+            );
         }
         if !self.local.domains.is_empty()
             && self.local.maildir.is_none()
             && self.local.lmtp.is_none()
         {
-            bail!("[local]: local domains need maildir or lmtp to deliver to");
+            p.add(
+                At::Key("local", "domains"),
+                "[local]: local domains need maildir or lmtp to deliver to",
+            );
         }
-        for (section, key) in self
-            .dkim_keys
-            .iter()
-            .map(|k| ("[[dkim_key]]", k))
-            .chain(self.arc_seal.iter().map(|k| ("[arc_seal]", k)))
-        {
+        for (i, key) in self.dkim_keys.iter().enumerate() {
             if key.domain.is_empty() || key.selector.is_empty() {
-                bail!("{section}: give domain and selector");
-            }
-        }
-        for a in &self.accounts {
-            if !a.username.contains('@') {
-                bail!(
-                    "[[account]] username {:?}: use a full address (user@domain)",
-                    a.username
+                p.add(
+                    At::Entry("dkim_key", i, ""),
+                    "[[dkim_key]]: give domain and selector",
                 );
             }
         }
-        Ok(())
+        if let Some(key) = &self.arc_seal
+            && (key.domain.is_empty() || key.selector.is_empty())
+        {
+            p.add(
+                At::Key("arc_seal", ""),
+                "[arc_seal]: give domain and selector",
+            );
+        }
+        for (i, a) in self.accounts.iter().enumerate() {
+            if !a.username.contains('@') {
+                p.add(
+                    At::Entry("account", i, "username"),
+                    format!(
+                        "[[account]] username {:?}: use a full address (user@domain)",
+                        a.username
+                    ),
+                );
+            }
+        }
+        p.into_result()
+    }
+
+    /// What only the system can tell: the user exists, and the certificate and the
+    /// signing keys the file names can be read and used. `mta check-config` reports
+    /// these with the rest; `mta serve` finds them as it starts.
+    pub fn check_files(&self, text: &str) -> Result<(), Problems> {
+        let mut p = Problems::new(text);
+        #[cfg(unix)]
+        if let Some(user) = &self.user
+            && let Err(e) = crate::privileges::RunAs::lookup(user)
+        {
+            p.add(At::Top("user"), format!("{e:#}"));
+        }
+        if let Some(Tls {
+            certificate: Some(cert),
+            private_key: Some(key),
+            self_signed: false,
+        }) = &self.tls
+            && let Err(e) = smtp_server::tls::load_pem_files(cert, key)
+        {
+            p.add(At::Key("tls", "certificate"), format!("[tls]: {e}"));
+        }
+        for (i, k) in self.dkim_keys.iter().enumerate() {
+            if let Err(e) =
+                auth_checks::DkimSigner::from_pem_file(&k.domain, &k.selector, &k.private_key)
+            {
+                p.add(
+                    At::Entry("dkim_key", i, "private_key"),
+                    format!(
+                        "[[dkim_key]] private_key {}: {e:#}",
+                        k.private_key.display()
+                    ),
+                );
+            }
+        }
+        if let Some(k) = &self.arc_seal
+            && let Err(e) =
+                auth_checks::ArcSigner::from_pem_file(&k.domain, &k.selector, &k.private_key)
+        {
+            p.add(
+                At::Key("arc_seal", "private_key"),
+                format!("[arc_seal] private_key {}: {e:#}", k.private_key.display()),
+            );
+        }
+        if let Some(ca) = &self.outbound.ca_file
+            && let Err(e) = std::fs::metadata(ca)
+        {
+            p.add(
+                At::Key("outbound", "ca_file"),
+                format!("[outbound] ca_file {}: {e}", ca.display()),
+            );
+        }
+        p.into_result()
     }
 
     /// Risky settings worth a warning.
@@ -596,6 +803,30 @@ tls = "opportunistic"
         .unwrap_err()
         .to_string();
         assert!(err.contains("mode"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let text = "hostname = \"x\"\n\
+                    [[listener]]\naddress = \"127.0.0.1:1\"\nmode = \"relay\"\n\
+                    [[listener]]\naddress = \"127.0.0.1:2\"\nmode = \"smtp\"\n\
+                    [queue]\nmax_age = \"5 fortnights\"\n\
+                    [outbound]\n# the relay\nrelay_tls = \"sometimes\"\n";
+        let err = Config::parse(text).unwrap_err();
+        let problems: Vec<String> = err.downcast_ref::<Problems>().unwrap().each().collect();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[0].starts_with("line 7: [[listener]] mode"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("line 9: [queue] max_age"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[2].starts_with("line 12: [outbound] relay_tls"),
+            "{problems:?}"
+        );
     }
 
     #[test]

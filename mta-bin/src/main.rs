@@ -168,8 +168,25 @@ fn reload(path: PathBuf) -> anyhow::Result<()> {
     }
 }
 
+/// Every problem of the file, one per line with its line number, then the warnings.
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
+    use mta_bin::config::Problems;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let report = |problems: &Problems| {
+        for problem in problems.each() {
+            eprintln!("{}: {problem}", path.display());
+        }
+        anyhow::anyhow!("{}: {} problem(s)", path.display(), problems.each().count())
+    };
+    let config = match Config::parse(&text) {
+        Ok(config) => config,
+        Err(e) => match e.downcast_ref::<Problems>() {
+            Some(problems) => return Err(report(problems)),
+            None => return Err(e.context(format!("in {}", path.display()))),
+        },
+    };
+    config.check_files(&text).map_err(|p| report(&p))?;
     for warning in config.warnings() {
         println!("warning: {warning}");
     }

@@ -67,6 +67,56 @@ fn check_config_reports_key_and_line() {
         stderr.contains("line 11") && stderr.contains("max_recipients"),
         "{stderr}"
     );
+
+    // Every problem, each on its line; then those only the system can tell.
+    let many = write(
+        dir.path(),
+        "many.toml",
+        &format!(
+            "user = \"no-such-user-here\"\nhostname = \"mx.test\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n\
+             mode = \"relay\"\n[queue]\npath = \"{}/queue\"\nmax_age = \"soon\"\n[local]\n\
+             domains = [\"mx.test\"]\n[outbound]\ntls = \"maybe\"\n",
+            dir.path().display()
+        ),
+    );
+    let out = mta()
+        .args(["check-config", "--config"])
+        .arg(&many)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let name = many.display();
+    for expected in [
+        format!("{name}: line 8: [queue] max_age"),
+        format!("{name}: line 10: [local]: local domains need maildir or lmtp"),
+        format!("{name}: line 12: [outbound] tls: \"maybe\""),
+    ] {
+        assert!(stderr.contains(&expected), "{expected} in {stderr}");
+    }
+    let out = mta()
+        .args(["check-config", "--config"])
+        .arg(write(
+            dir.path(),
+            "files.toml",
+            &format!(
+                "user = \"no-such-user-here\"\n{}[[dkim_key]]\ndomain = \"mx.test\"\nselector = \"s1\"\nprivate_key = \"{}/missing.key\"\n",
+                config(dir.path(), "127.0.0.1:0", ""),
+                dir.path().display()
+            ),
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(": line 1: user = \"no-such-user-here\": no such user"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(": line 14: [[dkim_key]] private_key"),
+        "{stderr}"
+    );
 }
 
 #[test]
