@@ -30,8 +30,10 @@
 
 mod plan;
 mod resolver;
+mod stats;
 #[cfg(feature = "test-server")]
 pub mod testing;
 
 pub use plan::{Exchange, plan};
 pub use resolver::{MxConfig, MxHost, MxResolver, RouteError};
+pub use stats::{LookupStats, Outcome, Query};

@@ -14,6 +14,7 @@ use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData};
 
 use crate::plan::{Exchange, plan};
+use crate::stats::{LookupStats, Outcome, Query};
 
 /// Resolver settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +100,7 @@ pub struct MxResolver {
     resolver: TokioResolver,
     config: MxConfig,
     seed: std::sync::Arc<AtomicU64>,
+    stats: std::sync::Arc<LookupStats>,
 }
 
 impl MxResolver {
@@ -141,7 +143,20 @@ impl MxResolver {
             resolver,
             config,
             seed: std::sync::Arc::new(AtomicU64::new(seed)),
+            stats: std::sync::Arc::default(),
         })
+    }
+
+    /// Counts this resolver's lookups into `stats` (shared with the resolver it
+    /// replaces, so that counts survive a reload).
+    pub fn count_into(mut self, stats: std::sync::Arc<LookupStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// The counts of the lookups made for routing.
+    pub fn stats(&self) -> &std::sync::Arc<LookupStats> {
+        &self.stats
     }
 
     /// The underlying hickory resolver, to share its cache with other lookups (SPF,
@@ -171,7 +186,9 @@ impl MxResolver {
         let ascii = name.to_ascii();
         let mut fqdn = name;
         fqdn.set_fqdn(true);
-        let exchanges = match self.resolver.mx_lookup(fqdn.clone()).await {
+        let answer = self.resolver.mx_lookup(fqdn.clone()).await;
+        self.stats.count(Query::Mx, outcome(&answer));
+        let exchanges = match answer {
             Ok(lookup) => lookup
                 .answers()
                 .iter()
@@ -256,7 +273,9 @@ impl MxResolver {
     async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, RouteError> {
         let mut name = Name::from_ascii(host).map_err(|_| RouteError::InvalidDomain)?;
         name.set_fqdn(true);
-        match self.resolver.lookup_ip(name).await {
+        let answer = self.resolver.lookup_ip(name).await;
+        self.stats.count(Query::Address, outcome(&answer));
+        match answer {
             Ok(lookup) => Ok(lookup.iter().collect()),
             Err(e) => match classify(&e) {
                 Lookup::NoSuchDomain | Lookup::NoData => Ok(Vec::new()),
@@ -270,6 +289,18 @@ enum Lookup {
     NoSuchDomain,
     NoData,
     Temporary,
+}
+
+/// How a lookup ended, for the counters.
+fn outcome<T>(answer: &Result<T, NetError>) -> Outcome {
+    match answer {
+        Ok(_) => Outcome::Answered,
+        Err(e) => match classify(e) {
+            Lookup::NoSuchDomain => Outcome::NoSuchDomain,
+            Lookup::NoData => Outcome::NoData,
+            Lookup::Temporary => Outcome::Failed,
+        },
+    }
 }
 
 fn classify(e: &NetError) -> Lookup {

@@ -164,3 +164,31 @@ async fn address_literals_skip_dns() {
     );
     assert_eq!(r.route("[nonsense]").await, Err(RouteError::InvalidDomain));
 }
+
+/// Every lookup is counted by query and outcome, into counters that a new resolver can
+/// keep adding to.
+#[tokio::test]
+async fn lookups_are_counted_by_query_and_outcome() {
+    let dns = TestDns::start(&[ZONE]).await;
+    let stats = std::sync::Arc::new(dns_mx::LookupStats::default());
+    let r = resolver(&dns).await.count_into(stats.clone());
+    r.route("example.test").await.unwrap(); // MX, then the addresses of a and b
+    let _ = r.route("missing.example.test").await; // NXDOMAIN
+    let _ = r.route("nothing.example.test").await; // no MX, then no address
+    let again = resolver(&dns).await.count_into(stats.clone());
+    again.host("a.example.test").await.unwrap();
+    let count = |query: &str, outcome: &str| {
+        stats
+            .snapshot()
+            .into_iter()
+            .find(|(q, o, _)| *q == query && *o == outcome)
+            .map(|(_, _, n)| n)
+            .unwrap()
+    };
+    assert_eq!(count("mx", "answered"), 1);
+    assert_eq!(count("mx", "nxdomain"), 1);
+    assert_eq!(count("mx", "nodata"), 1);
+    assert_eq!(count("address", "answered"), 3);
+    assert_eq!(count("address", "nodata"), 1);
+    assert_eq!(count("mx", "failed") + count("address", "failed"), 0);
+}

@@ -18,6 +18,18 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct QueueId(pub u64);
 
+impl QueueId {
+    /// When the message was accepted, in Unix seconds (read from the id itself).
+    ///
+    /// ```
+    /// use mail_queue::QueueId;
+    /// assert_eq!(QueueId(1_795_550_400_123_456).accepted_at(), 1_795_550_400);
+    /// ```
+    pub fn accepted_at(self) -> u64 {
+        self.0 / 1_000_000
+    }
+}
+
 impl fmt::Display for QueueId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016X}", self.0)

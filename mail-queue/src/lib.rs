@@ -50,5 +50,7 @@ pub use message::{
     RecipientState, SpoolRef,
 };
 pub use queue::{Backend, DeliveryService, Queue, QueueConfig};
-pub use stats::{DELAY_BUCKETS, DomainCounts, Histogram, QueueCounts, QueueStats, TRACKED_DOMAINS};
+pub use stats::{
+    DELAY_BUCKETS, DomainCounts, Histogram, Oldest, QueueCounts, QueueStats, TRACKED_DOMAINS,
+};
 pub use store::{Change, QueueStore, RedbStore, SledStore};

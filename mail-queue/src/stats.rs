@@ -94,6 +94,18 @@ impl Histogram {
     }
 }
 
+/// When the oldest message in each state was accepted (Unix seconds; `None`: no
+/// message in that state).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Oldest {
+    /// The oldest waiting for its next attempt.
+    pub waiting: Option<u64>,
+    /// The oldest being delivered.
+    pub active: Option<u64>,
+    /// The oldest on hold.
+    pub held: Option<u64>,
+}
+
 /// How many messages the queue holds now, by where they stand.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueueCounts {

@@ -408,6 +408,16 @@ async fn held_messages_wait_across_restarts_until_released() {
         assert_eq!(results, vec![(id, ActionResult::Done)]);
         let again = queue.act(&[id], Action::Hold).await.unwrap();
         assert_eq!(again[0].1, ActionResult::Unchanged("already held".into()));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let oldest = queue.oldest();
+        assert_eq!((oldest.waiting, oldest.active), (None, None));
+        assert!(
+            oldest.held.is_some_and(|t| t <= now && now - t < 60),
+            "{oldest:?}"
+        );
         id
     };
     let queue = Queue::open(cfg).unwrap();

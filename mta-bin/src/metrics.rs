@@ -28,6 +28,8 @@ pub struct Sources {
     pub queue_path: PathBuf,
     /// Sender-authentication verdicts.
     pub auth: Arc<auth_checks::AuthStats>,
+    /// DNS lookups for routing.
+    pub dns: Arc<dns_mx::LookupStats>,
 }
 
 /// Serves the endpoint on `listener` until `shutdown` completes.
@@ -165,6 +167,16 @@ fn render(s: &Sources) -> String {
             .map(|((stage, code), n)| (format!("{{stage=\"{stage}\",code=\"{code}\"}}"), n))
             .collect(),
     );
+    family(
+        "mta_smtp_protocol_errors_total",
+        "counter",
+        "Commands and input the protocol layer refused (syntax, sequence, line length, size, recipients, timeouts), by reply code and enhanced status.",
+        s.server
+            .protocol_errors()
+            .into_iter()
+            .map(|((code, status), n)| (format!("{{code=\"{code}\",status=\"{status}\"}}"), n))
+            .collect(),
+    );
     let mut messages = Vec::new();
     for m in &s.modes {
         let st = s.server.mode(*m);
@@ -201,6 +213,28 @@ fn render(s: &Sources) -> String {
             ("{state=\"active\"}".into(), counts.active),
             ("{state=\"held\"}".into(), counts.held),
         ],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let oldest = s.queue.oldest();
+    family(
+        "mta_queue_oldest_message_age_seconds",
+        "gauge",
+        "Age of the oldest message in each state (0 when there is none).",
+        [
+            ("waiting", oldest.waiting),
+            ("active", oldest.active),
+            ("held", oldest.held),
+        ]
+        .into_iter()
+        .map(|(state, at)| {
+            (
+                format!("{{state=\"{state}\"}}"),
+                at.map_or(0, |t| now.saturating_sub(t)),
+            )
+        })
+        .collect(),
     );
     let q = s.queue.stats();
     family(
@@ -243,6 +277,16 @@ fn render(s: &Sources) -> String {
         "counter",
         "Recipient delivery attempts by destination domain (the first 100 domains seen; later ones as other) and result.",
         by_domain,
+    );
+    family(
+        "mta_dns_lookups_total",
+        "counter",
+        "DNS lookups for routing (MX, then A/AAAA of the hosts), by query and result.",
+        s.dns
+            .snapshot()
+            .into_iter()
+            .map(|(query, result, n)| (format!("{{query=\"{query}\",result=\"{result}\"}}"), n))
+            .collect(),
     );
     let delay = &q.delivery_delay;
     let mut cumulative = 0;

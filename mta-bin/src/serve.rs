@@ -74,8 +74,8 @@ pub struct Reload {
     metrics: Option<std::net::SocketAddr>,
     user: Option<String>,
     sendmail_socket: Option<PathBuf>,
-    /// Sender-authentication counts, kept across reloads.
-    auth_stats: Arc<auth_checks::AuthStats>,
+    /// Counts kept across reloads.
+    counters: Counters,
     /// The signing of injected mail (the control socket reads it).
     signing: Arc<std::sync::RwLock<DkimSignLayer>>,
 }
@@ -101,7 +101,7 @@ impl Reload {
         if config.sendmail.socket != self.sendmail_socket {
             anyhow::bail!("[sendmail] socket changed: restart to apply that");
         }
-        let parts = Parts::build(&config, &self.queue, &self.auth_stats)?;
+        let parts = Parts::build(&config, &self.queue, &self.counters)?;
         self.server.reload(parts.server_config, parts.stages)?;
         self.delivery.replace(&parts.delivery);
         if let Ok(mut signing) = self.signing.write() {
@@ -172,6 +172,15 @@ pub(crate) fn dkim_signing(config: &Config) -> anyhow::Result<DkimSignLayer> {
     Ok(DkimSignLayer::new(signers, trusted_networks(config)?))
 }
 
+/// Counters that outlive a reload (the pieces that count into them are rebuilt).
+#[derive(Clone, Debug, Default)]
+struct Counters {
+    /// Sender-authentication verdicts.
+    auth: Arc<auth_checks::AuthStats>,
+    /// DNS lookups for routing.
+    dns: Arc<dns_mx::LookupStats>,
+}
+
 /// What the configuration makes: the server's settings and stages, the delivery, and
 /// the signing of injected mail.
 struct Parts {
@@ -182,11 +191,7 @@ struct Parts {
 }
 
 impl Parts {
-    fn build(
-        config: &Config,
-        queue: &Queue,
-        auth_stats: &Arc<auth_checks::AuthStats>,
-    ) -> anyhow::Result<Self> {
+    fn build(config: &Config, queue: &Queue, counters: &Counters) -> anyhow::Result<Self> {
         let tls = match &config.tls {
             None => None,
             Some(t) if t.self_signed => Some(crate::tls::self_signed(
@@ -203,14 +208,15 @@ impl Parts {
             nameservers: config.dns.nameservers.clone(),
             our_names: vec![config.hostname.clone()],
             ..MxConfig::default()
-        })?;
+        })?
+        .count_into(Arc::clone(&counters.dns));
         let signing = dkim_signing(config)?;
         let stages = stages(
             config,
             &local_domains,
             &resolver,
             queue.clone(),
-            auth_stats,
+            &counters.auth,
             signing.clone(),
         )?;
         let local = match (&config.local.lmtp, &config.local.maildir) {
@@ -271,7 +277,7 @@ impl Mta {
         };
         #[cfg(unix)]
         give_up_root(&config)?;
-        let auth_stats = Arc::new(auth_checks::AuthStats::default());
+        let counters = Counters::default();
         let queue = Queue::open(queue_settings.clone())
             .with_context(|| format!("cannot open the queue at {}", config.queue.path.display()))?;
         let Parts {
@@ -279,7 +285,7 @@ impl Mta {
             stages,
             delivery,
             signing,
-        } = Parts::build(&config, &queue, &auth_stats)?;
+        } = Parts::build(&config, &queue, &counters)?;
         let signing = Arc::new(std::sync::RwLock::new(signing));
         let max_message = server_config.limits.max_message_size;
         let server = Server::with_listeners(server_config, stages, bound)?;
@@ -293,7 +299,7 @@ impl Mta {
             metrics: config.metrics.as_ref().map(|m| m.address),
             user: config.user.clone(),
             sendmail_socket: config.sendmail.socket.clone(),
-            auth_stats: Arc::clone(&auth_stats),
+            counters: counters.clone(),
             signing: Arc::clone(&signing),
         };
         let server_stats = server.stats();
@@ -319,7 +325,8 @@ impl Mta {
                 modes,
                 queue: queue.clone(),
                 queue_path: config.queue.path.clone(),
-                auth: Arc::clone(&auth_stats),
+                auth: Arc::clone(&counters.auth),
+                dns: Arc::clone(&counters.dns),
             };
             tasks.push(tokio::spawn(crate::metrics::serve(
                 listener,

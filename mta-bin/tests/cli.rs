@@ -851,10 +851,34 @@ fn metrics_are_scraped_over_http() {
         rcpt_reply(&addr, "you@elsewhere.test").starts_with("554"),
         "no relaying"
     );
+    {
+        // A command the protocol does not know: a protocol error, not a policy refusal.
+        use std::io::{Read, Write};
+        let mut tcp = connect(&addr);
+        tcp.write_all(b"EHLO client.test\r\nFROBNICATE\r\nQUIT\r\n")
+            .unwrap();
+        let mut seen = String::new();
+        tcp.read_to_string(&mut seen).unwrap();
+        assert!(seen.contains("\r\n500 5.5.1 "), "{seen}");
+    }
     let refused = parse_prometheus(&http_get(&metrics, "/metrics").1);
     assert_eq!(
         refused["mta_smtp_refusals_total{stage=\"rcpt\",code=\"554\"}"],
         1.0
+    );
+    assert_eq!(
+        refused["mta_smtp_protocol_errors_total{code=\"500\",status=\"5.5.1\"}"],
+        1.0
+    );
+    // Present from the start: lookups for routing (none here: all mail is local) and
+    // the age of the oldest message (none waiting once it is delivered).
+    assert_eq!(
+        refused["mta_dns_lookups_total{query=\"mx\",result=\"answered\"}"],
+        0.0
+    );
+    assert_eq!(
+        refused["mta_queue_oldest_message_age_seconds{state=\"waiting\"}"],
+        0.0
     );
     assert_eq!(
         after["mta_smtp_messages_total{listener=\"relay\",result=\"accepted\"}"],

@@ -329,7 +329,12 @@ pub struct ServerSession {
     body: Vec<u8>,
     errors: u32,
     auth_failures: u32,
+    /// What the session refused since [`ServerSession::take_refusals`] last ran.
+    refusals: Vec<Error>,
 }
+
+/// How many refusals a session keeps between two [`ServerSession::take_refusals`].
+const MAX_KEPT_REFUSALS: usize = 32;
 
 #[derive(Debug)]
 struct Transaction {
@@ -358,6 +363,7 @@ impl ServerSession {
             body: Vec::new(),
             errors: 0,
             auth_failures: 0,
+            refusals: Vec::new(),
         }
     }
 
@@ -576,6 +582,26 @@ impl ServerSession {
             self.output.clear();
             self.output_pos = 0;
         }
+    }
+
+    /// What the session itself refused since the last call (syntax errors, commands
+    /// out of sequence, lines too long, messages too big, too many recipients...; not
+    /// the replies you gave with [`ServerSession::respond`]), oldest first: for
+    /// counters. At most 32 are kept between two calls.
+    ///
+    /// ```
+    /// use smtp_proto::{ServerConfig, ServerSession, Error};
+    /// let mut session = ServerSession::new(std::sync::Arc::new(ServerConfig::default()));
+    /// session.poll_event(); // Connect
+    /// session.accept();
+    /// session.receive(b"MAIL FROM:<a@b.example>\r\n");
+    /// session.poll_event();
+    /// let refused = session.take_refusals();
+    /// assert_eq!(refused.len(), 1);
+    /// assert_eq!(refused[0].reply().code().as_u16(), 503);
+    /// ```
+    pub fn take_refusals(&mut self) -> Vec<Error> {
+        std::mem::take(&mut self.refusals)
     }
 
     /// Whether the session is over: send the pending output, then close.
@@ -1150,6 +1176,14 @@ impl ServerSession {
 
     // ----- output helpers -----
 
+    /// Keeps `error` for [`ServerSession::take_refusals`] (a bounded number between
+    /// two calls).
+    fn note_refusal(&mut self, error: &Error) {
+        if self.refusals.len() < MAX_KEPT_REFUSALS {
+            self.refusals.push(error.clone());
+        }
+    }
+
     fn ask(&mut self, awaiting: Awaiting, event: Event) {
         self.awaiting = Some(awaiting);
         self.event = Some(event);
@@ -1163,6 +1197,7 @@ impl ServerSession {
     /// error.
     fn refuse(&mut self, error: Error) {
         error.reply().encode(&mut self.output);
+        self.note_refusal(&error);
         if error.closes_connection() {
             self.state = State::Closed;
         }
@@ -1184,6 +1219,7 @@ impl ServerSession {
 
     fn close_with(&mut self, error: &Error) {
         error.reply().encode(&mut self.output);
+        self.note_refusal(error);
         self.state = State::Closed;
         self.awaiting = None;
         self.event = None;

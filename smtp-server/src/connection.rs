@@ -109,6 +109,9 @@ impl Connection {
                     self.handle(&mut session, event).await;
                 }
             }
+            for refusal in session.take_refusals() {
+                self.listener.stats.protocol_error(&refusal);
+            }
             self.flush(&mut session).await?;
             if session.is_closed() {
                 let _ = self.stream.shutdown().await;

@@ -44,6 +44,9 @@ pub struct ServerStats {
     pub tls_failed: AtomicU64,
     /// Refusals by the stage that refused and the reply code (bounded: our own replies).
     refusals: std::sync::Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
+    /// Refusals by the protocol layer, by reply code and enhanced status (bounded:
+    /// smtp-proto's own replies).
+    protocol_errors: std::sync::Mutex<std::collections::BTreeMap<(u16, String), u64>>,
 }
 
 impl ServerStats {
@@ -69,6 +72,26 @@ impl ServerStats {
         self.refusals
             .lock()
             .map(|r| r.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Counts what the protocol layer refused (see
+    /// [`ServerSession::take_refusals`](smtp_proto::ServerSession::take_refusals)).
+    pub(crate) fn protocol_error(&self, error: &smtp_proto::Error) {
+        let reply = error.reply();
+        let status = reply.status().map(|s| s.to_string()).unwrap_or_default();
+        if let Ok(mut p) = self.protocol_errors.lock() {
+            *p.entry((reply.code().as_u16(), status)).or_insert(0) += 1;
+        }
+    }
+
+    /// `((reply code, enhanced status), count)` of every refusal by the protocol layer
+    /// so far: syntax errors, commands out of sequence, lines too long, messages too
+    /// big, too many recipients, too many errors.
+    pub fn protocol_errors(&self) -> Vec<((u16, String), u64)> {
+        self.protocol_errors
+            .lock()
+            .map(|p| p.iter().map(|(k, v)| (k.clone(), *v)).collect())
             .unwrap_or_default()
     }
 
