@@ -651,11 +651,14 @@ impl tower::Service<DataRequest> for Enqueue {
             let source = format!("[{}]", request.session.peer.ip());
             let message = NewMessage::from_envelope(&request.envelope, source);
             match queue.enqueue(message, request.message()).await {
-                Ok(id) => Ok(Decision::Accept(Some(Reply::new(
-                    ReplyCode::OK,
-                    EnhancedStatus::OK,
-                    format!("Ok: queued as {id}"),
-                )))),
+                Ok(id) => {
+                    tracing::Span::current().record("queue_id", tracing::field::display(id));
+                    Ok(Decision::Accept(Some(Reply::new(
+                        ReplyCode::OK,
+                        EnhancedStatus::OK,
+                        format!("Ok: queued as {id}"),
+                    ))))
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot queue a message");
                     Ok(Decision::Defer(e.reply()))

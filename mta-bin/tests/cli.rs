@@ -730,9 +730,9 @@ fn json_logs_are_one_object_per_line() {
         .iter()
         .find(|l| l["fields"]["message"] == "message accepted")
         .unwrap_or_else(|| panic!("no accepted line: {text}"));
-    assert!(
-        accepted.to_string().contains(&id),
-        "queue id {id} in {accepted}"
+    assert_eq!(
+        accepted["span"]["queue_id"], id,
+        "the accepted line's transaction span has the queue id: {accepted}"
     );
     assert!(
         text.contains("\"peer\":\"127.0.0.1:"),

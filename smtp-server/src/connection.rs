@@ -299,7 +299,9 @@ impl Connection {
             }
             Event::Message { envelope, body } => {
                 let body_len = body.len();
-                let span = info_span!("smtp.txn", from = %envelope.from, rcpts = envelope.recipients.len(), size = body_len);
+                // `queue_id` is for the data stage to fill in (`Span::current().record(...)`) once
+                // the message has one, so that the "message accepted" line carries it.
+                let span = info_span!("smtp.txn", from = %envelope.from, rcpts = envelope.recipients.len(), size = body_len, queue_id = tracing::field::Empty);
                 let request = DataRequest {
                     session: self.snapshot(session),
                     envelope,
