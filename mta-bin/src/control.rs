@@ -126,7 +126,22 @@ pub enum Request {
         /// The message, CRLF line endings (base64 in the JSON line).
         #[serde(with = "base64_bytes")]
         message: Vec<u8>,
+        /// Delivery status notifications asked for (sendmail's `-N`, `-R`, `-V`).
+        #[serde(default)]
+        dsn: InjectDsn,
     },
+}
+
+/// The DSN parameters (RFC 3461) of an injected message: the same for every recipient.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InjectDsn {
+    /// `NOTIFY` bits (1 success, 2 failure, 4 delay; 0 never); `None`: the default
+    /// (failure, and delay when the queue warns).
+    pub notify: Option<u8>,
+    /// `RET`: `Some(true)` to return headers only, `Some(false)` the full message.
+    pub ret: Option<bool>,
+    /// `ENVID`: the sender's id for this transaction, quoted in notifications.
+    pub envid: Option<String>,
 }
 
 /// One recipient as shown.
@@ -361,7 +376,15 @@ pub async fn handle(queue: &Queue, request: Request, hooks: &Hooks) -> Response 
             from,
             recipients,
             message,
-        } => inject(queue, hooks, from, recipients, message, "local").await,
+            dsn,
+        } => {
+            let envelope = Envelope {
+                from,
+                recipients,
+                dsn,
+            };
+            inject(queue, hooks, envelope, message, "local").await
+        }
         Request::Reload => match &hooks.reload {
             Some(reload) => match reload() {
                 Ok(()) => Response::Reloaded,
@@ -376,16 +399,27 @@ pub async fn handle(queue: &Queue, request: Request, hooks: &Hooks) -> Response 
     }
 }
 
+/// The envelope of an injected message.
+struct Envelope {
+    from: String,
+    recipients: Vec<String>,
+    dsn: InjectDsn,
+}
+
 /// Queues a message handed in by `source`, signed with the configured keys as mail
 /// from a login would be (the signing layer runs on SMTP sessions only).
 async fn inject(
     queue: &Queue,
     hooks: &Hooks,
-    from: String,
-    recipients: Vec<String>,
+    envelope: Envelope,
     message: Vec<u8>,
     source: &str,
 ) -> Response {
+    let Envelope {
+        from,
+        recipients,
+        dsn,
+    } = envelope;
     let params = MailParams {
         body: if message.is_ascii() {
             BodyType::SevenBit
@@ -393,6 +427,8 @@ async fn inject(
             BodyType::EightBitMime
         },
         smtputf8: !from.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
+        ret: dsn.ret,
+        envid: dsn.envid,
         ..MailParams::default()
     };
     let new = NewMessage {
@@ -402,7 +438,10 @@ async fn inject(
             .into_iter()
             .map(|address| NewRecipient {
                 address,
-                dsn: RecipientDsn::default(),
+                dsn: RecipientDsn {
+                    notify: dsn.notify,
+                    orcpt: None,
+                },
             })
             .collect(),
         source: source.to_owned(),
@@ -515,6 +554,7 @@ async fn connection(
                 from,
                 recipients,
                 message,
+                dsn,
             }),
             Access::Anyone { hostname },
         ) => {
@@ -529,7 +569,12 @@ async fn connection(
             );
             let message = [received.into_bytes(), message].concat();
             let source = format!("local uid {uid}");
-            inject(queue, hooks, from, recipients, message, &source).await
+            let envelope = Envelope {
+                from,
+                recipients,
+                dsn,
+            };
+            inject(queue, hooks, envelope, message, &source).await
         }
         (Ok(_), Access::Anyone { .. }) => {
             error("this socket takes messages only; queue control needs the control socket")
@@ -568,4 +613,50 @@ pub fn request(socket: &Path, request: &Request) -> anyhow::Result<Option<Respon
     let response = serde_json::from_str(&answer)
         .with_context(|| format!("unreadable answer from {}", socket.display()))?;
     Ok(Some(response))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sendmail's `-N`, `-R` and `-V` reach the queued envelope.
+    #[tokio::test]
+    async fn injected_mail_keeps_its_dsn_parameters() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(mail_queue::QueueConfig {
+            path: dir.path().join("queue"),
+            ..mail_queue::QueueConfig::default()
+        })
+        .unwrap();
+        let hooks = Hooks {
+            reload: None,
+            sign: Arc::new(|_: &[u8]| None),
+        };
+        let request = Request::Inject {
+            from: "me@x.test".into(),
+            recipients: vec!["a@y.test".into(), "b@y.test".into()],
+            message: b"Subject: s\r\n\r\nbody\r\n".to_vec(),
+            dsn: InjectDsn {
+                notify: Some(0),
+                ret: Some(true),
+                envid: Some("job-42".into()),
+            },
+        };
+        // Through JSON, as over the socket.
+        let request: Request =
+            serde_json::from_str(&serde_json::to_string(&request).unwrap()).unwrap();
+        let Response::Queued { id } = handle(&queue, request, &hooks).await else {
+            panic!("not queued");
+        };
+        let meta = queue.get(id.parse().unwrap()).unwrap().unwrap();
+        assert_eq!(meta.params.ret, Some(true));
+        assert_eq!(meta.params.envid.as_deref(), Some("job-42"));
+        assert!(meta.recipients.iter().all(|r| r.dsn.notify == Some(0)));
+        // A request without `dsn` (an older client) still parses, with the defaults.
+        let old = r#"{"op":"inject","from":"","recipients":["a@y.test"],"message":"eA=="}"#;
+        let Ok(Request::Inject { dsn, .. }) = serde_json::from_str::<Request>(old) else {
+            panic!("does not parse");
+        };
+        assert_eq!(dsn, InjectDsn::default());
+    }
 }

@@ -41,6 +41,9 @@ pub struct Options {
     pub list_queue: bool,
     /// `-bs`: speak SMTP on standard input and output instead of reading one message.
     pub smtp: bool,
+    /// `-N never` or `-N success,failure,delay`, `-R full|hdrs`, `-V envid`: delivery
+    /// status notifications as the DSN extension asks for them (RFC 3461).
+    pub dsn: crate::control::InjectDsn,
     /// The recipients on the command line.
     pub recipients: Vec<String>,
 }
@@ -81,8 +84,25 @@ impl Options {
                 ("b", "s") => o.smtp = true,
                 ("b", "m") => {}
                 ("b", other) => return Err(format!("-b{other} is not supported")),
+                ("N", rest) => o.dsn.notify = Some(parse_notify(&value(rest)?)?),
+                ("R", rest) => {
+                    o.dsn.ret = Some(match value(rest)?.to_ascii_lowercase().as_str() {
+                        "hdrs" => true,
+                        "full" => false,
+                        other => return Err(format!("-R {other}: use full or hdrs")),
+                    });
+                }
+                ("V", rest) => {
+                    let envid = value(rest)?;
+                    if envid.len() > 100 || !envid.bytes().all(|b| (33..127).contains(&b)) {
+                        return Err(
+                            "-V: an envelope id is up to 100 printable ASCII characters".into()
+                        );
+                    }
+                    o.dsn.envid = Some(envid);
+                }
                 // Values we accept and do not use.
-                ("B" | "N" | "R" | "V" | "O" | "L" | "X", rest) => {
+                ("B" | "O" | "L" | "X", rest) => {
                     value(rest)?;
                 }
                 ("o" | "v" | "U" | "n" | "m" | "e" | "q", _) => {}
@@ -91,6 +111,26 @@ impl Options {
         }
         Ok(o)
     }
+}
+
+/// `-N`'s value: `never`, or a comma-separated list of `success`, `failure`, `delay`;
+/// as [`RecipientDsn::notify`](mail_queue::RecipientDsn) bits.
+fn parse_notify(value: &str) -> Result<u8, String> {
+    let mut bits = 0;
+    for word in value.split(',').map(|w| w.trim().to_ascii_lowercase()) {
+        bits |= match word.as_str() {
+            "never" if value.trim().eq_ignore_ascii_case("never") => 0,
+            "success" => 1,
+            "failure" => 2,
+            "delay" => 4,
+            _ => {
+                return Err(format!(
+                    "-N {value}: use never, or success, failure and delay"
+                ));
+            }
+        };
+    }
+    Ok(bits)
 }
 
 /// What the message is completed with.
@@ -506,6 +546,7 @@ pub fn submit(
         from: prepared.from,
         recipients: prepared.recipients,
         message: prepared.message,
+        dsn: options.dsn.clone(),
     };
     let socket = control::socket_path(&config.queue.path);
     let response = match (control::request(&socket, &request), &config.sendmail.socket) {
@@ -605,6 +646,21 @@ mod tests {
             "a value is needed"
         );
         assert!(Options::parse(["-bp".to_owned()]).unwrap().list_queue);
+    }
+
+    #[test]
+    fn dsn_options_become_the_envelope_parameters() {
+        let args = |a: &[&str]| Options::parse(a.iter().map(|s| (*s).to_owned()));
+        let o = args(&["-N", "success,delay", "-Rhdrs", "-V", "job-42", "a@x.test"]).unwrap();
+        assert_eq!(o.dsn.notify, Some(1 | 4));
+        assert_eq!(o.dsn.ret, Some(true));
+        assert_eq!(o.dsn.envid.as_deref(), Some("job-42"));
+        assert_eq!(args(&["-Nnever"]).unwrap().dsn.notify, Some(0));
+        assert_eq!(args(&["-R", "FULL"]).unwrap().dsn.ret, Some(false));
+        assert!(args(&["-N", "never,success"]).is_err());
+        assert!(args(&["-N", "sometimes"]).is_err());
+        assert!(args(&["-R", "body"]).is_err());
+        assert!(args(&["-V", "has space"]).is_err());
     }
 
     #[test]
