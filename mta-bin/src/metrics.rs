@@ -167,6 +167,25 @@ fn render(s: &Sources) -> String {
             .map(|((stage, code), n)| (format!("{{stage=\"{stage}\",code=\"{code}\"}}"), n))
             .collect(),
     );
+    let mut logins = Vec::new();
+    for m in &s.modes {
+        let st = s.server.mode(*m);
+        for (result, n) in [
+            ("success", get(&st.logins)),
+            ("failure", get(&st.login_failures)),
+        ] {
+            logins.push((
+                format!("{{listener=\"{}\",result=\"{result}\"}}", m.as_str()),
+                n,
+            ));
+        }
+    }
+    family(
+        "mta_smtp_logins_total",
+        "counter",
+        "SMTP AUTH attempts, by listener and result.",
+        logins,
+    );
     family(
         "mta_smtp_protocol_errors_total",
         "counter",

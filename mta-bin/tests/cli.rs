@@ -811,7 +811,8 @@ fn metrics_are_scraped_over_http() {
             dir.path(),
             "127.0.0.1:0",
             &format!(
-                "accept_any_user = true\n[metrics]\naddress = \"{metrics}\"\n[tls]\nself_signed = true\n"
+                "accept_any_user = true\n[metrics]\naddress = \"{metrics}\"\n[tls]\nself_signed = true\n\
+                 [[account]]\nusername = \"ann@mx.test\"\npassword = \"secret\"\n"
             ),
         ),
     );
@@ -891,11 +892,19 @@ fn metrics_are_scraped_over_http() {
     assert_eq!(after["mta_queue_enqueued_total"], 1.0);
     assert!(after["mta_smtp_received_bytes_total{listener=\"relay\"}"] > 20.0);
     assert_eq!(after["mta_queue_messages{state=\"held\"}"], 0.0);
-    // A STARTTLS by Python's smtplib: one TLS 1.3 handshake.
+    // A STARTTLS by Python's smtplib (one TLS 1.3 handshake), then a wrong password and
+    // a right one.
     let (host, port) = addr.rsplit_once(':').unwrap();
     let py = Command::new("python3")
         .arg("-c")
-        .arg("import smtplib, ssl, sys; s = smtplib.SMTP(sys.argv[1], int(sys.argv[2])); s.starttls(context=ssl._create_unverified_context()); s.quit()")
+        .arg("import smtplib, ssl, sys\n\
+              s = smtplib.SMTP(sys.argv[1], int(sys.argv[2]))\n\
+              s.starttls(context=ssl._create_unverified_context())\n\
+              s.ehlo()\n\
+              s.user, s.password = 'ann@mx.test', 'wrong'\n\
+              try:\n    s.auth('PLAIN', s.auth_plain)\nexcept smtplib.SMTPAuthenticationError:\n    pass\n\
+              s.login('ann@mx.test', 'secret')\n\
+              s.quit()")
         .args([host, port])
         .output()
         .unwrap();
@@ -903,6 +912,14 @@ fn metrics_are_scraped_over_http() {
     let tls = parse_prometheus(&http_get(&metrics, "/metrics").1);
     assert_eq!(tls["mta_smtp_tls_handshakes_total{result=\"tls1.3\"}"], 1.0);
     assert_eq!(tls["mta_smtp_tls_handshakes_total{result=\"failed\"}"], 0.0);
+    assert_eq!(
+        tls["mta_smtp_logins_total{listener=\"relay\",result=\"success\"}"],
+        1.0
+    );
+    assert_eq!(
+        tls["mta_smtp_logins_total{listener=\"relay\",result=\"failure\"}"],
+        1.0
+    );
     assert_eq!(after["mta_delivery_delay_seconds_count"], 1.0);
     assert_eq!(
         after["mta_delivery_recipients_by_domain_total{domain=\"mx.test\",result=\"delivered\"}"],

@@ -255,12 +255,15 @@ impl Connection {
                     },
                 )
                 .await;
+                let mode = self.listener.stats.mode(self.listener.mode);
                 match &decision {
                     Ok(Decision::Accept(_)) => {
+                        ServerStats::count(&mode.logins, 1);
                         info!(user = %username, "authenticated");
                         self.info.authenticated = Some(username);
                     }
                     _ => {
+                        ServerStats::count(&mode.login_failures, 1);
                         info!(user = %username, "authentication failed");
                         tokio::time::sleep(self.listener.config.limits.auth_failure_delay).await;
                     }

@@ -19,6 +19,10 @@ pub struct ModeStats {
     pub messages_deferred: AtomicU64,
     /// Octets of the accepted messages, as received.
     pub bytes_accepted: AtomicU64,
+    /// Successful logins (AUTH).
+    pub logins: AtomicU64,
+    /// Refused logins (AUTH: wrong credentials, or refused by the auth stage).
+    pub login_failures: AtomicU64,
 }
 
 /// Counters of a [`Server`](crate::Server), shared with its connections.
