@@ -231,6 +231,11 @@ pub enum Response {
         /// `(queue id, result)`.
         results: Vec<(String, ActionResult)>,
     },
+    /// For `Act` on every message or a domain's: how many each result.
+    Tally {
+        /// The counts.
+        tally: Tally,
+    },
     /// For `Summary`.
     Summary {
         /// The counts.
@@ -248,6 +253,34 @@ pub enum Response {
         /// Why.
         message: String,
     },
+}
+
+/// What an action did to many messages.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Changed.
+    pub done: u64,
+    /// Being delivered: changed when the attempt ends.
+    pub after_attempt: u64,
+    /// Left as they were, by reason.
+    pub unchanged: std::collections::BTreeMap<String, u64>,
+    /// Gone meanwhile.
+    pub not_found: u64,
+}
+
+impl Tally {
+    fn of(results: Vec<(QueueId, ActionResult)>) -> Self {
+        let mut t = Self::default();
+        for (_, result) in results {
+            match result {
+                ActionResult::Done => t.done += 1,
+                ActionResult::AfterAttempt => t.after_attempt += 1,
+                ActionResult::Unchanged(why) => *t.unchanged.entry(why).or_insert(0) += 1,
+                ActionResult::NotFound => t.not_found += 1,
+            }
+        }
+        t
+    }
 }
 
 fn parse_id(id: &str) -> Result<QueueId, String> {
@@ -336,6 +369,7 @@ pub async fn handle(queue: &Queue, request: Request, hooks: &Hooks) -> Response 
             all,
             domain,
         } => {
+            let many = all || domain.is_some();
             let result = if all {
                 queue.act_all(action).await
             } else if let Some(domain) = domain {
@@ -363,6 +397,11 @@ pub async fn handle(queue: &Queue, request: Request, hooks: &Hooks) -> Response 
                 }
             };
             match result {
+                // Many messages: counts, as postsuper prints them (a million lines
+                // would help no one).
+                Ok(results) if many => Response::Tally {
+                    tally: Tally::of(results),
+                },
                 Ok(results) => Response::Results {
                     results: results
                         .into_iter()

@@ -245,6 +245,22 @@ fn render(out: &mut String, response: &Response) {
             }
             let _ = writeln!(out, "-- {done} of {} messages changed", results.len());
         }
+        Response::Tally { tally } => {
+            let _ = writeln!(out, "{} messages changed", tally.done);
+            if tally.after_attempt > 0 {
+                let _ = writeln!(
+                    out,
+                    "{} being delivered: changed when their attempt ends",
+                    tally.after_attempt
+                );
+            }
+            for (why, n) in &tally.unchanged {
+                let _ = writeln!(out, "{n} unchanged ({why})");
+            }
+            if tally.not_found > 0 {
+                let _ = writeln!(out, "{} left the queue meanwhile", tally.not_found);
+            }
+        }
         Response::Summary { summary } => render_summary(out, summary),
         Response::Queued { id } => {
             let _ = writeln!(out, "queued as {id}");

@@ -418,6 +418,14 @@ tls = "disabled"
     let (_, json, _) = queue_cmd(cfg, &["list", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["messages"][0]["state"], "deferred", "{json}");
+    // On every message: counts, not a line per message.
+    let (code, text, _) = queue_cmd(cfg, &["hold", "--all"]);
+    assert_eq!((code, text.as_str()), (0, "1 messages changed\n"));
+    let (code, text, _) = queue_cmd(cfg, &["hold", "--all"]);
+    assert_eq!(
+        (code, text.as_str()),
+        (0, "0 messages changed\n1 unchanged (already held)\n")
+    );
 }
 
 /// The README's first command: `mta serve` with no file, in an empty directory, takes a
