@@ -717,6 +717,15 @@ impl Config {
         }
         if self.outbound.tls == "disabled" {
             out.push("[outbound] tls = \"disabled\": mail leaves in plaintext".into());
+            if self.outbound.relay_username.is_some()
+                && self.outbound.relay_tls.as_deref() != Some("implicit")
+            {
+                out.push(
+                    "[outbound] relay_username with tls = \"disabled\": credentials never go \
+                     in plaintext, so every login to the relay will fail"
+                        .into(),
+                );
+            }
         }
         if self.accounts.iter().any(|a| !a.password.starts_with('$')) {
             out.push(
