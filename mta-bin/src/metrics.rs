@@ -129,6 +129,21 @@ fn render(s: &Sources) -> String {
             })
             .collect()
     };
+    // Counters by listener and result.
+    let per_mode_result =
+        |f: &dyn Fn(&smtp_server::ModeStats) -> Vec<(&'static str, u64)>| -> Vec<(String, u64)> {
+            s.modes
+                .iter()
+                .flat_map(|m| {
+                    f(s.server.mode(*m)).into_iter().map(move |(result, n)| {
+                        (
+                            format!("{{listener=\"{}\",result=\"{result}\"}}", m.as_str()),
+                            n,
+                        )
+                    })
+                })
+                .collect()
+        };
     family(
         "mta_smtp_connections_total",
         "counter",
@@ -167,24 +182,16 @@ fn render(s: &Sources) -> String {
             .map(|((stage, code), n)| (format!("{{stage=\"{stage}\",code=\"{code}\"}}"), n))
             .collect(),
     );
-    let mut logins = Vec::new();
-    for m in &s.modes {
-        let st = s.server.mode(*m);
-        for (result, n) in [
-            ("success", get(&st.logins)),
-            ("failure", get(&st.login_failures)),
-        ] {
-            logins.push((
-                format!("{{listener=\"{}\",result=\"{result}\"}}", m.as_str()),
-                n,
-            ));
-        }
-    }
     family(
         "mta_smtp_logins_total",
         "counter",
         "SMTP AUTH attempts, by listener and result.",
-        logins,
+        per_mode_result(&|m| {
+            vec![
+                ("success", get(&m.logins)),
+                ("failure", get(&m.login_failures)),
+            ]
+        }),
     );
     family(
         "mta_smtp_protocol_errors_total",
@@ -196,25 +203,17 @@ fn render(s: &Sources) -> String {
             .map(|((code, status), n)| (format!("{{code=\"{code}\",status=\"{status}\"}}"), n))
             .collect(),
     );
-    let mut messages = Vec::new();
-    for m in &s.modes {
-        let st = s.server.mode(*m);
-        for (result, n) in [
-            ("accepted", get(&st.messages_accepted)),
-            ("rejected", get(&st.messages_rejected)),
-            ("deferred", get(&st.messages_deferred)),
-        ] {
-            messages.push((
-                format!("{{listener=\"{}\",result=\"{result}\"}}", m.as_str()),
-                n,
-            ));
-        }
-    }
     family(
         "mta_smtp_messages_total",
         "counter",
         "Messages at the end of DATA, by listener and result (rejected: 5xx, deferred: 4xx).",
-        messages,
+        per_mode_result(&|m| {
+            vec![
+                ("accepted", get(&m.messages_accepted)),
+                ("rejected", get(&m.messages_rejected)),
+                ("deferred", get(&m.messages_deferred)),
+            ]
+        }),
     );
     family(
         "mta_smtp_received_bytes_total",

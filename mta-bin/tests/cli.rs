@@ -9,6 +9,20 @@ fn mta() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mta"))
 }
 
+/// `mta COMMAND --config FILE` run to its end: (exit code, stdout, stderr).
+fn run_with(command: &str, file: &std::path::Path) -> (Option<i32>, String, String) {
+    let out = mta()
+        .args([command, "--config"])
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -35,13 +49,8 @@ fn check_config_reports_key_and_line() {
             "[relay]\ntrusted_networks = [\"0.0.0.0/0\"]\n",
         ),
     );
-    let out = mta()
-        .args(["check-config", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let (code, stdout, _) = run_with("check-config", &good);
+    assert_eq!(code, Some(0), "{stdout}");
     assert!(
         stdout.contains("open relay"),
         "risky settings are warned about: {stdout}"
@@ -56,13 +65,8 @@ fn check_config_reports_key_and_line() {
             "[limits]\nmax_recipients = \"lots\"\n",
         ),
     );
-    let out = mta()
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2));
+    let (code, _, stderr) = run_with("check-config", &bad);
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("line 11") && stderr.contains("max_recipients"),
         "{stderr}"
@@ -79,13 +83,8 @@ fn check_config_reports_key_and_line() {
             dir.path().display()
         ),
     );
-    let out = mta()
-        .args(["check-config", "--config"])
-        .arg(&many)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, _, stderr) = run_with("check-config", &many);
+    assert_eq!(code, Some(2), "{stderr}");
     let name = many.display();
     for expected in [
         format!("{name}: line 8: [queue] max_age"),
@@ -94,21 +93,17 @@ fn check_config_reports_key_and_line() {
     ] {
         assert!(stderr.contains(&expected), "{expected} in {stderr}");
     }
-    let out = mta()
-        .args(["check-config", "--config"])
-        .arg(write(
-            dir.path(),
-            "files.toml",
-            &format!(
-                "user = \"no-such-user-here\"\n{}[[dkim_key]]\ndomain = \"mx.test\"\nselector = \"s1\"\nprivate_key = \"{}/missing.key\"\n",
-                config(dir.path(), "127.0.0.1:0", ""),
-                dir.path().display()
-            ),
-        ))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let files = write(
+        dir.path(),
+        "files.toml",
+        &format!(
+            "user = \"no-such-user-here\"\n{}[[dkim_key]]\ndomain = \"mx.test\"\nselector = \"s1\"\nprivate_key = \"{}/missing.key\"\n",
+            config(dir.path(), "127.0.0.1:0", ""),
+            dir.path().display()
+        ),
+    );
+    let (code, _, stderr) = run_with("check-config", &files);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains(": line 1: user = \"no-such-user-here\": no such user"),
         "{stderr}"
@@ -1078,13 +1073,8 @@ fn reload_applies_a_valid_configuration_and_refuses_a_bad_one() {
         "mta.toml",
         &with("mailboxes = [\"a@mx.test\"]\nno_such_key = 1\n"),
     );
-    let out = mta()
-        .args(["reload", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, _, stderr) = run_with("reload", &cfg);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("no_such_key") && stderr.contains("line"),
         "{stderr}"
@@ -1100,13 +1090,8 @@ fn reload_applies_a_valid_configuration_and_refuses_a_bad_one() {
         with("mailboxes = [\"a@mx.test\"]\n")
     );
     write(dir.path(), "mta.toml", &two);
-    let out = mta()
-        .args(["reload", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, _, stderr) = run_with("reload", &cfg);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("restart"), "{stderr}");
     assert!(
         rcpt_reply(&addr, "b@mx.test").starts_with("250"),
@@ -1119,13 +1104,9 @@ fn reload_applies_a_valid_configuration_and_refuses_a_bad_one() {
         "mta.toml",
         &with("mailboxes = [\"a@mx.test\"]\n"),
     );
-    let out = mta()
-        .args(["reload", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("reloaded"));
+    let (code, stdout, stderr) = run_with("reload", &cfg);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("reloaded"));
     assert!(
         rcpt_reply(&addr, "b@mx.test").starts_with("550"),
         "b is gone again"
