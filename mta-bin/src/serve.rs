@@ -278,8 +278,17 @@ impl Mta {
         #[cfg(unix)]
         give_up_root(&config)?;
         let counters = Counters::default();
-        let queue = Queue::open(queue_settings.clone())
-            .with_context(|| format!("cannot open the queue at {}", config.queue.path.display()))?;
+        let queue = Queue::open(queue_settings.clone()).with_context(|| {
+            let path = config.queue.path.display();
+            match &config.user {
+                // The usual cause: a directory made by root before `user` was set.
+                Some(user) => format!(
+                    "cannot open the queue at {path} as user {user} \
+                     (it must belong to that user: chown -R {user}: {path})"
+                ),
+                None => format!("cannot open the queue at {path}"),
+            }
+        })?;
         let Parts {
             server_config,
             stages,
