@@ -140,11 +140,7 @@ fn give_up_root(config: &Config) -> anyhow::Result<()> {
         user.prepare_dir(maildir)?;
     }
     user.switch()?;
-    tracing::info!(
-        user = user.name(),
-        "listeners bound; running as {}",
-        user.name()
-    );
+    tracing::info!(user = user.name(), "listeners bound; root given up");
     Ok(())
 }
 
