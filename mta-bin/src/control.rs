@@ -3,11 +3,13 @@
 //!
 //! `mta serve` listens on a Unix socket in the queue directory (`control.sock`, mode
 //! 0600: its owner and root only). A client sends one [`Request`] as a JSON line and
-//! reads one [`Response`] as a JSON line. With `[sendmail] socket` configured, it also
-//! listens there (mode 0666) for [`Request::Inject`] alone, from any local user, whose
-//! user id it records in a `Received` field and in the message's source. When no server is running, `mta queue` opens
+//! reads one [`Response`] as a JSON line. When no server is running, `mta queue` opens
 //! the queue itself and runs the same [`handle`] (the queue's lock keeps the two from
 //! ever opening it at once).
+//!
+//! With `[sendmail] socket` configured, the server also listens there (mode 0666) for
+//! [`Request::Inject`] alone, from any local user, whose user id it records in a
+//! `Received` field and in the message's source.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -114,9 +114,9 @@ impl Reload {
     }
 }
 
-/// With `user` set: becomes that user (when started as root), after creating the
-/// queue and Maildir directories for it if they are missing. Without it, a server
-/// started as root says that it keeps running as root.
+/// With `user` set: becomes that user (when started as root), after creating for it
+/// the queue, data, sendmail-socket and Maildir directories that are missing. Without
+/// it, a server started as root says that it keeps running as root.
 #[cfg(unix)]
 fn give_up_root(config: &Config) -> anyhow::Result<()> {
     let Some(name) = &config.user else {
