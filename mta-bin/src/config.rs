@@ -93,7 +93,7 @@ pub struct Config {
 }
 
 /// `[sendmail]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sendmail {
     /// A socket on which any local user may hand in a message (and do nothing else),
@@ -101,6 +101,23 @@ pub struct Sendmail {
     /// server records the user id of each. Absent: only root and the server's user can
     /// inject mail (through the control socket in the queue directory).
     pub socket: Option<PathBuf>,
+    /// Connections to that socket served at once (more wait): each may hold a message of
+    /// the largest size in memory.
+    #[serde(default = "default_sendmail_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for Sendmail {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            max_connections: default_sendmail_connections(),
+        }
+    }
+}
+
+fn default_sendmail_connections() -> usize {
+    8
 }
 
 /// `[metrics]`

@@ -517,10 +517,12 @@ pub enum Access {
     /// The control socket: the server's user and root, every request (mode 0600).
     Owner,
     /// The `[sendmail] socket`: any local user, [`Request::Inject`] only (mode 0666).
-    /// `hostname` names this host in the `Received` field that records the user.
     Anyone {
-        /// Our host name.
+        /// Our host name, for the `Received` field that records the user.
         hostname: String,
+        /// Connections served at once (each may carry a message of the largest size);
+        /// more wait in the socket's backlog.
+        max_connections: usize,
     },
 }
 
@@ -555,20 +557,36 @@ pub async fn serve(
 ) {
     // A message of the largest size the server accepts, in base64, fits in a request.
     let max_request = max_message.saturating_mul(4) / 3 + REQUEST_OVERHEAD;
+    // Any local user can reach the sendmail socket: bound what their connections hold.
+    let permits = Arc::new(tokio::sync::Semaphore::new(match &access {
+        Access::Owner => tokio::sync::Semaphore::MAX_PERMITS,
+        Access::Anyone {
+            max_connections, ..
+        } => (*max_connections).max(1),
+    }));
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
+        let permit = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let (queue, hooks, access) = (queue.clone(), hooks.clone(), access.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = connection(&queue, &hooks, &access, max_request, stream).await {
-                        tracing::warn!(error = %e, "control socket");
-                    }
-                });
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let (queue, hooks, access) = (queue.clone(), hooks.clone(), access.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = connection(&queue, &hooks, &access, max_request, stream).await {
+                tracing::warn!(error = %e, "control socket");
             }
-        }
+        });
     }
     let _ = std::fs::remove_file(&path);
 }
@@ -597,7 +615,7 @@ async fn connection(
                 message,
                 dsn,
             }),
-            Access::Anyone { hostname },
+            Access::Anyone { hostname, .. },
         ) => {
             let uid = uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string());
             let received = format!(
@@ -699,5 +717,79 @@ mod tests {
             panic!("does not parse");
         };
         assert_eq!(dsn, InjectDsn::default());
+    }
+
+    /// The sendmail socket serves `max_connections` at once: one more waits until a
+    /// connection ends, then gets its answer. Control requests are refused there.
+    #[tokio::test]
+    async fn the_sendmail_socket_bounds_its_connections() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(mail_queue::QueueConfig {
+            path: dir.path().join("queue"),
+            ..mail_queue::QueueConfig::default()
+        })
+        .unwrap();
+        let hooks = Hooks {
+            reload: None,
+            sign: Arc::new(|_: &[u8]| None),
+        };
+        let path = dir.path().join("sendmail.sock");
+        let access = Access::Anyone {
+            hostname: "mx.test".into(),
+            max_connections: 1,
+        };
+        let listener = listen(&path, &access).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            queue.clone(),
+            (listener, path.clone()),
+            access,
+            hooks,
+            1 << 20,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let ask = |request: &Request| {
+            let mut line = serde_json::to_vec(request).unwrap();
+            line.push(b'\n');
+            let path = path.clone();
+            async move {
+                let mut stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+                stream.write_all(&line).await.unwrap();
+                let mut answer = String::new();
+                stream.read_to_string(&mut answer).await.unwrap();
+                serde_json::from_str::<Response>(&answer).unwrap()
+            }
+        };
+        let refused = ask(&Request::Summary).await;
+        assert!(matches!(refused, Response::Error { .. }), "{refused:?}");
+
+        // A connection that says nothing holds the only place.
+        let idle = tokio::net::UnixStream::connect(&path).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let inject = Request::Inject {
+            from: "me@x.test".into(),
+            recipients: vec!["a@y.test".into()],
+            message: b"Subject: s\r\n\r\nbody\r\n".to_vec(),
+            dsn: InjectDsn::default(),
+        };
+        let mut waiting = tokio::spawn(ask(&inject));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+                .await
+                .is_err(),
+            "served while the only place is taken"
+        );
+        assert!(queue.is_empty());
+        drop(idle);
+        let Response::Queued { id } = waiting.await.unwrap() else {
+            panic!("not queued");
+        };
+        let meta = queue.get(id.parse().unwrap()).unwrap().unwrap();
+        assert!(meta.source.starts_with("local uid "), "{}", meta.source);
+        let _ = stop.send(());
+        server.await.unwrap();
     }
 }

@@ -355,8 +355,11 @@ impl Mta {
                 crate::control::Access::Owner,
             )];
             if let Some(path) = &config.sendmail.socket {
-                let hostname = config.hostname.clone();
-                sockets.push((path.clone(), crate::control::Access::Anyone { hostname }));
+                let access = crate::control::Access::Anyone {
+                    hostname: config.hostname.clone(),
+                    max_connections: config.sendmail.max_connections,
+                };
+                sockets.push((path.clone(), access));
             }
             for (path, access) in sockets {
                 let listener = crate::control::listen(&path, &access)?;
