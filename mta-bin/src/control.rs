@@ -678,12 +678,10 @@ pub fn request(socket: &Path, request: &Request) -> anyhow::Result<Option<Respon
 mod tests {
     use super::*;
 
-    /// sendmail's `-N`, `-R` and `-V` reach the queued envelope.
-    #[tokio::test]
-    async fn injected_mail_keeps_its_dsn_parameters() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A queue in `dir`, and hooks that neither reload nor sign.
+    fn open(dir: &Path) -> (Queue, Hooks) {
         let queue = Queue::open(mail_queue::QueueConfig {
-            path: dir.path().join("queue"),
+            path: dir.join("queue"),
             ..mail_queue::QueueConfig::default()
         })
         .unwrap();
@@ -691,6 +689,14 @@ mod tests {
             reload: None,
             sign: Arc::new(|_: &[u8]| None),
         };
+        (queue, hooks)
+    }
+
+    /// sendmail's `-N`, `-R` and `-V` reach the queued envelope.
+    #[tokio::test]
+    async fn injected_mail_keeps_its_dsn_parameters() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, hooks) = open(dir.path());
         let request = Request::Inject {
             from: "me@x.test".into(),
             recipients: vec!["a@y.test".into(), "b@y.test".into()],
@@ -725,15 +731,7 @@ mod tests {
     async fn the_sendmail_socket_bounds_its_connections() {
         use tokio::io::AsyncReadExt;
         let dir = tempfile::tempdir().unwrap();
-        let queue = Queue::open(mail_queue::QueueConfig {
-            path: dir.path().join("queue"),
-            ..mail_queue::QueueConfig::default()
-        })
-        .unwrap();
-        let hooks = Hooks {
-            reload: None,
-            sign: Arc::new(|_: &[u8]| None),
-        };
+        let (queue, hooks) = open(dir.path());
         let path = dir.path().join("sendmail.sock");
         let access = Access::Anyone {
             hostname: "mx.test".into(),
