@@ -47,6 +47,10 @@ pub struct Config {
     /// server becomes this user (with its groups) before it touches the queue or a key.
     #[serde(default)]
     pub user: Option<String>,
+    /// Where generated files go (the self-signed certificate); default: the queue
+    /// directory's parent.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
     /// Listeners.
     #[serde(default, rename = "listener")]
     pub listeners: Vec<Listener>,
@@ -753,12 +757,15 @@ impl Config {
         out
     }
 
-    /// The directory for generated files (the self-signed certificate): beside the queue.
+    /// The directory for generated files (the self-signed certificate): `data_dir`,
+    /// else the queue directory's parent.
     pub fn data_dir(&self) -> PathBuf {
-        self.queue
-            .path
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        self.data_dir.clone().unwrap_or_else(|| {
+            self.queue
+                .path
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        })
     }
 }
 
@@ -829,6 +836,16 @@ tls = "opportunistic"
         .unwrap_err()
         .to_string();
         assert!(err.contains("mode"), "{err}");
+    }
+
+    #[test]
+    fn generated_files_go_to_data_dir_else_beside_the_queue() {
+        let base = "hostname = \"x\"\n[[listener]]\naddress = \"127.0.0.1:1\"\nmode = \"relay\"\n\
+                    [queue]\npath = \"/var/spool/mta\"\n";
+        let c = Config::parse(base).unwrap();
+        assert_eq!(c.data_dir(), Path::new("/var/spool"));
+        let c = Config::parse(&format!("data_dir = \"/var/lib/mta\"\n{base}")).unwrap();
+        assert_eq!(c.data_dir(), Path::new("/var/lib/mta"));
     }
 
     #[test]
