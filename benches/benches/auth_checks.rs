@@ -31,13 +31,14 @@
 
 use std::hint::black_box;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use auth_checks::{DkimSigner, KeyKind, MessageChecks, Verifier, generate_key};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use dns_mx::testing::TestDns;
 use dns_mx::{MxConfig, MxResolver};
 use tokio::runtime::Runtime;
+
+mod support;
 
 const DOMAIN: &str = "example.org";
 const HELO: &str = "mail.example.org";
@@ -192,17 +193,9 @@ fn auth_checks(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    // Short enough for a 2-core machine; the command line (`--measurement-time`,
-    // `--warm-up-time`, `--sample-size`) still overrides these.
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(2))
-        .measurement_time(Duration::from_secs(5))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = support::config();
     targets = auth_checks
 }
 criterion_main!(benches);

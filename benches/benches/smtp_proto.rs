@@ -14,9 +14,10 @@
 //! number of commands, and both decoders produce the same bytes.
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+mod support;
 
 /// One transaction of the transcript; DATA content is not part of it.
 const TRANSACTION: &[u8] = b"EHLO client.example.org\r\n\
@@ -228,17 +229,9 @@ fn data_decoder(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    // Short enough for a 2-core machine; the command line (`--measurement-time`,
-    // `--warm-up-time`, `--sample-size`) still overrides these.
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(2))
-        .measurement_time(Duration::from_secs(5))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = support::config();
     targets = command_parsing, data_decoder
 }
 criterion_main!(benches);
