@@ -54,7 +54,15 @@ impl DomainCounts {
         } else {
             Self::OTHER
         };
-        counts.entry(key.to_owned()).or_default()[i] += 1;
+        // Allocates only for a name counted the first time (this runs per recipient).
+        match counts.get_mut(key) {
+            Some(c) => c[i] += 1,
+            None => {
+                let mut c = [0; 3];
+                c[i] = 1;
+                counts.insert(key.to_owned(), c);
+            }
+        }
     }
 
     /// `(domain, [delivered, deferred, failed])` for every domain counted, in order.
