@@ -449,3 +449,22 @@ pub fn code_of(reply: &Reply) -> String {
         None => reply.code().to_string(),
     }
 }
+
+/// A program a test drives (a peer nobody here wrote); `None` when it is missing, and
+/// the test then skips with a message, except under `CI=true`, where `.ci/run`
+/// installs it and its absence is a failure.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{name} is required under CI=true (.ci/run installs it)"
+        );
+        eprintln!("skipping: {name} not found");
+    }
+    found
+}

@@ -500,7 +500,10 @@ impl Reply {
         while let Some(line) = lines.next() {
             out.extend_from_slice(&digits);
             let more = lines.peek().is_some();
-            if more || self.status.is_some() || !line.is_empty() {
+            // RFC 4954 §4: `"334" SP [base64] CRLF`, the space even with no challenge
+            // (clients such as s-nail wait for it).
+            let continuation = self.code == ReplyCode::AUTH_CONTINUE;
+            if more || self.status.is_some() || !line.is_empty() || continuation {
                 out.push(if more { b'-' } else { b' ' });
             }
             if let Some(status) = self.status {
@@ -768,7 +771,11 @@ mod tests {
         let r = Reply::plain(ReplyCode::START_DATA, "End data with <CR><LF>.<CR><LF>");
         assert_eq!(r.to_bytes(), b"354 End data with <CR><LF>.<CR><LF>\r\n");
         let r = Reply::plain(ReplyCode::AUTH_CONTINUE, "");
-        assert_eq!(r.to_bytes(), b"334\r\n");
+        assert_eq!(r.to_bytes(), b"334 \r\n");
+        let r = Reply::plain(ReplyCode::AUTH_CONTINUE, "VXNlcm5hbWU6");
+        assert_eq!(r.to_bytes(), b"334 VXNlcm5hbWU6\r\n");
+        let r = Reply::plain(ReplyCode::OK, "");
+        assert_eq!(r.to_bytes(), b"250\r\n");
         let r = Reply::new(ReplyCode::OK, EnhancedStatus::OK, "");
         assert_eq!(r.to_bytes(), b"250 2.0.0\r\n");
         let r = Reply::new(ReplyCode::OK, EnhancedStatus::OK, "a\r\nb\x00c");

@@ -118,3 +118,51 @@ async fn python_smtplib_sends_through_every_listener() {
         "8-bit body byte-exact"
     );
 }
+
+/// s-nail, a mail client nobody here wrote, logs in with `AUTH PLAIN` without an
+/// initial response: it waits for `334 ` (RFC 4954 §4: "334" SP) before it sends the
+/// credentials, and aborted on a bare `334`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s_nail_logs_in_with_auth_plain_and_auth_login() {
+    let Some(s_nail) = mta_tests::tool("s-nail") else {
+        return;
+    };
+    let t = TestMta::start("").await;
+    let ca = t.dir.path().join("ca.pem");
+    std::fs::write(&ca, &t.pki.ca_pem).unwrap();
+    for (n, mechanism) in ["plain", "login"].into_iter().enumerate() {
+        let port = t.addr(Submission).port();
+        let mut child = tokio::process::Command::new(&s_nail)
+            .args(["-#", "-:/", "-Sv15-compat", "-Sttycharset=utf-8"])
+            .arg(format!(
+                "-Smta=smtp://alice%40{DOMAIN}:secret@localhost:{port}"
+            ))
+            .arg("-Snosave")
+            .args(["-Ssmtp-use-starttls", &format!("-Ssmtp-auth={mechanism}")])
+            .arg(format!("-Stls-ca-file={}", ca.display()))
+            .args(["-Stls-ca-no-defaults", "-Shostname=client.test"])
+            .args(["-r", &format!("alice@{DOMAIN}"), "-s", mechanism])
+            .arg(format!("carol@{DOMAIN}"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, b"sent by s-nail\n")
+            .await
+            .unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "s-nail with AUTH {mechanism}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mail = t.wait_for_mail("carol", n + 1).await;
+        let text = String::from_utf8_lossy(&mail[n]).into_owned();
+        assert!(text.contains(&format!("Subject: {mechanism}")), "{text}");
+        assert!(text.contains("with ESMTPSA"), "{text}");
+    }
+}
