@@ -269,12 +269,18 @@ enum LogFormat {
     Json,
 }
 
+/// The log filter when `RUST_LOG` is not set: `info`, but rustls only at `error`.
+/// rustls warns about what clients get wrong in their TLS hello (an IP address as SNI,
+/// say), once per connection; each failed handshake is logged at `info` by the server
+/// anyway. `RUST_LOG=info,rustls=debug` shows them.
+const DEFAULT_LOG_FILTER: &str = "info,rustls=error";
+
 /// Logs go to stderr through a writer thread, so a session never waits for the
 /// terminal or the journal; nothing is dropped (the writer blocks when far behind).
 /// Keep the returned guard: dropping it flushes what is left.
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::stderr());

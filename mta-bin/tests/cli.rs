@@ -208,7 +208,8 @@ fn serve(config: &std::path::Path) -> (std::process::Child, String) {
     serve_logging(config, &[], "warn", std::process::Stdio::inherit())
 }
 
-/// `serve` with more arguments, a `RUST_LOG` and where its log (stderr) goes.
+/// `serve` with more arguments, a `RUST_LOG` ("": not set) and where its log (stderr)
+/// goes.
 fn serve_logging(
     config: &std::path::Path,
     args: &[&str],
@@ -216,11 +217,15 @@ fn serve_logging(
     log: std::process::Stdio,
 ) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
-    let mut child = mta()
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", rust_log)
+    let mut command = mta();
+    command.args(["serve", "--config"]).arg(config).args(args);
+    // An empty `rust_log`: the server's own default filter.
+    if rust_log.is_empty() {
+        command.env_remove("RUST_LOG");
+    } else {
+        command.env("RUST_LOG", rust_log);
+    }
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .stderr(log)
         .spawn()
@@ -319,6 +324,8 @@ tls = "disabled"
     );
     let cfg = cfg.as_path();
     let (child, addr) = serve(cfg);
+    let (code, text, _) = queue_cmd(cfg, &["list"]);
+    assert_eq!((code, text.as_str()), (0, "The queue is empty.\n"));
     for (to, subject) in [
         (&["a@far.test", "b@far.test"][..], "one"),
         (&["c@far.test"][..], "two"),
@@ -348,6 +355,8 @@ tls = "disabled"
     assert_eq!(listed(cfg, &["--sender", "<>"]).len(), 0);
     assert_eq!(listed(cfg, &["--older-than", "1h"]).len(), 0);
     assert_eq!(listed(cfg, &["--limit", "1"]), vec![one.to_owned()]);
+    let (_, text, _) = queue_cmd(cfg, &["list", "--domain", "nowhere.test"]);
+    assert_eq!(text, "No message in the queue matches.\n");
 
     let (code, text, _) = queue_cmd(cfg, &["list"]);
     assert_eq!(code, 0);
@@ -1383,4 +1392,60 @@ fn tells_systemd_when_ready_and_when_stopping() {
     terminate(child);
     let n = manager.recv(&mut buf).expect("STOPPING=1");
     assert_eq!(&buf[..n], b"STOPPING=1");
+}
+
+/// A program the test drives; `None` (the test skips) when it is missing, except under
+/// `CI=true`, where `.ci/run` installs it.
+fn tool(name: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(std::env::var("CI").is_err(), "CI must have {name}");
+        eprintln!("skipped: {name} not found");
+    }
+    found
+}
+
+/// Scanners such as testssl send an IP address as SNI; rustls ignores it and warns,
+/// once per connection. With the default log filter none of that reaches the log as a
+/// warning (171 WARN lines came from one testssl run before).
+#[test]
+fn an_ip_address_as_sni_is_not_a_warning_per_connection() {
+    let Some(openssl) = tool("openssl") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "mta.toml",
+        &config(
+            dir.path(),
+            "127.0.0.1:0",
+            "accept_any_user = true\n[tls]\nself_signed = true\n",
+        ),
+    );
+    let log_path = dir.path().join("mta.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let (child, addr) = serve_logging(&cfg, &[], "", log.into());
+    for _ in 0..3 {
+        let out = Command::new(&openssl)
+            .args(["s_client", "-connect", &addr, "-starttls", "smtp"])
+            .args(["-servername", "127.0.0.1"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Cipher is"), "no TLS session: {text}");
+    }
+    terminate(child);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("INFO"), "the log is written: {log}");
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && !l.contains("running as root"))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
 }

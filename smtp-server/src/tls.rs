@@ -38,12 +38,13 @@ pub fn load_pem_files(
 }
 
 /// Builds a TLS configuration from DER certificates and key (certificates made in
-/// memory, for example).
+/// memory, for example). The server picks the cipher suite by its own order (AES-GCM,
+/// then ChaCha20-Poly1305, all AEAD), not the client's.
 pub fn from_der(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ServerConfig>, ServerError> {
-    let config =
+    let mut config =
         rustls::ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| ServerError::Tls(e.to_string()))?
@@ -54,5 +55,6 @@ pub fn from_der(
                     "certificate and key do not match or are invalid: {e}"
                 ))
             })?;
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }

@@ -477,3 +477,39 @@ async fn graceful_shutdown_finishes_the_transaction_in_flight() {
     assert_eq!(code_of(&busy.reply().await), "421 4.3.2");
     stopping.await.unwrap();
 }
+
+/// The server picks the cipher suite by its own order (testssl flagged "no server
+/// cipher order"): a client that prefers ChaCha20 still gets AES-GCM when it offers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_chooses_the_cipher_suite() {
+    use rustls::crypto::aws_lc_rs;
+    let t = TestMta::start("").await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(
+            t.pki.ca_pem.as_bytes(),
+        )
+    {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let s = aws_lc_rs::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256;
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: vec![s, aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256],
+        ..aws_lc_rs::default_provider()
+    };
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(t.addr(Smtps)).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls_pki_types::ServerName::try_from("mx.example.test").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+    assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+}
