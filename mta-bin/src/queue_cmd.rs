@@ -106,6 +106,7 @@ fn parse_state(s: &str) -> Result<MessageState, String> {
 pub fn run(args: QueueArgs) -> anyhow::Result<bool> {
     let config = Config::find(args.config.as_deref())?;
     let request = request(&args.command)?;
+    let filtered = matches!(&request, Request::List { filter, .. } if *filter != Filter::default());
     let response = match control::request(&control::socket_path(&config.queue.path), &request)? {
         Some(response) => response,
         None => offline(&config, request)?,
@@ -120,7 +121,7 @@ pub fn run(args: QueueArgs) -> anyhow::Result<bool> {
         out = serde_json::to_string_pretty(&response)?;
         out.push('\n');
     } else {
-        render(&mut out, &response);
+        render(&mut out, &response, filtered);
     }
     print!("{out}");
     Ok(ok)
@@ -205,11 +206,17 @@ pub(crate) fn offline(config: &Config, request: Request) -> anyhow::Result<Respo
     })
 }
 
-fn render(out: &mut String, response: &Response) {
+/// `filtered`: the request named a domain, sender, state or age.
+fn render(out: &mut String, response: &Response, filtered: bool) {
     match response {
         Response::Messages { messages, matched } => {
             if messages.is_empty() {
-                let _ = writeln!(out, "The queue holds no such message.");
+                let text = if filtered || *matched > 0 {
+                    "No message in the queue matches."
+                } else {
+                    "The queue is empty."
+                };
+                let _ = writeln!(out, "{text}");
                 return;
             }
             for m in messages {
