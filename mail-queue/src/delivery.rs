@@ -33,8 +33,13 @@ impl DeliveryRequest {
 /// What happened to one recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Delivered; the text says where or what the server replied.
+    /// Delivered into the recipient's mailbox (Maildir, LMTP); the text says where or
+    /// what the server replied. A success notification is ours to send, when asked.
     Delivered(String),
+    /// Handed to another mail server (the domain's MX, or the relay host), which takes
+    /// it from here, success notifications included (RFC 3461 §5.2.2: NOTIFY was
+    /// passed on). The text names the route and the server's reply.
+    Sent(String),
     /// A temporary failure: try again later.
     Deferred(String),
     /// A permanent failure: give up on this recipient.

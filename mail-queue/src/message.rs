@@ -136,6 +136,8 @@ pub enum RecipientState {
     Delivered,
     /// Failed for good (a permanent error, or the message expired).
     Failed,
+    /// Handed to another mail server, which now answers for it.
+    Sent,
 }
 
 /// One recipient and its delivery state.

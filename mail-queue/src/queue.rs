@@ -554,13 +554,19 @@ impl Queue {
             for (i, outcome) in indexes.into_iter().zip(outcomes) {
                 let r = &mut meta.recipients[i];
                 self.inner.stats.by_domain.count(&r.domain(), &outcome);
+                let sent = matches!(outcome, Outcome::Sent(_));
                 match outcome {
-                    Outcome::Delivered(text) => {
+                    Outcome::Delivered(text) | Outcome::Sent(text) => {
                         count(&self.inner.stats.delivered);
                         let delay = now.saturating_sub(meta.received);
                         self.inner.stats.delivery_delay.observe(delay);
-                        info!(to = %r.address, result = "delivered", detail = %text, "delivery");
-                        r.state = RecipientState::Delivered;
+                        let (result, state) = if sent {
+                            ("sent", RecipientState::Sent)
+                        } else {
+                            ("delivered", RecipientState::Delivered)
+                        };
+                        info!(to = %r.address, result, detail = %text, "delivery");
+                        r.state = state;
                         r.last_reply = Some(text);
                     }
                     Outcome::Failed(text) => {
@@ -639,13 +645,8 @@ impl Queue {
                 .recipients
                 .iter()
                 .enumerate()
+                // A recipient sent on to another server is that server's to report.
                 .filter(|(_, r)| r.state == state && dsn::wants_report(meta, r, action))
-                .filter(|(_, r)| {
-                    !(action == DsnAction::Delivered
-                        && r.last_reply
-                            .as_deref()
-                            .is_some_and(|t| t.starts_with("relayed")))
-                })
                 .map(|(i, _)| i)
                 .collect();
             if !wanted.is_empty() && self.notify(meta, body, &wanted, action).await.is_err() {

@@ -42,7 +42,7 @@ impl DomainCounts {
 
     pub(crate) fn count(&self, domain: &str, outcome: &crate::Outcome) {
         let i = match outcome {
-            crate::Outcome::Delivered(_) => 0,
+            crate::Outcome::Delivered(_) | crate::Outcome::Sent(_) => 0,
             crate::Outcome::Deferred(_) => 1,
             crate::Outcome::Failed(_) => 2,
         };

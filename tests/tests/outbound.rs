@@ -108,6 +108,7 @@ async fn authenticated_submission_reaches_the_mx_after_a_dead_host() {
     );
     assert_eq!(c.code("MAIL FROM:<alice@example.test>").await, "250 2.1.0");
     assert_eq!(c.code("RCPT TO:<bob@remote.test>").await, "250 2.1.5");
+    assert_eq!(c.code("RCPT TO:<x@dead.test>").await, "250 2.1.5");
     assert_eq!(c.code("DATA").await, "354");
     c.send(b"Subject: across\r\n\r\nfrom example.test to remote.test\r\n.\r\n")
         .await;
@@ -129,6 +130,36 @@ async fn authenticated_submission_reaches_the_mx_after_a_dead_host() {
     assert!(
         text.ends_with("Subject: across\r\n\r\nfrom example.test to remote.test\r\n"),
         "{text}"
+    );
+    // What `mta queue show` and the log say names the route taken: the MX, its address
+    // and port; the recipient at dead.test keeps the message in the queue.
+    let port = b.addr(Relay).port();
+    let queue = a.mta.as_ref().unwrap().queue();
+    let start = Instant::now();
+    let sent = loop {
+        let mut sent = None;
+        queue
+            .scan(None, &mut |meta| {
+                sent = meta.recipients[0]
+                    .last_reply
+                    .clone()
+                    .filter(|_| meta.recipients[0].state == mail_queue::RecipientState::Sent);
+                false
+            })
+            .unwrap();
+        match sent {
+            Some(text) => break text,
+            None if start.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None => panic!("bob@remote.test is not recorded as sent"),
+        }
+    };
+    assert!(
+        sent.starts_with(&format!(
+            "sent to up.remote.test[127.0.0.1]:{port} (MX 20 of remote.test): 250 2.0.0"
+        )),
+        "{sent}"
     );
 }
 

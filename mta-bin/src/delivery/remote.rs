@@ -2,6 +2,7 @@
 //! order, with connections reused across messages and a limit per destination.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -99,7 +100,10 @@ impl Remote {
         for host in hosts.iter().filter(|h| !h.addresses.is_empty()) {
             let span = info_span!("smtp.out", host = %host.name, preference = host.preference);
             match self.deliver_to(host, &message).instrument(span).await {
-                Ok(replies) => return replies.iter().map(|r| outcome(&host.name, r)).collect(),
+                Ok((address, replies)) => {
+                    let route = self.route(host, address, domain);
+                    return replies.iter().map(|r| outcome(&route, r)).collect();
+                }
                 Err(e) => last_error = Some((host.name.clone(), e)),
             }
         }
@@ -119,17 +123,35 @@ impl Remote {
         }
     }
 
-    /// One host: a reused connection when there is one, else a new one.
+    /// How a message reached `host` at `address`, for the log and `mta queue`:
+    /// `mx1.example.test[192.0.2.1]:25 (MX 10 of example.test)`.
+    fn route(&self, host: &MxHost, address: SocketAddr, domain: &str) -> String {
+        let how = if self.config.relay.is_some() {
+            "the relay host".to_owned()
+        } else if host.name.starts_with('[') {
+            "an address literal".to_owned()
+        } else if host.name.eq_ignore_ascii_case(domain) && host.preference == 0 {
+            format!("no MX: the address of {domain}")
+        } else {
+            format!("MX {} of {domain}", host.preference)
+        };
+        let name = host.name.trim_matches(['[', ']']);
+        format!("{name}[{}]:{} ({how})", address.ip(), address.port())
+    }
+
+    /// One host: a reused connection when there is one, else a new one. Returns the
+    /// address the message went to, and the replies.
     async fn deliver_to(
         &self,
         host: &MxHost,
         message: &OutboundMessage,
-    ) -> Result<Vec<Reply>, ClientError> {
+    ) -> Result<(SocketAddr, Vec<Reply>), ClientError> {
         if let Some(mut session) = self.take_idle(&host.name) {
             match session.deliver(message).await {
                 Ok(replies) => {
+                    let address = session.address();
                     self.put_idle(session);
-                    return Ok(replies);
+                    return Ok((address, replies));
                 }
                 // The server may have closed it while it waited: open a new one.
                 Err(e) => {
@@ -139,8 +161,9 @@ impl Remote {
         }
         let mut session = Session::open(&host.name, &host.addresses, &self.config.outbound).await?;
         let replies = session.deliver(message).await?;
+        let address = session.address();
         self.put_idle(session);
-        Ok(replies)
+        Ok((address, replies))
     }
 
     fn take_idle(&self, host: &str) -> Option<Session> {
@@ -166,16 +189,15 @@ impl Remote {
     }
 }
 
-/// `host: 250 2.0.0 Ok` as delivered, failed or deferred by the reply's class. A
-/// delivery to a server that offered DSN with NOTIFY passed on is "relayed": that
-/// server sends any success notification.
-fn outcome(host: &str, reply: &Reply) -> Outcome {
+/// `sent to ROUTE: 250 2.0.0 Ok`, or the reply as failed or deferred by its class. A
+/// message sent on is the next server's to report on (NOTIFY went with it).
+fn outcome(route: &str, reply: &Reply) -> Outcome {
     let text = format!(
-        "{host}: {}",
+        "{route}: {}",
         reply.to_string().trim_end().replace("\r\n", " ")
     );
     if reply.is_positive_completion() {
-        Outcome::Delivered(format!("relayed to {text}"))
+        Outcome::Sent(format!("sent to {text}"))
     } else if reply.is_permanent() {
         Outcome::Failed(text)
     } else {
