@@ -98,6 +98,8 @@ pub struct Options<'a> {
     pub local: &'a str,
     /// Lines for the `[queue]` section.
     pub queue: &'a str,
+    /// Where the queue is (default: `queue` in the test's directory).
+    pub queue_path: Option<&'a Path>,
     /// More TOML sections at the end.
     pub extra: &'a str,
     /// A certificate (STARTTLS, smtps); `false` for a plaintext-only server.
@@ -113,6 +115,7 @@ impl Default for Options<'_> {
             hostname: "mx.example.test",
             local: "",
             queue: "",
+            queue_path: None,
             extra: "",
             tls: true,
             relay_port: 0,
@@ -169,6 +172,10 @@ impl TestMta {
         std::fs::write(dir.path().join("key.pem"), &pki.key_pem).unwrap();
         std::fs::write(dir.path().join("ca.pem"), &pki.ca_pem).unwrap();
         let d = dir.path().display();
+        let queue_path = o
+            .queue_path
+            .map_or_else(|| dir.path().join("queue"), Path::to_owned);
+        let queue_path = queue_path.display();
         let (domain, hostname, local, queue, extra, relay_port) = (
             o.domain,
             o.hostname,
@@ -202,7 +209,7 @@ address = "127.0.0.1:0"
 mode = "submission"
 {tls}
 [queue]
-path = "{d}/queue"
+path = "{queue_path}"
 retry_intervals = ["1s"]
 {queue}
 [local]

@@ -99,7 +99,10 @@ impl Spool {
                 .write(true)
                 .open(self.path(number))?;
             // The new file's name must survive a crash as well as its contents.
-            File::open(&self.dir)?.sync_all()?;
+            if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+                let _ = fs::remove_file(self.path(number));
+                return Err(e.into());
+            }
             inner.active = Some(Active {
                 number,
                 file,
@@ -135,8 +138,15 @@ impl Spool {
             .write_all(&buf)
             .and_then(|()| active.file.sync_data());
         if let Err(e) = result {
-            // The segment's tail is now unknown: never write to it again.
+            // The segment's tail is now unknown: never write to it again. Nothing points
+            // into it unless earlier batches do (a full disk refuses every batch into a
+            // new segment: none may stay behind).
+            let number = active.number;
             inner.active = None;
+            if inner.live.get(&number).copied().unwrap_or(0) == 0 {
+                inner.live.remove(&number);
+                let _ = fs::remove_file(self.path(number));
+            }
             return Err(e.into());
         }
         active.len += buf.len() as u64;
