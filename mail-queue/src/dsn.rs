@@ -201,6 +201,7 @@ fn status_of(reply: &str, action: DsnAction) -> String {
     if action == DsnAction::Failed && reply.starts_with("expired") {
         return "4.4.7".into(); // RFC 3463: delivery time expired
     }
+    let reply = smtp_reply(reply).unwrap_or(reply);
     let found = reply.split_whitespace().take(4).find(|w| {
         let parts: Vec<&str> = w.split('.').collect();
         parts.len() == 3
@@ -216,15 +217,23 @@ fn status_of(reply: &str, action: DsnAction) -> String {
     }
 }
 
-/// `host: 550 5.1.1 ...` records a remote server's reply; returns the host.
+/// `host: 550 5.1.1 ...` or `host[192.0.2.1]:25 (MX 10 of example.net): 550 5.1.1 ...`
+/// records a remote server's reply: returns the host and the reply.
+fn remote_reply(reply: &str) -> Option<(&str, &str)> {
+    let (route, rest) = reply.split_once(": ")?;
+    let host = route.split(['[', ' ']).next()?;
+    let plain = host.len() == route.len() || route.as_bytes().get(host.len()) == Some(&b'[');
+    (rest.as_bytes().first().is_some_and(u8::is_ascii_digit) && !host.is_empty() && plain)
+        .then_some((host, rest))
+}
+
 fn remote_mta(reply: &str) -> Option<&str> {
-    let (host, rest) = reply.split_once(": ")?;
-    (rest.as_bytes().first().is_some_and(u8::is_ascii_digit) && !host.contains(' ')).then_some(host)
+    remote_reply(reply).map(|(host, _)| host)
 }
 
 /// The SMTP reply in a recorded outcome, when there is one (`550 5.1.1 No such user`).
 fn smtp_reply(reply: &str) -> Option<&str> {
-    let reply = remote_mta(reply).map_or(reply, |host| &reply[host.len() + 2..]);
+    let reply = remote_reply(reply).map_or(reply, |(_, rest)| rest);
     let code = reply.get(..3)?;
     (code.bytes().all(|b| b.is_ascii_digit())
         && matches!(reply.as_bytes().get(3), None | Some(b' ' | b'-')))
@@ -361,6 +370,11 @@ mod tests {
         );
         assert_eq!(status_of("connection refused", DsnAction::Failed), "5.0.0");
         assert_eq!(remote_mta("mx.test: 550 5.1.1 no"), Some("mx.test"));
+        let routed = "mx.test[192.0.2.1]:25 (MX 10 of d.test): 550 5.1.1 no";
+        assert_eq!(remote_mta(routed), Some("mx.test"));
+        assert_eq!(smtp_reply(routed), Some("550 5.1.1 no"));
+        assert_eq!(status_of(routed, DsnAction::Failed), "5.1.1");
+        assert_eq!(remote_mta("a b: 550 5.1.1 no"), None);
         assert_eq!(remote_mta("556 5.1.10 null MX"), None);
         assert_eq!(smtp_reply("556 5.1.10 null MX"), Some("556 5.1.10 null MX"));
         assert_eq!(smtp_reply("connection refused"), None);

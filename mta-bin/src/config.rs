@@ -239,6 +239,10 @@ pub struct Local {
     /// More local mailboxes (full addresses) that are not logins.
     #[serde(default)]
     pub mailboxes: Vec<String>,
+    /// How lines end in Maildir files: `lf` (default, as Postfix and Dovecot store
+    /// them) or `crlf` (as received).
+    #[serde(default)]
+    pub maildir_line_endings: crate::delivery::LineEndings,
 }
 
 /// `[[account]]`

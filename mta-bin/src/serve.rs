@@ -220,6 +220,7 @@ impl Parts {
             (None, Some(root)) => Some(LocalTarget::Maildir(Maildir::new(
                 root.clone(),
                 &config.hostname,
+                config.local.maildir_line_endings,
             ))),
             (None, None) => None,
         };

@@ -397,7 +397,7 @@ tls = "disabled"
     assert_eq!(notifications.len(), 1, "a notification to the sender");
     let bounce = &notifications[0];
     assert!(
-        bounce.contains("Final-Recipient: rfc822; c@far.test\r\nAction: failed\r\nStatus: 5.0.0"),
+        bounce.contains("Final-Recipient: rfc822; c@far.test\nAction: failed\nStatus: 5.0.0"),
         "{bounce}"
     );
     assert!(bounce.contains("Subject: two"), "{bounce}");
@@ -490,7 +490,7 @@ fn embedded_default_receives_mail_and_stops_on_sigterm() {
     assert_eq!(files.len(), 1, "the message is in {}", new.display());
     let text = std::fs::read_to_string(files[0].path()).unwrap();
     assert!(
-        text.ends_with("Subject: first message\r\n\r\nIt works.\r\n"),
+        text.ends_with("Subject: first message\n\nIt works.\n"),
         "{text}"
     );
 
@@ -672,12 +672,12 @@ fn sendmail_interface_queues_piped_mail() {
     let me = me.trim();
     let stopped = you.iter().find(|m| m.contains("while stopped")).unwrap();
     assert!(
-        stopped.contains(&format!("From: \"Cron Daemon\" <{me}@mx.test>\r\n")),
+        stopped.contains(&format!("From: \"Cron Daemon\" <{me}@mx.test>\n")),
         "{stopped}"
     );
     assert!(stopped.contains("Message-ID: <"), "{stopped}");
     assert!(
-        stopped.ends_with("\r\n\r\nfirst\r\n"),
+        stopped.ends_with("\n\nfirst\n"),
         "a lone dot ends it: {stopped}"
     );
     let job = you.iter().find(|m| m.contains("cron job")).unwrap();
@@ -688,7 +688,7 @@ fn sendmail_interface_queues_piped_mail() {
         "{job}"
     );
     assert!(
-        job.ends_with("\r\n.hidden dot line\r\n.\r\nlast line\r\n"),
+        job.ends_with("\n.hidden dot line\n.\nlast line\n"),
         "-oi: {job}"
     );
     assert!(

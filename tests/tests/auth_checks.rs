@@ -119,8 +119,8 @@ async fn data(c: &mut Client, message: &[u8]) -> String {
 
 /// The `Authentication-Results` fields of a delivered message, unfolded.
 fn results(mail: &[u8], authserv_id: &str) -> Vec<String> {
-    let text = String::from_utf8_lossy(mail).replace("\r\n\t", " ");
-    let header = text.split("\r\n\r\n").next().unwrap_or_default().to_owned();
+    let text = String::from_utf8_lossy(mail).replace("\n\t", " ");
+    let header = text.split("\n\n").next().unwrap_or_default().to_owned();
     header
         .lines()
         .filter(|l| l.starts_with("Authentication-Results:"))
@@ -247,7 +247,7 @@ async fn dmarc_enforce_rejects_quarantines_and_defers() {
         .collect();
     assert_eq!(quarantined.len(), 1);
     assert!(
-        quarantined[0].contains("X-Quarantine: DMARC policy of quar.test (p=quarantine)\r\n"),
+        quarantined[0].contains("X-Quarantine: DMARC policy of quar.test (p=quarantine)\n"),
         "{}",
         quarantined[0]
     );
@@ -374,7 +374,7 @@ async fn forwarded_mail_is_arc_sealed_and_the_next_hop_validates_it() {
 
     let mail = b.wait_for_mail("bob", 1).await;
     assert_eq!(mail.len(), 1, "forwarded to remote.test");
-    let text = String::from_utf8_lossy(&mail[0]).replace("\r\n\t", " ");
+    let text = String::from_utf8_lossy(&mail[0]).replace("\n\t", " ");
     assert!(text.contains("ARC-Seal: i=1; a=rsa-sha256"), "{text}");
     assert!(text.contains("cv=none"), "{text}");
     assert!(

@@ -81,9 +81,9 @@ async fn relay_listener_advertises_and_delivers_to_maildir() {
     let mail = t.wait_for_mail("bob", 1).await;
     assert_eq!(mail.len(), 1);
     let text = String::from_utf8(mail[0].clone()).unwrap();
-    assert!(text.starts_with(&format!("Return-Path: <sender@remote.test>\r\nDelivered-To: bob@{DOMAIN}\r\nReceived: from client.test ([127.0.0.1])\r\n\tby mx.example.test (mta) with ESMTP\r\n")), "{text}");
+    assert!(text.starts_with(&format!("Return-Path: <sender@remote.test>\nDelivered-To: bob@{DOMAIN}\nReceived: from client.test ([127.0.0.1])\n\tby mx.example.test (mta) with ESMTP\n")), "{text}");
     assert!(
-        text.ends_with("Subject: hello\r\n\r\nHi Bob,\r\n.a line that starts with a dot\r\n"),
+        text.ends_with("Subject: hello\n\nHi Bob,\n.a line that starts with a dot\n"),
         "{text}"
     );
 }
@@ -160,7 +160,7 @@ async fn submission_requires_tls_then_auth() {
     let mail = t.wait_for_mail("bob", 1).await;
     let text = String::from_utf8_lossy(&mail[0]);
     assert!(
-        text.contains("with ESMTPSA\r\n\t(using TLSv1.3 with cipher TLS13_"),
+        text.contains("with ESMTPSA\n\t(using TLSv1.3 with cipher TLS13_"),
         "{text}"
     );
 }
@@ -317,14 +317,14 @@ async fn pipelining_bdat_smtputf8_and_eight_bit_are_byte_exact() {
     for user in ["bob", "carol"] {
         let mail = t.wait_for_mail(user, 1).await;
         assert!(
-            mail[0].ends_with(eight_bit.as_bytes()),
+            mail[0].ends_with(eight_bit.replace("\r\n", "\n").as_bytes()),
             "{user}: 8-bit body byte-exact"
         );
     }
     let mail = t.wait_for_mail("\u{5B6B}\u{5B50}", 1).await;
     assert_eq!(mail.len(), 1, "UTF-8 mailbox");
     assert!(
-        mail[0].ends_with(format!("{chunk1}{chunk2}").as_bytes()),
+        mail[0].ends_with(format!("{chunk1}{chunk2}").replace("\r\n", "\n").as_bytes()),
         "BDAT chunks verbatim"
     );
 }
@@ -512,4 +512,55 @@ async fn the_server_chooses_the_cipher_suite() {
         .unwrap();
     let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
     assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+}
+
+/// Maildir files are stored with LF line endings, as Postfix's local delivery, Dovecot
+/// and mail readers store them; `S=` in the name is the size of the file, `W=` its size
+/// with CRLF. `maildir_line_endings = "crlf"` keeps the wire form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maildir_files_end_lines_in_lf_and_carry_their_sizes() {
+    let body = b"Subject: sizes\r\n\r\nline one\r\n..dotted\r\n\r\nlast";
+    for (local, crlf) in [("", false), ("maildir_line_endings = \"crlf\"", true)] {
+        let t = TestMta::start_with(local, "").await;
+        let mut c = t.connect(Relay).await;
+        ehlo(&mut c).await;
+        let code = send_data(&mut c, "a@far.test", &[&format!("bob@{DOMAIN}")], body).await;
+        assert_eq!(code, "250 2.0.0");
+        let mail = t.wait_for_mail("bob", 1).await;
+        let stored = &mail[0];
+        let name = std::fs::read_dir(t.new_dir("bob"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .file_name()
+            .into_string()
+            .unwrap();
+        let lines = stored.iter().filter(|&&b| b == b'\n').count();
+        let crlf_size = if crlf {
+            stored.len()
+        } else {
+            stored.len() + lines
+        };
+        assert!(
+            name.ends_with(&format!(",S={},W={crlf_size}", stored.len())),
+            "{name} for {} bytes",
+            stored.len()
+        );
+        let text = String::from_utf8_lossy(stored);
+        if crlf {
+            assert!(
+                text.ends_with("\r\n\r\nline one\r\n.dotted\r\n\r\nlast\r\n"),
+                "{text}"
+            );
+            assert_eq!(text.matches('\n').count(), text.matches("\r\n").count());
+        } else {
+            assert!(!text.contains('\r'), "{text:?}");
+            assert!(
+                text.starts_with("Return-Path: <a@far.test>\nDelivered-To: bob@"),
+                "{text}"
+            );
+            assert!(text.ends_with("\n\nline one\n.dotted\n\nlast\n"), "{text}");
+        }
+    }
 }

@@ -104,17 +104,16 @@ async fn python_smtplib_sends_through_every_listener() {
     );
 
     let bob = t.wait_for_mail("bob", 1).await;
-    assert!(String::from_utf8_lossy(&bob[0]).ends_with("Subject: relay\r\n\r\nfrom smtplib\r\n"));
+    assert!(String::from_utf8_lossy(&bob[0]).ends_with("Subject: relay\n\nfrom smtplib\n"));
     let carol = String::from_utf8_lossy(&t.wait_for_mail("carol", 1).await[0]).into_owned();
     assert!(carol.contains("with ESMTPSA"), "{carol}");
     assert!(
-        carol.contains("\r\n.leading dot\r\n"),
+        carol.contains("\n.leading dot\n"),
         "dot-stuffing undone: {carol}"
     );
     let utf8 = t.wait_for_mail("\u{5B6B}\u{5B50}", 1).await;
     assert!(
-        utf8[0]
-            .ends_with("Subject: utf8\r\n\r\nna\u{ef}ve caf\u{e9} \u{5B6B}\u{5B50}\r\n".as_bytes()),
+        utf8[0].ends_with("Subject: utf8\n\nna\u{ef}ve caf\u{e9} \u{5B6B}\u{5B50}\n".as_bytes()),
         "8-bit body byte-exact"
     );
 }

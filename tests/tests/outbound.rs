@@ -128,7 +128,7 @@ async fn authenticated_submission_reaches_the_mx_after_a_dead_host() {
         "{text}"
     );
     assert!(
-        text.ends_with("Subject: across\r\n\r\nfrom example.test to remote.test\r\n"),
+        text.ends_with("Subject: across\n\nfrom example.test to remote.test\n"),
         "{text}"
     );
     // What `mta queue show` and the log say names the route taken: the MX, its address
@@ -184,7 +184,7 @@ async fn implicit_mx_and_null_mx() {
     let dsn = bounce(&a).await;
     assert!(
         dsn.contains(
-            "Final-Recipient: rfc822; anyone@nullmx.test\r\nAction: failed\r\nStatus: 5.1.10\r\n"
+            "Final-Recipient: rfc822; anyone@nullmx.test\nAction: failed\nStatus: 5.1.10\n"
         ),
         "{dsn}"
     );
@@ -199,9 +199,9 @@ async fn a_remote_550_bounces_with_the_remote_reply() {
     send(&a, "nobody@remote.test", "Subject: to nobody\r\n\r\nx").await;
     let dsn = bounce(&a).await;
     for needle in [
-        "To: <alice@example.test>\r\n",
-        "Final-Recipient: rfc822; nobody@remote.test\r\nAction: failed\r\nStatus: 5.1.1\r\n",
-        "Remote-MTA: dns; up.remote.test\r\n",
+        "To: <alice@example.test>\n",
+        "Final-Recipient: rfc822; nobody@remote.test\nAction: failed\nStatus: 5.1.1\n",
+        "Remote-MTA: dns; up.remote.test\n",
         "Diagnostic-Code: smtp; 550 5.1.1 User unknown",
         "Subject: to nobody",
     ] {
@@ -255,9 +255,7 @@ async fn expiry_bounces() {
     send(&a, "bob@dead.test", "Subject: too late\r\n\r\nx").await;
     let dsn = bounce(&a).await;
     assert!(
-        dsn.contains(
-            "Final-Recipient: rfc822; bob@dead.test\r\nAction: failed\r\nStatus: 4.4.7\r\n"
-        ),
+        dsn.contains("Final-Recipient: rfc822; bob@dead.test\nAction: failed\nStatus: 4.4.7\n"),
         "{dsn}"
     );
     assert!(dsn.contains("expired after"), "{dsn}");
@@ -456,7 +454,7 @@ async fn interop_with_smtp_sink() {
     .await;
     let dsn = bounce(&a).await;
     assert!(
-        dsn.contains("Status: 5.6.3\r\n") && dsn.contains("8BITMIME"),
+        dsn.contains("Status: 5.6.3\n") && dsn.contains("8BITMIME"),
         "{dsn}"
     );
 }

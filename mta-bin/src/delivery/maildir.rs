@@ -2,29 +2,56 @@
 //!
 //! The file is written in `tmp/`, fsynced, renamed into `new/`, and `new/` is fsynced,
 //! so a delivered message survives a crash. Its name is derived from the queue id and
-//! the recipient (`<received>.Q<id>R<n>.<host>`): if the queue retries a delivery that
-//! had completed just before a crash, the file is already there and is not written
-//! twice.
+//! the recipient (`<received>.Q<id>R<n>.<host>,S=<size>,W=<size with CRLF>`): if the
+//! queue retries a delivery that had completed just before a crash, the file is already
+//! there and is not written twice.
+//!
+//! Lines end in LF, as Postfix's local and virtual delivery, Dovecot and the tools that
+//! read Maildir store them (the queue keeps the wire form, CRLF; delivery converts);
+//! `maildir_line_endings = "crlf"` keeps CRLF. `S=` is the size of the file, `W=` its
+//! size with CRLF line endings (what IMAP reports as `RFC822.SIZE`), as Dovecot reads
+//! them.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use mail_queue::MessageMeta;
+use serde::Deserialize;
+
+/// How lines end in delivered files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LineEndings {
+    /// LF, as Postfix, Dovecot and mail readers store Maildir files (default).
+    #[default]
+    Lf,
+    /// CRLF, the message exactly as it came over SMTP.
+    Crlf,
+}
 
 /// Delivers into Maildirs under `root`.
 #[derive(Debug, Clone)]
 pub struct Maildir {
     root: PathBuf,
     hostname: String,
+    line_endings: LineEndings,
 }
 
 impl Maildir {
     /// Delivery under `root`; `hostname` goes into file names.
-    pub fn new(root: PathBuf, hostname: &str) -> Self {
-        // Maildir names may not contain '/' or ':' (written \057 and \072).
-        let hostname = hostname.replace('/', "\\057").replace(':', "\\072");
-        Self { root, hostname }
+    pub fn new(root: PathBuf, hostname: &str, line_endings: LineEndings) -> Self {
+        // Maildir names may not contain '/' or ':', and ',' starts the size fields
+        // (written \057, \072 and \054).
+        let hostname = hostname
+            .replace('/', "\\057")
+            .replace(':', "\\072")
+            .replace(',', "\\054");
+        Self {
+            root,
+            hostname,
+            line_endings,
+        }
     }
 
     /// The Maildir of an address, or an error for names that cannot be a directory.
@@ -51,8 +78,14 @@ impl Maildir {
         body: &[u8],
     ) -> std::io::Result<bool> {
         let folder = self.folder(address).map_err(std::io::Error::other)?;
+        // The two fields we add, then the message.
+        let head = format!(
+            "Return-Path: <{}>\r\nDelivered-To: {address}\r\n",
+            message.from
+        );
+        let (size, crlf_size) = self.sizes(head.as_bytes(), body);
         let name = format!(
-            "{}.Q{}R{index}.{}",
+            "{}.Q{}R{index}.{},S={size},W={crlf_size}",
             message.received, message.id, self.hostname
         );
         let (tmp, new, cur) = (folder.join("tmp"), folder.join("new"), folder.join("cur"));
@@ -86,14 +119,15 @@ impl Maildir {
             }
             other => other?,
         };
-        // One write: the two fields we add, then the message.
-        let mut bytes = format!(
-            "Return-Path: <{}>\r\nDelivered-To: {address}\r\n",
-            message.from
-        )
-        .into_bytes();
-        bytes.extend_from_slice(body);
-        file.write_all(&bytes)?;
+        let mut out = BufWriter::with_capacity(64 * 1024, &mut file);
+        for part in [head.as_bytes(), body] {
+            match self.line_endings {
+                LineEndings::Crlf => out.write_all(part)?,
+                LineEndings::Lf => write_lf(&mut out, part)?,
+            }
+        }
+        out.flush()?;
+        drop(out);
         file.sync_all()?;
         drop(file);
         if let Err(e) = fs::rename(&tmp_path, &final_path) {
@@ -106,6 +140,36 @@ impl Maildir {
         sync_dir(&new)?;
         Ok(true)
     }
+}
+
+impl Maildir {
+    /// The size of the stored file and its size with CRLF line endings.
+    fn sizes(&self, head: &[u8], body: &[u8]) -> (u64, u64) {
+        let wire = (head.len() + body.len()) as u64;
+        match self.line_endings {
+            LineEndings::Crlf => (wire, wire),
+            LineEndings::Lf => {
+                let lines = (memchr::memchr_iter(b'\n', head).count()
+                    + memchr::memchr_iter(b'\n', body).count()) as u64;
+                let crlf = (memchr::memmem::find_iter(head, b"\r\n").count()
+                    + memchr::memmem::find_iter(body, b"\r\n").count())
+                    as u64;
+                let stored = wire - crlf;
+                // Every LF stored becomes CRLF again for the other size.
+                (stored, stored + lines)
+            }
+        }
+    }
+}
+
+/// Writes `bytes` with each CRLF as LF (a lone CR or LF stays as it is).
+fn write_lf(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    let mut start = 0;
+    for crlf in memchr::memmem::find_iter(bytes, b"\r\n") {
+        out.write_all(&bytes[start..crlf])?;
+        start = crlf + 1;
+    }
+    out.write_all(&bytes[start..])
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {

@@ -14,7 +14,7 @@ use mail_queue::{BoxError, DeliveryReport, DeliveryRequest, Outcome};
 use smtp_server::filters::DomainSet;
 
 pub use lmtp::Lmtp;
-pub use maildir::Maildir;
+pub use maildir::{LineEndings, Maildir};
 pub use remote::{Relay, Remote, RemoteConfig};
 
 /// Where local mail goes.
