@@ -330,11 +330,9 @@ impl AuthReport {
             let _ = write!(out, ";\r\n\tspf={}", v.result.as_str());
             push_reason(&mut out, v.explanation.as_deref());
             if spf.null_sender {
-                let _ = write!(
-                    out,
-                    " smtp.mailfrom=<> smtp.helo={}",
-                    pvalue(&spf.helo_name)
-                );
+                // RFC 7208 §2.4: with a null reverse-path the identity checked is the
+                // HELO name, and `<>` is no value of `smtp.mailfrom` (RFC 8601 §2.7.2).
+                let _ = write!(out, " smtp.helo={}", pvalue(&spf.helo_name));
             } else {
                 let _ = write!(out, " smtp.mailfrom={}", pvalue(&v.identity));
             }
