@@ -11,7 +11,7 @@ use mail_queue::{Backend, NewMessage, Queue, QueueConfig};
 use smtp_proto::{EnhancedStatus, Reply, ReplyCode};
 use smtp_server::filters::{
     AuthLayer, DomainSet, HopLimitLayer, IpNetwork, LocalRecipientsLayer, ReceivedLayer,
-    RelayPolicyLayer,
+    RelayPolicyLayer, SubmittedHeadersLayer,
 };
 use smtp_server::{
     BoxError, DataRequest, Decision, Limits, ListenerConfig, ListenerMode, Server, ServerConfig,
@@ -589,9 +589,9 @@ fn server_config(
 }
 
 /// The middleware chain: the built-in policy as layers around the queue. A message
-/// passes the hop limit, then sender authentication (which adds
-/// `Authentication-Results`), then gets its `Received:` (on top) and, from a login, its
-/// DKIM signature.
+/// passes the hop limit, gets a missing `Date:` and `Message-ID:` when it comes from a
+/// login, then sender authentication (which adds `Authentication-Results`), then gets
+/// its `Received:` (on top) and, from a login, its DKIM signature.
 fn stages(
     config: &Config,
     local_domains: &DomainSet,
@@ -622,6 +622,7 @@ fn stages(
         .data_layer(signing)
         .data_layer(ReceivedLayer::new(&config.hostname))
         .data_layer(checks.data_layer())
+        .data_layer(SubmittedHeadersLayer::new(&config.hostname))
         .data_layer(HopLimitLayer::new(config.limits.max_hops.unwrap_or(50)))
         .mail_layer(checks.mail_layer())
         .auth_layer(AuthLayer::new(accounts));

@@ -564,3 +564,72 @@ async fn maildir_files_end_lines_in_lf_and_carry_their_sizes() {
         }
     }
 }
+
+/// The header section of a delivered message, one field per line (unfolded).
+fn header_fields(mail: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(mail).replace("\n\t", " ");
+    let head = text.split("\n\n").next().unwrap_or_default().to_owned();
+    head.lines().map(str::to_owned).collect()
+}
+
+/// Submitted mail without `Date:` or `Message-ID:` gets them (RFC 6409 §8), right above
+/// the client's own fields; mail that has them keeps its own, and mail relayed from
+/// outside is not changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submitted_mail_gets_date_and_message_id_relayed_mail_does_not() {
+    let t = TestMta::start("").await;
+    let mut c = t.connect_smtps().await;
+    ehlo(&mut c).await;
+    assert_eq!(c.code(AUTH_PLAIN_ALICE).await, "235 2.7.0");
+    let bare = b"From: alice@example.test\r\nSubject: bare\r\n\r\nx";
+    let full = b"From: alice@example.test\r\nDate: Tue, 1 Dec 2026 10:00:00 +0000\r\nMessage-ID: <own@example.test>\r\nSubject: full\r\n\r\nx";
+    for body in [&bare[..], &full[..]] {
+        let code = send_data(&mut c, "alice@example.test", &["bob@example.test"], body).await;
+        assert_eq!(code, "250 2.0.0");
+    }
+    let mut relayed = t.connect(Relay).await;
+    ehlo(&mut relayed).await;
+    let code = send_data(&mut relayed, "a@far.test", &["bob@example.test"], bare).await;
+    assert_eq!(code, "250 2.0.0");
+
+    let mail = t.wait_for_mail("bob", 3).await;
+    let heads: Vec<Vec<String>> = mail.iter().map(|m| header_fields(m)).collect();
+    let count = |h: &[String], name: &str| h.iter().filter(|f| f.starts_with(name)).count();
+    let by_subject = |s: &str| {
+        heads
+            .iter()
+            .filter(|h| h.iter().any(|f| f == &format!("Subject: {s}")))
+            .collect::<Vec<_>>()
+    };
+    let bare_heads = by_subject("bare");
+    assert_eq!(bare_heads.len(), 2);
+    let (submitted, from_outside): (Vec<_>, Vec<_>) = bare_heads
+        .into_iter()
+        .partition(|h| h.iter().any(|f| f.contains("with ESMTPSA")));
+    let submitted = submitted[0];
+    assert_eq!(count(submitted, "Date: "), 1, "{submitted:#?}");
+    assert_eq!(count(submitted, "Message-ID: <"), 1, "{submitted:#?}");
+    let from = submitted
+        .iter()
+        .position(|f| f.starts_with("From: "))
+        .unwrap();
+    let date = submitted
+        .iter()
+        .position(|f| f.starts_with("Date: "))
+        .unwrap();
+    let received = submitted
+        .iter()
+        .position(|f| f.starts_with("Received: "))
+        .unwrap();
+    assert!(received < date && date < from, "{submitted:#?}");
+    let outside = from_outside[0];
+    assert_eq!(count(outside, "Date: "), 0, "{outside:#?}");
+    assert_eq!(count(outside, "Message-ID: "), 0, "{outside:#?}");
+    let full = by_subject("full")[0];
+    assert_eq!(count(full, "Date: "), 1, "{full:#?}");
+    assert!(
+        full.contains(&"Message-ID: <own@example.test>".to_owned()),
+        "{full:#?}"
+    );
+    assert_eq!(count(full, "Message-ID: "), 1, "{full:#?}");
+}

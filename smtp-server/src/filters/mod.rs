@@ -8,18 +8,21 @@
 //! | [`AuthLayer`] | auth | checks credentials with an [`Authenticator`] |
 //! | [`HopLimitLayer`] | data | too many `Received:` headers: a mail loop, `554 5.4.6` |
 //! | [`ReceivedLayer`] | data | adds the `Received:` header (RFC 5321 §4.4, RFC 3848) |
+//! | [`SubmittedHeadersLayer`] | data | adds a missing `Date:` and `Message-ID:` to mail from logins (RFC 6409 §8) |
 
 mod auth;
 mod hops;
 mod local;
 mod received;
 mod relay;
+mod submitted;
 
 pub use auth::{AuthLayer, Authenticator};
 pub use hops::{HopLimitLayer, count_received_headers};
 pub use local::LocalRecipientsLayer;
 pub use received::ReceivedLayer;
 pub use relay::{IpNetwork, RelayPolicyLayer};
+pub use submitted::SubmittedHeadersLayer;
 
 use std::collections::HashSet;
 
