@@ -285,6 +285,29 @@ pub struct Limits {
     pub max_hops: Option<usize>,
     /// `reject` (default) or `normalize` bare CR/LF.
     pub bare_line_endings: Option<String>,
+    /// `reject` (default) or `remove` NUL bytes in messages.
+    #[serde(default)]
+    pub nul_bytes: NulBytes,
+}
+
+/// `[limits] nul_bytes`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NulBytes {
+    /// `550 5.6.0`.
+    #[default]
+    Reject,
+    /// Accepted without them.
+    Remove,
+}
+
+impl From<NulBytes> for smtp_proto::NulBytes {
+    fn from(n: NulBytes) -> Self {
+        match n {
+            NulBytes::Reject => Self::Reject,
+            NulBytes::Remove => Self::Remove,
+        }
+    }
 }
 
 /// `[relay]`

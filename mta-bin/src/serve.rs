@@ -584,6 +584,7 @@ fn server_config(
         tls,
         limits,
         bare_line_endings,
+        nul_bytes: l.nul_bytes.into(),
         auth: !config.accounts.is_empty(),
     })
 }

@@ -5,7 +5,13 @@
 //! ends a line for the purpose of finding the terminating dot or removing stuffing
 //! (this is what SMTP smuggling, CVE-2023-51764/51765/51766, exploits in servers that
 //! disagree with each other); the decoder counts them so the server can refuse the
-//! message (`550 5.6.11`) or keep a normalised copy, by policy.
+//! message (`550 5.6.11`) or keep a normalised copy, by policy. It counts NUL bytes
+//! too, which RFC 5321 §4.5.2 and RFC 6152 keep out of text (a next hop that drops them
+//! could see an end of data that was not there), and can drop them.
+//!
+//! The same decoder, in [`DataDecoder::chunked`] mode, checks BDAT content (RFC 3030),
+//! which carries no dot-stuffing and no end marker, so that both ways of sending a
+//! message meet the same policy.
 
 /// What happened to bare CR and LF in a message the decoder saw.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -14,6 +20,8 @@ pub struct DataStats {
     pub bare_lf: u64,
     /// CR bytes not followed by LF.
     pub bare_cr: u64,
+    /// NUL bytes.
+    pub nul: u64,
     /// Octets of decoded content, including any that went over the limit.
     pub size: u64,
 }
@@ -73,6 +81,8 @@ pub struct DataDecoder {
     state: State,
     limit: u64,
     normalize: bool,
+    remove_nul: bool,
+    chunked: bool,
     stats: DataStats,
 }
 
@@ -83,7 +93,30 @@ impl DataDecoder {
             state: State::LineStart,
             limit,
             normalize: false,
+            remove_nul: false,
+            chunked: false,
             stats: DataStats::default(),
+        }
+    }
+
+    /// A decoder for BDAT content: no dot-stuffing to remove, no end of data to find
+    /// (the chunk sizes say where it ends); line endings and NUL bytes are counted and
+    /// rewritten as for DATA. Call [`DataDecoder::finish`] after the last chunk.
+    ///
+    /// ```
+    /// use smtp_proto::DataDecoder;
+    /// let mut decoder = DataDecoder::chunked(u64::MAX);
+    /// let mut body = Vec::new();
+    /// decoder.decode(b"Subject: x\r\n\r\n.\nMAIL FROM:<a@b>\r", &mut body);
+    /// decoder.decode(b"\n", &mut body);
+    /// decoder.finish(&mut body);
+    /// assert_eq!(body, b"Subject: x\r\n\r\n.\nMAIL FROM:<a@b>\r\n");
+    /// assert_eq!(decoder.stats().bare_lf, 1);
+    /// ```
+    pub fn chunked(limit: u64) -> Self {
+        Self {
+            chunked: true,
+            ..Self::new(limit)
         }
     }
 
@@ -92,6 +125,20 @@ impl DataDecoder {
     pub fn normalize_line_endings(mut self, normalize: bool) -> Self {
         self.normalize = normalize;
         self
+    }
+
+    /// Leaves NUL bytes out of the output (they are still counted).
+    pub fn remove_nul_bytes(mut self, remove: bool) -> Self {
+        self.remove_nul = remove;
+        self
+    }
+
+    /// The end of chunked content: a CR left waiting for its LF was a bare CR.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.state == State::Cr {
+            self.bare_cr(out);
+            self.state = State::Middle;
+        }
     }
 
     /// What the decoder has seen so far.
@@ -142,9 +189,9 @@ impl DataDecoder {
                             continue;
                         }
                     }
-                    // The careful path, one line ending at a time: copy up to the next
-                    // CR or LF and decide what it is.
-                    match memchr::memchr2(b'\r', b'\n', &input[i..]) {
+                    // The careful path, one line ending (or NUL) at a time: copy up to
+                    // the next CR, LF or NUL and decide what it is.
+                    match memchr::memchr3(b'\r', b'\n', 0, &input[i..]) {
                         None => {
                             self.emit(&input[i..], out);
                             i = input.len();
@@ -152,10 +199,10 @@ impl DataDecoder {
                         Some(n) => {
                             self.emit(&input[i..i + n], out);
                             i += n;
-                            if input[i] == b'\r' {
-                                self.state = State::Cr;
-                            } else {
-                                self.bare_lf(out);
+                            match input[i] {
+                                b'\r' => self.state = State::Cr,
+                                b'\n' => self.bare_lf(out),
+                                _ => self.nul(out),
                             }
                             i += 1;
                         }
@@ -163,7 +210,7 @@ impl DataDecoder {
                 }
                 State::LineStart => {
                     match input[i] {
-                        b'.' => self.state = State::Dot,
+                        b'.' if !self.chunked => self.state = State::Dot,
                         b'\r' => self.state = State::Cr,
                         b'\n' => {
                             self.state = State::Middle;
@@ -233,6 +280,13 @@ impl DataDecoder {
         self.stats.bare_cr += 1;
         self.emit(if self.normalize { b"\r\n" } else { b"\r" }, out);
     }
+
+    fn nul(&mut self, out: &mut Vec<u8>) {
+        self.stats.nul += 1;
+        if !self.remove_nul {
+            self.emit(b"\0", out);
+        }
+    }
 }
 
 /// Bytes checked together by the bulk path.
@@ -240,7 +294,8 @@ const BLOCK: usize = 64;
 
 /// Copies to `out` the longest run of whole 64-byte blocks at the start of `input` in
 /// which every CR is followed by an LF, every LF (but the first byte, which the caller
-/// checks is not one) follows a CR, and no LF is followed by a dot. Returns its length.
+/// checks is not one) follows a CR, no LF is followed by a dot, and no byte is NUL.
+/// Returns its length.
 ///
 /// This runs over every byte of every message, so it is compiled twice: for the
 /// baseline CPU and for AVX2, chosen at run time. Both are the same safe, branch-free
@@ -274,7 +329,8 @@ fn copy_clean_blocks_portable(input: &[u8], out: &mut Vec<u8>) -> usize {
         let mut bad = 0u8;
         for (&p, &c) in prev.iter().zip(next) {
             bad |= (u8::from(p == b'\r') ^ u8::from(c == b'\n'))
-                | (u8::from(p == b'\n') & u8::from(c == b'.'));
+                | (u8::from(p == b'\n') & u8::from(c == b'.'))
+                | u8::from(p == 0);
         }
         if bad != 0 {
             break;
@@ -286,15 +342,15 @@ fn copy_clean_blocks_portable(input: &[u8], out: &mut Vec<u8>) -> usize {
 }
 
 /// In a block the bulk path refused, the length of the clean lines before the first
-/// problem: through the LF that a dot follows, or up to the last LF before a bare CR or
-/// bare LF.
+/// problem: through the LF that a dot follows, or up to the last LF before a bare CR,
+/// bare LF or NUL.
 fn clean_lines_before_problem(window: &[u8]) -> usize {
     for j in 0..window.len() - 1 {
         let (p, c) = (window[j], window[j + 1]);
         if p == b'\n' && c == b'.' {
             return j + 1;
         }
-        if (p == b'\r') != (c == b'\n') {
+        if (p == b'\r') != (c == b'\n') || p == 0 {
             return memchr::memrchr(b'\n', &window[..=j]).map_or(0, |n| n + 1);
         }
     }
@@ -446,6 +502,51 @@ mod tests {
         assert!(d.complete);
         assert_eq!(out, b"From: x@y\r\nBcc: z\r\nab\r\ncd\r\n\r\n.\r\nx\r\n");
         assert_eq!((decoder.stats().bare_lf, decoder.stats().bare_cr), (3, 1));
+    }
+
+    #[test]
+    fn nul_bytes_are_counted_and_removed_when_asked() {
+        let input = [
+            b"Subject: n\r\n\r\na\x00b\r\n\x00.\r\n".as_slice(),
+            &[b'y'; 200],
+            b"\x00\r\n.\r\n",
+        ]
+        .concat();
+        let (kept, d, stats) = decode_all(&input);
+        assert!(d.complete);
+        assert_eq!(stats.nul, 3);
+        assert_eq!(kept.iter().filter(|&&b| b == 0).count(), 3);
+        let mut decoder = DataDecoder::new(u64::MAX).remove_nul_bytes(true);
+        let mut out = Vec::new();
+        assert!(decoder.decode(&input, &mut out).complete);
+        assert_eq!(decoder.stats().nul, 3);
+        let expected = [
+            b"Subject: n\r\n\r\nab\r\n.\r\n".as_slice(),
+            &[b'y'; 200],
+            b"\r\n",
+        ]
+        .concat();
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn chunked_content_keeps_dots_and_counts_what_data_would() {
+        let mut decoder = DataDecoder::chunked(u64::MAX);
+        let mut out = Vec::new();
+        let d = decoder.decode(b"a\r\n.\r\n..\nb\x00\r", &mut out);
+        assert_eq!((d.consumed, d.complete), (12, false));
+        decoder.finish(&mut out);
+        assert_eq!(out, b"a\r\n.\r\n..\nb\x00\r");
+        let stats = decoder.stats();
+        assert_eq!((stats.bare_lf, stats.bare_cr, stats.nul), (1, 1, 1));
+        // A CRLF split between chunks is no bare line ending.
+        let mut decoder = DataDecoder::chunked(u64::MAX).normalize_line_endings(true);
+        let mut out = Vec::new();
+        decoder.decode(b"x\r", &mut out);
+        decoder.decode(b"\ny\n", &mut out);
+        decoder.finish(&mut out);
+        assert_eq!(out, b"x\r\ny\r\n");
+        assert_eq!(decoder.stats().bare_lf, 1);
     }
 
     #[test]

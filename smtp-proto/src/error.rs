@@ -97,6 +97,9 @@ pub enum Error {
     /// The message contains bare CR or LF and the policy refuses it.
     #[error("message contains bare CR or LF")]
     BareLineEndingInData,
+    /// The message contains NUL bytes and the policy refuses them.
+    #[error("message contains NUL bytes")]
+    NulInData,
     /// MAIL before AUTH where AUTH is required (submission, RFC 6409).
     #[error("authentication required")]
     AuthRequired,
@@ -273,6 +276,11 @@ impl Error {
                 S::BARE_LINE_ENDING,
                 "Message contains bare CR or LF; lines must end with CRLF".into(),
             ),
+            Self::NulInData => (
+                C::MAILBOX_UNAVAILABLE,
+                S::MEDIA_ERROR,
+                "Message contains NUL bytes, which mail may not carry".into(),
+            ),
             Self::AuthRequired => (
                 C::AUTH_REQUIRED,
                 S::SECURITY_ERROR,
@@ -393,6 +401,7 @@ mod tests {
             Error::TooManyRecipients,
             Error::NoValidRecipients,
             Error::BareLineEndingInData,
+            Error::NulInData,
             Error::AuthRequired,
             Error::EncryptionRequired,
             Error::UnsupportedMechanism,

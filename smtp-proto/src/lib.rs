@@ -85,8 +85,8 @@ pub use params::{
 };
 pub use reply::{EnhancedStatus, Reply, ReplyClass, ReplyCode, ReplyLimits, ReplyParser};
 pub use server::{
-    BareLineEndings, Credentials, Envelope, Event, Extensions, HeloKind, Password, Recipient,
-    ServerConfig, ServerSession,
+    BareLineEndings, Credentials, Envelope, Event, Extensions, HeloKind, NulBytes, Password,
+    Recipient, ServerConfig, ServerSession,
 };
 
 /// The README's example is compiled and run as a doc-test.

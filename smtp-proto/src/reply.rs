@@ -248,6 +248,8 @@ statuses! {
     SYNTAX_ERROR = (5, 5, 2);
     /// `5.5.4` Invalid command arguments.
     INVALID_ARGUMENTS = (5, 5, 4);
+    /// `5.6.0` Other or undefined media error (content a message may not carry).
+    MEDIA_ERROR = (5, 6, 0);
     /// `5.6.7` Non-ASCII addresses not permitted for that sender/recipient (RFC 6531).
     NON_ASCII_ADDRESS = (5, 6, 7);
     /// `5.6.11` Message contains bare CR or bare LF.

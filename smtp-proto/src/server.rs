@@ -38,6 +38,18 @@ pub enum BareLineEndings {
     Normalize,
 }
 
+/// What to do with NUL bytes in a message (RFC 5321 §4.5.2 and RFC 6152 keep them out
+/// of mail: a next hop that drops them could see lines, or an end of data, that were
+/// not there).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NulBytes {
+    /// Refuse the message: `550 5.6.0` after the final dot (or the last BDAT chunk).
+    #[default]
+    Reject,
+    /// Accept it without them.
+    Remove,
+}
+
 /// The extensions a server offers. Some are only advertised in the right state:
 /// STARTTLS before TLS, AUTH after TLS (unless plaintext AUTH is allowed), REQUIRETLS
 /// under TLS.
@@ -108,8 +120,10 @@ pub struct ServerConfig {
     pub max_errors: u32,
     /// Failed AUTH attempts before the session is closed with `421`. Default 3.
     pub max_auth_failures: u32,
-    /// Policy for bare CR and LF.
+    /// Policy for bare CR and LF, in DATA and BDAT content alike.
     pub bare_line_endings: BareLineEndings,
+    /// Policy for NUL bytes, in DATA and BDAT content alike.
+    pub nul_bytes: NulBytes,
     /// Refuse MAIL until the client has authenticated (submission, RFC 6409).
     pub require_auth: bool,
     /// Allow AUTH without TLS. Default off: credentials only over TLS.
@@ -130,6 +144,7 @@ impl Default for ServerConfig {
             max_errors: 20,
             max_auth_failures: 3,
             bare_line_endings: BareLineEndings::Reject,
+            nul_bytes: NulBytes::Reject,
             require_auth: false,
             allow_plaintext_auth: false,
             extensions: Extensions::default(),
@@ -339,8 +354,15 @@ const MAX_KEPT_REFUSALS: usize = 32;
 #[derive(Debug)]
 struct Transaction {
     envelope: Envelope,
-    /// BDAT chunks have been accepted (DATA is then out of sequence).
-    chunking: bool,
+    /// The decoder of the BDAT chunks so far; `Some` once a BDAT was given (DATA is then
+    /// out of sequence).
+    chunks: Option<DataDecoder>,
+}
+
+impl Transaction {
+    fn is_chunking(&self) -> bool {
+        self.chunks.is_some()
+    }
 }
 
 impl ServerSession {
@@ -404,8 +426,10 @@ impl ServerSession {
             } if self.awaiting.is_none() && self.input_pos == self.input.len() => {
                 let take = usize::try_from(*remaining).map_or(bytes.len(), |r| r.min(bytes.len()));
                 *remaining -= take as u64;
-                if error.is_none() {
-                    self.body.extend_from_slice(&bytes[..take]);
+                if error.is_none()
+                    && let Some(decoder) = self.transaction.as_mut().and_then(|t| t.chunks.as_mut())
+                {
+                    decoder.decode(&bytes[..take], &mut self.body);
                 }
                 if *remaining == 0 {
                     self.input.clear();
@@ -477,7 +501,7 @@ impl ServerSession {
                     };
                     self.transaction = Some(Transaction {
                         envelope,
-                        chunking: false,
+                        chunks: None,
                     });
                 }
             }
@@ -707,9 +731,12 @@ impl ServerSession {
                     let take = usize::try_from(*remaining).map_or(available, |r| r.min(available));
                     *remaining -= take as u64;
                     let done = *remaining == 0;
-                    if error.is_none() {
-                        self.body
-                            .extend_from_slice(&self.input[self.input_pos..self.input_pos + take]);
+                    if error.is_none()
+                        && let Some(decoder) =
+                            self.transaction.as_mut().and_then(|t| t.chunks.as_mut())
+                    {
+                        let chunk = &self.input[self.input_pos..self.input_pos + take];
+                        decoder.decode(chunk, &mut self.body);
                     }
                     self.input_pos += take;
                     if done {
@@ -823,20 +850,22 @@ impl ServerSession {
             Command::Data => match self.check_data() {
                 Ok(()) => {
                     self.reply(Reply::plain(ReplyCode::START_DATA, "End data with <CR><LF>.<CR><LF>"));
-                    let normalize = self.config.bare_line_endings == BareLineEndings::Normalize;
-                    let decoder = DataDecoder::new(self.config.max_message_size).normalize_line_endings(normalize);
                     self.body.clear();
-                    self.state = State::Data(decoder);
+                    self.state = State::Data(self.content_decoder(DataDecoder::new(self.config.max_message_size)));
                 }
                 Err(e) => self.refuse(e),
             },
             Command::Bdat { size, last } => {
                 let error = self.check_bdat(size).err();
-                if error.is_none() && self.transaction.as_ref().is_some_and(|t| !t.chunking) {
+                // BODY=BINARYMIME content is binary: taken as it comes.
+                let binary = self.transaction.as_ref().is_some_and(|t| t.envelope.params.body == Some(Body::BinaryMime));
+                let decoder = DataDecoder::chunked(u64::MAX);
+                let decoder = if binary { decoder } else { self.content_decoder(decoder) };
+                if let Some(txn) = &mut self.transaction
+                    && txn.chunks.is_none()
+                {
                     self.body.clear();
-                }
-                if let Some(txn) = &mut self.transaction {
-                    txn.chunking = true;
+                    txn.chunks = Some(decoder);
                 }
                 self.state = State::Chunk { remaining: size, last, error };
                 if size == 0 {
@@ -930,7 +959,7 @@ impl ServerSession {
         let Some(txn) = &self.transaction else {
             return Err(Error::BadSequence("Need MAIL before RCPT"));
         };
-        if txn.chunking {
+        if txn.is_chunking() {
             return Err(Error::BadSequence("RCPT not allowed after BDAT"));
         }
         if !params.is_empty() && !self.config.extensions.dsn {
@@ -956,7 +985,7 @@ impl ServerSession {
         let Some(txn) = &self.transaction else {
             return Err(Error::BadSequence("Need MAIL and RCPT before DATA"));
         };
-        if txn.chunking {
+        if txn.is_chunking() {
             return Err(Error::BadSequence("DATA not allowed after BDAT"));
         }
         if txn.envelope.params.body == Some(Body::BinaryMime) {
@@ -978,7 +1007,7 @@ impl ServerSession {
         if txn.envelope.recipients.is_empty() {
             return Err(Error::NoValidRecipients);
         }
-        let total = (if txn.chunking {
+        let total = (if txn.is_chunking() {
             self.body.len() as u64
         } else {
             0
@@ -994,17 +1023,36 @@ impl ServerSession {
         let State::Data(decoder) = std::mem::replace(&mut self.state, State::Command) else {
             return;
         };
-        let stats = decoder.stats();
-        if decoder.is_over_limit() {
-            self.transaction = None;
-            self.refuse(Error::MessageTooBig);
-        } else if stats.has_bare_line_endings()
-            && self.config.bare_line_endings == BareLineEndings::Reject
-        {
-            self.transaction = None;
-            self.refuse(Error::BareLineEndingInData);
+        let refused = if decoder.is_over_limit() {
+            Some(Error::MessageTooBig)
         } else {
-            self.deliver();
+            self.content_refusal(decoder.stats())
+        };
+        match refused {
+            Some(e) => {
+                self.transaction = None;
+                self.refuse(e);
+            }
+            None => self.deliver(),
+        }
+    }
+
+    /// A decoder with the configured policies for bare line endings and NUL bytes.
+    fn content_decoder(&self, decoder: DataDecoder) -> DataDecoder {
+        decoder
+            .normalize_line_endings(self.config.bare_line_endings == BareLineEndings::Normalize)
+            .remove_nul_bytes(self.config.nul_bytes == NulBytes::Remove)
+    }
+
+    /// Why a whole message is refused by the content policies, if it is.
+    fn content_refusal(&self, stats: crate::DataStats) -> Option<Error> {
+        if stats.has_bare_line_endings() && self.config.bare_line_endings == BareLineEndings::Reject
+        {
+            Some(Error::BareLineEndingInData)
+        } else if stats.nul > 0 && self.config.nul_bytes == NulBytes::Reject {
+            Some(Error::NulInData)
+        } else {
+            None
         }
     }
 
@@ -1020,7 +1068,24 @@ impl ServerSession {
                 }
                 self.refuse(e);
             }
-            None if last => self.deliver(),
+            None if last => {
+                let stats = self
+                    .transaction
+                    .as_mut()
+                    .filter(|t| t.envelope.params.body != Some(Body::BinaryMime))
+                    .and_then(|t| t.chunks.as_mut())
+                    .map(|d| {
+                        d.finish(&mut self.body);
+                        d.stats()
+                    });
+                match stats.and_then(|s| self.content_refusal(s)) {
+                    Some(e) => {
+                        self.transaction = None;
+                        self.refuse(e);
+                    }
+                    None => self.deliver(),
+                }
+            }
             None => {
                 let text = format!("{} octets received", self.body.len());
                 self.reply(Reply::new(ReplyCode::OK, EnhancedStatus::OK, text));

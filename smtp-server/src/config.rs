@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use smtp_proto::{BareLineEndings, Extensions, Mechanism};
+use smtp_proto::{BareLineEndings, Extensions, Mechanism, NulBytes};
 
 /// What a listener is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -117,8 +117,12 @@ pub struct ServerConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Limits.
     pub limits: Limits,
-    /// Refuse or normalise bare CR/LF (default: refuse, `550 5.6.11`).
+    /// Refuse or normalise bare CR/LF in DATA and BDAT content (default: refuse,
+    /// `550 5.6.11`).
     pub bare_line_endings: BareLineEndings,
+    /// Refuse or remove NUL bytes in DATA and BDAT content (default: refuse,
+    /// `550 5.6.0`).
+    pub nul_bytes: NulBytes,
     /// Whether logins are possible at all (some account backend is configured): AUTH
     /// PLAIN and LOGIN are then advertised after TLS.
     pub auth: bool,
@@ -132,6 +136,7 @@ impl Default for ServerConfig {
             tls: None,
             limits: Limits::default(),
             bare_line_endings: BareLineEndings::Reject,
+            nul_bytes: NulBytes::Reject,
             auth: false,
         }
     }
@@ -155,6 +160,7 @@ impl ServerConfig {
             max_errors: l.max_errors,
             max_auth_failures: l.max_auth_failures,
             bare_line_endings: self.bare_line_endings,
+            nul_bytes: self.nul_bytes,
             require_auth: matches!(mode, ListenerMode::Submission | ListenerMode::Smtps),
             allow_plaintext_auth: false,
             extensions: Extensions {

@@ -633,3 +633,68 @@ async fn submitted_mail_gets_date_and_message_id_relayed_mail_does_not() {
     );
     assert_eq!(count(full, "Message-ID: "), 1, "{full:#?}");
 }
+
+/// BDAT content meets the same line-ending policy as DATA (a bare-LF `.` line and a
+/// second `MAIL FROM:` in a BDAT body were stored as they came), and NUL bytes, which
+/// a next hop may drop and so see lines that were not there, are refused (`550 5.6.0`)
+/// or, by policy, removed, in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_bytes_and_bare_line_endings_in_bdat_meet_the_data_policy() {
+    let bob = format!("bob@{DOMAIN}");
+    let smuggle = format!(
+        "Subject: s\r\n\r\nfirst\n.\nMAIL FROM:<smuggled@attacker.test>\r\nRCPT TO:<{bob}>\r\n"
+    );
+    let nul = "Subject: n\r\n\r\na\0b\r\n\0.\r\nend\r\n";
+    async fn bdat(c: &mut Client, bob: &str, content: &str) -> String {
+        assert_eq!(c.code("MAIL FROM:<a@far.test>").await, "250 2.1.0");
+        assert_eq!(c.code(&format!("RCPT TO:<{bob}>")).await, "250 2.1.5");
+        let (one, two) = content.split_at(content.len() / 2);
+        c.send(format!("BDAT {}\r\n{one}", one.len()).as_bytes())
+            .await;
+        assert_eq!(code_of(&c.reply().await), "250 2.0.0");
+        c.send(format!("BDAT {} LAST\r\n{two}", two.len()).as_bytes())
+            .await;
+        code_of(&c.reply().await)
+    }
+
+    let t = TestMta::start("").await;
+    let mut c = t.connect(Relay).await;
+    ehlo(&mut c).await;
+    assert_eq!(bdat(&mut c, &bob, &smuggle).await, "550 5.6.11");
+    assert_eq!(bdat(&mut c, &bob, nul).await, "550 5.6.0");
+    let nul_in_data = send_data(&mut c, "a@far.test", &[&bob], nul.as_bytes()).await;
+    assert_eq!(nul_in_data, "550 5.6.0");
+    // Still in sync: the next message is fine.
+    assert_eq!(
+        bdat(&mut c, &bob, "Subject: ok\r\n\r\nok\r\n").await,
+        "250 2.0.0"
+    );
+    let mail = t.wait_for_mail("bob", 1).await;
+    assert_eq!(mail.len(), 1, "only the clean message");
+
+    // By policy: bare line endings normalised and NUL bytes removed, in BDAT and DATA.
+    let t = TestMta::start("[limits]\nbare_line_endings = \"normalize\"\nnul_bytes = \"remove\"\n")
+        .await;
+    let mut c = t.connect(Relay).await;
+    ehlo(&mut c).await;
+    assert_eq!(bdat(&mut c, &bob, &smuggle).await, "250 2.0.0");
+    assert_eq!(bdat(&mut c, &bob, nul).await, "250 2.0.0");
+    let nul_in_data = send_data(&mut c, "a@far.test", &[&bob], nul.as_bytes()).await;
+    assert_eq!(nul_in_data, "250 2.0.0");
+    let mail = t.wait_for_mail("bob", 3).await;
+    let texts: Vec<String> = mail
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .collect();
+    let normalised = texts.iter().find(|m| m.contains("Subject: s")).unwrap();
+    assert!(
+        normalised.ends_with(
+            "first\n.\nMAIL FROM:<smuggled@attacker.test>\nRCPT TO:<bob@example.test>\n"
+        ),
+        "{normalised:?}"
+    );
+    for m in texts.iter().filter(|m| m.contains("Subject: n")) {
+        assert!(!m.contains('\0'), "{m:?}");
+        assert!(m.contains("\n\nab\n"), "{m:?}");
+    }
+}
