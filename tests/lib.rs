@@ -92,6 +92,8 @@ pub const DOMAIN: &str = "example.test";
 pub struct Options<'a> {
     /// The local domain.
     pub domain: &'a str,
+    /// More local domains (or address literals, `[127.0.0.1]`).
+    pub more_domains: &'a [&'a str],
     /// The host name.
     pub hostname: &'a str,
     /// Lines for the `[local]` section.
@@ -112,6 +114,7 @@ impl Default for Options<'_> {
     fn default() -> Self {
         Self {
             domain: DOMAIN,
+            more_domains: &[],
             hostname: "mx.example.test",
             local: "",
             queue: "",
@@ -176,6 +179,11 @@ impl TestMta {
             .queue_path
             .map_or_else(|| dir.path().join("queue"), Path::to_owned);
         let queue_path = queue_path.display();
+        let more_domains: String = o
+            .more_domains
+            .iter()
+            .map(|d| format!(", \"{d}\""))
+            .collect();
         let (domain, hostname, local, queue, extra, relay_port) = (
             o.domain,
             o.hostname,
@@ -213,7 +221,7 @@ path = "{queue_path}"
 retry_intervals = ["1s"]
 {queue}
 [local]
-domains = ["{domain}"]
+domains = ["{domain}"{more_domains}]
 maildir = "{d}/maildir"
 mailboxes = ["bob@{domain}", "carol@{domain}", "孫子@{domain}"]
 {local}
@@ -460,6 +468,7 @@ pub fn code_of(reply: &Reply) -> String {
 /// A program a test drives (a peer nobody here wrote); `None` when it is missing, and
 /// the test then skips with a message, except under `CI=true`, where `.ci/run`
 /// installs it and its absence is a failure.
+#[allow(clippy::print_stderr)] // the skip message is for the person running the tests
 pub fn tool(name: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH")
         .into_iter()

@@ -10,8 +10,8 @@ use anyhow::Context as _;
 use mail_queue::{Backend, NewMessage, Queue, QueueConfig};
 use smtp_proto::{EnhancedStatus, Reply, ReplyCode};
 use smtp_server::filters::{
-    AuthLayer, DomainSet, HopLimitLayer, IpNetwork, LocalRecipientsLayer, ReceivedLayer,
-    RelayPolicyLayer, SubmittedHeadersLayer,
+    AuthLayer, DomainSet, HopLimitLayer, IpNetwork, LocalRecipientsLayer, NotifyPolicyLayer,
+    ReceivedLayer, RelayPolicyLayer, SubmittedHeadersLayer,
 };
 use smtp_server::{
     BoxError, DataRequest, Decision, Limits, ListenerConfig, ListenerMode, Server, ServerConfig,
@@ -144,6 +144,17 @@ fn give_up_root(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The local mailboxes (accounts and `[local] mailboxes`, lower-cased), unless any user
+/// is accepted.
+fn known_mailboxes(config: &Config) -> Option<Arc<std::collections::HashSet<String>>> {
+    if config.local.accept_any_user {
+        return None;
+    }
+    let accounts = config.accounts.iter().map(|a| &a.username);
+    let mailboxes = accounts.chain(&config.local.mailboxes);
+    Some(Arc::new(mailboxes.map(|m| m.to_lowercase()).collect()))
+}
+
 /// `[relay] trusted_networks`.
 fn trusted_networks(config: &Config) -> anyhow::Result<Vec<IpNetwork>> {
     config
@@ -200,6 +211,7 @@ impl Parts {
             },
         };
         let local_domains = DomainSet::new(&config.local.domains);
+        let mailboxes = known_mailboxes(config);
         let resolver = MxResolver::new(MxConfig {
             nameservers: config.dns.nameservers.clone(),
             our_names: vec![config.hostname.clone()],
@@ -210,6 +222,7 @@ impl Parts {
         let stages = stages(
             config,
             &local_domains,
+            mailboxes.as_ref(),
             &resolver,
             queue.clone(),
             &counters.auth,
@@ -233,7 +246,7 @@ impl Parts {
         Ok(Self {
             server_config: server_config(config, tls)?,
             stages,
-            delivery: Delivery::new(local_domains, local, Some(remote), postmaster),
+            delivery: Delivery::new(local_domains, local, Some(remote), postmaster, mailboxes),
             signing,
         })
     }
@@ -596,6 +609,7 @@ fn server_config(
 fn stages(
     config: &Config,
     local_domains: &DomainSet,
+    mailboxes: Option<&Arc<std::collections::HashSet<String>>>,
     resolver: &MxResolver,
     queue: Queue,
     auth_stats: &Arc<auth_checks::AuthStats>,
@@ -624,18 +638,14 @@ fn stages(
         .data_layer(ReceivedLayer::new(&config.hostname))
         .data_layer(checks.data_layer())
         .data_layer(SubmittedHeadersLayer::new(&config.hostname))
+        .data_layer(NotifyPolicyLayer::new(trusted.clone()))
         .data_layer(HopLimitLayer::new(config.limits.max_hops.unwrap_or(50)))
         .mail_layer(checks.mail_layer())
         .auth_layer(AuthLayer::new(accounts));
-    if !config.local.accept_any_user {
-        let mailboxes = config
-            .accounts
-            .iter()
-            .map(|a| a.username.clone())
-            .chain(config.local.mailboxes.iter().cloned());
+    if let Some(mailboxes) = mailboxes {
         stages = stages.rcpt_layer(LocalRecipientsLayer::new(
             local_domains.clone(),
-            mailboxes.collect::<Vec<_>>(),
+            mailboxes.iter(),
         ));
     }
     Ok(stages.rcpt_layer(RelayPolicyLayer::new(local_domains.clone(), trusted)))

@@ -314,6 +314,7 @@ retry_intervals = ["1h"]
 [local]
 domains = ["mx.test"]
 maildir = "{d}/maildir"
+mailboxes = ["me@mx.test"]
 [relay]
 trusted_networks = ["127.0.0.0/8"]
 [outbound]
@@ -1396,6 +1397,7 @@ fn tells_systemd_when_ready_and_when_stopping() {
 
 /// A program the test drives; `None` (the test skips) when it is missing, except under
 /// `CI=true`, where `.ci/run` installs it.
+#[allow(clippy::print_stderr)]
 fn tool(name: &str) -> Option<std::path::PathBuf> {
     let found = std::env::var_os("PATH")
         .into_iter()

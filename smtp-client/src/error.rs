@@ -26,6 +26,10 @@ pub enum ClientError {
     /// missing where the policy requires it).
     #[error("TLS: {0}")]
     Tls(String),
+    /// The server greeted with our own name: the mail would come back to us (an MX or
+    /// an address literal that points here). Permanent, `554 5.4.6`.
+    #[error("mail for {0} loops back to myself")]
+    Loop(String),
 }
 
 impl ClientError {
@@ -48,6 +52,11 @@ impl ClientError {
                 format!("TLS: {text}"),
             ),
             Self::Protocol(e) => e.reply(),
+            Self::Loop(host) => Reply::new(
+                ReplyCode::TRANSACTION_FAILED,
+                EnhancedStatus::ROUTING_LOOP,
+                format!("mail for {host} loops back to myself"),
+            ),
             Self::Io(e) => Reply::new(
                 ReplyCode::LOCAL_ERROR,
                 EnhancedStatus::new(4, 4, 1).unwrap_or(EnhancedStatus::PROTOCOL_TEMPORARY),
@@ -66,8 +75,8 @@ impl ClientError {
         !self.is_permanent()
     }
 
-    /// Whether the failure is final: the server said `5yz`.
+    /// Whether the failure is final: the server said `5yz`, or it is us.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::Rejected(r) if r.is_permanent())
+        matches!(self, Self::Rejected(r) if r.is_permanent()) || matches!(self, Self::Loop(_))
     }
 }

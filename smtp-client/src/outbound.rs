@@ -168,6 +168,12 @@ impl Session {
             ..ClientConfig::default()
         };
         let mut conn = Connection::open(stream, client_config, config.timeouts.clone()).await?;
+        // As Postfix does: a server that greets with our own name is us.
+        let greeted_as = conn.greeting().text().split_whitespace().next();
+        if greeted_as.is_some_and(|name| name.eq_ignore_ascii_case(&config.helo_name)) {
+            conn.quit().await;
+            return Err(ClientError::Loop(host.to_owned()));
+        }
         let helo =
             HeloName::parse(&config.helo_name).unwrap_or(HeloName::Other("localhost".into()));
         conn.hello(helo.clone()).await?;

@@ -71,6 +71,17 @@ impl Notify {
         Self(self.0 | other.0)
     }
 
+    /// `self` without the conditions of `other`.
+    ///
+    /// ```
+    /// use smtp_proto::Notify;
+    /// let all = Notify::SUCCESS.union(Notify::FAILURE).union(Notify::DELAY);
+    /// assert_eq!(all.without(Notify::SUCCESS.union(Notify::DELAY)), Notify::FAILURE);
+    /// ```
+    pub const fn without(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
+    }
+
     /// Whether every condition of `other` is in `self`.
     pub const fn contains(self, other: Self) -> bool {
         self.0 & other.0 == other.0 && (other.0 != 0 || self.0 == 0)

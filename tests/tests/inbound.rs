@@ -255,7 +255,7 @@ async fn smuggling_sequences_never_end_data() {
         c.send(&attack).await;
         let reply = c.reply().await;
         assert!(
-            ["250 2.0.0", "550 5.6.11"].contains(&code_of(&reply).as_str()),
+            ["250 2.0.0", "550 5.6.11", "550 5.6.0"].contains(&code_of(&reply).as_str()),
             "{seq:?}: {reply}"
         );
         // Whatever follows is not a reply to the smuggled commands.
@@ -482,20 +482,20 @@ async fn graceful_shutdown_finishes_the_transaction_in_flight() {
 /// cipher order"): a client that prefers ChaCha20 still gets AES-GCM when it offers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_chooses_the_cipher_suite() {
-    use rustls::crypto::aws_lc_rs;
+    use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider};
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
     let t = TestMta::start("").await;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(
-            t.pki.ca_pem.as_bytes(),
-        )
-    {
+    for cert in CertificateDer::pem_slice_iter(t.pki.ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let s = aws_lc_rs::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256;
     let provider = rustls::crypto::CryptoProvider {
-        cipher_suites: vec![s, aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256],
-        ..aws_lc_rs::default_provider()
+        cipher_suites: vec![
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+        ],
+        ..default_provider()
     };
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])

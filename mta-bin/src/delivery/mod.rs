@@ -5,12 +5,15 @@ mod lmtp;
 mod maildir;
 mod remote;
 
+use std::collections::HashSet;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use mail_queue::{BoxError, DeliveryReport, DeliveryRequest, Outcome};
+use smtp_proto::{ForwardPath, Host};
 use smtp_server::filters::DomainSet;
 
 pub use lmtp::Lmtp;
@@ -41,15 +44,23 @@ struct Inner {
     remote: Option<Remote>,
     /// Where bare `Postmaster` goes.
     postmaster: Option<String>,
+    /// The mailboxes a Maildir delivery may create (lower-cased); `None`: any.
+    mailboxes: Option<Arc<HashSet<String>>>,
 }
 
 impl Delivery {
-    /// A delivery service.
+    /// A delivery service. With `mailboxes`, Maildir delivery goes only to those
+    /// (lower-cased full addresses) besides `postmaster` and `abuse`: mail for any other
+    /// address of a local domain fails with `5.1.1` instead of creating a Maildir. What
+    /// comes in over SMTP was checked at RCPT time already; this stops what did not (a
+    /// delivery notification to a local sender that does not exist, mail injected with
+    /// `sendmail`).
     pub fn new(
         local_domains: DomainSet,
         local: Option<LocalTarget>,
         remote: Option<Remote>,
         postmaster: Option<String>,
+        mailboxes: Option<Arc<HashSet<String>>>,
     ) -> Self {
         Self {
             inner: Arc::new(std::sync::RwLock::new(Arc::new(Inner {
@@ -57,6 +68,7 @@ impl Delivery {
                 local,
                 remote,
                 postmaster,
+                mailboxes,
             }))),
         }
     }
@@ -110,20 +122,28 @@ impl Delivery {
                     Arc::clone(&request.body),
                 );
                 let indexes = request.recipients.clone();
+                let mailboxes = inner.mailboxes.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     indexes
                         .iter()
                         .zip(&addresses)
-                        .map(
-                            |(&i, address)| match maildir.deliver(&message, i, address, &body) {
+                        .map(|(&i, address)| {
+                            if let Some(known) = &mailboxes
+                                && !is_known(known, address)
+                            {
+                                return Outcome::Failed(format!(
+                                    "550 5.1.1 <{address}>: no such mailbox here"
+                                ));
+                            }
+                            match maildir.deliver(&message, i, address, &body) {
                                 Ok(true) => Outcome::Delivered("delivered to maildir".into()),
                                 Ok(false) => Outcome::Delivered("already in maildir".into()),
                                 Err(e) if e.kind() == std::io::ErrorKind::Other => {
                                     Outcome::Failed(format!("5.1.1 {e}"))
                                 }
                                 Err(e) => Outcome::Deferred(format!("4.2.0 maildir: {e}")),
-                            },
-                        )
+                            }
+                        })
                         .collect()
                 })
                 .await;
@@ -137,6 +157,21 @@ impl Delivery {
             Some(LocalTarget::Lmtp(lmtp)) => lmtp.deliver(&request, &addresses).await,
         }
     }
+}
+
+/// Whether `address` is a mailbox of `known`, or `postmaster` or `abuse` (which every
+/// local domain has, RFC 5321 §4.5.1, RFC 2142).
+fn is_known(known: &HashSet<String>, address: &str) -> bool {
+    let Ok(ForwardPath::Mailbox(m)) = ForwardPath::parse(&format!("<{address}>")) else {
+        return false;
+    };
+    let local = m.local_part_unquoted().to_lowercase();
+    let domain = match m.host() {
+        Host::Domain(d) => d.to_ascii_lowercase(),
+        Host::Address(IpAddr::V4(ip)) => format!("[{ip}]"),
+        Host::Address(IpAddr::V6(ip)) => format!("[ipv6:{ip}]"),
+    };
+    local == "postmaster" || local == "abuse" || known.contains(&format!("{local}@{domain}"))
 }
 
 impl tower::Service<DeliveryRequest> for Delivery {

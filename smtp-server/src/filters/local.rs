@@ -11,8 +11,10 @@ use crate::{Decision, RcptRequest};
 
 /// The rcpt-stage check of local users: for a recipient in a local domain, the address
 /// must be a known mailbox (or `postmaster`/`abuse`, which RFC 5321 §4.5.1 and RFC 2142
-/// require); otherwise `550 5.1.1 User unknown`. Other domains pass through (the relay
-/// policy decides about them). Local parts compare case-insensitively.
+/// require); otherwise `550 5.1.1 User unknown`. A listed address literal is checked
+/// the same way (mailboxes at it are written `user@[192.0.2.1]`). Other domains pass
+/// through (the relay policy decides about them). Local parts compare
+/// case-insensitively.
 #[derive(Clone, Debug)]
 pub struct LocalRecipientsLayer {
     known: Arc<Known>,
@@ -59,17 +61,21 @@ impl<S> LocalRecipients<S> {
         let ForwardPath::Mailbox(m) = &req.to else {
             return None;
         };
-        let Host::Domain(domain) = m.host() else {
-            return None;
+        let domain = match m.host() {
+            Host::Domain(domain) if self.known.domains.contains(domain) => {
+                domain.to_ascii_lowercase()
+            }
+            Host::Address(ip) if self.known.domains.contains_address(ip) => match ip {
+                std::net::IpAddr::V4(v4) => format!("[{v4}]"),
+                std::net::IpAddr::V6(v6) => format!("[ipv6:{v6}]"),
+            },
+            _ => return None,
         };
-        if !self.known.domains.contains(domain) {
-            return None;
-        }
         let local = m.local_part_unquoted().to_lowercase();
         if local == "postmaster" || local == "abuse" {
             return None;
         }
-        let address = format!("{local}@{}", domain.to_ascii_lowercase());
+        let address = format!("{local}@{domain}");
         (!self.known.mailboxes.contains(&address)).then(|| {
             Decision::reject(
                 550,

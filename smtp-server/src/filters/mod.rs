@@ -8,11 +8,13 @@
 //! | [`AuthLayer`] | auth | checks credentials with an [`Authenticator`] |
 //! | [`HopLimitLayer`] | data | too many `Received:` headers: a mail loop, `554 5.4.6` |
 //! | [`ReceivedLayer`] | data | adds the `Received:` header (RFC 5321 §4.4, RFC 3848) |
+//! | [`NotifyPolicyLayer`] | data | success and delay notices only for logins and trusted networks (no backscatter) |
 //! | [`SubmittedHeadersLayer`] | data | adds a missing `Date:` and `Message-ID:` to mail from logins (RFC 6409 §8) |
 
 mod auth;
 mod hops;
 mod local;
+mod notify;
 mod received;
 mod relay;
 mod submitted;
@@ -20,34 +22,81 @@ mod submitted;
 pub use auth::{AuthLayer, Authenticator};
 pub use hops::{HopLimitLayer, count_received_headers};
 pub use local::LocalRecipientsLayer;
+pub use notify::NotifyPolicyLayer;
 pub use received::ReceivedLayer;
 pub use relay::{IpNetwork, RelayPolicyLayer};
 pub use submitted::SubmittedHeadersLayer;
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 
-/// A set of domains compared without regard to ASCII case.
+/// A set of domains compared without regard to ASCII case, and of address literals
+/// (`[192.0.2.1]`, `[IPv6:2001:db8::1]`, RFC 5321 §4.1.3) compared by address. An
+/// address literal is in the set only when it was listed: the server's own addresses
+/// are not local by themselves.
+///
+/// ```
+/// use smtp_server::filters::DomainSet;
+/// let set = DomainSet::new(["Example.TEST.", "[192.0.2.1]", "[IPv6:2001:DB8::1]"]);
+/// assert!(set.contains("example.test"));
+/// assert!(set.contains("[192.0.2.1]"));
+/// assert!(set.contains("[ipv6:2001:db8:0::1]"));
+/// assert!(set.contains_address("2001:db8::1".parse().unwrap()));
+/// assert!(!set.contains_address("127.0.0.1".parse().unwrap()));
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DomainSet(HashSet<String>);
+pub struct DomainSet {
+    names: HashSet<String>,
+    addresses: HashSet<IpAddr>,
+}
 
 impl DomainSet {
-    /// A set from names.
+    /// A set from names and address literals.
     pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(domains: I) -> Self {
-        Self(
-            domains
-                .into_iter()
-                .map(|d| d.as_ref().trim_end_matches('.').to_ascii_lowercase())
-                .collect(),
-        )
+        let mut set = Self::default();
+        for domain in domains {
+            let domain = domain.as_ref();
+            match literal_address(domain) {
+                Some(ip) => set.addresses.insert(ip),
+                None => set
+                    .names
+                    .insert(domain.trim_end_matches('.').to_ascii_lowercase()),
+            };
+        }
+        set
     }
 
-    /// Whether `domain` is in the set.
+    /// Whether `domain` (a name, or an address literal in brackets) is in the set.
     pub fn contains(&self, domain: &str) -> bool {
-        if domain.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.0.contains(&domain.to_ascii_lowercase())
-        } else {
-            self.0.contains(domain)
+        if let Some(ip) = literal_address(domain) {
+            return self.contains_address(ip);
         }
+        if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.names.contains(&domain.to_ascii_lowercase())
+        } else {
+            self.names.contains(domain)
+        }
+    }
+
+    /// Whether the address literal of `ip` is in the set.
+    pub fn contains_address(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.addresses.contains(&ip)
+    }
+}
+
+/// The address of an address literal: `[192.0.2.1]` or `[IPv6:...]`.
+fn literal_address(domain: &str) -> Option<IpAddr> {
+    let inner = domain.strip_prefix('[')?.strip_suffix(']')?;
+    match inner.get(..5) {
+        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => inner[5..]
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .map(IpAddr::V6),
+        _ => inner.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4),
     }
 }
 

@@ -72,7 +72,9 @@ impl std::fmt::Display for IpNetwork {
 
 /// The rcpt-stage relay policy: mail to local domains (and to the bare `<Postmaster>`)
 /// is for anyone; mail to any other domain only from authenticated users or trusted
-/// networks; everything else is `554 5.7.1 Relay access denied`. No open relay.
+/// networks; everything else is `554 5.7.1 Relay access denied`. No open relay. An
+/// address literal (`user@[192.0.2.1]`) is local only when it is listed among the local
+/// domains, whatever address the client connected to.
 #[derive(Clone, Debug)]
 pub struct RelayPolicyLayer {
     policy: Arc<Policy>,
@@ -119,7 +121,7 @@ impl<S> RelayPolicy<S> {
             ForwardPath::Postmaster => true,
             ForwardPath::Mailbox(m) => match m.host() {
                 Host::Domain(d) => self.policy.local_domains.contains(d),
-                Host::Address(ip) => ip == req.session.local.ip(),
+                Host::Address(ip) => self.policy.local_domains.contains_address(ip),
             },
         };
         let may_relay = req.session.authenticated.is_some()
