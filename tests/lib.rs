@@ -24,6 +24,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 /// A test certificate authority and a server certificate it signed.
+#[derive(Debug)]
 pub struct TestPki {
     /// The CA certificate, for clients to trust.
     pub ca_pem: String,
@@ -56,6 +57,23 @@ impl TestPki {
         let cert = params.signed_by(&key, &issuer).unwrap();
         Self {
             ca_pem: ca.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// A self-signed certificate for `name` alone, marked as a CA the way `openssl req
+    /// -x509` makes one; `ca_pem` is the certificate itself (what a client pins).
+    pub fn self_signed(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            ca_pem: cert.pem(),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         }
@@ -108,6 +126,8 @@ pub struct Options<'a> {
     pub tls: bool,
     /// The relay listener's port (0: any free port).
     pub relay_port: u16,
+    /// The certificate (default: a new [`TestPki`]).
+    pub pki: Option<&'a Arc<TestPki>>,
 }
 
 impl Default for Options<'_> {
@@ -122,6 +142,7 @@ impl Default for Options<'_> {
             extra: "",
             tls: true,
             relay_port: 0,
+            pki: None,
         }
     }
 }
@@ -170,7 +191,7 @@ impl TestMta {
     /// An MTA as [`Options`] say.
     pub async fn start_opts(o: Options<'_>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let pki = Arc::new(TestPki::new());
+        let pki = o.pki.map_or_else(|| Arc::new(TestPki::new()), Arc::clone);
         std::fs::write(dir.path().join("cert.pem"), &pki.cert_pem).unwrap();
         std::fs::write(dir.path().join("key.pem"), &pki.key_pem).unwrap();
         std::fs::write(dir.path().join("ca.pem"), &pki.ca_pem).unwrap();

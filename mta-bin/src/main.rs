@@ -187,7 +187,12 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         },
     };
     config.check_files(&text).map_err(|p| report(&p))?;
-    for warning in config.warnings() {
+    let mut warnings = config.warnings();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    warnings.extend(runtime.block_on(mta_bin::serve::check_relay_certificate(&config)));
+    for warning in warnings {
         println!("warning: {warning}");
     }
     println!("{}: ok", path.display());

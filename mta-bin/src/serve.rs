@@ -412,6 +412,11 @@ impl Mta {
         &self.queue
     }
 
+    /// The configuration it started with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Prints where the MTA listens and where mail lands.
     pub fn print_banner(&self) {
         let config = &self.config;
@@ -481,6 +486,76 @@ async fn shutdown_signal() {
 /// Remote delivery: MX routing (or the relay) and the SMTP client settings.
 fn remote_delivery(config: &Config, resolver: MxResolver) -> anyhow::Result<Remote> {
     let o = &config.outbound;
+    let (outbound, relay) = outbound_config(config)?;
+    Ok(Remote::new(
+        resolver,
+        RemoteConfig {
+            outbound,
+            relay,
+            max_per_destination: o.max_per_destination.unwrap_or(20),
+            max_messages_per_connection: o.max_messages_per_connection.unwrap_or(100),
+            idle_timeout: std::time::Duration::from_secs(10),
+        },
+    ))
+}
+
+/// For `mta check-config`: with a relay login configured, whether the relay's
+/// certificate verifies for its name (or is pinned in `ca_file`), which the login needs.
+/// Connects to the relay (10 s at most) and logs in nowhere; `None` when all is well.
+pub async fn check_relay_certificate(config: &Config) -> Option<String> {
+    let o = &config.outbound;
+    if o.relay_username.is_none() {
+        return None;
+    }
+    let (mut outbound, relay) = match outbound_config(config) {
+        Ok((outbound, Some(relay))) => (outbound, relay),
+        Ok((_, None)) => return None,
+        Err(e) => return Some(format!("{e:#}")),
+    };
+    let name = format!(
+        "[outbound] relay {}",
+        o.relay.as_deref().unwrap_or_default()
+    );
+    // What a delivery does, up to the login: verified TLS, and no login sent.
+    outbound.auth = None;
+    outbound.tls = smtp_client::TlsPolicy::Required;
+    outbound.connect_timeout = std::time::Duration::from_secs(5);
+    let probe = async {
+        let resolver = MxResolver::new(MxConfig {
+            nameservers: config.dns.nameservers.clone(),
+            ..MxConfig::default()
+        })
+        .map_err(|e| e.to_string())?;
+        let host = resolver
+            .host(&relay.host)
+            .await
+            .map_err(|e| e.to_string())?;
+        smtp_client::Session::open(&relay.host, &host.addresses, &outbound)
+            .await
+            .map_err(|e| match e {
+                smtp_client::ClientError::Tls(text) => format!(
+                    "{name}: its certificate does not verify ({text}): the login is not sent \
+                     and remote mail waits; if it is self-signed, pin it by putting that \
+                     certificate in [outbound] ca_file"
+                ),
+                other => format!("{name}: cannot check its certificate: {other}"),
+            })
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), probe).await {
+        Ok(Ok(session)) => {
+            session.quit().await;
+            None
+        }
+        Ok(Err(text)) => Some(text),
+        Err(_) => Some(format!(
+            "{name}: cannot check its certificate: no answer in 10 s"
+        )),
+    }
+}
+
+/// The SMTP client settings, and the relay host when there is one.
+fn outbound_config(config: &Config) -> anyhow::Result<(OutboundConfig, Option<Relay>)> {
+    let o = &config.outbound;
     let extra_roots = match &o.ca_file {
         Some(path) => {
             use rustls_pki_types::pem::PemObject;
@@ -512,16 +587,7 @@ fn remote_delivery(config: &Config, resolver: MxResolver) -> anyhow::Result<Remo
             Some(Relay { host })
         }
     };
-    Ok(Remote::new(
-        resolver,
-        RemoteConfig {
-            outbound,
-            relay,
-            max_per_destination: o.max_per_destination.unwrap_or(20),
-            max_messages_per_connection: o.max_messages_per_connection.unwrap_or(100),
-            idle_timeout: std::time::Duration::from_secs(10),
-        },
-    ))
+    Ok((outbound, relay))
 }
 
 pub(crate) fn queue_config(config: &Config) -> anyhow::Result<QueueConfig> {

@@ -34,7 +34,9 @@ pub struct OutboundConfig {
     pub tls_configs: TlsConfigs,
     /// TLS from the first byte (port 465 relays, RFC 8314).
     pub implicit_tls: bool,
-    /// A login for the server (a smarthost); only ever sent under TLS.
+    /// A login for the server (a smarthost); only ever sent under TLS, to a server
+    /// whose certificate verifies for its name (or is pinned in the trusted roots),
+    /// whatever the TLS policy.
     pub auth: Option<(String, String)>,
     /// Time to open a TCP connection. Default 30 s.
     pub connect_timeout: Duration,
@@ -118,9 +120,11 @@ impl Session {
             match Self::open_one(host, address, config, true).await {
                 Ok(session) => return Ok(session),
                 // Opportunistic TLS: the handshake failed before any mail data, so
-                // plaintext is allowed, on a new connection.
+                // plaintext is allowed, on a new connection (not with a login to send).
                 Err(ClientError::Tls(e))
-                    if config.tls == TlsPolicy::Opportunistic && !config.implicit_tls =>
+                    if config.tls == TlsPolicy::Opportunistic
+                        && !config.implicit_tls
+                        && config.auth.is_none() =>
                 {
                     info!(host, %address, error = %e, "TLS handshake failed; retrying without TLS");
                     match Self::open_one(host, address, config, false).await {
@@ -158,7 +162,7 @@ impl Session {
             )
             .await
             .map_err(|_| ClientError::Timeout("the TLS handshake"))?
-            .map_err(|e| ClientError::Tls(e.to_string()))?;
+            .map_err(|e| handshake_error(host, config, &e))?;
             ClientStream::Tls(Box::new(tls))
         } else {
             ClientStream::Plain(tcp)
@@ -192,7 +196,7 @@ impl Session {
                     tokio::time::timeout(config.timeouts.command, connector.connect(name, tcp))
                         .await
                         .map_err(|_| ClientError::Timeout("the TLS handshake"))?
-                        .map_err(|e| ClientError::Tls(e.to_string()))?;
+                        .map_err(|e| handshake_error(host, config, &e))?;
                 *conn.stream_mut() = ClientStream::Tls(Box::new(upgraded));
                 conn.tls_established();
                 conn.hello(helo).await?;
@@ -345,10 +349,30 @@ impl Session {
     }
 }
 
+/// The verifying configuration under `Required` and whenever a login is to be sent
+/// (a password goes only to a server that proves its name); otherwise any certificate.
 fn tls_config(config: &OutboundConfig) -> &Arc<rustls::ClientConfig> {
     match config.tls {
+        _ if config.auth.is_some() => &config.tls_configs.verified,
         TlsPolicy::Required => &config.tls_configs.verified,
         TlsPolicy::Opportunistic | TlsPolicy::Disabled => &config.tls_configs.dangerous_unverified,
+    }
+}
+
+/// A failed handshake, said so that the operator knows what to do about it.
+fn handshake_error(host: &str, config: &OutboundConfig, e: &std::io::Error) -> ClientError {
+    let certificate = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
+    if certificate && config.auth.is_some() {
+        ClientError::Tls(format!(
+            "the certificate of {host} does not verify ({e}): the login is sent only to a \
+             server whose certificate verifies for its name; if it is self-signed, pin it by \
+             putting that certificate in [outbound] ca_file"
+        ))
+    } else {
+        ClientError::Tls(e.to_string())
     }
 }
 

@@ -41,7 +41,9 @@ impl std::str::FromStr for TlsPolicy {
 /// The two client configurations: one that verifies, one for opportunistic TLS.
 #[derive(Clone, Debug)]
 pub struct TlsConfigs {
-    /// Verifies the chain against the system's roots (and `extra_roots`) and the name.
+    /// Verifies the chain against the system's roots (and `extra_roots`) and the name,
+    /// or accepts a certificate that is one of `extra_roots` itself (a pinned
+    /// self-signed certificate). Used for `Required` and whenever a login is sent.
     pub verified: Arc<rustls::ClientConfig>,
     /// Accepts any certificate (signatures are still checked): encryption against
     /// passive eavesdropping, the best an unauthenticated MX can offer.
@@ -50,14 +52,20 @@ pub struct TlsConfigs {
 
 impl TlsConfigs {
     /// Both configurations; `extra_roots` are trusted besides the system's (a private
-    /// CA, or a test CA). TLS 1.2 and 1.3 only.
+    /// CA, or a test CA), and each of them is also accepted as the server's own
+    /// certificate (pinned: a self-signed certificate works by being listed). TLS 1.2
+    /// and 1.3 only.
     pub fn new(extra_roots: Vec<CertificateDer<'static>>) -> Result<Self, ClientError> {
         let provider = Arc::new(aws_lc_rs::default_provider());
-        let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(
-            extra_roots,
+        let platform = rustls_platform_verifier::Verifier::new_with_extra_roots(
+            extra_roots.clone(),
             Arc::clone(&provider),
         )
         .map_err(|e| ClientError::Tls(format!("cannot load the trusted roots: {e}")))?;
+        let verifier = Pinned {
+            pins: extra_roots,
+            inner: platform,
+        };
         let verified = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| ClientError::Tls(e.to_string()))?
@@ -74,6 +82,52 @@ impl TlsConfigs {
             verified: Arc::new(verified),
             dangerous_unverified: Arc::new(unverified),
         })
+    }
+}
+
+/// The platform's verification, or a certificate the operator listed, byte for byte.
+#[derive(Debug)]
+struct Pinned {
+    pins: Vec<CertificateDer<'static>>,
+    inner: rustls_platform_verifier::Verifier,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.pins.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

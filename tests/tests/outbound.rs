@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dns_mx::testing::TestDns;
-use mta_tests::{Options, TestMta, code_of};
+use mta_tests::{Options, TestMta, TestPki, code_of};
 use smtp_server::ListenerMode::{Relay, Submission};
 
 const ZONES: &[&str] = &[
@@ -304,8 +304,11 @@ async fn smarthost_with_auth() {
     let dns = TestDns::start(ZONES).await;
     let relay = remote("remote.test", true).await;
     let port = relay.addr(Submission).port();
+    // The relay's certificate names 127.0.0.1 and chains to a CA we trust.
+    let ca = relay.dir.path().join("ca.pem");
     let outbound = format!(
-        "relay = \"127.0.0.1:{port}\"\nrelay_username = \"alice@remote.test\"\nrelay_password = \"secret\""
+        "relay = \"127.0.0.1:{port}\"\nrelay_username = \"alice@remote.test\"\nrelay_password = \"secret\"\nca_file = \"{}\"",
+        ca.display()
     );
     let a = sender(&dns, 25, &outbound, "").await;
     // Mail for anywhere goes to the relay, over STARTTLS, logged in.
@@ -317,6 +320,86 @@ async fn smarthost_with_auth() {
         text.contains("by up.remote.test (mta) with ESMTPSA"),
         "authenticated submission at the relay: {text}"
     );
+}
+
+/// The relay password goes only to a server whose certificate verifies for the
+/// relay's name, or is pinned in `ca_file`: a fake relay with a self-signed certificate
+/// for another name received `AUTH PLAIN` under the default opportunistic TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_credentials_go_only_to_a_verified_or_pinned_certificate() {
+    let dns = TestDns::start(ZONES).await;
+    let pki = Arc::new(TestPki::self_signed("elsewhere.test"));
+    let relay = TestMta::start_opts(Options {
+        domain: "remote.test",
+        hostname: "up.remote.test",
+        pki: Some(&pki),
+        ..Options::default()
+    })
+    .await;
+    let port = relay.addr(Submission).port();
+    let outbound = format!(
+        "relay = \"127.0.0.1:{port}\"\nrelay_username = \"alice@remote.test\"\nrelay_password = \"secret\""
+    );
+    let a = sender(&dns, 25, &outbound, "").await;
+    send(
+        &a,
+        "carol@remote.test",
+        "Subject: not for strangers\r\n\r\nx",
+    )
+    .await;
+    let queue = a.mta.as_ref().unwrap().queue().clone();
+    let start = Instant::now();
+    let error = loop {
+        let mut error = None;
+        queue
+            .scan(None, &mut |meta| {
+                error.clone_from(&meta.last_error);
+                false
+            })
+            .unwrap();
+        match error {
+            Some(e) => break e,
+            None if start.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None => panic!("no attempt recorded"),
+        }
+    };
+    assert!(error.contains("451 4.7.5"), "{error}");
+    assert!(
+        error.contains("does not verify") && error.contains("ca_file"),
+        "{error}"
+    );
+    assert!(
+        relay.wait_for_mail("carol", 0).await.is_empty(),
+        "nothing sent"
+    );
+    assert_eq!(queue.len(), 1, "the mail waits");
+    // `mta check-config` says so.
+    let warning = mta_bin::serve::check_relay_certificate(a.mta.as_ref().unwrap().config()).await;
+    let warning = warning.expect("a warning");
+    assert!(
+        warning.contains("does not verify") && warning.contains("ca_file"),
+        "{warning}"
+    );
+
+    // The same certificate pinned in ca_file: the login is sent.
+    let pinned = a.dir.path().join("pinned.pem");
+    std::fs::write(&pinned, &pki.cert_pem).unwrap();
+    let b = sender(
+        &dns,
+        25,
+        &format!("{outbound}\nca_file = \"{}\"", pinned.display()),
+        "",
+    )
+    .await;
+    send(&b, "carol@remote.test", "Subject: pinned\r\n\r\nx").await;
+    let mail = relay.wait_for_mail("carol", 1).await;
+    assert_eq!(mail.len(), 1);
+    let text = String::from_utf8_lossy(&mail[0]);
+    assert!(text.contains("with ESMTPSA"), "logged in: {text}");
+    let warning = mta_bin::serve::check_relay_certificate(b.mta.as_ref().unwrap().config()).await;
+    assert_eq!(warning, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
