@@ -504,9 +504,7 @@ fn remote_delivery(config: &Config, resolver: MxResolver) -> anyhow::Result<Remo
 /// Connects to the relay (10 s at most) and logs in nowhere; `None` when all is well.
 pub async fn check_relay_certificate(config: &Config) -> Option<String> {
     let o = &config.outbound;
-    if o.relay_username.is_none() {
-        return None;
-    }
+    o.relay_username.as_ref()?;
     let (mut outbound, relay) = match outbound_config(config) {
         Ok((outbound, Some(relay))) => (outbound, relay),
         Ok((_, None)) => return None,
