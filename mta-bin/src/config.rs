@@ -352,6 +352,8 @@ pub struct Outbound {
     pub max_per_destination: Option<usize>,
     /// Messages per connection before it is closed.
     pub max_messages_per_connection: Option<usize>,
+    /// How long a connection waits for the next message before QUIT, e.g. `"10s"`.
+    pub idle_timeout: Option<String>,
 }
 
 impl Default for Outbound {
@@ -366,6 +368,7 @@ impl Default for Outbound {
             relay_password: None,
             max_per_destination: None,
             max_messages_per_connection: None,
+            idle_timeout: None,
         }
     }
 }
@@ -594,6 +597,12 @@ impl Config {
             if let Some(Err(e)) = value.as_deref().map(parse_duration) {
                 p.add(At::Key("limits", key), format!("[limits] {key}: {e}"));
             }
+        }
+        if let Some(Err(e)) = self.outbound.idle_timeout.as_deref().map(parse_duration) {
+            p.add(
+                At::Key("outbound", "idle_timeout"),
+                format!("[outbound] idle_timeout: {e}"),
+            );
         }
         if let Some(v) = &self.limits.bare_line_endings
             && !matches!(v.as_str(), "reject" | "normalize")

@@ -454,12 +454,14 @@ impl Mta {
         );
     }
 
-    /// Stops accepting, lets transactions in flight finish, stops delivering, and waits.
+    /// Stops accepting, lets transactions in flight finish, stops delivering, closes
+    /// the outbound connections kept for reuse (with QUIT), and waits.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
+        self.reload.delivery.close_idle().await;
     }
 }
 
@@ -494,7 +496,10 @@ fn remote_delivery(config: &Config, resolver: MxResolver) -> anyhow::Result<Remo
             relay,
             max_per_destination: o.max_per_destination.unwrap_or(20),
             max_messages_per_connection: o.max_messages_per_connection.unwrap_or(100),
-            idle_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: match &o.idle_timeout {
+                Some(text) => parse_duration(text)?,
+                None => std::time::Duration::from_secs(10),
+            },
         },
     ))
 }

@@ -619,3 +619,122 @@ async fn interop_with_aiosmtpd() {
         "{printed}"
     );
 }
+
+/// What a minimal SMTP server (no TLS) received: each line with when it came, and
+/// `<closed>` when the client closed the connection.
+type Transcript = Arc<std::sync::Mutex<Vec<(Instant, String)>>>;
+
+/// Starts that server on loopback; returns its port and its transcript.
+async fn recording_server() -> (u16, Transcript) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let log: Transcript = Arc::default();
+    let shared = Arc::clone(&log);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let log = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let (read, mut write) = tcp.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let _ = write.write_all(b"220 sink.test ESMTP\r\n").await;
+                let mut in_data = false;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    log.lock().unwrap().push((Instant::now(), line.clone()));
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match (in_data, verb.as_str()) {
+                        (true, _) if line == "." => {
+                            in_data = false;
+                            b"250 2.0.0 Ok\r\n"
+                        }
+                        (true, _) => continue,
+                        (false, "EHLO") => b"250-sink.test\r\n250 PIPELINING\r\n",
+                        (false, "DATA") => {
+                            in_data = true;
+                            b"354 go ahead\r\n"
+                        }
+                        (false, "QUIT") => {
+                            let _ = write.write_all(b"221 2.0.0 Bye\r\n").await;
+                            continue;
+                        }
+                        _ => b"250 2.0.0 Ok\r\n",
+                    };
+                    let _ = write.write_all(reply).await;
+                }
+                log.lock()
+                    .unwrap()
+                    .push((Instant::now(), "<closed>".into()));
+            });
+        }
+    });
+    (port, log)
+}
+
+/// When `line` arrived, waiting up to `within`.
+async fn arrival(log: &Transcript, line: &str, within: Duration) -> Option<Instant> {
+    let start = Instant::now();
+    loop {
+        let found = log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, l)| l == line)
+            .map(|(t, _)| *t);
+        if found.is_some() || start.elapsed() > within {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A connection kept for reuse is closed with QUIT when its idle window ends (a peer
+/// saw every session end without QUIT, connections open for over 50 s, and its own
+/// timeout after the message), and at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_outbound_connections_say_quit() {
+    let dns = TestDns::start(ZONES).await;
+    let (port, log) = recording_server().await;
+    let a = sender(&dns, port, "idle_timeout = \"1s\"", "").await;
+    send(&a, "bob@remote.test", "Subject: one\r\n\r\nx").await;
+    let end = arrival(&log, ".", Duration::from_secs(10))
+        .await
+        .expect("delivered");
+    let quit = arrival(&log, "QUIT", Duration::from_secs(10))
+        .await
+        .expect("QUIT");
+    let idle = quit - end;
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(5),
+        "QUIT {idle:?} after the message; the window is 1 s"
+    );
+    assert!(
+        arrival(&log, "<closed>", Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+
+    // Shutdown closes what waits, with QUIT.
+    let (port, log) = recording_server().await;
+    let mut b = sender(&dns, port, "", "").await;
+    send(&b, "bob@remote.test", "Subject: two\r\n\r\nx").await;
+    arrival(&log, ".", Duration::from_secs(10))
+        .await
+        .expect("delivered");
+    assert!(
+        arrival(&log, "QUIT", Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    b.stop().await;
+    assert!(
+        arrival(&log, "QUIT", Duration::from_secs(1))
+            .await
+            .is_some(),
+        "QUIT at shutdown"
+    );
+    assert!(
+        arrival(&log, "<closed>", Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+}

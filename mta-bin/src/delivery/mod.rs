@@ -73,11 +73,27 @@ impl Delivery {
         }
     }
 
-    /// From the next delivery on, deliver as `other` does (a configuration reload).
+    /// From the next delivery on, deliver as `other` does (a configuration reload); the
+    /// connections the old settings kept for reuse are closed with QUIT.
     pub fn replace(&self, other: &Delivery) {
         let new = other.current();
-        if let Ok(mut inner) = self.inner.write() {
-            *inner = new;
+        let old = match self.inner.write() {
+            Ok(mut inner) => std::mem::replace(&mut *inner, new),
+            Err(_) => return,
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Some(remote) = &old.remote {
+                    remote.close_idle().await;
+                }
+            });
+        }
+    }
+
+    /// Closes the connections kept for reuse, with QUIT (at shutdown).
+    pub async fn close_idle(&self) {
+        if let Some(remote) = &self.current().remote {
+            remote.close_idle().await;
         }
     }
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dns_mx::{MxHost, MxResolver};
 use mail_queue::{DeliveryRequest, MessageMeta, Outcome};
@@ -34,7 +34,8 @@ pub struct RemoteConfig {
     pub max_per_destination: usize,
     /// Messages sent on one connection before it is closed. Default 100.
     pub max_messages_per_connection: usize,
-    /// How long an idle connection is kept for reuse. Default 10 s.
+    /// How long an idle connection is kept for reuse; then it is closed with QUIT.
+    /// Default 10 s.
     pub idle_timeout: Duration,
 }
 
@@ -43,10 +44,43 @@ pub struct RemoteConfig {
 pub struct Remote {
     resolver: MxResolver,
     config: RemoteConfig,
-    /// Connections waiting for their next message, by host.
-    idle: Mutex<HashMap<String, Vec<(Instant, Session)>>>,
+    /// Connections waiting for their next message.
+    idle: Arc<IdlePool>,
     /// One semaphore per destination domain.
     destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// Connections waiting for their next message, by host, each with a number its close
+/// timer knows it by.
+#[derive(Debug, Default)]
+struct IdlePool {
+    sessions: Mutex<HashMap<String, Vec<(u64, Session)>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// How long a closing connection waits for the server's `221` to QUIT.
+const QUIT_WAIT: Duration = Duration::from_secs(5);
+
+impl IdlePool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(u64, Session)>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The session numbered `n`, if it is still waiting.
+    fn remove(&self, n: u64) -> Option<Session> {
+        let mut sessions = self.lock();
+        for list in sessions.values_mut() {
+            if let Some(i) = list.iter().position(|(m, _)| *m == n) {
+                return Some(list.swap_remove(i).1);
+            }
+        }
+        None
+    }
+}
+
+/// QUIT, a short wait for `221`, and close.
+async fn close(session: Session) {
+    let _ = tokio::time::timeout(QUIT_WAIT, session.quit()).await;
 }
 
 impl Remote {
@@ -55,7 +89,7 @@ impl Remote {
         Self {
             resolver,
             config,
-            idle: Mutex::default(),
+            idle: Arc::default(),
             destinations: Mutex::default(),
         }
     }
@@ -167,25 +201,56 @@ impl Remote {
     }
 
     fn take_idle(&self, host: &str) -> Option<Session> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(host)?;
-        while let Some((since, session)) = list.pop() {
-            if since.elapsed() < self.config.idle_timeout {
-                return Some(session);
-            }
-        }
-        None
+        self.idle
+            .lock()
+            .get_mut(host)?
+            .pop()
+            .map(|(_, session)| session)
     }
 
+    /// Keeps `session` for the next message to its host, for `idle_timeout`: then a
+    /// timer says QUIT and closes it (the server need not time us out).
     fn put_idle(&self, session: Session) {
         if session.transactions >= self.config.max_messages_per_connection {
-            tokio::spawn(session.quit());
+            tokio::spawn(close(session));
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.entry(session.host().to_owned())
+        let n = self
+            .idle
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.idle
+            .lock()
+            .entry(session.host().to_owned())
             .or_default()
-            .push((Instant::now(), session));
+            .push((n, session));
+        let pool = Arc::downgrade(&self.idle);
+        let wait = self.config.idle_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let session = pool.upgrade().and_then(|pool| pool.remove(n));
+            if let Some(session) = session {
+                debug!(host = session.host(), "idle connection closed");
+                close(session).await;
+            }
+        });
+    }
+
+    /// Says QUIT on every idle connection and closes it (at shutdown).
+    pub async fn close_idle(&self) {
+        let sessions: Vec<Session> = self
+            .idle
+            .lock()
+            .drain()
+            .flat_map(|(_, list)| list.into_iter().map(|(_, session)| session))
+            .collect();
+        let closing: Vec<_> = sessions
+            .into_iter()
+            .map(|s| tokio::spawn(close(s)))
+            .collect();
+        for c in closing {
+            let _ = c.await;
+        }
     }
 }
 
