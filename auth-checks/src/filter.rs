@@ -14,6 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use smtp_proto::{EnhancedStatus, ForwardPath, HeloName, ReversePath};
 use smtp_server::filters::{DomainSet, IpNetwork};
@@ -40,8 +41,9 @@ pub enum Mode {
     Enforce,
 }
 
-/// The mode of each check; `tag` for all by default (`[auth_checks]`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+/// The mode of each check (`tag` for all by default), and the time they may wait for
+/// DNS (`[auth_checks]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// SPF (RFC 7208): `enforce` rejects `fail` at MAIL FROM.
@@ -52,7 +54,30 @@ pub struct Policy {
     pub dmarc: Mode,
     /// ARC (RFC 8617): `enforce` rejects messages with a broken chain.
     pub arc: Mode,
+    /// How long the checks of one message may wait for DNS, all told (SPF at MAIL
+    /// FROM, then DKIM, ARC and DMARC at the end of data): what is not decided by then
+    /// is `temperror`, and the modes apply to that (`tag` records it, `enforce` defers
+    /// with `451`). A DNS server that does not answer costs a message this much at
+    /// most. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub time_budget: Duration,
 }
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            spf: Mode::default(),
+            dkim: Mode::default(),
+            dmarc: Mode::default(),
+            arc: Mode::default(),
+            time_budget: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The time a transaction's SPF check took, for the data stage's share of the budget.
+#[derive(Clone, Copy, Debug)]
+struct SpfTime(Duration);
 
 impl Policy {
     fn any(&self) -> bool {
@@ -264,12 +289,15 @@ where
                 ReversePath::Null => String::new(),
                 ReversePath::Mailbox(m) => m.as_str().to_owned(),
             };
+            let started = tokio::time::Instant::now();
+            let deadline = started + policy.time_budget;
             let check = shared
                 .verifier
-                .spf(request.session.peer.ip(), &helo, &from)
+                .spf_until(request.session.peer.ip(), &helo, &from, Some(deadline))
                 .await;
             debug!(spf = %check.mail_from.result, identity = %check.mail_from.identity, "SPF");
             request.notes.insert(check.clone());
+            request.notes.insert(SpfTime(started.elapsed()));
             if policy.spf == Mode::Enforce
                 && let Some(refusal) = spf_refusal(&check)
             {
@@ -364,9 +392,14 @@ where
             } else {
                 MessageChecks::ALL
             };
+            let spent = request
+                .notes
+                .get::<SpfTime>()
+                .map_or(Duration::ZERO, |t| t.0);
+            let deadline = tokio::time::Instant::now() + policy.time_budget.saturating_sub(spent);
             let (mut report, seal) = shared
                 .verifier
-                .check_and_seal(&request.body, spf.as_ref(), checks, sealer)
+                .check_and_seal(&request.body, spf.as_ref(), checks, sealer, Some(deadline))
                 .await;
             if let Some(seal) = seal {
                 let mut headers = seal.into_bytes();

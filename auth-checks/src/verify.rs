@@ -9,10 +9,12 @@
 //! canonicalizes the same under the RFC and correctly under mail-auth. Fixed upstream in
 //! mail-auth 0.15; remove [`corrected_relaxed_body`] with that upgrade.
 
+use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 use mail_auth::dkim::{Canonicalization, DkimError};
@@ -63,7 +65,43 @@ impl MessageChecks {
 pub struct Verifier {
     auth: Arc<MessageAuthenticator>,
     hostname: String,
+    failures: Arc<Failures>,
 }
+
+/// How long a domain whose lookups failed (a DNS error, or no answer in time) is
+/// remembered: checks that need it again within this time are `temperror` at once,
+/// instead of each waiting for DNS again.
+pub const NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// Most domains remembered at once; beyond, the oldest are forgotten.
+const NEGATIVE_CACHE_SIZE: usize = 10_000;
+
+/// The short negative cache: domains whose lookups failed, and when.
+#[derive(Debug, Default)]
+struct Failures(Mutex<HashMap<String, Instant>>);
+
+impl Failures {
+    fn recent(&self, domain: &str) -> bool {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&domain.to_ascii_lowercase())
+            .is_some_and(|at| at.elapsed() < NEGATIVE_CACHE_TTL)
+    }
+
+    fn note(&self, domain: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= NEGATIVE_CACHE_SIZE {
+            map.retain(|_, at| at.elapsed() < NEGATIVE_CACHE_TTL);
+            if map.len() >= NEGATIVE_CACHE_SIZE {
+                map.clear();
+            }
+        }
+        map.insert(domain.to_ascii_lowercase(), Instant::now());
+    }
+}
+
+/// Why a check is `temperror` without its lookups.
+const TIMED_OUT: &str = "no DNS answer within the time budget";
+const FAILED_RECENTLY: &str = "a DNS lookup for the domain failed moments ago";
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,6 +116,7 @@ impl Verifier {
         Self {
             auth: Arc::new(MessageAuthenticator(resolver)),
             hostname: hostname.into(),
+            failures: Arc::default(),
         }
     }
 
@@ -96,17 +135,31 @@ impl Verifier {
     /// with no local part is checked as `postmaster@<domain>`; an explanation that is
     /// not US-ASCII is dropped, as a syntax error of the explanation.
     pub async fn spf(&self, ip: IpAddr, helo: &str, mail_from: &str) -> SpfCheck {
+        self.spf_until(ip, helo, mail_from, None).await
+    }
+
+    /// [`Verifier::spf`] that gives up at `deadline`: an identity not decided by then is
+    /// `temperror`. A domain whose lookups failed (a DNS error or the deadline) is
+    /// remembered for [`NEGATIVE_CACHE_TTL`], and is `temperror` at once meanwhile.
+    pub async fn spf_until(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        deadline: Option<tokio::time::Instant>,
+    ) -> SpfCheck {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             IpAddr::V4(_) => ip,
         };
         let helo_name = helo.trim_end_matches('.').to_ascii_lowercase();
         let helo_verdict = if is_domain(&helo_name) {
-            let output = self
-                .auth
-                .verify_spf(SpfParameters::verify_ehlo(ip, &helo_name, &self.hostname))
-                .await;
-            Some(spf_verdict(&output, format!("postmaster@{helo_name}")))
+            let params = SpfParameters::verify_ehlo(ip, &helo_name, &self.hostname);
+            let identity = format!("postmaster@{helo_name}");
+            Some(
+                self.bounded_spf(params, &helo_name, identity, deadline)
+                    .await,
+            )
         } else {
             None
         };
@@ -126,16 +179,11 @@ impl Verifier {
                     } else {
                         mail_from.to_owned()
                     };
-                    let output = self
-                        .auth
-                        .verify_spf(SpfParameters::verify_mail_from(
-                            ip,
-                            &helo_name,
-                            &self.hostname,
-                            &sender,
-                        ))
-                        .await;
-                    spf_verdict(&output, mail_from.to_owned())
+                    let params =
+                        SpfParameters::verify_mail_from(ip, &helo_name, &self.hostname, &sender);
+                    let domain = domain.trim_end_matches('.');
+                    self.bounded_spf(params, domain, mail_from.to_owned(), deadline)
+                        .await
                 }
                 _ => SpfVerdict {
                     result: SpfResult::None,
@@ -153,6 +201,36 @@ impl Verifier {
         }
     }
 
+    /// One SPF identity, within `deadline`, through the negative cache.
+    async fn bounded_spf(
+        &self,
+        params: SpfParameters<'_>,
+        domain: &str,
+        identity: String,
+        deadline: Option<tokio::time::Instant>,
+    ) -> SpfVerdict {
+        let temperror = |why: &str| SpfVerdict {
+            result: SpfResult::TempError,
+            identity: identity.clone(),
+            explanation: Some(why.to_owned()),
+        };
+        if self.failures.recent(domain) {
+            return temperror(FAILED_RECENTLY);
+        }
+        let output = match until(deadline, self.auth.verify_spf(params)).await {
+            Some(output) => output,
+            None => {
+                self.failures.note(domain);
+                return temperror(TIMED_OUT);
+            }
+        };
+        let verdict = spf_verdict(&output, identity.clone());
+        if verdict.result == SpfResult::TempError {
+            self.failures.note(domain);
+        }
+        verdict
+    }
+
     /// DKIM, ARC and DMARC for a message (`checks` says which), with the
     /// transaction's SPF verdict (DMARC needs it; without it, SPF does not align).
     pub async fn check_message(
@@ -161,15 +239,74 @@ impl Verifier {
         spf: Option<&SpfCheck>,
         checks: MessageChecks,
     ) -> AuthReport {
-        self.check_and_seal(message, spf, checks, None).await.0
+        self.check_and_seal(message, spf, checks, None, None)
+            .await
+            .0
     }
 
     /// As [`check_message`](Self::check_message), and adds an ARC set made with
     /// `sealer` when the chain can be extended (none, or a valid one): the returned
-    /// header block goes on top of the message.
+    /// header block goes on top of the message. What is not decided by `deadline` is
+    /// `temperror` (no seal then); so is everything at once when every domain the checks
+    /// need (the From domains, the signing domains) failed moments ago.
     pub(crate) async fn check_and_seal(
         &self,
         raw: &[u8],
+        spf: Option<&SpfCheck>,
+        checks: MessageChecks,
+        sealer: Option<&crate::sign::ArcSigner>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> (AuthReport, Option<String>) {
+        let Some(message) = AuthenticatedMessage::parse(raw) else {
+            return (unparsed_report(spf, checks), None);
+        };
+        let mut domains: Vec<String> = message
+            .from
+            .iter()
+            .filter_map(|a| a.rsplit_once('@'))
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .chain(
+                message
+                    .dkim_headers
+                    .iter()
+                    .map(|h| h.header.d.to_ascii_lowercase()),
+            )
+            .collect();
+        domains.sort_unstable();
+        domains.dedup();
+        if !domains.is_empty() && domains.iter().all(|d| self.failures.recent(d)) {
+            return (
+                temperror_report(&message, spf, checks, FAILED_RECENTLY),
+                None,
+            );
+        }
+        let Some((report, seal)) =
+            until(deadline, self.run_checks(&message, spf, checks, sealer)).await
+        else {
+            for domain in &domains {
+                self.failures.note(domain);
+            }
+            return (temperror_report(&message, spf, checks, TIMED_OUT), None);
+        };
+        for verdict in report.dkim.iter().flatten() {
+            if let (DkimResult::TempError, Some(d)) = (verdict.result, &verdict.domain) {
+                self.failures.note(d);
+            }
+        }
+        if let Some(dmarc) = report
+            .dmarc
+            .as_ref()
+            .filter(|d| d.result == DmarcResult::TempError)
+        {
+            self.failures.note(&dmarc.header_from);
+        }
+        (report, seal)
+    }
+
+    /// The checks of a parsed message, and the seal.
+    async fn run_checks<'x>(
+        &self,
+        message: &'x AuthenticatedMessage<'x>,
         spf: Option<&SpfCheck>,
         checks: MessageChecks,
         sealer: Option<&crate::sign::ArcSigner>,
@@ -178,24 +315,13 @@ impl Verifier {
             spf: spf.cloned(),
             ..AuthReport::default()
         };
-        let Some(message) = AuthenticatedMessage::parse(raw) else {
-            report.dkim = (checks.dkim || checks.dmarc).then(Vec::new);
-            report.arc = checks.arc.then_some(ArcVerdict {
-                result: ArcResult::None,
-                sets: 0,
-                reason: None,
-                temporary: false,
-            });
-            report.dmarc = checks.dmarc.then(|| DmarcVerdict::none(""));
-            return (report, None);
-        };
-        let fixed_raw = corrected_relaxed_body(&message);
+        let fixed_raw = corrected_relaxed_body(message);
         let fixed = fixed_raw.as_deref().and_then(AuthenticatedMessage::parse);
 
         let mut dkim_outputs: Vec<DkimOutput<'_>> = Vec::new();
         let mut corrected = Vec::new();
         if checks.dkim || checks.dmarc {
-            dkim_outputs = self.auth.verify_dkim(&message).await;
+            dkim_outputs = self.auth.verify_dkim(message).await;
             if let Some(fixed) = &fixed {
                 let failed = |o: &DkimOutput<'_>| {
                     matches!(
@@ -240,7 +366,7 @@ impl Verifier {
         }
 
         let arc_output = if checks.arc || sealer.is_some() {
-            let output = self.auth.verify_arc(&message).await;
+            let output = self.auth.verify_arc(message).await;
             if checks.arc {
                 report.arc = Some(arc_verdict(&output));
             }
@@ -268,7 +394,7 @@ impl Verifier {
         let mail_from_domain = spf.map_or("", |s| s.mail_from.domain()).to_owned();
         let dmarc_output = if checks.dmarc {
             let (verdict, output) = self
-                .dmarc(&message, &dkim_outputs, &mail_from_domain, &spf_output)
+                .dmarc(message, &dkim_outputs, &mail_from_domain, &spf_output)
                 .await;
             report.dmarc = Some(verdict);
             Some(output)
@@ -300,7 +426,7 @@ impl Verifier {
                     results = results.with_dmarc_result(dmarc);
                 }
                 results = results.with_arc_result(arc, ip);
-                sealer.seal(&message, &results, arc)
+                sealer.seal(message, &results, arc)
             }
             _ => None,
         };
@@ -434,6 +560,81 @@ impl Verifier {
 
 /// How strict a DMARC verdict is, for choosing among several From domains: a failure
 /// (by its policy), then temperror, permerror, pass, none.
+/// `future`'s output, or `None` when `deadline` comes first.
+async fn until<F: std::future::Future>(
+    deadline: Option<tokio::time::Instant>,
+    future: F,
+) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+        None => Some(future.await),
+    }
+}
+
+/// The report for a message mail-auth cannot parse: nothing signed, no chain, no
+/// author domain.
+fn unparsed_report(spf: Option<&SpfCheck>, checks: MessageChecks) -> AuthReport {
+    AuthReport {
+        spf: spf.cloned(),
+        dkim: (checks.dkim || checks.dmarc).then(Vec::new),
+        arc: checks.arc.then_some(ArcVerdict {
+            result: ArcResult::None,
+            sets: 0,
+            reason: None,
+            temporary: false,
+        }),
+        dmarc: checks.dmarc.then(|| DmarcVerdict::none("")),
+    }
+}
+
+/// The report for a message whose checks could not wait for DNS (`why`): each
+/// signature, the chain and DMARC are `temperror`; what needs no lookup (no signature,
+/// no chain) is `none` as usual.
+fn temperror_report(
+    message: &AuthenticatedMessage<'_>,
+    spf: Option<&SpfCheck>,
+    checks: MessageChecks,
+    why: &str,
+) -> AuthReport {
+    let dkim = message
+        .dkim_headers
+        .iter()
+        .map(|h| DkimVerdict {
+            result: DkimResult::TempError,
+            domain: Some(h.header.d.clone()),
+            selector: Some(h.header.s.clone()),
+            algorithm: Some(algorithm_name(h.header.a).to_owned()),
+            b_prefix: Some(b_prefix(&h.header.b)),
+            reason: Some(why.to_owned()),
+            corrected_relaxed_body: false,
+        })
+        .collect();
+    let sets = u32::try_from(message.as_headers.len()).unwrap_or(u32::MAX);
+    let header_from = message
+        .from
+        .first()
+        .and_then(|a| a.rsplit_once('@'))
+        .map_or("", |(_, d)| d);
+    AuthReport {
+        spf: spf.cloned(),
+        dkim: (checks.dkim || checks.dmarc).then_some(dkim),
+        arc: checks.arc.then(|| ArcVerdict {
+            result: if sets == 0 {
+                ArcResult::None
+            } else {
+                ArcResult::Fail
+            },
+            sets,
+            reason: (sets > 0).then(|| why.to_owned()),
+            temporary: sets > 0,
+        }),
+        dmarc: checks.dmarc.then(|| DmarcVerdict {
+            result: DmarcResult::TempError,
+            ..DmarcVerdict::none(header_from)
+        }),
+    }
+}
+
 fn strictness(verdict: &DmarcVerdict) -> (u8, DmarcPolicy) {
     let rank = match verdict.result {
         DmarcResult::Fail => 4,

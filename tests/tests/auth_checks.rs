@@ -455,3 +455,65 @@ async fn a_null_sender_is_reported_by_its_helo_identity() {
         "{parsed}"
     );
 }
+
+/// A DNS server that does not answer stalled every session: MAIL FROM waited 30 s and
+/// the end of DATA 15 s more, in the default `tag` mode. The checks of one message now
+/// wait `time_budget` at most, all told, then record `temperror`; a domain whose
+/// lookups just failed is `temperror` at once for the next message (the negative cache).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_server_that_does_not_answer_costs_a_message_its_budget_at_most() {
+    use std::time::{Duration, Instant};
+    // Takes queries and never answers.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let extra = format!(
+        "[dns]\nnameservers = [\"{}\"]\n[auth_checks]\ntime_budget = \"1s\"\n",
+        silent.local_addr().unwrap()
+    );
+    let w = world().await;
+    let t = TestMta::start(&extra).await;
+    let mut timings = Vec::new();
+    for _ in 0..2 {
+        let start = Instant::now();
+        let (mut c, reply) = mail_from(&t, "mail.good.test", "alice@good.test").await;
+        let mail_time = start.elapsed();
+        assert!(reply.starts_with("250 2.1.0"), "{reply}");
+        let start = Instant::now();
+        let reply = data(&mut c, &message("alice@good.test", Some(&w.good), "")).await;
+        assert!(reply.starts_with("250 2.0.0"), "{reply}");
+        timings.push((mail_time, start.elapsed()));
+    }
+    let (first_mail, first_data) = timings[0];
+    assert!(
+        first_mail < Duration::from_secs(3) && first_mail + first_data < Duration::from_secs(4),
+        "the budget is 1 s: {timings:?}"
+    );
+    let (second_mail, second_data) = timings[1];
+    assert!(
+        second_mail + second_data < Duration::from_secs(1),
+        "the failures are remembered: {timings:?}"
+    );
+    let mail = t.wait_for_mail("bob", 2).await;
+    for (i, m) in mail.iter().enumerate() {
+        let ours = results(m, "mx.example.test");
+        assert_eq!(ours.len(), 1);
+        for expected in ["spf=temperror", "dkim=temperror", "dmarc=temperror"] {
+            assert!(
+                ours[0].contains(expected),
+                "message {i}: {expected} in {}",
+                ours[0]
+            );
+        }
+    }
+
+    // Under `enforce`, the same wait ends in a deferral.
+    let t = TestMta::start(&format!("{extra}spf = \"enforce\"\n")).await;
+    let start = Instant::now();
+    let (_, reply) = mail_from(&t, "mail.good.test", "alice@good.test").await;
+    assert!(reply.starts_with("451 4.7.24"), "{reply}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(silent);
+}
