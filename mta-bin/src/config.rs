@@ -271,8 +271,10 @@ pub struct Limits {
     pub max_auth_failures: Option<u32>,
     /// Wait for a command, e.g. `"5m"`.
     pub command_timeout: Option<String>,
-    /// Wait for message data, e.g. `"10m"`.
+    /// Time for message content, earned back at `min_data_rate`, e.g. `"10m"`.
     pub data_timeout: Option<String>,
+    /// The slowest content transfer kept up, in bytes per second (0: no floor).
+    pub min_data_rate: Option<u64>,
     /// TLS handshake time limit.
     pub tls_handshake_timeout: Option<String>,
     /// Connections at once.

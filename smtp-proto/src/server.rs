@@ -639,6 +639,14 @@ impl ServerSession {
         matches!(self.state, State::Data(_) | State::Chunk { .. })
     }
 
+    /// Whether the transaction in progress sends its content in BDAT chunks (RFC 3030),
+    /// between two chunks as well as during one.
+    pub fn is_chunking(&self) -> bool {
+        self.transaction
+            .as_ref()
+            .is_some_and(Transaction::is_chunking)
+    }
+
     /// Bytes received but not yet processed: an early talker before the greeting, or
     /// pipelined commands behind a pending event. At most one line plus what the last
     /// [`ServerSession::receive`] brought.

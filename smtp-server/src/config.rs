@@ -66,15 +66,25 @@ pub struct Limits {
     pub max_errors: u32,
     /// Failed logins before `421 4.7.0` and close. Default 3.
     pub max_auth_failures: u32,
-    /// Wait for a command (RFC 5321 §4.5.3.2.7: at least 5 minutes). Default 5 min.
+    /// Time for a whole command, from the end of the previous one (RFC 5321
+    /// §4.5.3.2.7: at least 5 minutes); a command that trickles in byte by byte gets no
+    /// more. Default 5 min.
     pub command_timeout: Duration,
-    /// Wait for a piece of message content (RFC 5321 §4.5.3.2.5-6). Default 10 min.
+    /// Time for message content (RFC 5321 §4.5.3.2.5-6: 3 minutes per block, 10 for
+    /// the end), earned back by every byte at `min_data_rate`. Default 10 min.
     pub data_timeout: Duration,
+    /// The slowest content transfer kept up for long, in bytes per second (Postfix's
+    /// `smtpd_min_data_rate`); 0: no floor, only `data_timeout` between reads. Default
+    /// 500.
+    pub min_data_rate: u64,
     /// Time a TLS handshake may take. Default 10 s.
     pub tls_handshake_timeout: Duration,
-    /// Connections at once, over all listeners; the next gets `421 4.7.0`. Default 10000.
+    /// Connections at once, over all listeners; the next gets `421 4.7.0`. Default
+    /// 1000: far more than two cores can keep busy, with room for a burst (see
+    /// `docs/configuration.md`).
     pub max_connections: usize,
-    /// Connections at once from one IP address. Default 50.
+    /// Connections at once from one IP address. Default 20, what Postfix opens at most
+    /// to one destination.
     pub max_connections_per_ip: usize,
     /// Connections the kernel may queue before we accept them (`listen(2)` backlog,
     /// capped by `net.core.somaxconn`). Default 1024.
@@ -95,9 +105,10 @@ impl Default for Limits {
             max_auth_failures: 3,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
+            min_data_rate: 500,
             tls_handshake_timeout: Duration::from_secs(10),
-            max_connections: 10_000,
-            max_connections_per_ip: 50,
+            max_connections: 1000,
+            max_connections_per_ip: 20,
             listen_backlog: 1024,
             auth_failure_delay: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),

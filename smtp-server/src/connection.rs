@@ -99,6 +99,7 @@ impl Connection {
         }
         let mut buf = vec![0u8; COMMAND_BUFFER];
         let mut draining = *self.shutdown.borrow();
+        let mut deadlines = Deadlines::new(limits);
         loop {
             while let Some(event) = session.poll_event() {
                 if event == Event::StartTls {
@@ -122,22 +123,26 @@ impl Connection {
                 session.shutdown();
                 continue;
             }
-            let (size, timeout) = if session.is_receiving_data() {
-                (DATA_BUFFER, limits.data_timeout)
+            let size = if session.is_receiving_data() {
+                DATA_BUFFER
             } else {
-                (COMMAND_BUFFER, limits.command_timeout)
+                COMMAND_BUFFER
             };
             if buf.len() != size {
                 buf = vec![0u8; size];
             }
+            let deadline = deadlines.next(&session);
             tokio::select! {
-                read = tokio::time::timeout(timeout, self.stream.read(&mut buf)) => match read {
+                read = tokio::time::timeout_at(deadline, self.stream.read(&mut buf)) => match read {
                     Err(_elapsed) => {
-                        info!("timeout");
+                        info!(phase = deadlines.phase(), "timeout");
                         session.timeout();
                     }
                     Ok(Ok(0)) => return Ok(()),
-                    Ok(Ok(n)) => session.receive(&buf[..n]),
+                    Ok(Ok(n)) => {
+                        deadlines.received(n);
+                        session.receive(&buf[..n]);
+                    }
                     Ok(Err(e)) => return Err(e),
                 },
                 _ = self.shutdown.changed(), if !draining => draining = true,
@@ -145,11 +150,18 @@ impl Connection {
         }
     }
 
+    /// Sends the session's replies; a client that does not read them within the
+    /// command timeout is dropped.
     async fn flush(&mut self, session: &mut ServerSession) -> io::Result<()> {
         let pending = session.pending_output();
         if !pending.is_empty() {
-            self.stream.write_all(pending).await?;
-            self.stream.flush().await?;
+            let write = async {
+                self.stream.write_all(pending).await?;
+                self.stream.flush().await
+            };
+            tokio::time::timeout(self.listener.config.limits.command_timeout, write)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client does not read"))??;
             let n = pending.len();
             session.consume_output(n);
         }
@@ -366,6 +378,74 @@ fn apply(session: &mut ServerSession, decision: Result<Decision, BoxError>) {
                 EnhancedStatus::SYSTEM_TEMPORARY,
                 "Local error in processing; try again later",
             ));
+        }
+    }
+}
+
+/// When the client's time is up, so that a slow client cannot hold a connection:
+///
+/// - a command must be complete within `command_timeout` of the end of the previous
+///   one (its first byte included), however the bytes trickle in;
+/// - message content (DATA, or a BDAT transaction from its first chunk to its last)
+///   has `data_timeout`, and every byte received earns `1 / min_data_rate` seconds more,
+///   up to `data_timeout` ahead: a client that sends at least `min_data_rate` bytes per
+///   second is never cut off, a slower one is once it has fallen `data_timeout` behind
+///   (as Postfix's `smtpd_min_data_rate`).
+struct Deadlines {
+    command_timeout: std::time::Duration,
+    data_timeout: std::time::Duration,
+    min_data_rate: u64,
+    command: tokio::time::Instant,
+    data: Option<tokio::time::Instant>,
+}
+
+impl Deadlines {
+    fn new(limits: &crate::Limits) -> Self {
+        Self {
+            command_timeout: limits.command_timeout,
+            data_timeout: limits.data_timeout,
+            min_data_rate: limits.min_data_rate,
+            command: tokio::time::Instant::now() + limits.command_timeout,
+            data: None,
+        }
+    }
+
+    /// The deadline of the next read, given where the session stands.
+    fn next(&mut self, session: &ServerSession) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        if session.is_receiving_data() {
+            return *self.data.get_or_insert(now + self.data_timeout);
+        }
+        if session.is_chunking() {
+            // Between BDAT chunks: the transaction's content is still coming.
+            return *self.data.get_or_insert(now + self.data_timeout);
+        }
+        self.data = None;
+        if session.buffered_input() == 0 {
+            // The last command is done: the next one has the whole timeout.
+            self.command = now + self.command_timeout;
+        }
+        self.command
+    }
+
+    /// `n` bytes came: during message content, they earn time.
+    fn received(&mut self, n: usize) {
+        let (Some(data), Some(rate)) = (
+            self.data.as_mut(),
+            std::num::NonZeroU64::new(self.min_data_rate),
+        ) else {
+            return;
+        };
+        let earned = std::time::Duration::from_secs_f64(n as f64 / rate.get() as f64);
+        let cap = tokio::time::Instant::now() + self.data_timeout;
+        *data = (*data + earned).min(cap);
+    }
+
+    fn phase(&self) -> &'static str {
+        if self.data.is_some() {
+            "data"
+        } else {
+            "command"
         }
     }
 }

@@ -698,3 +698,77 @@ async fn nul_bytes_and_bare_line_endings_in_bdat_meet_the_data_policy() {
         assert!(m.contains("\n\nab\n"), "{m:?}");
     }
 }
+
+/// Slow clients held connections for ever: the timeouts restarted at every byte, so a
+/// client sending one byte every few seconds was never dropped. A command must now be
+/// whole within `command_timeout`, and content keep up `min_data_rate` once it has
+/// fallen `data_timeout` behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    use std::time::Instant;
+    let t = TestMta::start(
+        "[limits]\ncommand_timeout = \"1s\"\ndata_timeout = \"1s\"\nmin_data_rate = 1000\n",
+    )
+    .await;
+    // A command that trickles in, one byte every 300 ms: it would take 1.8 s.
+    let mut c = t.connect(Relay).await;
+    let start = Instant::now();
+    let mut reply = None;
+    for byte in b"NOOP\r\n" {
+        c.send(std::slice::from_ref(byte)).await;
+        reply = c.try_reply(Duration::from_millis(300)).await;
+        if reply.is_some() {
+            break;
+        }
+    }
+    let reply = reply.expect("a reply");
+    assert_eq!(code_of(&reply), "421 4.4.2", "{reply}");
+    assert!(
+        start.elapsed() < Duration::from_millis(1600),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(c.is_closed().await);
+
+    // Content at 50 bytes a second, where 1000 are asked for.
+    let mut c = t.connect(Relay).await;
+    ehlo(&mut c).await;
+    assert_eq!(c.code("MAIL FROM:<a@far.test>").await, "250 2.1.0");
+    assert_eq!(
+        c.code(&format!("RCPT TO:<bob@{DOMAIN}>")).await,
+        "250 2.1.5"
+    );
+    assert_eq!(c.code("DATA").await, "354");
+    let start = Instant::now();
+    let mut reply = None;
+    while reply.is_none() && start.elapsed() < Duration::from_secs(5) {
+        c.send(b"0123456789").await;
+        reply = c.try_reply(Duration::from_millis(200)).await;
+    }
+    let reply = reply.expect("a timeout");
+    assert_eq!(code_of(&reply), "421 4.4.2", "{reply}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // Content that keeps up the rate is fine, however long it takes in all: 5000
+    // bytes every 100 ms for 2 s (the timeout is 1 s).
+    let mut c = t.connect(Relay).await;
+    ehlo(&mut c).await;
+    assert_eq!(c.code("MAIL FROM:<a@far.test>").await, "250 2.1.0");
+    assert_eq!(
+        c.code(&format!("RCPT TO:<bob@{DOMAIN}>")).await,
+        "250 2.1.5"
+    );
+    assert_eq!(c.code("DATA").await, "354");
+    c.send(b"Subject: steady\r\n\r\n").await;
+    for _ in 0..20 {
+        c.send(&[b"x".repeat(4998), b"\r\n".to_vec()].concat())
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.send(b".\r\n").await;
+    assert_eq!(code_of(&c.reply().await), "250 2.0.0");
+}
