@@ -30,18 +30,20 @@ use smtp_client::{OutboundConfig, TlsConfigs};
 /// configuration from `path` (see [`Reload`]).
 pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let mta = Mta::start_from(config, path).await?;
-    mta.print_banner();
-    #[cfg(unix)]
-    crate::notify::notify("READY=1");
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
+        // The handlers are in place before the banner and READY: a SIGTERM right after
+        // them stops the server gracefully instead of killing it.
         let mut hangup = signal(SignalKind::hangup())?;
-        let stop = shutdown_signal();
-        tokio::pin!(stop);
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        mta.print_banner();
+        crate::notify::notify("READY=1");
         loop {
             tokio::select! {
-                () = &mut stop => break,
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
                 _ = hangup.recv() => match mta.reload.reload() {
                     Ok(()) => tracing::info!("SIGHUP: configuration reloaded"),
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload refused; the running configuration stays in force"),
@@ -50,7 +52,10 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         }
     }
     #[cfg(not(unix))]
-    shutdown_signal().await;
+    {
+        mta.print_banner();
+        let _ = tokio::signal::ctrl_c().await;
+    }
     println!("mta: shutting down");
     #[cfg(unix)]
     crate::notify::notify("STOPPING=1");
@@ -465,26 +470,6 @@ impl Mta {
     }
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 /// Remote delivery: MX routing (or the relay) and the SMTP client settings.
 fn remote_delivery(config: &Config, resolver: MxResolver) -> anyhow::Result<Remote> {
     let o = &config.outbound;
@@ -649,6 +634,7 @@ fn server_config(
         max_auth_failures: l.max_auth_failures.unwrap_or(d.max_auth_failures),
         command_timeout: duration(&l.command_timeout, d.command_timeout)?,
         data_timeout: duration(&l.data_timeout, d.data_timeout)?,
+        min_data_rate: l.min_data_rate.unwrap_or(d.min_data_rate),
         tls_handshake_timeout: duration(&l.tls_handshake_timeout, d.tls_handshake_timeout)?,
         max_connections: l.max_connections.unwrap_or(d.max_connections),
         max_connections_per_ip: l.max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
