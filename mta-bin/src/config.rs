@@ -230,8 +230,8 @@ pub struct Local {
     pub domains: Vec<String>,
     /// Maildir root: mail for `user@domain` lands in `<maildir>/<domain>/<user>/new/`.
     pub maildir: Option<PathBuf>,
-    /// Deliver to an LMTP server (`host:port`) instead of Maildir.
-    pub lmtp: Option<SocketAddr>,
+    /// Deliver to an LMTP server (`ip:port` or `unix:/path`) instead of Maildir.
+    pub lmtp: Option<crate::delivery::LmtpAddress>,
     /// Accept any local part of a local domain (the embedded default); otherwise only
     /// accounts, `mailboxes`, postmaster and abuse.
     #[serde(default)]

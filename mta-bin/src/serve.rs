@@ -234,7 +234,7 @@ impl Parts {
             signing.clone(),
         )?;
         let local = match (&config.local.lmtp, &config.local.maildir) {
-            (Some(addr), _) => Some(LocalTarget::Lmtp(Lmtp::new(*addr, &config.hostname))),
+            (Some(addr), _) => Some(LocalTarget::Lmtp(Lmtp::new(addr.clone(), &config.hostname))),
             (None, Some(root)) => Some(LocalTarget::Maildir(Maildir::new(
                 root.clone(),
                 &config.hostname,

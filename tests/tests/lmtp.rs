@@ -22,44 +22,56 @@ fn smtp_sink() -> Option<&'static str> {
     path
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_mail_goes_to_an_lmtp_server() {
-    let Some(sink) = smtp_sink() else { return };
-    let dumps = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dumps.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let template = format!("{}/%H%M%S.", dumps.path().display());
-    let mut child = tokio::process::Command::new(sink)
-        .args([
-            "-L",
-            "-u",
-            "nobody",
-            "-d",
-            &template,
-            &format!("127.0.0.1:{port}"),
-            "100",
-        ])
+/// smtp-sink listening on `listen` (`127.0.0.1:port` or `unix:/path`), dumping each
+/// transaction into `dumps`; waits until it takes connections.
+async fn start_sink(sink: &str, listen: &str, dumps: &std::path::Path) -> tokio::process::Child {
+    let template = format!("{}/%H%M%S.", dumps.display());
+    let child = tokio::process::Command::new(sink)
+        .args(["-L", "-u", "nobody", "-d", &template, listen, "100"])
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // Wait until it listens.
     let start = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
+    loop {
+        let up = match listen.strip_prefix("unix:") {
+            Some(path) => tokio::net::UnixStream::connect(path).await.is_ok(),
+            None => tokio::net::TcpStream::connect(listen).await.is_ok(),
+        };
+        if up {
+            return child;
+        }
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "smtp-sink did not start"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
 
-    let t = TestMta::start_with(&format!("lmtp = \"127.0.0.1:{port}\""), "").await;
+/// Over TCP, and over a Unix socket (Dovecot's default, `unix:/run/dovecot/lmtp`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mail_goes_to_an_lmtp_server() {
+    let Some(sink) = smtp_sink() else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sockets = tempfile::tempdir().unwrap();
+    let socket = sockets.path().join("lmtp");
+    for listen in [
+        format!("127.0.0.1:{port}"),
+        format!("unix:{}", socket.display()),
+    ] {
+        deliver_over_lmtp(sink, &listen).await;
+    }
+}
+
+async fn deliver_over_lmtp(sink: &str, listen: &str) {
+    let dumps = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dumps.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut child = start_sink(sink, listen, dumps.path()).await;
+    let t = TestMta::start_with(&format!("lmtp = \"{listen}\""), "").await;
     let mut c = t.connect(Relay).await;
     assert_eq!(c.cmd("EHLO client.test").await.code().as_u16(), 250);
     assert_eq!(c.code("MAIL FROM:<sender@remote.test>").await, "250 2.1.0");

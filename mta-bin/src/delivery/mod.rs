@@ -16,7 +16,7 @@ use mail_queue::{BoxError, DeliveryReport, DeliveryRequest, Outcome};
 use smtp_proto::{ForwardPath, Host};
 use smtp_server::filters::DomainSet;
 
-pub use lmtp::Lmtp;
+pub use lmtp::{Lmtp, LmtpAddress};
 pub use maildir::{LineEndings, Maildir};
 pub use remote::{Relay, Remote, RemoteConfig};
 
