@@ -138,6 +138,17 @@ struct Transaction {
     bdat: bool,
     /// The body was requested and not yet given.
     waiting_for_body: bool,
+    /// A body being given in parts ([`ClientSession::begin_body`]).
+    body: Option<BodyInParts>,
+}
+
+/// How the parts of a body are written.
+#[derive(Debug)]
+enum BodyInParts {
+    /// After DATA: dot-stuffed.
+    Data(DataEncoder),
+    /// In one `BDAT n LAST` chunk: as they are, `n` bytes in all.
+    Bdat { remaining: u64 },
 }
 
 impl Transaction {
@@ -297,6 +308,7 @@ impl ClientSession {
             finals_expected: 0,
             bdat,
             waiting_for_body: false,
+            body: None,
         });
         let mut bytes = Vec::with_capacity(64);
         Command::Mail {
@@ -325,8 +337,46 @@ impl ClientSession {
     }
 
     /// Sends the message after [`ClientEvent::ReadyForData`]: dot-stuffed and ended by
-    /// `.` after DATA, or as one `BDAT n LAST` chunk when chunking.
+    /// `.` after DATA, or as one `BDAT n LAST` chunk when chunking. The whole encoded
+    /// message goes to the output at once; for a large one, give it in parts with
+    /// [`ClientSession::begin_body`].
     pub fn send_body(&mut self, body: &[u8]) {
+        self.begin_body(body.len() as u64);
+        self.send_body_part(body);
+        self.finish_body();
+    }
+
+    /// Starts the message after [`ClientEvent::ReadyForData`] without giving it: `size`
+    /// is its length (a BDAT chunk states it first). Then give it with
+    /// [`ClientSession::send_body_part`], in any split, writing the pending output
+    /// between parts to keep memory bounded, and end it with
+    /// [`ClientSession::finish_body`].
+    ///
+    /// ```
+    /// use smtp_proto::{ClientConfig, ClientEvent, ClientSession, ForwardPath, HeloName,
+    ///     MailParameters, MailTransaction, RcptParameters, ReversePath};
+    /// let mut c = ClientSession::new(ClientConfig { chunking: false, ..ClientConfig::default() });
+    /// c.receive(b"220 mx ESMTP\r\n");
+    /// c.poll_event();
+    /// c.ehlo(HeloName::parse("client.test").unwrap());
+    /// c.receive(b"250 mx\r\n");
+    /// c.poll_event();
+    /// c.start_transaction(MailTransaction {
+    ///     from: ReversePath::parse("<a@b.test>").unwrap(),
+    ///     params: MailParameters::default(),
+    ///     recipients: vec![(ForwardPath::parse("<c@d.test>").unwrap(), RcptParameters::default())],
+    /// });
+    /// c.receive(b"250 ok\r\n250 ok\r\n354 go\r\n");
+    /// assert_eq!(c.poll_event(), Some(Ok(ClientEvent::ReadyForData)));
+    /// let before = c.pending_output().len();
+    /// c.consume_output(before);
+    /// c.begin_body(12);
+    /// c.send_body_part(b"Hi\r\n.");
+    /// c.send_body_part(b"dot\r\n");
+    /// c.finish_body();
+    /// assert_eq!(c.pending_output(), b"Hi\r\n..dot\r\n.\r\n");
+    /// ```
+    pub fn begin_body(&mut self, size: u64) {
         let Some(txn) = &mut self.transaction else {
             return;
         };
@@ -339,23 +389,41 @@ impl ClientSession {
             1
         };
         if txn.bdat {
-            let mut bytes = Vec::with_capacity(body.len() + 32);
-            Command::Bdat {
-                size: body.len() as u64,
-                last: true,
-            }
-            .encode(&mut bytes);
-            bytes.extend_from_slice(body);
-            self.push(Outgoing {
-                expect: Expect::Body,
-                bytes,
-            });
+            // Every reply of the transaction so far is in (ReadyForData waits for
+            // them): the chunk can go now, and its content right after it.
+            Command::Bdat { size, last: true }.encode(&mut self.output);
+            txn.body = Some(BodyInParts::Bdat { remaining: size });
         } else {
             // The body follows the 354 directly; it is not a command.
-            let mut encoder = DataEncoder::default();
-            encoder.encode(body, &mut self.output);
-            encoder.finish(&mut self.output);
-            self.in_flight.push_back(Expect::Body);
+            txn.body = Some(BodyInParts::Data(DataEncoder::default()));
+        }
+        self.in_flight.push_back(Expect::Body);
+    }
+
+    /// A part of the body started with [`ClientSession::begin_body`]. Under BDAT,
+    /// bytes beyond the size given there are dropped.
+    pub fn send_body_part(&mut self, part: &[u8]) {
+        match self.transaction.as_mut().and_then(|t| t.body.as_mut()) {
+            Some(BodyInParts::Data(encoder)) => encoder.encode(part, &mut self.output),
+            Some(BodyInParts::Bdat { remaining }) => {
+                let take = usize::try_from(*remaining).map_or(part.len(), |r| r.min(part.len()));
+                self.output.extend_from_slice(&part[..take]);
+                *remaining -= take as u64;
+            }
+            None => {}
+        }
+    }
+
+    /// Ends the body: the final `.` after DATA. A BDAT chunk given fewer bytes than its
+    /// size is completed with spaces, so that the session stays in step.
+    pub fn finish_body(&mut self) {
+        match self.transaction.as_mut().and_then(|t| t.body.take()) {
+            Some(BodyInParts::Data(mut encoder)) => encoder.finish(&mut self.output),
+            Some(BodyInParts::Bdat { remaining }) => {
+                let fill = usize::try_from(remaining).unwrap_or(0);
+                self.output.resize(self.output.len() + fill, b' ');
+            }
+            None => {}
         }
     }
 

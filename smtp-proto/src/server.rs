@@ -342,6 +342,9 @@ pub struct ServerSession {
     helo: Option<(HeloKind, HeloName)>,
     transaction: Option<Transaction>,
     body: Vec<u8>,
+    /// Content of the message in progress already taken with
+    /// [`ServerSession::take_content`].
+    taken: u64,
     errors: u32,
     auth_failures: u32,
     /// What the session refused since [`ServerSession::take_refusals`] last ran.
@@ -383,6 +386,7 @@ impl ServerSession {
             helo: None,
             transaction: None,
             body: Vec::new(),
+            taken: 0,
             errors: 0,
             auth_failures: 0,
             refusals: Vec::new(),
@@ -639,6 +643,43 @@ impl ServerSession {
         matches!(self.state, State::Data(_) | State::Chunk { .. })
     }
 
+    /// The content of the message being received (DATA, or BDAT chunks so far), decoded,
+    /// that has not been taken yet: take it with [`ServerSession::take_content`] to keep
+    /// memory bounded while a large message arrives (write it to a file, say).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use smtp_proto::{Event, ServerConfig, ServerSession};
+    /// let mut session = ServerSession::new(Arc::new(ServerConfig::default()));
+    /// session.poll_event();
+    /// session.accept();
+    /// session.receive(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n");
+    /// while session.poll_event().is_some() {
+    ///     session.accept();
+    /// }
+    /// session.receive(b"first part\r\n");
+    /// let mut spooled = session.take_content();
+    /// session.receive(b"second part\r\n.\r\n");
+    /// let Some(Event::Message { body, .. }) = session.poll_event() else { panic!() };
+    /// spooled.extend_from_slice(&body);
+    /// assert_eq!(spooled, b"first part\r\nsecond part\r\n");
+    /// ```
+    pub fn content(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Takes the content received so far (see [`ServerSession::content`]); the
+    /// [`Event::Message`] of that message then holds only what came after.
+    pub fn take_content(&mut self) -> Vec<u8> {
+        self.taken += self.body.len() as u64;
+        std::mem::take(&mut self.body)
+    }
+
+    /// The size of the message being received so far, taken or not.
+    pub fn content_size(&self) -> u64 {
+        self.taken + self.body.len() as u64
+    }
+
     /// Whether the transaction in progress sends its content in BDAT chunks (RFC 3030),
     /// between two chunks as well as during one.
     pub fn is_chunking(&self) -> bool {
@@ -859,6 +900,7 @@ impl ServerSession {
                 Ok(()) => {
                     self.reply(Reply::plain(ReplyCode::START_DATA, "End data with <CR><LF>.<CR><LF>"));
                     self.body.clear();
+                    self.taken = 0;
                     self.state = State::Data(self.content_decoder(DataDecoder::new(self.config.max_message_size)));
                 }
                 Err(e) => self.refuse(e),
@@ -873,6 +915,7 @@ impl ServerSession {
                     && txn.chunks.is_none()
                 {
                     self.body.clear();
+                    self.taken = 0;
                     txn.chunks = Some(decoder);
                 }
                 self.state = State::Chunk { remaining: size, last, error };
@@ -1016,7 +1059,7 @@ impl ServerSession {
             return Err(Error::NoValidRecipients);
         }
         let total = (if txn.is_chunking() {
-            self.body.len() as u64
+            self.content_size()
         } else {
             0
         })
@@ -1095,7 +1138,7 @@ impl ServerSession {
                 }
             }
             None => {
-                let text = format!("{} octets received", self.body.len());
+                let text = format!("{} octets received", self.content_size());
                 self.reply(Reply::new(ReplyCode::OK, EnhancedStatus::OK, text));
             }
         }
@@ -1111,6 +1154,7 @@ impl ServerSession {
             1
         };
         let body = std::mem::take(&mut self.body);
+        self.taken = 0;
         self.ask(
             Awaiting::Message { replies_left },
             Event::Message {
