@@ -363,7 +363,7 @@ where
             // RFC 8601 §5: results that claim to be ours did not come from us.
             if let Some(cleaned) = crate::headers::remove_our_results(&request.body, &hostname) {
                 info!("removed Authentication-Results claiming to be ours");
-                request.body = Arc::new(cleaned);
+                request.body = smtp_server::Content::from(cleaned);
             }
             let policy = shared.policy;
             let checked = shared.checks(&request.session) && policy.any();
@@ -546,9 +546,15 @@ impl DkimSignLayer {
     /// its author's domain (or closest parent domain with a key); `None` when there is
     /// no such key or signing fails (logged).
     pub fn sign_message(&self, message: &[u8]) -> Option<String> {
-        let domain = crate::headers::from_domain(message)?;
+        self.sign_parts(&[message])
+    }
+
+    /// [`DkimSignLayer::sign_message`] for a message in parts (header fields added on
+    /// top, then the message as it came), without joining them.
+    pub fn sign_parts(&self, parts: &[&[u8]]) -> Option<String> {
+        let domain = parts.iter().find_map(|p| crate::headers::from_domain(p))?;
         let signer = self.signer_for(&domain)?;
-        match signer.sign(message) {
+        match signer.sign_parts(parts) {
             Ok(header) => {
                 debug!(d = signer.domain(), s = signer.selector(), "DKIM signed");
                 Some(header)
@@ -592,7 +598,11 @@ where
                 .trusted
                 .iter()
                 .any(|n| n.contains(session.peer.ip()));
-        if ours && let Some(header) = self.layer.sign_message(&request.message()) {
+        if ours
+            && let Some(header) = self
+                .layer
+                .sign_parts(&[&request.added_headers, &request.body])
+        {
             let mut headers = header.into_bytes();
             headers.extend_from_slice(&request.added_headers);
             request.added_headers = headers;

@@ -129,8 +129,7 @@ impl SharedKey {
 /// `From` once more at the end when `oversign_from`: a second `From` added later then
 /// breaks the signature (RFC 6376 §8.15), while absent fields (a `List-Id` a mailing
 /// list adds) are not locked out.
-fn present_headers(message: &[u8], wanted: &[String], oversign_from: bool) -> Vec<String> {
-    let names = crate::headers::field_names(message);
+fn present_headers(names: &[&[u8]], wanted: &[String], oversign_from: bool) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for name in wanted {
         if names
@@ -239,19 +238,28 @@ impl DkimSigner {
     /// A message without a `From` field is refused: RFC 6376 §5.4 requires `From` to be
     /// signed, and RFC 5322 §3.6 requires the field.
     pub fn sign(&self, message: &[u8]) -> Result<String, Error> {
-        if !crate::headers::field_names(message)
+        self.sign_parts(&[message])
+    }
+
+    /// [`DkimSigner::sign`] for a message given in parts, one after the other (header
+    /// fields added on top, then the message as it came), without joining them: the
+    /// first parts are whole header fields, the last holds the rest of the header and
+    /// the body.
+    pub fn sign_parts(&self, parts: &[&[u8]]) -> Result<String, Error> {
+        let names: Vec<&[u8]> = parts
             .iter()
-            .any(|n| n.eq_ignore_ascii_case(b"From"))
-        {
+            .flat_map(|p| crate::headers::field_names(p))
+            .collect();
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(b"From")) {
             return Err(Error::Sign("the message has no From field".to_owned()));
         }
         let signature = MailAuthSigner::from_key(self.key.clone())
             .domain(self.domain.clone())
             .selector(self.selector.clone())
-            .headers(present_headers(message, &self.headers, true))
+            .headers(present_headers(&names, &self.headers, true))
             .header_canonicalization(Canonicalization::Relaxed)
             .body_canonicalization(Canonicalization::Simple)
-            .sign(message)
+            .sign_chained(parts.iter().copied())
             .map_err(|e| Error::Sign(e.to_string()))?;
         Ok(signature.to_header())
     }
@@ -316,7 +324,11 @@ impl ArcSigner {
         let sealer = ArcSealer::from_key(self.key.clone())
             .domain(self.domain.clone())
             .selector(self.selector.clone())
-            .headers(present_headers(message.raw_headers(), &self.headers, false))
+            .headers(present_headers(
+                &crate::headers::field_names(message.raw_headers()),
+                &self.headers,
+                false,
+            ))
             .header_canonicalization(Canonicalization::Relaxed)
             .body_canonicalization(Canonicalization::Simple);
         match sealer.seal(message, results, arc) {

@@ -40,7 +40,7 @@ pub(crate) enum Job {
     /// Store the body, then the metadata.
     Enqueue {
         meta: Box<MessageMeta>,
-        body: Vec<u8>,
+        body: JobBody,
         done: oneshot::Sender<Result<MessageMeta, QueueError>>,
     },
     /// Metadata changes only.
@@ -50,6 +50,14 @@ pub(crate) enum Job {
     },
     /// Remove a finished message, then release its spool space; nobody waits for it.
     Forget { id: QueueId, spool: SpoolRef },
+}
+
+/// The body of a new message.
+pub(crate) enum JobBody {
+    /// To append to the spool, in parts (stored one after the other).
+    Parts(Vec<bytes::Bytes>),
+    /// In the spool already, durable, where `meta.spool` says.
+    Stored,
 }
 
 impl Job {
@@ -172,17 +180,39 @@ fn commit_batch(jobs: &mut [Job], spool: &Spool, store: &dyn QueueStore) -> Resu
     let records: Vec<_> = jobs
         .iter()
         .filter_map(|j| match j {
-            Job::Enqueue { meta, body, .. } => Some((meta.id, body.as_slice())),
-            Job::Update { .. } | Job::Forget { .. } => None,
+            Job::Enqueue {
+                meta,
+                body: JobBody::Parts(parts),
+                ..
+            } => Some((meta.id, parts.as_slice())),
+            Job::Enqueue { .. } | Job::Update { .. } | Job::Forget { .. } => None,
         })
         .collect();
-    let refs = spool.append(&records)?;
+    let refs = match spool.append(&records) {
+        Ok(refs) => refs,
+        Err(e) => {
+            // Nothing will point to the bodies already stored: let them go.
+            for job in jobs.iter() {
+                if let Job::Enqueue {
+                    meta,
+                    body: JobBody::Stored,
+                    ..
+                } = job
+                {
+                    spool.release(&meta.spool);
+                }
+            }
+            return Err(e);
+        }
+    };
     let mut refs = refs.into_iter();
     let mut changes = Vec::with_capacity(jobs.len());
     for job in jobs.iter_mut() {
         match job {
-            Job::Enqueue { meta, .. } => {
-                if let Some(r) = refs.next() {
+            Job::Enqueue { meta, body, .. } => {
+                if matches!(body, JobBody::Parts(_))
+                    && let Some(r) = refs.next()
+                {
                     meta.spool = r;
                 }
                 changes.push(Change::Put((**meta).clone()));

@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::MessageMeta;
 
 /// One delivery attempt: a message and the recipients to try now (all with the same
@@ -14,8 +16,9 @@ use crate::MessageMeta;
 pub struct DeliveryRequest {
     /// The message.
     pub message: Arc<MessageMeta>,
-    /// Its body, as stored.
-    pub body: Arc<Vec<u8>>,
+    /// Its body, as stored (mapped into memory when it is large: read it in parts to
+    /// keep memory use low).
+    pub body: Bytes,
     /// Indexes into `message.recipients`.
     pub recipients: Vec<usize>,
 }

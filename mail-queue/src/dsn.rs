@@ -7,7 +7,9 @@
 //! ├── message/delivery-status    Reporting-MTA, then per recipient: Final-Recipient,
 //! │                              Action, Status, Remote-MTA, Diagnostic-Code
 //! └── message/rfc822             the original message (RET=FULL, the default), or
-//!     text/rfc822-headers        its header only (RET=HDRS)
+//!     text/rfc822-headers        its header only (RET=HDRS, or an original larger
+//!                                than RETURNED_CONTENT_LIMIT, as Postfix's
+//!                                bounce_size_limit)
 //! ```
 //!
 //! A DSN is sent with the null reverse-path `<>`, so it can never cause another one.
@@ -16,6 +18,10 @@ use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::message::{MessageMeta, RecipientMeta};
+
+/// The largest original returned whole in a failure notice; a larger one is returned
+/// as its header only (Postfix's `bounce_size_limit`), so that a notice stays small.
+pub const RETURNED_CONTENT_LIMIT: usize = 50_000;
 
 /// What a DSN reports for a recipient (RFC 3464 §2.3.3 `Action`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,7 +184,9 @@ pub fn build(
             let _ = write!(out, "Diagnostic-Code: x-local; {}\r\n", one_line(reply));
         }
     }
-    let headers_only = message.params.ret == Some(true) || action != DsnAction::Failed;
+    let headers_only = message.params.ret == Some(true)
+        || action != DsnAction::Failed
+        || body.len() > RETURNED_CONTENT_LIMIT;
     let mut bytes = out.into_bytes();
     if headers_only {
         let end = header_end(body);

@@ -25,7 +25,7 @@
 //!
 //! The durability contract is written out in `docs/durability.md`.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod admin;
 mod commit;
@@ -41,6 +41,8 @@ mod stats;
 mod store;
 
 pub use admin::{AGE_BUCKETS_MINUTES, Action, ActionResult, DomainSummary, MessageState, Summary};
+/// Message bodies are shared as `Bytes` (in memory, or a spool file mapped into memory).
+pub use bytes::Bytes;
 pub use commit::CommitStats;
 pub use delivery::{BoxError, DeliveryReport, DeliveryRequest, Outcome};
 pub use error::QueueError;

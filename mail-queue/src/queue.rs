@@ -6,11 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tower::{Service, ServiceExt};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::commit::{CommitStats, Committer, Job};
+use crate::commit::{CommitStats, Committer, Job, JobBody};
 use crate::delivery::{BoxError, DeliveryReport, DeliveryRequest, Outcome};
 use crate::dsn::{self, DsnAction};
 use crate::id::IdGenerator;
@@ -184,6 +185,12 @@ impl Queue {
 
     /// Opens the queue over any [`QueueStore`].
     pub fn with_store(config: QueueConfig, store: Arc<dyn QueueStore>) -> Result<Self, QueueError> {
+        // What a server spilled there for messages it never handed over.
+        let incoming = config.path.join("incoming");
+        std::fs::create_dir_all(&incoming)?;
+        for entry in std::fs::read_dir(&incoming)? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
         let spool = Arc::new(Spool::open(
             &config.path.join("spool"),
             config.segment_size,
@@ -230,7 +237,61 @@ impl Queue {
     /// Makes a message durable (body and metadata fsynced) and schedules it. When this
     /// returns `Ok`, a server may answer `250`.
     pub async fn enqueue(&self, message: NewMessage, body: Vec<u8>) -> Result<QueueId, QueueError> {
-        let (_, rx) = self.submit(message, body)?;
+        self.enqueue_parts(message, vec![Bytes::from(body)]).await
+    }
+
+    /// [`Queue::enqueue`] with the body in parts, stored one after the other without
+    /// being joined first (the header fields a server added, then what the client sent).
+    pub async fn enqueue_parts(
+        &self,
+        message: NewMessage,
+        parts: Vec<Bytes>,
+    ) -> Result<QueueId, QueueError> {
+        let (_, rx) = self.submit(message, JobBody::Parts(parts), None)?;
+        self.committed(rx).await
+    }
+
+    /// [`Queue::enqueue`] for a message whose content is already in a file under
+    /// [`Queue::incoming_dir`] (a server spilled it there as it arrived): `content` is
+    /// that file's bytes from `offset` on, and `head` (the header fields added since)
+    /// goes in front. The file becomes the message's spool segment as it is, so a large
+    /// message is never copied; `offset` must leave room for `head` and
+    /// [`Queue::SPILL_RESERVE`] is what a spill should leave. The file stays where it
+    /// is too (its name there can be removed at any time).
+    pub async fn enqueue_spilled(
+        &self,
+        message: NewMessage,
+        head: Vec<u8>,
+        content: Bytes,
+        file: PathBuf,
+        offset: u64,
+    ) -> Result<QueueId, QueueError> {
+        let id = self.inner.ids.next();
+        let spool = Arc::clone(&self.inner.spool);
+        let stored =
+            tokio::task::spawn_blocking(move || spool.adopt(id, &file, offset, &head, &content))
+                .await
+                .map_err(|_| QueueError::Closed)??;
+        let (_, rx) = self.submit(message, JobBody::Stored, Some((id, stored)))?;
+        self.committed(rx).await
+    }
+
+    /// Room a spilled message should leave before its content, for the header fields
+    /// filters add and the spool's record header: 64 KiB (a hole in the file, which
+    /// takes no disk space).
+    pub const SPILL_RESERVE: u64 = 64 * 1024;
+
+    /// Where a server may put the content of large messages as it arrives, for
+    /// [`Queue::enqueue_spilled`]: a directory on the queue's filesystem, emptied when
+    /// the queue opens.
+    pub fn incoming_dir(&self) -> PathBuf {
+        self.inner.config.path.join("incoming")
+    }
+
+    async fn committed(
+        &self,
+        rx: oneshot::Receiver<Result<MessageMeta, QueueError>>,
+    ) -> Result<QueueId, QueueError> {
         let meta = rx.await.map_err(|_| QueueError::Closed)??;
         self.schedule_new(meta.id, meta.next_attempt);
         count(&self.inner.stats.enqueued);
@@ -243,19 +304,22 @@ impl Queue {
         message: NewMessage,
         body: Vec<u8>,
     ) -> Result<QueueId, QueueError> {
-        let (_, rx) = self.submit(message, body)?;
+        let (_, rx) = self.submit(message, JobBody::Parts(vec![Bytes::from(body)]), None)?;
         let meta = rx.blocking_recv().map_err(|_| QueueError::Closed)??;
         self.schedule_new(meta.id, meta.next_attempt);
         count(&self.inner.stats.enqueued);
         Ok(meta.id)
     }
 
+    /// Hands a new message to the committer; `stored`: its id and where its body is
+    /// already durable.
     fn submit(
         &self,
         message: NewMessage,
-        body: Vec<u8>,
+        body: JobBody,
+        stored: Option<(QueueId, SpoolRef)>,
     ) -> Result<(QueueId, oneshot::Receiver<Result<MessageMeta, QueueError>>), QueueError> {
-        let id = self.inner.ids.next();
+        let (id, spool) = stored.unwrap_or_else(|| (self.inner.ids.next(), SpoolRef::default()));
         let now = unix_now();
         let meta = MessageMeta {
             id,
@@ -273,18 +337,24 @@ impl Queue {
                     last_reply: None,
                 })
                 .collect(),
-            spool: SpoolRef::default(),
+            spool,
             attempts: 0,
             next_attempt: now,
             last_error: None,
             delay_warned: false,
         };
         let (done, rx) = oneshot::channel();
-        self.inner.committer.submit(Job::Enqueue {
+        let submitted = self.inner.committer.submit(Job::Enqueue {
             meta: Box::new(meta),
             body,
             done,
-        })?;
+        });
+        if let (Err(e), Some((_, place))) = (&submitted, stored) {
+            // Nothing will point to the stored body.
+            tracing::debug!(error = %e, "queue closed");
+            self.inner.spool.release(&place);
+        }
+        submitted?;
         Ok((id, rx))
     }
 
@@ -319,8 +389,8 @@ impl Queue {
         self.inner.store.get(id)
     }
 
-    /// One message's body.
-    pub fn read_body(&self, meta: &MessageMeta) -> Result<Vec<u8>, QueueError> {
+    /// One message's body (mapped into memory when it is large).
+    pub fn read_body(&self, meta: &MessageMeta) -> Result<Bytes, QueueError> {
         self.inner.spool.read(meta.id, &meta.spool)
     }
 
@@ -472,7 +542,7 @@ impl Queue {
                 }
             };
             let body = match self.inner.spool.read(id, &meta.spool) {
-                Ok(body) => Arc::new(body),
+                Ok(body) => body,
                 Err(e) => {
                     warn!(error = %e, "message body unreadable; retrying later");
                     return Some(unix_now() + 60);
@@ -502,12 +572,7 @@ impl Queue {
     }
 
     /// One attempt on every pending recipient; returns when to try again, if ever.
-    async fn attempt<S>(
-        &self,
-        mut meta: MessageMeta,
-        body: Arc<Vec<u8>>,
-        delivery: S,
-    ) -> Option<u64>
+    async fn attempt<S>(&self, mut meta: MessageMeta, body: Bytes, delivery: S) -> Option<u64>
     where
         S: DeliveryService,
     {
@@ -527,7 +592,7 @@ impl Queue {
             .map(|recipients| {
                 let request = DeliveryRequest {
                     message: Arc::clone(&shared),
-                    body: Arc::clone(&body),
+                    body: body.clone(),
                     recipients,
                 };
                 let service = delivery.clone();

@@ -2,16 +2,25 @@
 //!
 //! Bodies never go into sled (sled 0.34 writes values above ~128 KiB to blob files it
 //! never fsyncs). Each batch of bodies from the group committer is appended to the
-//! active segment with a single `write` and made durable with a single `fdatasync`.
-//! A segment is deleted when no live message points into it any more. After a restart
-//! writing starts in a fresh segment, so a torn tail from a crash is never appended to.
+//! active segment with a single vectored `write` and made durable with a single
+//! `fdatasync`. A segment is deleted when no live message points into it any more.
+//! After a restart writing starts in a fresh segment, so a torn tail from a crash is
+//! never appended to.
+//!
+//! A large message that arrived in a file of its own (spilled there by the server as
+//! it came, see [`crate::Queue::enqueue_spilled`]) becomes a segment by itself: the
+//! file is linked into the spool and its record header written into the room left
+//! free before its content, so its bytes are never copied. Bodies of 1 MiB and more
+//! are read back mapped into memory, not copied into it.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use bytes::Bytes;
 
 use crate::message::SpoolRef;
 use crate::{QueueError, QueueId};
@@ -19,6 +28,9 @@ use crate::{QueueError, QueueId};
 const MAGIC: &[u8; 4] = b"MQS1";
 /// magic, queue id, body length, CRC-32.
 const HEADER_LEN: u64 = 4 + 8 + 8 + 4;
+
+/// Bodies this large or larger are mapped into memory when read, not copied into it.
+const MAP_THRESHOLD: u64 = 1 << 20;
 
 /// The body store.
 #[derive(Debug)]
@@ -69,16 +81,18 @@ impl Spool {
         self.dir.join(format!("{number:010}.seg"))
     }
 
-    /// Appends bodies and makes them durable; returns where each one is.
-    pub(crate) fn append(&self, records: &[(QueueId, &[u8])]) -> Result<Vec<SpoolRef>, QueueError> {
+    /// Appends bodies (each given in parts, stored one after the other) and makes them
+    /// durable; returns where each one is.
+    pub(crate) fn append(
+        &self,
+        records: &[(QueueId, &[Bytes])],
+    ) -> Result<Vec<SpoolRef>, QueueError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
         let mut inner = self.inner.lock().map_err(|_| QueueError::Closed)?;
-        let batch: u64 = records
-            .iter()
-            .map(|(_, b)| b.len() as u64 + HEADER_LEN)
-            .sum();
+        let size = |parts: &[Bytes]| parts.iter().map(|p| p.len() as u64).sum::<u64>();
+        let batch: u64 = records.iter().map(|(_, b)| size(b) + HEADER_LEN).sum();
         let rotate = inner
             .active
             .as_ref()
@@ -112,30 +126,37 @@ impl Spool {
         let Some(active) = inner.active.as_mut() else {
             return Err(QueueError::Closed);
         };
-        let total: usize = records
-            .iter()
-            .map(|(_, b)| b.len() + HEADER_LEN as usize)
-            .sum();
-        let mut buf = Vec::with_capacity(total);
+        // The record headers; the bodies are written from where they are.
+        let mut headers = Vec::with_capacity(records.len());
         let mut refs = Vec::with_capacity(records.len());
-        for (id, body) in records {
-            let crc = crc32fast::hash(body);
-            buf.extend_from_slice(MAGIC);
-            buf.extend_from_slice(&id.0.to_le_bytes());
-            buf.extend_from_slice(&(body.len() as u64).to_le_bytes());
-            buf.extend_from_slice(&crc.to_le_bytes());
-            let offset = active.len + buf.len() as u64;
-            buf.extend_from_slice(body);
+        let mut offset = active.len;
+        for (id, parts) in records {
+            let mut crc = crc32fast::Hasher::new();
+            for part in *parts {
+                crc.update(part);
+            }
+            let (crc, len) = (crc.finalize(), size(parts));
+            let mut header = [0u8; HEADER_LEN as usize];
+            header[..4].copy_from_slice(MAGIC);
+            header[4..12].copy_from_slice(&id.0.to_le_bytes());
+            header[12..20].copy_from_slice(&len.to_le_bytes());
+            header[20..].copy_from_slice(&crc.to_le_bytes());
+            headers.push(header);
             refs.push(SpoolRef {
                 segment: active.number,
-                offset,
-                len: body.len() as u64,
+                offset: offset + HEADER_LEN,
+                len,
                 crc,
             });
+            offset += HEADER_LEN + len;
         }
-        let result = active
-            .file
-            .write_all(&buf)
+        let mut slices = Vec::with_capacity(records.len() * 3);
+        for ((_, parts), header) in records.iter().zip(&headers) {
+            slices.push(IoSlice::new(header));
+            slices.extend(parts.iter().map(|p| IoSlice::new(p)));
+        }
+        let written = offset - active.len;
+        let result = write_all_vectored(&mut active.file, &mut slices)
             .and_then(|()| active.file.sync_data());
         if let Err(e) = result {
             // The segment's tail is now unknown: never write to it again. Nothing points
@@ -149,19 +170,90 @@ impl Spool {
             }
             return Err(e.into());
         }
-        active.len += buf.len() as u64;
+        active.len += written;
         let number = active.number;
         *inner.live.entry(number).or_default() += records.len() as u64;
         Ok(refs)
     }
 
-    /// Reads a body and checks it against its checksum.
-    pub(crate) fn read(&self, id: QueueId, r: &SpoolRef) -> Result<Vec<u8>, QueueError> {
-        let file = File::open(self.path(r.segment)).map_err(|_| QueueError::DamagedBody(id))?;
-        let len = usize::try_from(r.len).map_err(|_| QueueError::DamagedBody(id))?;
-        let mut body = vec![0; len];
-        file.read_exact_at(&mut body, r.offset)
-            .map_err(|_| QueueError::DamagedBody(id))?;
+    /// Makes the file at `path` (on the spool's filesystem) the segment of one message:
+    /// `content` is its bytes from `offset` on, and `head` goes right before them, with
+    /// the record header before that (`offset` must leave room for both). Durable when
+    /// it returns.
+    pub(crate) fn adopt(
+        &self,
+        id: QueueId,
+        path: &Path,
+        offset: u64,
+        head: &[u8],
+        content: &[u8],
+    ) -> Result<SpoolRef, QueueError> {
+        let start = offset
+            .checked_sub(head.len() as u64 + HEADER_LEN)
+            .ok_or_else(|| QueueError::Io(std::io::Error::other("no room before the content")))?;
+        let number = {
+            let mut inner = self.inner.lock().map_err(|_| QueueError::Closed)?;
+            let number = inner.next_segment;
+            inner.next_segment += 1;
+            number
+        };
+        let segment = self.path(number);
+        fs::hard_link(path, &segment)?;
+        let written = (|| -> std::io::Result<SpoolRef> {
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(head);
+            crc.update(content);
+            let (crc, len) = (crc.finalize(), (head.len() + content.len()) as u64);
+            let mut record = Vec::with_capacity(HEADER_LEN as usize + head.len());
+            record.extend_from_slice(MAGIC);
+            record.extend_from_slice(&id.0.to_le_bytes());
+            record.extend_from_slice(&len.to_le_bytes());
+            record.extend_from_slice(&crc.to_le_bytes());
+            record.extend_from_slice(head);
+            let file = OpenOptions::new().write(true).open(&segment)?;
+            file.write_all_at(&record, start)?;
+            file.sync_data()?;
+            // Its name must survive a crash as well as its contents.
+            File::open(&self.dir)?.sync_all()?;
+            Ok(SpoolRef {
+                segment: number,
+                offset: start + HEADER_LEN,
+                len,
+                crc,
+            })
+        })();
+        match written {
+            Ok(r) => {
+                if let Ok(mut inner) = self.inner.lock() {
+                    *inner.live.entry(number).or_default() += 1;
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&segment);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Reads a body and checks it against its checksum; a large one is mapped.
+    pub(crate) fn read(&self, id: QueueId, r: &SpoolRef) -> Result<Bytes, QueueError> {
+        let damaged = |_| QueueError::DamagedBody(id);
+        let file = File::open(self.path(r.segment)).map_err(damaged)?;
+        let body = if r.len >= MAP_THRESHOLD {
+            let map = map(&file).map_err(damaged)?;
+            let range = usize::try_from(r.offset).map_err(|_| QueueError::DamagedBody(id))?
+                ..usize::try_from(r.offset + r.len).map_err(|_| QueueError::DamagedBody(id))?;
+            if range.end > map.len() {
+                return Err(QueueError::DamagedBody(id));
+            }
+            Bytes::from_owner(map).slice(range)
+        } else {
+            let len = usize::try_from(r.len).map_err(|_| QueueError::DamagedBody(id))?;
+            let mut body = vec![0; len];
+            file.read_exact_at(&mut body, r.offset).map_err(damaged)?;
+            Bytes::from(body)
+        };
         if crc32fast::hash(&body) != r.crc {
             return Err(QueueError::DamagedBody(id));
         }
@@ -207,6 +299,30 @@ impl Spool {
     }
 }
 
+/// Writes every slice, however the kernel splits the writes.
+fn write_all_vectored(file: &mut File, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A segment file mapped into memory, read-only.
+#[allow(unsafe_code)]
+fn map(file: &File) -> std::io::Result<memmap2::Mmap> {
+    // SAFETY: the map is read-only, and a segment file is never written to after its
+    // records are durable, nor truncated: it is only ever deleted, which leaves a
+    // mapping intact. (Another process changing the spool under us would break this,
+    // as it would break the checksums.)
+    unsafe { memmap2::Mmap::map(file) }
+}
+
 fn segment_number(path: &Path) -> Option<u64> {
     let name = path.file_name()?.to_str()?;
     name.strip_suffix(".seg")?.parse().ok()
@@ -216,19 +332,30 @@ fn segment_number(path: &Path) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// A body in one part.
+    fn one(body: &[u8]) -> [Bytes; 1] {
+        [Bytes::copy_from_slice(body)]
+    }
+
     #[test]
     fn append_read_release() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 100).unwrap();
         let refs = spool
-            .append(&[(QueueId(1), b"hello"), (QueueId(2), b"world!")])
+            .append(&[(QueueId(1), &one(b"hello")), (QueueId(2), &one(b"world!"))])
             .unwrap();
-        assert_eq!(spool.read(QueueId(1), &refs[0]).unwrap(), b"hello");
-        assert_eq!(spool.read(QueueId(2), &refs[1]).unwrap(), b"world!");
+        assert_eq!(
+            spool.read(QueueId(1), &refs[0]).unwrap(),
+            b"hello".as_slice()
+        );
+        assert_eq!(
+            spool.read(QueueId(2), &refs[1]).unwrap(),
+            b"world!".as_slice()
+        );
         // A batch that does not fit starts a new segment.
         let big = vec![b'x'; 200];
-        let r3 = spool.append(&[(QueueId(3), &big)]).unwrap();
-        let r4 = spool.append(&[(QueueId(4), b"next")]).unwrap();
+        let r3 = spool.append(&[(QueueId(3), &one(&big))]).unwrap();
+        let r4 = spool.append(&[(QueueId(4), &one(b"next"))]).unwrap();
         assert_ne!(refs[0].segment, r3[0].segment);
         assert_ne!(r3[0].segment, r4[0].segment);
         spool.release(&refs[0]);
@@ -256,18 +383,58 @@ mod tests {
     fn a_retired_segment_that_is_already_empty_is_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 10).unwrap();
-        let r1 = spool.append(&[(QueueId(1), b"first message")]).unwrap()[0];
+        let r1 = spool
+            .append(&[(QueueId(1), &one(b"first message"))])
+            .unwrap()[0];
         // Delivered while its segment is still the active one: the segment stays.
         spool.release(&r1);
         assert!(spool.path(r1.segment).exists());
         // The next batch does not fit: a new segment starts and the empty one goes.
-        let r2 = spool.append(&[(QueueId(2), b"second")]).unwrap()[0];
+        let r2 = spool.append(&[(QueueId(2), &one(b"second"))]).unwrap()[0];
         assert_ne!(r1.segment, r2.segment);
         assert!(
             !spool.path(r1.segment).exists(),
             "no segment outlives its messages"
         );
-        assert_eq!(spool.read(QueueId(2), &r2).unwrap(), b"second");
+        assert_eq!(spool.read(QueueId(2), &r2).unwrap(), b"second".as_slice());
+    }
+
+    #[test]
+    fn parts_are_stored_as_one_body_and_large_ones_read_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        let big = vec![b'x'; (MAP_THRESHOLD + 10) as usize];
+        let parts = [
+            Bytes::from_static(b"Received: x\r\n"),
+            Bytes::from(big.clone()),
+        ];
+        let r = spool.append(&[(QueueId(7), &parts)]).unwrap()[0];
+        let body = spool.read(QueueId(7), &r).unwrap();
+        assert_eq!(body.len(), big.len() + 13);
+        assert!(body.starts_with(b"Received: x\r\nxxx") && body.ends_with(b"xxx"));
+    }
+
+    #[test]
+    fn an_adopted_file_becomes_a_segment_with_its_head_in_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool"), 1 << 20).unwrap();
+        let incoming = dir.path().join("incoming");
+        let content = b"Subject: big\r\n\r\nbody\r\n";
+        std::fs::write(&incoming, [vec![0; 100], content.to_vec()].concat()).unwrap();
+        let head = b"Received: by us\r\n";
+        let r = spool
+            .adopt(QueueId(9), &incoming, 100, head, content)
+            .unwrap();
+        std::fs::remove_file(&incoming).unwrap();
+        let body = spool.read(QueueId(9), &r).unwrap();
+        assert_eq!(body, [head.as_slice(), content].concat());
+        assert!(
+            spool
+                .adopt(QueueId(10), &dir.path().join("x"), 10, head, content)
+                .is_err()
+        );
+        spool.release(&r);
+        assert!(!spool.path(r.segment).exists());
     }
 
     #[test]
@@ -275,16 +442,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = {
             let spool = Spool::open(dir.path(), 1 << 20).unwrap();
-            spool.append(&[(QueueId(1), b"a")]).unwrap()[0]
+            spool.append(&[(QueueId(1), &one(b"a"))]).unwrap()[0]
         };
         let spool = Spool::open(dir.path(), 1 << 20).unwrap();
-        let r2 = spool.append(&[(QueueId(2), b"b")]).unwrap()[0];
+        let r2 = spool.append(&[(QueueId(2), &one(b"b"))]).unwrap()[0];
         assert!(r2.segment > r.segment);
         assert_eq!(
             spool.sweep().unwrap(),
             1,
             "the old segment has no live message"
         );
-        assert_eq!(spool.read(QueueId(2), &r2).unwrap(), b"b");
+        assert_eq!(spool.read(QueueId(2), &r2).unwrap(), b"b".as_slice());
     }
 }

@@ -261,6 +261,10 @@ pub struct Account {
 pub struct Limits {
     /// Largest message in octets.
     pub max_message_size: Option<u64>,
+    /// A message is held in memory up to this size as it arrives; beyond, in a file.
+    pub max_message_memory: Option<u64>,
+    /// The memory all sessions together may hold for message content.
+    pub max_total_message_memory: Option<u64>,
     /// Recipients per message.
     pub max_recipients: Option<usize>,
     /// Longest command line.

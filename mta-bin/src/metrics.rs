@@ -163,6 +163,18 @@ fn render(s: &Sources) -> String {
         vec![(String::new(), get(&s.server.connections_open))],
     );
     family(
+        "mta_smtp_content_in_memory_bytes",
+        "gauge",
+        "Message content held in memory by the sessions receiving it ([limits] max_total_message_memory bounds it).",
+        vec![(String::new(), get(&s.server.content_in_memory))],
+    );
+    family(
+        "mta_smtp_messages_spilled_total",
+        "counter",
+        "Messages whose content went to a file as it arrived (larger than [limits] max_message_memory, or the memory budget was spent).",
+        vec![(String::new(), get(&s.server.messages_spilled))],
+    );
+    family(
         "mta_smtp_tls_handshakes_total",
         "counter",
         "TLS handshakes of SMTP sessions (STARTTLS or implicit TLS), by result.",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use anyhow::Context as _;
-use mail_queue::{Backend, NewMessage, Queue, QueueConfig};
+use mail_queue::{Backend, Bytes, NewMessage, Queue, QueueConfig};
 use smtp_proto::{EnhancedStatus, Reply, ReplyCode};
 use smtp_server::filters::{
     AuthLayer, DomainSet, HopLimitLayer, IpNetwork, LocalRecipientsLayer, NotifyPolicyLayer,
@@ -249,7 +249,7 @@ impl Parts {
             .map(|d| format!("postmaster@{d}"));
         let remote = remote_delivery(config, resolver)?;
         Ok(Self {
-            server_config: server_config(config, tls)?,
+            server_config: server_config(config, tls, queue)?,
             stages,
             delivery: Delivery::new(local_domains, local, Some(remote), postmaster, mailboxes),
             signing,
@@ -261,6 +261,7 @@ impl Parts {
 #[derive(Debug)]
 pub struct Mta {
     addrs: Vec<(ListenerMode, std::net::SocketAddr)>,
+    server_stats: Arc<smtp_server::ServerStats>,
     queue: Queue,
     config: Config,
     reload: Reload,
@@ -345,7 +346,7 @@ impl Mta {
                 }
             }
             let sources = crate::metrics::Sources {
-                server: server_stats,
+                server: Arc::clone(&server_stats),
                 modes,
                 queue: queue.clone(),
                 queue_path: config.queue.path.clone(),
@@ -394,6 +395,7 @@ impl Mta {
         }
         Ok(Self {
             addrs,
+            server_stats,
             queue,
             config,
             reload,
@@ -415,6 +417,11 @@ impl Mta {
     /// The queue.
     pub fn queue(&self) -> &Queue {
         &self.queue
+    }
+
+    /// The SMTP server's counters.
+    pub fn server_stats(&self) -> &smtp_server::ServerStats {
+        &self.server_stats
     }
 
     /// The configuration it started with.
@@ -614,9 +621,12 @@ fn listener_configs(config: &Config) -> anyhow::Result<Vec<ListenerConfig>> {
         .collect()
 }
 
+/// The server's settings; content of large messages is spilled into the queue's
+/// incoming directory, from where the queue takes the files over without copying them.
 fn server_config(
     config: &Config,
     tls: Option<Arc<rustls::ServerConfig>>,
+    queue: &Queue,
 ) -> anyhow::Result<ServerConfig> {
     let l = &config.limits;
     let d = Limits::default();
@@ -628,6 +638,10 @@ fn server_config(
     };
     let limits = Limits {
         max_message_size: l.max_message_size.unwrap_or(d.max_message_size),
+        max_message_memory: l.max_message_memory.unwrap_or(d.max_message_memory),
+        max_total_message_memory: l
+            .max_total_message_memory
+            .unwrap_or(d.max_total_message_memory),
         max_recipients: l.max_recipients.unwrap_or(d.max_recipients),
         max_line_length: l.max_line_length.unwrap_or(d.max_line_length),
         max_errors: l.max_errors.unwrap_or(d.max_errors),
@@ -654,6 +668,10 @@ fn server_config(
         bare_line_endings,
         nul_bytes: l.nul_bytes.into(),
         auth: !config.accounts.is_empty(),
+        spill: Some(smtp_server::SpillConfig {
+            dir: queue.incoming_dir(),
+            reserve: Queue::SPILL_RESERVE,
+        }),
     })
 }
 
@@ -726,7 +744,26 @@ impl tower::Service<DataRequest> for Enqueue {
         Box::pin(async move {
             let source = format!("[{}]", request.session.peer.ip());
             let message = NewMessage::from_envelope(&request.envelope, source);
-            match queue.enqueue(message, request.message()).await {
+            let DataRequest {
+                added_headers,
+                body,
+                ..
+            } = request;
+            // A large message's spill file becomes its spool segment; a head too large
+            // for the room left in it (never from our own filters) is joined instead.
+            let enqueued = match body.spilled() {
+                Some((file, offset)) if (added_headers.len() as u64) < Queue::SPILL_RESERVE / 2 => {
+                    let (file, content) = (file.to_owned(), body.bytes().clone());
+                    queue
+                        .enqueue_spilled(message, added_headers, content, file, offset)
+                        .await
+                }
+                _ => {
+                    let parts = vec![Bytes::from(added_headers), body.bytes().clone()];
+                    queue.enqueue_parts(message, parts).await
+                }
+            };
+            match enqueued {
                 Ok(id) => {
                     tracing::Span::current().record("queue_id", tracing::field::display(id));
                     Ok(Decision::Accept(Some(Reply::new(

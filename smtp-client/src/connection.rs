@@ -10,6 +10,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::ClientError;
 
+/// How much of a body is encoded and written at a time.
+const BODY_PART: usize = 64 * 1024;
+
 /// Timeouts of RFC 5321 §4.5.3.2, per step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timeouts {
@@ -172,7 +175,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .ok_or(ClientError::Protocol(smtp_proto::Error::UnexpectedReply))
     }
 
-    /// Runs one mail transaction; the result has one reply per recipient.
+    /// Runs one mail transaction; the result has one reply per recipient. The body is
+    /// encoded and written a part at a time, so a large message takes no more memory
+    /// than a part.
     pub async fn send(
         &mut self,
         transaction: MailTransaction,
@@ -181,7 +186,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.session.start_transaction(transaction);
         loop {
             match self.next_event().await? {
-                ClientEvent::ReadyForData => self.session.send_body(body),
+                ClientEvent::ReadyForData => {
+                    self.session.begin_body(body.len() as u64);
+                    for part in body.chunks(BODY_PART) {
+                        self.session.send_body_part(part);
+                        self.write_pending().await?;
+                    }
+                    self.session.finish_body();
+                }
                 ClientEvent::TransactionComplete(result) => return Ok(result),
                 _ => return Err(smtp_proto::Error::UnexpectedReply.into()),
             }
@@ -199,6 +211,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.session.send(Command::Quit);
         let _ = self.reply_to_command().await;
         let _ = self.stream.shutdown().await;
+    }
+
+    /// Writes what the session has for the server, within the data-block timeout.
+    async fn write_pending(&mut self) -> Result<(), ClientError> {
+        let pending = self.session.pending_output();
+        if !pending.is_empty() {
+            let n = pending.len();
+            let write = async {
+                self.stream.write_all(pending).await?;
+                self.stream.flush().await
+            };
+            tokio::time::timeout(self.timeouts.data_block, write)
+                .await
+                .map_err(|_| ClientError::Timeout("the server to take our data"))??;
+            self.session.consume_output(n);
+        }
+        Ok(())
     }
 
     async fn reply_to_command(&mut self) -> Result<Reply, ClientError> {
@@ -219,18 +248,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             // Handling replies may have released commands held back (one at a time
             // without PIPELINING): they must leave before we wait for their replies.
-            let pending = self.session.pending_output();
-            if !pending.is_empty() {
-                let n = pending.len();
-                let write = async {
-                    self.stream.write_all(pending).await?;
-                    self.stream.flush().await
-                };
-                tokio::time::timeout(self.timeouts.data_block, write)
-                    .await
-                    .map_err(|_| ClientError::Timeout("the server to take our data"))??;
-                self.session.consume_output(n);
-            }
+            self.write_pending().await?;
             let (timeout, what) = self.timeouts.for_reply(self.session.next_reply_for());
             let n = tokio::time::timeout(timeout, self.stream.read(&mut self.buf))
                 .await

@@ -74,8 +74,9 @@ pub struct OutboundMessage {
     pub params: MailParameters,
     /// The recipients and their DSN parameters.
     pub recipients: Vec<(ForwardPath, RcptParameters)>,
-    /// The message.
-    pub body: Arc<Vec<u8>>,
+    /// The message (cheap to clone; for a large one, a spool file mapped into memory:
+    /// it is sent a part at a time).
+    pub body: bytes::Bytes,
 }
 
 /// A plain or TLS client socket.

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use smtp_client::{ClientError, OutboundConfig, OutboundMessage, Session, TlsConfigs, TlsPolicy};
 use smtp_proto::{ForwardPath, MailParameters, RcptParameters, ReversePath};
@@ -79,7 +78,7 @@ fn message(body: &str) -> OutboundMessage {
             ForwardPath::parse("<b@server.test>").unwrap(),
             RcptParameters::default(),
         )],
-        body: Arc::new(body.as_bytes().to_vec()),
+        body: body.as_bytes().to_vec().into(),
     }
 }
 

@@ -58,6 +58,13 @@ pub struct ListenerConfig {
 pub struct Limits {
     /// Largest message, advertised with SIZE; `552 5.3.4` beyond. Default 50 MiB.
     pub max_message_size: u64,
+    /// A message is held in memory up to this size while it arrives; beyond, its
+    /// content goes to [`ServerConfig::spill`] (a file) as it comes. Default 1 MiB.
+    pub max_message_memory: u64,
+    /// The memory all sessions together may hold for message content. Beyond it,
+    /// content goes to the spill directory at once; with none, the message is refused
+    /// with `452 4.3.1` (the client tries again later). Default 256 MiB.
+    pub max_total_message_memory: u64,
     /// Recipients per message; `452 4.5.3` beyond. Default 100.
     pub max_recipients: usize,
     /// Longest command line (CRLF included); `500 5.5.2` beyond. Default 2048.
@@ -99,6 +106,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_message_size: 50 * 1024 * 1024,
+            max_message_memory: 1024 * 1024,
+            max_total_message_memory: 256 * 1024 * 1024,
             max_recipients: 100,
             max_line_length: 2048,
             max_errors: 20,
@@ -137,6 +146,10 @@ pub struct ServerConfig {
     /// Whether logins are possible at all (some account backend is configured): AUTH
     /// PLAIN and LOGIN are then advertised after TLS.
     pub auth: bool,
+    /// Where the content of messages larger than `max_message_memory` goes as it
+    /// arrives (default none: such messages are held in memory while the server-wide
+    /// budget lasts).
+    pub spill: Option<crate::SpillConfig>,
 }
 
 impl Default for ServerConfig {
@@ -149,6 +162,7 @@ impl Default for ServerConfig {
             bare_line_endings: BareLineEndings::Reject,
             nul_bytes: NulBytes::Reject,
             auth: false,
+            spill: None,
         }
     }
 }

@@ -17,6 +17,7 @@ use tokio_rustls::server::TlsStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::{ListenerMode, ServerConfig};
+use crate::content::{Content, Spilling};
 use crate::stage::{
     AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, EhloRequest, MailRequest, Notes,
     RcptRequest, SessionInfo, Stages, TlsInfo, call,
@@ -68,6 +69,7 @@ pub(crate) async fn serve(
             stream: Stream::Plain(tcp),
             shutdown,
             notes: Notes::default(),
+            incoming: Incoming::new(Arc::clone(&listener.stats)),
         };
         debug!("connected");
         match conn.run().await {
@@ -86,6 +88,46 @@ struct Connection {
     shutdown: watch::Receiver<bool>,
     /// The current transaction's notes.
     notes: Notes,
+    /// The content of the message arriving.
+    incoming: Incoming,
+}
+
+/// The content of the message being received, while it arrives: what it holds of the
+/// server's memory budget, or the file it goes to.
+struct Incoming {
+    stats: Arc<ServerStats>,
+    /// Bytes taken from the server-wide budget for content held in memory.
+    reserved: u64,
+    /// The spill file, once the content went there.
+    spilling: Option<Spilling>,
+    /// Out of memory, and nowhere to spill (or the spill file failed): the content is
+    /// dropped as it comes and the message refused at its end.
+    dropped: bool,
+}
+
+impl Incoming {
+    fn new(stats: Arc<ServerStats>) -> Self {
+        Self {
+            stats,
+            reserved: 0,
+            spilling: None,
+            dropped: false,
+        }
+    }
+
+    /// The message is over (handed on, refused, reset): its memory goes back.
+    fn reset(&mut self) {
+        self.stats
+            .release_memory(std::mem::take(&mut self.reserved));
+        self.spilling = None;
+        self.dropped = false;
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.reset();
+    }
 }
 
 impl Connection {
@@ -112,6 +154,12 @@ impl Connection {
             }
             for refusal in session.take_refusals() {
                 self.listener.stats.protocol_error(&refusal);
+            }
+            if session.is_receiving_data() || session.is_chunking() {
+                self.bound_content(&mut session).await;
+            } else if self.incoming.reserved > 0 || self.incoming.spilling.is_some() {
+                // A message that ended without being handed on (too big, reset).
+                self.incoming.reset();
             }
             self.flush(&mut session).await?;
             if session.is_closed() {
@@ -217,6 +265,85 @@ impl Connection {
         Ok(())
     }
 
+    /// Keeps the content of the message arriving within its share of memory: up to
+    /// `max_message_memory`, while the server-wide budget lasts; beyond, it goes to the
+    /// spill file (or, with none, is dropped and the message refused at its end).
+    async fn bound_content(&mut self, session: &mut ServerSession) {
+        let held = session.content().len() as u64;
+        if held == 0 {
+            return;
+        }
+        let incoming = &mut self.incoming;
+        if incoming.dropped {
+            session.take_content();
+            return;
+        }
+        if let Some(spill) = &mut incoming.spilling {
+            if let Err(e) = spill.write(&session.take_content()).await {
+                warn!(error = %e, "cannot write the spill file: the message will be refused");
+                incoming.spilling = None;
+                incoming.dropped = true;
+            }
+            return;
+        }
+        let limits = &self.listener.config.limits;
+        let more = held.saturating_sub(incoming.reserved);
+        if held <= limits.max_message_memory
+            && (more == 0
+                || incoming
+                    .stats
+                    .reserve_memory(more, limits.max_total_message_memory))
+        {
+            incoming.reserved += more;
+            return;
+        }
+        let spilled = match &self.listener.config.spill {
+            Some(config) => match Spilling::create(config, self.info.id).await {
+                Ok(mut spill) => spill.write(&session.take_content()).await.map(|()| spill),
+                Err(e) => Err(e),
+            },
+            None => Err(io::Error::other("no spill directory, and out of memory")),
+        };
+        incoming
+            .stats
+            .release_memory(std::mem::take(&mut incoming.reserved));
+        match spilled {
+            Ok(spill) => {
+                ServerStats::count(&incoming.stats.messages_spilled, 1);
+                debug!("message content goes to a spill file");
+                incoming.spilling = Some(spill);
+            }
+            Err(e) => {
+                warn!(error = %e, "message content dropped: it will be refused");
+                session.take_content();
+                incoming.dropped = true;
+            }
+        }
+    }
+
+    /// The whole content of the message that just ended with `rest`: in memory, or its
+    /// spill file mapped; `None` when it was dropped.
+    async fn finish_content(&mut self, rest: Vec<u8>) -> Option<Content> {
+        let incoming = &mut self.incoming;
+        if incoming.dropped {
+            return None;
+        }
+        let Some(mut spill) = incoming.spilling.take() else {
+            return Some(Content::from(rest));
+        };
+        let finished = match spill.write(&rest).await {
+            Ok(()) => spill.finish().await,
+            Err(e) => Err(e),
+        };
+        match finished {
+            Ok(content) => Some(content),
+            Err(e) => {
+                warn!(error = %e, "cannot finish the spill file: the message is refused");
+                None
+            }
+        }
+    }
+
     /// The session facts as of now, for a stage request.
     fn snapshot(&mut self, session: &ServerSession) -> Arc<SessionInfo> {
         self.info.protocol = session.protocol_name();
@@ -313,6 +440,16 @@ impl Connection {
                 .await
             }
             Event::Message { envelope, body } => {
+                let Some(body) = self.finish_content(body).await else {
+                    self.incoming.reset();
+                    listener.stats.refused("data", 452);
+                    session.respond(Reply::new(
+                        ReplyCode::INSUFFICIENT_STORAGE,
+                        EnhancedStatus::new(4, 3, 1).unwrap_or(EnhancedStatus::SYSTEM_TEMPORARY),
+                        "Insufficient system storage; try again later",
+                    ));
+                    return;
+                };
                 let body_len = body.len();
                 // `queue_id` is for the data stage to fill in (`Span::current().record(...)`) once
                 // the message has one, so that the "message accepted" line carries it.
@@ -321,11 +458,12 @@ impl Connection {
                     session: self.snapshot(session),
                     envelope,
                     added_headers: Vec::new(),
-                    body: Arc::new(body),
+                    body,
                     notes: self.notes.clone(),
                 };
                 let size = body_len as u64;
                 let decision = call(&stages.data, request).instrument(span.clone()).await;
+                self.incoming.reset();
                 let stats = listener.stats.mode(listener.mode);
                 span.in_scope(|| match &decision {
                     Ok(Decision::Accept(reply)) => {

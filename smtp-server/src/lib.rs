@@ -40,10 +40,11 @@
 //! # Ok(()) }
 //! ```
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod config;
 mod connection;
+mod content;
 mod error;
 pub mod filters;
 mod from_fn;
@@ -53,6 +54,7 @@ mod stats;
 pub mod tls;
 
 pub use config::{Limits, ListenerConfig, ListenerMode, ServerConfig};
+pub use content::{Content, SpillConfig};
 pub use error::ServerError;
 pub use from_fn::{FromFn, FromFnLayer, Next, from_fn};
 pub use server::{BoundListeners, Reloader, Server};

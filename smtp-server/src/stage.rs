@@ -30,6 +30,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::config::ListenerMode;
+use crate::content::Content;
 
 /// The error type of stage services: infrastructure failures, answered `451 4.3.0`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -210,9 +211,9 @@ pub struct DataRequest {
     pub envelope: Envelope,
     /// Header lines added by filters, each ending in CRLF, in the order they will appear.
     pub added_headers: Vec<u8>,
-    /// The message as the client sent it (a filter may replace it, e.g. to remove a
-    /// header field).
-    pub body: Arc<Vec<u8>>,
+    /// The message as the client sent it: in memory, or for a large one in the file it
+    /// was spilled to, mapped (a filter may replace it, e.g. to remove a header field).
+    pub body: Content,
     /// This transaction's notes.
     pub notes: Notes,
 }
@@ -237,7 +238,8 @@ impl DataRequest {
         self.added_headers = field;
     }
 
-    /// The message as it will be stored: added headers, then the client's bytes.
+    /// The message as it will be stored: added headers, then the client's bytes. A
+    /// copy: for a large message, read `added_headers` and `body` in turn instead.
     pub fn message(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.added_headers.len() + self.body.len());
         out.extend_from_slice(&self.added_headers);

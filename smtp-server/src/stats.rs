@@ -46,6 +46,11 @@ pub struct ServerStats {
     pub tls13: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub tls_failed: AtomicU64,
+    /// Bytes of message content held in memory now, over all sessions (what
+    /// `max_total_message_memory` bounds).
+    pub content_in_memory: AtomicU64,
+    /// Messages whose content went to a spill file as it arrived.
+    pub messages_spilled: AtomicU64,
     /// Refusals by the stage that refused and the reply code (bounded: our own replies).
     refusals: std::sync::Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
     /// Refusals by the protocol layer, by reply code and enhanced status (bounded:
@@ -61,6 +66,24 @@ impl ServerStats {
             ListenerMode::Submission => &self.submission,
             ListenerMode::Smtps => &self.smtps,
         }
+    }
+
+    /// Takes `n` bytes of the memory budget `max`; false when they do not fit.
+    pub(crate) fn reserve_memory(&self, n: u64, max: u64) -> bool {
+        self.content_in_memory
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(n).filter(|total| *total <= max)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` bytes of the memory budget.
+    pub(crate) fn release_memory(&self, n: u64) {
+        let _ = self
+            .content_in_memory
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                Some(held.saturating_sub(n))
+            });
     }
 
     /// Counts a refusal (a 4yz or 5yz from a stage) at `stage` with `code`.

@@ -772,3 +772,54 @@ async fn slow_clients_are_cut_off() {
     c.send(b".\r\n").await;
     assert_eq!(code_of(&c.reply().await), "250 2.0.0");
 }
+
+/// A large message goes to a file as it arrives (its memory is a constant, not its
+/// size), that file becomes its spool file, and it is delivered byte for byte, with
+/// DATA and with BDAT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_go_through_a_file_and_arrive_whole() {
+    let t = TestMta::start("[limits]\nmax_message_memory = 65536\n").await;
+    let mut body = b"Subject: large\r\n\r\n".to_vec();
+    let mut n = 0;
+    while body.len() < 3_000_000 {
+        body.extend_from_slice(format!("..line {n:07} {}\r\n", "y".repeat(70)).as_bytes());
+        n += 1;
+    }
+    let mut c = t.connect(Relay).await;
+    ehlo(&mut c).await;
+    let code = send_data(&mut c, "a@far.test", &[&format!("bob@{DOMAIN}")], &body).await;
+    assert_eq!(code, "250 2.0.0");
+    assert_eq!(c.code("MAIL FROM:<a@far.test>").await, "250 2.1.0");
+    assert_eq!(
+        c.code(&format!("RCPT TO:<carol@{DOMAIN}>")).await,
+        "250 2.1.5"
+    );
+    let (one, two) = body.split_at(1_234_567);
+    for (chunk, last) in [(one, ""), (two, " LAST")] {
+        c.send(format!("BDAT {}{last}\r\n", chunk.len()).as_bytes())
+            .await;
+        c.send(chunk).await;
+        assert_eq!(code_of(&c.reply().await), "250 2.0.0");
+    }
+    // DATA took off the leading dots; BDAT kept them. Maildir stores LF.
+    let unstuffed = String::from_utf8(body.clone())
+        .unwrap()
+        .replace("\r\n..", "\r\n.");
+    let expected_data = format!("{unstuffed}\r\n").replace("\r\n", "\n");
+    let expected_bdat = String::from_utf8(body).unwrap().replace("\r\n", "\n");
+    let bob = t.wait_for_mail("bob", 1).await;
+    assert!(bob[0].ends_with(expected_data.as_bytes()), "DATA content");
+    let carol = t.wait_for_mail("carol", 1).await;
+    assert!(carol[0].ends_with(expected_bdat.as_bytes()), "BDAT content");
+    let stats = t.mta.as_ref().unwrap().server_stats();
+    let spilled = stats
+        .messages_spilled
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(spilled, 2, "both went through a file");
+    let incoming = t.dir.path().join("queue/incoming");
+    assert_eq!(
+        std::fs::read_dir(incoming).unwrap().count(),
+        0,
+        "no file left behind"
+    );
+}

@@ -135,7 +135,7 @@ impl Delivery {
                 let (maildir, message, body) = (
                     maildir.clone(),
                     Arc::clone(&request.message),
-                    Arc::clone(&request.body),
+                    request.body.clone(),
                 );
                 let indexes = request.recipients.clone();
                 let mailboxes = inner.mailboxes.clone();

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dns_mx::{MxHost, MxResolver};
-use mail_queue::{DeliveryRequest, MessageMeta, Outcome};
+use mail_queue::{Bytes, DeliveryRequest, MessageMeta, Outcome};
 use smtp_client::{ClientError, OutboundConfig, OutboundMessage, Session};
 use smtp_proto::{
     Body, ForwardPath, MailParameters, Notify, OriginalRecipient, RcptParameters, Reply, Ret,
@@ -271,7 +271,7 @@ fn outcome(route: &str, reply: &Reply) -> Outcome {
 }
 
 /// The envelope of a queued message, for SMTP.
-fn outbound_message(meta: &MessageMeta, indexes: &[usize], body: &Arc<Vec<u8>>) -> OutboundMessage {
+fn outbound_message(meta: &MessageMeta, indexes: &[usize], body: &Bytes) -> OutboundMessage {
     let from = if meta.from.is_empty() {
         ReversePath::Null
     } else {
@@ -323,6 +323,6 @@ fn outbound_message(meta: &MessageMeta, indexes: &[usize], body: &Arc<Vec<u8>>) 
         from,
         params,
         recipients,
-        body: Arc::clone(body),
+        body: body.clone(),
     }
 }

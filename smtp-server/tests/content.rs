@@ -1,0 +1,120 @@
+//! Message content that outgrows memory: spilled to a file as it arrives and mapped for
+//! the data stage, or, with nowhere to spill, refused with `452 4.3.1` rather than held.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+
+use smtp_proto::ReplyParser;
+use smtp_server::{
+    BoxError, DataRequest, Decision, Limits, ListenerConfig, ListenerMode, Server, ServerConfig,
+    SpillConfig, Stages,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the data stage saw of each message: its bytes, and whether they were spilled.
+type Seen = Arc<Mutex<Vec<(Vec<u8>, bool)>>>;
+
+async fn start(limits: Limits, spill: Option<SpillConfig>) -> (std::net::SocketAddr, Seen) {
+    let seen: Seen = Arc::default();
+    let record = Arc::clone(&seen);
+    let sink = tower::service_fn(move |req: DataRequest| {
+        let record = Arc::clone(&record);
+        async move {
+            let spilled = req.body.spilled().is_some();
+            record.lock().unwrap().push((req.body.to_vec(), spilled));
+            Ok::<_, BoxError>(Decision::accept())
+        }
+    });
+    let config = ServerConfig {
+        hostname: "content.test".into(),
+        listeners: vec![ListenerConfig {
+            address: "127.0.0.1:0".parse().unwrap(),
+            mode: ListenerMode::Relay,
+        }],
+        limits,
+        spill,
+        ..ServerConfig::default()
+    };
+    let server = Server::bind(config, Stages::new(sink)).await.unwrap();
+    let addr = server.local_addrs()[0].1;
+    tokio::spawn(server.run(std::future::pending()));
+    (addr, seen)
+}
+
+/// One message of `body` (CRLF lines, no line starting with a dot) with DATA; the
+/// reply to the final dot as `"code status"`.
+async fn send(addr: std::net::SocketAddr, body: &[u8]) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n")
+        .await
+        .unwrap();
+    tcp.write_all(body).await.unwrap();
+    tcp.write_all(b".\r\nQUIT\r\n").await.unwrap();
+    let mut parser = ReplyParser::default();
+    let mut replies = Vec::new();
+    let mut buf = [0u8; 4096];
+    while replies.len() < 7 {
+        if let Some(reply) = parser.next_reply() {
+            let reply = reply.unwrap();
+            replies.push(match reply.status() {
+                Some(s) => format!("{} {s}", reply.code()),
+                None => reply.code().to_string(),
+            });
+            continue;
+        }
+        match tcp.read(&mut buf).await {
+            Ok(n) if n > 0 => parser.push(&buf[..n]),
+            _ => break,
+        }
+    }
+    replies.get(5).cloned().unwrap_or_default()
+}
+
+fn message(size: usize) -> Vec<u8> {
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    let mut n = 0u64;
+    while body.len() < size {
+        body.extend_from_slice(format!("line {n:08} {}\r\n", "x".repeat(60)).as_bytes());
+        n += 1;
+    }
+    body
+}
+
+#[tokio::test]
+async fn content_beyond_its_memory_share_is_spilled_and_mapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_message_memory: 64 * 1024,
+        ..Limits::default()
+    };
+    let spill = SpillConfig {
+        dir: dir.path().to_owned(),
+        reserve: 4096,
+    };
+    let (addr, seen) = start(limits, Some(spill)).await;
+    let (small, large) = (message(10_000), message(3_000_000));
+    assert_eq!(send(addr, &small).await, "250 2.0.0");
+    assert_eq!(send(addr, &large).await, "250 2.0.0");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen[0], (small, false), "a small message stays in memory");
+    assert!(seen[1].1, "the large one was spilled");
+    assert!(seen[1].0 == large, "and arrives byte for byte");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "the spill file goes with its content: {left:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_nowhere_to_spill_a_message_beyond_the_memory_budget_is_452() {
+    let limits = Limits {
+        max_total_message_memory: 20_000,
+        ..Limits::default()
+    };
+    let (addr, seen) = start(limits, None).await;
+    assert_eq!(send(addr, &message(100_000)).await, "452 4.3.1");
+    assert_eq!(send(addr, &message(5_000)).await, "250 2.0.0");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
