@@ -40,6 +40,26 @@ install_postfix() {
     fi
 }
 
+# dnsmasq serves the sender's DNS records; dkimpy (Debian's python3-dkim, for
+# /usr/bin/python3) signs the message files.
+install_dns_and_dkimpy() {
+    if ! command -v dnsmasq >/dev/null || ! /usr/bin/python3 -c 'import dkim' 2>/dev/null; then
+        log "installing dnsmasq-base and python3-dkim"
+        apt-get update >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y dnsmasq-base python3-dkim >&2
+    fi
+}
+
+# Sets MTA_BIN: as given, or a release build of this checkout ($ROOT).
+build_mta() {
+    if [ -z "${MTA_BIN:-}" ]; then
+        log "building mta (cargo build --release -p mta-bin)"
+        (cd "$ROOT" && cargo build --release -p mta-bin) >&2
+        MTA_BIN="$ROOT/target/release/mta"
+    fi
+    [ -x "$MTA_BIN" ] || die "no mta binary at $MTA_BIN"
+}
+
 pf_stop() { postfix -c "$PF_CONF" stop >/dev/null 2>&1 || true; }
 
 # The main.cf lines of every benchmark instance: a dedicated instance (not the system
@@ -117,4 +137,52 @@ pf_launch() {
 pf_queue_len() {
     { find "$PF_QUEUE/incoming" "$PF_QUEUE/active" "$PF_QUEUE/deferred" "$PF_QUEUE/hold" \
         "$PF_QUEUE/maildrop" -type f 2>/dev/null || true; } | wc -l
+}
+
+# dns_start: dnsmasq on 127.0.0.1:$DNS_PORT, authoritative for `test.` (so every other
+# name there is NXDOMAIN with an SOA, which resolvers cache, as under a real zone), nothing
+# else (no upstream, no /etc/hosts). Its records: SPF for the sender domain and the HELO
+# name, DMARC (p=none: no rejections) and the DKIM key in DKIM_ZONE_LINE (the zone line
+# of `mta dkim-keygen`). The caller sets WORK, DNS_PORT, DNS_TTL, DNS_LOG, SENDER_DOMAIN,
+# HELO and DKIM_SELECTOR, and declares the PID array (PID[dns] is set here).
+dns_start() {
+    local parts
+    # The key's TXT strings from `mta dkim-keygen`'s zone line, comma-separated for dnsmasq.
+    parts=$(grep -o '"[^"]*"' <<<"$DKIM_ZONE_LINE" | tr -d '"' | paste -sd, -)
+    [ -n "$parts" ] || die "no DKIM record in $WORK/dkim-keygen.out"
+    # shellcheck disable=SC2054  # the commas belong to dnsmasq's option values
+    local args=(-k --conf-file=/dev/null --pid-file= --user=root
+        --port="$DNS_PORT" --listen-address=127.0.0.1 --bind-interfaces
+        --no-resolv --no-hosts
+        --auth-server=ns.test,127.0.0.1 --auth-zone=test --auth-ttl="$DNS_TTL"
+        --auth-soa="1,hostmaster.test,1200,120,604800"
+        --log-facility="$WORK/dnsmasq.log"
+        "--txt-record=$SENDER_DOMAIN,v=spf1 ip4:127.0.0.1 -all"
+        "--txt-record=$HELO,v=spf1 ip4:127.0.0.1 -all"
+        "--txt-record=_dmarc.$SENDER_DOMAIN,v=DMARC1; p=none"
+        "--txt-record=$DKIM_SELECTOR._domainkey.$SENDER_DOMAIN,$parts")
+    [ "$DNS_LOG" = 1 ] && args+=(--log-queries)
+    dnsmasq "${args[@]}" &
+    PID[dns]=$!
+    # Every record answers as published (dnspython comes with python3-dkim).
+    local ok=0
+    for _ in $(seq 50); do
+        if /usr/bin/python3 - "$DNS_PORT" "$SENDER_DOMAIN" "$HELO" "$DKIM_SELECTOR" <<'PY' 2>/dev/null
+import sys
+import dns.message, dns.query, dns.rcode
+port, domain, helo, selector = sys.argv[1:]
+def txt(name):
+    q = dns.message.make_query(name, "TXT")
+    r = dns.query.udp(q, "127.0.0.1", port=int(port), timeout=1)
+    assert r.rcode() == dns.rcode.NOERROR, (name, dns.rcode.to_text(r.rcode()))
+    return b"".join(s for rr in r.answer for item in rr for s in item.strings).decode()
+assert txt(domain) == "v=spf1 ip4:127.0.0.1 -all"
+assert txt(helo) == "v=spf1 ip4:127.0.0.1 -all"
+assert txt("_dmarc." + domain) == "v=DMARC1; p=none"
+assert txt(f"{selector}._domainkey.{domain}").startswith("v=DKIM1; k=rsa; p=MII")
+PY
+        then ok=1; break; fi
+        sleep 0.1
+    done
+    [ "$ok" = 1 ] || { cat "$WORK/dnsmasq.log" >&2; die "dnsmasq on 127.0.0.1:$DNS_PORT does not serve the records"; }
 }

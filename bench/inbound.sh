@@ -76,20 +76,8 @@ case $AUTH_CHECKS in on|off) ;; *) die "AUTH_CHECKS must be on or off, not $AUTH
 # ---------------------------------------------------------------- prerequisites
 install_postfix
 command -v python3 >/dev/null || die "python3 is needed for the statistics"
-# dnsmasq serves the sender's DNS records; dkimpy (Debian's python3-dkim, for /usr/bin/python3)
-# signs the message files.
-if ! command -v dnsmasq >/dev/null || ! /usr/bin/python3 -c 'import dkim' 2>/dev/null; then
-    log "installing dnsmasq-base and python3-dkim"
-    apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y dnsmasq-base python3-dkim
-fi
-
-if [ -z "${MTA_BIN:-}" ]; then
-    log "building mta (cargo build --release -p mta-bin)"
-    (cd "$ROOT" && cargo build --release -p mta-bin) >&2
-    MTA_BIN="$ROOT/target/release/mta"
-fi
-[ -x "$MTA_BIN" ] || die "no mta binary at $MTA_BIN"
+install_dns_and_dkimpy
+build_mta
 
 id "$RCPT_USER" >/dev/null 2>&1 || useradd -m -s /usr/sbin/nologin "$RCPT_USER"
 RCPT_HOME="$(getent passwd "$RCPT_USER" | cut -d: -f6)"
@@ -161,52 +149,6 @@ EOF
 }
 
 # ---------------------------------------------------------------- DNS and the signed messages
-# dns_start: dnsmasq on 127.0.0.1:$DNS_PORT, authoritative for `test.` (so every other name
-# there is NXDOMAIN with an SOA, which resolvers cache, as under a real zone), nothing else
-# (no upstream, no /etc/hosts). Its records: SPF for the sender domain and the HELO name,
-# DMARC (p=none: no rejections) and the DKIM key made by make_messages.
-dns_start() {
-    local parts
-    # The key's TXT strings from `mta dkim-keygen`'s zone line, comma-separated for dnsmasq.
-    parts=$(grep -o '"[^"]*"' <<<"$DKIM_ZONE_LINE" | tr -d '"' | paste -sd, -)
-    [ -n "$parts" ] || die "no DKIM record in $WORK/dkim-keygen.out"
-    # shellcheck disable=SC2054  # the commas belong to dnsmasq's option values
-    local args=(-k --conf-file=/dev/null --pid-file= --user=root
-        --port="$DNS_PORT" --listen-address=127.0.0.1 --bind-interfaces
-        --no-resolv --no-hosts
-        --auth-server=ns.test,127.0.0.1 --auth-zone=test --auth-ttl="$DNS_TTL"
-        --auth-soa="1,hostmaster.test,1200,120,604800"
-        --log-facility="$WORK/dnsmasq.log"
-        "--txt-record=$SENDER_DOMAIN,v=spf1 ip4:127.0.0.1 -all"
-        "--txt-record=$HELO,v=spf1 ip4:127.0.0.1 -all"
-        "--txt-record=_dmarc.$SENDER_DOMAIN,v=DMARC1; p=none"
-        "--txt-record=$DKIM_SELECTOR._domainkey.$SENDER_DOMAIN,$parts")
-    [ "$DNS_LOG" = 1 ] && args+=(--log-queries)
-    dnsmasq "${args[@]}" &
-    PID[dns]=$!
-    # Every record answers as published (dnspython comes with python3-dkim).
-    local ok=0
-    for _ in $(seq 50); do
-        if /usr/bin/python3 - "$DNS_PORT" "$SENDER_DOMAIN" "$HELO" "$DKIM_SELECTOR" <<'PY' 2>/dev/null
-import sys
-import dns.message, dns.query, dns.rcode
-port, domain, helo, selector = sys.argv[1:]
-def txt(name):
-    q = dns.message.make_query(name, "TXT")
-    r = dns.query.udp(q, "127.0.0.1", port=int(port), timeout=1)
-    assert r.rcode() == dns.rcode.NOERROR, (name, dns.rcode.to_text(r.rcode()))
-    return b"".join(s for rr in r.answer for item in rr for s in item.strings).decode()
-assert txt(domain) == "v=spf1 ip4:127.0.0.1 -all"
-assert txt(helo) == "v=spf1 ip4:127.0.0.1 -all"
-assert txt("_dmarc." + domain) == "v=DMARC1; p=none"
-assert txt(f"{selector}._domainkey.{domain}").startswith("v=DKIM1; k=rsa; p=MII")
-PY
-        then ok=1; break; fi
-        sleep 0.1
-    done
-    [ "$ok" = 1 ] || { cat "$WORK/dnsmasq.log" >&2; die "dnsmasq on 127.0.0.1:$DNS_PORT does not serve the records"; }
-}
-
 # The number of queries dnsmasq has answered for its zone (its statistics, logged on SIGUSR1).
 dns_queries() {
     kill -USR1 "${PID[dns]}" 2>/dev/null || return 0

@@ -486,6 +486,23 @@ pub fn code_of(reply: &Reply) -> String {
     }
 }
 
+/// Runs `command` with `input` on its stdin; what it wrote and how it ended.
+pub async fn run_with_input(
+    command: &mut tokio::process::Command,
+    input: &[u8],
+) -> std::process::Output {
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).await.unwrap();
+    drop(stdin);
+    child.wait_with_output().await.unwrap()
+}
+
 /// A program a test drives (a peer nobody here wrote); `None` when it is missing, and
 /// the test then skips with a message, except under `CI=true`, where `.ci/run`
 /// installs it and its absence is a failure.

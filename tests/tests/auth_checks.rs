@@ -402,19 +402,11 @@ for value in msg.get_all("Authentication-Results", []):
     for r in header.results:
         print(" ".join([f"{r.method}={r.result}"] + [f"{p.type}.{p.name}={p.value}" for p in r.properties]))
 "#;
-    let mut child = tokio::process::Command::new("python3")
-        .args(["-c", SCRIPT])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut stdin, mail)
-        .await
-        .unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
+    let out = mta_tests::run_with_input(
+        tokio::process::Command::new("python3").args(["-c", SCRIPT]),
+        mail,
+    )
+    .await;
     assert!(
         out.status.success(),
         "authres refused the header: {}",

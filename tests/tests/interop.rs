@@ -131,7 +131,8 @@ async fn s_nail_logs_in_with_auth_plain_and_auth_login() {
     std::fs::write(&ca, &t.pki.ca_pem).unwrap();
     for (n, mechanism) in ["plain", "login"].into_iter().enumerate() {
         let port = t.addr(Submission).port();
-        let mut child = tokio::process::Command::new(&s_nail)
+        let mut command = tokio::process::Command::new(&s_nail);
+        command
             .args(["-#", "-:/", "-Sv15-compat", "-Sttycharset=utf-8"])
             .arg(format!(
                 "-Smta=smtp://alice%40{DOMAIN}:secret@localhost:{port}"
@@ -141,18 +142,8 @@ async fn s_nail_logs_in_with_auth_plain_and_auth_login() {
             .arg(format!("-Stls-ca-file={}", ca.display()))
             .args(["-Stls-ca-no-defaults", "-Shostname=client.test"])
             .args(["-r", &format!("alice@{DOMAIN}"), "-s", mechanism])
-            .arg(format!("carol@{DOMAIN}"))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut stdin, b"sent by s-nail\n")
-            .await
-            .unwrap();
-        drop(stdin);
-        let out = child.wait_with_output().await.unwrap();
+            .arg(format!("carol@{DOMAIN}"));
+        let out = mta_tests::run_with_input(&mut command, b"sent by s-nail\n").await;
         assert!(
             out.status.success(),
             "s-nail with AUTH {mechanism}: {}{}",
