@@ -538,7 +538,7 @@ pub async fn check_relay_certificate(config: &Config) -> Option<String> {
     };
     match tokio::time::timeout(std::time::Duration::from_secs(10), probe).await {
         Ok(Ok(session)) => {
-            session.quit().await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), session.quit()).await;
             None
         }
         Ok(Err(text)) => Some(text),

@@ -115,6 +115,11 @@ impl Incoming {
         }
     }
 
+    /// Whether it holds anything of a message.
+    fn is_active(&self) -> bool {
+        self.reserved > 0 || self.spilling.is_some() || self.dropped
+    }
+
     /// The message is over (handed on, refused, reset): its memory goes back.
     fn reset(&mut self) {
         self.stats
@@ -157,7 +162,7 @@ impl Connection {
             }
             if session.is_receiving_data() || session.is_chunking() {
                 self.bound_content(&mut session).await;
-            } else if self.incoming.reserved > 0 || self.incoming.spilling.is_some() {
+            } else if self.incoming.is_active() {
                 // A message that ended without being handed on (too big, reset).
                 self.incoming.reset();
             }
@@ -411,6 +416,9 @@ impl Connection {
             }
             Event::Mail { from, params } => {
                 self.notes = Notes::default();
+                // Whatever the last transaction left (a message the session refused by
+                // itself, pipelined with this one) is over.
+                self.incoming.reset();
                 call(
                     &stages.mail,
                     MailRequest {

@@ -45,16 +45,26 @@ async fn start(limits: Limits, spill: Option<SpillConfig>) -> (std::net::SocketA
 /// One message of `body` (CRLF lines, no line starting with a dot) with DATA; the
 /// reply to the final dot as `"code status"`.
 async fn send(addr: std::net::SocketAddr, body: &[u8]) -> String {
+    send_all(addr, &[body]).await.remove(0)
+}
+
+/// Each of `bodies` in turn on one connection; the replies to their final dots.
+async fn send_all(addr: std::net::SocketAddr, bodies: &[&[u8]]) -> Vec<String> {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n")
-        .await
-        .unwrap();
-    tcp.write_all(body).await.unwrap();
-    tcp.write_all(b".\r\nQUIT\r\n").await.unwrap();
+    tcp.write_all(b"EHLO c.test\r\n").await.unwrap();
+    for body in bodies {
+        tcp.write_all(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n")
+            .await
+            .unwrap();
+        tcp.write_all(body).await.unwrap();
+        tcp.write_all(b".\r\n").await.unwrap();
+    }
+    tcp.write_all(b"QUIT\r\n").await.unwrap();
+    let expected = 3 + 4 * bodies.len();
     let mut parser = ReplyParser::default();
     let mut replies = Vec::new();
     let mut buf = [0u8; 4096];
-    while replies.len() < 7 {
+    while replies.len() < expected {
         if let Some(reply) = parser.next_reply() {
             let reply = reply.unwrap();
             replies.push(match reply.status() {
@@ -68,7 +78,9 @@ async fn send(addr: std::net::SocketAddr, body: &[u8]) -> String {
             _ => break,
         }
     }
-    replies.get(5).cloned().unwrap_or_default()
+    (0..bodies.len())
+        .map(|i| replies.get(5 + 4 * i).cloned().unwrap_or_default())
+        .collect()
 }
 
 fn message(size: usize) -> Vec<u8> {
@@ -117,4 +129,15 @@ async fn with_nowhere_to_spill_a_message_beyond_the_memory_budget_is_452() {
     assert_eq!(send(addr, &message(100_000)).await, "452 4.3.1");
     assert_eq!(send(addr, &message(5_000)).await, "250 2.0.0");
     assert_eq!(seen.lock().unwrap().len(), 1);
+
+    // A message the session refuses by itself while its content was being dropped:
+    // the next one on the connection starts afresh.
+    let limits = Limits {
+        max_message_size: 50_000,
+        max_total_message_memory: 20_000,
+        ..Limits::default()
+    };
+    let (addr, _) = start(limits, None).await;
+    let replies = send_all(addr, &[&message(100_000), &message(5_000)]).await;
+    assert_eq!(replies, ["552 5.3.4", "250 2.0.0"]);
 }
