@@ -10,6 +10,8 @@ use mail_queue::{AGE_BUCKETS_MINUTES, Action, ActionResult, MessageState, Queue,
 
 use crate::config::{Config, parse_duration};
 use crate::control::{self, Filter, MessageView, Request, Response};
+use mail_queue::QueueId;
+use std::time::Duration;
 
 /// `mta queue` and its options.
 #[derive(Args, Debug)]
@@ -39,12 +41,12 @@ pub enum QueueCommand {
         /// Only messages whose sender contains this (`<>`: the null sender).
         #[arg(long)]
         sender: Option<String>,
-        /// Only messages in this state: queued, active, deferred, held.
-        #[arg(long, value_parser = parse_state)]
-        state: Option<MessageState>,
+        /// Only messages in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
         /// Only messages at least this old (`30m`, `2h`, `1d`).
-        #[arg(long)]
-        older_than: Option<String>,
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Option<Duration>,
         /// Show at most this many.
         #[arg(long)]
         limit: Option<usize>,
@@ -52,7 +54,8 @@ pub enum QueueCommand {
     /// One message: envelope, recipients and their last replies, and its header.
     Show {
         /// The queue id.
-        id: String,
+        #[arg(value_parser = parse_id)]
+        id: QueueId,
         /// The whole message, not only its header.
         #[arg(long)]
         body: bool,
@@ -75,8 +78,8 @@ pub enum QueueCommand {
 #[derive(Args, Debug)]
 pub struct Targets {
     /// Queue ids.
-    #[arg(required_unless_present = "all")]
-    pub ids: Vec<String>,
+    #[arg(required_unless_present = "all", value_parser = parse_id)]
+    pub ids: Vec<QueueId>,
     /// Every message in the queue.
     #[arg(long, conflicts_with = "ids")]
     pub all: bool,
@@ -86,20 +89,43 @@ pub struct Targets {
 #[derive(Args, Debug)]
 pub struct FlushTargets {
     /// Queue ids.
-    pub ids: Vec<String>,
+    #[arg(value_parser = parse_id)]
+    pub ids: Vec<QueueId>,
     /// The messages with a pending recipient in this domain.
     #[arg(long, conflicts_with = "ids")]
     pub domain: Option<String>,
 }
 
-fn parse_state(s: &str) -> Result<MessageState, String> {
-    match s {
-        "queued" => Ok(MessageState::Queued),
-        "active" => Ok(MessageState::Active),
-        "deferred" => Ok(MessageState::Deferred),
-        "held" | "hold" => Ok(MessageState::Held),
-        _ => Err("use queued, active, deferred or held".into()),
+/// `--state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateArg {
+    /// Waiting for its first attempt.
+    Queued,
+    /// Being delivered now.
+    Active,
+    /// Tried, to be tried again.
+    Deferred,
+    /// On hold.
+    #[value(alias = "hold")]
+    Held,
+}
+
+impl From<StateArg> for MessageState {
+    fn from(state: StateArg) -> Self {
+        match state {
+            StateArg::Queued => Self::Queued,
+            StateArg::Active => Self::Active,
+            StateArg::Deferred => Self::Deferred,
+            StateArg::Held => Self::Held,
+        }
     }
+}
+
+/// A queue id: 16 hexadecimal digits, as `mta queue list` shows them.
+fn parse_id(id: &str) -> Result<QueueId, String> {
+    id.trim()
+        .parse()
+        .map_err(|_| format!("{id:?} is not a queue id (16 hexadecimal digits)"))
 }
 
 /// Runs `mta queue ...`; returns whether every named message was found.
@@ -128,9 +154,10 @@ pub fn run(args: QueueArgs) -> anyhow::Result<bool> {
 }
 
 fn request(command: &QueueCommand) -> anyhow::Result<Request> {
+    let ids = |ids: &[QueueId]| ids.iter().map(ToString::to_string).collect();
     let act = |action, t: &Targets| Request::Act {
         action,
-        ids: t.ids.clone(),
+        ids: ids(&t.ids),
         all: t.all,
         domain: None,
     };
@@ -145,18 +172,13 @@ fn request(command: &QueueCommand) -> anyhow::Result<Request> {
             filter: Filter {
                 domain: domain.clone(),
                 sender: sender.clone(),
-                state: *state,
-                min_age: older_than
-                    .as_deref()
-                    .map(parse_duration)
-                    .transpose()
-                    .context("--older-than")?
-                    .map(|d| d.as_secs()),
+                state: state.map(MessageState::from),
+                min_age: older_than.map(|d| d.as_secs()),
             },
             limit: *limit,
         },
         QueueCommand::Show { id, body } => Request::Show {
-            id: id.clone(),
+            id: id.to_string(),
             body: *body,
         },
         QueueCommand::Hold(t) => act(Action::Hold, t),
@@ -165,7 +187,7 @@ fn request(command: &QueueCommand) -> anyhow::Result<Request> {
         QueueCommand::Bounce(t) => act(Action::Bounce, t),
         QueueCommand::Flush(t) => Request::Act {
             action: Action::Flush,
-            ids: t.ids.clone(),
+            ids: ids(&t.ids),
             all: t.ids.is_empty() && t.domain.is_none(),
             domain: t.domain.clone(),
         },
@@ -194,7 +216,7 @@ pub(crate) fn offline(config: &Config, request: Request) -> anyhow::Result<Respo
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let queue = Queue::open(crate::serve::queue_config(config)?)
+        let queue = Queue::open(crate::serve::queue_config(config))
             .with_context(|| format!("cannot open the queue at {}", path.display()))?;
         // Injected mail is signed with the configured keys, as the server would.
         let signing = crate::serve::dkim_signing(config)?;

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use anyhow::Context as _;
-use mail_queue::{Backend, Bytes, NewMessage, Queue, QueueConfig};
+use mail_queue::{Bytes, NewMessage, Queue, QueueConfig};
 use smtp_proto::{EnhancedStatus, Reply, ReplyCode};
 use smtp_server::filters::{
-    AuthLayer, DomainSet, HopLimitLayer, IpNetwork, LocalRecipientsLayer, NotifyPolicyLayer,
-    ReceivedLayer, RelayPolicyLayer, SubmittedHeadersLayer,
+    AuthLayer, DomainSet, HopLimitLayer, LocalRecipientsLayer, NotifyPolicyLayer, ReceivedLayer,
+    RelayPolicyLayer, SubmittedHeadersLayer,
 };
 use smtp_server::{
     BoxError, DataRequest, Decision, Limits, ListenerConfig, ListenerMode, Server, ServerConfig,
@@ -20,7 +20,7 @@ use smtp_server::{
 use tokio::sync::watch;
 
 use crate::accounts::Accounts;
-use crate::config::{Config, parse_duration};
+use crate::config::Config;
 use crate::delivery::{Delivery, Lmtp, LocalTarget, Maildir, Relay, Remote, RemoteConfig};
 use auth_checks::{ArcSigner, AuthChecks, DkimSignLayer, DkimSigner, Verifier};
 use dns_mx::{MxConfig, MxResolver};
@@ -94,7 +94,7 @@ impl Reload {
             );
         };
         let config = Config::load(path)?;
-        if queue_config(&config)? != self.queue_config {
+        if queue_config(&config) != self.queue_config {
             anyhow::bail!("[queue] changed: restart to apply that");
         }
         if config.metrics.as_ref().map(|m| m.address) != self.metrics {
@@ -160,16 +160,6 @@ fn known_mailboxes(config: &Config) -> Option<Arc<std::collections::HashSet<Stri
     Some(Arc::new(mailboxes.map(|m| m.to_lowercase()).collect()))
 }
 
-/// `[relay] trusted_networks`.
-fn trusted_networks(config: &Config) -> anyhow::Result<Vec<IpNetwork>> {
-    config
-        .relay
-        .trusted_networks
-        .iter()
-        .map(|n| n.parse::<IpNetwork>().map_err(anyhow::Error::msg))
-        .collect()
-}
-
 /// DKIM signing with the `[[dkim_key]]`s: of mail from logins and trusted networks, and
 /// of mail injected by `mta sendmail` and `mta send`.
 pub(crate) fn dkim_signing(config: &Config) -> anyhow::Result<DkimSignLayer> {
@@ -181,7 +171,10 @@ pub(crate) fn dkim_signing(config: &Config) -> anyhow::Result<DkimSignLayer> {
                 .with_context(|| format!("[[dkim_key]] {} (selector {})", k.domain, k.selector))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(DkimSignLayer::new(signers, trusted_networks(config)?))
+    Ok(DkimSignLayer::new(
+        signers,
+        config.relay.trusted_networks.clone(),
+    ))
 }
 
 /// Counters that outlive a reload (the pieces that count into them are rebuilt).
@@ -281,12 +274,12 @@ impl Mta {
     /// (SMTP and metrics) are bound first, then the process becomes that user, and
     /// only then opens the queue and reads certificates and keys.
     pub async fn start_from(config: Config, path: Option<PathBuf>) -> anyhow::Result<Self> {
-        let queue_settings = queue_config(&config)?;
+        let queue_settings = queue_config(&config);
         let backlog = config
             .limits
             .listen_backlog
             .unwrap_or(Limits::default().listen_backlog);
-        let bound = Server::listen(&listener_configs(&config)?, backlog)?;
+        let bound = Server::listen(&listener_configs(&config), backlog)?;
         let metrics = match &config.metrics {
             Some(m) => Some(crate::metrics::bind(m.address).await?),
             None => None,
@@ -486,12 +479,9 @@ fn remote_delivery(config: &Config, resolver: MxResolver) -> anyhow::Result<Remo
         RemoteConfig {
             outbound,
             relay,
-            max_per_destination: o.max_per_destination.unwrap_or(20),
-            max_messages_per_connection: o.max_messages_per_connection.unwrap_or(100),
-            idle_timeout: match &o.idle_timeout {
-                Some(text) => parse_duration(text)?,
-                None => std::time::Duration::from_secs(10),
-            },
+            max_per_destination: o.max_per_destination,
+            max_messages_per_connection: o.max_messages_per_connection,
+            idle_timeout: o.idle_timeout,
         },
     ))
 }
@@ -507,10 +497,7 @@ pub async fn check_relay_certificate(config: &Config) -> Option<String> {
         Ok((_, None)) => return None,
         Err(e) => return Some(format!("{e:#}")),
     };
-    let name = format!(
-        "[outbound] relay {}",
-        o.relay.as_deref().unwrap_or_default()
-    );
+    let name = format!("[outbound] relay {}:{}", relay.host, outbound.port);
     // What a delivery does, up to the login: verified TLS, and no login sent.
     outbound.auth = None;
     outbound.tls = smtp_client::TlsPolicy::Required;
@@ -563,60 +550,42 @@ fn outbound_config(config: &Config) -> anyhow::Result<(OutboundConfig, Option<Re
     let tls_configs = TlsConfigs::new(extra_roots)?;
     let mut outbound = OutboundConfig::new(&config.hostname, tls_configs);
     outbound.port = o.port;
-    outbound.tls = o.tls.parse().map_err(anyhow::Error::msg)?;
-    let relay = match &o.relay {
-        None => None,
-        Some(relay) => {
-            let (host, port) = match relay.rsplit_once(':') {
-                Some((h, p)) if !h.contains(':') || h.ends_with(']') => (
-                    h.trim_matches(['[', ']']).to_owned(),
-                    p.parse().context("[outbound] relay port")?,
-                ),
-                _ => (relay.clone(), 25),
-            };
-            outbound.port = port;
-            outbound.implicit_tls = o.relay_tls.as_deref() == Some("implicit");
-            if let (Some(user), Some(pass)) = (&o.relay_username, &o.relay_password) {
-                outbound.auth = Some((user.clone(), pass.clone()));
-            }
-            Some(Relay { host })
+    outbound.tls = o.tls.into();
+    let relay = o.relay.as_ref().map(|relay| {
+        outbound.port = relay.port;
+        outbound.implicit_tls = o.relay_tls == crate::config::RelayTls::Implicit;
+        if let (Some(user), Some(pass)) = (&o.relay_username, &o.relay_password) {
+            outbound.auth = Some((user.clone(), pass.clone()));
         }
-    };
+        Relay {
+            host: relay.host.clone(),
+        }
+    });
     Ok((outbound, relay))
 }
 
-pub(crate) fn queue_config(config: &Config) -> anyhow::Result<QueueConfig> {
+pub(crate) fn queue_config(config: &Config) -> QueueConfig {
     let q = &config.queue;
-    Ok(QueueConfig {
+    QueueConfig {
         path: q.path.clone(),
-        backend: if q.backend == "redb" {
-            Backend::Redb
-        } else {
-            Backend::Sled
-        },
-        retry_intervals: q
-            .retry_intervals
-            .iter()
-            .map(|d| parse_duration(d))
-            .collect::<anyhow::Result<_>>()?,
-        max_age: parse_duration(&q.max_age)?,
+        backend: q.backend.into(),
+        retry_intervals: q.retry_intervals.clone(),
+        max_age: q.max_age,
         max_concurrent_deliveries: q.max_concurrent_deliveries,
         hostname: config.hostname.clone(),
-        delay_warning: q.delay_warning.as_deref().map(parse_duration).transpose()?,
+        delay_warning: q.delay_warning,
         ..QueueConfig::default()
-    })
+    }
 }
 
 /// The `[[listener]]`s.
-fn listener_configs(config: &Config) -> anyhow::Result<Vec<ListenerConfig>> {
+fn listener_configs(config: &Config) -> Vec<ListenerConfig> {
     config
         .listeners
         .iter()
-        .map(|l| {
-            Ok(ListenerConfig {
-                address: l.address,
-                mode: l.mode.parse().map_err(anyhow::Error::msg)?,
-            })
+        .map(|l| ListenerConfig {
+            address: l.address,
+            mode: l.mode.into(),
         })
         .collect()
 }
@@ -630,12 +599,6 @@ fn server_config(
 ) -> anyhow::Result<ServerConfig> {
     let l = &config.limits;
     let d = Limits::default();
-    let duration = |v: &Option<String>, default| {
-        v.as_deref()
-            .map(parse_duration)
-            .transpose()
-            .map(|v| v.unwrap_or(default))
-    };
     let limits = Limits {
         max_message_size: l.max_message_size.unwrap_or(d.max_message_size),
         max_message_memory: l.max_message_memory.unwrap_or(d.max_message_memory),
@@ -646,26 +609,21 @@ fn server_config(
         max_line_length: l.max_line_length.unwrap_or(d.max_line_length),
         max_errors: l.max_errors.unwrap_or(d.max_errors),
         max_auth_failures: l.max_auth_failures.unwrap_or(d.max_auth_failures),
-        command_timeout: duration(&l.command_timeout, d.command_timeout)?,
-        data_timeout: duration(&l.data_timeout, d.data_timeout)?,
+        command_timeout: l.command_timeout.unwrap_or(d.command_timeout),
+        data_timeout: l.data_timeout.unwrap_or(d.data_timeout),
         min_data_rate: l.min_data_rate.unwrap_or(d.min_data_rate),
-        tls_handshake_timeout: duration(&l.tls_handshake_timeout, d.tls_handshake_timeout)?,
+        tls_handshake_timeout: l.tls_handshake_timeout.unwrap_or(d.tls_handshake_timeout),
         max_connections: l.max_connections.unwrap_or(d.max_connections),
         max_connections_per_ip: l.max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
         listen_backlog: l.listen_backlog.unwrap_or(d.listen_backlog),
         ..d
     };
-    let listeners = listener_configs(config)?;
-    let bare_line_endings = match l.bare_line_endings.as_deref() {
-        Some("normalize") => smtp_proto::BareLineEndings::Normalize,
-        _ => smtp_proto::BareLineEndings::Reject,
-    };
     Ok(ServerConfig {
         hostname: config.hostname.clone(),
-        listeners,
+        listeners: listener_configs(config),
         tls,
         limits,
-        bare_line_endings,
+        bare_line_endings: l.bare_line_endings.into(),
         nul_bytes: l.nul_bytes.into(),
         auth: !config.accounts.is_empty(),
         spill: Some(smtp_server::SpillConfig {
@@ -688,7 +646,7 @@ fn stages(
     auth_stats: &Arc<auth_checks::AuthStats>,
     signing: DkimSignLayer,
 ) -> anyhow::Result<Stages> {
-    let trusted = trusted_networks(config)?;
+    let trusted = config.relay.trusted_networks.clone();
     let accounts = Accounts::new(
         config
             .accounts

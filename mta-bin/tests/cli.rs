@@ -79,7 +79,7 @@ fn check_config_reports_key_and_line() {
         &format!(
             "user = \"no-such-user-here\"\nhostname = \"mx.test\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n\
              mode = \"relay\"\n[queue]\npath = \"{}/queue\"\nmax_age = \"soon\"\n[local]\n\
-             domains = [\"mx.test\"]\n[outbound]\ntls = \"maybe\"\n",
+             domains = [\"mx.test\"]\n[outbound]\ntls = \"maybe\"\n[limits]\nmax_recipent = 5\n",
             dir.path().display()
         ),
     );
@@ -89,7 +89,11 @@ fn check_config_reports_key_and_line() {
     for expected in [
         format!("{name}: line 8: [queue] max_age"),
         format!("{name}: line 10: [local]: local domains need maildir or lmtp"),
-        format!("{name}: line 12: [outbound] tls: \"maybe\""),
+        format!(
+            "{name}: line 12: [outbound] tls: unknown variant `maybe`, expected one of `opportunistic`, `required`, `disabled`"
+        ),
+        format!("{name}: line 14: [limits] max_recipent: unknown field `max_recipent`"),
+        "(did you mean `max_recipients`?)".to_owned(),
     ] {
         assert!(stderr.contains(&expected), "{expected} in {stderr}");
     }
@@ -510,7 +514,7 @@ fn embedded_default_receives_mail_and_stops_on_sigterm() {
 /// `mta dkim-keygen` writes a private key only its owner can read, prints the record to
 /// publish and the configuration to add, and never overwrites a key.
 #[test]
-fn dkim_keygen_writes_the_key_and_prints_the_record() {
+fn dkim_keygen_writes_the_key_and_the_parser_refuses_bad_values() {
     let dir = tempfile::tempdir().unwrap();
     for (algorithm, k) in [("rsa", "k=rsa"), ("ed25519", "k=ed25519")] {
         let selector = format!("s-{algorithm}");
@@ -567,8 +571,32 @@ fn dkim_keygen_writes_the_key_and_prints_the_record() {
         ])
         .output()
         .unwrap();
+    // Refused by the argument parser, which lists what it takes.
     assert_eq!(bad.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("use rsa or ed25519"));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("[possible values: rsa, ed25519]"),
+        "{stderr}"
+    );
+    for (args, expected) in [
+        (
+            &["queue", "list", "--state", "stuck"][..],
+            "[possible values: queued, active, deferred, held]",
+        ),
+        (
+            &["queue", "list", "--older-than", "a while"],
+            "invalid duration",
+        ),
+        (
+            &["queue", "show", "not-an-id"],
+            "is not a queue id (16 hexadecimal digits)",
+        ),
+    ] {
+        let out = mta().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
 }
 
 /// The Maildir files of `user@mx.test` under `dir`, waiting (up to 20 s) for `count`.

@@ -88,8 +88,17 @@ impl DomainSet {
     }
 }
 
-/// The address of an address literal: `[192.0.2.1]` or `[IPv6:...]`.
-fn literal_address(domain: &str) -> Option<IpAddr> {
+/// The address of an address literal (RFC 5321 §4.1.3): `[192.0.2.1]` or
+/// `[IPv6:2001:db8::1]`; `None` for anything else.
+///
+/// ```
+/// use smtp_server::filters::literal_address;
+/// assert_eq!(literal_address("[192.0.2.1]"), Some("192.0.2.1".parse().unwrap()));
+/// assert_eq!(literal_address("[IPv6:::1]"), Some("::1".parse().unwrap()));
+/// assert_eq!(literal_address("[999.0.0.1]"), None);
+/// assert_eq!(literal_address("example.test"), None);
+/// ```
+pub fn literal_address(domain: &str) -> Option<IpAddr> {
     let inner = domain.strip_prefix('[')?.strip_suffix(']')?;
     match inner.get(..5) {
         Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => inner[5..]

@@ -9,64 +9,58 @@ use tower::Layer;
 use super::{DomainSet, sync_filter_service};
 use crate::{Decision, RcptRequest};
 
-/// An IP network such as `192.0.2.0/24` or `::1/128`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IpNetwork {
-    addr: IpAddr,
-    prefix: u8,
-}
+/// An IP network such as `192.0.2.0/24` or `::1/128` (an [`ipnet::IpNet`]), which also
+/// holds the IPv4-mapped IPv6 form (`::ffff:192.0.2.1`) of its IPv4 addresses, as a
+/// dual-stack socket reports IPv4 clients. A bare address is a network of one.
+///
+/// ```
+/// use smtp_server::filters::IpNetwork;
+/// let net: IpNetwork = "192.0.2.0/24".parse().unwrap();
+/// assert!(net.contains("192.0.2.77".parse().unwrap()));
+/// assert!(net.contains("::ffff:192.0.2.1".parse().unwrap()));
+/// assert!(!net.contains("192.0.3.1".parse().unwrap()));
+/// assert_eq!("::1".parse::<IpNetwork>().unwrap().to_string(), "::1/128");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IpNetwork(ipnet::IpNet);
 
 impl IpNetwork {
     /// Whether `ip` is inside the network.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match (self.addr, ip) {
-            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        let ip = match (self.0, ip) {
+            (ipnet::IpNet::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             _ => ip,
         };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&ip)
+    }
+
+    /// Whether it holds every address (`0.0.0.0/0`, `::/0`).
+    pub fn is_everything(&self) -> bool {
+        self.0.prefix_len() == 0
+    }
+}
+
+impl From<ipnet::IpNet> for IpNetwork {
+    fn from(net: ipnet::IpNet) -> Self {
+        Self(net)
     }
 }
 
 impl std::str::FromStr for IpNetwork {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("invalid network address {s:?}"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("invalid prefix in {s:?}"))?,
-        };
-        Ok(Self { addr, prefix })
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map(Self)
+            .map_err(|_| {
+                format!("invalid network {s:?} (write 192.0.2.0/24, 2001:db8::/32 or an address)")
+            })
     }
 }
 
 impl std::fmt::Display for IpNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        write!(f, "{}", self.0)
     }
 }
 

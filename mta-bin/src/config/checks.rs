@@ -1,0 +1,208 @@
+//! What the types alone cannot check (keys that go together, sections another needs),
+//! what only the system can tell (users, certificates, keys), and risky settings.
+
+use super::problems::{At, Document, Problems};
+use super::{Config, ListenerMode, OutboundTls, RelayTls, Tls};
+
+impl Config {
+    /// The checks across keys and sections, each problem with its line; a section in
+    /// `failed` could not be read and is not checked again.
+    pub(super) fn check(&self, doc: &Document<'_>, failed: &[String], p: &mut Problems) {
+        let read = |key: &str| !failed.iter().any(|f| f == key);
+        if self.listeners.is_empty() && read("listener") {
+            p.add(doc, At::Top(""), "no [[listener]]: nothing to listen on");
+        }
+        if self.queue.retry_intervals.is_empty() {
+            p.add(
+                doc,
+                At::Key("queue", "retry_intervals"),
+                "[queue] retry_intervals: give at least one interval",
+            );
+        }
+        let o = &self.outbound;
+        if o.relay_username.is_some() != o.relay_password.is_some() {
+            p.add(
+                doc,
+                At::Key("outbound", "relay_username"),
+                "[outbound] relay_username and relay_password go together",
+            );
+        }
+        if o.relay_username.is_some() && o.relay.is_none() {
+            p.add(
+                doc,
+                At::Key("outbound", "relay_username"),
+                "[outbound] relay_username needs a relay",
+            );
+        }
+        if let Some(tls) = &self.tls
+            && !tls.self_signed
+            && (tls.certificate.is_none() || tls.private_key.is_none())
+        {
+            p.add(
+                doc,
+                At::Key("tls", ""),
+                "[tls]: give certificate and private_key, or self_signed = true",
+            );
+        }
+        if let Some(i) = self
+            .listeners
+            .iter()
+            .position(|l| l.mode == ListenerMode::Smtps)
+            && self.tls.is_none()
+            && read("tls")
+        {
+            p.add(
+                doc,
+                At::Entry("listener", i, "mode"),
+                "[[listener]] mode = \"smtps\" needs a [tls] section",
+            );
+        }
+        if !self.local.domains.is_empty()
+            && self.local.maildir.is_none()
+            && self.local.lmtp.is_none()
+        {
+            p.add(
+                doc,
+                At::Key("local", "domains"),
+                "[local]: local domains need maildir or lmtp to deliver to",
+            );
+        }
+        for d in self.local.domains.iter().filter(|d| d.starts_with('[')) {
+            if smtp_server::filters::literal_address(d).is_none() {
+                p.add(
+                    doc,
+                    At::Key("local", "domains"),
+                    format!(
+                        "[local] domains: {d:?} is no address literal (write [192.0.2.1] or [IPv6:2001:db8::1])"
+                    ),
+                );
+            }
+        }
+        for (i, key) in self.dkim_keys.iter().enumerate() {
+            if key.domain.is_empty() || key.selector.is_empty() {
+                p.add(
+                    doc,
+                    At::Entry("dkim_key", i, ""),
+                    "[[dkim_key]]: give domain and selector",
+                );
+            }
+        }
+        if let Some(key) = &self.arc_seal
+            && (key.domain.is_empty() || key.selector.is_empty())
+        {
+            p.add(
+                doc,
+                At::Key("arc_seal", ""),
+                "[arc_seal]: give domain and selector",
+            );
+        }
+        for (i, a) in self.accounts.iter().enumerate() {
+            if !a.username.contains('@') {
+                p.add(
+                    doc,
+                    At::Entry("account", i, "username"),
+                    format!(
+                        "[[account]] username {:?}: use a full address (user@domain)",
+                        a.username
+                    ),
+                );
+            }
+        }
+    }
+
+    /// What only the system can tell: the user exists, and the certificate and the
+    /// signing keys the file names can be read and used. `mta check-config` reports
+    /// these with the rest (with the lines of `text`, the file); `mta serve` finds them
+    /// as it starts.
+    pub fn check_files(&self, text: &str) -> Result<(), Problems> {
+        let doc = Document::parse(text).ok();
+        let mut p = Problems::default();
+        let mut add = |at: At<'_>, message: String| match &doc {
+            Some(doc) => p.add(doc, at, message),
+            None => p.add_at_line(None, message),
+        };
+        #[cfg(unix)]
+        if let Some(user) = &self.user
+            && let Err(e) = crate::privileges::RunAs::lookup(user)
+        {
+            add(At::Top("user"), format!("{e:#}"));
+        }
+        if let Some(Tls {
+            certificate: Some(cert),
+            private_key: Some(key),
+            self_signed: false,
+        }) = &self.tls
+            && let Err(e) = smtp_server::tls::load_pem_files(cert, key)
+        {
+            add(At::Key("tls", "certificate"), format!("[tls]: {e}"));
+        }
+        for (i, k) in self.dkim_keys.iter().enumerate() {
+            if let Err(e) =
+                auth_checks::DkimSigner::from_pem_file(&k.domain, &k.selector, &k.private_key)
+            {
+                add(
+                    At::Entry("dkim_key", i, "private_key"),
+                    format!(
+                        "[[dkim_key]] private_key {}: {e:#}",
+                        k.private_key.display()
+                    ),
+                );
+            }
+        }
+        if let Some(k) = &self.arc_seal
+            && let Err(e) =
+                auth_checks::ArcSigner::from_pem_file(&k.domain, &k.selector, &k.private_key)
+        {
+            add(
+                At::Key("arc_seal", "private_key"),
+                format!("[arc_seal] private_key {}: {e:#}", k.private_key.display()),
+            );
+        }
+        if let Some(ca) = &self.outbound.ca_file
+            && let Err(e) = std::fs::metadata(ca)
+        {
+            add(
+                At::Key("outbound", "ca_file"),
+                format!("[outbound] ca_file {}: {e}", ca.display()),
+            );
+        }
+        p.into_result()
+    }
+
+    /// Risky settings worth a warning.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in self
+            .relay
+            .trusted_networks
+            .iter()
+            .filter(|n| n.is_everything())
+        {
+            out.push(format!(
+                "[relay] trusted_networks contains {n}: an open relay"
+            ));
+        }
+        if self.tls.is_none() {
+            out.push("no [tls]: no STARTTLS, so no AUTH and no submission logins".into());
+        }
+        if self.outbound.tls == OutboundTls::Disabled {
+            out.push("[outbound] tls = \"disabled\": mail leaves in plaintext".into());
+            if self.outbound.relay_username.is_some()
+                && self.outbound.relay_tls != RelayTls::Implicit
+            {
+                out.push(
+                    "[outbound] relay_username with tls = \"disabled\": credentials never go \
+                     in plaintext, so every login to the relay will fail"
+                        .into(),
+                );
+            }
+        }
+        if self.accounts.iter().any(|a| !a.password.starts_with('$')) {
+            out.push(
+                "[[account]] with a plaintext password: prefer an argon2 or SHA-512-crypt hash"
+                    .into(),
+            );
+        }
+        out
+    }
+}

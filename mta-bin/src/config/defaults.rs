@@ -1,0 +1,65 @@
+//! The defaults: the configuration `mta serve` runs with when given no file, where the
+//! system's file lives, and the defaults of keys that no crate's own config struct
+//! holds (the others take the default of the crate they configure).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The configuration `mta serve` runs with when given no file: unprivileged ports on
+/// loopback, a self-signed certificate made at first start, mail for any user at
+/// `localhost` delivered under `./mta-data/maildir/`.
+pub const EMBEDDED_DEFAULT: &str = r#"
+hostname = "localhost"
+
+[[listener]]
+address = "127.0.0.1:2525"
+mode = "relay"
+
+[[listener]]
+address = "127.0.0.1:2587"
+mode = "submission"
+
+[tls]
+self_signed = true
+
+[queue]
+path = "./mta-data/queue"
+
+[local]
+domains = ["localhost"]
+maildir = "./mta-data/maildir"
+accept_any_user = true
+"#;
+
+/// Where the configuration of a server installed as `docs/deploying.md` shows lives.
+pub const SYSTEM_CONFIG: &str = "/etc/mta/mta.toml";
+
+/// `[queue] path`.
+pub(super) fn queue_path() -> PathBuf {
+    PathBuf::from("./mta-data/queue")
+}
+
+/// `[queue] retry_intervals`: 5 minutes, then longer, up to every 4 hours.
+pub(super) fn retry_intervals() -> Vec<Duration> {
+    [5, 10, 30, 60, 120, 240]
+        .map(|minutes| Duration::from_secs(60 * minutes))
+        .to_vec()
+}
+
+/// `[queue] max_age`: 5 days, as Postfix's `maximal_queue_lifetime`.
+pub(super) const MAX_AGE: Duration = Duration::from_secs(5 * 86_400);
+
+/// `[queue] max_concurrent_deliveries`.
+pub(super) const MAX_CONCURRENT_DELIVERIES: usize = 100;
+
+/// `[outbound] max_per_destination`: as Postfix's `smtp_destination_concurrency_limit`.
+pub(super) const MAX_PER_DESTINATION: usize = 20;
+
+/// `[outbound] max_messages_per_connection`.
+pub(super) const MAX_MESSAGES_PER_CONNECTION: usize = 100;
+
+/// `[outbound] idle_timeout`: how long a connection waits for the next message.
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[sendmail] max_connections`.
+pub(super) const SENDMAIL_CONNECTIONS: usize = 8;
