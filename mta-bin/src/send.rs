@@ -1,5 +1,7 @@
 //! `mta send`: a correct MIME message from the command line, for quick tests and
-//! scripts, queued like `mta sendmail` queues.
+//! scripts, queued like `mta sendmail` queues. mail-builder writes the message (the
+//! encodings, the line lengths, RFC 2047 and RFC 2231); the addresses are checked
+//! first, so that no header can be injected through them.
 //!
 //! ```
 //! use mta_bin::send::{Attachment, Draft};
@@ -10,13 +12,13 @@
 //!     text: "All green.\n".into(),
 //!     attachments: vec![Attachment { name: "log.txt".into(), content: b"ok\n".to_vec() }],
 //! };
-//! let message = String::from_utf8(draft.build("b1")).unwrap();
-//! assert!(message.contains("Content-Type: multipart/mixed; boundary=\"b1\""));
-//! assert!(message.contains("Content-Disposition: attachment; filename=\"log.txt\""));
+//! let message = String::from_utf8(draft.build().unwrap()).unwrap();
+//! assert!(message.contains("Content-Type: multipart/mixed"));
+//! assert!(message.contains("filename=\"log.txt\""));
+//! assert!(Draft { from: "a@b.test\r\nBcc: x@y.test".into(), ..draft }.build().is_err());
 //! ```
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use mail_builder::MessageBuilder;
 
 /// A file to attach.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,114 +36,53 @@ pub struct Draft {
     pub from: String,
     /// The recipients.
     pub to: Vec<String>,
-    /// The subject (any UTF-8; encoded per RFC 2047 when not ASCII).
+    /// The subject (any UTF-8).
     pub subject: String,
-    /// The text (line endings become CRLF).
+    /// The text.
     pub text: String,
     /// Files to attach.
     pub attachments: Vec<Attachment>,
 }
 
 impl Draft {
-    /// The message: header fields `From`, `To`, `Subject`, `MIME-Version` and the
-    /// content (text alone, or `multipart/mixed` with the attachments, separated by
-    /// `boundary`). `Date` and `Message-ID` are added when it is queued.
-    pub fn build(&self, boundary: &str) -> Vec<u8> {
-        let mut out = format!(
-            "From: {}\r\nTo: {}\r\nSubject: {}\r\nMIME-Version: 1.0\r\n",
-            self.from,
-            self.to.join(", "),
-            encode_word(&self.subject)
-        );
-        if self.attachments.is_empty() {
-            out.push_str(&text_part(&self.text));
-            return out.into_bytes();
-        }
-        out.push_str(&format!(
-            "Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\nThis is a message in MIME format.\r\n"
-        ));
-        out.push_str(&format!("--{boundary}\r\n"));
-        out.push_str(&text_part(&self.text));
+    /// The message: `From`, `To`, `Subject`, `Date`, `Message-ID`, `MIME-Version` and
+    /// the content (the text alone, or `multipart/mixed` with the attachments). An
+    /// address that is not one (or holds a line break) is refused.
+    pub fn build(&self) -> Result<Vec<u8>, String> {
+        let from = checked_address(&self.from)?;
+        let to = self
+            .to
+            .iter()
+            .map(|t| checked_address(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let subject: String = self.subject.chars().filter(|c| !c.is_control()).collect();
+        let mut message = MessageBuilder::new()
+            .from(from.as_str())
+            .to(to.iter().map(String::as_str).collect::<Vec<_>>())
+            .subject(subject)
+            .text_body(self.text.replace("\r\n", "\n"));
         for a in &self.attachments {
-            out.push_str(&format!(
-                "--{boundary}\r\nContent-Type: {}\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; {}\r\n\r\n",
-                content_type(&a.name),
-                filename_param(&a.name)
-            ));
-            out.push_str(&base64_lines(&a.content));
+            message =
+                message.attachment(content_type(&a.name), a.name.as_str(), a.content.as_slice());
         }
-        out.push_str(&format!("--{boundary}--\r\n"));
-        out.into_bytes()
+        message
+            .write_to_vec()
+            .map_err(|e| format!("cannot write the message: {e}"))
     }
 }
 
-/// The header of a text part and its body: 7bit when ASCII, else base64 of UTF-8 (safe
-/// through servers without 8BITMIME).
-fn text_part(text: &str) -> String {
-    let mut crlf = text.replace("\r\n", "\n").replace('\n', "\r\n");
-    if !crlf.ends_with("\r\n") {
-        crlf.push_str("\r\n");
+/// `address` if it is one mail address (`user@domain`, no display name, no line
+/// break), as RFC 5321 reads it.
+fn checked_address(address: &str) -> Result<String, String> {
+    if address.chars().any(char::is_control) {
+        return Err(format!(
+            "{address:?} is not a mail address (it holds a line break or control character)"
+        ));
     }
-    if crlf.is_ascii() {
-        format!(
-            "Content-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: 7bit\r\n\r\n{crlf}"
-        )
-    } else {
-        format!(
-            "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n{}",
-            base64_lines(crlf.as_bytes())
-        )
-    }
-}
-
-/// Base64 in lines of 76 characters (RFC 2045 §6.8), each ending in CRLF.
-fn base64_lines(bytes: &[u8]) -> String {
-    let encoded = STANDARD.encode(bytes);
-    let mut out = String::with_capacity(encoded.len() + encoded.len() / 38 + 2);
-    for chunk in encoded.as_bytes().chunks(76) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push_str("\r\n");
-    }
-    out
-}
-
-/// A header value: as is when printable ASCII, else one RFC 2047 encoded word per
-/// chunk of at most 45 bytes (whole characters).
-fn encode_word(text: &str) -> String {
-    let clean: String = text.chars().filter(|c| !c.is_control()).collect();
-    if clean.is_ascii() {
-        return clean;
-    }
-    let mut words = Vec::new();
-    let mut chunk = String::new();
-    for c in clean.chars() {
-        if chunk.len() + c.len_utf8() > 45 {
-            words.push(std::mem::take(&mut chunk));
-        }
-        chunk.push(c);
-    }
-    words.push(chunk);
-    words
-        .iter()
-        .map(|w| format!("=?UTF-8?B?{}?=", STANDARD.encode(w)))
-        .collect::<Vec<_>>()
-        .join("\r\n ")
-}
-
-/// `filename="..."`, or RFC 2231 `filename*=UTF-8''...` for other names.
-fn filename_param(name: &str) -> String {
-    if name.is_ascii() && !name.contains(['"', '\\']) && !name.chars().any(char::is_control) {
-        return format!("filename=\"{name}\"");
-    }
-    let mut encoded = String::new();
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-            encoded.push(char::from(b));
-        } else {
-            encoded.push_str(&format!("%{b:02X}"));
-        }
-    }
-    format!("filename*=UTF-8''{encoded}")
+    let address = address.trim();
+    smtp_proto::Mailbox::parse(address)
+        .map(|m| m.to_string())
+        .map_err(|_| format!("{address:?} is not a mail address (write user@example.org)"))
 }
 
 /// A content type from the file name's extension.
@@ -222,10 +163,10 @@ pub fn run(args: SendArgs) -> u8 {
         text,
         attachments,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let boundary = format!("=_mta_{now:x}_{}", std::process::id());
+    let message = match draft.build() {
+        Ok(message) => message,
+        Err(e) => return fail(EX_USAGE, e),
+    };
     let options = Options {
         sender: Some(args.from),
         recipients: args.to,
@@ -233,7 +174,7 @@ pub fn run(args: SendArgs) -> u8 {
         ..Options::default()
     };
     match crate::sendmail::load_config(&options)
-        .and_then(|config| crate::sendmail::submit(&config, &options, &draft.build(&boundary)))
+        .and_then(|config| crate::sendmail::submit(&config, &options, &message))
     {
         Ok(id) => {
             println!("queued as {id}");
@@ -247,25 +188,52 @@ pub fn run(args: SendArgs) -> u8 {
 mod tests {
     use super::*;
 
+    fn draft() -> Draft {
+        Draft {
+            from: "ops@example.org".into(),
+            to: vec!["dev@example.org".into()],
+            subject: "Grüße".into(),
+            text: "hé\n".into(),
+            attachments: Vec::new(),
+        }
+    }
+
     #[test]
-    fn non_ascii_subject_text_and_file_names_are_encoded() {
-        assert_eq!(encode_word("Report"), "Report");
-        assert_eq!(encode_word("Grüße"), "=?UTF-8?B?R3LDvMOfZQ==?=");
-        let long = encode_word(&"é".repeat(40));
-        assert_eq!(long.matches("=?UTF-8?B?").count(), 2, "{long}");
-        assert_eq!(filename_param("a.txt"), "filename=\"a.txt\"");
-        assert_eq!(
-            filename_param("résumé.pdf"),
-            "filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"
+    fn long_lines_and_non_ascii_are_encoded_within_998_bytes() {
+        let mut d = draft();
+        d.text = format!("{}\n", "x".repeat(5000));
+        d.attachments.push(Attachment {
+            name: "résumé.pdf".into(),
+            content: vec![0xff; 3000],
+        });
+        let message = String::from_utf8(d.build().unwrap()).unwrap();
+        assert!(message.lines().all(|l| l.len() <= 998), "{message}");
+        assert!(
+            !message.contains("Grüße"),
+            "the subject is encoded: {message}"
         );
         assert!(
-            text_part("hé\n")
-                .contains("charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\naMOpDQo=\r\n")
+            message.contains("r%C3%A9sum%C3%A9.pdf") || message.contains("=?utf-8?"),
+            "{message}"
         );
-        assert!(text_part("hi").ends_with("\r\n\r\nhi\r\n"));
-        let lines = base64_lines(&[0u8; 100]);
-        assert!(lines.lines().all(|l| l.len() <= 76), "{lines}");
         assert_eq!(content_type("x.PNG"), "image/png");
         assert_eq!(content_type("x"), "application/octet-stream");
+    }
+
+    #[test]
+    fn addresses_that_are_not_one_are_refused() {
+        for bad in [
+            "a@b.test\r\nBcc: victim@x.test",
+            "not an address",
+            "a@b.test\n",
+            "Ann <a@b.test>",
+        ] {
+            let mut d = draft();
+            d.to = vec![bad.into()];
+            assert!(d.build().is_err(), "to {bad:?}");
+            let mut d = draft();
+            d.from = bad.into();
+            assert!(d.build().is_err(), "from {bad:?}");
+        }
     }
 }

@@ -206,7 +206,10 @@ pub fn prepare(message: &[u8], options: &Options, cx: &Context) -> Result<Prepar
             .map_err(|_| format!("{address:?} is not a mail address"))
     };
     let (header, body) = split_header(message);
-    let fields = unfold(header);
+    // mail-parser reads the header: folded lines, groups, comments, quoted names and
+    // encoded words, the forms that decide where `-t` sends the mail.
+    let parsed = mail_parser::MessageParser::default().parse_headers(header);
+    let fields: &[mail_parser::Header<'_>] = parsed.as_ref().map_or(&[], |m| m.headers());
     let mut recipients = Vec::new();
     for r in &options.recipients {
         for address in address_list(r) {
@@ -214,10 +217,10 @@ pub fn prepare(message: &[u8], options: &Options, cx: &Context) -> Result<Prepar
         }
     }
     if options.extract_recipients {
-        for (name, value) in &fields {
-            if ["to", "cc", "bcc"].contains(&name.to_ascii_lowercase().as_str()) {
-                for address in address_list(value) {
-                    recipients.push(qualify(&address)?);
+        for field in fields.iter().filter(|f| is_recipient_field(&f.name)) {
+            if let mail_parser::HeaderValue::Address(list) = &field.value {
+                for address in list.iter().filter_map(address_of) {
+                    recipients.push(qualify(address)?);
                 }
             }
         }
@@ -232,7 +235,11 @@ pub fn prepare(message: &[u8], options: &Options, cx: &Context) -> Result<Prepar
         Some(sender) => qualify(sender.trim_start_matches('<').trim_end_matches('>'))?,
         None => qualify(&cx.user)?,
     };
-    let has = |field: &str| fields.iter().any(|(n, _)| n.eq_ignore_ascii_case(field));
+    let has = |field: &str| {
+        fields
+            .iter()
+            .any(|f| f.name.as_str().eq_ignore_ascii_case(field))
+    };
     let date = smtp_proto::rfc5322_date(cx.now);
     let mut out = format!(
         "Received: by {} (mta sendmail, from user {}); {date}\r\n",
@@ -265,18 +272,18 @@ pub fn prepare(message: &[u8], options: &Options, cx: &Context) -> Result<Prepar
     }
     let mut bytes = out.into_bytes();
     // The header as given, without Bcc when the recipients came from it (RFC 5322 §3.6.3).
-    let mut skipping = false;
-    for line in header.split_inclusive(|&b| b == b'\n') {
-        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
-        if !continuation {
-            skipping = options.extract_recipients
-                && line.len() >= 4
-                && line[..4].eq_ignore_ascii_case(b"bcc:");
-        }
-        if !skipping {
-            bytes.extend_from_slice(line);
+    let mut kept = 0;
+    if options.extract_recipients {
+        for bcc in fields
+            .iter()
+            .filter(|f| f.name == mail_parser::HeaderName::Bcc)
+        {
+            let (start, end) = (bcc.offset_field as usize, bcc.offset_end as usize);
+            bytes.extend_from_slice(header.get(kept..start).unwrap_or_default());
+            kept = end.max(kept);
         }
     }
+    bytes.extend_from_slice(header.get(kept..).unwrap_or_default());
     bytes.extend_from_slice(b"\r\n");
     bytes.extend_from_slice(body);
     Ok(Prepared {
@@ -302,67 +309,36 @@ fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-/// `(name, value)` of each field, continuation lines joined.
-fn unfold(header: &[u8]) -> Vec<(String, String)> {
-    let text = String::from_utf8_lossy(header);
-    let mut fields: Vec<(String, String)> = Vec::new();
-    for line in text.split("\r\n").filter(|l| !l.is_empty()) {
-        if line.starts_with([' ', '\t']) {
-            if let Some((_, value)) = fields.last_mut() {
-                value.push(' ');
-                value.push_str(line.trim());
-            }
-        } else if let Some((name, value)) = line.split_once(':') {
-            fields.push((name.trim().to_owned(), value.trim().to_owned()));
-        }
-    }
-    fields
+/// The address of an address-list entry; a bare word (`root`, as cron writes it) is
+/// a local user's name, which mail-parser reads as a display name.
+fn address_of<'a>(addr: &'a mail_parser::Addr<'_>) -> Option<&'a str> {
+    addr.address().or_else(|| {
+        addr.name()
+            .filter(|n| !n.is_empty() && !n.contains(char::is_whitespace))
+    })
 }
 
-/// The addresses in an address list (`Ann <a@x>, b@y, "Doe, J" <j@z>`); group names
-/// and comments are dropped.
+/// To, Cc or Bcc.
+fn is_recipient_field(name: &mail_parser::HeaderName<'_>) -> bool {
+    use mail_parser::HeaderName;
+    matches!(name, HeaderName::To | HeaderName::Cc | HeaderName::Bcc)
+}
+
+/// The addresses in an address list given on the command line (`Ann <a@x>, b@y`), read
+/// by mail-parser as a `To` field.
 fn address_list(value: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut item = String::new();
-    let (mut quoted, mut angle, mut comment) = (false, false, 0u32);
-    let mut push = |item: &mut String| {
-        let text = std::mem::take(item);
-        let text = text.trim();
-        let address = match (text.rfind('<'), text.rfind('>')) {
-            (Some(a), Some(b)) if a < b => text[a + 1..b].trim().to_owned(),
-            _ => text
-                .rsplit_once(':')
-                .map_or(text, |(_, a)| a)
-                .trim()
-                .to_owned(),
-        };
-        let address = address.trim_end_matches(';').trim().to_owned();
-        if !address.is_empty() {
-            out.push(address);
-        }
-    };
-    for c in value.chars() {
-        match c {
-            '"' if comment == 0 => quoted = !quoted,
-            '(' if !quoted => comment += 1,
-            ')' if !quoted && comment > 0 => {
-                comment -= 1;
-                continue;
-            }
-            '<' if !quoted && comment == 0 => angle = true,
-            '>' if !quoted && comment == 0 => angle = false,
-            ',' | ';' if !quoted && !angle && comment == 0 => {
-                push(&mut item);
-                continue;
-            }
-            _ => {}
-        }
-        if comment == 0 && c != '"' {
-            item.push(c);
-        }
-    }
-    push(&mut item);
-    out
+    let field = format!("To: {}\r\n\r\n", value.replace(['\r', '\n'], " "));
+    let parsed = mail_parser::MessageParser::default().parse_headers(field.as_bytes());
+    parsed
+        .as_ref()
+        .and_then(|m| m.to())
+        .map(|list| {
+            list.iter()
+                .filter_map(address_of)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Runs sendmail with the arguments after the program name; returns the exit status.
@@ -703,6 +679,37 @@ mod tests {
         assert!(text.starts_with("Received: by mx.example.org (mta sendmail, from user cron); Tue, 24 Nov 2026 20:00:00 +0000\r\nFrom: cron@example.org\r\nDate: Tue, 24 Nov 2026 20:00:00 +0000\r\nMessage-ID: <1795550400.42@mx.example.org>\r\nTo: Ann"), "{text}");
         assert!(!text.contains("Bcc") && !text.contains("hidden"), "{text}");
         assert!(text.ends_with("Subject: hi\r\n\r\nbody\r\n"), "{text}");
+    }
+
+    #[test]
+    fn dash_t_reads_groups_comments_quoted_names_and_encoded_words() {
+        let o = Options {
+            extract_recipients: true,
+            ..Options::default()
+        };
+        let message = b"To: undisclosed-recipients:;\r\n\
+            Cc: Team: a@t.test, \"Doe, J <evil@bad.test>\" <j@t.test>;,\r\n\
+            \t=?UTF-8?B?R3LDvMOfZQ==?= <g@t.test> (greetings, from@bad.test)\r\n\
+            bcc: (nobody) <b@t.test>\r\n\
+            To: second@t.test\r\n\
+            Subject: x\r\n\r\nbody\r\n";
+        let p = prepare(message, &o, &cx()).unwrap();
+        assert_eq!(
+            p.recipients,
+            [
+                "a@t.test",
+                "j@t.test",
+                "g@t.test",
+                "b@t.test",
+                "second@t.test"
+            ]
+        );
+        let text = String::from_utf8(p.message).unwrap();
+        assert!(!text.to_ascii_lowercase().contains("bcc"), "{text}");
+        assert!(
+            text.contains("To: second@t.test\r\nSubject: x\r\n"),
+            "{text}"
+        );
     }
 
     #[test]

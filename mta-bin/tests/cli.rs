@@ -1037,14 +1037,28 @@ sys.stdout.buffer.write(parts[1].get_content())
         .output()
         .unwrap();
     assert!(py.status.success(), "{py:?}");
-    let expected_head = "Rapport du jour: ça marche\nBonjour,\r\nvoilà.\r\ndonnées.bin\n";
+    let expected_head = "Rapport du jour: ça marche\nBonjour,\nvoilà.\ndonnées.bin\n";
     let stdout = py.stdout;
     let (head, tail) = stdout.split_at(expected_head.len().min(stdout.len()));
-    assert_eq!(
-        String::from_utf8_lossy(head).replace("\r\n", "\n"),
-        expected_head.replace("\r\n", "\n")
-    );
+    assert_eq!(String::from_utf8_lossy(head), expected_head);
     assert_eq!(tail, &attachment[..], "the attachment, byte for byte");
+
+    // No header through an address.
+    let out = mta()
+        .args([
+            "send",
+            "--from",
+            "ops@mx.test",
+            "--to",
+            "you@mx.test\r\nBcc: x@far.test",
+        ])
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("is not a mail address"), "{stderr}");
 }
 
 /// EHLO, MAIL, one RCPT, QUIT on `addr`; returns the reply to RCPT.
