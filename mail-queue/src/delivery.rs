@@ -52,6 +52,6 @@ pub enum Outcome {
 /// The answer to a [`DeliveryRequest`]: one outcome per requested recipient, in order.
 pub type DeliveryReport = Vec<Outcome>;
 
-/// The error type delivery services may fail with; every recipient of the request is
-/// then deferred.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The error type delivery services may fail with (tower's); every recipient of the
+/// request is then deferred.
+pub use tower::BoxError;

@@ -29,6 +29,7 @@
 
 mod admin;
 mod commit;
+#[cfg(feature = "conformance")]
 pub mod conformance;
 mod delivery;
 pub mod dsn;

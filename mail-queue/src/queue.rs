@@ -587,23 +587,33 @@ impl Queue {
                 .push(i);
         }
         let shared = Arc::new(meta.clone());
-        let calls: Vec<_> = groups
-            .into_values()
-            .map(|recipients| {
-                let request = DeliveryRequest {
-                    message: Arc::clone(&shared),
-                    body: body.clone(),
-                    recipients,
-                };
-                let service = delivery.clone();
-                async move {
-                    let indexes = request.recipients.clone();
-                    let result = service.oneshot(request).await;
-                    (indexes, result)
+        // One task per destination domain; a task that panics defers its recipients.
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut indexes_of = HashMap::new();
+        for recipients in groups.into_values() {
+            let request = DeliveryRequest {
+                message: Arc::clone(&shared),
+                body: body.clone(),
+                recipients: recipients.clone(),
+            };
+            let service = delivery.clone();
+            let task = tasks.spawn(async move { service.oneshot(request).await });
+            indexes_of.insert(task.id(), recipients);
+        }
+        let mut results = Vec::with_capacity(indexes_of.len());
+        while let Some(joined) = tasks.join_next_with_id().await {
+            let (id, result) = match joined {
+                Ok((id, result)) => (id, result),
+                Err(e) => {
+                    warn!(error = %e, "delivery task failed; its recipients are deferred");
+                    let failure: BoxError = format!("delivery task failed: {e}").into();
+                    (e.id(), Err(failure))
                 }
-            })
-            .collect();
-        let results = futures_join_all(calls).await;
+            };
+            if let Some(indexes) = indexes_of.remove(&id) {
+                results.push((indexes, result));
+            }
+        }
         let now = unix_now();
         for (indexes, result) in results {
             let outcomes: Vec<Outcome> = match result {
@@ -783,21 +793,6 @@ impl Queue {
 }
 
 /// Awaits every future (a tiny join_all, to avoid a dependency for one call).
-async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
-    }
-    out
-}
-
 fn count(counter: &std::sync::atomic::AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }

@@ -177,6 +177,46 @@ async fn deliveries_update_recipients_and_retry() {
     assert_eq!(meta.last_error.as_deref(), Some("451 4.3.0 try later"));
 }
 
+/// A delivery that panics (a bug in a delivery service) defers its recipients: they
+/// are tried again, never dropped, and the other domains' recipients are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_panics_defers_its_recipients() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(config(dir.path(), Backend::Sled)).unwrap();
+    let id = queue
+        .enqueue(message(&["ok@x.test", "boom@y.test"]), b"x\r\n".to_vec())
+        .await
+        .unwrap();
+    let tries = Arc::new(Mutex::new(0));
+    let counted = Arc::clone(&tries);
+    let service = service_fn(move |req: DeliveryRequest| {
+        let counted = Arc::clone(&counted);
+        async move {
+            let addresses: Vec<String> = req.addresses().map(str::to_owned).collect();
+            if addresses.iter().any(|a| a.starts_with("boom")) {
+                *counted.lock().unwrap() += 1;
+                panic!("a bug in the delivery service");
+            }
+            Ok::<_, BoxError>(vec![Outcome::Delivered("250 ok".into()); addresses.len()])
+        }
+    });
+    let (stop, handle) = run_scheduler(&queue, service);
+    for _ in 0..100 {
+        if *tries.lock().unwrap() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    handle.await.unwrap();
+    assert!(*tries.lock().unwrap() >= 2, "tried again after the panic");
+    let meta = queue.get(id).unwrap().expect("still queued");
+    assert_eq!(meta.recipients[0].state, RecipientState::Delivered);
+    assert_eq!(meta.recipients[1].state, RecipientState::Pending);
+    let reason = meta.recipients[1].last_reply.clone().unwrap_or_default();
+    assert!(reason.contains("delivery task failed"), "{reason}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_messages_fail() {
     let dir = tempfile::tempdir().unwrap();
@@ -508,8 +548,12 @@ async fn delete_is_silent_and_bounce_tells_the_sender() {
         .await
         .unwrap();
     eventually("attempted", || log.lock().unwrap().len() == 4).await;
+    // Deferred, and no longer in flight (its record is written before the attempt
+    // ends).
     eventually("deferred", || {
-        queue.get(bounced).unwrap().is_some_and(|m| m.attempts == 1)
+        queue.get(bounced).unwrap().is_some_and(|m| {
+            m.attempts == 1 && queue.state(&m) == mail_queue::MessageState::Deferred
+        })
     })
     .await;
     assert_eq!(

@@ -32,8 +32,9 @@ use tower::{Layer, Service, ServiceExt};
 use crate::config::ListenerMode;
 use crate::content::Content;
 
-/// The error type of stage services: infrastructure failures, answered `451 4.3.0`.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The error type of stage services (tower's): infrastructure failures, answered
+/// `451 4.3.0`.
+pub use tower::BoxError;
 
 /// A stage service, boxed.
 pub type StageService<R> = BoxCloneSyncService<R, Decision, BoxError>;
