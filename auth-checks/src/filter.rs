@@ -560,7 +560,7 @@ impl DkimSignLayer {
                 Some(header)
             }
             Err(e) => {
-                tracing::warn!(error = %e, domain, "DKIM signing failed; sending unsigned");
+                tracing::warn!(error = %e.with_causes(), domain, "DKIM signing failed; sending unsigned");
                 None
             }
         }

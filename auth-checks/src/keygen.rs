@@ -58,7 +58,7 @@ impl GeneratedKey {
 
 /// Generates a key: RSA-2048 or Ed25519.
 pub fn generate_key(kind: KeyKind) -> Result<GeneratedKey, Error> {
-    let fail = |what: &str| Error::Key(format!("cannot generate the {what} key"));
+    let fail = |what: &str| Error::key(format!("cannot generate the {what} key"));
     let (pkcs8, txt) = match kind {
         KeyKind::Rsa => {
             let pair = RsaKeyPair::generate(KeySize::Rsa2048).map_err(|_| fail("RSA"))?;

@@ -35,7 +35,7 @@ pub mod results;
 mod sign;
 pub mod verify;
 
-pub use error::Error;
+pub use error::{Cause, Error};
 #[cfg(feature = "layers")]
 pub use filter::{
     AuthChecks, CheckLayer, CheckService, DkimSign, DkimSignLayer, MessageStage, Mode, Policy,

@@ -86,26 +86,22 @@ impl SharedKey {
     /// Reads an RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8) private key in PEM.
     fn from_pem(pem: &[u8]) -> Result<Self, Error> {
         let der = PrivateKeyDer::from_pem_slice(pem)
-            .map_err(|e| Error::Key(format!("not a PEM private key: {e}")))?;
+            .map_err(|e| Error::key_from("not a PEM private key", e))?;
         let key = match der {
             PrivateKeyDer::Pkcs1(_) => RsaKey::<Sha256>::from_key_der(der)
                 .map(DkimKey::Rsa)
-                .map_err(|e| Error::Key(e.to_string()))?,
+                .map_err(|e| Error::key_from("an unusable RSA key", e))?,
             PrivateKeyDer::Pkcs8(pkcs8) => {
                 let bytes = pkcs8.secret_pkcs8_der().to_vec();
                 match RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(pkcs8)) {
                     Ok(key) => DkimKey::Rsa(key),
                     Err(_) => Ed25519Key::from_pkcs8_maybe_unchecked_der(&bytes)
                         .map(DkimKey::Ed25519)
-                        .map_err(|_| {
-                            Error::Key("PKCS#8 key is neither RSA nor Ed25519".to_owned())
-                        })?,
+                        .map_err(|_| Error::key("PKCS#8 key is neither RSA nor Ed25519"))?,
                 }
             }
             _ => {
-                return Err(Error::Key(
-                    "unsupported key type (use RSA or Ed25519)".to_owned(),
-                ));
+                return Err(Error::key("unsupported key type (use RSA or Ed25519)"));
             }
         };
         Ok(Self(Arc::new(key)))
@@ -113,8 +109,8 @@ impl SharedKey {
 
     fn read(path: &Path) -> Result<Self, Error> {
         let pem = std::fs::read(path)
-            .map_err(|e| Error::Key(format!("cannot read {}: {e}", path.display())))?;
-        Self::from_pem(&pem).map_err(|e| Error::Key(format!("{}: {e}", path.display())))
+            .map_err(|e| Error::key_from(format!("cannot read {}", path.display()), e))?;
+        Self::from_pem(&pem).map_err(|e| Error::key_from(path.display().to_string(), e))
     }
 
     fn kind(&self) -> KeyKind {
@@ -203,9 +199,7 @@ impl DkimSigner {
     fn with_key(domain: &str, selector: &str, key: SharedKey) -> Result<Self, Error> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         if domain.is_empty() || selector.is_empty() {
-            return Err(Error::Key(
-                "a DKIM signer needs a domain and a selector".to_owned(),
-            ));
+            return Err(Error::key("a DKIM signer needs a domain and a selector"));
         }
         Ok(Self {
             domain,
@@ -251,7 +245,7 @@ impl DkimSigner {
             .flat_map(|p| crate::headers::field_names(p))
             .collect();
         if !names.iter().any(|n| n.eq_ignore_ascii_case(b"From")) {
-            return Err(Error::Sign("the message has no From field".to_owned()));
+            return Err(Error::sign("the message has no From field"));
         }
         let signature = MailAuthSigner::from_key(self.key.clone())
             .domain(self.domain.clone())
@@ -260,7 +254,7 @@ impl DkimSigner {
             .header_canonicalization(Canonicalization::Relaxed)
             .body_canonicalization(Canonicalization::Simple)
             .sign_chained(parts.iter().copied())
-            .map_err(|e| Error::Sign(e.to_string()))?;
+            .map_err(|e| Error::sign_from("mail-auth refused to sign", e))?;
         Ok(signature.to_header())
     }
 }
@@ -294,9 +288,7 @@ impl ArcSigner {
     fn with_key(domain: &str, selector: &str, key: SharedKey) -> Result<Self, Error> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         if domain.is_empty() || selector.is_empty() {
-            return Err(Error::Key(
-                "an ARC sealer needs a domain and a selector".to_owned(),
-            ));
+            return Err(Error::key("an ARC sealer needs a domain and a selector"));
         }
         // The ARC-Message-Signature covers what a DKIM signature would, and the DKIM
         // signatures themselves.

@@ -234,14 +234,22 @@ fn commit_batch(jobs: &mut [Job], spool: &Spool, store: &dyn QueueStore) -> Resu
 }
 
 /// Every waiter of a failed batch gets the error (an OS error keeps its code, so a full
-/// disk is still recognised).
+/// disk is still recognised; other errors keep their text and their causes').
 fn same_error(e: &QueueError) -> QueueError {
     let io = match e {
         QueueError::Io(io) => match io.raw_os_error() {
             Some(code) => std::io::Error::from_raw_os_error(code),
             None => std::io::Error::new(io.kind(), io.to_string()),
         },
-        other => std::io::Error::other(other.to_string()),
+        other => {
+            let mut text = other.to_string();
+            let mut cause = std::error::Error::source(other);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            std::io::Error::other(text)
+        }
     };
     QueueError::Io(io)
 }

@@ -14,11 +14,11 @@ pub enum QueueError {
     #[error("sled error: {0}")]
     Sled(#[from] sled::Error),
     /// The redb backend failed.
-    #[error("redb error: {0}")]
-    Redb(String),
+    #[error("redb error")]
+    Redb(#[from] redb::Error),
     /// Stored metadata could not be decoded.
-    #[error("corrupt queue record: {0}")]
-    Corrupt(String),
+    #[error("corrupt queue record")]
+    Corrupt(#[from] postcard::Error),
     /// A body in the spool does not match its checksum or is missing.
     #[error("spool record of {0} is damaged or missing")]
     DamagedBody(crate::QueueId),
@@ -48,23 +48,16 @@ impl QueueError {
     }
 }
 
-impl From<postcard::Error> for QueueError {
-    fn from(e: postcard::Error) -> Self {
-        Self::Corrupt(e.to_string())
-    }
-}
-
 macro_rules! redb_errors {
     ($($t:ty),*) => {$(
         impl From<$t> for QueueError {
             fn from(e: $t) -> Self {
-                Self::Redb(e.to_string())
+                Self::Redb(redb::Error::from(e))
             }
         }
     )*};
 }
 redb_errors!(
-    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,

@@ -515,11 +515,16 @@ pub async fn check_relay_certificate(config: &Config) -> Option<String> {
         smtp_client::Session::open(&relay.host, &host.addresses, &outbound)
             .await
             .map_err(|e| match e {
-                smtp_client::ClientError::Tls(text) => format!(
-                    "{name}: its certificate does not verify ({text}): the login is not sent \
+                smtp_client::ClientError::Tls {
+                    source: Some(why), ..
+                } => format!(
+                    "{name}: its certificate does not verify ({why}): the login is not sent \
                      and remote mail waits; if it is self-signed, pin it by putting that \
                      certificate in [outbound] ca_file"
                 ),
+                tls @ smtp_client::ClientError::Tls { .. } => {
+                    format!("{name}: {tls}: the login is not sent and remote mail waits")
+                }
                 other => format!("{name}: cannot check its certificate: {other}"),
             })
     };

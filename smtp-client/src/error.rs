@@ -24,8 +24,14 @@ pub enum ClientError {
     Auth(Reply),
     /// TLS could not be set up (handshake failure, certificate not trusted, STARTTLS
     /// missing where the policy requires it).
-    #[error("TLS: {0}")]
-    Tls(String),
+    #[error("TLS: {message}")]
+    Tls {
+        /// What went wrong, for people.
+        message: String,
+        /// The TLS library's or the system's error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The server greeted with our own name: the mail would come back to us (an MX or
     /// an address literal that points here). Permanent, `554 5.4.6`.
     #[error("mail for {0} loops back to myself")]
@@ -46,10 +52,13 @@ impl ClientError {
                     reply.to_string().trim_end()
                 ),
             ),
-            Self::Tls(text) => Reply::new(
+            Self::Tls { message, source } => Reply::new(
                 ReplyCode::LOCAL_ERROR,
                 EnhancedStatus::new(4, 7, 5).unwrap_or(EnhancedStatus::PROTOCOL_TEMPORARY),
-                format!("TLS: {text}"),
+                match source {
+                    Some(source) => format!("TLS: {message}: {source}"),
+                    None => format!("TLS: {message}"),
+                },
             ),
             Self::Protocol(e) => e.reply(),
             Self::Loop(host) => Reply::new(
@@ -67,6 +76,25 @@ impl ClientError {
                 EnhancedStatus::new(4, 4, 2).unwrap_or(EnhancedStatus::PROTOCOL_TEMPORARY),
                 format!("timeout waiting for {what}"),
             ),
+        }
+    }
+
+    /// A TLS problem of ours (no error underneath).
+    pub(crate) fn tls(message: impl Into<String>) -> Self {
+        Self::Tls {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A TLS problem with the error that caused it.
+    pub(crate) fn tls_from(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Tls {
+            message: message.into(),
+            source: Some(source.into()),
         }
     }
 

@@ -122,7 +122,7 @@ impl Session {
                 Ok(session) => return Ok(session),
                 // Opportunistic TLS: the handshake failed before any mail data, so
                 // plaintext is allowed, on a new connection (not with a login to send).
-                Err(ClientError::Tls(e))
+                Err(e @ ClientError::Tls { .. })
                     if config.tls == TlsPolicy::Opportunistic
                         && !config.implicit_tls
                         && config.auth.is_none() =>
@@ -154,7 +154,7 @@ impl Session {
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(host.trim_end_matches('.').to_owned())
             .or_else(|_| ServerName::try_from(address.ip().to_string()))
-            .map_err(|e| ClientError::Tls(e.to_string()))?;
+            .map_err(|e| ClientError::tls_from(format!("no TLS name for {host}"), e))?;
         let stream = if config.implicit_tls {
             let connector = TlsConnector::from(Arc::clone(tls_config(config)));
             let tls = tokio::time::timeout(
@@ -163,7 +163,7 @@ impl Session {
             )
             .await
             .map_err(|_| ClientError::Timeout("the TLS handshake"))?
-            .map_err(|e| handshake_error(host, config, &e))?;
+            .map_err(|e| handshake_error(host, config, e))?;
             ClientStream::Tls(Box::new(tls))
         } else {
             ClientStream::Plain(tcp)
@@ -191,32 +191,32 @@ impl Session {
                 let ClientStream::Plain(tcp) =
                     std::mem::replace(conn.stream_mut(), ClientStream::Closed)
                 else {
-                    return Err(ClientError::Tls("TLS already active".into()));
+                    return Err(ClientError::tls("TLS already active"));
                 };
                 let upgraded =
                     tokio::time::timeout(config.timeouts.command, connector.connect(name, tcp))
                         .await
                         .map_err(|_| ClientError::Timeout("the TLS handshake"))?
-                        .map_err(|e| handshake_error(host, config, &e))?;
+                        .map_err(|e| handshake_error(host, config, e))?;
                 *conn.stream_mut() = ClientStream::Tls(Box::new(upgraded));
                 conn.tls_established();
                 conn.hello(helo).await?;
                 tls = true;
             } else if config.tls == TlsPolicy::Required {
-                return Err(ClientError::Tls(format!(
+                return Err(ClientError::tls(format!(
                     "STARTTLS refused: {}",
                     reply.to_string().trim_end()
                 )));
             }
         }
         if config.tls == TlsPolicy::Required && !tls {
-            return Err(ClientError::Tls(format!(
+            return Err(ClientError::tls(format!(
                 "{host} does not offer STARTTLS and TLS is required"
             )));
         }
         if let Some((user, pass)) = &config.auth {
             if !tls {
-                return Err(ClientError::Tls(format!(
+                return Err(ClientError::tls(format!(
                     "{host}: no TLS, so no login (credentials never go in plaintext)"
                 )));
             }
@@ -361,19 +361,22 @@ fn tls_config(config: &OutboundConfig) -> &Arc<rustls::ClientConfig> {
 }
 
 /// A failed handshake, said so that the operator knows what to do about it.
-fn handshake_error(host: &str, config: &OutboundConfig, e: &std::io::Error) -> ClientError {
+fn handshake_error(host: &str, config: &OutboundConfig, e: std::io::Error) -> ClientError {
     let certificate = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
     if certificate && config.auth.is_some() {
-        ClientError::Tls(format!(
-            "the certificate of {host} does not verify ({e}): the login is sent only to a \
-             server whose certificate verifies for its name; if it is self-signed, pin it by \
-             putting that certificate in [outbound] ca_file"
-        ))
+        ClientError::tls_from(
+            format!(
+                "the certificate of {host} does not verify (the login is sent only to a \
+                 server whose certificate verifies for its name; if it is self-signed, pin \
+                 it by putting that certificate in [outbound] ca_file)"
+            ),
+            e,
+        )
     } else {
-        ClientError::Tls(e.to_string())
+        ClientError::tls_from(format!("the handshake with {host} failed"), e)
     }
 }
 

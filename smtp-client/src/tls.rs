@@ -61,20 +61,20 @@ impl TlsConfigs {
             extra_roots.clone(),
             Arc::clone(&provider),
         )
-        .map_err(|e| ClientError::Tls(format!("cannot load the trusted roots: {e}")))?;
+        .map_err(|e| ClientError::tls_from("cannot load the trusted roots", e))?;
         let verifier = Pinned {
             pins: extra_roots,
             inner: platform,
         };
         let verified = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .map_err(|e| ClientError::tls_from("cannot configure TLS", e))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
         let unverified = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .map_err(|e| ClientError::tls_from("cannot configure TLS", e))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
             .with_no_client_auth();

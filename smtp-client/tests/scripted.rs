@@ -162,7 +162,7 @@ async fn starttls_454_continues_in_plaintext_unless_required() {
     .await
     .unwrap_err();
     assert!(
-        matches!(err, ClientError::Tls(_)) && err.is_transient(),
+        matches!(err, ClientError::Tls { .. }) && err.is_transient(),
         "{err}"
     );
     assert!(

@@ -143,8 +143,9 @@ impl Config {
                 add(
                     At::Entry("dkim_key", i, "private_key"),
                     format!(
-                        "[[dkim_key]] private_key {}: {e:#}",
-                        k.private_key.display()
+                        "[[dkim_key]] private_key {}: {}",
+                        k.private_key.display(),
+                        e.with_causes()
                     ),
                 );
             }
@@ -155,7 +156,11 @@ impl Config {
         {
             add(
                 At::Key("arc_seal", "private_key"),
-                format!("[arc_seal] private_key {}: {e:#}", k.private_key.display()),
+                format!(
+                    "[arc_seal] private_key {}: {}",
+                    k.private_key.display(),
+                    e.with_causes()
+                ),
             );
         }
         if let Some(ca) = &self.outbound.ca_file
