@@ -455,15 +455,44 @@ mod tests {
     }
 }
 
+#[cfg(feature = "prometheus")]
+impl prometheus_client::collector::Collector for AuthStats {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        let mut family = encoder.encode_descriptor(
+            "auth_results",
+            "Sender-authentication verdicts of checked messages, by method and result (DKIM: per signature, none when unsigned).",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for ((method, result), n) in self.snapshot() {
+            let labels = [("method", method), ("result", result)];
+            prometheus_client::metrics::counter::ConstCounter::new(n)
+                .encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Counts of verdicts over many messages, for metrics: how many messages got each
 /// result of each method (`spf`, `dkim`, `arc`, `dmarc`). DKIM counts each signature,
-/// and `none` for an unsigned message.
+/// and `none` for an unsigned message. With the `prometheus` feature it is a
+/// prometheus-client `Collector` of `auth_results_total{method, result}`.
 ///
 /// ```
 /// use auth_checks::{AuthReport, AuthStats};
 /// let stats = AuthStats::default();
 /// stats.record(&AuthReport { dkim: Some(Vec::new()), ..AuthReport::default() });
-/// assert_eq!(stats.snapshot(), vec![(("dkim", "none"), 1)]);
+/// # #[cfg(feature = "prometheus")] {
+/// let mut registry = prometheus_client::registry::Registry::default();
+/// registry.register_collector(Box::new(stats));
+/// let mut text = String::new();
+/// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+/// assert!(text.contains("auth_results_total{method=\"dkim\",result=\"none\"} 1\n"));
+/// # }
 /// ```
 #[derive(Debug, Default)]
 pub struct AuthStats {
@@ -496,7 +525,8 @@ impl AuthStats {
     }
 
     /// `((method, result), count)` for every pair seen so far, in order.
-    pub fn snapshot(&self) -> Vec<((&'static str, &'static str), u64)> {
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    fn snapshot(&self) -> Vec<((&'static str, &'static str), u64)> {
         self.counts
             .lock()
             .map(|c| c.iter().map(|(k, v)| (*k, *v)).collect())

@@ -1,4 +1,5 @@
-//! Counts of the DNS lookups made for routing, for metrics.
+//! Counts of the DNS lookups made for routing, for metrics (with the `prometheus`
+//! feature, a prometheus-client `Collector`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,12 +35,20 @@ const OUTCOMES: [Outcome; 4] = [
 
 /// Lookups by query and outcome. One can outlive its resolver: give the same one to
 /// the resolver that replaces it (see [`MxResolver::count_into`](crate::MxResolver::count_into)).
+/// With the `prometheus` feature it is a prometheus-client `Collector` of
+/// `dns_lookups_total{query, result}`.
 ///
 /// ```
 /// use dns_mx::{LookupStats, MxConfig, MxResolver};
 /// let stats = std::sync::Arc::new(LookupStats::default());
 /// let resolver = MxResolver::new(MxConfig::default()).unwrap().count_into(stats.clone());
-/// assert!(stats.snapshot().iter().all(|(_, _, n)| *n == 0));
+/// # #[cfg(feature = "prometheus")] {
+/// let mut registry = prometheus_client::registry::Registry::with_prefix("mta");
+/// registry.register_collector(Box::new(stats));
+/// let mut text = String::new();
+/// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+/// assert!(text.contains("mta_dns_lookups_total{query=\"mx\",result=\"answered\"} 0"));
+/// # }
 /// ```
 #[derive(Debug, Default)]
 pub struct LookupStats {
@@ -55,7 +64,8 @@ impl LookupStats {
 
     /// `(query, outcome, count)` for every pair: query `mx` or `address`, outcome
     /// `answered`, `nxdomain`, `nodata` or `failed`.
-    pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
         let mut out = Vec::with_capacity(8);
         for (q, query) in ["mx", "address"].into_iter().enumerate() {
             for (o, outcome) in ["answered", "nxdomain", "nodata", "failed"]
@@ -66,5 +76,27 @@ impl LookupStats {
             }
         }
         out
+    }
+}
+
+#[cfg(feature = "prometheus")]
+impl prometheus_client::collector::Collector for LookupStats {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        let mut family = encoder.encode_descriptor(
+            "dns_lookups",
+            "DNS lookups for routing (MX, then A/AAAA of the hosts), by query and result.",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (query, result, n) in self.snapshot() {
+            let labels = [("query", query), ("result", result)];
+            prometheus_client::metrics::counter::ConstCounter::new(n)
+                .encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }

@@ -177,12 +177,16 @@ async fn lookups_are_counted_by_query_and_outcome() {
     let _ = r.route("nothing.example.test").await; // no MX, then no address
     let again = resolver(&dns).await.count_into(stats.clone());
     again.host("a.example.test").await.unwrap();
-    let count = |query: &str, outcome: &str| {
-        stats
-            .snapshot()
-            .into_iter()
-            .find(|(q, o, _)| *q == query && *o == outcome)
-            .map(|(_, _, n)| n)
+    // Read as a scraper would: through prometheus-client's text encoding.
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(stats));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let count = |query: &str, outcome: &str| -> u64 {
+        let sample = format!("dns_lookups_total{{query=\"{query}\",result=\"{outcome}\"}} ");
+        let line = text.lines().find_map(|l| l.strip_prefix(&sample));
+        line.unwrap_or_else(|| panic!("no {sample} in {text}"))
+            .parse()
             .unwrap()
     };
     assert_eq!(count("mx", "answered"), 1);

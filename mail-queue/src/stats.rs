@@ -1,4 +1,5 @@
-//! Counters and gauges of the queue, for metrics.
+//! Counters and gauges of the queue, for metrics. With the `prometheus` feature,
+//! [`Queue`](crate::Queue) is a prometheus-client `Collector` of all of them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -66,7 +67,8 @@ impl DomainCounts {
     }
 
     /// `(domain, [delivered, deferred, failed])` for every domain counted, in order.
-    pub fn snapshot(&self) -> Vec<(String, [u64; 3])> {
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    pub(crate) fn snapshot(&self) -> Vec<(String, [u64; 3])> {
         self.counts
             .lock()
             .map(|c| c.iter().map(|(d, n)| (d.clone(), *n)).collect())
@@ -123,6 +125,125 @@ pub struct QueueCounts {
     pub active: u64,
     /// On hold.
     pub held: u64,
+}
+
+#[cfg(feature = "prometheus")]
+impl prometheus_client::collector::Collector for crate::Queue {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType::{Counter, Gauge, Histogram};
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let counts = self.counts();
+        let mut family = encoder.encode_descriptor(
+            "queue_messages",
+            "Messages in the queue, by state.",
+            None,
+            Gauge,
+        )?;
+        for (state, n) in [
+            ("waiting", counts.waiting),
+            ("active", counts.active),
+            ("held", counts.held),
+        ] {
+            ConstGauge::new(n).encode(family.encode_family(&[("state", state)])?)?;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let oldest = self.oldest();
+        let mut family = encoder.encode_descriptor(
+            "queue_oldest_message_age_seconds",
+            "Age of the oldest message in each state (0 when there is none).",
+            None,
+            Gauge,
+        )?;
+        for (state, at) in [
+            ("waiting", oldest.waiting),
+            ("active", oldest.active),
+            ("held", oldest.held),
+        ] {
+            let age = at.map_or(0, |t| now.saturating_sub(t));
+            ConstGauge::new(age).encode(family.encode_family(&[("state", state)])?)?;
+        }
+        let q = self.stats();
+        let (commits, jobs) = self.commit_stats();
+        for (name, help, n) in [
+            (
+                "queue_enqueued",
+                "Messages made durable in the queue (notifications included).",
+                get(&q.enqueued),
+            ),
+            (
+                "queue_notifications",
+                "Delivery status notifications queued.",
+                get(&q.notifications),
+            ),
+            (
+                "queue_commits",
+                "Durable commits of the queue (each one fsync pair).",
+                commits,
+            ),
+            (
+                "queue_committed_jobs",
+                "Messages and updates made durable by those commits.",
+                jobs,
+            ),
+        ] {
+            ConstCounter::new(n).encode(encoder.encode_descriptor(name, help, None, Counter)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "delivery_recipients",
+            "Recipient delivery attempts, by result.",
+            None,
+            Counter,
+        )?;
+        for (result, n) in [
+            ("delivered", &q.delivered),
+            ("deferred", &q.deferred),
+            ("failed", &q.failed),
+            ("expired", &q.expired),
+        ] {
+            ConstCounter::new(get(n)).encode(family.encode_family(&[("result", result)])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "delivery_recipients_by_domain",
+            "Recipient delivery attempts by destination domain (the first 100 domains seen; later ones as other) and result.",
+            None,
+            Counter,
+        )?;
+        for (domain, counts) in q.by_domain.snapshot() {
+            for (result, n) in ["delivered", "deferred", "failed"].into_iter().zip(counts) {
+                let labels = [("domain", domain.as_str()), ("result", result)];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let delay = &q.delivery_delay;
+        // Per-bucket counts; the encoder sums them and adds +Inf from the count.
+        let buckets: Vec<(f64, u64)> = DELAY_BUCKETS
+            .iter()
+            .zip(&delay.buckets)
+            .map(|(bound, n)| (*bound as f64, get(n)))
+            .collect();
+        encoder
+            .encode_descriptor(
+                "delivery_delay_seconds",
+                "Time from acceptance to delivery of each delivered recipient (whole seconds).",
+                None,
+                Histogram,
+            )?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                get(&delay.sum) as f64,
+                get(&delay.count),
+                &buckets,
+                None,
+            )
+    }
 }
 
 #[cfg(test)]

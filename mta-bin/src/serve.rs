@@ -332,15 +332,8 @@ impl Mta {
             tokio::spawn(async move { queue_runner.run(delivery, wait(stopped)).await }),
         ];
         if let Some(listener) = metrics {
-            let mut modes = Vec::new();
-            for (mode, _) in &addrs {
-                if !modes.contains(mode) {
-                    modes.push(*mode);
-                }
-            }
             let sources = crate::metrics::Sources {
                 server: Arc::clone(&server_stats),
-                modes,
                 queue: queue.clone(),
                 queue_path: config.queue.path.clone(),
                 auth: Arc::clone(&counters.auth),

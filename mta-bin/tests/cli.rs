@@ -839,6 +839,65 @@ fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
     samples
 }
 
+/// Every metric of docs/metrics.md's table is in `text` with its type, and a sample of
+/// it carries exactly the labels the table names (the backquoted words of the labels
+/// column outside parentheses).
+fn every_documented_metric_is_served(text: &str) {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
+        .unwrap();
+    let mut checked = 0;
+    for row in docs.lines().filter(|l| l.starts_with("| `mta_")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (name, kind) = (cells[1].trim_matches('`'), cells[2]);
+        let mut labels = Vec::new();
+        let mut depth = 0;
+        for (i, part) in cells[3].split('`').enumerate() {
+            if i % 2 == 1 && depth == 0 {
+                labels.push(part.to_owned());
+            } else if i % 2 == 0 {
+                depth += part.matches('(').count();
+                depth -= part.matches(')').count();
+            }
+        }
+        assert!(
+            text.contains(&format!("\n# TYPE {name} {kind}\n")),
+            "{name} is not served as a {kind}"
+        );
+        let sample = if kind == "histogram" {
+            format!("{name}_bucket")
+        } else {
+            name.to_owned()
+        };
+        labels.sort();
+        let served = text.lines().any(|line| {
+            let Some(rest) = line.strip_prefix(&sample) else {
+                return false;
+            };
+            let mut served: Vec<&str> = match rest.strip_prefix('{') {
+                Some(l) => l
+                    .split_once('}')
+                    .map_or("", |(l, _)| l)
+                    .split(',')
+                    .map(|kv| kv.split('=').next().unwrap_or(""))
+                    .collect(),
+                None if rest.starts_with(' ') => Vec::new(),
+                None => return false,
+            };
+            served.sort_unstable();
+            served == labels
+        });
+        assert!(
+            served,
+            "no {sample} sample with labels {labels:?} in:\n{text}"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 20,
+        "the table of docs/metrics.md was read ({checked} rows)"
+    );
+}
+
 /// `[metrics]`: /metrics in the Prometheus text format counts connections, messages and
 /// deliveries as they happen; /healthz and /readyz answer 200.
 #[test]
@@ -950,7 +1009,9 @@ fn metrics_are_scraped_over_http() {
         .output()
         .unwrap();
     assert!(py.status.success(), "{py:?}");
-    let tls = parse_prometheus(&http_get(&metrics, "/metrics").1);
+    let (_, text) = http_get(&metrics, "/metrics");
+    every_documented_metric_is_served(&text);
+    let tls = parse_prometheus(&text);
     assert_eq!(tls["mta_smtp_tls_handshakes_total{result=\"tls1.3\"}"], 1.0);
     assert_eq!(tls["mta_smtp_tls_handshakes_total{result=\"failed\"}"], 0.0);
     assert_eq!(

@@ -197,7 +197,9 @@ impl Server {
         }
         let config = Arc::new(config);
         let acceptor = config.tls.clone().map(TlsAcceptor::from);
-        let stats = Arc::new(ServerStats::default());
+        let stats = Arc::new(ServerStats::listening(
+            config.listeners.iter().map(|l| l.mode),
+        ));
         let mut listeners = Vec::new();
         for (l, socket) in config.listeners.iter().zip(bound.sockets) {
             let listener = listener(&config, l, &stages, acceptor.as_ref(), &stats)?;

@@ -1,4 +1,5 @@
 //! Counters of a running server, for metrics: connections and messages per listener mode.
+//! With the `prometheus` feature, [`ServerStats`] is a prometheus-client `Collector`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -27,6 +28,10 @@ pub struct ModeStats {
 
 /// Counters of a [`Server`](crate::Server), shared with its connections.
 ///
+/// With the `prometheus` feature it is a `prometheus_client::collector::Collector`
+/// (register it in a `Registry`, prefix of your choice): `smtp_connections_total`,
+/// `smtp_messages_total` and the rest, each listener labelled by its mode.
+///
 /// ```
 /// use smtp_server::{ListenerMode, ServerStats};
 /// let stats = ServerStats::default();
@@ -35,6 +40,8 @@ pub struct ModeStats {
 /// ```
 #[derive(Debug, Default)]
 pub struct ServerStats {
+    /// The modes that have a listener (those the metrics show).
+    modes: Vec<ListenerMode>,
     relay: ModeStats,
     submission: ModeStats,
     smtps: ModeStats,
@@ -59,6 +66,17 @@ pub struct ServerStats {
 }
 
 impl ServerStats {
+    /// Counters for a server with listeners of `modes`.
+    pub(crate) fn listening(modes: impl IntoIterator<Item = ListenerMode>) -> Self {
+        let mut stats = Self::default();
+        for mode in modes {
+            if !stats.modes.contains(&mode) {
+                stats.modes.push(mode);
+            }
+        }
+        stats
+    }
+
     /// The counters of one listener mode.
     pub fn mode(&self, mode: ListenerMode) -> &ModeStats {
         match mode {
@@ -95,7 +113,8 @@ impl ServerStats {
 
     /// `((stage, reply code), count)` of every refusal so far: the stage is `connect`,
     /// `helo`, `auth`, `mail`, `rcpt` or `data`.
-    pub fn refusals(&self) -> Vec<((&'static str, u16), u64)> {
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    fn refusals(&self) -> Vec<((&'static str, u16), u64)> {
         self.refusals
             .lock()
             .map(|r| r.iter().map(|(k, v)| (*k, *v)).collect())
@@ -115,7 +134,8 @@ impl ServerStats {
     /// `((reply code, enhanced status), count)` of every refusal by the protocol layer
     /// so far: syntax errors, commands out of sequence, lines too long, messages too
     /// big, too many recipients, too many errors.
-    pub fn protocol_errors(&self) -> Vec<((u16, String), u64)> {
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    fn protocol_errors(&self) -> Vec<((u16, String), u64)> {
         self.protocol_errors
             .lock()
             .map(|p| p.iter().map(|(k, v)| (k.clone(), *v)).collect())
@@ -124,5 +144,129 @@ impl ServerStats {
 
     pub(crate) fn count(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(feature = "prometheus")]
+impl prometheus_client::collector::Collector for ServerStats {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType::{Counter, Gauge};
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        /// A result label (empty: none) and where its count is kept.
+        type Results<'a> = &'a [(&'a str, fn(&ModeStats) -> &AtomicU64)];
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        // One family per listener mode in use, and one more label when `results` has any.
+        let mut per_mode = |name: &str, help: &str, results: Results<'_>| -> std::fmt::Result {
+            let mut family = encoder.encode_descriptor(name, help, None, Counter)?;
+            for mode in &self.modes {
+                let stats = self.mode(*mode);
+                for (result, counter) in results {
+                    let labels = [("listener", mode.as_str()), ("result", result)];
+                    let labels = if result.is_empty() {
+                        &labels[..1]
+                    } else {
+                        &labels[..]
+                    };
+                    ConstCounter::new(get(counter(stats)))
+                        .encode(family.encode_family(&labels)?)?;
+                }
+            }
+            Ok(())
+        };
+        per_mode(
+            "smtp_connections",
+            "SMTP connections accepted, by listener.",
+            &[("", |m| &m.connections)],
+        )?;
+        per_mode(
+            "smtp_connections_refused",
+            "SMTP connections refused at the connection limits, by listener.",
+            &[("", |m| &m.connections_refused)],
+        )?;
+        per_mode(
+            "smtp_logins",
+            "SMTP AUTH attempts, by listener and result.",
+            &[
+                ("success", |m| &m.logins),
+                ("failure", |m| &m.login_failures),
+            ],
+        )?;
+        per_mode(
+            "smtp_messages",
+            "Messages at the end of DATA, by listener and result (rejected: 5xx, deferred: 4xx).",
+            &[
+                ("accepted", |m| &m.messages_accepted),
+                ("rejected", |m| &m.messages_rejected),
+                ("deferred", |m| &m.messages_deferred),
+            ],
+        )?;
+        per_mode(
+            "smtp_received_bytes",
+            "Octets of the accepted messages, by listener.",
+            &[("", |m| &m.bytes_accepted)],
+        )?;
+        for (name, help, value) in [
+            (
+                "smtp_connections_open",
+                "SMTP connections open now.",
+                &self.connections_open,
+            ),
+            (
+                "smtp_content_in_memory_bytes",
+                "Message content held in memory by the sessions receiving it ([limits] max_total_message_memory bounds it).",
+                &self.content_in_memory,
+            ),
+        ] {
+            ConstGauge::new(get(value))
+                .encode(encoder.encode_descriptor(name, help, None, Gauge)?)?;
+        }
+        ConstCounter::new(get(&self.messages_spilled)).encode(encoder.encode_descriptor(
+            "smtp_messages_spilled",
+            "Messages whose content went to a file as it arrived (larger than [limits] max_message_memory, or the memory budget was spent).",
+            None,
+            Counter,
+        )?)?;
+        let mut tls = encoder.encode_descriptor(
+            "smtp_tls_handshakes",
+            "TLS handshakes of SMTP sessions (STARTTLS or implicit TLS), by result.",
+            None,
+            Counter,
+        )?;
+        for (result, n) in [
+            ("tls1.2", &self.tls12),
+            ("tls1.3", &self.tls13),
+            ("failed", &self.tls_failed),
+        ] {
+            ConstCounter::new(get(n)).encode(tls.encode_family(&[("result", result)])?)?;
+        }
+        let mut refusals = encoder.encode_descriptor(
+            "smtp_refusals",
+            "Commands refused by a stage (policy, filters, limits), by stage and reply code.",
+            None,
+            Counter,
+        )?;
+        for ((stage, code), n) in self.refusals() {
+            let code = code.to_string();
+            let labels = [("stage", stage), ("code", code.as_str())];
+            ConstCounter::new(n).encode(refusals.encode_family(&labels)?)?;
+        }
+        let mut protocol = encoder.encode_descriptor(
+            "smtp_protocol_errors",
+            "Commands and input the protocol layer refused (syntax, sequence, line length, size, recipients, timeouts), by reply code and enhanced status.",
+            None,
+            Counter,
+        )?;
+        for ((code, status), n) in self.protocol_errors() {
+            let code = code.to_string();
+            let labels = [("code", code.as_str()), ("status", status.as_str())];
+            ConstCounter::new(n).encode(protocol.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
