@@ -8,20 +8,17 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use mta_bin::config::Config;
 use mta_bin::serve::Mta;
-use rustls_pki_types::ServerName;
-use smtp_proto::{Reply, ReplyParser};
+pub use smtp_client::testing::{RawClient, code_of};
 use smtp_server::ListenerMode;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
+use tokio::io::AsyncWriteExt;
+
+/// The name the test certificate is checked for.
+pub const PKI_NAME: &str = "mx.example.test";
 
 /// A test certificate authority and a server certificate it signed.
 #[derive(Debug)]
@@ -296,13 +293,23 @@ password = "secret"
     }
 
     /// A plain connection to a listener, past the greeting.
-    pub async fn connect(&self, mode: ListenerMode) -> Client {
-        Client::connect(self.addr(mode)).await
+    pub async fn connect(&self, mode: ListenerMode) -> RawClient {
+        RawClient::connect(self.addr(mode)).await
     }
 
     /// An implicit-TLS connection to the smtps listener, past the greeting.
-    pub async fn connect_smtps(&self) -> Client {
-        Client::connect_tls(self.addr(ListenerMode::Smtps), &self.pki).await
+    pub async fn connect_smtps(&self) -> RawClient {
+        RawClient::connect_tls(
+            self.addr(ListenerMode::Smtps),
+            self.pki.client_config(),
+            PKI_NAME,
+        )
+        .await
+    }
+
+    /// STARTTLS on `client`, trusting this MTA's certificate.
+    pub async fn starttls(&self, client: RawClient) -> RawClient {
+        client.starttls(self.pki.client_config(), PKI_NAME).await
     }
 
     /// Stops the MTA gracefully.
@@ -321,169 +328,6 @@ pub fn read_dir_files(dir: &Path) -> Vec<Vec<u8>> {
     };
     names.sort();
     names.iter().filter_map(|p| std::fs::read(p).ok()).collect()
-}
-
-/// A stream that is plain TCP or TLS.
-pub enum Stream {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS.
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_flush(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-/// A raw SMTP client for tests: it sends exactly the bytes it is given and parses what
-/// comes back.
-pub struct Client {
-    /// The connection.
-    pub stream: Stream,
-    parser: ReplyParser,
-    /// The greeting.
-    pub greeting: Reply,
-}
-
-impl Client {
-    /// Connects over plain TCP and reads the greeting.
-    pub async fn connect(addr: SocketAddr) -> Self {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        Self::start(Stream::Plain(tcp)).await
-    }
-
-    /// Connects with implicit TLS and reads the greeting.
-    pub async fn connect_tls(addr: SocketAddr, pki: &TestPki) -> Self {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let tls = TlsConnector::from(pki.client_config())
-            .connect(ServerName::try_from("mx.example.test").unwrap(), tcp)
-            .await
-            .unwrap();
-        Self::start(Stream::Tls(Box::new(tls))).await
-    }
-
-    async fn start(stream: Stream) -> Self {
-        let limits = smtp_proto::ReplyLimits {
-            max_line: 100_000,
-            max_lines: 1000,
-        };
-        let mut client = Self {
-            stream,
-            parser: ReplyParser::new(limits),
-            greeting: Reply::plain(smtp_proto::ReplyCode::OK, ""),
-        };
-        client.greeting = client.reply().await;
-        client
-    }
-
-    /// Sends raw bytes.
-    pub async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-        self.stream.flush().await.unwrap();
-    }
-
-    /// The next reply (10 s at most).
-    pub async fn reply(&mut self) -> Reply {
-        self.try_reply(Duration::from_secs(10))
-            .await
-            .expect("a reply")
-    }
-
-    /// The next reply, or `None` if the connection closes or nothing comes in time.
-    pub async fn try_reply(&mut self, timeout: Duration) -> Option<Reply> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(reply) = self.parser.next_reply() {
-                return Some(reply.expect("a well-formed reply"));
-            }
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
-                Ok(Ok(0)) | Err(_) | Ok(Err(_)) => return None,
-                Ok(Ok(n)) => self.parser.push(&buf[..n]),
-            }
-        }
-    }
-
-    /// Sends one command line (CRLF added) and returns its reply.
-    pub async fn cmd(&mut self, line: &str) -> Reply {
-        self.send(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await
-    }
-
-    /// `"250 2.1.5"`-style code and status of the reply to a command.
-    pub async fn code(&mut self, line: &str) -> String {
-        code_of(&self.cmd(line).await)
-    }
-
-    /// STARTTLS and the handshake, trusting `pki`'s CA; EHLO is not resent.
-    pub async fn starttls(self, pki: &TestPki) -> Self {
-        let mut this = self;
-        let reply = this.cmd("STARTTLS").await;
-        assert_eq!(reply.code().as_u16(), 220, "{reply}");
-        let Stream::Plain(tcp) = this.stream else {
-            panic!("TLS already")
-        };
-        let tls = TlsConnector::from(pki.client_config())
-            .connect(ServerName::try_from("mx.example.test").unwrap(), tcp)
-            .await
-            .unwrap();
-        Self {
-            stream: Stream::Tls(Box::new(tls)),
-            parser: ReplyParser::default(),
-            greeting: this.greeting,
-        }
-    }
-
-    /// Whether the server has closed the connection (reads until EOF, 5 s at most).
-    pub async fn is_closed(&mut self) -> bool {
-        let mut buf = [0u8; 1024];
-        matches!(
-            tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut buf)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        )
-    }
-}
-
-/// `"250"` or `"250 2.1.5"`.
-pub fn code_of(reply: &Reply) -> String {
-    match reply.status() {
-        Some(s) => format!("{} {s}", reply.code()),
-        None => reply.code().to_string(),
-    }
 }
 
 /// Runs `command` with `input` on its stdin; what it wrote and how it ended.

@@ -26,6 +26,8 @@
 mod connection;
 mod error;
 mod outbound;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod tls;
 
 pub use connection::{Connection, Timeouts};

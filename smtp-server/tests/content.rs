@@ -5,12 +5,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use smtp_proto::ReplyParser;
+use smtp_client::testing::{RawClient, code_of};
 use smtp_server::{
     BoxError, DataRequest, Decision, Limits, ListenerConfig, ListenerMode, Server, ServerConfig,
     SpillConfig, Stages,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the data stage saw of each message: its bytes, and whether they were spilled.
 type Seen = Arc<Mutex<Vec<(Vec<u8>, bool)>>>;
@@ -50,36 +49,19 @@ async fn send(addr: std::net::SocketAddr, body: &[u8]) -> String {
 
 /// Each of `bodies` in turn on one connection; the replies to their final dots.
 async fn send_all(addr: std::net::SocketAddr, bodies: &[&[u8]]) -> Vec<String> {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"EHLO c.test\r\n").await.unwrap();
+    let mut c = RawClient::connect(addr).await;
+    c.send(b"EHLO c.test\r\n").await;
     for body in bodies {
-        tcp.write_all(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n")
-            .await
-            .unwrap();
-        tcp.write_all(body).await.unwrap();
-        tcp.write_all(b".\r\n").await.unwrap();
+        c.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n")
+            .await;
+        c.send(body).await;
+        c.send(b".\r\n").await;
     }
-    tcp.write_all(b"QUIT\r\n").await.unwrap();
-    let expected = 3 + 4 * bodies.len();
-    let mut parser = ReplyParser::default();
-    let mut replies = Vec::new();
-    let mut buf = [0u8; 4096];
-    while replies.len() < expected {
-        if let Some(reply) = parser.next_reply() {
-            let reply = reply.unwrap();
-            replies.push(match reply.status() {
-                Some(s) => format!("{} {s}", reply.code()),
-                None => reply.code().to_string(),
-            });
-            continue;
-        }
-        match tcp.read(&mut buf).await {
-            Ok(n) if n > 0 => parser.push(&buf[..n]),
-            _ => break,
-        }
-    }
+    c.send(b"QUIT\r\n").await;
+    // EHLO, then MAIL, RCPT, DATA and the final dot of each, then QUIT.
+    let replies = c.replies(2 + 4 * bodies.len()).await;
     (0..bodies.len())
-        .map(|i| replies.get(5 + 4 * i).cloned().unwrap_or_default())
+        .map(|i| replies.get(4 + 4 * i).map(code_of).unwrap_or_default())
         .collect()
 }
 

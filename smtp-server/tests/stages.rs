@@ -5,12 +5,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use smtp_proto::{EnhancedStatus, ReplyParser};
+use smtp_client::testing::{RawClient, code_of};
+use smtp_proto::EnhancedStatus;
 use smtp_server::{
     BoxError, ConnectRequest, DataRequest, Decision, ListenerConfig, ListenerMode, MailRequest,
     Next, RcptRequest, Server, ServerConfig, Stages, from_fn,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn start(stages: Stages) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let config = ServerConfig {
@@ -33,25 +33,10 @@ async fn start(stages: Stages) -> (std::net::SocketAddr, tokio::sync::oneshot::S
 /// Sends `input` and returns `"code status"` of every reply until the server closes or
 /// `count` replies came.
 async fn converse(addr: std::net::SocketAddr, input: &str, count: usize) -> Vec<String> {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(input.as_bytes()).await.unwrap();
-    let mut parser = ReplyParser::default();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while out.len() < count {
-        if let Some(reply) = parser.next_reply() {
-            let reply = reply.unwrap();
-            out.push(match reply.status() {
-                Some(s) => format!("{} {s}", reply.code()),
-                None => reply.code().to_string(),
-            });
-            continue;
-        }
-        match tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => parser.push(&buf[..n]),
-            _ => break,
-        }
-    }
+    let mut c = RawClient::connect(addr).await;
+    c.send(input.as_bytes()).await;
+    let mut out = vec![code_of(&c.greeting)];
+    out.extend(c.replies(count.saturating_sub(1)).await.iter().map(code_of));
     out
 }
 

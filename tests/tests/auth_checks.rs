@@ -8,7 +8,7 @@
 use auth_checks::{DkimResult, DkimSigner, KeyKind, MessageChecks, Verifier, generate_key};
 use dns_mx::testing::TestDns;
 use dns_mx::{MxConfig, MxResolver};
-use mta_tests::{Client, EMPTY_TEST_ZONE, Options, TestMta, code_of};
+use mta_tests::{EMPTY_TEST_ZONE, Options, RawClient, TestMta, code_of};
 use smtp_server::ListenerMode::{Relay, Submission};
 
 /// Test domains and their DNS:
@@ -100,7 +100,7 @@ fn message(from: &str, signer: Option<&DkimSigner>, extra_headers: &str) -> Vec<
 
 /// Opens a transaction on the relay listener: EHLO `helo`, MAIL FROM `from`; returns
 /// the client and the MAIL reply.
-async fn mail_from(t: &TestMta, helo: &str, from: &str) -> (Client, String) {
+async fn mail_from(t: &TestMta, helo: &str, from: &str) -> (RawClient, String) {
     let mut c = t.connect(Relay).await;
     assert_eq!(c.cmd(&format!("EHLO {helo}")).await.code().as_u16(), 250);
     let reply = c.cmd(&format!("MAIL FROM:<{from}>")).await;
@@ -108,7 +108,7 @@ async fn mail_from(t: &TestMta, helo: &str, from: &str) -> (Client, String) {
 }
 
 /// Sends `message` to bob@example.test in an open transaction; the end-of-data reply.
-async fn data(c: &mut Client, message: &[u8]) -> String {
+async fn data(c: &mut RawClient, message: &[u8]) -> String {
     assert_eq!(c.code("RCPT TO:<bob@example.test>").await, "250 2.1.5");
     assert_eq!(c.code("DATA").await, "354");
     c.send(message).await;
@@ -262,7 +262,7 @@ async fn submission_is_not_checked_and_is_dkim_signed() {
     );
     let t = w.mta(&extra).await;
     let c = t.connect(Submission).await;
-    let mut c = c.starttls(&t.pki).await;
+    let mut c = t.starttls(c).await;
     assert_eq!(c.cmd("EHLO laptop").await.code().as_u16(), 250);
     assert_eq!(
         c.code("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=")

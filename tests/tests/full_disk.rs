@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mta_tests::{Client, Options, TestMta, code_of};
+use mta_tests::{Options, RawClient, TestMta, code_of};
 use smtp_server::ListenerMode::Relay;
 
 /// A tmpfs mounted for the test, unmounted when dropped.
@@ -47,7 +47,7 @@ fn segments(queue: &Path) -> Vec<(String, u64)> {
     found
 }
 
-async fn send(c: &mut Client, body: &[u8]) -> String {
+async fn send(c: &mut RawClient, body: &[u8]) -> String {
     assert_eq!(c.code("MAIL FROM:<a@far.test>").await, "250 2.1.0");
     assert_eq!(c.code("RCPT TO:<bob@example.test>").await, "250 2.1.5");
     assert_eq!(c.code("DATA").await, "354");

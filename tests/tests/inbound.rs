@@ -5,20 +5,20 @@
 
 use std::time::Duration;
 
-use mta_tests::{Client, DOMAIN, TestMta, code_of};
+use mta_tests::{DOMAIN, RawClient, TestMta, code_of};
 use smtp_server::ListenerMode::{Relay, Smtps, Submission};
 
 const AUTH_PLAIN_ALICE: &str = "AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ="; // \0alice@example.test\0secret
 const AUTH_PLAIN_WRONG: &str = "AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdAB3cm9uZw=="; // \0alice@example.test\0wrong
 
-async fn ehlo(c: &mut Client) -> String {
+async fn ehlo(c: &mut RawClient) -> String {
     let reply = c.cmd("EHLO client.test").await;
     assert_eq!(reply.code().as_u16(), 250, "{reply}");
     reply.text().to_owned()
 }
 
 /// MAIL and RCPT, each accepted.
-async fn envelope(c: &mut Client, from: &str, to: &[&str]) {
+async fn envelope(c: &mut RawClient, from: &str, to: &[&str]) {
     assert_eq!(c.code(&format!("MAIL FROM:<{from}>")).await, "250 2.1.0");
     for rcpt in to {
         assert_eq!(
@@ -30,7 +30,7 @@ async fn envelope(c: &mut Client, from: &str, to: &[&str]) {
 }
 
 /// Sends a whole message with DATA and returns the reply to the final dot.
-async fn send_data(c: &mut Client, from: &str, to: &[&str], body: &[u8]) -> String {
+async fn send_data(c: &mut RawClient, from: &str, to: &[&str], body: &[u8]) -> String {
     envelope(c, from, to).await;
     assert_eq!(c.code("DATA").await, "354");
     c.send(body).await;
@@ -135,7 +135,7 @@ async fn submission_requires_tls_then_auth() {
         "530 5.7.0",
         "MAIL needs AUTH"
     );
-    let mut c = c.starttls(&t.pki).await;
+    let mut c = t.starttls(c).await;
     assert_eq!(
         c.code("MAIL FROM:<alice@example.test>").await,
         "503 5.5.1",
@@ -203,22 +203,10 @@ async fn starttls_injection_is_discarded() {
     c.send(b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n")
         .await;
     assert_eq!(code_of(&c.reply().await), "220 2.0.0");
-    let mut c = {
-        let mut c2 = c;
-        // starttls() sends STARTTLS itself; do the handshake by hand instead.
-        let mta_tests::Stream::Plain(tcp) = c2.stream else {
-            panic!()
-        };
-        let tls = tokio_rustls::TlsConnector::from(t.pki.client_config())
-            .connect(
-                rustls_pki_types::ServerName::try_from("mx.example.test").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
-        c2.stream = mta_tests::Stream::Tls(Box::new(tls));
-        c2
-    };
+    // starttls() sends STARTTLS itself; do the handshake alone instead.
+    let mut c = c
+        .handshake(t.pki.client_config(), mta_tests::PKI_NAME)
+        .await;
     ehlo(&mut c).await;
     assert_eq!(
         c.code(&format!("RCPT TO:<bob@{DOMAIN}>")).await,
@@ -448,7 +436,7 @@ async fn timeouts_and_connection_limits() {
     for _ in 0..3 {
         open.push(t.connect(Relay).await);
     }
-    let refused = Client::connect(t.addr(Relay)).await;
+    let refused = RawClient::connect(t.addr(Relay)).await;
     assert_eq!(code_of(&refused.greeting), "421 4.7.0");
     drop(open);
 }
@@ -650,7 +638,7 @@ async fn nul_bytes_and_bare_line_endings_in_bdat_meet_the_data_policy() {
         "Subject: s\r\n\r\nfirst\n.\nMAIL FROM:<smuggled@attacker.test>\r\nRCPT TO:<{bob}>\r\n"
     );
     let nul = "Subject: n\r\n\r\na\0b\r\n\0.\r\nend\r\n";
-    async fn bdat(c: &mut Client, bob: &str, content: &str) -> String {
+    async fn bdat(c: &mut RawClient, bob: &str, content: &str) -> String {
         envelope(c, "a@far.test", &[bob]).await;
         let (one, two) = content.split_at(content.len() / 2);
         c.send(format!("BDAT {}\r\n{one}", one.len()).as_bytes())

@@ -99,7 +99,7 @@ async fn authenticated_submission_reaches_the_mx_after_a_dead_host() {
     let a = sender(&dns, b.addr(Relay).port(), "", "").await;
     // Submission: STARTTLS, AUTH, then mail for another domain.
     let c = a.connect(Submission).await;
-    let mut c = c.starttls(&a.pki).await;
+    let mut c = a.starttls(c).await;
     assert_eq!(c.cmd("EHLO client.test").await.code().as_u16(), 250);
     assert_eq!(
         c.code("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=")

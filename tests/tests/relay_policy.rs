@@ -7,26 +7,26 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use mta_tests::{Client, DOMAIN, Options, TestMta, code_of};
+use mta_tests::{DOMAIN, Options, RawClient, TestMta, code_of};
 use smtp_server::ListenerMode::{Relay, Submission};
 
 const AUTH_PLAIN_ALICE: &str = "AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ="; // \0alice@example.test\0secret
 
-async fn ehlo(c: &mut Client) {
+async fn ehlo(c: &mut RawClient) {
     assert_eq!(c.cmd("EHLO client.test").await.code().as_u16(), 250);
 }
 
 /// A submission client logged in as alice.
-async fn alice(t: &TestMta) -> Client {
+async fn alice(t: &TestMta) -> RawClient {
     let c = t.connect(Submission).await;
-    let mut c = c.starttls(&t.pki).await;
+    let mut c = t.starttls(c).await;
     ehlo(&mut c).await;
     assert_eq!(c.code(AUTH_PLAIN_ALICE).await, "235 2.7.0");
     c
 }
 
 /// MAIL, one RCPT and a short message; the reply to the final dot.
-async fn send(c: &mut Client, mail: &str, rcpt: &str) -> String {
+async fn send(c: &mut RawClient, mail: &str, rcpt: &str) -> String {
     assert_eq!(c.code(&format!("MAIL FROM:{mail}")).await, "250 2.1.0");
     assert_eq!(
         c.code(&format!("RCPT TO:{rcpt}")).await,

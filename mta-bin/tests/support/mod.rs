@@ -1,0 +1,229 @@
+//! What the tests of the `mta` binary share: running it, writing configurations,
+//! starting a server and talking to it (SMTP through the workspace's raw client,
+//! `smtp_client::testing::RawClient`), reading what it delivered.
+
+// Each test file uses a part of this module.
+#![allow(dead_code)]
+
+use std::process::Command;
+
+pub(crate) use smtp_client::testing::RawClient;
+
+pub(crate) fn mta() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mta"))
+}
+
+/// `mta COMMAND --config FILE` run to its end: (exit code, stdout, stderr).
+pub(crate) fn run_with(command: &str, file: &std::path::Path) -> (Option<i32>, String, String) {
+    let out = mta()
+        .args([command, "--config"])
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub(crate) fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub(crate) fn config(dir: &std::path::Path, listen: &str, extra: &str) -> String {
+    format!(
+        "hostname = \"mx.test\"\n[[listener]]\naddress = \"{listen}\"\nmode = \"relay\"\n[queue]\npath = \"{}/queue\"\n[local]\ndomains = [\"mx.test\"]\nmaildir = \"{}/maildir\"\n{extra}",
+        dir.display(),
+        dir.display()
+    )
+}
+
+/// A loopback address no one listens on (for a moment).
+pub(crate) fn free_address() -> String {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    free.local_addr().unwrap().to_string()
+}
+
+/// `mta.toml` in `dir` ([`config`] on any port, accepting any user at mx.test).
+pub(crate) fn any_user_config(dir: &std::path::Path) -> std::path::PathBuf {
+    write(
+        dir,
+        "mta.toml",
+        &config(dir, "127.0.0.1:0", "accept_any_user = true\n"),
+    )
+}
+
+/// One SMTP transaction on `addr` (EHLO, MAIL, RCPT..., DATA, QUIT); returns what the
+/// server said.
+pub(crate) fn smtp_send(addr: &str, from: &str, to: &[&str], message: &str) -> String {
+    let addr = addr.parse().unwrap();
+    block_on(async {
+        let mut c = RawClient::connect(addr).await;
+        let mut said = vec![c.greeting.to_string()];
+        let mut commands = vec!["EHLO client.test".to_owned(), format!("MAIL FROM:<{from}>")];
+        commands.extend(to.iter().map(|rcpt| format!("RCPT TO:<{rcpt}>")));
+        commands.push("DATA".to_owned());
+        for command in commands {
+            said.push(c.cmd(&command).await.to_string());
+        }
+        assert!(
+            said.last().is_some_and(|r| r.starts_with("354")),
+            "{}",
+            said.concat()
+        );
+        c.send(format!("{message}.\r\n").as_bytes()).await;
+        said.push(c.reply().await.to_string());
+        said.push(c.cmd("QUIT").await.to_string());
+        said.concat()
+    })
+}
+
+/// EHLO, MAIL, one RCPT, QUIT on `addr`; returns the reply to RCPT.
+pub(crate) fn rcpt_reply(addr: &str, rcpt: &str) -> String {
+    let addr = addr.parse().unwrap();
+    block_on(async {
+        let mut c = RawClient::connect(addr).await;
+        c.cmd("EHLO client.test").await;
+        c.cmd("MAIL FROM:<me@client.test>").await;
+        let reply = c.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+        c.cmd("QUIT").await;
+        reply.to_string()
+    })
+}
+
+/// Runs `future` to its end on a runtime of its own (these tests are synchronous; the
+/// raw SMTP client is async).
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+/// Starts `mta serve` on `config`; returns the child and its relay listener's address
+/// (from the banner).
+pub(crate) fn serve(config: &std::path::Path) -> (std::process::Child, String) {
+    serve_logging(config, &[], "warn", std::process::Stdio::inherit())
+}
+
+/// `serve` with more arguments, a `RUST_LOG` ("": not set) and where its log (stderr)
+/// goes.
+pub(crate) fn serve_logging(
+    config: &std::path::Path,
+    args: &[&str],
+    rust_log: &str,
+    log: std::process::Stdio,
+) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut command = mta();
+    command.args(["serve", "--config"]).arg(config).args(args);
+    // An empty `rust_log`: the server's own default filter.
+    if rust_log.is_empty() {
+        command.env_remove("RUST_LOG");
+    } else {
+        command.env("RUST_LOG", rust_log);
+    }
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    while !banner.contains("mta: queue in") {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        banner.push_str(&line);
+    }
+    // Keep reading stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let addr = banner
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no listener in the banner: {banner}"))
+        .to_owned();
+    (child, addr)
+}
+
+/// Sends SIGTERM and waits for a clean exit.
+pub(crate) fn terminate(mut child: std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
+}
+
+/// `mta queue ARGS` with `config`: (exit code, stdout, stderr).
+pub(crate) fn queue_cmd(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = mta()
+        .arg("queue")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The ids `mta queue list --json ARGS` shows.
+pub(crate) fn listed(config: &std::path::Path, args: &[&str]) -> Vec<String> {
+    let (code, out, err) = queue_cmd(config, &[&["list", "--json"], args].concat());
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The Maildir files of `user@mx.test` under `dir`, waiting (up to 20 s) for `count`.
+pub(crate) fn maildir_files(dir: &std::path::Path, user: &str, count: usize) -> Vec<String> {
+    let new = dir.join("maildir/mx.test").join(user).join("new");
+    let start = std::time::Instant::now();
+    loop {
+        let mut files: Vec<String> = std::fs::read_dir(&new)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|f| std::fs::read_to_string(f.path()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if files.len() >= count || start.elapsed().as_secs() > 20 {
+            files.sort();
+            return files;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A program the test drives; `None` (the test skips) when it is missing, except under
+/// `CI=true`, where `.ci/run` installs it.
+#[allow(clippy::print_stderr)]
+pub(crate) fn tool(name: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(std::env::var("CI").is_err(), "CI must have {name}");
+        eprintln!("skipped: {name} not found");
+    }
+    found
+}
