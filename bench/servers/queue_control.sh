@@ -3,14 +3,14 @@
 # the queue commands on it, first with no server (the command opens the queue itself),
 # then through the control socket of a running `mta serve`.
 #
-#   bash bench/queue_control.sh                  # 1,000,000 messages: about 5 minutes
-#   COUNT=100000 bash bench/queue_control.sh     # a quick run
+#   bash bench/servers/queue_control.sh                  # 1,000,000 messages: about 5 minutes
+#   COUNT=100000 bash bench/servers/queue_control.sh     # a quick run
 #
-# Results: bench/results/queue-control-<date>.md. See bench/README.md.
+# Results: bench/servers/results/queue-control-<date>.md. See bench/servers/README.md.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
-ROOT="$(cd "$HERE/.." && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
 COUNT="${COUNT:-1000000}"
 KEEP_WORK="${KEEP_WORK:-0}"
 RESULTS="$HERE/results"

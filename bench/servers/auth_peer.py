@@ -30,8 +30,8 @@ authheaders 0.15 reads and parses the public suffix list file on every organizat
 domain lookup (four per message, ~0.1 s each): the script parses it once instead, unless
 --psl-per-call.
 
-    /usr/bin/python3 bench/auth_peer.py                    # MTA_BIN or target/release/mta
-    /usr/bin/python3 bench/auth_peer.py --seconds 10 --json results/auth-peer.json
+    /usr/bin/python3 bench/servers/auth_peer.py                    # MTA_BIN or target/release/mta
+    /usr/bin/python3 bench/servers/auth_peer.py --seconds 10 --json results/auth-peer.json
 
 Needs Debian's python3-dkim, python3-spf, python3-authheaders (with dnspython, PyNaCl) and
 dnsmasq (dnsmasq-base).
@@ -195,7 +195,7 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mta", default=os.environ.get("MTA_BIN") or
-                        os.path.join(here, "..", "target", "release", "mta"))
+                        os.path.join(here, "..", "..", "target", "release", "mta"))
     parser.add_argument("--dns-port", type=int, default=5355)
     parser.add_argument("--warm-up", type=float, default=2.0)
     parser.add_argument("--seconds", type=float, default=5.0)
