@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mta_bin::config::Config;
 use mta_bin::serve::Mta;
-pub use smtp_client::testing::{RawClient, code_of};
+pub use smtp_client::testing::{RawClient, code_of, tool};
 use smtp_server::ListenerMode;
 use tokio::io::AsyncWriteExt;
 
@@ -345,24 +345,4 @@ pub async fn run_with_input(
     stdin.write_all(input).await.unwrap();
     drop(stdin);
     child.wait_with_output().await.unwrap()
-}
-
-/// A program a test drives (a peer nobody here wrote); `None` when it is missing, and
-/// the test then skips with a message, except under `CI=true`, where `.ci/run`
-/// installs it and its absence is a failure.
-#[allow(clippy::print_stderr)] // the skip message is for the person running the tests
-pub fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "{name} is required under CI=true (.ci/run installs it)"
-        );
-        eprintln!("skipping: {name} not found");
-    }
-    found
 }

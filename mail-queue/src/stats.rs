@@ -139,37 +139,27 @@ impl prometheus_client::collector::Collector for crate::Queue {
         use prometheus_client::metrics::gauge::ConstGauge;
 
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counts = self.counts();
-        let mut family = encoder.encode_descriptor(
-            "queue_messages",
-            "Messages in the queue, by state.",
-            None,
-            Gauge,
-        )?;
-        for (state, n) in [
-            ("waiting", counts.waiting),
-            ("active", counts.active),
-            ("held", counts.held),
-        ] {
-            ConstGauge::new(n).encode(family.encode_family(&[("state", state)])?)?;
-        }
+        let (counts, oldest) = (self.counts(), self.oldest());
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let oldest = self.oldest();
-        let mut family = encoder.encode_descriptor(
-            "queue_oldest_message_age_seconds",
-            "Age of the oldest message in each state (0 when there is none).",
-            None,
-            Gauge,
-        )?;
-        for (state, at) in [
-            ("waiting", oldest.waiting),
-            ("active", oldest.active),
-            ("held", oldest.held),
+        let age = |at: Option<u64>| at.map_or(0, |t| now.saturating_sub(t));
+        for (name, help, by_state) in [
+            (
+                "queue_messages",
+                "Messages in the queue, by state.",
+                [counts.waiting, counts.active, counts.held],
+            ),
+            (
+                "queue_oldest_message_age_seconds",
+                "Age of the oldest message in each state (0 when there is none).",
+                [age(oldest.waiting), age(oldest.active), age(oldest.held)],
+            ),
         ] {
-            let age = at.map_or(0, |t| now.saturating_sub(t));
-            ConstGauge::new(age).encode(family.encode_family(&[("state", state)])?)?;
+            let mut family = encoder.encode_descriptor(name, help, None, Gauge)?;
+            for (state, n) in ["waiting", "active", "held"].into_iter().zip(by_state) {
+                ConstGauge::new(n).encode(family.encode_family(&[("state", state)])?)?;
+            }
         }
         let q = self.stats();
         let (commits, jobs) = self.commit_stats();

@@ -6,7 +6,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{config, maildir_files, mta, serve, terminate, write};
+use support::{config_file, maildir_files, mta, serve, terminate};
 
 /// `mta dkim-keygen` writes a private key only its owner can read, prints the record to
 /// publish and the configuration to add, and never overwrites a key.
@@ -123,16 +123,11 @@ fn injected_mail_is_dkim_signed() {
         .step_by(2)
         .collect::<Vec<_>>()
         .concat();
-    let cfg = write(
+    let cfg = config_file(
         dir.path(),
-        "mta.toml",
-        &config(
-            dir.path(),
-            "127.0.0.1:0",
-            &format!(
-                "accept_any_user = true\n[[dkim_key]]\ndomain = \"mx.test\"\nselector = \"s1\"\nprivate_key = \"{}\"\n",
-                key.display()
-            ),
+        &format!(
+            "accept_any_user = true\n[[dkim_key]]\ndomain = \"mx.test\"\nselector = \"s1\"\nprivate_key = \"{}\"\n",
+            key.display()
         ),
     );
     let inject = |subject: &str| {

@@ -49,13 +49,12 @@ tls = "disabled"
         (&["c@far.test"][..], "two"),
         (&["d@other.test"][..], "three"),
     ] {
-        let said = smtp_send(
+        smtp_send(
             &addr,
             "me@mx.test",
             to,
             &format!("From: me@mx.test\r\nSubject: {subject}\r\n\r\nbody {subject}\r\n"),
         );
-        assert!(said.contains("queued as"), "{said}");
     }
     let start = std::time::Instant::now();
     while listed(cfg, &["--state", "deferred"]).len() < 3 {

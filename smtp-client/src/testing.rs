@@ -1,7 +1,8 @@
 //! A raw SMTP client for tests (feature `testing`): it sends exactly the bytes it is
 //! given, however wrong, and parses the replies that come back, so a test can assert on
 //! what a server answers to bad input, pipelining, STARTTLS injection and the like.
-//! Every test of the workspace that speaks SMTP by hand uses this one.
+//! Every test of the workspace that speaks SMTP by hand uses this one, and finds the
+//! peer programs it drives (swaks, s-nail, openssl) with [`tool`].
 //!
 //! It panics on what a test treats as a failed expectation (no reply in time, a reply
 //! that does not parse), with a message saying which.
@@ -178,4 +179,24 @@ pub fn code_of(reply: &Reply) -> String {
         Some(s) => format!("{} {s}", reply.code()),
         None => reply.code().to_string(),
     }
+}
+
+/// A program a test drives (a peer nobody here wrote); `None` when it is missing, and
+/// the test then skips with a message, except under `CI=true`, where `.ci/run`
+/// installs it and its absence is a failure.
+#[allow(clippy::print_stderr)] // the skip message is for the person running the tests
+pub fn tool(name: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{name} is required under CI=true (.ci/run installs it)"
+        );
+        eprintln!("skipping: {name} not found");
+    }
+    found
 }

@@ -62,22 +62,25 @@ impl TlsConfigs {
             Arc::clone(&provider),
         )
         .map_err(|e| ClientError::tls_from("cannot load the trusted roots", e))?;
-        let verifier = Pinned {
-            pins: extra_roots,
-            inner: platform,
+        let config = |check: CertificateCheck| {
+            rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(|e| ClientError::tls_from("cannot configure TLS", e))
+                .map(|builder| {
+                    builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(check))
+                        .with_no_client_auth()
+                })
         };
-        let verified = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| ClientError::tls_from("cannot configure TLS", e))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
-        let unverified = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| ClientError::tls_from("cannot configure TLS", e))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth();
+        let verified = config(CertificateCheck {
+            verify: Some((platform, extra_roots)),
+            provider: Arc::clone(&provider),
+        })?;
+        let unverified = config(CertificateCheck {
+            verify: None,
+            provider: Arc::clone(&provider),
+        })?;
         Ok(Self {
             verified: Arc::new(verified),
             dangerous_unverified: Arc::new(unverified),
@@ -85,14 +88,20 @@ impl TlsConfigs {
     }
 }
 
-/// The platform's verification, or a certificate the operator listed, byte for byte.
+/// How a server's certificate is judged. The handshake signatures are checked with the
+/// provider's algorithms whatever the verdict on the certificate.
 #[derive(Debug)]
-struct Pinned {
-    pins: Vec<CertificateDer<'static>>,
-    inner: rustls_platform_verifier::Verifier,
+struct CertificateCheck {
+    /// `None`: any certificate (opportunistic TLS). Otherwise the platform's
+    /// verification, or a certificate the operator listed (pinned), byte for byte.
+    verify: Option<(
+        rustls_platform_verifier::Verifier,
+        Vec<CertificateDer<'static>>,
+    )>,
+    provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for Pinned {
+impl ServerCertVerifier for CertificateCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -101,50 +110,15 @@ impl ServerCertVerifier for Pinned {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.pins.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
-            return Ok(ServerCertVerified::assertion());
+        match &self.verify {
+            None => Ok(ServerCertVerified::assertion()),
+            Some((_, pins)) if pins.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            Some((platform, _)) => {
+                platform.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            }
         }
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// Accepts any certificate but still checks the handshake signatures with it.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -157,7 +131,7 @@ impl ServerCertVerifier for AnyCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -171,11 +145,13 @@ impl ServerCertVerifier for AnyCertificate {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

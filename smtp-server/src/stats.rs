@@ -232,40 +232,52 @@ impl prometheus_client::collector::Collector for ServerStats {
             None,
             Counter,
         )?)?;
-        let mut tls = encoder.encode_descriptor(
-            "smtp_tls_handshakes",
-            "TLS handshakes of SMTP sessions (STARTTLS or implicit TLS), by result.",
-            None,
-            Counter,
-        )?;
-        for (result, n) in [
+        // Families labelled by values known only now.
+        type Samples = Vec<(Vec<(&'static str, String)>, u64)>;
+        let tls: Samples = [
             ("tls1.2", &self.tls12),
             ("tls1.3", &self.tls13),
             ("failed", &self.tls_failed),
+        ]
+        .into_iter()
+        .map(|(result, n)| (vec![("result", result.to_owned())], get(n)))
+        .collect();
+        let refusals: Samples = self
+            .refusals()
+            .into_iter()
+            .map(|((stage, code), n)| {
+                (
+                    vec![("stage", stage.to_owned()), ("code", code.to_string())],
+                    n,
+                )
+            })
+            .collect();
+        let protocol: Samples = self
+            .protocol_errors()
+            .into_iter()
+            .map(|((code, status), n)| (vec![("code", code.to_string()), ("status", status)], n))
+            .collect();
+        for (name, help, samples) in [
+            (
+                "smtp_tls_handshakes",
+                "TLS handshakes of SMTP sessions (STARTTLS or implicit TLS), by result.",
+                tls,
+            ),
+            (
+                "smtp_refusals",
+                "Commands refused by a stage (policy, filters, limits), by stage and reply code.",
+                refusals,
+            ),
+            (
+                "smtp_protocol_errors",
+                "Commands and input the protocol layer refused (syntax, sequence, line length, size, recipients, timeouts), by reply code and enhanced status.",
+                protocol,
+            ),
         ] {
-            ConstCounter::new(get(n)).encode(tls.encode_family(&[("result", result)])?)?;
-        }
-        let mut refusals = encoder.encode_descriptor(
-            "smtp_refusals",
-            "Commands refused by a stage (policy, filters, limits), by stage and reply code.",
-            None,
-            Counter,
-        )?;
-        for ((stage, code), n) in self.refusals() {
-            let code = code.to_string();
-            let labels = [("stage", stage), ("code", code.as_str())];
-            ConstCounter::new(n).encode(refusals.encode_family(&labels)?)?;
-        }
-        let mut protocol = encoder.encode_descriptor(
-            "smtp_protocol_errors",
-            "Commands and input the protocol layer refused (syntax, sequence, line length, size, recipients, timeouts), by reply code and enhanced status.",
-            None,
-            Counter,
-        )?;
-        for ((code, status), n) in self.protocol_errors() {
-            let code = code.to_string();
-            let labels = [("code", code.as_str()), ("status", status.as_str())];
-            ConstCounter::new(n).encode(protocol.encode_family(&labels)?)?;
+            let mut family = encoder.encode_descriptor(name, help, None, Counter)?;
+            for (labels, n) in samples {
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }

@@ -47,17 +47,22 @@ pub(crate) fn free_address() -> String {
     free.local_addr().unwrap().to_string()
 }
 
+/// `mta.toml` in `dir`: [`config`] on any port, then `extra`.
+pub(crate) fn config_file(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    write(dir, "mta.toml", &config(dir, "127.0.0.1:0", extra))
+}
+
 /// `mta.toml` in `dir` ([`config`] on any port, accepting any user at mx.test).
 pub(crate) fn any_user_config(dir: &std::path::Path) -> std::path::PathBuf {
-    write(
+    config_file(
         dir,
-        "mta.toml",
-        &config(dir, "127.0.0.1:0", "accept_any_user = true\n"),
+        "accept_any_user = true
+",
     )
 }
 
-/// One SMTP transaction on `addr` (EHLO, MAIL, RCPT..., DATA, QUIT); returns what the
-/// server said.
+/// One SMTP transaction on `addr` (EHLO, MAIL, RCPT..., DATA, QUIT) that must end with
+/// the message queued; returns what the server said.
 pub(crate) fn smtp_send(addr: &str, from: &str, to: &[&str], message: &str) -> String {
     let addr = addr.parse().unwrap();
     block_on(async {
@@ -77,7 +82,9 @@ pub(crate) fn smtp_send(addr: &str, from: &str, to: &[&str], message: &str) -> S
         c.send(format!("{message}.\r\n").as_bytes()).await;
         said.push(c.reply().await.to_string());
         said.push(c.cmd("QUIT").await.to_string());
-        said.concat()
+        let said = said.concat();
+        assert!(said.contains("250 2.0.0 Ok: queued as "), "{said}");
+        said
     })
 }
 
@@ -104,6 +111,20 @@ pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
+/// The lines of `mta serve`'s banner on `stdout`, up to the one containing `last` (or
+/// to its end).
+pub(crate) fn read_banner(stdout: &mut impl std::io::BufRead, last: &str) -> String {
+    let mut banner = String::new();
+    while !banner.contains(last) {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        banner.push_str(&line);
+    }
+    banner
+}
+
 /// Starts `mta serve` on `config`; returns the child and its relay listener's address
 /// (from the banner).
 pub(crate) fn serve(config: &std::path::Path) -> (std::process::Child, String) {
@@ -118,7 +139,7 @@ pub(crate) fn serve_logging(
     rust_log: &str,
     log: std::process::Stdio,
 ) -> (std::process::Child, String) {
-    use std::io::{BufRead, BufReader};
+    use std::io::BufReader;
     let mut command = mta();
     command.args(["serve", "--config"]).arg(config).args(args);
     // An empty `rust_log`: the server's own default filter.
@@ -133,14 +154,7 @@ pub(crate) fn serve_logging(
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut banner = String::new();
-    while !banner.contains("mta: queue in") {
-        let mut line = String::new();
-        if stdout.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        banner.push_str(&line);
-    }
+    let banner = read_banner(&mut stdout, "mta: queue in");
     // Keep reading stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let addr = banner
@@ -210,20 +224,4 @@ pub(crate) fn maildir_files(dir: &std::path::Path, user: &str, count: usize) -> 
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-}
-
-/// A program the test drives; `None` (the test skips) when it is missing, except under
-/// `CI=true`, where `.ci/run` installs it.
-#[allow(clippy::print_stderr)]
-pub(crate) fn tool(name: &str) -> Option<std::path::PathBuf> {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(std::env::var("CI").is_err(), "CI must have {name}");
-        eprintln!("skipped: {name} not found");
-    }
-    found
 }
