@@ -14,8 +14,14 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// The TLS certificate or key is unusable.
-    #[error("TLS: {0}")]
-    Tls(String),
+    #[error("TLS: {message}")]
+    Tls {
+        /// What was being done, and with which file.
+        message: String,
+        /// The error that caused it (reading the file, or rustls refusing the key).
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// A listener needs TLS but no certificate is configured.
     #[error("listener {0} is smtps but no TLS certificate is configured")]
     TlsRequired(std::net::SocketAddr),
@@ -23,4 +29,17 @@ pub enum ServerError {
     /// [`Server::with_listeners`](crate::Server::with_listeners) got sockets bound for others).
     #[error("the listeners changed (addresses or modes): restart to apply that")]
     ListenersChanged,
+}
+
+impl ServerError {
+    /// A TLS problem with the error that caused it (`None`: the message says it all).
+    pub(crate) fn tls(
+        message: impl Into<String>,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Tls {
+            message: message.into(),
+            source,
+        }
+    }
 }

@@ -17,22 +17,16 @@ pub fn load_pem_files(
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
         .and_then(Iterator::collect)
         .map_err(|e| {
-            ServerError::Tls(format!(
-                "cannot read certificate {}: {e}",
-                certificate.display()
-            ))
+            let message = format!("cannot read certificate {}", certificate.display());
+            ServerError::tls(message, Some(e.into()))
         })?;
     if chain.is_empty() {
-        return Err(ServerError::Tls(format!(
-            "no certificate in {}",
-            certificate.display()
-        )));
+        let message = format!("no certificate in {}", certificate.display());
+        return Err(ServerError::tls(message, None));
     }
     let key = PrivateKeyDer::from_pem_file(private_key).map_err(|e| {
-        ServerError::Tls(format!(
-            "cannot read private key {}: {e}",
-            private_key.display()
-        ))
+        let message = format!("cannot read private key {}", private_key.display());
+        ServerError::tls(message, Some(e.into()))
     })?;
     from_der(chain, key)
 }
@@ -47,13 +41,12 @@ pub fn from_der(
     let mut config =
         rustls::ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| ServerError::Tls(e.to_string()))?
+            .map_err(|e| ServerError::tls("cannot configure TLS", Some(e.into())))?
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .map_err(|e| {
-                ServerError::Tls(format!(
-                    "certificate and key do not match or are invalid: {e}"
-                ))
+                let message = "certificate and key do not match or are invalid";
+                ServerError::tls(message, Some(e.into()))
             })?;
     config.ignore_client_order = true;
     Ok(Arc::new(config))

@@ -134,7 +134,10 @@ impl Config {
         }) = &self.tls
             && let Err(e) = smtp_server::tls::load_pem_files(cert, key)
         {
-            add(At::Key("tls", "certificate"), format!("[tls]: {e}"));
+            add(
+                At::Key("tls", "certificate"),
+                format!("[tls]: {:#}", anyhow::Error::from(e)),
+            );
         }
         for (i, k) in self.dkim_keys.iter().enumerate() {
             if let Err(e) =
