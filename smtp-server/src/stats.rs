@@ -232,7 +232,7 @@ impl prometheus_client::collector::Collector for ServerStats {
             None,
             Counter,
         )?)?;
-        // Families labelled by values known only now.
+        // The other counter families, each sample with its labels.
         type Samples = Vec<(Vec<(&'static str, String)>, u64)>;
         let tls: Samples = [
             ("tls1.2", &self.tls12),
