@@ -1,7 +1,10 @@
 # shellcheck shell=bash
-# Shared by bench/servers/inbound.sh and bench/servers/relay.sh (sourced, not run): logging, process and
-# port helpers, and the dedicated Postfix instance both compare against.
+# Shared by inbound.sh, relay.sh and memory.sh (sourced, not run): the checkout's root
+# ($ROOT), logging, process and port helpers, the dedicated Postfix instance they
+# compare against, and the start of mta's configuration.
 # The caller sets PF_CONF, PF_QUEUE, PF_DATA, PF_LOG and PF_PORT first.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
 # The kernel's count of SYNs dropped because a listener's accept queue was full (system-wide).
 listen_drops() { awk '/^TcpExt:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "ListenDrops") c = i; h = 1 } else print $c }' /proc/net/netstat; }

@@ -22,7 +22,6 @@ set -euo pipefail
 
 # ---------------------------------------------------------------- settings
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/../.." && pwd)"
 
 COUNT="${COUNT:-12000}"                  # messages per smtp-source run
 COUNT_S1="${COUNT_S1:-$(( COUNT / 4 ))}" # messages per run with 1 session (latency-bound)

@@ -24,7 +24,6 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/../.." && pwd)"
 
 SIZE_MB="${SIZE_MB:-40}"
 CLIENTS="${CLIENTS:-1 30}"

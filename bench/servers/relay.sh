@@ -17,7 +17,6 @@ set -euo pipefail
 
 # ---------------------------------------------------------------- settings
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/../.." && pwd)"
 
 COUNT="${COUNT:-20000}"                  # messages per smtp-source run, small messages
 COUNT_LARGE="${COUNT_LARGE:-6000}"      # messages per run for sizes >= 16 KB
