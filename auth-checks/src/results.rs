@@ -4,6 +4,11 @@
 //! Nothing here depends on mail-auth: the checks convert its outputs at the edge, so
 //! callers (and the filter layers) only ever see these types.
 
+#[cfg(feature = "prometheus")]
+use prometheus_client::{
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter},
+};
 use std::fmt::{self, Write};
 use std::net::IpAddr;
 
@@ -457,21 +462,16 @@ mod tests {
 
 #[cfg(feature = "prometheus")]
 impl prometheus_client::collector::Collector for AuthStats {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
-    ) -> std::fmt::Result {
-        use prometheus_client::encoding::EncodeMetric;
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let mut family = encoder.encode_descriptor(
             "auth_results",
             "Sender-authentication verdicts of checked messages, by method and result (DKIM: per signature, none when unsigned).",
             None,
-            prometheus_client::metrics::MetricType::Counter,
+            MetricType::Counter,
         )?;
         for ((method, result), n) in self.snapshot() {
             let labels = [("method", method), ("result", result)];
-            prometheus_client::metrics::counter::ConstCounter::new(n)
-                .encode(family.encode_family(&labels)?)?;
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

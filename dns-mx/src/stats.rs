@@ -1,6 +1,11 @@
 //! Counts of the DNS lookups made for routing, for metrics (with the `prometheus`
 //! feature, a prometheus-client `Collector`).
 
+#[cfg(feature = "prometheus")]
+use prometheus_client::{
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter},
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What a lookup asked.
@@ -81,21 +86,16 @@ impl LookupStats {
 
 #[cfg(feature = "prometheus")]
 impl prometheus_client::collector::Collector for LookupStats {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
-    ) -> std::fmt::Result {
-        use prometheus_client::encoding::EncodeMetric;
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let mut family = encoder.encode_descriptor(
             "dns_lookups",
             "DNS lookups for routing (MX, then A/AAAA of the hosts), by query and result.",
             None,
-            prometheus_client::metrics::MetricType::Counter,
+            MetricType::Counter,
         )?;
         for (query, result, n) in self.snapshot() {
             let labels = [("query", query), ("result", result)];
-            prometheus_client::metrics::counter::ConstCounter::new(n)
-                .encode(family.encode_family(&labels)?)?;
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }
