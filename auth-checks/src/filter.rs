@@ -326,11 +326,10 @@ fn spf_refusal(check: &SpfCheck) -> Option<Decision> {
             text.push_str(": ");
             text.extend(exp.chars().filter(|c| !c.is_control()).take(200));
         }
-        return Some(Decision::reject(550, EnhancedStatus::SPF_FAILED, text));
+        return Some(Decision::reject::<550>(EnhancedStatus::SPF_FAILED, text));
     }
     if check.mail_from.result == SpfResult::TempError {
-        return Some(Decision::defer(
-            451,
+        return Some(Decision::defer::<451>(
             EnhancedStatus::SPF_TEMPORARY,
             format!(
                 "SPF check of {} failed temporarily (DNS); try again later",
@@ -445,8 +444,7 @@ fn message_refusal(report: &AuthReport, policy: &Policy) -> Option<Decision> {
     {
         match dmarc.result {
             DmarcResult::Fail if dmarc.policy == DmarcPolicy::Reject => {
-                return Some(Decision::reject(
-                    550,
+                return Some(Decision::reject::<550>(
                     EnhancedStatus::NOT_AUTHORIZED,
                     format!(
                         "Message rejected by the DMARC policy of {}: no aligned SPF or DKIM pass",
@@ -455,8 +453,7 @@ fn message_refusal(report: &AuthReport, policy: &Policy) -> Option<Decision> {
                 ));
             }
             DmarcResult::TempError => {
-                return Some(Decision::defer(
-                    451,
+                return Some(Decision::defer::<451>(
                     EnhancedStatus::NOT_AUTHORIZED_TEMPORARY,
                     format!(
                         "DMARC evaluation of {} failed temporarily (DNS); try again later",
@@ -473,14 +470,12 @@ fn message_refusal(report: &AuthReport, policy: &Policy) -> Option<Decision> {
         && !dkim.iter().any(|v| v.result == DkimResult::Pass)
     {
         if dkim.iter().any(|v| v.result == DkimResult::TempError) {
-            return Some(Decision::defer(
-                451,
+            return Some(Decision::defer::<451>(
                 EnhancedStatus::CRYPTO_TEMPORARY,
                 "DKIM key lookup failed temporarily (DNS); try again later",
             ));
         }
-        return Some(Decision::reject(
-            550,
+        return Some(Decision::reject::<550>(
             EnhancedStatus::NO_PASSING_DKIM,
             "No passing DKIM signature found",
         ));
@@ -490,14 +485,12 @@ fn message_refusal(report: &AuthReport, policy: &Policy) -> Option<Decision> {
         && arc.result == ArcResult::Fail
     {
         if arc.temporary {
-            return Some(Decision::defer(
-                451,
+            return Some(Decision::defer::<451>(
                 EnhancedStatus::ARC_TEMPORARY,
                 "ARC validation failed temporarily (DNS); try again later",
             ));
         }
-        return Some(Decision::reject(
-            550,
+        return Some(Decision::reject::<550>(
             EnhancedStatus::ARC_FAILED,
             "ARC validation failed: the chain of custody is broken",
         ));

@@ -722,15 +722,15 @@ impl tower::Service<DataRequest> for Enqueue {
             match enqueued {
                 Ok(id) => {
                     tracing::Span::current().record("queue_id", tracing::field::display(id));
-                    Ok(Decision::Accept(Some(Reply::new(
+                    Ok(Decision::from_reply(Reply::new(
                         ReplyCode::OK,
                         EnhancedStatus::OK,
                         format!("Ok: queued as {id}"),
-                    ))))
+                    )))
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot queue a message");
-                    Ok(Decision::Defer(e.reply()))
+                    Ok(Decision::from_reply(e.reply()))
                 }
             }
         })

@@ -53,8 +53,7 @@ async fn main() -> Result<(), BoxError> {
             .mailbox()
             .map(|m| m.local_part().to_ascii_lowercase());
         if local.as_deref() == Some("noreply") {
-            return Ok(Decision::reject(
-                550,
+            return Ok(Decision::reject::<550>(
                 EnhancedStatus::NOT_AUTHORIZED,
                 "This address does not receive mail",
             ));
@@ -147,8 +146,7 @@ where
         };
         if !allowed {
             return Box::pin(async {
-                Ok(Decision::defer(
-                    450,
+                Ok(Decision::defer::<450>(
                     EnhancedStatus::SECURITY_TEMPORARY,
                     "Too many messages from your address; try again later",
                 ))

@@ -383,11 +383,7 @@ impl Connection {
                     kind,
                     name: name.clone(),
                 };
-                let decision = call(&stages.ehlo, request).await;
-                if matches!(decision, Ok(Decision::Accept(_))) {
-                    self.info.helo = Some(name);
-                }
-                decision
+                call(&stages.ehlo, request).await
             }
             Event::Auth(credentials) => {
                 let username = credentials.username.clone();
@@ -399,20 +395,19 @@ impl Connection {
                     },
                 )
                 .await;
-                let mode = self.listener.stats.mode(self.listener.mode);
-                match &decision {
-                    Ok(Decision::Accept(_)) => {
-                        ServerStats::count(&mode.logins, 1);
-                        info!(user = %username, "authenticated");
-                        self.info.authenticated = Some(username);
-                    }
-                    _ => {
-                        ServerStats::count(&mode.login_failures, 1);
-                        info!(user = %username, "authentication failed");
-                        tokio::time::sleep(self.listener.config.limits.auth_failure_delay).await;
-                    }
+                apply(session, decision, stage, &listener.stats);
+                // Logged in when the session says so, whatever the filter's decision was.
+                let mode = listener.stats.mode(listener.mode);
+                if session.is_authenticated() {
+                    ServerStats::count(&mode.logins, 1);
+                    info!(user = %username, "authenticated");
+                    self.info.authenticated = Some(username);
+                } else {
+                    ServerStats::count(&mode.login_failures, 1);
+                    info!(user = %username, "authentication failed");
+                    tokio::time::sleep(listener.config.limits.auth_failure_delay).await;
                 }
-                decision
+                return;
             }
             Event::Mail { from, params } => {
                 self.notes = Notes::default();
@@ -474,19 +469,19 @@ impl Connection {
                 self.incoming.reset();
                 let stats = listener.stats.mode(listener.mode);
                 span.in_scope(|| match &decision {
-                    Ok(Decision::Accept(reply)) => {
+                    Ok(d) if d.is_accept() => {
                         ServerStats::count(&stats.messages_accepted, 1);
                         ServerStats::count(&stats.bytes_accepted, size);
-                        info!(reply = %reply_text(reply.as_ref()), "message accepted")
+                        info!(reply = %reply_text(d.reply()), "message accepted")
                     }
-                    Ok(Decision::Reject(r) | Decision::Defer(r) | Decision::Disconnect(r)) => {
-                        let counter = if r.is_permanent() {
+                    Ok(d) => {
+                        let counter = if d.is_reject() {
                             &stats.messages_rejected
                         } else {
                             &stats.messages_deferred
                         };
                         ServerStats::count(counter, 1);
-                        info!(reply = %r.to_string().trim_end(), "message refused");
+                        info!(reply = %reply_text(d.reply()), "message refused");
                     }
                     Err(_) => ServerStats::count(&stats.messages_deferred, 1),
                 });
@@ -494,14 +489,9 @@ impl Connection {
             }
             Event::StartTls => return,
         };
-        match &decision {
-            Ok(Decision::Reject(r) | Decision::Defer(r) | Decision::Disconnect(r)) => {
-                listener.stats.refused(stage, r.code().as_u16());
-            }
-            Err(_) => listener.stats.refused(stage, 451),
-            Ok(Decision::Accept(_)) => {}
-        }
-        apply(session, decision);
+        apply(session, decision, stage, &listener.stats);
+        // What the client said at HELO counts once the session took it.
+        self.info.helo = session.helo().map(|(_, name)| name.clone());
     }
 }
 
@@ -509,22 +499,28 @@ fn reply_text(reply: Option<&Reply>) -> String {
     reply.map_or_else(|| "250".to_owned(), |r| r.to_string().trim_end().to_owned())
 }
 
-/// Answers the session's pending event with a stage's decision.
-fn apply(session: &mut ServerSession, decision: Result<Decision, BoxError>) {
-    match decision {
-        Ok(Decision::Accept(None)) => session.accept(),
-        Ok(Decision::Accept(Some(reply)) | Decision::Reject(reply) | Decision::Defer(reply)) => {
-            session.respond(reply)
-        }
-        Ok(Decision::Disconnect(reply)) => session.respond_and_close(reply),
-        Err(e) => {
-            warn!(error = %e, "stage failed");
-            session.respond(Reply::new(
-                ReplyCode::LOCAL_ERROR,
-                EnhancedStatus::SYSTEM_TEMPORARY,
-                "Local error in processing; try again later",
-            ));
-        }
+/// Answers the session's pending event with a stage's decision, and counts a refusal.
+fn apply(
+    session: &mut ServerSession,
+    decision: Result<Decision, BoxError>,
+    stage: &'static str,
+    stats: &ServerStats,
+) {
+    let decision = decision.unwrap_or_else(|e| {
+        warn!(error = %e, "stage failed");
+        Decision::defer::<451>(
+            EnhancedStatus::SYSTEM_TEMPORARY,
+            "Local error in processing; try again later",
+        )
+    });
+    match decision.reply() {
+        Some(reply) if !decision.is_accept() => stats.refused(stage, reply.code().as_u16()),
+        _ => {}
+    }
+    match (decision.reply(), decision.closes()) {
+        (None, _) => session.accept(),
+        (Some(reply), false) => session.respond(reply.clone()),
+        (Some(reply), true) => session.respond_and_close(reply.clone()),
     }
 }
 

@@ -6,7 +6,7 @@
 //!
 //! let no_spam_traps = from_fn(|req: RcptRequest, next: Next<RcptRequest>| async move {
 //!     if req.to.to_string().starts_with("<trap@") {
-//!         return Ok(Decision::reject(550, EnhancedStatus::BAD_DESTINATION_MAILBOX, "No such user"));
+//!         return Ok(Decision::reject::<550>(EnhancedStatus::BAD_DESTINATION_MAILBOX, "No such user"));
 //!     }
 //!     next.run(req).await
 //! });

@@ -39,44 +39,129 @@ pub use tower::BoxError;
 /// A stage service, boxed.
 pub type StageService<R> = BoxCloneSyncService<R, Decision, BoxError>;
 
-/// What a stage decides.
+/// What a stage decides: the reply the client gets, and whether the connection ends.
+///
+/// The kind of a decision is its reply's class, so the two cannot disagree: an
+/// acceptance carries the standard reply or a `2yz`, a deferral a `4yz`, a rejection a
+/// `5yz`. The constructors that take a code take it as a constant, checked when the
+/// filter compiles; the enhanced status takes the code's class (RFC 3463: `reject::<550>`
+/// with `4.7.1` sends `5.7.1`). A reply that comes from elsewhere (a milter, a policy
+/// server, a peer) goes through [`Decision::from_reply`], which reads the kind from it.
+/// Whatever a filter answers, what the session records (a HELO, a login) follows the
+/// reply the client got.
+///
+/// ```
+/// use smtp_server::Decision;
+/// use smtp_proto::{EnhancedStatus, Reply, ReplyCode};
+///
+/// let no = Decision::reject::<550>(EnhancedStatus::BAD_DESTINATION_MAILBOX, "No such user");
+/// assert!(no.is_reject());
+/// let later = Decision::defer::<451>(EnhancedStatus::SYSTEM_TEMPORARY, "Try again later");
+/// assert!(later.is_defer());
+/// // A reply from elsewhere is taken for what its code says.
+/// let peer = Reply::new(ReplyCode::AUTH_INVALID, EnhancedStatus::AUTH_INVALID, "No");
+/// assert!(Decision::from_reply(peer).is_reject());
+/// assert!(Decision::accept().is_accept());
+/// ```
+///
+/// A rejection that says `250` does not compile:
+///
+/// ```compile_fail
+/// use smtp_server::Decision;
+/// let lie = Decision::reject::<250>(smtp_proto::EnhancedStatus::OK, "Rejected");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Go on; `None` sends the standard positive reply.
-    Accept(Option<Reply>),
-    /// Refuse for good (`5yz`).
-    Reject(Reply),
-    /// Refuse for now (`4yz`); the client may retry.
-    Defer(Reply),
-    /// Send the reply and close the connection.
-    Disconnect(Reply),
+pub struct Decision {
+    /// `None`: the standard positive reply of the stage.
+    reply: Option<Reply>,
+    /// Close the connection after the reply.
+    close: bool,
 }
 
 impl Decision {
     /// Accept with the standard reply.
     pub fn accept() -> Self {
-        Self::Accept(None)
+        Self {
+            reply: None,
+            close: false,
+        }
     }
 
-    /// Reject with a `5yz` reply.
-    pub fn reject(code: u16, status: EnhancedStatus, text: impl Into<String>) -> Self {
-        Self::Reject(reply(code, status, text.into()))
+    /// Refuse for good with a `5yz` reply.
+    pub fn reject<const CODE: u16>(status: EnhancedStatus, text: impl Into<String>) -> Self {
+        let code = const {
+            match ReplyCode::new(CODE) {
+                Some(code) if CODE / 100 == 5 => code,
+                _ => panic!("Decision::reject takes a 5yz reply code"),
+            }
+        };
+        Self::with(code, status, text.into(), false)
     }
 
-    /// Defer with a `4yz` reply.
-    pub fn defer(code: u16, status: EnhancedStatus, text: impl Into<String>) -> Self {
-        Self::Defer(reply(code, status, text.into()))
+    /// Refuse for now with a `4yz` reply; the client may retry.
+    pub fn defer<const CODE: u16>(status: EnhancedStatus, text: impl Into<String>) -> Self {
+        let code = const {
+            match ReplyCode::new(CODE) {
+                Some(code) if CODE / 100 == 4 => code,
+                _ => panic!("Decision::defer takes a 4yz reply code"),
+            }
+        };
+        Self::with(code, status, text.into(), false)
+    }
+
+    /// Send a `4yz` or `5yz` reply and close the connection.
+    pub fn disconnect<const CODE: u16>(status: EnhancedStatus, text: impl Into<String>) -> Self {
+        let code = const {
+            match ReplyCode::new(CODE) {
+                Some(code) if CODE / 100 == 4 || CODE / 100 == 5 => code,
+                _ => panic!("Decision::disconnect takes a 4yz or 5yz reply code"),
+            }
+        };
+        Self::with(code, status, text.into(), true)
+    }
+
+    /// The decision a reply stands for: an acceptance for `2yz` and `3yz`, a deferral
+    /// for `4yz`, a rejection for `5yz`.
+    pub fn from_reply(reply: Reply) -> Self {
+        Self {
+            reply: Some(reply),
+            close: false,
+        }
+    }
+
+    fn with(code: ReplyCode, status: EnhancedStatus, text: String, close: bool) -> Self {
+        let class = (code.as_u16() / 100) as u8;
+        let status = status.with_class(class).unwrap_or(status);
+        Self {
+            reply: Some(Reply::new(code, status, text)),
+            close,
+        }
     }
 
     /// Whether the request was accepted.
     pub fn is_accept(&self) -> bool {
-        matches!(self, Self::Accept(_))
+        self.reply.as_ref().is_none_or(|r| r.code().as_u16() < 400)
     }
-}
 
-fn reply(code: u16, status: EnhancedStatus, text: String) -> Reply {
-    let code = ReplyCode::new(code).unwrap_or(ReplyCode::LOCAL_ERROR);
-    Reply::from_parts(code, Some(status), text.clone()).unwrap_or_else(|| Reply::plain(code, text))
+    /// Whether the request was refused for now (`4yz`).
+    pub fn is_defer(&self) -> bool {
+        self.reply.as_ref().is_some_and(Reply::is_transient)
+    }
+
+    /// Whether the request was refused for good (`5yz`).
+    pub fn is_reject(&self) -> bool {
+        self.reply.as_ref().is_some_and(Reply::is_permanent)
+    }
+
+    /// Whether the connection ends after the reply.
+    pub fn closes(&self) -> bool {
+        self.close
+    }
+
+    /// The reply; `None` for the stage's standard positive reply.
+    pub fn reply(&self) -> Option<&Reply> {
+        self.reply.as_ref()
+    }
 }
 
 /// TLS facts of a connection.
@@ -303,11 +388,10 @@ impl Stages {
         S::Future: Send + 'static,
     {
         let no_accounts = tower::service_fn(|_: AuthRequest| async {
-            Ok::<_, BoxError>(Decision::Reject(Reply::new(
-                ReplyCode::AUTH_INVALID,
+            Ok::<_, BoxError>(Decision::reject::<535>(
                 EnhancedStatus::AUTH_INVALID,
                 "Authentication credentials invalid",
-            )))
+            ))
         });
         Self {
             connect: accept_all(),

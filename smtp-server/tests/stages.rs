@@ -6,19 +6,30 @@
 use std::sync::{Arc, Mutex};
 
 use smtp_client::testing::{RawClient, code_of};
-use smtp_proto::EnhancedStatus;
+use smtp_proto::{EnhancedStatus, Reply, ReplyCode};
+use smtp_server::filters::{DomainSet, RelayPolicyLayer};
 use smtp_server::{
-    BoxError, ConnectRequest, DataRequest, Decision, ListenerConfig, ListenerMode, MailRequest,
-    Next, RcptRequest, Server, ServerConfig, Stages, from_fn,
+    AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, ListenerConfig, ListenerMode,
+    MailRequest, Next, RcptRequest, Server, ServerConfig, Stages, from_fn,
 };
 
 async fn start(stages: Stages) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    start_with(stages, None).await
+}
+
+/// [`start`], with TLS (and AUTH after STARTTLS) when `tls` is given.
+async fn start_with(
+    stages: Stages,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let config = ServerConfig {
         hostname: "stages.test".into(),
         listeners: vec![ListenerConfig {
             address: "127.0.0.1:0".parse().unwrap(),
             mode: ListenerMode::Relay,
         }],
+        auth: tls.is_some(),
+        tls,
         ..ServerConfig::default()
     };
     let server = Server::bind(config, stages).await.unwrap();
@@ -70,8 +81,7 @@ async fn filters_decide_in_order_and_add_headers() {
         async move {
             order.lock().unwrap().push("inner");
             if req.to.to_string().contains("blocked") {
-                return Ok(Decision::reject(
-                    550,
+                return Ok(Decision::reject::<550>(
                     EnhancedStatus::NOT_AUTHORIZED,
                     "blocked by inner",
                 ));
@@ -139,11 +149,10 @@ async fn errors_defer_and_disconnect_closes() {
     let banned = from_fn(
         |req: ConnectRequest, next: Next<ConnectRequest>| async move {
             if req.session.peer.ip().is_loopback() {
-                return Ok(Decision::Disconnect(smtp_proto::Reply::new(
-                    smtp_proto::ReplyCode::TRANSACTION_FAILED,
+                return Ok(Decision::disconnect::<554>(
                     EnhancedStatus::NOT_AUTHORIZED,
                     "Go away",
-                )));
+                ));
             }
             next.run(req).await
         },
@@ -151,4 +160,68 @@ async fn errors_defer_and_disconnect_closes() {
     let (addr, _stop) = start(Stages::new(sink(messages)).connect_layer(banned)).await;
     let replies = converse(addr, "EHLO c\r\n", 3).await;
     assert_eq!(replies, ["554 5.7.1"], "greeting refused, then closed");
+}
+
+/// A certificate for `localhost` made by rcgen: the server's configuration, and a
+/// client's that trusts it.
+fn tls_pair() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let der = made.cert.der().clone();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
+    let server = smtp_server::tls::from_der(vec![der.clone()], key).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (server, Arc::new(client))
+}
+
+/// Who is logged in is what the client was told: an auth filter that answers a login
+/// with `535` leaves the client a stranger, whom the relay policy refuses, even though
+/// the filter built its answer by hand; one that answers `235` logs it in.
+#[tokio::test]
+async fn a_login_counts_only_when_the_reply_says_so() {
+    let (server_tls, client_tls) = tls_pair();
+    for (code, status, relay) in [
+        (
+            ReplyCode::AUTH_INVALID,
+            EnhancedStatus::AUTH_INVALID,
+            "554 5.7.1",
+        ),
+        (
+            ReplyCode::AUTH_SUCCEEDED,
+            EnhancedStatus::AUTH_OK,
+            "250 2.1.5",
+        ),
+    ] {
+        let verdict = from_fn(move |_: AuthRequest, _: Next<AuthRequest>| async move {
+            Ok(Decision::from_reply(Reply::new(
+                code,
+                status,
+                "As the filter says",
+            )))
+        });
+        let relay_policy = RelayPolicyLayer::new(DomainSet::new(["stages.test"]), Vec::new());
+        let stages = Stages::new(sink(Arc::default()))
+            .rcpt_layer(relay_policy)
+            .auth_layer(verdict);
+        let (addr, _stop) = start_with(stages, Some(Arc::clone(&server_tls))).await;
+        let mut c = RawClient::connect(addr).await;
+        c.cmd("EHLO client.test").await;
+        let mut c = c.starttls(Arc::clone(&client_tls), "localhost").await;
+        c.cmd("EHLO client.test").await;
+        // PLAIN: "\0ann\0secret".
+        let login = c.code("AUTH PLAIN AGFubgBzZWNyZXQ=").await;
+        assert_eq!(login, format!("{code} {status}"));
+        assert_eq!(c.code("MAIL FROM:<ann@stages.test>").await, "250 2.1.0");
+        assert_eq!(
+            c.code("RCPT TO:<bob@elsewhere.test>").await,
+            relay,
+            "after {login}"
+        );
+    }
 }

@@ -79,8 +79,7 @@ where
         Box::pin(async move {
             let c = &request.credentials;
             if c.authzid.is_some() {
-                return Ok(Decision::reject(
-                    535,
+                return Ok(Decision::reject::<535>(
                     EnhancedStatus::AUTH_INVALID,
                     "Proxy authorization not supported",
                 ));

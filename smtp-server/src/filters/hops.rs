@@ -48,8 +48,7 @@ impl<S> HopLimit<S> {
     fn check(&self, req: &DataRequest) -> Option<Decision> {
         let hops = count_received_headers(&req.added_headers) + count_received_headers(&req.body);
         (hops > self.max_hops).then(|| {
-            Decision::reject(
-                554,
+            Decision::reject::<554>(
                 EnhancedStatus::ROUTING_LOOP,
                 format!("Too many hops ({hops}): mail loop?"),
             )

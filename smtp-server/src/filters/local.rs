@@ -77,8 +77,7 @@ impl<S> LocalRecipients<S> {
         }
         let address = format!("{local}@{domain}");
         (!self.known.mailboxes.contains(&address)).then(|| {
-            Decision::reject(
-                550,
+            Decision::reject::<550>(
                 EnhancedStatus::BAD_DESTINATION_MAILBOX,
                 "User unknown in local recipient table",
             )

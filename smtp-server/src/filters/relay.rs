@@ -125,7 +125,7 @@ impl<S> RelayPolicy<S> {
                 .iter()
                 .any(|n| n.contains(req.session.peer.ip()));
         (!local && !may_relay)
-            .then(|| Decision::reject(554, EnhancedStatus::NOT_AUTHORIZED, "Relay access denied"))
+            .then(|| Decision::reject::<554>(EnhancedStatus::NOT_AUTHORIZED, "Relay access denied"))
     }
 }
 
