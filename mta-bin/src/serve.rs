@@ -677,7 +677,7 @@ fn stages(
             mailboxes.iter(),
         ));
     }
-    Ok(stages.rcpt_layer(RelayPolicyLayer::new(local_domains.clone(), trusted)))
+    Ok(stages.relay_policy(RelayPolicyLayer::new(local_domains.clone(), trusted)))
 }
 
 /// The end of the data stage: make the message durable, then say `250`.

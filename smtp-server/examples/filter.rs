@@ -23,6 +23,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use smtp_proto::EnhancedStatus;
+use smtp_server::filters::{DomainSet, RelayPolicyLayer};
 use smtp_server::{
     BoxError, DataRequest, Decision, ListenerConfig, ListenerMode, MailRequest, Next, RcptRequest,
     Server, ServerConfig, Stages, from_fn,
@@ -64,7 +65,13 @@ async fn main() -> Result<(), BoxError> {
     // 2. The full path: a Layer and its Service, with state shared by every connection.
     let rate_limit = RateLimitLayer::new(5, Duration::from_secs(60));
 
+    // Mail for example.test from anyone, elsewhere only from this machine.
+    let relay = RelayPolicyLayer::new(
+        DomainSet::new(["example.test"]),
+        vec!["127.0.0.0/8".parse()?],
+    );
     let stages = Stages::new(print)
+        .relay_policy(relay)
         .rcpt_layer(no_reply)
         .mail_layer(rate_limit);
     let config = ServerConfig {

@@ -430,17 +430,15 @@ impl Connection {
                     .envelope()
                     .map(|e| e.from.clone())
                     .unwrap_or(smtp_proto::ReversePath::Null);
-                call(
-                    &stages.rcpt,
-                    RcptRequest {
+                stages
+                    .rcpt(RcptRequest {
                         session: self.snapshot(session),
                         from,
                         to,
                         params,
                         notes: self.notes.clone(),
-                    },
-                )
-                .await
+                    })
+                    .await
             }
             Event::Message { envelope, body } => {
                 let Some(body) = self.finish_content(body).await else {

@@ -25,6 +25,12 @@ pub enum ServerError {
     /// A listener needs TLS but no certificate is configured.
     #[error("listener {0} is smtps but no TLS certificate is configured")]
     TlsRequired(std::net::SocketAddr),
+    /// A relay listener (port 25 rules) has no relay policy: it would be an open relay.
+    #[error(
+        "listener {0} is a relay listener but no relay policy is set: add one with \
+         Stages::relay_policy (filters::RelayPolicyLayer is the standard one)"
+    )]
+    NoRelayPolicy(std::net::SocketAddr),
     /// A reload changes the listeners, which only a restart can do (or
     /// [`Server::with_listeners`](crate::Server::with_listeners) got sockets bound for others).
     #[error("the listeners changed (addresses or modes): restart to apply that")]

@@ -30,7 +30,7 @@
 //! });
 //! let stages = Stages::new(sink)
 //!     .data_layer(ReceivedLayer::new("mx.example.test"))
-//!     .rcpt_layer(RelayPolicyLayer::new(DomainSet::new(["example.test"]), vec![]));
+//!     .relay_policy(RelayPolicyLayer::new(DomainSet::new(["example.test"]), vec![]));
 //! let config = ServerConfig {
 //!     hostname: "mx.example.test".into(),
 //!     listeners: vec![ListenerConfig { address: "127.0.0.1:2525".parse().unwrap(), mode: ListenerMode::Relay }],

@@ -23,12 +23,14 @@ use crate::stats::ServerStats;
 /// ```no_run
 /// # async fn example() -> Result<(), smtp_server::ServerError> {
 /// use smtp_server::{Decision, ListenerConfig, ListenerMode, Server, ServerConfig, Stages};
+/// use smtp_server::filters::{DomainSet, RelayPolicyLayer};
 /// let config = ServerConfig {
 ///     listeners: vec![ListenerConfig { address: "127.0.0.1:2525".parse().unwrap(), mode: ListenerMode::Relay }],
 ///     ..ServerConfig::default()
 /// };
 /// let sink = tower::service_fn(|_req| async { Ok::<_, smtp_server::BoxError>(Decision::accept()) });
-/// let server = Server::bind(config, Stages::new(sink)).await?;
+/// let policy = RelayPolicyLayer::new(DomainSet::new(["example.test"]), vec![]);
+/// let server = Server::bind(config, Stages::new(sink).relay_policy(policy)).await?;
 /// server.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
 /// # Ok(()) }
 /// ```
@@ -124,6 +126,9 @@ fn listener(
     if l.mode == ListenerMode::Smtps && acceptor.is_none() {
         return Err(ServerError::TlsRequired(l.address));
     }
+    if l.mode == ListenerMode::Relay && !stages.has_relay_policy() {
+        return Err(ServerError::NoRelayPolicy(l.address));
+    }
     Ok(Listener {
         config: Arc::clone(config),
         session_config: Arc::new(config.session_config(l.mode)),
@@ -158,12 +163,14 @@ impl Server {
     /// ```no_run
     /// # async fn example() -> Result<(), smtp_server::ServerError> {
     /// use smtp_server::{Decision, ListenerConfig, ListenerMode, Server, ServerConfig, Stages};
+    /// use smtp_server::filters::{DomainSet, RelayPolicyLayer};
     /// let listeners = vec![ListenerConfig { address: "0.0.0.0:25".parse().unwrap(), mode: ListenerMode::Relay }];
     /// let bound = Server::listen(&listeners, 1024)?;
     /// // ... drop privileges here ...
     /// let config = ServerConfig { listeners, ..ServerConfig::default() };
     /// let sink = tower::service_fn(|_req| async { Ok::<_, smtp_server::BoxError>(Decision::accept()) });
-    /// let server = Server::with_listeners(config, Stages::new(sink), bound)?;
+    /// let policy = RelayPolicyLayer::new(DomainSet::new(["example.test"]), vec![]);
+    /// let server = Server::with_listeners(config, Stages::new(sink).relay_policy(policy), bound)?;
     /// # Ok(()) }
     /// ```
     pub fn listen(

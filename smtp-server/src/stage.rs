@@ -343,6 +343,8 @@ pub struct Stages {
     pub(crate) mail: StageService<MailRequest>,
     pub(crate) rcpt: StageService<RcptRequest>,
     pub(crate) data: StageService<DataRequest>,
+    /// Who may send where: asked before the rcpt chain, whatever its layers.
+    relay: Option<StageService<RcptRequest>>,
 }
 
 impl std::fmt::Debug for Stages {
@@ -400,7 +402,54 @@ impl Stages {
             mail: accept_all(),
             rcpt: accept_all(),
             data: BoxCloneSyncService::new(data),
+            relay: None,
         }
+    }
+
+    /// Sets the relay policy: which recipients a client may send to (local domains for
+    /// anyone, others for logins and trusted networks, with
+    /// [`RelayPolicyLayer`](crate::filters::RelayPolicyLayer), the standard one). It is
+    /// asked before every other rcpt filter, whatever the order they were added in, so
+    /// no filter can accept a recipient it refuses; a later call replaces it. A
+    /// [`ListenerMode::Relay`] listener does not start without one
+    /// ([`ServerError::NoRelayPolicy`](crate::ServerError::NoRelayPolicy)): a relay
+    /// listener without a policy would be an open relay.
+    ///
+    /// ```
+    /// use smtp_server::filters::{DomainSet, RelayPolicyLayer};
+    /// # let sink = tower::service_fn(|_| async { Ok::<_, smtp_server::BoxError>(smtp_server::Decision::accept()) });
+    /// let trusted = vec!["192.0.2.0/24".parse().unwrap()];
+    /// let stages = smtp_server::Stages::new(sink)
+    ///     .relay_policy(RelayPolicyLayer::new(DomainSet::new(["example.test"]), trusted));
+    /// ```
+    pub fn relay_policy<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<StageService<RcptRequest>>,
+        L::Service: Service<RcptRequest, Response = Decision, Error = BoxError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as Service<RcptRequest>>::Future: Send + 'static,
+    {
+        self.relay = Some(BoxCloneSyncService::new(layer.layer(accept_all())));
+        self
+    }
+
+    /// Whether a relay policy is set.
+    pub(crate) fn has_relay_policy(&self) -> bool {
+        self.relay.is_some()
+    }
+
+    /// The rcpt stage: the relay policy first, then the rcpt chain.
+    pub(crate) async fn rcpt(&self, request: RcptRequest) -> Result<Decision, BoxError> {
+        if let Some(relay) = &self.relay {
+            let decision = call(relay, request.clone()).await?;
+            if !decision.is_accept() {
+                return Ok(decision);
+            }
+        }
+        call(&self.rcpt, request).await
     }
 
     stage_layer!(

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use smtp_client::testing::{RawClient, code_of};
+use smtp_server::filters::{DomainSet, RelayPolicyLayer};
 use smtp_server::{
     BoxError, DataRequest, Decision, Limits, ListenerConfig, ListenerMode, Server, ServerConfig,
     SpillConfig, Stages,
@@ -35,7 +36,9 @@ async fn start(limits: Limits, spill: Option<SpillConfig>) -> (std::net::SocketA
         spill,
         ..ServerConfig::default()
     };
-    let server = Server::bind(config, Stages::new(sink)).await.unwrap();
+    let policy = RelayPolicyLayer::new(DomainSet::new(["d.test"]), Vec::new());
+    let stages = Stages::new(sink).relay_policy(policy);
+    let server = Server::bind(config, stages).await.unwrap();
     let addr = server.local_addrs()[0].1;
     tokio::spawn(server.run(std::future::pending()));
     (addr, seen)

@@ -13,8 +13,11 @@ use smtp_server::{
     MailRequest, Next, RcptRequest, Server, ServerConfig, Stages, from_fn,
 };
 
+/// A server on a relay listener that relays for loopback (every test client).
 async fn start(stages: Stages) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    start_with(stages, None).await
+    let loopback = vec!["127.0.0.0/8".parse().unwrap()];
+    let policy = RelayPolicyLayer::new(DomainSet::new(Vec::<String>::new()), loopback);
+    start_with(stages.relay_policy(policy), None).await
 }
 
 /// [`start`], with TLS (and AUTH after STARTTLS) when `tls` is given.
@@ -207,7 +210,7 @@ async fn a_login_counts_only_when_the_reply_says_so() {
         });
         let relay_policy = RelayPolicyLayer::new(DomainSet::new(["stages.test"]), Vec::new());
         let stages = Stages::new(sink(Arc::default()))
-            .rcpt_layer(relay_policy)
+            .relay_policy(relay_policy)
             .auth_layer(verdict);
         let (addr, _stop) = start_with(stages, Some(Arc::clone(&server_tls))).await;
         let mut c = RawClient::connect(addr).await;
@@ -224,4 +227,35 @@ async fn a_login_counts_only_when_the_reply_says_so() {
             "after {login}"
         );
     }
+}
+
+/// Secure by default for library users: a relay listener without a relay policy does
+/// not start (it would be an open relay), and the policy is asked before every rcpt
+/// filter, so one that accepts any recipient without asking the rest of the chain
+/// cannot open the relay either.
+#[tokio::test]
+async fn a_relay_listener_needs_a_relay_policy_that_no_filter_can_bypass() {
+    let config = ServerConfig {
+        listeners: vec![ListenerConfig {
+            address: "127.0.0.1:0".parse().unwrap(),
+            mode: ListenerMode::Relay,
+        }],
+        ..ServerConfig::default()
+    };
+    let refused = Server::bind(config, Stages::new(sink(Arc::default()))).await;
+    let error = refused.expect_err("no relay policy, no server").to_string();
+    assert!(error.contains("no relay policy"), "{error}");
+
+    let yes_to_all =
+        from_fn(|_: RcptRequest, _: Next<RcptRequest>| async { Ok(Decision::accept()) });
+    let policy = RelayPolicyLayer::new(DomainSet::new(["stages.test"]), Vec::new());
+    let stages = Stages::new(sink(Arc::default()))
+        .relay_policy(policy)
+        .rcpt_layer(yes_to_all);
+    let (addr, _stop) = start_with(stages, None).await;
+    let mut c = RawClient::connect(addr).await;
+    c.cmd("EHLO client.test").await;
+    assert_eq!(c.code("MAIL FROM:<a@client.test>").await, "250 2.1.0");
+    assert_eq!(c.code("RCPT TO:<bob@stages.test>").await, "250 2.1.5");
+    assert_eq!(c.code("RCPT TO:<bob@elsewhere.test>").await, "554 5.7.1");
 }
