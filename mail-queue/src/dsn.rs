@@ -121,7 +121,7 @@ pub fn build(
          {intro}\r\n\
          \r\n",
         to = message.from,
-        date = smtp_proto::rfc5322_date(unix(now)),
+        date = smtp_proto::rfc5322_date(now),
         id = message.id,
         nanos = now
             .duration_since(UNIX_EPOCH)
@@ -153,7 +153,7 @@ pub fn build(
     let _ = write!(
         out,
         "Arrival-Date: {}\r\n",
-        smtp_proto::rfc5322_date(message.received)
+        smtp_proto::rfc5322_date(UNIX_EPOCH + std::time::Duration::from_secs(message.received))
     );
     for &i in recipients {
         let Some(r) = message.recipients.get(i) else {
@@ -246,10 +246,6 @@ fn smtp_reply(reply: &str) -> Option<&str> {
     (code.bytes().all(|b| b.is_ascii_digit())
         && matches!(reply.as_bytes().get(3), None | Some(b' ' | b'-')))
     .then_some(reply)
-}
-
-fn unix(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Text on one header line: no CR or LF.

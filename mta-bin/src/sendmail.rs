@@ -240,7 +240,8 @@ pub fn prepare(message: &[u8], options: &Options, cx: &Context) -> Result<Prepar
             .iter()
             .any(|f| f.name.as_str().eq_ignore_ascii_case(field))
     };
-    let date = smtp_proto::rfc5322_date(cx.now);
+    let date =
+        smtp_proto::rfc5322_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(cx.now));
     let mut out = format!(
         "Received: by {} (mta sendmail, from user {}); {date}\r\n",
         cx.hostname, cx.user
@@ -456,11 +457,10 @@ fn smtp_on_stdio(options: &Options) -> Result<(), (u8, anyhow::Error)> {
                 _ => session.accept(),
             }
         }
-        let pending = session.pending_output().len();
-        if pending > 0 {
-            output.write_all(session.pending_output()).map_err(io)?;
+        let pending = session.take_output();
+        if !pending.is_empty() {
+            output.write_all(&pending).map_err(io)?;
             output.flush().map_err(io)?;
-            session.consume_output(pending);
         }
         if session.is_closed() {
             return Ok(());
@@ -468,8 +468,7 @@ fn smtp_on_stdio(options: &Options) -> Result<(), (u8, anyhow::Error)> {
         let n = input.read(&mut buffer).map_err(io)?;
         if n == 0 {
             session.shutdown();
-            let pending = session.pending_output().len();
-            let _ = output.write_all(&session.pending_output()[..pending]);
+            let _ = output.write_all(&session.take_output());
             return Ok(());
         }
         session.receive(&buffer[..n]);

@@ -30,6 +30,10 @@ mod outbound;
 pub mod testing;
 mod tls;
 
+/// The protocol core this client speaks through (addresses, replies, parameters), so
+/// that one dependency is enough. Built for tokio 1 and rustls 0.23.
+pub use smtp_proto;
+
 pub use connection::{Connection, Timeouts};
 pub use error::ClientError;
 pub use outbound::{ClientStream, OutboundConfig, OutboundMessage, Session};

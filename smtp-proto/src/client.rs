@@ -464,6 +464,16 @@ impl ClientSession {
         &self.output[self.output_pos..]
     }
 
+    /// The command bytes waiting to be written, taken out of the session: write them
+    /// all. (For a writer that may send only part, [`ClientSession::pending_output`]
+    /// and [`ClientSession::consume_output`].)
+    pub fn take_output(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.output);
+        out.drain(..self.output_pos);
+        self.output_pos = 0;
+        out
+    }
+
     /// Marks `n` bytes of [`ClientSession::pending_output`] as written.
     pub fn consume_output(&mut self, n: usize) {
         self.output_pos = (self.output_pos + n).min(self.output.len());

@@ -1,13 +1,19 @@
 //! The date format of message headers (RFC 5322 §3.3), for `Received:`, `Date:` and
 //! delivery reports. Pure formatting: the caller supplies the time.
 
-/// `Tue, 24 Nov 2026 20:00:00 +0000` for a time in seconds since the Unix epoch, in UTC.
+/// `Tue, 24 Nov 2026 20:00:00 +0000`: `time` in UTC, to the second (a time before 1970
+/// reads as the epoch).
 ///
 /// ```
-/// assert_eq!(smtp_proto::rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-/// assert_eq!(smtp_proto::rfc5322_date(1_795_550_400), "Tue, 24 Nov 2026 20:00:00 +0000");
+/// use std::time::{Duration, UNIX_EPOCH};
+/// assert_eq!(smtp_proto::rfc5322_date(UNIX_EPOCH), "Thu, 1 Jan 1970 00:00:00 +0000");
+/// let then = UNIX_EPOCH + Duration::from_secs(1_795_550_400);
+/// assert_eq!(smtp_proto::rfc5322_date(then), "Tue, 24 Nov 2026 20:00:00 +0000");
 /// ```
-pub fn rfc5322_date(unix_seconds: u64) -> String {
+pub fn rfc5322_date(time: std::time::SystemTime) -> String {
+    let unix_seconds = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
@@ -38,7 +44,9 @@ mod tests {
     #[test]
     fn leap_day() {
         assert_eq!(
-            super::rfc5322_date(951_782_400),
+            super::rfc5322_date(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400)
+            ),
             "Tue, 29 Feb 2000 00:00:00 +0000"
         );
     }

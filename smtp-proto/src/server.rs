@@ -598,6 +598,25 @@ impl ServerSession {
         }
     }
 
+    /// The reply bytes waiting to be sent, taken out of the session: write them all.
+    /// (For a writer that may send only part, [`ServerSession::pending_output`] and
+    /// [`ServerSession::consume_output`].)
+    ///
+    /// ```
+    /// use smtp_proto::{ServerConfig, ServerSession};
+    /// let mut session = ServerSession::new(std::sync::Arc::new(ServerConfig::default()));
+    /// session.poll_event(); // the connection: answer it
+    /// session.accept();
+    /// assert!(session.take_output().starts_with(b"220 "));
+    /// assert!(session.take_output().is_empty());
+    /// ```
+    pub fn take_output(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.output);
+        out.drain(..self.output_pos);
+        self.output_pos = 0;
+        out
+    }
+
     /// Reply bytes waiting to be sent.
     pub fn pending_output(&self) -> &[u8] {
         &self.output[self.output_pos..]

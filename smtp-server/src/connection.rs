@@ -206,17 +206,15 @@ impl Connection {
     /// Sends the session's replies; a client that does not read them within the
     /// command timeout is dropped.
     async fn flush(&mut self, session: &mut ServerSession) -> io::Result<()> {
-        let pending = session.pending_output();
+        let pending = session.take_output();
         if !pending.is_empty() {
             let write = async {
-                self.stream.write_all(pending).await?;
+                self.stream.write_all(&pending).await?;
                 self.stream.flush().await
             };
             tokio::time::timeout(self.listener.config.limits.command_timeout, write)
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client does not read"))??;
-            let n = pending.len();
-            session.consume_output(n);
         }
         Ok(())
     }

@@ -53,6 +53,12 @@ mod stage;
 mod stats;
 pub mod tls;
 
+/// The protocol core this server speaks through (addresses, replies, parameters), so
+/// that one dependency is enough to write a filter. Built for tokio 1, tower 0.5 and
+/// rustls 0.23.
+pub use smtp_proto;
+pub use smtp_proto::{EnhancedStatus, Reply, ReplyCode};
+
 pub use config::{Limits, ListenerConfig, ListenerMode, ServerConfig};
 pub use content::{Content, SpillConfig};
 pub use error::ServerError;

@@ -453,22 +453,41 @@ impl Stages {
     }
 
     stage_layer!(
-        /// Wraps the connect stage.
+        /// Wraps the connect stage (the greeting) in `layer`. Each call wraps what is there, so the layer
+        /// added last sees the request first: `.connect_layer(a).connect_layer(b)` runs
+        /// `b`, then `a` (the reverse of tower's `ServiceBuilder`, whose first `.layer`
+        /// is the outermost).
         connect_layer, connect, ConnectRequest);
     stage_layer!(
-        /// Wraps the ehlo stage.
+        /// Wraps the ehlo stage (HELO, EHLO, LHLO) in `layer`. Each call wraps what is there, so the layer
+        /// added last sees the request first: `.ehlo_layer(a).ehlo_layer(b)` runs
+        /// `b`, then `a` (the reverse of tower's `ServiceBuilder`, whose first `.layer`
+        /// is the outermost).
         ehlo_layer, ehlo, EhloRequest);
     stage_layer!(
-        /// Wraps the auth stage.
+        /// Wraps the auth stage (AUTH) in `layer`. Each call wraps what is there, so the layer
+        /// added last sees the request first: `.auth_layer(a).auth_layer(b)` runs
+        /// `b`, then `a` (the reverse of tower's `ServiceBuilder`, whose first `.layer`
+        /// is the outermost).
         auth_layer, auth, AuthRequest);
     stage_layer!(
-        /// Wraps the mail stage.
+        /// Wraps the mail stage (MAIL FROM) in `layer`. Each call wraps what is there, so the layer
+        /// added last sees the request first: `.mail_layer(a).mail_layer(b)` runs
+        /// `b`, then `a` (the reverse of tower's `ServiceBuilder`, whose first `.layer`
+        /// is the outermost).
         mail_layer, mail, MailRequest);
     stage_layer!(
-        /// Wraps the rcpt stage.
+        /// Wraps the rcpt stage (RCPT TO) in `layer`. Each call wraps what is there, so the layer
+        /// added last sees the request first: `.rcpt_layer(a).rcpt_layer(b)` runs
+        /// `b`, then `a` (the reverse of tower's `ServiceBuilder`, whose first `.layer`
+        /// is the outermost). The relay policy ([`Stages::relay_policy`]) is asked
+        /// before all of them.
         rcpt_layer, rcpt, RcptRequest);
     stage_layer!(
-        /// Wraps the data stage.
+        /// Wraps the data stage (the message) in `layer`. Each call wraps what is there, so the layer
+        /// added last sees the request first: `.data_layer(a).data_layer(b)` runs
+        /// `b`, then `a` (the reverse of tower's `ServiceBuilder`, whose first `.layer`
+        /// is the outermost).
         data_layer, data, DataRequest);
 }
 

@@ -348,11 +348,7 @@ async fn connection(
             let uid = uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string());
             let received = format!(
                 "Received: by {hostname} (mta sendmail socket, from userid {uid});\r\n\t{}\r\n",
-                smtp_proto::rfc5322_date(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs())
-                )
+                smtp_proto::rfc5322_date(std::time::SystemTime::now())
             );
             let message = [received.into_bytes(), message].concat();
             let source = format!("local uid {uid}");

@@ -1,6 +1,6 @@
 //! The `Received:` header (RFC 5321 §4.4, protocol names of RFC 3848).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use smtp_proto::{ForwardPath, HeloName};
 use tower::Layer;
@@ -76,10 +76,8 @@ impl<S> Received<S> {
         {
             value.push_str(&format!("\r\n\tfor <{}>", sanitize(m.as_str())));
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        value.push_str(&format!(";\r\n\t{}", smtp_proto::rfc5322_date(now)));
+        let now = smtp_proto::rfc5322_date(SystemTime::now());
+        value.push_str(&format!(";\r\n\t{now}"));
         req.prepend_header("Received", &value);
         None
     }

@@ -76,7 +76,7 @@ impl<S> SubmittedHeaders<S> {
             req.prepend_header("Message-ID", &value);
         }
         if !date {
-            req.prepend_header("Date", &smtp_proto::rfc5322_date(now.as_secs()));
+            req.prepend_header("Date", &smtp_proto::rfc5322_date(UNIX_EPOCH + now));
         }
         None
     }
