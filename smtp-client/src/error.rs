@@ -47,10 +47,7 @@ impl ClientError {
             Self::Auth(reply) => Reply::new(
                 ReplyCode::LOCAL_ERROR,
                 EnhancedStatus::new(4, 7, 0).unwrap_or(EnhancedStatus::PROTOCOL_TEMPORARY),
-                format!(
-                    "authentication to the relay failed: {}",
-                    reply.to_string().trim_end()
-                ),
+                format!("authentication to the relay failed: {}", reply),
             ),
             Self::Tls { message, source } => Reply::new(
                 ReplyCode::LOCAL_ERROR,

@@ -203,10 +203,7 @@ impl Session {
                 conn.hello(helo).await?;
                 tls = true;
             } else if config.tls == TlsPolicy::Required {
-                return Err(ClientError::tls(format!(
-                    "STARTTLS refused: {}",
-                    reply.to_string().trim_end()
-                )));
+                return Err(ClientError::tls(format!("STARTTLS refused: {}", reply)));
             }
         }
         if config.tls == TlsPolicy::Required && !tls {

@@ -17,7 +17,7 @@ use crate::reply::{Reply, ReplyCode};
 ///     ..Capabilities::default()
 /// };
 /// let reply = caps.to_reply("mx.example.test");
-/// assert_eq!(reply.to_string(), "250-mx.example.test\r\n250-PIPELINING\r\n250-SIZE 10485760\r\n250 AUTH PLAIN LOGIN\r\n");
+/// assert_eq!(reply.to_bytes(), b"250-mx.example.test\r\n250-PIPELINING\r\n250-SIZE 10485760\r\n250 AUTH PLAIN LOGIN\r\n");
 /// assert_eq!(Capabilities::from_reply(&reply), caps);
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -159,7 +159,7 @@ impl Error {
     ///
     /// ```
     /// use smtp_proto::Error;
-    /// assert_eq!(Error::LineTooLong.reply().to_string(), "500 5.5.2 Line too long\r\n");
+    /// assert_eq!(Error::LineTooLong.reply().to_string(), "500 5.5.2 Line too long");
     /// assert_eq!(Error::TooManyRecipients.reply().code().as_u16(), 452);
     /// ```
     pub fn reply(&self) -> Reply {

@@ -404,13 +404,18 @@ impl std::str::FromStr for EnhancedStatus {
 /// text (RFC 5321 §4.2).
 ///
 /// The text of a multi-line reply is kept as one string with lines separated by `\n`;
-/// [`Reply::lines`] yields them. Encoding repeats the code (and the enhanced status) on
-/// every line, `-` after the code on all lines but the last.
+/// [`Reply::lines`] yields them. The wire form ([`Reply::encode`], [`Reply::to_bytes`])
+/// repeats the code (and the enhanced status) on every line, `-` after the code on all
+/// lines but the last, each line ended by CRLF. `Display` shows the same lines without
+/// their CRLF, for logs and error messages.
 ///
 /// ```
 /// use smtp_proto::{EnhancedStatus, Reply, ReplyCode};
 /// let reply = Reply::new(ReplyCode::OK, EnhancedStatus::OK, "first\nsecond");
-/// assert_eq!(reply.to_string(), "250-2.0.0 first\r\n250 2.0.0 second\r\n");
+/// assert_eq!(reply.to_bytes(), b"250-2.0.0 first\r\n250 2.0.0 second\r\n");
+/// assert_eq!(reply.to_string(), "250-2.0.0 first\n250 2.0.0 second");
+/// let one = Reply::new(ReplyCode::OK, EnhancedStatus::OK, "Ok");
+/// assert_eq!(one.to_string(), "250 2.0.0 Ok");
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Reply {
@@ -545,7 +550,8 @@ impl fmt::Debug for Reply {
 
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&String::from_utf8_lossy(&self.to_bytes()))
+        let wire = String::from_utf8_lossy(&self.to_bytes()).into_owned();
+        f.write_str(&wire.trim_end_matches("\r\n").replace("\r\n", "\n"))
     }
 }
 

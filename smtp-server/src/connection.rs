@@ -492,7 +492,7 @@ impl Connection {
 }
 
 fn reply_text(reply: Option<&Reply>) -> String {
-    reply.map_or_else(|| "250".to_owned(), |r| r.to_string().trim_end().to_owned())
+    reply.map_or_else(|| "250".to_owned(), |r| r.to_string())
 }
 
 /// Answers the session's pending event with a stage's decision, and counts a refusal.

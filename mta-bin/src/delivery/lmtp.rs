@@ -67,7 +67,7 @@ impl Lmtp {
         match self.try_deliver(request, addresses).await {
             Ok(outcomes) => outcomes,
             Err(e) => {
-                let text = e.reply().to_string().trim_end().to_owned();
+                let text = e.reply().to_string();
                 let outcome = if e.is_permanent() {
                     Outcome::Failed(text)
                 } else {
@@ -145,7 +145,7 @@ impl Lmtp {
             .recipients
             .iter()
             .map(|reply| {
-                let text = reply.to_string().trim_end().to_owned();
+                let text = reply.to_string();
                 if reply.is_positive_completion() {
                     Outcome::Delivered(text)
                 } else if reply.is_permanent() {

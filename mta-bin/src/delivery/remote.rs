@@ -143,7 +143,7 @@ impl Remote {
         }
         match last_error {
             Some((host, e)) => {
-                let text = format!("{host}: {}", e.reply().to_string().trim_end());
+                let text = format!("{host}: {}", e.reply());
                 let outcome = if e.is_permanent() {
                     Outcome::Failed(text)
                 } else {
@@ -257,10 +257,7 @@ impl Remote {
 /// `sent to ROUTE: 250 2.0.0 Ok`, or the reply as failed or deferred by its class. A
 /// message sent on is the next server's to report on (NOTIFY went with it).
 fn outcome(route: &str, reply: &Reply) -> Outcome {
-    let text = format!(
-        "{route}: {}",
-        reply.to_string().trim_end().replace("\r\n", " ")
-    );
+    let text = format!("{route}: {}", reply.to_string().replace('\n', " "));
     if reply.is_positive_completion() {
         Outcome::Sent(format!("sent to {text}"))
     } else if reply.is_permanent() {

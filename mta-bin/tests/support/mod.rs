@@ -77,12 +77,12 @@ pub(crate) fn smtp_send(addr: &str, from: &str, to: &[&str], message: &str) -> S
         assert!(
             said.last().is_some_and(|r| r.starts_with("354")),
             "{}",
-            said.concat()
+            said.join("\n")
         );
         c.send(format!("{message}.\r\n").as_bytes()).await;
         said.push(c.reply().await.to_string());
         said.push(c.cmd("QUIT").await.to_string());
-        let said = said.concat();
+        let said = said.join("\n");
         assert!(said.contains("250 2.0.0 Ok: queued as "), "{said}");
         said
     })
