@@ -14,6 +14,7 @@
 //! ([`ClientError::reply`]), which is what a queue needs to choose between retrying and
 //! bouncing.
 //!
+//! - [`Mailer`]: the short path, one message to a server named by `host:port`.
 //! - [`Connection`]: a session over any stream (TCP, Unix sockets), EHLO/LHLO with
 //!   HELO fallback, transactions with PIPELINING and CHUNKING; LMTP.
 //! - [`Session`]: outbound SMTP to one host: its addresses in turn, STARTTLS by
@@ -25,6 +26,7 @@
 
 mod connection;
 mod error;
+mod mailer;
 mod outbound;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -36,5 +38,6 @@ pub use smtp_proto;
 
 pub use connection::{Connection, Timeouts};
 pub use error::ClientError;
+pub use mailer::Mailer;
 pub use outbound::{ClientStream, OutboundConfig, OutboundMessage, Session};
 pub use tls::{TlsConfigs, TlsPolicy};

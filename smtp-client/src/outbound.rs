@@ -44,6 +44,10 @@ pub struct OutboundConfig {
     pub timeouts: Timeouts,
     /// Send bodies with BDAT when the server offers CHUNKING.
     pub chunking: bool,
+    /// A server that greets with our own EHLO name is us: the mail would loop
+    /// ([`ClientError::Loop`], as Postfix does). On by default; a client that names
+    /// the server itself (a submission client) has no loop to fear.
+    pub detect_loops: bool,
 }
 
 impl OutboundConfig {
@@ -59,6 +63,7 @@ impl OutboundConfig {
             connect_timeout: Duration::from_secs(30),
             timeouts: Timeouts::default(),
             chunking: true,
+            detect_loops: true,
         }
     }
 }
@@ -175,7 +180,9 @@ impl Session {
         let mut conn = Connection::open(stream, client_config, config.timeouts.clone()).await?;
         // As Postfix does: a server that greets with our own name is us.
         let greeted_as = conn.greeting().text().split_whitespace().next();
-        if greeted_as.is_some_and(|name| name.eq_ignore_ascii_case(&config.helo_name)) {
+        if config.detect_loops
+            && greeted_as.is_some_and(|name| name.eq_ignore_ascii_case(&config.helo_name))
+        {
             conn.quit().await;
             return Err(ClientError::Loop(host.to_owned()));
         }

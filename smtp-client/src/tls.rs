@@ -62,6 +62,36 @@ impl TlsConfigs {
             Arc::clone(&provider),
         )
         .map_err(|e| ClientError::tls_from("cannot load the trusted roots", e))?;
+        Self::build(provider, Some(Arc::new(platform)), extra_roots)
+    }
+
+    /// Both configurations, trusting `roots` alone (not the system's): a private CA,
+    /// or servers' own certificates, each also accepted as it is (pinned). With none,
+    /// no certificate verifies. Reads nothing from the system.
+    pub fn with_roots(roots: Vec<CertificateDer<'static>>) -> Result<Self, ClientError> {
+        let provider = Arc::new(aws_lc_rs::default_provider());
+        let mut store = rustls::RootCertStore::empty();
+        // A certificate that cannot be an anchor can still be pinned.
+        let _ = store.add_parsable_certificates(roots.iter().cloned());
+        let webpki: Option<Arc<dyn ServerCertVerifier>> = if store.is_empty() {
+            None
+        } else {
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(store),
+                Arc::clone(&provider),
+            )
+            .build()
+            .map_err(|e| ClientError::tls_from("cannot use the trusted roots", e))?;
+            Some(verifier)
+        };
+        Self::build(provider, webpki, roots)
+    }
+
+    fn build(
+        provider: Arc<CryptoProvider>,
+        verifier: Option<Arc<dyn ServerCertVerifier>>,
+        pins: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, ClientError> {
         let config = |check: CertificateCheck| {
             rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
                 .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -74,11 +104,15 @@ impl TlsConfigs {
                 })
         };
         let verified = config(CertificateCheck {
-            verify: Some((platform, extra_roots)),
+            any: false,
+            pins,
+            verifier,
             provider: Arc::clone(&provider),
         })?;
         let unverified = config(CertificateCheck {
-            verify: None,
+            any: true,
+            pins: Vec::new(),
+            verifier: None,
             provider: Arc::clone(&provider),
         })?;
         Ok(Self {
@@ -92,12 +126,12 @@ impl TlsConfigs {
 /// provider's algorithms whatever the verdict on the certificate.
 #[derive(Debug)]
 struct CertificateCheck {
-    /// `None`: any certificate (opportunistic TLS). Otherwise the platform's
-    /// verification, or a certificate the operator listed (pinned), byte for byte.
-    verify: Option<(
-        rustls_platform_verifier::Verifier,
-        Vec<CertificateDer<'static>>,
-    )>,
+    /// Any certificate is accepted (opportunistic TLS).
+    any: bool,
+    /// Certificates the operator listed, accepted byte for byte (pinned).
+    pins: Vec<CertificateDer<'static>>,
+    /// What judges the others (none: no other is accepted).
+    verifier: Option<Arc<dyn ServerCertVerifier>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -110,14 +144,15 @@ impl ServerCertVerifier for CertificateCheck {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match &self.verify {
-            None => Ok(ServerCertVerified::assertion()),
-            Some((_, pins)) if pins.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
-                Ok(ServerCertVerified::assertion())
+        let pinned = self.pins.iter().any(|p| p.as_ref() == end_entity.as_ref());
+        match &self.verifier {
+            _ if self.any || pinned => Ok(ServerCertVerified::assertion()),
+            Some(verifier) => {
+                verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
             }
-            Some((platform, _)) => {
-                platform.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-            }
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
         }
     }
 
