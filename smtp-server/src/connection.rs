@@ -62,6 +62,7 @@ pub(crate) async fn serve(
             helo: None,
             authenticated: None,
             protocol: "SMTP",
+            connection: Notes::default(),
         };
         let mut conn = Connection {
             listener: Arc::clone(&listener),

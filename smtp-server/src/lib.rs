@@ -46,6 +46,7 @@ mod config;
 mod connection;
 mod content;
 mod error;
+mod filter;
 pub mod filters;
 mod from_fn;
 mod server;
@@ -62,6 +63,10 @@ pub use smtp_proto::{EnhancedStatus, Reply, ReplyCode};
 pub use config::{Limits, ListenerConfig, ListenerMode, ServerConfig};
 pub use content::{Content, SpillConfig};
 pub use error::ServerError;
+pub use filter::{
+    AsyncCheck, Check, CheckFuture, Filter, FilterAsync, FilterAsyncService, FilterFuture,
+    FilterService, Flow, filter, filter_async,
+};
 pub use from_fn::{FromFn, FromFnLayer, Next, from_fn};
 pub use server::{BoundListeners, Reloader, Server};
 pub use stage::{

@@ -192,6 +192,10 @@ pub struct SessionInfo {
     pub authenticated: Option<String>,
     /// `SMTP`, `ESMTP`, `ESMTPS`, `ESMTPSA` ... for `Received:` (RFC 3848).
     pub protocol: &'static str,
+    /// Values filters keep for the whole connection (a milter's session, a verdict
+    /// about the client), dropped when the connection ends; the same in every request
+    /// of the connection.
+    pub connection: Notes,
 }
 
 /// Values filters leave for the later stages of the same transaction, one per type:
@@ -225,6 +229,16 @@ impl Notes {
         notes.iter().find_map(|n| n.downcast_ref::<T>()).cloned()
     }
 }
+
+/// Two `Notes` are equal when they are the same notes (one transaction's, or one
+/// connection's), not when they hold equal values.
+impl PartialEq for Notes {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Notes {}
 
 impl std::fmt::Debug for Notes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -375,7 +389,71 @@ macro_rules! stage_layer {
     };
 }
 
+macro_rules! stage_filters {
+    ($stage:literal, $filter:ident, $filter_async:ident, $layer:ident, $req:ty) => {
+        #[doc = concat!("Adds a filter to the ", $stage, " stage: a closure that passes the request on (`None`) or answers (`Some(decision)`); see [`filter`](crate::filter()). It runs before the layers and filters added earlier, like [`Stages::", stringify!($layer), "`].")]
+        pub fn $filter<F>(self, check: F) -> Self
+        where
+            F: Fn(&mut $req) -> Option<Decision> + Send + Sync + 'static,
+        {
+            self.$layer(crate::filter::filter(check))
+        }
+
+        #[doc = concat!("Adds an async filter to the ", $stage, " stage: a closure that gives the request back to pass it on ([`Flow::Continue`](crate::Flow::Continue)) or answers ([`Flow::Decide`](crate::Flow::Decide)); see [`filter_async`](crate::filter_async()).")]
+        pub fn $filter_async<F, Fut>(self, check: F) -> Self
+        where
+            F: Fn($req) -> Fut + Send + Sync + 'static,
+            Fut: std::future::Future<Output = Result<crate::Flow<$req>, BoxError>> + Send + 'static,
+        {
+            self.$layer(crate::filter::filter_async(check))
+        }
+    };
+}
+
 impl Stages {
+    stage_filters!(
+        "connect",
+        connect_filter,
+        connect_filter_async,
+        connect_layer,
+        ConnectRequest
+    );
+    stage_filters!(
+        "ehlo",
+        ehlo_filter,
+        ehlo_filter_async,
+        ehlo_layer,
+        EhloRequest
+    );
+    stage_filters!(
+        "auth",
+        auth_filter,
+        auth_filter_async,
+        auth_layer,
+        AuthRequest
+    );
+    stage_filters!(
+        "mail",
+        mail_filter,
+        mail_filter_async,
+        mail_layer,
+        MailRequest
+    );
+    stage_filters!(
+        "rcpt",
+        rcpt_filter,
+        rcpt_filter_async,
+        rcpt_layer,
+        RcptRequest
+    );
+    stage_filters!(
+        "data",
+        data_filter,
+        data_filter_async,
+        data_layer,
+        DataRequest
+    );
+
     /// Stages that accept every connection, HELO, sender and recipient, refuse every
     /// login (there is no account backend until you add one), and hand each message to
     /// `data`, the service that keeps it (typically the queue). Add policy with the
