@@ -69,7 +69,7 @@ pub type CheckFuture<R> = Pin<Box<dyn Future<Output = Result<Flow<R>, BoxError>>
 /// impl Check<MailRequest> for NoNullSender {
 ///     fn check(&self, req: &mut MailRequest) -> Option<Decision> {
 ///         req.from.mailbox().is_none().then(|| {
-///             Decision::reject::<550>(EnhancedStatus::BAD_SENDER_ADDRESS, "No bounces here")
+///             Decision::reject::<550>(EnhancedStatus::NOT_AUTHORIZED, "No bounces here")
 ///         })
 ///     }
 /// }
