@@ -14,9 +14,12 @@
 mod auth;
 mod hops;
 mod local;
+pub mod milter;
 mod notify;
+pub mod policy;
 mod received;
 mod relay;
+pub mod rspamd;
 mod submitted;
 
 pub use auth::{AuthLayer, Authenticator};

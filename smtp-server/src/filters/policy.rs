@@ -1,0 +1,1 @@
+//! Postfix SMTPD access policy delegation (`name=value` lines), as a rcpt-stage filter.
