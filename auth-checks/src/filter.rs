@@ -4,22 +4,21 @@
 //! | --- | --- | --- |
 //! | [`AuthChecks::mail_layer`] | mail | SPF for the HELO and MAIL FROM identities; under `enforce`, `fail` is `550 5.7.23` and `temperror` `451 4.7.24` |
 //! | [`AuthChecks::data_layer`] | data | removes forged `Authentication-Results` naming us, checks DKIM, ARC, DMARC, adds our `Authentication-Results`, applies the policies, seals ARC |
-//! | [`DkimSignLayer`] | data | signs mail from authenticated users for the domains it has keys for |
+//! | [`DkimSigning`] (a [`Check`]: `smtp_server::filter(signing)`) | data | signs mail from authenticated users for the domains it has keys for |
 //!
 //! Mechanism and policy are apart: each check is `off`, `tag` (header only) or
 //! `enforce` ([`Mode`]). Authenticated sessions, sessions from `skip_networks`, and
 //! listeners other than the relay listener (port 25) are not checked.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use smtp_proto::{EnhancedStatus, ForwardPath, HeloName, ReversePath};
 use smtp_server::filters::{DomainSet, IpNetwork};
-use smtp_server::{BoxError, DataRequest, Decision, ListenerMode, MailRequest, SessionInfo};
-use tower::{Layer, Service};
+use smtp_server::{
+    AsyncCheck, Check, CheckFuture, DataRequest, Decision, FilterAsync, Flow, ListenerMode,
+    MailRequest, SessionInfo, filter_async,
+};
 use tracing::{debug, info};
 
 use crate::results::{
@@ -182,103 +181,53 @@ impl AuthChecks {
     }
 
     /// SPF at MAIL FROM; the verdict is left in the transaction's notes for DMARC.
-    pub fn mail_layer(&self) -> CheckLayer<SpfStage> {
-        CheckLayer {
+    pub fn mail_layer(&self) -> FilterAsync<SpfFilter> {
+        filter_async(SpfFilter {
             shared: Arc::clone(&self.shared),
-            _stage: std::marker::PhantomData,
-        }
+        })
     }
 
     /// DKIM, ARC and DMARC at the end of data, and the `Authentication-Results` header.
-    pub fn data_layer(&self) -> CheckLayer<MessageStage> {
-        CheckLayer {
+    pub fn data_layer(&self) -> FilterAsync<MessageFilter> {
+        filter_async(MessageFilter {
             shared: Arc::clone(&self.shared),
-            _stage: std::marker::PhantomData,
-        }
+        })
     }
 }
 
-/// Marks the mail-stage layer.
-#[derive(Clone, Copy, Debug)]
-pub struct SpfStage;
-/// Marks the data-stage layer.
-#[derive(Clone, Copy, Debug)]
-pub struct MessageStage;
-
-/// A layer made by [`AuthChecks`].
-pub struct CheckLayer<Stage> {
+/// The mail-stage check of [`AuthChecks::mail_layer`]: SPF.
+#[derive(Clone)]
+pub struct SpfFilter {
     shared: Arc<Shared>,
-    _stage: std::marker::PhantomData<Stage>,
 }
 
-impl<Stage> Clone for CheckLayer<Stage> {
-    fn clone(&self) -> Self {
-        Self {
-            shared: Arc::clone(&self.shared),
-            _stage: std::marker::PhantomData,
-        }
-    }
+/// The data-stage check of [`AuthChecks::data_layer`]: DKIM, ARC, DMARC.
+#[derive(Clone)]
+pub struct MessageFilter {
+    shared: Arc<Shared>,
 }
 
-impl<Stage> std::fmt::Debug for CheckLayer<Stage> {
+impl std::fmt::Debug for SpfFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CheckLayer")
+        f.write_str("SpfFilter")
     }
 }
 
-impl<Stage, S> Layer<S> for CheckLayer<Stage> {
-    type Service = CheckService<Stage, S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        CheckService {
-            shared: Arc::clone(&self.shared),
-            inner,
-            _stage: std::marker::PhantomData,
-        }
+impl std::fmt::Debug for MessageFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MessageFilter")
     }
 }
 
-/// The service of a [`CheckLayer`].
-pub struct CheckService<Stage, S> {
-    shared: Arc<Shared>,
-    inner: S,
-    _stage: std::marker::PhantomData<Stage>,
-}
-
-impl<Stage, S: Clone> Clone for CheckService<Stage, S> {
-    fn clone(&self) -> Self {
-        Self {
-            shared: Arc::clone(&self.shared),
-            inner: self.inner.clone(),
-            _stage: std::marker::PhantomData,
-        }
-    }
-}
-
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Decision, BoxError>> + Send>>;
-
-impl<S> Service<MailRequest> for CheckService<SpfStage, S>
-where
-    S: Service<MailRequest, Response = Decision, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Decision;
-    type Error = BoxError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: MailRequest) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+impl AsyncCheck<MailRequest> for SpfFilter {
+    fn check(&self, request: MailRequest) -> CheckFuture<MailRequest> {
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
             let policy = shared.policy;
             if !shared.checks(&request.session)
                 || (policy.spf == Mode::Off && policy.dmarc == Mode::Off)
             {
-                return inner.call(request).await;
+                return Ok(Flow::Continue(request));
             }
             let helo = match &request.session.helo {
                 Some(HeloName::Domain(d)) => d.to_string(),
@@ -302,9 +251,9 @@ where
                 && let Some(refusal) = spf_refusal(&check)
             {
                 info!(spf = %check.mail_from.result, identity = %check.mail_from.identity, "sender refused by SPF");
-                return Ok(refusal);
+                return Ok(Flow::Decide(refusal));
             }
-            inner.call(request).await
+            Ok(Flow::Continue(request))
         })
     }
 }
@@ -340,22 +289,8 @@ fn spf_refusal(check: &SpfCheck) -> Option<Decision> {
     None
 }
 
-impl<S> Service<DataRequest> for CheckService<MessageStage, S>
-where
-    S: Service<DataRequest, Response = Decision, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Decision;
-    type Error = BoxError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: DataRequest) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+impl AsyncCheck<DataRequest> for MessageFilter {
+    fn check(&self, mut request: DataRequest) -> CheckFuture<DataRequest> {
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
             let hostname = shared.verifier.hostname().to_owned();
@@ -379,7 +314,7 @@ where
                     .map(|()| signer)
             });
             if !checked && sealer.is_none() {
-                return inner.call(request).await;
+                return Ok(Flow::Continue(request));
             }
             let spf = request.notes.get::<SpfCheck>();
             let checks = if checked {
@@ -406,7 +341,7 @@ where
                 request.added_headers = headers;
             }
             if !checked {
-                return inner.call(request).await;
+                return Ok(Flow::Continue(request));
             }
             if policy.spf == Mode::Off {
                 report.spf = None;
@@ -419,7 +354,7 @@ where
             }
             if let Some(refusal) = message_refusal(&report, &policy) {
                 info!(results = %report.header_value(&hostname).replace("\r\n\t", " "), "message refused by sender authentication");
-                return Ok(refusal);
+                return Ok(Flow::Decide(refusal));
             }
             if policy.dmarc == Mode::Enforce
                 && let Some(dmarc) = &report.dmarc
@@ -432,7 +367,7 @@ where
                 );
             }
             request.prepend_header("Authentication-Results", &report.header_value(&hostname));
-            inner.call(request).await
+            Ok(Flow::Continue(request))
         })
     }
 }
@@ -501,12 +436,12 @@ fn message_refusal(report: &AuthReport, policy: &Policy) -> Option<Decision> {
 /// Signs mail from authenticated users (and `trusted` networks) with the key of the
 /// author's (RFC 5322 `From`) domain, or of its closest parent domain that has one.
 #[derive(Clone, Debug)]
-pub struct DkimSignLayer {
+pub struct DkimSigning {
     signers: Arc<Vec<DkimSigner>>,
     trusted: Arc<Vec<IpNetwork>>,
 }
 
-impl DkimSignLayer {
+impl DkimSigning {
     /// A layer with these signers; sessions from `trusted` networks are signed like
     /// authenticated ones.
     pub fn new(signers: Vec<DkimSigner>, trusted: Vec<IpNetwork>) -> Self {
@@ -517,24 +452,7 @@ impl DkimSignLayer {
     }
 }
 
-impl<S> Layer<S> for DkimSignLayer {
-    type Service = DkimSign<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        DkimSign {
-            layer: self.clone(),
-            inner,
-        }
-    }
-}
-
-/// The service of [`DkimSignLayer`].
-#[derive(Clone, Debug)]
-pub struct DkimSign<S> {
-    layer: DkimSignLayer,
-    inner: S,
-}
-
-impl DkimSignLayer {
+impl DkimSigning {
     /// A `DKIM-Signature` field for `message` (header and body, CRLF) with the key of
     /// its author's domain (or closest parent domain with a key); `None` when there is
     /// no such key or signing fails (logged).
@@ -542,7 +460,7 @@ impl DkimSignLayer {
         self.sign_parts(&[message])
     }
 
-    /// [`DkimSignLayer::sign_message`] for a message in parts (header fields added on
+    /// [`DkimSigning::sign_message`] for a message in parts (header fields added on
     /// top, then the message as it came), without joining them.
     pub fn sign_parts(&self, parts: &[&[u8]]) -> Option<String> {
         let domain = parts.iter().find_map(|p| crate::headers::from_domain(p))?;
@@ -570,38 +488,16 @@ impl DkimSignLayer {
     }
 }
 
-impl<S> Service<DataRequest> for DkimSign<S>
-where
-    S: Service<DataRequest, Response = Decision, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Decision;
-    type Error = BoxError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: DataRequest) -> Self::Future {
+impl Check<DataRequest> for DkimSigning {
+    fn check(&self, request: &mut DataRequest) -> Option<Decision> {
         let session = &request.session;
         let ours = session.authenticated.is_some()
-            || self
-                .layer
-                .trusted
-                .iter()
-                .any(|n| n.contains(session.peer.ip()));
-        if ours
-            && let Some(header) = self
-                .layer
-                .sign_parts(&[&request.added_headers, &request.body])
-        {
+            || self.trusted.iter().any(|n| n.contains(session.peer.ip()));
+        if ours && let Some(header) = self.sign_parts(&[&request.added_headers, &request.body]) {
             let mut headers = header.into_bytes();
             headers.extend_from_slice(&request.added_headers);
             request.added_headers = headers;
         }
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move { inner.call(request).await })
+        None
     }
 }

@@ -9,7 +9,7 @@
 //! - [`AuthChecks`]: the checks as mail-stage and data-stage layers, each `off`, `tag`
 //!   or `enforce` ([`Policy`]) (feature `layers`, on by default; without it the crate
 //!   does not depend on `smtp-server`).
-//! - [`DkimSigner`] / [`DkimSignLayer`]: DKIM signing of outbound mail; [`ArcSigner`]:
+//! - [`DkimSigner`] / [`DkimSigning`]: DKIM signing of outbound mail; [`ArcSigner`]:
 //!   ARC sealing of mail we forward; [`generate_key`]: new keys and their DNS records.
 //!
 //! No mail-auth type appears in this API, so upgrading mail-auth stays a local change.
@@ -38,8 +38,7 @@ pub mod verify;
 pub use error::{Cause, Error};
 #[cfg(feature = "layers")]
 pub use filter::{
-    AuthChecks, CheckLayer, CheckService, DkimSign, DkimSignLayer, MessageStage, Mode, Policy,
-    QUARANTINE_HEADER, SpfStage,
+    AuthChecks, DkimSigning, MessageFilter, Mode, Policy, QUARANTINE_HEADER, SpfFilter,
 };
 pub use headers::remove_our_results;
 pub use keygen::{GeneratedKey, generate_key};

@@ -10,19 +10,19 @@ use anyhow::Context as _;
 use mail_queue::{Bytes, NewMessage, Queue, QueueConfig};
 use smtp_proto::{EnhancedStatus, Reply, ReplyCode};
 use smtp_server::filters::{
-    AuthLayer, DomainSet, HopLimitLayer, LocalRecipientsLayer, NotifyPolicyLayer, ReceivedLayer,
-    RelayPolicyLayer, SubmittedHeadersLayer,
+    DomainSet, HopLimit, LocalRecipients, NotifyPolicy, PasswordCheck, Received, RelayPolicy,
+    SubmittedHeaders,
 };
 use smtp_server::{
     BoxError, DataRequest, Decision, Limits, ListenerConfig, ListenerMode, Server, ServerConfig,
-    Stages,
+    Stages, filter, filter_async,
 };
 use tokio::sync::watch;
 
 use crate::accounts::Accounts;
 use crate::config::Config;
 use crate::delivery::{Delivery, Lmtp, LocalTarget, Maildir, Relay, Remote, RemoteConfig};
-use auth_checks::{ArcSigner, AuthChecks, DkimSignLayer, DkimSigner, Verifier};
+use auth_checks::{ArcSigner, AuthChecks, DkimSigner, DkimSigning, Verifier};
 use dns_mx::{MxConfig, MxResolver};
 use smtp_client::{OutboundConfig, TlsConfigs};
 
@@ -82,7 +82,7 @@ pub struct Reload {
     /// Counts kept across reloads.
     counters: Counters,
     /// The signing of injected mail (the control socket reads it).
-    signing: Arc<std::sync::RwLock<DkimSignLayer>>,
+    signing: Arc<std::sync::RwLock<DkimSigning>>,
 }
 
 impl Reload {
@@ -162,7 +162,7 @@ fn known_mailboxes(config: &Config) -> Option<Arc<std::collections::HashSet<Stri
 
 /// DKIM signing with the `[[dkim_key]]`s: of mail from logins and trusted networks, and
 /// of mail injected by `mta sendmail` and `mta send`.
-pub(crate) fn dkim_signing(config: &Config) -> anyhow::Result<DkimSignLayer> {
+pub(crate) fn dkim_signing(config: &Config) -> anyhow::Result<DkimSigning> {
     let signers = config
         .dkim_keys
         .iter()
@@ -171,7 +171,7 @@ pub(crate) fn dkim_signing(config: &Config) -> anyhow::Result<DkimSignLayer> {
                 .with_context(|| format!("[[dkim_key]] {} (selector {})", k.domain, k.selector))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(DkimSignLayer::new(
+    Ok(DkimSigning::new(
         signers,
         config.relay.trusted_networks.clone(),
     ))
@@ -192,7 +192,7 @@ struct Parts {
     server_config: smtp_server::ServerConfig,
     stages: Stages,
     delivery: Delivery,
-    signing: DkimSignLayer,
+    signing: DkimSigning,
 }
 
 impl Parts {
@@ -642,7 +642,7 @@ fn stages(
     resolver: &MxResolver,
     queue: Queue,
     auth_stats: &Arc<auth_checks::AuthStats>,
-    signing: DkimSignLayer,
+    signing: DkimSigning,
 ) -> anyhow::Result<Stages> {
     let trusted = config.relay.trusted_networks.clone();
     let accounts = Accounts::new(
@@ -663,21 +663,21 @@ fn stages(
         checks = checks.arc_sealer(sealer, local_domains.clone());
     }
     let mut stages = Stages::new(Enqueue { queue })
-        .data_layer(signing)
-        .data_layer(ReceivedLayer::new(&config.hostname))
+        .data_layer(filter(signing))
+        .data_layer(filter(Received::new(&config.hostname)))
         .data_layer(checks.data_layer())
-        .data_layer(SubmittedHeadersLayer::new(&config.hostname))
-        .data_layer(NotifyPolicyLayer::new(trusted.clone()))
-        .data_layer(HopLimitLayer::new(config.limits.max_hops.unwrap_or(50)))
+        .data_layer(filter(SubmittedHeaders::new(&config.hostname)))
+        .data_layer(filter(NotifyPolicy::new(trusted.clone())))
+        .data_layer(filter(HopLimit::new(config.limits.max_hops.unwrap_or(50))))
         .mail_layer(checks.mail_layer())
-        .auth_layer(AuthLayer::new(accounts));
+        .auth_layer(filter_async(PasswordCheck::new(accounts)));
     if let Some(mailboxes) = mailboxes {
-        stages = stages.rcpt_layer(LocalRecipientsLayer::new(
+        stages = stages.rcpt_layer(filter(LocalRecipients::new(
             local_domains.clone(),
             mailboxes.iter(),
-        ));
+        )));
     }
-    Ok(stages.relay_policy(RelayPolicyLayer::new(local_domains.clone(), trusted)))
+    Ok(stages.relay_policy(filter(RelayPolicy::new(local_domains.clone(), trusted))))
 }
 
 /// The end of the data stage: make the message durable, then say `250`.

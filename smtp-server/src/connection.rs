@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 
 use smtp_proto::{EnhancedStatus, Event, Reply, ReplyCode, ServerSession};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -41,18 +40,21 @@ pub(crate) struct Listener {
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
+/// A byte stream a session runs on: a TCP socket, or anything else that reads and
+/// writes (a pipe, an in-memory duplex, a socket that came through a proxy).
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
 /// Serves one client until it quits, times out, misbehaves, or the server shuts down.
-pub(crate) async fn serve(
+pub(crate) async fn serve<S: Io>(
     listener: Arc<Listener>,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    io: S,
+    (peer, local): (SocketAddr, SocketAddr),
     shutdown: watch::Receiver<bool>,
 ) {
     let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("smtp.session", session_id = id, peer = %peer, listener = listener.mode.as_str());
     async move {
-        let local = tcp.local_addr().unwrap_or(peer);
-        let _ = tcp.set_nodelay(true);
         let info = SessionInfo {
             id,
             peer,
@@ -67,7 +69,7 @@ pub(crate) async fn serve(
         let mut conn = Connection {
             listener: Arc::clone(&listener),
             info,
-            stream: Stream::Plain(tcp),
+            stream: Stream::Plain(io),
             shutdown,
             notes: Notes::default(),
             incoming: Incoming::new(Arc::clone(&listener.stats)),
@@ -82,10 +84,10 @@ pub(crate) async fn serve(
     .await;
 }
 
-struct Connection {
+struct Connection<S> {
     listener: Arc<Listener>,
     info: SessionInfo,
-    stream: Stream,
+    stream: Stream<S>,
     shutdown: watch::Receiver<bool>,
     /// The current transaction's notes.
     notes: Notes,
@@ -136,7 +138,7 @@ impl Drop for Incoming {
     }
 }
 
-impl Connection {
+impl<S: Io> Connection<S> {
     async fn run(&mut self) -> io::Result<()> {
         let listener = Arc::clone(&self.listener);
         let limits = &listener.config.limits;
@@ -589,15 +591,15 @@ impl Deadlines {
     }
 }
 
-/// A plain or TLS socket.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+/// A plain or TLS stream.
+enum Stream<S> {
+    Plain(S),
+    Tls(Box<TlsStream<S>>),
     /// Between the two, during a handshake.
     Closed,
 }
 
-impl AsyncRead for Stream {
+impl<S: Io> AsyncRead for Stream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -611,7 +613,7 @@ impl AsyncRead for Stream {
     }
 }
 
-impl AsyncWrite for Stream {
+impl<S: Io> AsyncWrite for Stream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

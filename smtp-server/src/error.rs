@@ -28,7 +28,7 @@ pub enum ServerError {
     /// A relay listener (port 25 rules) has no relay policy: it would be an open relay.
     #[error(
         "listener {0} is a relay listener but no relay policy is set: add one with \
-         Stages::relay_policy (filters::RelayPolicyLayer is the standard one)"
+         Stages::relay_policy (filters::RelayPolicy is the standard one)"
     )]
     NoRelayPolicy(std::net::SocketAddr),
     /// A reload changes the listeners, which only a restart can do (or

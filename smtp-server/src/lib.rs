@@ -14,14 +14,18 @@
 //!
 //! - [`Server`] binds the listeners and runs them; [`ServerConfig`] holds every limit
 //!   with a safe default.
-//! - [`Stages`] is the middleware chain; add layers per stage, or write a filter as an
-//!   async function with [`from_fn`]. `docs/writing-a-filter.md` teaches it.
-//! - [`filters`] holds the built-in policy, written as ordinary layers: relay policy,
-//!   local recipients, AUTH, `Received:`, the hop limit.
+//! - [`Stages`] is the middleware chain. A filter is a closure added with a stage's
+//!   `*_filter` method ([`filter`](mod@filter) module), a type implementing [`Check`] or
+//!   [`AsyncCheck`], or for the rare case a tower layer ([`from_fn`]).
+//!   `docs/writing-a-filter.md` teaches it.
+//! - [`filters`] holds the built-in policy, written on the same path: relay policy,
+//!   local recipients, AUTH, `Received:`, the hop limit, and the hooks for milters,
+//!   rspamd and policy services.
+//! - [`StreamServer`] runs sessions on any stream (an in-memory duplex in tests).
 //!
 //! ```no_run
-//! use smtp_server::{Decision, ListenerConfig, ListenerMode, Server, ServerConfig, Stages};
-//! use smtp_server::filters::{DomainSet, RelayPolicyLayer, ReceivedLayer};
+//! use smtp_server::{Decision, ListenerConfig, ListenerMode, Server, ServerConfig, Stages, filter};
+//! use smtp_server::filters::{DomainSet, RelayPolicy, Received};
 //!
 //! # async fn run() -> Result<(), smtp_server::ServerError> {
 //! let sink = tower::service_fn(|req: smtp_server::DataRequest| async move {
@@ -29,8 +33,8 @@
 //!     Ok::<_, smtp_server::BoxError>(Decision::accept())
 //! });
 //! let stages = Stages::new(sink)
-//!     .data_layer(ReceivedLayer::new("mx.example.test"))
-//!     .relay_policy(RelayPolicyLayer::new(DomainSet::new(["example.test"]), vec![]));
+//!     .data_layer(filter(Received::new("mx.example.test")))
+//!     .relay_policy(filter(RelayPolicy::new(DomainSet::new(["example.test"]), vec![])));
 //! let config = ServerConfig {
 //!     hostname: "mx.example.test".into(),
 //!     listeners: vec![ListenerConfig { address: "127.0.0.1:2525".parse().unwrap(), mode: ListenerMode::Relay }],
@@ -46,12 +50,13 @@ mod config;
 mod connection;
 mod content;
 mod error;
-mod filter;
+pub mod filter;
 pub mod filters;
 mod from_fn;
 mod server;
 mod stage;
 mod stats;
+mod stream;
 pub mod tls;
 
 /// The protocol core this server speaks through (addresses, replies, parameters), so
@@ -74,3 +79,10 @@ pub use stage::{
     RcptRequest, SessionInfo, StageService, Stages, TlsInfo,
 };
 pub use stats::{ModeStats, ServerStats};
+pub use stream::StreamServer;
+
+/// `docs/writing-a-filter.md`, compiled and run with the doc-tests so that it cannot
+/// drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/writing-a-filter.md")]
+pub struct WritingAFilter;

@@ -23,13 +23,14 @@ use crate::stats::ServerStats;
 /// ```no_run
 /// # async fn example() -> Result<(), smtp_server::ServerError> {
 /// use smtp_server::{Decision, ListenerConfig, ListenerMode, Server, ServerConfig, Stages};
-/// use smtp_server::filters::{DomainSet, RelayPolicyLayer};
+/// use smtp_server::filters::{DomainSet, RelayPolicy};
+/// use smtp_server::filter;
 /// let config = ServerConfig {
 ///     listeners: vec![ListenerConfig { address: "127.0.0.1:2525".parse().unwrap(), mode: ListenerMode::Relay }],
 ///     ..ServerConfig::default()
 /// };
 /// let sink = tower::service_fn(|_req| async { Ok::<_, smtp_server::BoxError>(Decision::accept()) });
-/// let policy = RelayPolicyLayer::new(DomainSet::new(["example.test"]), vec![]);
+/// let policy = filter(RelayPolicy::new(DomainSet::new(["example.test"]), vec![]));
 /// let server = Server::bind(config, Stages::new(sink).relay_policy(policy)).await?;
 /// server.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
 /// # Ok(()) }
@@ -116,7 +117,7 @@ impl Reloader {
 }
 
 /// What one listener serves with.
-fn listener(
+pub(crate) fn listener(
     config: &Arc<ServerConfig>,
     l: &ListenerConfig,
     stages: &Stages,
@@ -163,13 +164,14 @@ impl Server {
     /// ```no_run
     /// # async fn example() -> Result<(), smtp_server::ServerError> {
     /// use smtp_server::{Decision, ListenerConfig, ListenerMode, Server, ServerConfig, Stages};
-    /// use smtp_server::filters::{DomainSet, RelayPolicyLayer};
+    /// use smtp_server::filters::{DomainSet, RelayPolicy};
+    /// use smtp_server::filter;
     /// let listeners = vec![ListenerConfig { address: "0.0.0.0:25".parse().unwrap(), mode: ListenerMode::Relay }];
     /// let bound = Server::listen(&listeners, 1024)?;
     /// // ... drop privileges here ...
     /// let config = ServerConfig { listeners, ..ServerConfig::default() };
     /// let sink = tower::service_fn(|_req| async { Ok::<_, smtp_server::BoxError>(Decision::accept()) });
-    /// let policy = RelayPolicyLayer::new(DomainSet::new(["example.test"]), vec![]);
+    /// let policy = filter(RelayPolicy::new(DomainSet::new(["example.test"]), vec![]));
     /// let server = Server::with_listeners(config, Stages::new(sink).relay_policy(policy), bound)?;
     /// # Ok(()) }
     /// ```
@@ -304,7 +306,9 @@ impl Server {
                         set.spawn(async move {
                             let open = &listener.stats.connections_open;
                             ServerStats::count(open, 1);
-                            serve(Arc::clone(&listener), tcp, peer, stopped).await;
+                            let local = tcp.local_addr().unwrap_or(peer);
+                            let _ = tcp.set_nodelay(true);
+                            serve(Arc::clone(&listener), tcp, (peer, local), stopped).await;
                             open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                             drop(guard);
                         });

@@ -486,7 +486,7 @@ impl Stages {
 
     /// Sets the relay policy: which recipients a client may send to (local domains for
     /// anyone, others for logins and trusted networks, with
-    /// [`RelayPolicyLayer`](crate::filters::RelayPolicyLayer), the standard one). It is
+    /// [`RelayPolicy`](crate::filters::RelayPolicy), the standard one). It is
     /// asked before every other rcpt filter, whatever the order they were added in, so
     /// no filter can accept a recipient it refuses; a later call replaces it. A
     /// [`ListenerMode::Relay`] listener does not start without one
@@ -494,11 +494,12 @@ impl Stages {
     /// listener without a policy would be an open relay.
     ///
     /// ```
-    /// use smtp_server::filters::{DomainSet, RelayPolicyLayer};
+    /// use smtp_server::filters::{DomainSet, RelayPolicy};
+    /// use smtp_server::filter;
     /// # let sink = tower::service_fn(|_| async { Ok::<_, smtp_server::BoxError>(smtp_server::Decision::accept()) });
     /// let trusted = vec!["192.0.2.0/24".parse().unwrap()];
     /// let stages = smtp_server::Stages::new(sink)
-    ///     .relay_policy(RelayPolicyLayer::new(DomainSet::new(["example.test"]), trusted));
+    ///     .relay_policy(filter(RelayPolicy::new(DomainSet::new(["example.test"]), trusted)));
     /// ```
     pub fn relay_policy<L>(mut self, layer: L) -> Self
     where

@@ -6,7 +6,8 @@
 use std::sync::{Arc, Mutex};
 
 use smtp_client::testing::{RawClient, code_of};
-use smtp_server::filters::{DomainSet, RelayPolicyLayer};
+use smtp_server::filter;
+use smtp_server::filters::{DomainSet, RelayPolicy};
 use smtp_server::{
     BoxError, DataRequest, Decision, Limits, ListenerConfig, ListenerMode, Server, ServerConfig,
     SpillConfig, Stages,
@@ -36,7 +37,7 @@ async fn start(limits: Limits, spill: Option<SpillConfig>) -> (std::net::SocketA
         spill,
         ..ServerConfig::default()
     };
-    let policy = RelayPolicyLayer::new(DomainSet::new(["d.test"]), Vec::new());
+    let policy = filter(RelayPolicy::new(DomainSet::new(["d.test"]), Vec::new()));
     let stages = Stages::new(sink).relay_policy(policy);
     let server = Server::bind(config, stages).await.unwrap();
     let addr = server.local_addrs()[0].1;

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use smtp_client::testing::{RawClient, code_of};
 use smtp_proto::{EnhancedStatus, Reply, ReplyCode};
-use smtp_server::filters::{DomainSet, RelayPolicyLayer};
+use smtp_server::filter;
+use smtp_server::filters::{DomainSet, RelayPolicy};
 use smtp_server::{
     AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, ListenerConfig, ListenerMode,
     MailRequest, Next, RcptRequest, Server, ServerConfig, Stages, from_fn,
@@ -16,7 +17,10 @@ use smtp_server::{
 /// A server on a relay listener that relays for loopback (every test client).
 async fn start(stages: Stages) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let loopback = vec!["127.0.0.0/8".parse().unwrap()];
-    let policy = RelayPolicyLayer::new(DomainSet::new(Vec::<String>::new()), loopback);
+    let policy = filter(RelayPolicy::new(
+        DomainSet::new(Vec::<String>::new()),
+        loopback,
+    ));
     start_with(stages.relay_policy(policy), None).await
 }
 
@@ -208,7 +212,10 @@ async fn a_login_counts_only_when_the_reply_says_so() {
                 "As the filter says",
             )))
         });
-        let relay_policy = RelayPolicyLayer::new(DomainSet::new(["stages.test"]), Vec::new());
+        let relay_policy = filter(RelayPolicy::new(
+            DomainSet::new(["stages.test"]),
+            Vec::new(),
+        ));
         let stages = Stages::new(sink(Arc::default()))
             .relay_policy(relay_policy)
             .auth_layer(verdict);
@@ -248,7 +255,10 @@ async fn a_relay_listener_needs_a_relay_policy_that_no_filter_can_bypass() {
 
     let yes_to_all =
         from_fn(|_: RcptRequest, _: Next<RcptRequest>| async { Ok(Decision::accept()) });
-    let policy = RelayPolicyLayer::new(DomainSet::new(["stages.test"]), Vec::new());
+    let policy = filter(RelayPolicy::new(
+        DomainSet::new(["stages.test"]),
+        Vec::new(),
+    ));
     let stages = Stages::new(sink(Arc::default()))
         .relay_policy(policy)
         .rcpt_layer(yes_to_all);

@@ -1,51 +1,36 @@
 //! Mail loops: too many `Received:` headers (RFC 5321 §6.3).
 
+use crate::{Check, DataRequest, Decision};
 use smtp_proto::EnhancedStatus;
-use tower::Layer;
-
-use super::sync_filter_service;
-use crate::{DataRequest, Decision};
 
 /// The data-stage loop check: a message with more than `max_hops` `Received:` header
 /// fields (default 50, like Postfix's `hopcount_limit`) is refused with
 /// `554 5.4.6 Too many hops`.
+///
+/// ```
+/// let layer = smtp_server::filter(smtp_server::filters::HopLimit::new(30));
+/// # let _ = layer;
+/// ```
 #[derive(Clone, Copy, Debug)]
-pub struct HopLimitLayer {
+pub struct HopLimit {
     max_hops: usize,
 }
 
-impl HopLimitLayer {
+impl HopLimit {
     /// A limit of `max_hops` `Received:` headers.
     pub fn new(max_hops: usize) -> Self {
         Self { max_hops }
     }
 }
 
-impl Default for HopLimitLayer {
+impl Default for HopLimit {
     fn default() -> Self {
         Self::new(50)
     }
 }
 
-impl<S> Layer<S> for HopLimitLayer {
-    type Service = HopLimit<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        HopLimit {
-            max_hops: self.max_hops,
-            inner,
-        }
-    }
-}
-
-/// The service of [`HopLimitLayer`].
-#[derive(Clone, Debug)]
-pub struct HopLimit<S> {
-    max_hops: usize,
-    inner: S,
-}
-
-impl<S> HopLimit<S> {
-    fn check(&self, req: &DataRequest) -> Option<Decision> {
+impl Check<DataRequest> for HopLimit {
+    fn check(&self, req: &mut DataRequest) -> Option<Decision> {
         let hops = count_received_headers(&req.added_headers) + count_received_headers(&req.body);
         (hops > self.max_hops).then(|| {
             Decision::reject::<554>(
@@ -55,8 +40,6 @@ impl<S> HopLimit<S> {
         })
     }
 }
-
-sync_filter_service!(HopLimit, DataRequest, |this, request| this.check(request));
 
 /// Counts the `Received:` fields in the header section of a message.
 pub fn count_received_headers(message: &[u8]) -> usize {

@@ -1,13 +1,10 @@
 //! Local recipients: a local domain's unknown users are refused at RCPT time.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
+use super::DomainSet;
+use crate::{Check, Decision, RcptRequest};
 use smtp_proto::{EnhancedStatus, ForwardPath, Host};
-use tower::Layer;
-
-use super::{DomainSet, sync_filter_service};
-use crate::{Decision, RcptRequest};
 
 /// The rcpt-stage check of local users: for a recipient in a local domain, the address
 /// must be a known mailbox (or `postmaster`/`abuse`, which RFC 5321 §4.5.1 and RFC 2142
@@ -15,57 +12,38 @@ use crate::{Decision, RcptRequest};
 /// the same way (mailboxes at it are written `user@[192.0.2.1]`). Other domains pass
 /// through (the relay policy decides about them). Local parts compare
 /// case-insensitively.
+///
+/// ```
+/// use smtp_server::filters::{DomainSet, LocalRecipients};
+/// let known = LocalRecipients::new(DomainSet::new(["example.test"]), ["alice@example.test"]);
+/// let layer = smtp_server::filter(known);
+/// # let _ = layer;
+/// ```
 #[derive(Clone, Debug)]
-pub struct LocalRecipientsLayer {
-    known: Arc<Known>,
-}
-
-#[derive(Debug)]
-struct Known {
+pub struct LocalRecipients {
     domains: DomainSet,
     mailboxes: HashSet<String>,
 }
 
-impl LocalRecipientsLayer {
+impl LocalRecipients {
     /// `mailboxes` are full addresses (`alice@example.test`).
     pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(domains: DomainSet, mailboxes: I) -> Self {
         let mailboxes = mailboxes
             .into_iter()
             .map(|m| m.as_ref().to_lowercase())
             .collect();
-        Self {
-            known: Arc::new(Known { domains, mailboxes }),
-        }
+        Self { domains, mailboxes }
     }
 }
 
-impl<S> Layer<S> for LocalRecipientsLayer {
-    type Service = LocalRecipients<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        LocalRecipients {
-            known: Arc::clone(&self.known),
-            inner,
-        }
-    }
-}
-
-/// The service of [`LocalRecipientsLayer`].
-#[derive(Clone, Debug)]
-pub struct LocalRecipients<S> {
-    known: Arc<Known>,
-    inner: S,
-}
-
-impl<S> LocalRecipients<S> {
-    fn check(&self, req: &RcptRequest) -> Option<Decision> {
+impl Check<RcptRequest> for LocalRecipients {
+    fn check(&self, req: &mut RcptRequest) -> Option<Decision> {
         let ForwardPath::Mailbox(m) = &req.to else {
             return None;
         };
         let domain = match m.host() {
-            Host::Domain(domain) if self.known.domains.contains(domain) => {
-                domain.to_ascii_lowercase()
-            }
-            Host::Address(ip) if self.known.domains.contains_address(ip) => match ip {
+            Host::Domain(domain) if self.domains.contains(domain) => domain.to_ascii_lowercase(),
+            Host::Address(ip) if self.domains.contains_address(ip) => match ip {
                 std::net::IpAddr::V4(v4) => format!("[{v4}]"),
                 std::net::IpAddr::V6(v6) => format!("[ipv6:{v6}]"),
             },
@@ -76,7 +54,7 @@ impl<S> LocalRecipients<S> {
             return None;
         }
         let address = format!("{local}@{domain}");
-        (!self.known.mailboxes.contains(&address)).then(|| {
+        (!self.mailboxes.contains(&address)).then(|| {
             Decision::reject::<550>(
                 EnhancedStatus::BAD_DESTINATION_MAILBOX,
                 "User unknown in local recipient table",
@@ -84,6 +62,3 @@ impl<S> LocalRecipients<S> {
         })
     }
 }
-
-sync_filter_service!(LocalRecipients, RcptRequest, |this, request| this
-    .check(request));

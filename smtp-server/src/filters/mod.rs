@@ -1,15 +1,31 @@
-//! The built-in filters, written as ordinary layers of the stage chain (so they are
-//! also examples of how to write one):
+//! The built-in filters, written on the public path any filter takes (a [`Check`] or an
+//! [`AsyncCheck`], made a layer with [`filter`] or [`filter_async`]), so they are also
+//! examples of how to write one:
 //!
-//! | layer | stage | does |
+//! | filter | stage | does |
 //! | --- | --- | --- |
-//! | [`RelayPolicyLayer`] | rcpt | local domains for anyone; other domains only for authenticated users and trusted networks (`554 5.7.1`) |
-//! | [`LocalRecipientsLayer`] | rcpt | unknown local users get `550 5.1.1` at RCPT time |
-//! | [`AuthLayer`] | auth | checks credentials with an [`Authenticator`] |
-//! | [`HopLimitLayer`] | data | too many `Received:` headers: a mail loop, `554 5.4.6` |
-//! | [`ReceivedLayer`] | data | adds the `Received:` header (RFC 5321 §4.4, RFC 3848) |
-//! | [`NotifyPolicyLayer`] | data | success and delay notices only for logins and trusted networks (no backscatter) |
-//! | [`SubmittedHeadersLayer`] | data | adds a missing `Date:` and `Message-ID:` to mail from logins (RFC 6409 §8) |
+//! | [`RelayPolicy`] | rcpt | local domains for anyone; other domains only for authenticated users and trusted networks (`554 5.7.1`) |
+//! | [`LocalRecipients`] | rcpt | unknown local users get `550 5.1.1` at RCPT time |
+//! | [`PasswordCheck`] | auth | checks credentials with an [`Authenticator`] |
+//! | [`HopLimit`] | data | too many `Received:` headers: a mail loop, `554 5.4.6` |
+//! | [`Received`] | data | adds the `Received:` header (RFC 5321 §4.4, RFC 3848) |
+//! | [`NotifyPolicy`] | data | success and delay notices only for logins and trusted networks (no backscatter) |
+//! | [`SubmittedHeaders`] | data | adds a missing `Date:` and `Message-ID:` to mail from logins (RFC 6409 §8) |
+//!
+//! ```
+//! use smtp_server::filters::{DomainSet, HopLimit, Received, RelayPolicy};
+//! use smtp_server::{Stages, filter};
+//! # let sink = tower::service_fn(|_| async { Ok::<_, smtp_server::BoxError>(smtp_server::Decision::accept()) });
+//! let stages = Stages::new(sink)
+//!     .data_layer(filter(Received::new("mx.example.test")))
+//!     .data_layer(filter(HopLimit::default()))
+//!     .relay_policy(filter(RelayPolicy::new(DomainSet::new(["example.test"]), vec![])));
+//! ```
+//!
+//! [`Check`]: crate::Check
+//! [`AsyncCheck`]: crate::AsyncCheck
+//! [`filter`]: crate::filter()
+//! [`filter_async`]: crate::filter_async()
 
 mod auth;
 mod hops;
@@ -22,13 +38,13 @@ mod relay;
 pub mod rspamd;
 mod submitted;
 
-pub use auth::{AuthLayer, Authenticator};
-pub use hops::{HopLimitLayer, count_received_headers};
-pub use local::LocalRecipientsLayer;
-pub use notify::NotifyPolicyLayer;
-pub use received::ReceivedLayer;
-pub use relay::{IpNetwork, RelayPolicyLayer};
-pub use submitted::SubmittedHeadersLayer;
+pub use auth::{Authenticator, PasswordCheck};
+pub use hops::{HopLimit, count_received_headers};
+pub use local::LocalRecipients;
+pub use notify::NotifyPolicy;
+pub use received::Received;
+pub use relay::{IpNetwork, RelayPolicy};
+pub use submitted::SubmittedHeaders;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -111,51 +127,3 @@ pub fn literal_address(domain: &str) -> Option<IpAddr> {
         _ => inner.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4),
     }
 }
-
-/// Implements `Service` for a filter whose check is a synchronous function of the
-/// request: on `Some(decision)` it answers, on `None` it passes the request on.
-macro_rules! sync_filter_service {
-    ($service:ident, $req:ty, |$this:ident, $request:ident| $check:expr) => {
-        impl<S> tower::Service<$req> for $service<S>
-        where
-            S: tower::Service<$req, Response = $crate::Decision, Error = $crate::BoxError>
-                + Clone
-                + Send
-                + 'static,
-            S::Future: Send + 'static,
-        {
-            type Response = $crate::Decision;
-            type Error = $crate::BoxError;
-            type Future = std::pin::Pin<
-                Box<
-                    dyn std::future::Future<Output = Result<$crate::Decision, $crate::BoxError>>
-                        + Send,
-                >,
-            >;
-
-            fn poll_ready(
-                &mut self,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<Result<(), $crate::BoxError>> {
-                self.inner.poll_ready(cx)
-            }
-
-            fn call(&mut self, mut request: $req) -> Self::Future {
-                let decided: Option<$crate::Decision> = {
-                    let $this = &*self;
-                    let $request = &mut request;
-                    $check
-                };
-                if let Some(decision) = decided {
-                    return Box::pin(async move { Ok(decision) });
-                }
-                // The readied inner service handles this request; a clone stays for
-                // the next one (tower's "clone, then swap" rule).
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(async move { inner.call(request).await })
-            }
-        }
-    };
-}
-pub(crate) use sync_filter_service;

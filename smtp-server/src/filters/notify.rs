@@ -1,12 +1,9 @@
 //! Which delivery notifications a client may ask for (RFC 3461 `NOTIFY`).
 
-use std::sync::Arc;
-
 use smtp_proto::Notify;
-use tower::Layer;
 
-use super::{IpNetwork, sync_filter_service};
-use crate::{DataRequest, Decision};
+use super::IpNetwork;
+use crate::{Check, DataRequest, Decision};
 
 /// Success and delay notifications only for clients that logged in or come from a
 /// trusted network. From anyone else, `NOTIFY=SUCCESS` and `DELAY` are dropped from the
@@ -16,43 +13,26 @@ use crate::{DataRequest, Decision};
 /// notifications to send to the MTA.
 ///
 /// ```
-/// use smtp_server::filters::NotifyPolicyLayer;
-/// let layer = NotifyPolicyLayer::new(vec!["192.0.2.0/24".parse().unwrap()]);
+/// use smtp_server::filters::NotifyPolicy;
+/// let layer = smtp_server::filter(NotifyPolicy::new(vec!["192.0.2.0/24".parse().unwrap()]));
 /// # let _ = layer;
 /// ```
 #[derive(Clone, Debug)]
-pub struct NotifyPolicyLayer {
-    trusted: Arc<Vec<IpNetwork>>,
+pub struct NotifyPolicy {
+    trusted: Vec<IpNetwork>,
 }
 
-impl NotifyPolicyLayer {
+impl NotifyPolicy {
     /// The policy for these trusted networks.
     pub fn new(trusted_networks: Vec<IpNetwork>) -> Self {
         Self {
-            trusted: Arc::new(trusted_networks),
+            trusted: trusted_networks,
         }
     }
 }
 
-impl<S> Layer<S> for NotifyPolicyLayer {
-    type Service = NotifyPolicy<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        NotifyPolicy {
-            trusted: Arc::clone(&self.trusted),
-            inner,
-        }
-    }
-}
-
-/// The service of [`NotifyPolicyLayer`].
-#[derive(Clone, Debug)]
-pub struct NotifyPolicy<S> {
-    trusted: Arc<Vec<IpNetwork>>,
-    inner: S,
-}
-
-impl<S> NotifyPolicy<S> {
-    fn apply(&self, req: &mut DataRequest) -> Option<Decision> {
+impl Check<DataRequest> for NotifyPolicy {
+    fn check(&self, req: &mut DataRequest) -> Option<Decision> {
         let peer = req.session.peer.ip();
         if req.session.authenticated.is_some() || self.trusted.iter().any(|n| n.contains(peer)) {
             return None;
@@ -65,6 +45,3 @@ impl<S> NotifyPolicy<S> {
         None
     }
 }
-
-sync_filter_service!(NotifyPolicy, DataRequest, |this, request| this
-    .apply(request));

@@ -2,11 +2,8 @@
 
 use std::time::SystemTime;
 
+use crate::{Check, DataRequest, Decision};
 use smtp_proto::{ForwardPath, HeloName};
-use tower::Layer;
-
-use super::sync_filter_service;
-use crate::{DataRequest, Decision};
 
 /// Adds a `Received:` header to every message:
 ///
@@ -18,12 +15,17 @@ use crate::{DataRequest, Decision};
 /// ```
 ///
 /// `with` names the protocol: ESMTP, ESMTPS under TLS, ESMTPSA when authenticated too.
+///
+/// ```
+/// let layer = smtp_server::filter(smtp_server::filters::Received::new("mx.example.test"));
+/// # let _ = layer;
+/// ```
 #[derive(Clone, Debug)]
-pub struct ReceivedLayer {
-    hostname: std::sync::Arc<str>,
+pub struct Received {
+    hostname: String,
 }
 
-impl ReceivedLayer {
+impl Received {
     /// Our host name for the `by` clause.
     pub fn new(hostname: &str) -> Self {
         Self {
@@ -32,25 +34,8 @@ impl ReceivedLayer {
     }
 }
 
-impl<S> Layer<S> for ReceivedLayer {
-    type Service = Received<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Received {
-            hostname: self.hostname.clone(),
-            inner,
-        }
-    }
-}
-
-/// The service of [`ReceivedLayer`].
-#[derive(Clone, Debug)]
-pub struct Received<S> {
-    hostname: std::sync::Arc<str>,
-    inner: S,
-}
-
-impl<S> Received<S> {
-    fn add(&self, req: &mut DataRequest) -> Option<Decision> {
+impl Check<DataRequest> for Received {
+    fn check(&self, req: &mut DataRequest) -> Option<Decision> {
         let s = &req.session;
         let helo = match &s.helo {
             Some(HeloName::Other(name)) => sanitize(name),
@@ -82,8 +67,6 @@ impl<S> Received<S> {
         None
     }
 }
-
-sync_filter_service!(Received, DataRequest, |this, request| this.add(request));
 
 /// Keeps a client-supplied name from breaking the header's syntax.
 fn sanitize(text: &str) -> String {

@@ -1,13 +1,10 @@
 //! Relay policy: who may send to which domains.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
+use super::DomainSet;
+use crate::{Check, Decision, RcptRequest};
 use smtp_proto::{EnhancedStatus, ForwardPath, Host};
-use tower::Layer;
-
-use super::{DomainSet, sync_filter_service};
-use crate::{Decision, RcptRequest};
 
 /// An IP network such as `192.0.2.0/24` or `::1/128` (an [`ipnet::IpNet`]), which also
 /// holds the IPv4-mapped IPv6 form (`::ffff:192.0.2.1`) of its IPv4 addresses, as a
@@ -69,58 +66,40 @@ impl std::fmt::Display for IpNetwork {
 /// networks; everything else is `554 5.7.1 Relay access denied`. No open relay. An
 /// address literal (`user@[192.0.2.1]`) is local only when it is listed among the local
 /// domains, whatever address the client connected to.
+///
+/// ```
+/// use smtp_server::filters::{DomainSet, RelayPolicy};
+/// # let sink = tower::service_fn(|_| async { Ok::<_, smtp_server::BoxError>(smtp_server::Decision::accept()) });
+/// let policy = RelayPolicy::new(DomainSet::new(["example.test"]), vec!["192.0.2.0/24".parse().unwrap()]);
+/// let stages = smtp_server::Stages::new(sink).relay_policy(smtp_server::filter(policy));
+/// ```
 #[derive(Clone, Debug)]
-pub struct RelayPolicyLayer {
-    policy: Arc<Policy>,
-}
-
-#[derive(Debug)]
-struct Policy {
+pub struct RelayPolicy {
     local_domains: DomainSet,
     trusted: Vec<IpNetwork>,
 }
 
-impl RelayPolicyLayer {
+impl RelayPolicy {
     /// The policy for these local domains and trusted networks.
     pub fn new(local_domains: DomainSet, trusted_networks: Vec<IpNetwork>) -> Self {
         Self {
-            policy: Arc::new(Policy {
-                local_domains,
-                trusted: trusted_networks,
-            }),
+            local_domains,
+            trusted: trusted_networks,
         }
     }
 }
 
-impl<S> Layer<S> for RelayPolicyLayer {
-    type Service = RelayPolicy<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RelayPolicy {
-            policy: Arc::clone(&self.policy),
-            inner,
-        }
-    }
-}
-
-/// The service of [`RelayPolicyLayer`].
-#[derive(Clone, Debug)]
-pub struct RelayPolicy<S> {
-    policy: Arc<Policy>,
-    inner: S,
-}
-
-impl<S> RelayPolicy<S> {
-    fn check(&self, req: &RcptRequest) -> Option<Decision> {
+impl Check<RcptRequest> for RelayPolicy {
+    fn check(&self, req: &mut RcptRequest) -> Option<Decision> {
         let local = match &req.to {
             ForwardPath::Postmaster => true,
             ForwardPath::Mailbox(m) => match m.host() {
-                Host::Domain(d) => self.policy.local_domains.contains(d),
-                Host::Address(ip) => self.policy.local_domains.contains_address(ip),
+                Host::Domain(d) => self.local_domains.contains(d),
+                Host::Address(ip) => self.local_domains.contains_address(ip),
             },
         };
         let may_relay = req.session.authenticated.is_some()
             || self
-                .policy
                 .trusted
                 .iter()
                 .any(|n| n.contains(req.session.peer.ip()));
@@ -128,9 +107,6 @@ impl<S> RelayPolicy<S> {
             .then(|| Decision::reject::<554>(EnhancedStatus::NOT_AUTHORIZED, "Relay access denied"))
     }
 }
-
-sync_filter_service!(RelayPolicy, RcptRequest, |this, request| this
-    .check(request));
 
 #[cfg(test)]
 mod tests {

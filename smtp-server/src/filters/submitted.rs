@@ -3,10 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tower::Layer;
-
-use super::sync_filter_service;
-use crate::{DataRequest, Decision};
+use crate::{Check, DataRequest, Decision};
 
 /// Adds the `Date:` and `Message-ID:` fields RFC 5322 requires to a message from an
 /// authenticated client that lacks them, as a submission server may (RFC 6409 §8.2,
@@ -14,16 +11,16 @@ use crate::{DataRequest, Decision};
 /// outside) is left as it is.
 ///
 /// ```
-/// use smtp_server::filters::SubmittedHeadersLayer;
-/// let layer = SubmittedHeadersLayer::new("mx.example.test");
+/// use smtp_server::filters::SubmittedHeaders;
+/// let layer = smtp_server::filter(SubmittedHeaders::new("mx.example.test"));
 /// # let _ = layer;
 /// ```
 #[derive(Clone, Debug)]
-pub struct SubmittedHeadersLayer {
-    hostname: std::sync::Arc<str>,
+pub struct SubmittedHeaders {
+    hostname: String,
 }
 
-impl SubmittedHeadersLayer {
+impl SubmittedHeaders {
     /// `hostname` is the right-hand side of the message ids it makes.
     pub fn new(hostname: &str) -> Self {
         Self {
@@ -32,28 +29,11 @@ impl SubmittedHeadersLayer {
     }
 }
 
-impl<S> Layer<S> for SubmittedHeadersLayer {
-    type Service = SubmittedHeaders<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        SubmittedHeaders {
-            hostname: self.hostname.clone(),
-            inner,
-        }
-    }
-}
-
-/// The service of [`SubmittedHeadersLayer`].
-#[derive(Clone, Debug)]
-pub struct SubmittedHeaders<S> {
-    hostname: std::sync::Arc<str>,
-    inner: S,
-}
-
 /// Makes message ids unique within this process.
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
-impl<S> SubmittedHeaders<S> {
-    fn add(&self, req: &mut DataRequest) -> Option<Decision> {
+impl Check<DataRequest> for SubmittedHeaders {
+    fn check(&self, req: &mut DataRequest) -> Option<Decision> {
         req.session.authenticated.as_ref()?;
         let (date, id) = (
             has_field(&req.body, "Date"),
@@ -81,9 +61,6 @@ impl<S> SubmittedHeaders<S> {
         None
     }
 }
-
-sync_filter_service!(SubmittedHeaders, DataRequest, |this, request| this
-    .add(request));
 
 /// Whether the header section of `message` has a field called `name` (any case).
 pub(crate) fn has_field(message: &[u8], name: &str) -> bool {
