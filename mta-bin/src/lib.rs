@@ -1,13 +1,14 @@
-//! The composition behind the `mta` binary: the configuration file and its embedded
-//! default, and the wiring of `smtp-server`, `mail-queue` and local delivery. It is a
-//! library so that tests can parse configurations and build the pieces; the binary
-//! (`src/main.rs`) is the command line around it.
+//! The `mta` program as a library: the configuration file and its embedded default, the
+//! wiring of `smtp-server`, `mail-queue` and delivery, and the command line ([`cli`]).
+//! The binary (`src/main.rs`) is `MtaBuilder::new().main()`; a custom MTA is the same
+//! with filters of its own ([`MtaBuilder::stages`], `examples/custom_mta.rs`).
 
 #![forbid(unsafe_code)]
 // This crate is the program itself: it reports to its user on stdout and stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod accounts;
+pub mod cli;
 pub mod config;
 #[cfg(unix)]
 pub mod control;
@@ -25,3 +26,5 @@ pub mod send;
 pub mod sendmail;
 pub mod serve;
 pub mod tls;
+
+pub use serve::{Mta, MtaBuilder};

@@ -26,10 +26,89 @@ use auth_checks::{ArcSigner, AuthChecks, DkimSigner, DkimSigning, Verifier};
 use dns_mx::{MxConfig, MxResolver};
 use smtp_client::{OutboundConfig, TlsConfigs};
 
+/// An MTA with filters of your own: the `mta` program (configuration, listeners, queue,
+/// delivery, command line, reload) with your closures and layers in its stage chain.
+///
+/// Each function given to [`MtaBuilder::stages`] receives the chain with the built-in
+/// filters in place and adds to it (with the `*_filter` and `*_layer` methods of
+/// [`Stages`]); what it adds runs before the built-ins, after the relay policy, which
+/// always comes first. It is called again at each reload, so your filters survive it.
+///
+/// ```no_run
+/// use smtp_server::{Decision, EnhancedStatus};
+///
+/// fn main() -> std::process::ExitCode {
+///     mta_bin::MtaBuilder::new()
+///         .stages(|stages, _config| {
+///             stages.rcpt_filter(|req| {
+///                 let to = req.to.to_string();
+///                 to.contains("+spam@").then(|| {
+///                     Decision::reject::<550>(EnhancedStatus::NOT_AUTHORIZED, "Not here")
+///                 })
+///             })
+///         })
+///         .main()
+/// }
+/// ```
+#[derive(Clone, Default)]
+pub struct MtaBuilder {
+    additions: Vec<Arc<AddFilters>>,
+}
+
+/// What [`MtaBuilder::stages`] keeps.
+type AddFilters = dyn Fn(Stages, &Config) -> Stages + Send + Sync;
+
+impl std::fmt::Debug for MtaBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MtaBuilder")
+            .field("additions", &self.additions.len())
+            .finish()
+    }
+}
+
+impl MtaBuilder {
+    /// The MTA with the built-in filters only (the `mta` program).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds filters: `add` gets the chain (and the configuration in force) and returns
+    /// it with more. Call it as often as you like; later calls run first.
+    pub fn stages(
+        mut self,
+        add: impl Fn(Stages, &Config) -> Stages + Send + Sync + 'static,
+    ) -> Self {
+        self.additions.push(Arc::new(add));
+        self
+    }
+
+    /// Runs the `mta` command line (`serve`, `queue`, `reload`, `check-config`,
+    /// `sendmail`, ...) with these filters, and returns its exit status.
+    pub fn main(self) -> std::process::ExitCode {
+        crate::cli::run(self)
+    }
+
+    /// Starts an MTA on `config` with these filters (see [`Mta::start`]).
+    pub async fn start(self, config: Config) -> anyhow::Result<Mta> {
+        Mta::start_with(config, None, self).await
+    }
+
+    fn add_to(&self, mut stages: Stages, config: &Config) -> Stages {
+        for add in &self.additions {
+            stages = add(stages, config);
+        }
+        stages
+    }
+}
+
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully. SIGHUP reloads the
 /// configuration from `path` (see [`Reload`]).
-pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
-    let mta = Mta::start_from(config, path).await?;
+pub async fn serve(
+    config: Config,
+    path: Option<PathBuf>,
+    custom: MtaBuilder,
+) -> anyhow::Result<()> {
+    let mta = Mta::start_with(config, path, custom).await?;
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -83,6 +162,8 @@ pub struct Reload {
     counters: Counters,
     /// The signing of injected mail (the control socket reads it).
     signing: Arc<std::sync::RwLock<DkimSigning>>,
+    /// The filters added to the built-ins.
+    custom: MtaBuilder,
 }
 
 impl Reload {
@@ -106,7 +187,7 @@ impl Reload {
         if config.sendmail.socket != self.sendmail_socket {
             anyhow::bail!("[sendmail] socket changed: restart to apply that");
         }
-        let parts = Parts::build(&config, &self.queue, &self.counters)?;
+        let parts = Parts::build(&config, &self.queue, &self.counters, &self.custom)?;
         self.server.reload(parts.server_config, parts.stages)?;
         self.delivery.replace(&parts.delivery);
         if let Ok(mut signing) = self.signing.write() {
@@ -196,7 +277,12 @@ struct Parts {
 }
 
 impl Parts {
-    fn build(config: &Config, queue: &Queue, counters: &Counters) -> anyhow::Result<Self> {
+    fn build(
+        config: &Config,
+        queue: &Queue,
+        counters: &Counters,
+        custom: &MtaBuilder,
+    ) -> anyhow::Result<Self> {
         let tls = match &config.tls {
             None => None,
             Some(t) if t.self_signed => Some(crate::tls::self_signed(
@@ -226,6 +312,7 @@ impl Parts {
             &counters.auth,
             signing.clone(),
         )?;
+        let stages = custom.add_to(stages, config);
         let local = match (&config.local.lmtp, &config.local.maildir) {
             (Some(addr), _) => Some(LocalTarget::Lmtp(Lmtp::new(addr.clone(), &config.hostname))),
             (None, Some(root)) => Some(LocalTarget::Maildir(Maildir::new(
@@ -263,17 +350,27 @@ pub struct Mta {
 }
 
 impl Mta {
-    /// Opens the queue, binds the listeners and starts serving and delivering.
+    /// Opens the queue, binds the listeners and starts serving and delivering, with the
+    /// built-in filters ([`MtaBuilder`] adds yours).
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        Self::start_from(config, None).await
+        Self::start_with(config, None, MtaBuilder::new()).await
     }
 
     /// [`Mta::start`] for a configuration read from `path`, which a reload reads again.
+    pub async fn start_from(config: Config, path: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::start_with(config, path, MtaBuilder::new()).await
+    }
+
+    /// [`Mta::start_from`] with the filters of `custom`.
     ///
     /// The order matters when started as root with `user` set: the listening sockets
     /// (SMTP and metrics) are bound first, then the process becomes that user, and
     /// only then opens the queue and reads certificates and keys.
-    pub async fn start_from(config: Config, path: Option<PathBuf>) -> anyhow::Result<Self> {
+    async fn start_with(
+        config: Config,
+        path: Option<PathBuf>,
+        custom: MtaBuilder,
+    ) -> anyhow::Result<Self> {
         let queue_settings = queue_config(&config);
         let backlog = config
             .limits
@@ -303,7 +400,7 @@ impl Mta {
             stages,
             delivery,
             signing,
-        } = Parts::build(&config, &queue, &counters)?;
+        } = Parts::build(&config, &queue, &counters, &custom)?;
         let signing = Arc::new(std::sync::RwLock::new(signing));
         let max_message = server_config.limits.max_message_size;
         let server = Server::with_listeners(server_config, stages, bound)?;
@@ -319,6 +416,7 @@ impl Mta {
             sendmail_socket: config.sendmail.socket.clone(),
             counters: counters.clone(),
             signing: Arc::clone(&signing),
+            custom,
         };
         let server_stats = server.stats();
 

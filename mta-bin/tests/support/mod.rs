@@ -139,8 +139,19 @@ pub(crate) fn serve_logging(
     rust_log: &str,
     log: std::process::Stdio,
 ) -> (std::process::Child, String) {
+    serve_program(mta(), config, args, rust_log, log)
+}
+
+/// [`serve_logging`] with another program than `mta` (a custom MTA built on
+/// `mta_bin::MtaBuilder`).
+pub(crate) fn serve_program(
+    mut command: Command,
+    config: &std::path::Path,
+    args: &[&str],
+    rust_log: &str,
+    log: std::process::Stdio,
+) -> (std::process::Child, String) {
     use std::io::BufReader;
-    let mut command = mta();
     command.args(["serve", "--config"]).arg(config).args(args);
     // An empty `rust_log`: the server's own default filter.
     if rust_log.is_empty() {

@@ -1,0 +1,317 @@
+//! The `mta` command line: `serve`, `reload`, `check-config`, `queue`, `send`,
+//! `sendmail`, `dkim-keygen`. The binary is [`run`] with no filters of its own; a
+//! custom MTA is [`run`] with its filters ([`MtaBuilder::main`](crate::MtaBuilder::main)).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::MtaBuilder;
+use crate::config::{Config, EMBEDDED_DEFAULT};
+use crate::serve;
+
+/// A mail transfer agent.
+#[derive(Parser, Debug)]
+#[command(name = "mta", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Receive, queue and deliver mail. Without --config: the embedded default
+    /// (127.0.0.1:2525 relay, 127.0.0.1:2587 submission, data in ./mta-data/).
+    Serve {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Log lines as `text` (for people) or `json` (one object per line, for log
+        /// collectors).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Make a running `mta serve` read its configuration file again (as SIGHUP does),
+    /// and say whether it took it.
+    #[cfg(unix)]
+    Reload {
+        /// The server's configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and report every problem with its key and line.
+    CheckConfig {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Inspect and steer the queue (of a running server through its control socket).
+    #[cfg(unix)]
+    Queue(crate::queue_cmd::QueueArgs),
+    /// Send a message built from the command line (text, attachments), for tests and
+    /// scripts.
+    #[cfg(unix)]
+    Send(crate::send::SendArgs),
+    /// Send a message read from standard input, as sendmail does (-t, -i, -f, -F, -bp, -bs);
+    /// also what the binary does when invoked as `sendmail`.
+    #[cfg(unix)]
+    Sendmail {
+        /// sendmail's options and the recipients.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Make a DKIM signing key: write the private key and print the DNS record to
+    /// publish and the configuration to add.
+    DkimKeygen {
+        /// The signing domain.
+        #[arg(long)]
+        domain: String,
+        /// The selector (the key is published at <selector>._domainkey.<domain>).
+        #[arg(long)]
+        selector: String,
+        /// The key's algorithm.
+        #[arg(long, value_enum, default_value_t = Algorithm::Rsa)]
+        algorithm: Algorithm,
+        /// Where to write the private key (default: <domain>.<selector>.key here).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+/// Runs the command line of `std::env::args()` (as `sendmail` or `mailq` when invoked
+/// by those names), serving with the filters of `custom`.
+pub fn run(custom: MtaBuilder) -> ExitCode {
+    // Invoked as `sendmail` (a link to this binary) or `mailq`: behave as those.
+    #[cfg(unix)]
+    {
+        let mut args = std::env::args();
+        let name = args
+            .next()
+            .map(PathBuf::from)
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        match name.as_str() {
+            "sendmail" => return ExitCode::from(crate::sendmail::run(args.collect())),
+            "mailq" => {
+                let mut rest: Vec<String> = vec!["-bp".to_owned()];
+                rest.extend(args);
+                return ExitCode::from(crate::sendmail::run(rest));
+            }
+            _ => {}
+        }
+    }
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, log_format } => run_serve(config, log_format, custom),
+        #[cfg(unix)]
+        Command::Reload { config } => reload(config),
+        Command::CheckConfig { config } => check_config(&config),
+        #[cfg(unix)]
+        Command::Send(args) => return ExitCode::from(crate::send::run(args)),
+        #[cfg(unix)]
+        Command::Sendmail { args } => return ExitCode::from(crate::sendmail::run(args)),
+        #[cfg(unix)]
+        Command::Queue(args) => match crate::queue_cmd::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
+        Command::DkimKeygen {
+            domain,
+            selector,
+            algorithm,
+            output,
+        } => dkim_keygen(&domain, &selector, algorithm, output),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mta: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_serve(
+    path: Option<PathBuf>,
+    log_format: LogFormat,
+    custom: MtaBuilder,
+) -> anyhow::Result<()> {
+    let config = match &path {
+        Some(path) => Config::load(path)?,
+        None => Config::parse(EMBEDDED_DEFAULT)?,
+    };
+    let _log_guard = init_logging(log_format);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve::serve(config, path, custom))
+}
+
+#[cfg(unix)]
+fn reload(path: PathBuf) -> anyhow::Result<()> {
+    use crate::control::{self, Request, Response};
+    let config = Config::load(&path)?;
+    let socket = control::socket_path(&config.queue.path);
+    match control::request(&socket, &Request::Reload)? {
+        None => anyhow::bail!(
+            "no server is running on the queue {}",
+            config.queue.path.display()
+        ),
+        Some(Response::Reloaded) => {
+            println!("{}: reloaded", path.display());
+            Ok(())
+        }
+        Some(Response::Error { message }) => anyhow::bail!("reload refused: {message}"),
+        Some(other) => anyhow::bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// Every problem of the file, one per line with its line number, then the warnings.
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    use crate::config::Problems;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let report = |problems: &Problems| {
+        for problem in problems.each() {
+            eprintln!("{}: {problem}", path.display());
+        }
+        anyhow::anyhow!("{}: {} problem(s)", path.display(), problems.each().count())
+    };
+    let config = match Config::parse(&text) {
+        Ok(config) => config,
+        Err(e) => match e.downcast_ref::<Problems>() {
+            Some(problems) => return Err(report(problems)),
+            None => return Err(e.context(format!("in {}", path.display()))),
+        },
+    };
+    config.check_files(&text).map_err(|p| report(&p))?;
+    let mut warnings = config.warnings();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    warnings.extend(runtime.block_on(crate::serve::check_relay_certificate(&config)));
+    for warning in warnings {
+        println!("warning: {warning}");
+    }
+    println!("{}: ok", path.display());
+    Ok(())
+}
+
+/// `mta dkim-keygen --algorithm`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Algorithm {
+    /// RSA, 2048 bits: understood everywhere.
+    Rsa,
+    /// Ed25519 (RFC 8463): short keys, not yet checked by every receiver.
+    Ed25519,
+}
+
+fn dkim_keygen(
+    domain: &str,
+    selector: &str,
+    algorithm: Algorithm,
+    output: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use auth_checks::KeyKind;
+    let kind = match algorithm {
+        Algorithm::Rsa => KeyKind::Rsa,
+        Algorithm::Ed25519 => KeyKind::Ed25519,
+    };
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    };
+    if !valid(&domain) || !domain.contains('.') {
+        anyhow::bail!("--domain {domain:?} is not a domain name");
+    }
+    if !valid(selector) {
+        anyhow::bail!("--selector {selector:?}: use letters, digits, '-', '_' and dots");
+    }
+    let path = output.unwrap_or_else(|| PathBuf::from(format!("{domain}.{selector}.key")));
+    let key = auth_checks::generate_key(kind)?;
+    write_private(&path, key.private_pem.as_bytes())?;
+    let absolute = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+    println!(
+        "Wrote the {} private key to {}",
+        kind.algorithm(),
+        absolute.display()
+    );
+    println!();
+    println!("Publish this TXT record in DNS:");
+    println!();
+    println!("{}", key.zone_line(selector, &domain));
+    println!();
+    println!("Then add to the configuration:");
+    println!();
+    println!("[[dkim_key]]");
+    println!("domain = \"{domain}\"");
+    println!("selector = \"{selector}\"");
+    println!("private_key = \"{}\"", absolute.display());
+    Ok(())
+}
+
+/// Writes a new file readable by its owner only; never replaces an existing key.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// How log lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One line of text per event, with its spans (connection, queue id).
+    Text,
+    /// One JSON object per event: `timestamp`, `level`, `fields`, `target`, and the
+    /// spans (`span`, `spans`) with their fields.
+    Json,
+}
+
+/// The log filter when `RUST_LOG` is not set: `info`, but rustls only at `error`.
+/// rustls warns about what clients get wrong in their TLS hello (an IP address as SNI,
+/// say), once per connection; each failed handshake is logged at `info` by the server
+/// anyway. `RUST_LOG=info,rustls=debug` shows them.
+const DEFAULT_LOG_FILTER: &str = "info,rustls=error";
+
+/// Logs go to stderr through a writer thread, so a session never waits for the
+/// terminal or the journal; nothing is dropped (the writer blocks when far behind).
+/// Keep the returned guard: dropping it flushes what is left.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
+    guard
+}
