@@ -35,7 +35,10 @@ async fn main() -> Result<(), BoxError> {
     });
 
     // Mail for example.test from anyone, elsewhere only from this machine.
-    let relay = RelayPolicy::new(DomainSet::new(["example.test"]), vec!["127.0.0.0/8".parse()?]);
+    let relay = RelayPolicy::new(
+        DomainSet::new(["example.test"]),
+        vec!["127.0.0.0/8".parse()?],
+    );
     let stages = Stages::new(print)
         .relay_policy(filter(relay))
         // 1. A closure: `None` passes the recipient on, `Some` answers.

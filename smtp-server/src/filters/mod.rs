@@ -12,6 +12,14 @@
 //! | [`NotifyPolicy`] | data | success and delay notices only for logins and trusted networks (no backscatter) |
 //! | [`SubmittedHeaders`] | data | adds a missing `Date:` and `Message-ID:` to mail from logins (RFC 6409 §8) |
 //!
+//! And the hooks to programs that are not written in Rust (`docs/filters.md`):
+//!
+//! | filter | stages | does |
+//! | --- | --- | --- |
+//! | [`milter::Milter`] | all | a Sendmail/Postfix milter (protocol 6): OpenDKIM, clamav-milter, spamass-milter |
+//! | [`policy::PolicyCheck`] | mail, rcpt, data | a Postfix SMTPD access policy service (postgrey, policyd-spf) at RCPT |
+//! | `rspamd::Rspamd` (feature `rspamd`) | data | rspamd's verdict over its HTTP protocol (`/checkv2`) |
+//!
 //! ```
 //! use smtp_server::filters::{DomainSet, HopLimit, Received, RelayPolicy};
 //! use smtp_server::{Stages, filter};

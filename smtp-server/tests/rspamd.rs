@@ -1,0 +1,339 @@
+//! The rspamd filter against Debian's rspamd (a spam filter nobody here wrote),
+//! started by each test in the foreground on a minimal configuration of its own in a
+//! temp dir (no Lua rules, no Redis, no DNS: only the core's GTUBE test patterns), and
+//! against a dead port and a silent server for the failure paths.
+//!
+//! rspamd comes from `.ci/deps/rspamd.sh`; without it the rspamd tests skip with a
+//! message, except under `CI=true`.
+
+#![cfg(unix)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use smtp_client::testing::{RawClient, code_of};
+use smtp_server::filters::rspamd::{OnFailure, Rspamd, RspamdSettings};
+use smtp_server::filters::{DomainSet, RelayPolicy};
+use smtp_server::{
+    BoxError, DataRequest, Decision, ListenerConfig, ListenerMode, Server, ServerConfig, Stages,
+    filter, filter_async,
+};
+
+type Messages = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// GTUBE: rspamd's core answers `reject` for it.
+const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+/// rspamd's test pattern for `add header` (`enable_test_patterns`).
+const GTUBE_ADD_HEADER: &str =
+    "YJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+/// rspamd's test pattern for `rewrite subject`.
+const GTUBE_REWRITE_SUBJECT: &str =
+    "ZJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+
+/// A server on a relay listener (relaying for loopback) with the rspamd filter of
+/// `settings`, storing messages in `messages`.
+async fn start(settings: RspamdSettings, messages: Messages) -> SocketAddr {
+    let sink = tower::service_fn(move |req: DataRequest| {
+        let messages = Arc::clone(&messages);
+        async move {
+            messages.lock().unwrap().push(req.message());
+            Ok::<_, BoxError>(Decision::accept())
+        }
+    });
+    let loopback = vec!["127.0.0.0/8".parse().unwrap()];
+    let stages = Stages::new(sink)
+        .data_layer(filter_async(Rspamd::new(settings)))
+        .relay_policy(filter(RelayPolicy::new(
+            DomainSet::new(Vec::<String>::new()),
+            loopback,
+        )));
+    let config = ServerConfig {
+        hostname: "rspamd.test".into(),
+        listeners: vec![ListenerConfig {
+            address: "127.0.0.1:0".parse().unwrap(),
+            mode: ListenerMode::Relay,
+        }],
+        ..ServerConfig::default()
+    };
+    let server = Server::bind(config, stages).await.unwrap();
+    let addr = server.local_addrs()[0].1;
+    tokio::spawn(server.run(std::future::pending()));
+    addr
+}
+
+fn settings(address: SocketAddr, on_failure: OnFailure) -> RspamdSettings {
+    RspamdSettings {
+        address: format!("http://{address}").parse().unwrap(),
+        timeout: Duration::from_secs(10),
+        on_failure,
+        ..RspamdSettings::default()
+    }
+}
+
+/// Sends one message; the reply to its end of DATA (`code status`) and its text.
+async fn send(server: SocketAddr, message: &str) -> (String, String) {
+    let mut c = RawClient::connect(server).await;
+    assert_eq!(c.cmd("EHLO client.test").await.code().as_u16(), 250);
+    assert_eq!(c.code("MAIL FROM:<sender@example.org>").await, "250 2.1.0");
+    assert_eq!(c.code("RCPT TO:<rcpt@example.net>").await, "250 2.1.5");
+    assert_eq!(c.code("DATA").await, "354");
+    let reply = c.cmd(&format!("{message}.")).await;
+    c.cmd("QUIT").await;
+    (code_of(&reply), reply.text().to_owned())
+}
+
+/// A port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A daemon from a Debian package: `/usr/bin` or `/usr/sbin`, else the PATH; `None`
+/// (the test skips) when missing, a failure under CI.
+fn daemon(name: &str) -> Option<PathBuf> {
+    ["/usr/bin", "/usr/sbin"]
+        .iter()
+        .map(|dir| PathBuf::from(dir).join(name))
+        .find(|p| p.is_file())
+        .or_else(|| smtp_client::testing::tool(name))
+}
+
+/// The output of `id` with `flag` (`-un`, `-gn`): who rspamd runs as.
+fn id(flag: &str) -> String {
+    let out = Command::new("id").arg(flag).output().expect("id");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// rspamd in the foreground with one normal worker on a free port; killed on drop.
+struct RspamdDaemon {
+    child: Child,
+    address: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl RspamdDaemon {
+    async fn start() -> Option<Self> {
+        let binary = daemon("rspamd")?;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // A tiny public-suffix list: the real one takes long to compile at start.
+        std::fs::write(dir.path().join("tld.dat"), "com\norg\nnet\ntest\n").unwrap();
+        let config = format!(
+            r#"
+options {{
+  pidfile = "{d}/rspamd.pid";
+  filters = "";
+  tempdir = "{d}";
+  hs_cache_dir = "{d}";
+  maps_cache_dir = "{d}";
+  url_tld = "{d}/tld.dat";
+  enable_test_patterns = true;
+  dns {{ nameserver = ["127.0.0.1:1"]; timeout = 1s; retransmits = 1; }}
+}}
+logging {{ type = "console"; level = "warning"; }}
+worker "normal" {{ bind_socket = "{address}"; count = 1; }}
+actions {{ reject = 15; add_header = 6; greylist = 4; }}
+"#
+        );
+        let config_path = dir.path().join("rspamd.conf");
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new(binary)
+            .arg("-f")
+            .arg("-c")
+            .arg(&config_path)
+            .arg(format!("--var=DBDIR={d}"))
+            .arg(format!("--var=RUNDIR={d}"))
+            .arg(format!("--var=LOGDIR={d}"))
+            // rspamd refuses to run as root unless told whom to run as.
+            .arg(format!("--user={}", id("-un")))
+            .arg(format!("--group={}", id("-gn")))
+            .arg("--insecure")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            // A process group of its own, so that its workers go with it.
+            .process_group(0)
+            .spawn()
+            .expect("start rspamd");
+        let mut rspamd = Self {
+            child,
+            address,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(address).await.is_err() {
+            if let Ok(Some(status)) = rspamd.child.try_wait() {
+                panic!("rspamd exited: {status}");
+            }
+            assert!(Instant::now() < deadline, "rspamd did not listen in 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Some(rspamd)
+    }
+}
+
+impl Drop for RspamdDaemon {
+    /// SIGTERM to the group (the main process stops its workers), SIGKILL to what is
+    /// left after 5 s.
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let signal = |name: &str| {
+            let _ = Command::new("kill")
+                .args(["-s", name, "--", &group])
+                .stderr(Stdio::null())
+                .status();
+        };
+        signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        signal("KILL");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn gtube_is_refused_and_clean_mail_is_stored_with_its_score() {
+    let Some(rspamd) = RspamdDaemon::start().await else {
+        return;
+    };
+    let messages = Messages::default();
+    let server = start(
+        settings(rspamd.address, OnFailure::Tempfail),
+        Arc::clone(&messages),
+    )
+    .await;
+
+    let gtube = format!("Subject: spam\r\n\r\n{GTUBE}\r\n");
+    let (code, text) = send(server, &gtube).await;
+    assert_eq!(code, "554 5.7.1");
+    assert_eq!(text, "Gtube pattern");
+    assert!(messages.lock().unwrap().is_empty());
+
+    // A clean message, with verdict headers of its own that must not survive.
+    let clean = "X-Spam-Status: No, score=-100.00 required=15.00\r\nX-Spam: No\r\n\
+                 From: <sender@example.org>\r\nSubject: hello\r\n\r\nJust a note.\r\n";
+    assert_eq!(send(server, clean).await.0, "250 2.0.0");
+    let stored = String::from_utf8(messages.lock().unwrap()[0].clone()).unwrap();
+    let (header, body) = stored.split_once("\r\n\r\n").unwrap();
+    let lines: Vec<&str> = header.lines().collect();
+    assert!(
+        lines[0].starts_with("X-Spam-Status: No, score=") && lines[0].ends_with(" required=15.00"),
+        "{stored}"
+    );
+    assert!(lines[1].starts_with("X-Spam-Score: "), "{stored}");
+    assert_eq!(
+        lines[2..],
+        ["From: <sender@example.org>", "Subject: hello"],
+        "{stored}"
+    );
+    assert_eq!(body, "Just a note.\r\n");
+}
+
+#[tokio::test]
+async fn add_header_and_rewrite_subject_mark_the_message() {
+    let Some(rspamd) = RspamdDaemon::start().await else {
+        return;
+    };
+    let messages = Messages::default();
+    let server = start(
+        settings(rspamd.address, OnFailure::Tempfail),
+        Arc::clone(&messages),
+    )
+    .await;
+
+    let add = format!("Subject: maybe\r\n\r\n{GTUBE_ADD_HEADER}\r\n");
+    assert_eq!(send(server, &add).await.0, "250 2.0.0");
+    let rewrite =
+        format!("Subject: maybe\r\nTo: <rcpt@example.net>\r\n\r\n{GTUBE_REWRITE_SUBJECT}\r\n");
+    assert_eq!(send(server, &rewrite).await.0, "250 2.0.0");
+
+    let stored = messages.lock().unwrap();
+    let added = String::from_utf8_lossy(&stored[0]);
+    assert!(
+        added.starts_with("X-Spam-Status: Yes, score=6.00 required=15.00\r\nX-Spam-Score: 6.00\r\nX-Spam: Yes\r\nSubject: maybe\r\n"),
+        "{added}"
+    );
+    let rewritten = String::from_utf8_lossy(&stored[1]);
+    assert!(
+        rewritten.starts_with("X-Spam-Status: Yes, score="),
+        "{rewritten}"
+    );
+    assert!(rewritten.contains("\r\nX-Spam: Yes\r\n"), "{rewritten}");
+    assert!(
+        rewritten.contains("\r\nSubject: *** SPAM *** maybe\r\nTo: <rcpt@example.net>\r\n"),
+        "{rewritten}"
+    );
+    assert_eq!(rewritten.matches("Subject:").count(), 1, "{rewritten}");
+}
+
+#[tokio::test]
+async fn larger_messages_are_not_scanned() {
+    let Some(rspamd) = RspamdDaemon::start().await else {
+        return;
+    };
+    let messages = Messages::default();
+    let mut settings = settings(rspamd.address, OnFailure::Tempfail);
+    settings.max_size = 40;
+    let server = start(settings, Arc::clone(&messages)).await;
+    let gtube = format!("Subject: big\r\n\r\n{GTUBE}\r\n");
+    assert_eq!(send(server, &gtube).await.0, "250 2.0.0");
+    assert!(messages.lock().unwrap()[0].starts_with(b"Subject: big\r\n"));
+}
+
+#[tokio::test]
+async fn rspamd_down_gets_the_failure_action() {
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let message = "X-Spam: Yes\r\nSubject: s\r\n\r\nbody\r\n";
+    let messages = Messages::default();
+    let tempfail = start(settings(dead, OnFailure::Tempfail), Arc::clone(&messages)).await;
+    assert_eq!(send(tempfail, message).await.0, "451 4.7.1");
+    let accept = start(settings(dead, OnFailure::Accept), Arc::clone(&messages)).await;
+    assert_eq!(send(accept, message).await.0, "250 2.0.0");
+    let stored = messages.lock().unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0], b"Subject: s\r\n\r\nbody\r\n",
+        "unscanned, and no verdict of its own"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_rspamd_is_bounded_by_the_timeout() {
+    // Accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    for (on_failure, want) in [
+        (OnFailure::Tempfail, "451 4.7.1"),
+        (OnFailure::Accept, "250 2.0.0"),
+    ] {
+        let mut settings = settings(address, on_failure);
+        settings.timeout = Duration::from_millis(500);
+        let server = start(settings, Messages::default()).await;
+        let started = Instant::now();
+        let (code, _) = send(server, "Subject: s\r\n\r\nbody\r\n").await;
+        let waited = started.elapsed();
+        assert_eq!(code, want, "{on_failure:?}");
+        assert!(
+            waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+    }
+}
