@@ -13,6 +13,7 @@ pub mod config;
 #[cfg(unix)]
 pub mod control;
 pub mod delivery;
+pub mod hooks;
 pub mod metrics;
 #[cfg(unix)]
 pub mod notify;

@@ -732,7 +732,9 @@ fn server_config(
 /// The middleware chain: the built-in policy as layers around the queue. A message
 /// passes the hop limit, gets a missing `Date:` and `Message-ID:` when it comes from a
 /// login, then sender authentication (which adds `Authentication-Results`), then gets
-/// its `Received:` (on top) and, from a login, its DKIM signature.
+/// its `Received:` (on top), then meets the configured hooks (milters, rspamd; a policy
+/// service at RCPT after the local-recipient check) and, from a login, gets its DKIM
+/// signature.
 fn stages(
     config: &Config,
     local_domains: &DomainSet,
@@ -760,8 +762,8 @@ fn stages(
             .with_context(|| format!("[arc_seal] {} (selector {})", k.domain, k.selector))?;
         checks = checks.arc_sealer(sealer, local_domains.clone());
     }
-    let mut stages = Stages::new(Enqueue { queue })
-        .data_layer(filter(signing))
+    let signed = Stages::new(Enqueue { queue }).data_layer(filter(signing));
+    let mut stages = crate::hooks::add(signed, config)?
         .data_layer(filter(Received::new(&config.hostname)))
         .data_layer(checks.data_layer())
         .data_layer(filter(SubmittedHeaders::new(&config.hostname)))
