@@ -92,11 +92,11 @@ pub fn run(custom: MtaBuilder) -> ExitCode {
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_default();
         match name.as_str() {
-            "sendmail" => return ExitCode::from(crate::sendmail::run(args.collect())),
+            "sendmail" => return ExitCode::from(crate::sendmail::run(args.collect(), &custom)),
             "mailq" => {
                 let mut rest: Vec<String> = vec!["-bp".to_owned()];
                 rest.extend(args);
-                return ExitCode::from(crate::sendmail::run(rest));
+                return ExitCode::from(crate::sendmail::run(rest, &custom));
             }
             _ => {}
         }
@@ -108,9 +108,11 @@ pub fn run(custom: MtaBuilder) -> ExitCode {
         Command::Reload { config } => reload(config),
         Command::CheckConfig { config } => check_config(&config),
         #[cfg(unix)]
-        Command::Send(args) => return ExitCode::from(crate::send::run(args)),
+        Command::Send(args) => return ExitCode::from(crate::send::run(args, &custom)),
         #[cfg(unix)]
-        Command::Sendmail { args } => return ExitCode::from(crate::sendmail::run(args)),
+        Command::Sendmail { args } => {
+            return ExitCode::from(crate::sendmail::run(args, &custom));
+        }
         #[cfg(unix)]
         Command::Queue(args) => match crate::queue_cmd::run(args) {
             Ok(true) => Ok(()),

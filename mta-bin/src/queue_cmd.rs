@@ -135,7 +135,7 @@ pub fn run(args: QueueArgs) -> anyhow::Result<bool> {
     let filtered = matches!(&request, Request::List { filter, .. } if *filter != Filter::default());
     let response = match control::request(&control::socket_path(&config.queue.path), &request)? {
         Some(response) => response,
-        None => offline(&config, request)?,
+        None => offline(&config, request, &crate::MtaBuilder::new())?,
     };
     let mut out = String::new();
     let ok = match &response {
@@ -197,7 +197,11 @@ fn request(command: &QueueCommand) -> anyhow::Result<Request> {
 
 /// No server runs: open the queue here (its lock fails if a server holds it after all).
 /// Also the way `mta sendmail` queues without a server.
-pub(crate) fn offline(config: &Config, request: Request) -> anyhow::Result<Response> {
+pub(crate) fn offline(
+    config: &Config,
+    request: Request,
+    custom: &crate::MtaBuilder,
+) -> anyhow::Result<Response> {
     let path = &config.queue.path;
     // A message may start a queue; the other commands need one.
     if !path.exists() && !matches!(request, Request::Inject { .. }) {
@@ -218,13 +222,15 @@ pub(crate) fn offline(config: &Config, request: Request) -> anyhow::Result<Respo
     runtime.block_on(async {
         let queue = Queue::open(crate::serve::queue_config(config))
             .with_context(|| format!("cannot open the queue at {}", path.display()))?;
-        // Injected mail is signed with the configured keys, as the server would.
-        let signing = crate::serve::dkim_signing(config)?;
+        // Injected mail meets the filters it would meet in the server.
+        let stages = crate::serve::local_stages(config, &queue, custom)?;
         let hooks = control::Hooks {
             reload: None,
-            sign: std::sync::Arc::new(move |message: &[u8]| signing.sign_message(message)),
+            stages: std::sync::Arc::new(std::sync::RwLock::new(stages)),
+            max_message: crate::serve::max_message_size(config),
         };
-        Ok(control::handle(&queue, request, &hooks).await)
+        let user = format!("userid {}", nix::unistd::getuid());
+        Ok(control::handle(&queue, request, &hooks, &user).await)
     })
 }
 
@@ -299,6 +305,9 @@ fn render(out: &mut String, response: &Response, filtered: bool) {
         }
         Response::Error { message } => {
             let _ = writeln!(out, "error: {message}");
+        }
+        Response::Refused { message, .. } => {
+            let _ = writeln!(out, "refused: {message}");
         }
     }
 }

@@ -128,7 +128,7 @@ pub struct SendArgs {
 }
 
 /// Runs `mta send`; returns the exit status (sendmail's: 0, 64 or 75).
-pub fn run(args: SendArgs) -> u8 {
+pub fn run(args: SendArgs, custom: &crate::MtaBuilder) -> u8 {
     use crate::sendmail::{EX_USAGE, Options};
     let fail = |status: u8, e: String| {
         eprintln!("mta send: {e}");
@@ -174,7 +174,7 @@ pub fn run(args: SendArgs) -> u8 {
         ..Options::default()
     };
     match crate::sendmail::load_config(&options)
-        .and_then(|config| crate::sendmail::submit(&config, &options, &message))
+        .and_then(|config| crate::sendmail::submit(&config, &options, &message, custom))
     {
         Ok(id) => {
             println!("queued as {id}");

@@ -2,10 +2,13 @@
 //! so cron, PHP's `mail()` and scripts work unchanged.
 //!
 //! It reads a message on standard input, completes its header (`From`, `Date`,
-//! `Message-ID`, a `Received` line), and puts it in the queue durably: through the
-//! control socket of a running `mta serve`, or in the queue itself when no server runs.
-//! It exits 0 only once the message is queued; 75 (`EX_TEMPFAIL`) when it could not be,
-//! 64 (`EX_USAGE`) for a bad command line or a message without recipients.
+//! `Message-ID`), and hands it to the stage chain of the server (through the control
+//! socket of a running `mta serve`, or the chain built here when no server runs), which
+//! meets it as it meets mail from a login (`Received:`, signing, hooks, custom filters)
+//! and queues it durably. It exits 0 only once the message is queued; 75
+//! (`EX_TEMPFAIL`) when it could not be, or a filter deferred it; 67 (`EX_NOUSER`) for an
+//! unknown local recipient and 69 (`EX_UNAVAILABLE`) for another refusal; 64
+//! (`EX_USAGE`) for a bad command line or a message without recipients.
 //!
 //! ```
 //! use mta_bin::sendmail::Options;
@@ -23,6 +26,10 @@ use smtp_proto::Mailbox;
 pub const EX_USAGE: u8 = 64;
 /// The exit status when the message could not be queued now (`EX_TEMPFAIL`).
 pub const EX_TEMPFAIL: u8 = 75;
+/// The exit status when a recipient is an unknown local user (`EX_NOUSER`).
+pub const EX_NOUSER: u8 = 67;
+/// The exit status when a filter refused the message for good (`EX_UNAVAILABLE`).
+pub const EX_UNAVAILABLE: u8 = 69;
 
 /// The command line, as sendmail understands it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -242,10 +249,7 @@ pub fn prepare(message: &[u8], options: &Options, cx: &Context) -> Result<Prepar
     };
     let date =
         smtp_proto::rfc5322_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(cx.now));
-    let mut out = format!(
-        "Received: by {} (mta sendmail, from user {}); {date}\r\n",
-        cx.hostname, cx.user
-    );
+    let mut out = String::new();
     if !has("From") {
         let own;
         let address = if from.is_empty() {
@@ -342,8 +346,9 @@ fn address_list(value: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Runs sendmail with the arguments after the program name; returns the exit status.
-pub fn run(args: Vec<String>) -> u8 {
+/// Runs sendmail with the arguments after the program name, the message meeting the
+/// filters of `custom` when no server runs; returns the exit status.
+pub fn run(args: Vec<String>, custom: &crate::MtaBuilder) -> u8 {
     let options = match Options::parse(args) {
         Ok(o) => o,
         Err(e) => {
@@ -372,7 +377,7 @@ pub fn run(args: Vec<String>) -> u8 {
         };
     }
     if options.smtp {
-        return match smtp_on_stdio(&options) {
+        return match smtp_on_stdio(&options, custom) {
             Ok(()) => 0,
             Err((status, e)) => {
                 eprintln!("sendmail: {e:#}");
@@ -380,7 +385,7 @@ pub fn run(args: Vec<String>) -> u8 {
             }
         };
     }
-    match send(&options) {
+    match send(&options, custom) {
         Ok(id) => {
             tracing::debug!(queue_id = %id, "queued");
             0
@@ -396,7 +401,7 @@ pub fn run(args: Vec<String>) -> u8 {
 /// mailers use it), run by smtp-proto's server session: no TLS and no AUTH (the caller
 /// is local), any recipient; each message is completed and queued as with plain
 /// sendmail, and answered `250` only once it is queued.
-fn smtp_on_stdio(options: &Options) -> Result<(), (u8, anyhow::Error)> {
+fn smtp_on_stdio(options: &Options, custom: &crate::MtaBuilder) -> Result<(), (u8, anyhow::Error)> {
     use smtp_proto::{EnhancedStatus, Event, ForwardPath, Reply, ReplyCode, ReversePath};
     use std::io::{Read, Write};
     let config = load_config(options)?;
@@ -433,7 +438,7 @@ fn smtp_on_stdio(options: &Options) -> Result<(), (u8, anyhow::Error)> {
                         config: options.config.clone(),
                         ..Options::default()
                     };
-                    let reply = match submit(&config, &one, &body) {
+                    let reply = match submit(&config, &one, &body, custom) {
                         Ok(id) => Reply::new(
                             ReplyCode::OK,
                             EnhancedStatus::OK,
@@ -476,12 +481,12 @@ fn smtp_on_stdio(options: &Options) -> Result<(), (u8, anyhow::Error)> {
 }
 
 /// Reads, completes and queues the message; returns its queue id.
-fn send(options: &Options) -> Result<String, (u8, anyhow::Error)> {
+fn send(options: &Options, custom: &crate::MtaBuilder) -> Result<String, (u8, anyhow::Error)> {
     let config = load_config(options)?;
     let limit = config.limits.max_message_size.unwrap_or(DEFAULT_MAX_SIZE);
     let message = read_message(std::io::stdin().lock(), options.ignore_dots, limit)
         .map_err(|e| (EX_USAGE, anyhow::anyhow!(e)))?;
-    submit(&config, options, &message)
+    submit(&config, options, &message, custom)
 }
 
 /// The configuration (see [`Config::find`](crate::config::Config::find)).
@@ -491,12 +496,13 @@ pub(crate) fn load_config(options: &Options) -> Result<crate::config::Config, (u
 }
 
 /// Completes `message` (see [`prepare`]) and queues it: through the control socket of a
-/// running server, or in the queue itself. Returns the queue id, or the exit status and
-/// the error.
+/// running server, or in the queue itself (through the chain of `custom`'s filters).
+/// Returns the queue id, or the exit status and the error.
 pub fn submit(
     config: &crate::config::Config,
     options: &Options,
     message: &[u8],
+    custom: &crate::MtaBuilder,
 ) -> Result<String, (u8, anyhow::Error)> {
     use crate::control::{self, Request, Response};
     let temp = |e: anyhow::Error| (EX_TEMPFAIL, e);
@@ -526,7 +532,7 @@ pub fn submit(
     let socket = control::socket_path(&config.queue.path);
     let response = match (control::request(&socket, &request), &config.sendmail.socket) {
         (Ok(Some(response)), _) => response,
-        (Ok(None), _) => crate::queue_cmd::offline(config, request).map_err(temp)?,
+        (Ok(None), _) => crate::queue_cmd::offline(config, request, custom).map_err(temp)?,
         // Not the server's user: hand the message in on the socket for everyone.
         (Err(e), Some(public)) if permission_denied(&e) => control::request(public, &request)
             .map_err(temp)?
@@ -547,6 +553,14 @@ pub fn submit(
     match response {
         Response::Queued { id } => Ok(id),
         Response::Error { message } => Err(temp(anyhow::anyhow!(message))),
+        Response::Refused { code, message } => {
+            let status = match code {
+                400..=499 => EX_TEMPFAIL,
+                _ if message.contains(" 5.1.1 ") => EX_NOUSER,
+                _ => EX_UNAVAILABLE,
+            };
+            Err((status, anyhow::anyhow!("refused: {message}")))
+        }
         other => Err(temp(anyhow::anyhow!("unexpected answer: {other:?}"))),
     }
 }
@@ -675,7 +689,7 @@ mod tests {
         );
         assert_eq!(p.from, "cron@example.org");
         let text = String::from_utf8(p.message).unwrap();
-        assert!(text.starts_with("Received: by mx.example.org (mta sendmail, from user cron); Tue, 24 Nov 2026 20:00:00 +0000\r\nFrom: cron@example.org\r\nDate: Tue, 24 Nov 2026 20:00:00 +0000\r\nMessage-ID: <1795550400.42@mx.example.org>\r\nTo: Ann"), "{text}");
+        assert!(text.starts_with("From: cron@example.org\r\nDate: Tue, 24 Nov 2026 20:00:00 +0000\r\nMessage-ID: <1795550400.42@mx.example.org>\r\nTo: Ann"), "{text}");
         assert!(!text.contains("Bcc") && !text.contains("hidden"), "{text}");
         assert!(text.ends_with("Subject: hi\r\n\r\nbody\r\n"), "{text}");
     }

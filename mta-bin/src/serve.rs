@@ -15,7 +15,7 @@ use smtp_server::filters::{
 };
 use smtp_server::{
     BoxError, DataRequest, Decision, Limits, ListenerConfig, ListenerMode, Server, ServerConfig,
-    Stages, filter, filter_async,
+    SessionInfo, Stages, filter, filter_async,
 };
 use tokio::sync::watch;
 
@@ -160,8 +160,8 @@ pub struct Reload {
     sendmail_socket: Option<PathBuf>,
     /// Counts kept across reloads.
     counters: Counters,
-    /// The signing of injected mail (the control socket reads it).
-    signing: Arc<std::sync::RwLock<DkimSigning>>,
+    /// The chain mail handed in on the control and sendmail sockets goes through.
+    injected: Arc<std::sync::RwLock<Stages>>,
     /// The filters added to the built-ins.
     custom: MtaBuilder,
 }
@@ -188,10 +188,11 @@ impl Reload {
             anyhow::bail!("[sendmail] socket changed: restart to apply that");
         }
         let parts = Parts::build(&config, &self.queue, &self.counters, &self.custom)?;
-        self.server.reload(parts.server_config, parts.stages)?;
+        self.server
+            .reload(parts.server_config, parts.stages.clone())?;
         self.delivery.replace(&parts.delivery);
-        if let Ok(mut signing) = self.signing.write() {
-            *signing = parts.signing;
+        if let Ok(mut injected) = self.injected.write() {
+            *injected = parts.stages;
         }
         for warning in config.warnings() {
             tracing::warn!("{warning}");
@@ -242,8 +243,8 @@ fn known_mailboxes(config: &Config) -> Option<Arc<std::collections::HashSet<Stri
 }
 
 /// DKIM signing with the `[[dkim_key]]`s: of mail from logins and trusted networks, and
-/// of mail injected by `mta sendmail` and `mta send`.
-pub(crate) fn dkim_signing(config: &Config) -> anyhow::Result<DkimSigning> {
+/// of mail injected by `mta sendmail` and `mta send` (a local session is a login).
+fn dkim_signing(config: &Config) -> anyhow::Result<DkimSigning> {
     let signers = config
         .dkim_keys
         .iter()
@@ -267,13 +268,11 @@ struct Counters {
     dns: Arc<dns_mx::LookupStats>,
 }
 
-/// What the configuration makes: the server's settings and stages, the delivery, and
-/// the signing of injected mail.
+/// What the configuration makes: the server's settings and stages, and the delivery.
 struct Parts {
     server_config: smtp_server::ServerConfig,
     stages: Stages,
     delivery: Delivery,
-    signing: DkimSigning,
 }
 
 impl Parts {
@@ -296,13 +295,7 @@ impl Parts {
         };
         let local_domains = DomainSet::new(&config.local.domains);
         let mailboxes = known_mailboxes(config);
-        let resolver = MxResolver::new(MxConfig {
-            nameservers: config.dns.nameservers.clone(),
-            our_names: vec![config.hostname.clone()],
-            ..MxConfig::default()
-        })?
-        .count_into(Arc::clone(&counters.dns));
-        let signing = dkim_signing(config)?;
+        let resolver = resolver(config)?.count_into(Arc::clone(&counters.dns));
         let stages = stages(
             config,
             &local_domains,
@@ -310,7 +303,6 @@ impl Parts {
             &resolver,
             queue.clone(),
             &counters.auth,
-            signing.clone(),
         )?;
         let stages = custom.add_to(stages, config);
         let local = match (&config.local.lmtp, &config.local.maildir) {
@@ -332,9 +324,44 @@ impl Parts {
             server_config: server_config(config, tls, queue)?,
             stages,
             delivery: Delivery::new(local_domains, local, Some(remote), postmaster, mailboxes),
-            signing,
         })
     }
+}
+
+/// The largest message accepted (`[limits] max_message_size`).
+pub(crate) fn max_message_size(config: &Config) -> u64 {
+    config
+        .limits
+        .max_message_size
+        .unwrap_or(Limits::default().max_message_size)
+}
+
+/// The resolver of the configuration (`[dns]`).
+fn resolver(config: &Config) -> anyhow::Result<MxResolver> {
+    Ok(MxResolver::new(MxConfig {
+        nameservers: config.dns.nameservers.clone(),
+        our_names: vec![config.hostname.clone()],
+        ..MxConfig::default()
+    })?)
+}
+
+/// The stage chain of a server on `config` with the filters of `custom`, for mail
+/// handed in while no server runs (`sendmail` opening the queue itself): it meets the
+/// same filters as it would through the server's sockets.
+pub(crate) fn local_stages(
+    config: &Config,
+    queue: &Queue,
+    custom: &MtaBuilder,
+) -> anyhow::Result<Stages> {
+    let stages = stages(
+        config,
+        &DomainSet::new(&config.local.domains),
+        known_mailboxes(config).as_ref(),
+        &resolver(config)?,
+        queue.clone(),
+        &Arc::default(),
+    )?;
+    Ok(custom.add_to(stages, config))
 }
 
 /// A running MTA: listeners bound, queue open, delivery running.
@@ -399,9 +426,8 @@ impl Mta {
             server_config,
             stages,
             delivery,
-            signing,
         } = Parts::build(&config, &queue, &counters, &custom)?;
-        let signing = Arc::new(std::sync::RwLock::new(signing));
+        let injected = Arc::new(std::sync::RwLock::new(stages.clone()));
         let max_message = server_config.limits.max_message_size;
         let server = Server::with_listeners(server_config, stages, bound)?;
         let addrs = server.local_addrs();
@@ -415,7 +441,7 @@ impl Mta {
             user: config.user.clone(),
             sendmail_socket: config.sendmail.socket.clone(),
             counters: counters.clone(),
-            signing: Arc::clone(&signing),
+            injected: Arc::clone(&injected),
             custom,
         };
         let server_stats = server.stats();
@@ -450,9 +476,8 @@ impl Mta {
                 reload: Some(Arc::new(move || {
                     reloader.reload().map_err(|e| format!("{e:#}"))
                 })),
-                sign: Arc::new(move |message: &[u8]| {
-                    signing.read().ok().and_then(|s| s.sign_message(message))
-                }),
+                stages: injected,
+                max_message,
             };
             let mut sockets = vec![(
                 crate::control::socket_path(&config.queue.path),
@@ -460,7 +485,6 @@ impl Mta {
             )];
             if let Some(path) = &config.sendmail.socket {
                 let access = crate::control::Access::Anyone {
-                    hostname: config.hostname.clone(),
                     max_connections: config.sendmail.max_connections,
                 };
                 sockets.push((path.clone(), access));
@@ -472,7 +496,6 @@ impl Mta {
                     (listener, path),
                     access,
                     hooks.clone(),
-                    max_message,
                     wait(stop.subscribe()),
                 )));
             }
@@ -742,8 +765,8 @@ fn stages(
     resolver: &MxResolver,
     queue: Queue,
     auth_stats: &Arc<auth_checks::AuthStats>,
-    signing: DkimSigning,
 ) -> anyhow::Result<Stages> {
+    let signing = dkim_signing(config)?;
     let trusted = config.relay.trusted_networks.clone();
     let accounts = Accounts::new(
         config
@@ -780,6 +803,10 @@ fn stages(
     Ok(stages.relay_policy(filter(RelayPolicy::new(local_domains.clone(), trusted))))
 }
 
+/// The queue id of a message [`Enqueue`] queued, left in its transaction's notes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueuedAs(pub mail_queue::QueueId);
+
 /// The end of the data stage: make the message durable, then say `250`.
 #[derive(Clone, Debug)]
 struct Enqueue {
@@ -798,11 +825,16 @@ impl tower::Service<DataRequest> for Enqueue {
     fn call(&mut self, request: DataRequest) -> Self::Future {
         let queue = self.queue.clone();
         Box::pin(async move {
-            let source = format!("[{}]", request.session.peer.ip());
+            let session = &request.session;
+            let source = match &session.authenticated {
+                Some(user) if session.protocol == SessionInfo::LOCAL => format!("local {user}"),
+                _ => format!("[{}]", session.peer.ip()),
+            };
             let message = NewMessage::from_envelope(&request.envelope, source);
             let DataRequest {
                 added_headers,
                 body,
+                notes,
                 ..
             } = request;
             // A large message's spill file becomes its spool segment; a head too large
@@ -822,6 +854,7 @@ impl tower::Service<DataRequest> for Enqueue {
             match enqueued {
                 Ok(id) => {
                     tracing::Span::current().record("queue_id", tracing::field::display(id));
+                    notes.insert(QueuedAs(id));
                     Ok(Decision::from_reply(Reply::new(
                         ReplyCode::OK,
                         EnhancedStatus::OK,

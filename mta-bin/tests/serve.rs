@@ -177,7 +177,7 @@ fn started_as_root_it_binds_then_runs_as_the_configured_user() {
     assert_eq!(ann.len(), 1);
     assert!(
         ann[0].contains(&format!(
-            "Received: by mx.test (mta sendmail socket, from userid {daemon});"
+            "Received: by mx.test (mta, from userid {daemon});"
         )),
         "the server records who handed it in: {}",
         ann[0]

@@ -5,7 +5,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use smtp_proto::{EnhancedStatus, Event, Reply, ReplyCode, ServerSession};
@@ -19,7 +18,7 @@ use crate::config::{ListenerMode, ServerConfig};
 use crate::content::{Content, Spilling};
 use crate::stage::{
     AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, EhloRequest, MailRequest, Notes,
-    RcptRequest, SessionInfo, Stages, TlsInfo, call,
+    RcptRequest, SessionInfo, Stages, TlsInfo, call, new_session_id,
 };
 use crate::stats::ServerStats;
 
@@ -38,8 +37,6 @@ pub(crate) struct Listener {
     pub(crate) stats: Arc<ServerStats>,
 }
 
-static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
-
 /// A byte stream a session runs on: a TCP socket, or anything else that reads and
 /// writes (a pipe, an in-memory duplex, a socket that came through a proxy).
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -52,7 +49,7 @@ pub(crate) async fn serve<S: Io>(
     (peer, local): (SocketAddr, SocketAddr),
     shutdown: watch::Receiver<bool>,
 ) {
-    let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+    let id = new_session_id();
     let span = info_span!("smtp.session", session_id = id, peer = %peer, listener = listener.mode.as_str());
     async move {
         let info = SessionInfo {

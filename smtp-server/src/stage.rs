@@ -173,6 +173,14 @@ pub struct TlsInfo {
     pub cipher: String,
 }
 
+/// Numbers sessions for logs.
+static SESSION_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A number for a new session, unique in this process.
+pub(crate) fn new_session_id() -> u64 {
+    SESSION_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// What the server knows about a connection; every stage request carries it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -196,6 +204,36 @@ pub struct SessionInfo {
     /// about the client), dropped when the connection ends; the same in every request
     /// of the connection.
     pub connection: Notes,
+}
+
+impl SessionInfo {
+    /// [`SessionInfo::protocol`] of mail submitted on this machine ([`SessionInfo::local`]).
+    pub const LOCAL: &'static str = "local";
+
+    /// The session of mail submitted on this machine by `user` (`sendmail`, a control
+    /// socket), for [`Stages::submit`]: from the loopback address, on no listener
+    /// (`mode` is submission, as for a login), authenticated as `user` (the operating
+    /// system vouched for it), no HELO, no TLS, protocol [`SessionInfo::LOCAL`].
+    ///
+    /// ```
+    /// let session = smtp_server::SessionInfo::local("userid 1000");
+    /// assert_eq!(session.authenticated.as_deref(), Some("userid 1000"));
+    /// assert_eq!(session.protocol, smtp_server::SessionInfo::LOCAL);
+    /// ```
+    pub fn local(user: &str) -> Self {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            id: new_session_id(),
+            peer: loopback,
+            local: loopback,
+            mode: ListenerMode::Submission,
+            tls: None,
+            helo: None,
+            authenticated: Some(user.to_owned()),
+            protocol: Self::LOCAL,
+            connection: Notes::default(),
+        }
+    }
 }
 
 /// Values filters leave for the later stages of the same transaction, one per type:
@@ -513,6 +551,80 @@ impl Stages {
     {
         self.relay = Some(BoxCloneSyncService::new(layer.layer(accept_all())));
         self
+    }
+
+    /// Runs one transaction through the mail, rcpt and data stages without SMTP: the
+    /// way in for mail that does not come over a connection (`sendmail`, a control
+    /// socket), so that it meets the same filters (the relay policy, local recipients,
+    /// `Received:`, signing, your own) as mail that does. The connect, ehlo and auth
+    /// stages are not asked (there was no connection, HELO or AUTH: build the session
+    /// with [`SessionInfo::local`]). The answer is the first refusal (of the sender, of
+    /// any recipient, of the message), or the data stage's acceptance; what filters
+    /// noted is left in `notes`.
+    ///
+    /// ```
+    /// use smtp_server::{Content, Decision, Notes, SessionInfo, Stages};
+    /// use smtp_server::smtp_proto::{Envelope, ForwardPath, Recipient, ReversePath};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), smtp_server::BoxError> {
+    /// let sink = tower::service_fn(|_| async { Ok::<_, smtp_server::BoxError>(Decision::accept()) });
+    /// let stages = Stages::new(sink).rcpt_filter(|req| {
+    ///     req.to.to_string().contains("nobody").then(|| {
+    ///         Decision::reject::<550>(smtp_server::EnhancedStatus::BAD_DESTINATION_MAILBOX, "No")
+    ///     })
+    /// });
+    /// let envelope = |to: &str| Envelope {
+    ///     from: ReversePath::parse("<cron@example.test>").unwrap(),
+    ///     params: Default::default(),
+    ///     recipients: vec![Recipient { to: ForwardPath::parse(to).unwrap(), params: Default::default() }],
+    /// };
+    /// let message = Content::from(b"Subject: hi\r\n\r\nhello\r\n".to_vec());
+    /// let session = SessionInfo::local("userid 0");
+    /// let ok = stages.submit(session.clone(), envelope("<ann@example.test>"), message.clone(), Notes::default()).await?;
+    /// assert!(ok.is_accept());
+    /// let refused = stages.submit(session, envelope("<nobody@example.test>"), message, Notes::default()).await?;
+    /// assert!(refused.is_reject());
+    /// # Ok(()) }
+    /// ```
+    pub async fn submit(
+        &self,
+        session: SessionInfo,
+        envelope: Envelope,
+        body: Content,
+        notes: Notes,
+    ) -> Result<Decision, BoxError> {
+        let session = Arc::new(session);
+        let mail = MailRequest {
+            session: Arc::clone(&session),
+            from: envelope.from.clone(),
+            params: envelope.params.clone(),
+            notes: notes.clone(),
+        };
+        let decision = call(&self.mail, mail).await?;
+        if !decision.is_accept() {
+            return Ok(decision);
+        }
+        for recipient in &envelope.recipients {
+            let rcpt = RcptRequest {
+                session: Arc::clone(&session),
+                from: envelope.from.clone(),
+                to: recipient.to.clone(),
+                params: recipient.params.clone(),
+                notes: notes.clone(),
+            };
+            let decision = self.rcpt(rcpt).await?;
+            if !decision.is_accept() {
+                return Ok(decision);
+            }
+        }
+        let data = DataRequest {
+            session,
+            envelope,
+            added_headers: Vec::new(),
+            body,
+            notes,
+        };
+        call(&self.data, data).await
     }
 
     /// Whether a relay policy is set.

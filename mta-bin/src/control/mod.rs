@@ -27,7 +27,7 @@ mod server;
 #[cfg(unix)]
 pub use client::request;
 pub use protocol::{Filter, InjectDsn, MessageView, RecipientView, Request, Response, Tally};
-pub use server::{Access, Hooks, ReloadFn, SignFn, handle};
+pub use server::{Access, Hooks, ReloadFn, handle};
 #[cfg(unix)]
 pub use server::{listen, serve};
 

@@ -227,6 +227,13 @@ pub enum Response {
         /// Its queue id.
         id: String,
     },
+    /// For `Inject`: a filter refused the message, as it would have over SMTP.
+    Refused {
+        /// The reply code (`550`, `451`, ...): `4yz` for now, `5yz` for good.
+        code: u16,
+        /// The reply, `550 5.1.1 User unknown in local recipient table`.
+        message: String,
+    },
     /// The request could not be carried out.
     Error {
         /// Why.

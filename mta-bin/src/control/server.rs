@@ -2,14 +2,19 @@
 //! sendmail sockets.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use mail_queue::{
-    BodyType, MailParams, MessageState, NewMessage, NewRecipient, Queue, QueueId, RecipientDsn,
+use mail_queue::{MessageState, Queue, QueueId};
+use smtp_server::smtp_proto::{
+    Body, Envelope, ForwardPath, MailParameters, Notify, RcptParameters, Recipient, Ret,
+    ReversePath,
 };
+use smtp_server::{Content, EnhancedStatus, Notes, Reply, ReplyCode, SessionInfo, Stages};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::serve::QueuedAs;
 
 use super::protocol::{Filter, InjectDsn, MessageView, REQUEST_OVERHEAD, Request, Response, Tally};
 
@@ -28,20 +33,20 @@ fn error(message: impl Into<String>) -> Response {
 /// Reloads the server's configuration; an error says why it did not.
 pub type ReloadFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// A `DKIM-Signature` field for an injected message, when a key applies.
-pub type SignFn = Arc<dyn Fn(&[u8]) -> Option<String> + Send + Sync>;
-
 /// What requests need from the server besides the queue.
 #[derive(Clone)]
 pub struct Hooks {
     /// `None` when the command opened the queue itself.
     pub reload: Option<ReloadFn>,
-    /// Signs injected mail.
-    pub sign: SignFn,
+    /// The stage chain injected mail goes through, as SMTP mail does (the server's:
+    /// a reload replaces it).
+    pub stages: Arc<RwLock<Stages>>,
+    /// The largest message accepted (`[limits] max_message_size`).
+    pub max_message: u64,
 }
 
-/// Carries out one request on `queue`.
-pub async fn handle(queue: &Queue, request: Request, hooks: &Hooks) -> Response {
+/// Carries out one request on `queue`; `user` (`userid 1000`) is who asked.
+pub async fn handle(queue: &Queue, request: Request, hooks: &Hooks, user: &str) -> Response {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -146,14 +151,7 @@ pub async fn handle(queue: &Queue, request: Request, hooks: &Hooks) -> Response 
             recipients,
             message,
             dsn,
-        } => {
-            let envelope = Envelope {
-                from,
-                recipients,
-                dsn,
-            };
-            inject(queue, hooks, envelope, message, "local").await
-        }
+        } => inject(hooks, from, recipients, dsn, message, user).await,
         Request::Reload => match &hooks.reload {
             Some(reload) => match reload() {
                 Ok(()) => Response::Reloaded,
@@ -168,64 +166,132 @@ pub async fn handle(queue: &Queue, request: Request, hooks: &Hooks) -> Response 
     }
 }
 
-/// The envelope of an injected message.
-struct Envelope {
+/// Passes a message handed in by local `user` through the stages, as the session of a
+/// login ([`SessionInfo::local`]): the relay policy, local recipients, `Received:`,
+/// signing, the configured hooks and custom filters, and the queue at their end.
+async fn inject(
+    hooks: &Hooks,
     from: String,
     recipients: Vec<String>,
     dsn: InjectDsn,
+    message: Vec<u8>,
+    user: &str,
+) -> Response {
+    if message.len() as u64 > hooks.max_message {
+        return refused(Reply::new(
+            ReplyCode::EXCEEDED_STORAGE,
+            EnhancedStatus::MESSAGE_TOO_BIG,
+            format!(
+                "Message size exceeds fixed maximum message size ({} bytes)",
+                hooks.max_message
+            ),
+        ));
+    }
+    let envelope = match envelope(&from, &recipients, &dsn, &message) {
+        Ok(envelope) => envelope,
+        Err(e) => return error(e),
+    };
+    let Ok(stages) = hooks.stages.read().map(|s| s.clone()) else {
+        return error("the server's filters are unavailable");
+    };
+    let notes = Notes::default();
+    let decided = stages
+        .submit(
+            SessionInfo::local(user),
+            envelope,
+            Content::from(message),
+            notes.clone(),
+        )
+        .await;
+    match decided {
+        Ok(decision) if decision.is_accept() => match notes.get::<QueuedAs>() {
+            Some(QueuedAs(id)) => {
+                tracing::info!(queue_id = %id, user, "message accepted");
+                Response::Queued { id: id.to_string() }
+            }
+            None => {
+                tracing::info!(user, "message accepted and discarded by a filter");
+                Response::Queued {
+                    id: "(discarded)".to_owned(),
+                }
+            }
+        },
+        Ok(decision) => match decision.reply() {
+            Some(reply) => refused(reply.clone()),
+            None => error("refused"),
+        },
+        Err(e) => refused(Reply::new(
+            ReplyCode::LOCAL_ERROR,
+            EnhancedStatus::SYSTEM_TEMPORARY,
+            format!("Local error in processing ({e}); try again later"),
+        )),
+    }
 }
 
-/// Queues a message handed in by `source`, signed with the configured keys as mail
-/// from a login would be (the signing layer runs on SMTP sessions only).
-async fn inject(
-    queue: &Queue,
-    hooks: &Hooks,
-    envelope: Envelope,
-    message: Vec<u8>,
-    source: &str,
-) -> Response {
-    let Envelope {
-        from,
-        recipients,
-        dsn,
-    } = envelope;
-    let params = MailParams {
-        body: if message.is_ascii() {
-            BodyType::SevenBit
-        } else {
-            BodyType::EightBitMime
-        },
-        smtputf8: !from.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
-        ret: dsn.ret,
-        envid: dsn.envid,
-        ..MailParams::default()
+fn refused(reply: Reply) -> Response {
+    Response::Refused {
+        code: reply.code().as_u16(),
+        message: reply.to_string(),
+    }
+}
+
+/// The envelope of an injected message, as SMTP would have carried it.
+fn envelope(
+    from: &str,
+    recipients: &[String],
+    dsn: &InjectDsn,
+    message: &[u8],
+) -> Result<Envelope, String> {
+    let from = match from {
+        "" | "<>" => ReversePath::Null,
+        from => ReversePath::parse(&format!("<{from}>"))
+            .map_err(|e| format!("invalid sender {from:?}: {e}"))?,
     };
-    let new = NewMessage {
-        from,
-        params,
-        recipients: recipients
-            .into_iter()
-            .map(|address| NewRecipient {
-                address,
-                dsn: RecipientDsn {
-                    notify: dsn.notify,
+    // 1 success, 2 failure, 4 delay (see InjectDsn::notify).
+    let notify = dsn.notify.map(|bits| {
+        [
+            (1, Notify::SUCCESS),
+            (2, Notify::FAILURE),
+            (4, Notify::DELAY),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| bits & bit != 0)
+        .fold(Notify::NEVER, |all, (_, one)| all.union(one))
+    });
+    let recipients = recipients
+        .iter()
+        .map(|to| {
+            let to = ForwardPath::parse(&format!("<{to}>"))
+                .map_err(|e| format!("invalid recipient {to:?}: {e}"))?;
+            Ok(Recipient {
+                to,
+                params: RcptParameters {
+                    notify,
                     orcpt: None,
                 },
             })
-            .collect(),
-        source: source.to_owned(),
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let smtputf8 =
+        !from.to_string().is_ascii() || recipients.iter().any(|r| !r.to.to_string().is_ascii());
+    let params = MailParameters {
+        body: Some(if message.is_ascii() {
+            Body::SevenBit
+        } else {
+            Body::EightBitMime
+        }),
+        smtputf8,
+        ret: dsn
+            .ret
+            .map(|headers| if headers { Ret::Headers } else { Ret::Full }),
+        envid: dsn.envid.clone(),
+        ..MailParameters::default()
     };
-    let message = match (hooks.sign)(&message) {
-        Some(header) => [header.into_bytes(), message].concat(),
-        None => message,
-    };
-    match queue.enqueue(new, message).await {
-        Ok(id) => {
-            tracing::info!(queue_id = %id, source, "message accepted");
-            Response::Queued { id: id.to_string() }
-        }
-        Err(e) => error(e.to_string()),
-    }
+    Ok(Envelope {
+        from,
+        params,
+        recipients,
+    })
 }
 
 /// The length of the header section, its blank line included.
@@ -246,8 +312,6 @@ pub enum Access {
     Owner,
     /// The `[sendmail] socket`: any local user, [`Request::Inject`] only (mode 0666).
     Anyone {
-        /// Our host name, for the `Received` field that records the user.
-        hostname: String,
         /// Connections served at once (each may carry a message of the largest size);
         /// more wait in the socket's backlog.
         max_connections: usize,
@@ -280,11 +344,11 @@ pub async fn serve(
     (listener, path): (tokio::net::UnixListener, PathBuf),
     access: Access,
     hooks: Hooks,
-    max_message: u64,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    // A message of the largest size the server accepts, in base64, fits in a request.
-    let max_request = max_message.saturating_mul(4) / 3 + REQUEST_OVERHEAD;
+    // A message of the largest size the server accepts, in base64, fits in a request;
+    // a larger one is refused by its size once read.
+    let max_request = hooks.max_message.saturating_mul(4) / 3 + REQUEST_OVERHEAD;
     // Any local user can reach the sendmail socket: bound what their connections hold.
     let permits = Arc::new(tokio::sync::Semaphore::new(match &access {
         Access::Owner => tokio::sync::Semaphore::MAX_PERMITS,
@@ -328,6 +392,7 @@ async fn connection(
     stream: tokio::net::UnixStream,
 ) -> anyhow::Result<()> {
     let uid = stream.peer_cred().map(|c| c.uid()).ok();
+    let user = uid.map_or_else(|| "unknown user".to_owned(), |u| format!("userid {u}"));
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, max_request));
@@ -335,29 +400,9 @@ async fn connection(
         .await
         .context("no request within 30 s")??;
     let response = match (serde_json::from_str::<Request>(&line), access) {
-        (Ok(request), Access::Owner) => handle(queue, request, hooks).await,
-        (
-            Ok(Request::Inject {
-                from,
-                recipients,
-                message,
-                dsn,
-            }),
-            Access::Anyone { hostname, .. },
-        ) => {
-            let uid = uid.map_or_else(|| "unknown".to_owned(), |u| u.to_string());
-            let received = format!(
-                "Received: by {hostname} (mta sendmail socket, from userid {uid});\r\n\t{}\r\n",
-                smtp_proto::rfc5322_date(std::time::SystemTime::now())
-            );
-            let message = [received.into_bytes(), message].concat();
-            let source = format!("local uid {uid}");
-            let envelope = Envelope {
-                from,
-                recipients,
-                dsn,
-            };
-            inject(queue, hooks, envelope, message, &source).await
+        (Ok(request), Access::Owner) => handle(queue, request, hooks, &user).await,
+        (Ok(request @ Request::Inject { .. }), Access::Anyone { .. }) => {
+            handle(queue, request, hooks, &user).await
         }
         (Ok(_), Access::Anyone { .. }) => {
             error("this socket takes messages only; queue control needs the control socket")
@@ -375,16 +420,21 @@ async fn connection(
 mod tests {
     use super::*;
 
-    /// A queue in `dir`, and hooks that neither reload nor sign.
+    /// A queue in `dir`, and hooks that do not reload, with the chain of a server on a
+    /// minimal configuration.
     fn open(dir: &Path) -> (Queue, Hooks) {
-        let queue = Queue::open(mail_queue::QueueConfig {
-            path: dir.join("queue"),
-            ..mail_queue::QueueConfig::default()
-        })
-        .unwrap();
+        let text = format!(
+            "hostname = \"mx.test\"\n[[listener]]\naddress = \"127.0.0.1:0\"\nmode = \"relay\"\n[queue]\npath = \"{}\"\n",
+            dir.join("queue").display()
+        );
+        let config = crate::config::Config::parse(&text).unwrap();
+        let queue = Queue::open(crate::serve::queue_config(&config)).unwrap();
+        let stages =
+            crate::serve::local_stages(&config, &queue, &crate::MtaBuilder::new()).unwrap();
         let hooks = Hooks {
             reload: None,
-            sign: Arc::new(|_: &[u8]| None),
+            stages: Arc::new(RwLock::new(stages)),
+            max_message: 1 << 20,
         };
         (queue, hooks)
     }
@@ -407,7 +457,7 @@ mod tests {
         // Through JSON, as over the socket.
         let request: Request =
             serde_json::from_str(&serde_json::to_string(&request).unwrap()).unwrap();
-        let Response::Queued { id } = handle(&queue, request, &hooks).await else {
+        let Response::Queued { id } = handle(&queue, request, &hooks, "userid 0").await else {
             panic!("not queued");
         };
         let meta = queue.get(id.parse().unwrap()).unwrap().unwrap();
@@ -422,6 +472,39 @@ mod tests {
         assert_eq!(dsn, InjectDsn::default());
     }
 
+    /// Injected mail meets the chain: a message over the size limit is refused as SMTP
+    /// would refuse it, and what is queued has the `Received:` of local mail.
+    #[tokio::test]
+    async fn injected_mail_goes_through_the_stages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, mut hooks) = open(dir.path());
+        hooks.max_message = 100;
+        let inject = |size: usize| Request::Inject {
+            from: "me@x.test".into(),
+            recipients: vec!["a@y.test".into()],
+            message: [b"Subject: s\r\n\r\n".as_slice(), &vec![b'x'; size], b"\r\n"].concat(),
+            dsn: InjectDsn::default(),
+        };
+        let Response::Refused { code, message } =
+            handle(&queue, inject(200), &hooks, "userid 7").await
+        else {
+            panic!("not refused");
+        };
+        assert_eq!(code, 552);
+        assert!(message.starts_with("552 5.3.4 "), "{message}");
+        let Response::Queued { id } = handle(&queue, inject(10), &hooks, "userid 7").await else {
+            panic!("not queued");
+        };
+        let id = id.parse().unwrap();
+        let meta = queue.get(id).unwrap().unwrap();
+        assert_eq!(meta.source, "local userid 7");
+        let stored = String::from_utf8(queue.read_body(&meta).unwrap().to_vec()).unwrap();
+        assert!(
+            stored.starts_with("Received: by mx.test (mta, from userid 7);\r\n\t"),
+            "{stored}"
+        );
+    }
+
     /// The sendmail socket serves `max_connections` at once: one more waits until a
     /// connection ends, then gets its answer. Control requests are refused there.
     #[tokio::test]
@@ -430,10 +513,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (queue, hooks) = open(dir.path());
         let path = dir.path().join("sendmail.sock");
-        let access = Access::Anyone {
-            hostname: "mx.test".into(),
-            max_connections: 1,
-        };
+        let access = Access::Anyone { max_connections: 1 };
         let listener = listen(&path, &access).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(
@@ -441,7 +521,6 @@ mod tests {
             (listener, path.clone()),
             access,
             hooks,
-            1 << 20,
             async move {
                 let _ = stopped.await;
             },
@@ -483,7 +562,7 @@ mod tests {
             panic!("not queued");
         };
         let meta = queue.get(id.parse().unwrap()).unwrap().unwrap();
-        assert!(meta.source.starts_with("local uid "), "{}", meta.source);
+        assert!(meta.source.starts_with("local userid "), "{}", meta.source);
         let _ = stop.send(());
         server.await.unwrap();
     }

@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use crate::{Check, DataRequest, Decision};
+use crate::{Check, DataRequest, Decision, SessionInfo};
 use smtp_proto::{ForwardPath, HeloName};
 
 /// Adds a `Received:` header to every message:
@@ -15,6 +15,8 @@ use smtp_proto::{ForwardPath, HeloName};
 /// ```
 ///
 /// `with` names the protocol: ESMTP, ESMTPS under TLS, ESMTPSA when authenticated too.
+/// Mail submitted on this machine ([`SessionInfo::local`]) gets
+/// `Received: by mx.example.test (mta, from userid 1000); <date>`, as Postfix writes it.
 ///
 /// ```
 /// let layer = smtp_server::filter(smtp_server::filters::Received::new("mx.example.test"));
@@ -37,6 +39,15 @@ impl Received {
 impl Check<DataRequest> for Received {
     fn check(&self, req: &mut DataRequest) -> Option<Decision> {
         let s = &req.session;
+        let now = smtp_proto::rfc5322_date(SystemTime::now());
+        if s.protocol == SessionInfo::LOCAL {
+            // Submitted on this machine (Postfix's pickup writes the same).
+            let user = s.authenticated.as_deref().unwrap_or("unknown");
+            let user = user.split(' ').map(sanitize).collect::<Vec<_>>().join(" ");
+            let value = format!("by {} (mta, from {user});\r\n\t{now}", self.hostname);
+            req.prepend_header("Received", &value);
+            return None;
+        }
         let helo = match &s.helo {
             Some(HeloName::Other(name)) => sanitize(name),
             Some(name) => name.to_string(),
@@ -61,7 +72,6 @@ impl Check<DataRequest> for Received {
         {
             value.push_str(&format!("\r\n\tfor <{}>", sanitize(m.as_str())));
         }
-        let now = smtp_proto::rfc5322_date(SystemTime::now());
         value.push_str(&format!(";\r\n\t{now}"));
         req.prepend_header("Received", &value);
         None
