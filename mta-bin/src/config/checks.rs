@@ -96,6 +96,7 @@ impl Config {
                 "[arc_seal]: give domain and selector",
             );
         }
+        self.check_hooks(doc, &read, p);
         for (i, a) in self.accounts.iter().enumerate() {
             if !a.username.contains('@') {
                 p.add(
@@ -105,6 +106,95 @@ impl Config {
                         "[[account]] username {:?}: use a full address (user@domain)",
                         a.username
                     ),
+                );
+            }
+        }
+    }
+
+    /// `[[milter]]`, `[[policy_service]]`, `[rspamd]`: what their types do not say.
+    /// A section with an entry that could not be read is not checked (its entries'
+    /// places are not known).
+    fn check_hooks(&self, doc: &Document<'_>, read: &dyn Fn(&str) -> bool, p: &mut Problems) {
+        let no_listeners = |section: &str| {
+            format!(
+                "{section} listeners: give at least one of \"relay\", \"submission\", \"smtps\", \"sendmail\" (or remove the section)"
+            )
+        };
+        let milters = if read("milter") {
+            &self.milters[..]
+        } else {
+            &[]
+        };
+        let services = if read("policy_service") {
+            &self.policy_services[..]
+        } else {
+            &[]
+        };
+        for (i, m) in milters.iter().enumerate() {
+            if m.listeners.is_empty() {
+                p.add(
+                    doc,
+                    At::Entry("milter", i, "listeners"),
+                    no_listeners("[[milter]]"),
+                );
+            }
+            for (key, timeout) in [
+                ("connect_timeout", m.connect_timeout),
+                ("command_timeout", m.command_timeout),
+                ("end_of_message_timeout", m.end_of_message_timeout),
+            ] {
+                if timeout.is_zero() {
+                    p.add(
+                        doc,
+                        At::Entry("milter", i, key),
+                        format!("[[milter]] {key}: must be more than 0"),
+                    );
+                }
+            }
+            let name = |m: &super::MilterHook| match m.name.as_str() {
+                "" => m.address.as_str().to_owned(),
+                name => name.to_owned(),
+            };
+            if milters[..i].iter().any(|other| name(other) == name(m)) {
+                p.add(
+                    doc,
+                    At::Entry("milter", i, "name"),
+                    format!(
+                        "[[milter]] name: {:?} is already the name of another milter (logs and X-Quarantine tell them apart by it)",
+                        name(m)
+                    ),
+                );
+            }
+        }
+        for (i, s) in services.iter().enumerate() {
+            if s.listeners.is_empty() {
+                p.add(
+                    doc,
+                    At::Entry("policy_service", i, "listeners"),
+                    no_listeners("[[policy_service]]"),
+                );
+            }
+            if s.timeout.is_zero() {
+                p.add(
+                    doc,
+                    At::Entry("policy_service", i, "timeout"),
+                    "[[policy_service]] timeout: must be more than 0",
+                );
+            }
+        }
+        if let Some(r) = &self.rspamd {
+            if r.listeners.is_empty() {
+                p.add(
+                    doc,
+                    At::Key("rspamd", "listeners"),
+                    no_listeners("[rspamd]"),
+                );
+            }
+            if r.timeout.is_zero() {
+                p.add(
+                    doc,
+                    At::Key("rspamd", "timeout"),
+                    "[rspamd] timeout: must be more than 0",
                 );
             }
         }

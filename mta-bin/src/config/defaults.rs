@@ -63,3 +63,43 @@ pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `[sendmail] max_connections`.
 pub(super) const SENDMAIL_CONNECTIONS: usize = 8;
+
+/// `[[milter]] daemon_name`.
+pub(super) fn milter_daemon_name() -> String {
+    smtp_server::filters::milter::MilterSettings::default().daemon_name
+}
+
+/// `[[milter]] connect_timeout`: as Postfix's `milter_connect_timeout`.
+pub(super) fn milter_connect_timeout() -> Duration {
+    smtp_server::filters::milter::MilterSettings::default().connect_timeout
+}
+
+/// `[[milter]] command_timeout`: as Postfix's `milter_command_timeout`.
+pub(super) fn milter_command_timeout() -> Duration {
+    smtp_server::filters::milter::MilterSettings::default().command_timeout
+}
+
+/// `[[milter]] end_of_message_timeout`: as Postfix's `milter_content_timeout`.
+pub(super) fn milter_end_of_message_timeout() -> Duration {
+    smtp_server::filters::milter::MilterSettings::default().end_of_message_timeout
+}
+
+/// `[[policy_service]] timeout`.
+pub(super) fn policy_timeout() -> Duration {
+    smtp_server::filters::policy::PolicyService::default().timeout
+}
+
+/// `[rspamd] address`: the normal worker on this machine.
+pub(super) fn rspamd_address() -> smtp_server::filters::rspamd::RspamdAddress {
+    smtp_server::filters::rspamd::RspamdSettings::default().address
+}
+
+/// `[rspamd] timeout`.
+pub(super) fn rspamd_timeout() -> Duration {
+    smtp_server::filters::rspamd::RspamdSettings::default().timeout
+}
+
+/// `[rspamd] max_size`.
+pub(super) fn rspamd_max_size() -> usize {
+    smtp_server::filters::rspamd::RspamdSettings::default().max_size
+}

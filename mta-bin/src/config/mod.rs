@@ -47,6 +47,9 @@ const KEYS: &[&str] = &[
     "arc_seal",
     "metrics",
     "sendmail",
+    "milter",
+    "policy_service",
+    "rspamd",
 ];
 
 impl Config {
@@ -145,6 +148,9 @@ impl Config {
             arc_seal: None,
             metrics: None,
             sendmail: Sendmail::default(),
+            milters: Vec::new(),
+            policy_services: Vec::new(),
+            rspamd: None,
         }
     }
 
@@ -173,6 +179,9 @@ impl Config {
             "arc_seal" => one(set(&mut self.arc_seal, value)),
             "metrics" => one(set(&mut self.metrics, value)),
             "sendmail" => one(set(&mut self.sendmail, value)),
+            "milter" => set_each(key, &mut self.milters, value),
+            "policy_service" => set_each(key, &mut self.policy_services, value),
+            "rspamd" => one(set(&mut self.rspamd, value)),
             unknown => {
                 let hint = problems::nearest(unknown, KEYS.iter().copied())
                     .map(|k| format!(" (did you mean `{k}`?)"))

@@ -9,13 +9,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use smtp_server::filters::IpNetwork;
+use smtp_server::filters::policy::PolicyAddress;
+use smtp_server::filters::rspamd::RspamdAddress;
 
 use super::defaults;
 use crate::delivery::{LineEndings, LmtpAddress};
 
 /// The whole file: each field is the top-level key or section of the same name
 /// (`listeners` is `[[listener]]`, `accounts` is `[[account]]`, `dkim_keys` is
-/// `[[dkim_key]]`). `Config::parse` reads each on its own, so that a problem in one
+/// `[[dkim_key]]`, `milters` is `[[milter]]`, `policy_services` is
+/// `[[policy_service]]`). `Config::parse` reads each on its own, so that a problem in one
 /// does not hide those of the others.
 #[derive(Debug)]
 pub struct Config {
@@ -57,6 +60,13 @@ pub struct Config {
     pub metrics: Option<Metrics>,
     /// Local submission by users other than root and the server's own user.
     pub sendmail: Sendmail,
+    /// Milters (`[[milter]]`), asked in the order of the file.
+    pub milters: Vec<MilterHook>,
+    /// Postfix policy services (`[[policy_service]]`), asked at RCPT in the order of the
+    /// file.
+    pub policy_services: Vec<PolicyServiceHook>,
+    /// rspamd (`[rspamd]`), asked at the end of DATA.
+    pub rspamd: Option<RspamdHook>,
 }
 
 /// `[[listener]]`
@@ -406,6 +416,256 @@ pub struct Sendmail {
     pub max_connections: usize,
 }
 
+/// `[[milter]]`: a Sendmail/Postfix milter (OpenDKIM, clamav-milter, ...), as
+/// Postfix's `smtpd_milters`. `docs/filters.md` describes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MilterHook {
+    /// The name in logs and in `X-Quarantine`; default: the address.
+    #[serde(default)]
+    pub name: String,
+    /// `inet:host:port`, `inet:port@host`, `unix:/path` or `local:/path`.
+    pub address: MilterAddress,
+    /// The `{daemon_name}` macro (OpenDKIM's `MTA` setting matches on it).
+    #[serde(default = "defaults::milter_daemon_name")]
+    pub daemon_name: String,
+    /// Time to connect.
+    #[serde(
+        default = "defaults::milter_connect_timeout",
+        deserialize_with = "duration"
+    )]
+    pub connect_timeout: Duration,
+    /// Time to answer each command, header field and body chunk.
+    #[serde(
+        default = "defaults::milter_command_timeout",
+        deserialize_with = "duration"
+    )]
+    pub command_timeout: Duration,
+    /// Time to answer the end of the message.
+    #[serde(
+        default = "defaults::milter_end_of_message_timeout",
+        deserialize_with = "duration"
+    )]
+    pub end_of_message_timeout: Duration,
+    /// What the client gets when the milter is down, late or garbled.
+    #[serde(default)]
+    pub default_action: MilterDefaultAction,
+    /// The stages before DATA the milter is asked at (the end of DATA always is).
+    #[serde(default = "MilterStage::all")]
+    pub stages: Vec<MilterStage>,
+    /// Where the mail comes from for the milter to be asked.
+    #[serde(default = "HookListener::smtp")]
+    pub listeners: Vec<HookListener>,
+}
+
+/// `[[milter]] address`: checked as the file is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MilterAddress(String);
+
+impl MilterAddress {
+    /// The address as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for MilterAddress {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        use smtp_server::filters::milter::{Milter, MilterSettings};
+        // The milter parses its address when made, and connects to nothing then.
+        Milter::new(MilterSettings {
+            address: s.to_owned(),
+            ..MilterSettings::default()
+        })
+        .map(|_| Self(s.to_owned()))
+        .map_err(|e| e.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for MilterAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        from_str(d)
+    }
+}
+
+/// `[[milter]] default_action` (Postfix's `milter_default_action`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MilterDefaultAction {
+    /// `451 4.7.1` from then on for the connection.
+    #[default]
+    Tempfail,
+    /// Go on without the milter for the connection, with a warning.
+    Accept,
+    /// `550 5.7.1` from then on for the connection.
+    Reject,
+}
+
+impl From<MilterDefaultAction> for smtp_server::filters::milter::DefaultAction {
+    fn from(a: MilterDefaultAction) -> Self {
+        match a {
+            MilterDefaultAction::Tempfail => Self::Tempfail,
+            MilterDefaultAction::Accept => Self::Accept,
+            MilterDefaultAction::Reject => Self::Reject,
+        }
+    }
+}
+
+/// `[[milter]] stages`: a stage before DATA a milter may be asked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MilterStage {
+    /// The client connected.
+    Connect,
+    /// HELO/EHLO.
+    Helo,
+    /// MAIL FROM.
+    Mail,
+    /// RCPT TO.
+    Rcpt,
+}
+
+impl MilterStage {
+    /// All four (the default).
+    pub fn all() -> Vec<Self> {
+        vec![Self::Connect, Self::Helo, Self::Mail, Self::Rcpt]
+    }
+
+    /// The set the milter takes.
+    pub fn set(stages: &[Self]) -> smtp_server::filters::milter::MilterStages {
+        smtp_server::filters::milter::MilterStages {
+            connect: stages.contains(&Self::Connect),
+            helo: stages.contains(&Self::Helo),
+            mail: stages.contains(&Self::Mail),
+            rcpt: stages.contains(&Self::Rcpt),
+        }
+    }
+}
+
+/// `listeners` of `[[milter]]`, `[[policy_service]]` and `[rspamd]`: where the mail
+/// comes from for the hook to be asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookListener {
+    /// `[[listener]] mode = "relay"`.
+    Relay,
+    /// `[[listener]] mode = "submission"`.
+    Submission,
+    /// `[[listener]] mode = "smtps"`.
+    Smtps,
+    /// Mail handed in on this machine (`sendmail`, the control socket), as Postfix's
+    /// `non_smtpd_milters`.
+    Sendmail,
+}
+
+impl HookListener {
+    /// The three SMTP listener modes (the default of milters and rspamd).
+    pub fn smtp() -> Vec<Self> {
+        vec![Self::Relay, Self::Submission, Self::Smtps]
+    }
+
+    /// The relay listener only (the default of policy services).
+    pub fn relay() -> Vec<Self> {
+        vec![Self::Relay]
+    }
+
+    /// Where the mail of `session` comes from.
+    pub fn of(session: &smtp_server::SessionInfo) -> Self {
+        if session.protocol == smtp_server::SessionInfo::LOCAL {
+            return Self::Sendmail;
+        }
+        match session.mode {
+            smtp_server::ListenerMode::Relay => Self::Relay,
+            smtp_server::ListenerMode::Submission => Self::Submission,
+            smtp_server::ListenerMode::Smtps => Self::Smtps,
+        }
+    }
+}
+
+/// `[[policy_service]]`: a Postfix SMTPD access policy service (postgrey,
+/// policyd-spf, ...) asked at RCPT, as Postfix's `check_policy_service`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyServiceHook {
+    /// `inet:host:port` (`inet:[::1]:port`) or `unix:/path`.
+    #[serde(deserialize_with = "from_str")]
+    pub address: PolicyAddress,
+    /// Time for one query, connecting included.
+    #[serde(default = "defaults::policy_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// What the client gets when the service is down, late or garbled.
+    #[serde(default)]
+    pub default_action: HookFailure,
+    /// Sent as `policy_context=`.
+    #[serde(default)]
+    pub policy_context: String,
+    /// Where the mail comes from for the service to be asked.
+    #[serde(default = "HookListener::relay")]
+    pub listeners: Vec<HookListener>,
+    /// Whether logins and `[relay] trusted_networks` are asked too (Postfix's
+    /// `permit_sasl_authenticated, permit_mynetworks` before the service skip them).
+    #[serde(default)]
+    pub ask_trusted: bool,
+}
+
+/// `[rspamd]`: rspamd's verdict at the end of DATA.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RspamdHook {
+    /// `http://host[:port]`, `host[:port]` or `unix:/path`.
+    #[serde(default = "defaults::rspamd_address", deserialize_with = "from_str")]
+    pub address: RspamdAddress,
+    /// Time for one scan, connecting included.
+    #[serde(default = "defaults::rspamd_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Sent as `Password` (the controller worker wants it).
+    pub password: Option<String>,
+    /// Larger messages pass unscanned, in octets.
+    #[serde(default = "defaults::rspamd_max_size")]
+    pub max_size: usize,
+    /// What the client gets when rspamd is down, late or garbled.
+    #[serde(default)]
+    pub on_failure: HookFailure,
+    /// Whether to add the `X-Spam-*` headers and rspamd's own.
+    #[serde(default = "yes")]
+    pub add_headers: bool,
+    /// Sent as `Settings-ID`.
+    pub settings_id: Option<String>,
+    /// Where the mail comes from for rspamd to be asked.
+    #[serde(default = "HookListener::smtp")]
+    pub listeners: Vec<HookListener>,
+}
+
+/// `[[policy_service]] default_action`, `[rspamd] on_failure`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookFailure {
+    /// `451`: the client tries again later.
+    #[default]
+    Tempfail,
+    /// Go on without the hook's verdict, with a warning.
+    Accept,
+}
+
+impl From<HookFailure> for smtp_server::filters::policy::DefaultAction {
+    fn from(f: HookFailure) -> Self {
+        match f {
+            HookFailure::Tempfail => Self::Tempfail,
+            HookFailure::Accept => Self::Accept,
+        }
+    }
+}
+
+impl From<HookFailure> for smtp_server::filters::rspamd::OnFailure {
+    fn from(f: HookFailure) -> Self {
+        match f {
+            HookFailure::Tempfail => Self::Tempfail,
+            HookFailure::Accept => Self::Accept,
+        }
+    }
+}
+
 // ---- how values are read ----
 
 /// A duration: `"90s"`, `"5m"`, `"2h"`, `"5d"`, `"1h 30m"` (humantime), or a number of
@@ -457,6 +717,21 @@ fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<IpNetwork>, D:
         .iter()
         .map(|n| n.parse().map_err(serde::de::Error::custom))
         .collect()
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    String::deserialize(d)?
+        .parse()
+        .map_err(serde::de::Error::custom)
 }
 
 fn optional_from_str<'de, D, T>(d: D) -> Result<Option<T>, D::Error>

@@ -114,3 +114,160 @@ fn durations() {
     assert!(parse_duration("5 fortnights").is_err());
     assert!(parse_duration("m").is_err());
 }
+
+const BASE: &str = "hostname = \"mx.example.test\"\n[[listener]]\naddress = \"127.0.0.1:2525\"\nmode = \"relay\"\n";
+
+/// The problems of `BASE` with `extra` after it.
+fn problems_of(extra: &str) -> Vec<String> {
+    let err = Config::parse(&format!("{BASE}{extra}")).unwrap_err();
+    err.downcast_ref::<Problems>().unwrap().each().collect()
+}
+
+#[test]
+fn milters_parse_with_their_defaults() {
+    let c = Config::parse(&format!(
+        "{BASE}[[milter]]\nname = \"opendkim\"\naddress = \"unix:/run/opendkim/opendkim.sock\"\n\
+         default_action = \"accept\"\nlisteners = [\"submission\", \"sendmail\"]\n\
+         [[milter]]\naddress = \"inet:127.0.0.1:7357\"\ncommand_timeout = \"10s\"\nstages = [\"mail\", \"rcpt\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(c.milters.len(), 2);
+    let (dkim, clam) = (&c.milters[0], &c.milters[1]);
+    assert_eq!(dkim.name, "opendkim");
+    assert_eq!(dkim.default_action, MilterDefaultAction::Accept);
+    assert_eq!(
+        dkim.listeners,
+        [HookListener::Submission, HookListener::Sendmail]
+    );
+    assert_eq!(dkim.stages, MilterStage::all());
+    assert_eq!(dkim.daemon_name, "mta");
+    assert_eq!(clam.address.as_str(), "inet:127.0.0.1:7357");
+    assert_eq!(clam.default_action, MilterDefaultAction::Tempfail);
+    assert_eq!(clam.command_timeout, Duration::from_secs(10));
+    assert_eq!(clam.connect_timeout, Duration::from_secs(30));
+    assert_eq!(clam.end_of_message_timeout, Duration::from_secs(300));
+    assert_eq!(clam.listeners, HookListener::smtp());
+    let set = MilterStage::set(&clam.stages);
+    assert!(!set.connect && !set.helo && set.mail && set.rcpt);
+}
+
+#[test]
+fn a_bad_milter_is_told_with_key_and_line() {
+    let problems = problems_of(
+        "[[milter]]\naddress = \"unix:/run/a.sock\"\n[[milter]]\naddress = \"localhost:8891\"\n\
+         [[milter]]\naddress = \"inet:127.0.0.1:1\"\ndefault_action = \"discard\"\nlisteners = []\n",
+    );
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0]
+            .starts_with("line 8: [[milter]] address: bad milter address \"localhost:8891\""),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].starts_with("line 11: [[milter]] default_action: unknown variant `discard`"),
+        "{problems:?}"
+    );
+    // Read, but refused by the checks.
+    let problems = problems_of(
+        "[[milter]]\naddress = \"unix:/run/a.sock\"\n[[milter]]\nname = \"unix:/run/a.sock\"\n\
+         address = \"inet:127.0.0.1:1\"\nlisteners = []\nconnect_timeout = 0\n",
+    );
+    assert_eq!(
+        problems,
+        [
+            "line 10: [[milter]] listeners: give at least one of \"relay\", \"submission\", \"smtps\", \"sendmail\" (or remove the section)",
+            "line 11: [[milter]] connect_timeout: must be more than 0",
+            "line 8: [[milter]] name: \"unix:/run/a.sock\" is already the name of another milter (logs and X-Quarantine tell them apart by it)",
+        ]
+    );
+}
+
+#[test]
+fn policy_services_parse_with_their_defaults() {
+    let c = Config::parse(&format!(
+        "{BASE}[[policy_service]]\naddress = \"inet:127.0.0.1:10023\"\n\
+         [[policy_service]]\naddress = \"unix:/run/policyd-spf.sock\"\ntimeout = \"30s\"\n\
+         default_action = \"accept\"\npolicy_context = \"spf\"\nask_trusted = true\n"
+    ))
+    .unwrap();
+    let (grey, spf) = (&c.policy_services[0], &c.policy_services[1]);
+    assert_eq!(grey.address.to_string(), "inet:127.0.0.1:10023");
+    assert_eq!(grey.timeout, Duration::from_secs(10));
+    assert_eq!(grey.default_action, HookFailure::Tempfail);
+    assert_eq!(grey.listeners, [HookListener::Relay]);
+    assert!(!grey.ask_trusted);
+    assert_eq!(spf.timeout, Duration::from_secs(30));
+    assert_eq!(spf.default_action, HookFailure::Accept);
+    assert_eq!(spf.policy_context, "spf");
+    assert!(spf.ask_trusted);
+}
+
+#[test]
+fn a_bad_policy_service_is_told_with_key_and_line() {
+    let problems = problems_of(
+        "[[policy_service]]\naddress = \"tcp:127.0.0.1:10023\"\n[[policy_service]]\n\
+         address = \"inet:127.0.0.1:10023\"\ntimeout = \"0s\"\n",
+    );
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("line 6: [[policy_service]] address:")
+            && problems[0].contains("tcp:127.0.0.1:10023"),
+        "{problems:?}"
+    );
+    let problems = problems_of(
+        "[[policy_service]]\naddress = \"inet:127.0.0.1:10023\"\n[[policy_service]]\n\
+         address = \"inet:[::1]:10023\"\ntimeout = \"0s\"\nlisteners = []\n",
+    );
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].starts_with("line 10: [[policy_service]] listeners"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].starts_with("line 9: [[policy_service]] timeout: must be more than 0"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn rspamd_parses_with_its_defaults() {
+    let c = Config::parse(&format!("{BASE}[rspamd]\n")).unwrap();
+    let r = c.rspamd.unwrap();
+    assert_eq!(r.address.to_string(), "http://127.0.0.1:11333");
+    assert_eq!(r.timeout, Duration::from_secs(20));
+    assert_eq!(r.max_size, 20 * 1024 * 1024);
+    assert_eq!(r.on_failure, HookFailure::Tempfail);
+    assert!(r.add_headers && r.password.is_none() && r.settings_id.is_none());
+    assert_eq!(r.listeners, HookListener::smtp());
+    let c = Config::parse(&format!(
+        "{BASE}[rspamd]\naddress = \"unix:/run/rspamd/normal.sock\"\ntimeout = \"8s\"\n\
+         password = \"q1\"\nmax_size = 1000\non_failure = \"accept\"\nadd_headers = false\n\
+         settings_id = \"inbound\"\n"
+    ))
+    .unwrap();
+    let r = c.rspamd.unwrap();
+    assert_eq!(r.address.to_string(), "unix:/run/rspamd/normal.sock");
+    assert_eq!(r.on_failure, HookFailure::Accept);
+    assert_eq!(r.settings_id.as_deref(), Some("inbound"));
+    assert!(!r.add_headers);
+}
+
+#[test]
+fn a_bad_rspamd_is_told_with_key_and_line() {
+    let problems = problems_of("[rspamd]\naddress = \"https://rspamd.example:11333\"\n");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("line 6: [rspamd] address: an rspamd address is"),
+        "{problems:?}"
+    );
+    let problems = problems_of("[rspamd]\non_failure = \"reject\"\n");
+    assert!(
+        problems[0].starts_with("line 6: [rspamd] on_failure: unknown variant `reject`"),
+        "{problems:?}"
+    );
+    let problems = problems_of("[rspamd]\nsettings = \"x\"\n");
+    assert!(
+        problems[0].contains("(did you mean `settings_id`?)"),
+        "{problems:?}"
+    );
+}
