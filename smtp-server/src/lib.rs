@@ -75,8 +75,8 @@ pub use filter::{
 pub use from_fn::{FromFn, FromFnLayer, Next, from_fn};
 pub use server::{BoundListeners, Reloader, Server};
 pub use stage::{
-    AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, EhloRequest, MailRequest, Notes,
-    RcptRequest, SessionInfo, StageService, Stages, TlsInfo,
+    AuthRequest, BoxError, ClientName, ConnectRequest, DataRequest, Decision, EhloRequest,
+    MailRequest, Notes, RcptRequest, SessionInfo, StageService, Stages, TlsInfo,
 };
 pub use stats::{ModeStats, ServerStats};
 pub use stream::StreamServer;

@@ -236,6 +236,33 @@ impl SessionInfo {
     }
 }
 
+/// The client's host name by reverse DNS, as a connect-stage filter found it and left
+/// it in the connection's notes ([`SessionInfo::connection`]) for the filters after it
+/// and for `Received:` (`from helo (name [192.0.2.1])`, or `unknown` when the name is
+/// missing or not confirmed).
+///
+/// ```
+/// use smtp_server::ClientName;
+/// let found = ClientName { name: Some("mail.example.net".into()), confirmed: true };
+/// assert_eq!(found.verified(), Some("mail.example.net"));
+/// assert_eq!(ClientName { confirmed: false, ..found }.verified(), None);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientName {
+    /// The name of the client's address (PTR), if it has one.
+    pub name: Option<String>,
+    /// Whether that name resolves back to the client's address (forward-confirmed
+    /// reverse DNS, FCrDNS).
+    pub confirmed: bool,
+}
+
+impl ClientName {
+    /// The name, when it is forward-confirmed.
+    pub fn verified(&self) -> Option<&str> {
+        self.name.as_deref().filter(|_| self.confirmed)
+    }
+}
+
 /// Values filters leave for the later stages of the same transaction, one per type:
 /// what a mail-stage filter learned (an SPF verdict, say) for the data stage to use.
 /// Every `MAIL FROM` starts with empty notes; the rcpt and data requests of that

@@ -15,8 +15,8 @@ use smtp_server::filters::{
     RelayPolicy, SubmittedHeaders,
 };
 use smtp_server::{
-    DataRequest, Decision, Limits, ListenerMode, ServerConfig, Stages, StreamServer, filter,
-    filter_async,
+    ClientName, DataRequest, Decision, Limits, ListenerMode, ServerConfig, Stages, StreamServer,
+    filter, filter_async,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 
@@ -193,6 +193,38 @@ async fn received_names_the_client_and_us() {
         "{stored}"
     );
     assert!(stored.ends_with("\r\nSubject: x\r\n\r\nhi\r\n"), "{stored}");
+}
+
+#[tokio::test]
+async fn received_names_the_client_as_reverse_dns_found_it() {
+    for (confirmed, shown) in [
+        (true, "mail.example.net [198.51.100.7]"),
+        (false, "unknown [198.51.100.7]"),
+    ] {
+        let inbox = inbox();
+        let stages = relay_policy(
+            Stages::new(sink(&inbox))
+                .data_layer(filter(Received::new("mx.local.test")))
+                .connect_filter(move |req| {
+                    let name = Some("mail.example.net".to_owned());
+                    req.session
+                        .connection
+                        .insert(ClientName { name, confirmed });
+                    None
+                }),
+        );
+        let mut c = session(stages, STRANGER).await;
+        assert_eq!(
+            c.send("a@x.test", "b@local.test", "Subject: x\r\n\r\nhi")
+                .await,
+            "250 2.0.0"
+        );
+        let stored = String::from_utf8(inbox.lock().unwrap()[0].message()).unwrap();
+        assert!(
+            stored.starts_with(&format!("Received: from client.test ({shown})\r\n")),
+            "{stored}"
+        );
+    }
 }
 
 #[tokio::test]

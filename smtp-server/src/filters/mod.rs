@@ -36,11 +36,13 @@
 //! [`filter_async`]: crate::filter_async()
 
 mod auth;
+pub mod greylist;
 mod hops;
 mod local;
 pub mod milter;
 mod notify;
 pub mod policy;
+pub mod rate;
 mod received;
 mod relay;
 pub mod rspamd;

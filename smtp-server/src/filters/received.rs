@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use crate::{Check, DataRequest, Decision, SessionInfo};
+use crate::{Check, ClientName, DataRequest, Decision, SessionInfo};
 use smtp_proto::{ForwardPath, HeloName};
 
 /// Adds a `Received:` header to every message:
@@ -57,8 +57,16 @@ impl Check<DataRequest> for Received {
             std::net::IpAddr::V4(ip) => format!("[{ip}]"),
             std::net::IpAddr::V6(ip) => format!("[IPv6:{ip}]"),
         };
+        // With a reverse-DNS filter in the chain: the confirmed name, or `unknown`.
+        let client = match s.connection.get::<ClientName>() {
+            Some(found) => match found.verified() {
+                Some(name) => format!("{} {ip}", sanitize(name)),
+                None => format!("unknown {ip}"),
+            },
+            None => ip,
+        };
         let mut value = format!(
-            "from {helo} ({ip})\r\n\tby {} (mta) with {}",
+            "from {helo} ({client})\r\n\tby {} (mta) with {}",
             self.hostname, s.protocol
         );
         if let Some(tls) = &s.tls {

@@ -1,0 +1,1 @@
+//! Greylisting (in progress).
