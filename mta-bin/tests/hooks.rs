@@ -10,11 +10,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Child;
+use std::time::Duration;
+
+use smtp_client::testing::daemons::{postgrey, rspamd};
 
 use support::{
     RawClient, block_on, config_file, free_address, maildir_files, mta, rcpt_reply, run_with,
@@ -71,7 +71,7 @@ fn check_config_accepts_the_hooks_and_tells_bad_addresses_with_key_and_line() {
 
 #[test]
 fn rspamd_refuses_gtube_at_the_end_of_data_and_scores_clean_mail() {
-    let Some(rspamd) = RspamdDaemon::start() else {
+    let Some(rspamd) = rspamd() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -123,7 +123,7 @@ fn rspamd_refuses_gtube_at_the_end_of_data_and_scores_clean_mail() {
 
 #[test]
 fn postgrey_greylists_the_first_rcpt_then_passes_the_retry() {
-    let Some(postgrey) = Postgrey::start(2) else {
+    let Some(postgrey) = postgrey(2) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -268,181 +268,5 @@ impl Drop for Running {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-// ---- the daemons (as smtp-server/tests/rspamd.rs and policy.rs start them) ----
-
-/// A port nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A daemon from a Debian package: `/usr/sbin` or `/usr/bin`, else the PATH; `None`
-/// (the test skips) when missing, a failure under CI.
-fn daemon(name: &str) -> Option<PathBuf> {
-    ["/usr/sbin", "/usr/bin"]
-        .iter()
-        .map(|dir| PathBuf::from(dir).join(name))
-        .find(|p| p.is_file())
-        .or_else(|| smtp_client::testing::tool(name))
-}
-
-/// The output of `id` with `flag` (`-un`, `-gn`): who a daemon runs as.
-fn id(flag: &str) -> String {
-    let out = Command::new("id").arg(flag).output().expect("id");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// Waits up to `seconds` for `address` to accept connections, failing if `child` exits.
-fn wait_listening(child: &mut Child, address: SocketAddr, name: &str, seconds: u64) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while std::net::TcpStream::connect(address).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{name} exited: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} did not listen in {seconds} s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// rspamd in the foreground with one normal worker on a free port, on a minimal
-/// configuration (no Lua rules, no Redis, no DNS: the core's GTUBE patterns); killed
-/// with its workers on drop.
-struct RspamdDaemon {
-    child: Child,
-    address: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl RspamdDaemon {
-    fn start() -> Option<Self> {
-        let binary = daemon("rspamd")?;
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        // A tiny public-suffix list: the real one takes long to compile at start.
-        std::fs::write(dir.path().join("tld.dat"), "com\norg\nnet\ntest\n").unwrap();
-        let config = format!(
-            r#"
-options {{
-  pidfile = "{d}/rspamd.pid";
-  filters = "";
-  tempdir = "{d}";
-  hs_cache_dir = "{d}";
-  maps_cache_dir = "{d}";
-  url_tld = "{d}/tld.dat";
-  enable_test_patterns = true;
-  dns {{ nameserver = ["127.0.0.1:1"]; timeout = 1s; retransmits = 1; }}
-}}
-logging {{ type = "console"; level = "warning"; }}
-worker "normal" {{ bind_socket = "{address}"; count = 1; }}
-actions {{ reject = 15; add_header = 6; greylist = 4; }}
-"#
-        );
-        let config_path = dir.path().join("rspamd.conf");
-        std::fs::write(&config_path, config).unwrap();
-        let child = Command::new(binary)
-            .arg("-f")
-            .arg("-c")
-            .arg(&config_path)
-            .arg(format!("--var=DBDIR={d}"))
-            .arg(format!("--var=RUNDIR={d}"))
-            .arg(format!("--var=LOGDIR={d}"))
-            // rspamd refuses to run as root unless told whom to run as.
-            .arg(format!("--user={}", id("-un")))
-            .arg(format!("--group={}", id("-gn")))
-            .arg("--insecure")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            // A process group of its own, so that its workers go with it.
-            .process_group(0)
-            .spawn()
-            .expect("start rspamd");
-        let mut rspamd = Self {
-            child,
-            address,
-            _dir: dir,
-        };
-        wait_listening(&mut rspamd.child, address, "rspamd", 30);
-        Some(rspamd)
-    }
-}
-
-impl Drop for RspamdDaemon {
-    /// SIGTERM to the group (the main process stops its workers), SIGKILL to what is
-    /// left after 5 s.
-    fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let signal = |name: &str| {
-            let _ = Command::new("kill")
-                .args(["-s", name, "--", &group])
-                .stderr(Stdio::null())
-                .status();
-        };
-        signal("TERM");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        signal("KILL");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// postgrey in the foreground on a free port, with its database in a temp dir, no
-/// whitelists and a `delay`-second greylist; killed on drop.
-struct Postgrey {
-    child: Child,
-    address: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Postgrey {
-    fn start(delay: u64) -> Option<Self> {
-        let binary = daemon("postgrey")?;
-        let dir = tempfile::tempdir().unwrap();
-        let empty = dir.path().join("empty");
-        std::fs::write(&empty, "").unwrap();
-        let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(binary)
-            .arg(format!("--inet={address}"))
-            .arg(format!("--delay={delay}"))
-            .arg(format!("--dbdir={}", dir.path().display()))
-            // As the user running the test: the temp dir is theirs.
-            .arg(format!("--user={}", id("-un")))
-            .arg(format!("--group={}", id("-gn")))
-            .arg(format!("--whitelist-clients={}", empty.display()))
-            .arg(format!("--whitelist-recipients={}", empty.display()))
-            .arg("--auto-whitelist-clients=0")
-            .arg("--hostname=greylist.test")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start postgrey");
-        let mut postgrey = Self {
-            child,
-            address,
-            _dir: dir,
-        };
-        wait_listening(&mut postgrey.child, address, "postgrey", 20);
-        Some(postgrey)
-    }
-}
-
-impl Drop for Postgrey {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -7,9 +7,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+use smtp_client::testing::daemons::{free_address, postgrey};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,87 +64,6 @@ fn settings(address: SocketAddr, default_action: DefaultAction) -> PolicyService
     }
 }
 
-/// A port nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A daemon from a Debian package: `/usr/sbin` or `/usr/bin` (not always on a user's
-/// PATH), else the PATH; `None` (the test skips) when missing, a failure under CI.
-fn daemon(name: &str) -> Option<PathBuf> {
-    ["/usr/sbin", "/usr/bin"]
-        .iter()
-        .map(|dir| PathBuf::from(dir).join(name))
-        .find(|p| p.is_file())
-        .or_else(|| smtp_client::testing::tool(name))
-}
-
-/// The output of `id` with `flag` (`-un`, `-gn`): who postgrey runs as.
-fn id(flag: &str) -> String {
-    let out = Command::new("id").arg(flag).output().expect("id");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// postgrey in the foreground on a free port, with its database in a temp dir, no
-/// whitelists and a `delay`-second greylist; killed on drop.
-struct Postgrey {
-    child: Child,
-    address: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Postgrey {
-    async fn start(delay: u64) -> Option<Self> {
-        let binary = daemon("postgrey")?;
-        let dir = tempfile::tempdir().unwrap();
-        let empty = dir.path().join("empty");
-        std::fs::write(&empty, "").unwrap();
-        let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(binary)
-            .arg(format!("--inet={address}"))
-            .arg(format!("--delay={delay}"))
-            .arg(format!("--dbdir={}", dir.path().display()))
-            // As the user running the test: the temp dir is theirs (as root, postgrey
-            // would otherwise become the user postgrey, who cannot write there).
-            .arg(format!("--user={}", id("-un")))
-            .arg(format!("--group={}", id("-gn")))
-            .arg(format!("--whitelist-clients={}", empty.display()))
-            .arg(format!("--whitelist-recipients={}", empty.display()))
-            .arg("--auto-whitelist-clients=0")
-            .arg("--hostname=greylist.test")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start postgrey");
-        let mut postgrey = Self {
-            child,
-            address,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(address).await.is_err() {
-            if let Ok(Some(status)) = postgrey.child.try_wait() {
-                panic!("postgrey exited: {status}");
-            }
-            assert!(Instant::now() < deadline, "postgrey did not listen in 20 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Some(postgrey)
-    }
-}
-
-impl Drop for Postgrey {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One transaction: EHLO, MAIL, the RCPTs; the replies' `code status` and texts.
 async fn rcpts(client: &mut RawClient, to: &[&str]) -> Vec<(String, String)> {
     assert_eq!(
@@ -161,7 +80,7 @@ async fn rcpts(client: &mut RawClient, to: &[&str]) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn postgrey_greylists_then_accepts_and_prepends_its_header() {
-    let Some(postgrey) = Postgrey::start(2).await else {
+    let Some(postgrey) = postgrey(2) else {
         return;
     };
     let messages = Messages::default();
@@ -215,7 +134,7 @@ async fn postgrey_greylists_then_accepts_and_prepends_its_header() {
 
 #[tokio::test]
 async fn a_dead_service_gets_the_default_action() {
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dead: SocketAddr = free_address();
     for (action, want) in [
         (DefaultAction::Tempfail, "451 4.3.0"),
         (DefaultAction::Accept, "250 2.1.5"),

@@ -9,10 +9,8 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+use smtp_client::testing::daemons::{free_address, rspamd};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,125 +85,9 @@ async fn send(server: SocketAddr, message: &str) -> (String, String) {
     (code_of(&reply), reply.text().to_owned())
 }
 
-/// A port nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A daemon from a Debian package: `/usr/bin` or `/usr/sbin`, else the PATH; `None`
-/// (the test skips) when missing, a failure under CI.
-fn daemon(name: &str) -> Option<PathBuf> {
-    ["/usr/bin", "/usr/sbin"]
-        .iter()
-        .map(|dir| PathBuf::from(dir).join(name))
-        .find(|p| p.is_file())
-        .or_else(|| smtp_client::testing::tool(name))
-}
-
-/// The output of `id` with `flag` (`-un`, `-gn`): who rspamd runs as.
-fn id(flag: &str) -> String {
-    let out = Command::new("id").arg(flag).output().expect("id");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// rspamd in the foreground with one normal worker on a free port; killed on drop.
-struct RspamdDaemon {
-    child: Child,
-    address: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl RspamdDaemon {
-    async fn start() -> Option<Self> {
-        let binary = daemon("rspamd")?;
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        // A tiny public-suffix list: the real one takes long to compile at start.
-        std::fs::write(dir.path().join("tld.dat"), "com\norg\nnet\ntest\n").unwrap();
-        let config = format!(
-            r#"
-options {{
-  pidfile = "{d}/rspamd.pid";
-  filters = "";
-  tempdir = "{d}";
-  hs_cache_dir = "{d}";
-  maps_cache_dir = "{d}";
-  url_tld = "{d}/tld.dat";
-  enable_test_patterns = true;
-  dns {{ nameserver = ["127.0.0.1:1"]; timeout = 1s; retransmits = 1; }}
-}}
-logging {{ type = "console"; level = "warning"; }}
-worker "normal" {{ bind_socket = "{address}"; count = 1; }}
-actions {{ reject = 15; add_header = 6; greylist = 4; }}
-"#
-        );
-        let config_path = dir.path().join("rspamd.conf");
-        std::fs::write(&config_path, config).unwrap();
-        let child = Command::new(binary)
-            .arg("-f")
-            .arg("-c")
-            .arg(&config_path)
-            .arg(format!("--var=DBDIR={d}"))
-            .arg(format!("--var=RUNDIR={d}"))
-            .arg(format!("--var=LOGDIR={d}"))
-            // rspamd refuses to run as root unless told whom to run as.
-            .arg(format!("--user={}", id("-un")))
-            .arg(format!("--group={}", id("-gn")))
-            .arg("--insecure")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            // A process group of its own, so that its workers go with it.
-            .process_group(0)
-            .spawn()
-            .expect("start rspamd");
-        let mut rspamd = Self {
-            child,
-            address,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(address).await.is_err() {
-            if let Ok(Some(status)) = rspamd.child.try_wait() {
-                panic!("rspamd exited: {status}");
-            }
-            assert!(Instant::now() < deadline, "rspamd did not listen in 30 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Some(rspamd)
-    }
-}
-
-impl Drop for RspamdDaemon {
-    /// SIGTERM to the group (the main process stops its workers), SIGKILL to what is
-    /// left after 5 s.
-    fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let signal = |name: &str| {
-            let _ = Command::new("kill")
-                .args(["-s", name, "--", &group])
-                .stderr(Stdio::null())
-                .status();
-        };
-        signal("TERM");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        signal("KILL");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn gtube_is_refused_and_clean_mail_is_stored_with_its_score() {
-    let Some(rspamd) = RspamdDaemon::start().await else {
+    let Some(rspamd) = rspamd() else {
         return;
     };
     let messages = Messages::default();
@@ -243,7 +125,7 @@ async fn gtube_is_refused_and_clean_mail_is_stored_with_its_score() {
 
 #[tokio::test]
 async fn add_header_and_rewrite_subject_mark_the_message() {
-    let Some(rspamd) = RspamdDaemon::start().await else {
+    let Some(rspamd) = rspamd() else {
         return;
     };
     let messages = Messages::default();
@@ -280,7 +162,7 @@ async fn add_header_and_rewrite_subject_mark_the_message() {
 
 #[tokio::test]
 async fn larger_messages_are_not_scanned() {
-    let Some(rspamd) = RspamdDaemon::start().await else {
+    let Some(rspamd) = rspamd() else {
         return;
     };
     let messages = Messages::default();
@@ -294,7 +176,7 @@ async fn larger_messages_are_not_scanned() {
 
 #[tokio::test]
 async fn rspamd_down_gets_the_failure_action() {
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dead: SocketAddr = free_address();
     let message = "X-Spam: Yes\r\nSubject: s\r\n\r\nbody\r\n";
     let messages = Messages::default();
     let tempfail = start(settings(dead, OnFailure::Tempfail), Arc::clone(&messages)).await;

@@ -21,6 +21,9 @@
 // Test support: a panic is how a failed expectation reports itself.
 #![allow(clippy::expect_used, clippy::missing_panics_doc)]
 
+#[cfg(unix)]
+pub mod daemons;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -181,14 +184,16 @@ pub fn code_of(reply: &Reply) -> String {
     }
 }
 
-/// A program a test drives (a peer nobody here wrote); `None` when it is missing, and
-/// the test then skips with a message, except under `CI=true`, where `.ci/run`
-/// installs it and its absence is a failure.
+/// A program a test drives (a peer nobody here wrote): on the PATH, or in `/usr/sbin`
+/// and `/usr/bin` where Debian puts daemons (not always on a user's PATH); `None` when
+/// it is missing, and the test then skips with a message, except under `CI=true`,
+/// where `.ci/run` installs it and its absence is a failure.
 #[allow(clippy::print_stderr)] // the skip message is for the person running the tests
 pub fn tool(name: &str) -> Option<std::path::PathBuf> {
     let found = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain(["/usr/sbin", "/usr/bin"].map(std::path::PathBuf::from))
         .map(|dir| dir.join(name))
         .find(|p| p.is_file());
     if found.is_none() {
