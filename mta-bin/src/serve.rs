@@ -705,6 +705,8 @@ fn listener_configs(config: &Config) -> Vec<ListenerConfig> {
         .map(|l| ListenerConfig {
             address: l.address,
             mode: l.mode.into(),
+            // The PROXY protocol is not configurable yet: clients connect directly.
+            proxy: None,
         })
         .collect()
 }
@@ -749,6 +751,9 @@ fn server_config(
             dir: queue.incoming_dir(),
             reserve: Queue::SPILL_RESERVE,
         }),
+        // Not configurable yet: the library's default (tag mode on relay listeners, no
+        // greeting delay).
+        early_talkers: smtp_server::EarlyTalkers::default(),
     })
 }
 

@@ -349,6 +349,9 @@ pub struct ServerSession {
     auth_failures: u32,
     /// What the session refused since [`ServerSession::take_refusals`] last ran.
     refusals: Vec<Error>,
+    /// The first command followed by input that the client should have held back,
+    /// since [`ServerSession::take_pipelining_violation`] last ran.
+    pipelining_violation: Option<&'static str>,
 }
 
 /// How many refusals a session keeps between two [`ServerSession::take_refusals`].
@@ -390,6 +393,7 @@ impl ServerSession {
             errors: 0,
             auth_failures: 0,
             refusals: Vec::new(),
+            pipelining_violation: None,
         }
     }
 
@@ -651,6 +655,30 @@ impl ServerSession {
         std::mem::take(&mut self.refusals)
     }
 
+    /// The verb of a command that came with more input behind it where RFC 2920 says the
+    /// client must wait for the reply first, since the last call: any command but QUIT
+    /// and BDAT while PIPELINING is not offered (before EHLO, or after HELO), and EHLO,
+    /// HELO, DATA, VRFY, EXPN, NOOP and STARTTLS, which must end a group. The session
+    /// goes on as before; this only reports, for a server that refuses such clients
+    /// (early-talker triage, as Exim's synchronisation check and Postfix's
+    /// `smtpd_forbid_unauth_pipelining`).
+    ///
+    /// ```
+    /// use smtp_proto::{ServerConfig, ServerSession};
+    /// let mut session = ServerSession::new(std::sync::Arc::new(ServerConfig::default()));
+    /// session.poll_event(); // Connect
+    /// session.accept();
+    /// session.receive(b"EHLO client.test\r\nMAIL FROM:<a@b.test>\r\n");
+    /// session.poll_event(); // EHLO, with MAIL behind it before the reply
+    /// assert_eq!(session.take_pipelining_violation(), Some("EHLO"));
+    /// session.accept();
+    /// session.poll_event(); // MAIL: pipelining is offered now
+    /// assert_eq!(session.take_pipelining_violation(), None);
+    /// ```
+    pub fn take_pipelining_violation(&mut self) -> Option<&'static str> {
+        self.pipelining_violation.take()
+    }
+
     /// Whether the session is over: send the pending output, then close.
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
@@ -897,9 +925,33 @@ impl ServerSession {
                     "No SMTP service here; only QUIT is accepted",
                 ));
             }
-            Ok(command) => self.handle_command(command),
+            Ok(command) => {
+                if self.input_pos < self.input.len() && self.must_wait_after(&command) {
+                    self.pipelining_violation.get_or_insert(command.verb());
+                }
+                self.handle_command(command)
+            }
         }
         true
+    }
+
+    /// Whether the client must wait for the reply to `command` before sending more
+    /// (RFC 2920 §3.1).
+    fn must_wait_after(&self, command: &Command) -> bool {
+        let offered = self.config.extensions.pipelining
+            && matches!(self.helo, Some((HeloKind::Ehlo | HeloKind::Lhlo, _)));
+        match command {
+            Command::Quit | Command::Bdat { .. } => false,
+            Command::Ehlo(_)
+            | Command::Helo(_)
+            | Command::Lhlo(_)
+            | Command::Data
+            | Command::Vrfy(_)
+            | Command::Expn(_)
+            | Command::Noop
+            | Command::StartTls => true,
+            _ => !offered,
+        }
     }
 
     fn handle_command(&mut self, command: Command) {
@@ -1359,5 +1411,84 @@ impl ServerSession {
         self.state = State::Closed;
         self.awaiting = None;
         self.event = None;
+    }
+}
+
+#[cfg(test)]
+mod pipelining_tests {
+    use super::*;
+
+    /// The violation reported after feeding `input` to a greeted session whose
+    /// events are all accepted.
+    fn violations(input: &[&[u8]]) -> Vec<&'static str> {
+        let mut session = ServerSession::new(Arc::new(ServerConfig::default()));
+        session.poll_event();
+        session.accept();
+        let mut found = Vec::new();
+        for bytes in input {
+            session.receive(bytes);
+            while session.poll_event().is_some() {
+                found.extend(session.take_pipelining_violation());
+                session.accept();
+            }
+            found.extend(session.take_pipelining_violation());
+        }
+        found
+    }
+
+    #[test]
+    fn reported_only_where_rfc_2920_forbids() {
+        // One command at a time, or a group after EHLO ending in DATA: fine.
+        assert!(
+            violations(&[
+                b"EHLO c.test\r\n",
+                b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n",
+                b"x\r\n.\r\nQUIT\r\n"
+            ])
+            .is_empty()
+        );
+        assert!(
+            violations(&[
+                b"HELO c.test\r\n",
+                b"MAIL FROM:<a@b.test>\r\n",
+                b"RCPT TO:<c@d.test>\r\n"
+            ])
+            .is_empty()
+        );
+        // BDAT content follows its command by design.
+        assert!(
+            violations(&[
+                b"EHLO c.test\r\n",
+                b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nBDAT 3 LAST\r\nx\r\n"
+            ])
+            .is_empty()
+        );
+        // Before the greeting's reply, with EHLO: EHLO must end a group.
+        assert_eq!(
+            violations(&[b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\n"]),
+            ["EHLO"]
+        );
+        // After HELO, PIPELINING is not offered.
+        assert_eq!(
+            violations(&[
+                b"HELO c.test\r\n",
+                b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\n"
+            ]),
+            ["MAIL"]
+        );
+        // Content sent before the 354.
+        assert_eq!(
+            violations(&[
+                b"EHLO c.test\r\n",
+                b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nSubject: s\r\n"
+            ]),
+            ["DATA"]
+        );
+        assert_eq!(
+            violations(&[b"EHLO c.test\r\n", b"NOOP\r\nRSET\r\n"]),
+            ["NOOP"]
+        );
+        // A partial line behind counts too.
+        assert_eq!(violations(&[b"EHLO c.test\r\nMA"]), ["EHLO"]);
     }
 }

@@ -58,6 +58,7 @@ async fn main() -> Result<(), BoxError> {
         listeners: vec![ListenerConfig {
             address: "127.0.0.1:2525".parse()?,
             mode: ListenerMode::Relay,
+            proxy: None,
         }],
         ..ServerConfig::default()
     };

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use smtp_proto::{BareLineEndings, Extensions, Mechanism, NulBytes};
 
+use crate::filters::IpNetwork;
+
 /// What a listener is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ListenerMode {
@@ -45,12 +47,160 @@ impl std::str::FromStr for ListenerMode {
 }
 
 /// One listening socket.
+///
+/// ```
+/// use smtp_server::{ListenerConfig, ListenerMode, ProxyProtocol};
+/// // Port 25 behind HAProxy (`send-proxy` or `send-proxy-v2`) at 10.0.0.5.
+/// let behind = ListenerConfig {
+///     address: "0.0.0.0:25".parse().unwrap(),
+///     mode: ListenerMode::Relay,
+///     proxy: Some(ProxyProtocol {
+///         load_balancers: vec!["10.0.0.5".parse().unwrap()],
+///         ..ProxyProtocol::default()
+///     }),
+/// };
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerConfig {
     /// Where to listen.
     pub address: SocketAddr,
     /// What for.
     pub mode: ListenerMode,
+    /// Connections come through load balancers that send the PROXY protocol header
+    /// (HAProxy's, version 1 or 2) first; `None` (the default): clients connect
+    /// directly, and a PROXY header is an unknown command like any other.
+    pub proxy: Option<ProxyProtocol>,
+}
+
+/// The PROXY protocol on a listener (HAProxy's `send-proxy`, `send-proxy-v2`): every
+/// connection must start with a header naming the real client, sent by one of
+/// `load_balancers`. The client's address then stands for the connection everywhere:
+/// [`SessionInfo::peer`](crate::SessionInfo::peer) (and `local`, the address the client
+/// connected to), the per-IP connection limit, the early-talker cache and the logs.
+///
+/// A connection from any other address, with a malformed header, or with no complete
+/// header within `timeout` is closed without a greeting, logged and counted
+/// (`smtp_proxy_refused_total`). A v1 `UNKNOWN` or v2 `LOCAL` header (health checks)
+/// keeps the connection's own addresses. TLVs are skipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    /// The load balancers' networks (default none: every connection is refused, until
+    /// they are listed).
+    pub load_balancers: Vec<IpNetwork>,
+    /// Time for the whole header from the moment of connection. Default 5 s.
+    pub timeout: Duration,
+}
+
+impl Default for ProxyProtocol {
+    fn default() -> Self {
+        Self {
+            load_balancers: Vec::new(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How a defence acts: not at all, by logging and counting (and marking, where it
+/// fits), or by refusing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FilterMode {
+    /// Off.
+    Off,
+    /// Log and count what it finds; let the client go on.
+    #[default]
+    Tag,
+    /// Refuse.
+    Enforce,
+}
+
+impl FilterMode {
+    /// The name used in configuration files and logs (`off`, `tag`, `enforce`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Tag => "tag",
+            Self::Enforce => "enforce",
+        }
+    }
+}
+
+impl std::str::FromStr for FilterMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(Self::Off),
+            "tag" => Ok(Self::Tag),
+            "enforce" => Ok(Self::Enforce),
+            other => Err(format!("unknown mode {other:?} (off, tag or enforce)")),
+        }
+    }
+}
+
+/// Early-talker triage (Postfix postscreen's pregreet test) and the synchronisation
+/// check of RFC 2920, on the listeners of `listeners` (default: relay only; a
+/// submission client is a login to come, and is not triaged).
+///
+/// - With a `greeting_delay`, the server waits that long before its `220` greeting (it
+///   runs the connect stage meanwhile); a client that sends anything before the
+///   greeting is an early talker, as spam bots are. Without one, only what has arrived
+///   by the time of the greeting counts.
+/// - A client that sends a command before the reply to the previous one when that is
+///   not allowed (PIPELINING not offered: before EHLO, or after HELO; or after a
+///   command that must end a group: EHLO, HELO, DATA, VRFY, EXPN, NOOP) breaks the
+///   synchronisation. Logins are not checked.
+///
+/// `Enforce` answers `554 5.5.0` with a sentence and closes; `Tag` logs and counts
+/// (`smtp_early_talkers_total`) and lets the client go on. The verdict is kept per
+/// client address: a client that waited quietly skips the delay for `pass_ttl`; one that
+/// failed is refused at once (in enforce mode) for `fail_ttl`. At most `max_cached`
+/// addresses are kept (expired ones pruned first).
+///
+/// ```
+/// use std::time::Duration;
+/// use smtp_server::{EarlyTalkers, FilterMode, ServerConfig};
+/// let config = ServerConfig {
+///     early_talkers: EarlyTalkers {
+///         mode: FilterMode::Enforce,
+///         greeting_delay: Duration::from_secs(6),
+///         ..EarlyTalkers::default()
+///     },
+///     ..ServerConfig::default()
+/// };
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EarlyTalkers {
+    /// Off, tag (default) or enforce.
+    pub mode: FilterMode,
+    /// How long to wait before the greeting. Default 0: no wait.
+    pub greeting_delay: Duration,
+    /// The kinds of listener triaged. Default: relay.
+    pub listeners: Vec<ListenerMode>,
+    /// How long a client that passed skips the delay. Default 1 day.
+    pub pass_ttl: Duration,
+    /// How long a client that failed is refused at once (enforce). Default 10 min.
+    pub fail_ttl: Duration,
+    /// Client addresses whose verdict is kept. Default 100 000.
+    pub max_cached: usize,
+}
+
+impl Default for EarlyTalkers {
+    fn default() -> Self {
+        Self {
+            mode: FilterMode::Tag,
+            greeting_delay: Duration::ZERO,
+            listeners: vec![ListenerMode::Relay],
+            pass_ttl: Duration::from_secs(24 * 3600),
+            fail_ttl: Duration::from_secs(600),
+            max_cached: 100_000,
+        }
+    }
+}
+
+impl EarlyTalkers {
+    /// Whether a listener of `mode` is triaged.
+    pub fn applies_to(&self, mode: ListenerMode) -> bool {
+        self.mode != FilterMode::Off && self.listeners.contains(&mode)
+    }
 }
 
 /// Limits on what a client may do. Defaults follow RFC 5321 and common practice.
@@ -150,6 +300,9 @@ pub struct ServerConfig {
     /// arrives (default none: such messages are held in memory while the server-wide
     /// budget lasts).
     pub spill: Option<crate::SpillConfig>,
+    /// Early-talker triage and the greeting delay (default: tag mode on relay
+    /// listeners, no delay).
+    pub early_talkers: EarlyTalkers,
 }
 
 impl Default for ServerConfig {
@@ -163,6 +316,7 @@ impl Default for ServerConfig {
             nul_bytes: NulBytes::Reject,
             auth: false,
             spill: None,
+            early_talkers: EarlyTalkers::default(),
         }
     }
 }

@@ -1,11 +1,13 @@
 //! One connection: socket and TLS I/O around a `smtp_proto::ServerSession`, with
 //! timeouts, STARTTLS, and a call to the stage services for every event.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use smtp_proto::{EnhancedStatus, Event, Reply, ReplyCode, ServerSession};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -14,8 +16,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::config::{ListenerMode, ServerConfig};
+use crate::config::{FilterMode, ListenerMode, ProxyProtocol, ServerConfig};
 use crate::content::{Content, Spilling};
+use crate::filters::HeloFinding;
 use crate::stage::{
     AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, EhloRequest, MailRequest, Notes,
     RcptRequest, SessionInfo, Stages, TlsInfo, call, new_session_id,
@@ -35,6 +38,146 @@ pub(crate) struct Listener {
     pub(crate) stages: Stages,
     pub(crate) tls: Option<TlsAcceptor>,
     pub(crate) stats: Arc<ServerStats>,
+    /// Connections start with a PROXY protocol header from these load balancers.
+    pub(crate) proxy: Option<ProxyProtocol>,
+    /// Whether early-talker triage applies ([`ServerConfig::early_talkers`]).
+    pub(crate) triage: bool,
+}
+
+/// The early-talker verdict about a client address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// It waited for the greeting (and for its replies): no delay for a while.
+    Pass,
+    /// It did not: refused at once for a while (enforce mode).
+    Fail,
+}
+
+/// Early-talker verdicts per client address, each until it expires; bounded (expired
+/// entries are pruned when it is full, then an arbitrary one goes).
+#[derive(Debug, Default)]
+pub(crate) struct VerdictCache {
+    inner: Mutex<HashMap<IpAddr, (Verdict, Instant)>>,
+}
+
+impl VerdictCache {
+    /// The verdict about `ip`, unless it expired.
+    pub(crate) fn get(&self, ip: IpAddr) -> Option<Verdict> {
+        let ip = canonical(ip);
+        let mut map = self.inner.lock().ok()?;
+        match map.get(&ip) {
+            Some((verdict, until)) if *until > Instant::now() => Some(*verdict),
+            Some(_) => {
+                map.remove(&ip);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Keeps `verdict` about `ip` for `ttl`, in a cache of at most `max` addresses.
+    pub(crate) fn set(&self, ip: IpAddr, verdict: Verdict, ttl: Duration, max: usize) {
+        let Ok(mut map) = self.inner.lock() else {
+            return;
+        };
+        let ip = canonical(ip);
+        let now = Instant::now();
+        if ttl.is_zero() || max == 0 {
+            map.remove(&ip);
+            return;
+        }
+        if !map.contains_key(&ip) && map.len() >= max {
+            map.retain(|_, (_, until)| *until > now);
+            while map.len() >= max {
+                let Some(any) = map.keys().next().copied() else {
+                    break;
+                };
+                map.remove(&any);
+            }
+        }
+        map.insert(ip, (verdict, now + ttl));
+    }
+
+    /// Addresses kept now (expired ones included, until pruned).
+    pub(crate) fn len(&self) -> usize {
+        self.inner.lock().map_or(0, |m| m.len())
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// What a client did while the greeting waited.
+enum Early {
+    /// Nothing.
+    Quiet,
+    /// It sent these bytes.
+    Talked(Vec<u8>),
+    /// It closed the connection (or it failed).
+    Closed,
+}
+
+/// A stream with bytes already read from it put back in front: what came after a PROXY
+/// protocol header in the same packets.
+pub(crate) struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    /// `inner`, read from after `prefix`.
+    pub(crate) fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Self {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.pos);
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// A byte stream a session runs on: a TCP socket, or anything else that reads and
@@ -70,6 +213,7 @@ pub(crate) async fn serve<S: Io>(
             shutdown,
             notes: Notes::default(),
             incoming: Incoming::new(Arc::clone(&listener.stats)),
+            out_of_sync: false,
         };
         debug!("connected");
         match conn.run().await {
@@ -90,6 +234,8 @@ struct Connection<S> {
     notes: Notes,
     /// The content of the message arriving.
     incoming: Incoming,
+    /// A pipelining violation was seen (and counted) already.
+    out_of_sync: bool,
 }
 
 /// The content of the message being received, while it arrives: what it holds of the
@@ -149,6 +295,10 @@ impl<S: Io> Connection<S> {
         let mut deadlines = Deadlines::new(limits);
         loop {
             while let Some(event) = session.poll_event() {
+                if self.out_of_sync(&mut session) {
+                    // Refused and closed: the event is answered.
+                    continue;
+                }
                 if event == Event::StartTls {
                     self.flush(&mut session).await?;
                     self.upgrade_tls().await?;
@@ -157,6 +307,7 @@ impl<S: Io> Connection<S> {
                     self.handle(&mut session, event).await;
                 }
             }
+            self.out_of_sync(&mut session);
             for refusal in session.take_refusals() {
                 self.listener.stats.protocol_error(&refusal);
             }
@@ -347,6 +498,103 @@ impl<S: Io> Connection<S> {
         }
     }
 
+    /// Early-talker triage around the connect stage (`decision`): waits for the
+    /// greeting delay (and for the stage) while watching for a client that talks first,
+    /// keeps the verdict, and answers `554 5.5.0` in enforce mode. `None` when a failed
+    /// client was refused at once (the session is closed).
+    async fn triage(
+        &mut self,
+        session: &mut ServerSession,
+        decision: impl Future<Output = Result<Decision, BoxError>>,
+    ) -> Option<Result<Decision, BoxError>> {
+        let listener = Arc::clone(&self.listener);
+        let settings = &listener.config.early_talkers;
+        let stats = listener.stats.mode(listener.mode);
+        let cache = &listener.stats.verdicts;
+        let ip = self.info.peer.ip();
+        let enforce = settings.mode == FilterMode::Enforce;
+        let cached = cache.get(ip);
+        if cached == Some(Verdict::Fail) && enforce {
+            ServerStats::count(&stats.pregreet_rejected, 1);
+            info!("early talker (failed lately): refused");
+            session.respond_and_close(pregreet_refusal(&listener.config.hostname));
+            return None;
+        }
+        let delay = if cached == Some(Verdict::Pass) {
+            ServerStats::count(&stats.greeting_cached, 1);
+            Duration::ZERO
+        } else {
+            settings.greeting_delay
+        };
+        let (decision, early) = watch_early(&mut self.stream, delay, decision).await;
+        match early {
+            Early::Talked(bytes) => {
+                cache.set(ip, Verdict::Fail, settings.fail_ttl, settings.max_cached);
+                // What it said is its first command, read after the greeting (if any).
+                session.receive(&bytes);
+                // Its pipelined commands are not counted a second time.
+                self.out_of_sync = true;
+                if enforce {
+                    ServerStats::count(&stats.pregreet_rejected, 1);
+                    info!("early talker: talked before the greeting; refused");
+                    // A refusal of the connect stage stands; an acceptance does not.
+                    if decision.as_ref().is_ok_and(Decision::is_accept) {
+                        session.respond_and_close(pregreet_refusal(&listener.config.hostname));
+                        return None;
+                    }
+                } else {
+                    ServerStats::count(&stats.pregreet_tagged, 1);
+                    info!("early talker: talked before the greeting (tagged)");
+                }
+            }
+            Early::Quiet if !delay.is_zero() => {
+                ServerStats::count(&stats.greeting_waited, 1);
+                cache.set(ip, Verdict::Pass, settings.pass_ttl, settings.max_cached);
+            }
+            Early::Quiet | Early::Closed => {}
+        }
+        Some(decision)
+    }
+
+    /// A command the client sent before the reply it had to wait for (RFC 2920), on a
+    /// triaged listener before any login: counted once, and in enforce mode refused with
+    /// `554 5.5.0` and the connection closed (true then).
+    fn out_of_sync(&mut self, session: &mut ServerSession) -> bool {
+        let Some(verb) = session.take_pipelining_violation() else {
+            return false;
+        };
+        let listener = &self.listener;
+        if !listener.triage || session.is_authenticated() || self.out_of_sync {
+            return false;
+        }
+        self.out_of_sync = true;
+        let settings = &listener.config.early_talkers;
+        let stats = listener.stats.mode(listener.mode);
+        listener.stats.verdicts.set(
+            self.info.peer.ip(),
+            Verdict::Fail,
+            settings.fail_ttl,
+            settings.max_cached,
+        );
+        if settings.mode != FilterMode::Enforce {
+            ServerStats::count(&stats.pipelining_tagged, 1);
+            info!(command = verb, "pipelining violation (tagged)");
+            return false;
+        }
+        ServerStats::count(&stats.pipelining_rejected, 1);
+        info!(command = verb, "pipelining violation: refused");
+        let text = format!(
+            "{} Protocol error: commands sent before the reply to {verb}; wait for each reply unless PIPELINING allows otherwise (RFC 2920)",
+            listener.config.hostname
+        );
+        session.respond_and_close(Reply::new(
+            ReplyCode::TRANSACTION_FAILED,
+            EnhancedStatus::PROTOCOL_ERROR,
+            text,
+        ));
+        true
+    }
+
     /// The session facts as of now, for a stage request.
     fn snapshot(&mut self, session: &ServerSession) -> Arc<SessionInfo> {
         self.info.protocol = session.protocol_name();
@@ -367,21 +615,36 @@ impl<S: Io> Connection<S> {
         };
         let decision = match event {
             Event::Connect => {
-                call(
-                    &stages.connect,
-                    ConnectRequest {
-                        session: self.snapshot(session),
-                    },
-                )
-                .await
+                let request = ConnectRequest {
+                    session: self.snapshot(session),
+                };
+                if !listener.triage {
+                    call(&stages.connect, request).await
+                } else {
+                    match self.triage(session, call(&stages.connect, request)).await {
+                        Some(decision) => decision,
+                        // Refused at once: the session is closed.
+                        None => return,
+                    }
+                }
             }
             Event::Helo { kind, name } => {
+                // What the HELO checks find this time (they leave it in the notes).
+                self.info.connection.insert(HeloFinding::default());
                 let request = EhloRequest {
                     session: self.snapshot(session),
                     kind,
                     name: name.clone(),
                 };
-                call(&stages.ehlo, request).await
+                let decision = call(&stages.ehlo, request).await;
+                if let Some(HeloFinding {
+                    problem: Some(problem),
+                    refused,
+                }) = self.info.connection.get::<HeloFinding>()
+                {
+                    listener.stats.helo_check(problem, refused);
+                }
+                decision
             }
             Event::Auth(credentials) => {
                 let username = credentials.username.clone();
@@ -488,6 +751,50 @@ impl<S: Io> Connection<S> {
         apply(session, decision, stage, &listener.stats);
         // What the client said at HELO counts once the session took it.
         self.info.helo = session.helo().map(|(_, name)| name.clone());
+    }
+}
+
+/// The refusal of an early talker.
+fn pregreet_refusal(hostname: &str) -> Reply {
+    Reply::new(
+        ReplyCode::TRANSACTION_FAILED,
+        EnhancedStatus::PROTOCOL_ERROR,
+        format!(
+            "{hostname} Protocol error: you talked before the greeting; an SMTP client waits for the 220 greeting (RFC 5321 §4.3.1)"
+        ),
+    )
+}
+
+/// Waits for the connect stage's `decision` and for `delay` (whichever is longer),
+/// reading meanwhile: whatever comes before both are over is early talk. With no delay,
+/// what has already arrived is read.
+async fn watch_early<S: Io>(
+    stream: &mut Stream<S>,
+    delay: Duration,
+    decision: impl Future<Output = Result<Decision, BoxError>>,
+) -> (Result<Decision, BoxError>, Early) {
+    let mut buf = vec![0u8; COMMAND_BUFFER];
+    let sleep = tokio::time::sleep(delay);
+    tokio::pin!(decision, sleep);
+    let (mut decided, mut early, mut waited) = (None, None, false);
+    loop {
+        tokio::select! {
+            biased;
+            read = stream.read(&mut buf), if early.is_none() => {
+                early = Some(match read {
+                    Ok(0) | Err(_) => Early::Closed,
+                    Ok(n) => Early::Talked(buf[..n].to_vec()),
+                });
+            }
+            d = &mut decision, if decided.is_none() => decided = Some(d),
+            () = &mut sleep, if !waited => waited = true,
+        }
+        if let Some(d) = decided.take() {
+            if waited || early.is_some() {
+                return (d, early.unwrap_or(Early::Quiet));
+            }
+            decided = Some(d);
+        }
     }
 }
 

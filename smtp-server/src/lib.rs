@@ -22,6 +22,9 @@
 //!   local recipients, AUTH, `Received:`, the hop limit, and the hooks for milters,
 //!   rspamd and policy services.
 //! - [`StreamServer`] runs sessions on any stream (an in-memory duplex in tests).
+//! - At the door, before any stage: the [`proxy`] protocol behind a load balancer
+//!   ([`ProxyProtocol`]), and early-talker triage with an optional greeting delay
+//!   ([`EarlyTalkers`]).
 //!
 //! ```no_run
 //! use smtp_server::{Decision, ListenerConfig, ListenerMode, Server, ServerConfig, Stages, filter};
@@ -37,7 +40,7 @@
 //!     .relay_policy(filter(RelayPolicy::new(DomainSet::new(["example.test"]), vec![])));
 //! let config = ServerConfig {
 //!     hostname: "mx.example.test".into(),
-//!     listeners: vec![ListenerConfig { address: "127.0.0.1:2525".parse().unwrap(), mode: ListenerMode::Relay }],
+//!     listeners: vec![ListenerConfig { address: "127.0.0.1:2525".parse().unwrap(), mode: ListenerMode::Relay, proxy: None }],
 //!     ..ServerConfig::default()
 //! };
 //! Server::bind(config, stages).await?.run(std::future::pending()).await;
@@ -53,6 +56,7 @@ mod error;
 pub mod filter;
 pub mod filters;
 mod from_fn;
+pub mod proxy;
 mod server;
 mod stage;
 mod stats;
@@ -65,7 +69,9 @@ pub mod tls;
 pub use smtp_proto;
 pub use smtp_proto::{EnhancedStatus, Reply, ReplyCode};
 
-pub use config::{Limits, ListenerConfig, ListenerMode, ServerConfig};
+pub use config::{
+    EarlyTalkers, FilterMode, Limits, ListenerConfig, ListenerMode, ProxyProtocol, ServerConfig,
+};
 pub use content::{Content, SpillConfig};
 pub use error::ServerError;
 pub use filter::{

@@ -5,16 +5,17 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::ServerError;
-use crate::config::{ListenerConfig, ListenerMode, ServerConfig};
-use crate::connection::{Listener, serve};
+use crate::config::{ListenerConfig, ListenerMode, ProxyProtocol, ServerConfig};
+use crate::connection::{Listener, Prefixed, serve};
+use crate::proxy::{self, Parsed, ProxiedAddresses};
 use crate::stage::Stages;
 use crate::stats::ServerStats;
 
@@ -26,7 +27,7 @@ use crate::stats::ServerStats;
 /// use smtp_server::filters::{DomainSet, RelayPolicy};
 /// use smtp_server::filter;
 /// let config = ServerConfig {
-///     listeners: vec![ListenerConfig { address: "127.0.0.1:2525".parse().unwrap(), mode: ListenerMode::Relay }],
+///     listeners: vec![ListenerConfig { address: "127.0.0.1:2525".parse().unwrap(), mode: ListenerMode::Relay, proxy: None }],
 ///     ..ServerConfig::default()
 /// };
 /// let sink = tower::service_fn(|_req| async { Ok::<_, smtp_server::BoxError>(Decision::accept()) });
@@ -137,6 +138,8 @@ pub(crate) fn listener(
         stages: stages.clone(),
         tls: acceptor.cloned(),
         stats: Arc::clone(stats),
+        proxy: l.proxy.clone(),
+        triage: config.early_talkers.applies_to(l.mode),
     })
 }
 
@@ -166,7 +169,7 @@ impl Server {
     /// use smtp_server::{Decision, ListenerConfig, ListenerMode, Server, ServerConfig, Stages};
     /// use smtp_server::filters::{DomainSet, RelayPolicy};
     /// use smtp_server::filter;
-    /// let listeners = vec![ListenerConfig { address: "0.0.0.0:25".parse().unwrap(), mode: ListenerMode::Relay }];
+    /// let listeners = vec![ListenerConfig { address: "0.0.0.0:25".parse().unwrap(), mode: ListenerMode::Relay, proxy: None }];
     /// let bound = Server::listen(&listeners, 1024)?;
     /// // ... drop privileges here ...
     /// let config = ServerConfig { listeners, ..ServerConfig::default() };
@@ -290,25 +293,45 @@ impl Server {
                     };
                     let limits = &listener.config.limits;
                     let stats = listener.stats.mode(listener.mode);
-                    let Some(guard) = counts.enter(
-                        peer.ip(),
-                        limits.max_connections,
-                        limits.max_connections_per_ip,
-                    ) else {
+                    if let Some(proxy) = &listener.proxy
+                        && !proxy.load_balancers.iter().any(|n| n.contains(peer.ip()))
+                    {
+                        ServerStats::count(&stats.proxy_untrusted, 1);
+                        info!(peer = %peer, "PROXY protocol listener: connection not from a load balancer; closed");
+                        drop(tcp);
+                        continue;
+                    }
+                    // Behind a load balancer, the client's address is known only once
+                    // its header is read: the per-IP limit waits until then.
+                    let ip = listener.proxy.is_none().then_some(peer.ip());
+                    let Some(guard) =
+                        counts.enter(ip, limits.max_connections, limits.max_connections_per_ip)
+                    else {
                         ServerStats::count(&stats.connections_refused, 1);
                         info!(peer = %peer, "connection limit reached");
                         tokio::spawn(refuse(tcp, listener.config.hostname.clone()));
                         continue;
                     };
-                    ServerStats::count(&stats.connections, 1);
                     let (listener, stopped) = (Arc::clone(&listener), stopped.clone());
                     if let Ok(mut set) = connections.lock() {
                         set.spawn(async move {
-                            let open = &listener.stats.connections_open;
-                            ServerStats::count(open, 1);
                             let local = tcp.local_addr().unwrap_or(peer);
                             let _ = tcp.set_nodelay(true);
-                            serve(Arc::clone(&listener), tcp, (peer, local), stopped).await;
+                            let (stream, peer, local, guard) = match &listener.proxy {
+                                None => (Prefixed::new(Vec::new(), tcp), peer, local, guard),
+                                Some(proxy) => {
+                                    match proxied(tcp, (peer, local), proxy, &listener, guard)
+                                        .await
+                                    {
+                                        Some(accepted) => accepted,
+                                        None => return,
+                                    }
+                                }
+                            };
+                            let open = &listener.stats.connections_open;
+                            ServerStats::count(&listener.stats.mode(listener.mode).connections, 1);
+                            ServerStats::count(open, 1);
+                            serve(Arc::clone(&listener), stream, (peer, local), stopped).await;
                             open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                             drop(guard);
                         });
@@ -349,8 +372,88 @@ fn listen(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
+/// Reads the PROXY protocol header of a connection from a load balancer (`peer`) and
+/// takes the per-IP connection count of the client it names: the stream (with what came
+/// after the header), the client's address and ours as it saw them, and the count.
+/// `None` when the header is bad, late or missing (logged, counted, closed without a
+/// word) or the client is over its limit (`421 4.7.0`).
+async fn proxied(
+    mut tcp: TcpStream,
+    (peer, local): (SocketAddr, SocketAddr),
+    proxy: &ProxyProtocol,
+    listener: &Listener,
+    guard: CountGuard,
+) -> Option<(Prefixed<TcpStream>, SocketAddr, SocketAddr, CountGuard)> {
+    let stats = listener.stats.mode(listener.mode);
+    let (addresses, rest) = match read_proxy_header(&mut tcp, proxy.timeout).await {
+        Ok(header) => header,
+        Err(refusal) => {
+            let (counter, reason) = match &refusal {
+                HeaderRefusal::Timeout => (&stats.proxy_timeout, "timeout".to_owned()),
+                HeaderRefusal::Bad(why) => (&stats.proxy_malformed, why.clone()),
+            };
+            ServerStats::count(counter, 1);
+            info!(peer = %peer, reason = %reason, "PROXY protocol header refused; connection closed");
+            return None;
+        }
+    };
+    let (client, ours) = match addresses {
+        ProxiedAddresses::Proxied {
+            source,
+            destination,
+        } => (source, destination),
+        ProxiedAddresses::Local => (peer, local),
+    };
+    debug!(client = %client, via = %peer, "PROXY protocol header");
+    let limits = &listener.config.limits;
+    let stream = Prefixed::new(rest, tcp);
+    let Some(guard) = guard.attach(client.ip(), limits.max_connections_per_ip) else {
+        ServerStats::count(&stats.connections_refused, 1);
+        info!(peer = %client, via = %peer, "connection limit reached");
+        refuse(stream, listener.config.hostname.clone()).await;
+        return None;
+    };
+    Some((stream, client, ours, guard))
+}
+
+/// Why a PROXY protocol header was not taken.
+enum HeaderRefusal {
+    Timeout,
+    Bad(String),
+}
+
+/// Reads a PROXY protocol header within `timeout`: what it says and the bytes that came
+/// after it. Reads at most a header's worth ([`proxy::V2_MAX_LEN`]) plus one buffer.
+async fn read_proxy_header(
+    tcp: &mut TcpStream,
+    timeout: std::time::Duration,
+) -> Result<(ProxiedAddresses, Vec<u8>), HeaderRefusal> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut input = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        match proxy::parse(&input) {
+            Ok(Parsed::Complete { len, addresses }) => {
+                return Ok((addresses, input.split_off(len)));
+            }
+            Ok(Parsed::Incomplete) => {}
+            Err(e) => return Err(HeaderRefusal::Bad(e.to_string())),
+        }
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => return Err(HeaderRefusal::Timeout),
+            Ok(Ok(0)) => {
+                return Err(HeaderRefusal::Bad(
+                    "closed before the end of the header".into(),
+                ));
+            }
+            Ok(Ok(n)) => input.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => return Err(HeaderRefusal::Bad(e.to_string())),
+        }
+    }
+}
+
 /// Refuses a connection over the limits.
-async fn refuse(mut tcp: TcpStream, hostname: String) {
+async fn refuse<S: AsyncWrite + Unpin>(mut tcp: S, hostname: String) {
     let line = format!("421 4.7.0 {hostname} Too many connections, try again later\r\n");
     let _ = tcp.write_all(line.as_bytes()).await;
     let _ = tcp.shutdown().await;
@@ -363,19 +466,26 @@ struct ConnectionCounts {
 }
 
 impl ConnectionCounts {
+    /// Counts a connection, and one more from `ip` when it is known: `None` when that
+    /// would go over the limits.
     fn enter(
         self: &Arc<Self>,
-        ip: IpAddr,
+        ip: Option<IpAddr>,
         max_total: usize,
         max_per_ip: usize,
     ) -> Option<CountGuard> {
         let mut inner = self.inner.lock().ok()?;
-        let per_ip = inner.1.get(&ip).copied().unwrap_or(0);
-        if inner.0 >= max_total || per_ip >= max_per_ip {
+        if inner.0 >= max_total {
             return None;
         }
+        if let Some(ip) = ip {
+            let per_ip = inner.1.get(&ip).copied().unwrap_or(0);
+            if per_ip >= max_per_ip {
+                return None;
+            }
+            inner.1.insert(ip, per_ip + 1);
+        }
         inner.0 += 1;
-        inner.1.insert(ip, per_ip + 1);
         Some(CountGuard {
             counts: Arc::clone(self),
             ip,
@@ -383,19 +493,42 @@ impl ConnectionCounts {
     }
 }
 
+/// A connection counted (and its client's address, once known).
 struct CountGuard {
     counts: Arc<ConnectionCounts>,
-    ip: IpAddr,
+    ip: Option<IpAddr>,
+}
+
+impl CountGuard {
+    /// Counts the connection for its client `ip` too (learnt from a PROXY protocol
+    /// header); `None` (and the connection no longer counted) when that is over
+    /// `max_per_ip`.
+    fn attach(mut self, ip: IpAddr, max_per_ip: usize) -> Option<Self> {
+        if self.ip.is_some() {
+            return Some(self);
+        }
+        let mut inner = self.counts.inner.lock().ok()?;
+        let per_ip = inner.1.get(&ip).copied().unwrap_or(0);
+        if per_ip >= max_per_ip {
+            return None;
+        }
+        inner.1.insert(ip, per_ip + 1);
+        drop(inner);
+        self.ip = Some(ip);
+        Some(self)
+    }
 }
 
 impl Drop for CountGuard {
     fn drop(&mut self) {
         if let Ok(mut inner) = self.counts.inner.lock() {
             inner.0 = inner.0.saturating_sub(1);
-            if let Some(n) = inner.1.get_mut(&self.ip) {
+            if let Some(ip) = self.ip
+                && let Some(n) = inner.1.get_mut(&ip)
+            {
                 *n -= 1;
                 if *n == 0 {
-                    inner.1.remove(&self.ip);
+                    inner.1.remove(&ip);
                 }
             }
         }

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::ListenerMode;
+use crate::connection::VerdictCache;
+use crate::filters::HeloProblem;
 
 /// What happened on one kind of listener so far. Every field only grows.
 #[derive(Debug, Default)]
@@ -24,6 +26,29 @@ pub struct ModeStats {
     pub logins: AtomicU64,
     /// Refused logins (AUTH: wrong credentials, or refused by the auth stage).
     pub login_failures: AtomicU64,
+    /// PROXY protocol connections closed because they came from outside the load
+    /// balancers' networks.
+    pub proxy_untrusted: AtomicU64,
+    /// PROXY protocol connections closed for a malformed, oversized or missing header
+    /// (the connection closed before it was complete).
+    pub proxy_malformed: AtomicU64,
+    /// PROXY protocol connections closed for no complete header in time.
+    pub proxy_timeout: AtomicU64,
+    /// Clients that talked before the greeting, let go on (tag mode).
+    pub pregreet_tagged: AtomicU64,
+    /// Clients that talked before the greeting (or failed lately), refused with
+    /// `554 5.5.0` (enforce mode).
+    pub pregreet_rejected: AtomicU64,
+    /// Clients that sent commands before a reply where RFC 2920 forbids it, let go on
+    /// (tag mode).
+    pub pipelining_tagged: AtomicU64,
+    /// Clients that sent commands before a reply where RFC 2920 forbids it, refused
+    /// with `554 5.5.0` (enforce mode).
+    pub pipelining_rejected: AtomicU64,
+    /// Clients that waited quietly for the delayed greeting.
+    pub greeting_waited: AtomicU64,
+    /// Clients that skipped the greeting delay, having passed before.
+    pub greeting_cached: AtomicU64,
 }
 
 /// Counters of a [`Server`](crate::Server), shared with its connections.
@@ -63,6 +88,11 @@ pub struct ServerStats {
     /// Refusals by the protocol layer, by reply code and enhanced status (bounded:
     /// smtp-proto's own replies).
     protocol_errors: std::sync::Mutex<std::collections::BTreeMap<(u16, String), u64>>,
+    /// What the HELO checks found, by problem, tagged `[0]` or refused `[1]`.
+    helo_checks: [[AtomicU64; 2]; HeloProblem::ALL.len()],
+    /// The early-talker verdicts per client address (kept with the counters, so across
+    /// reloads).
+    pub(crate) verdicts: VerdictCache,
 }
 
 impl ServerStats {
@@ -142,6 +172,37 @@ impl ServerStats {
             .unwrap_or_default()
     }
 
+    /// Counts a problem the HELO checks found: refused (`enforced`) or only tagged.
+    pub(crate) fn helo_check(&self, problem: HeloProblem, enforced: bool) {
+        let i = HeloProblem::ALL
+            .iter()
+            .position(|p| *p == problem)
+            .unwrap_or(0);
+        Self::count(&self.helo_checks[i][usize::from(enforced)], 1);
+    }
+
+    /// `(problem, refused, count)` for every problem the HELO checks look for
+    /// ([`HeloChecks`](crate::filters::HeloChecks)): what they found so far, refused or
+    /// only tagged.
+    ///
+    /// ```
+    /// let stats = smtp_server::ServerStats::default();
+    /// assert!(stats.helo_checks().iter().all(|(_, _, n)| *n == 0));
+    /// ```
+    pub fn helo_checks(&self) -> Vec<(HeloProblem, bool, u64)> {
+        let mut out = Vec::new();
+        for (problem, counts) in HeloProblem::ALL.iter().zip(&self.helo_checks) {
+            out.push((*problem, false, counts[0].load(Ordering::Relaxed)));
+            out.push((*problem, true, counts[1].load(Ordering::Relaxed)));
+        }
+        out
+    }
+
+    /// Client addresses whose early-talker verdict is kept now.
+    pub fn early_talker_verdicts(&self) -> usize {
+        self.verdicts.len()
+    }
+
     pub(crate) fn count(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -160,6 +221,27 @@ impl prometheus_client::collector::Collector for ServerStats {
 
         /// A result label (empty: none) and where its count is kept.
         type Results<'a> = &'a [(&'a str, fn(&ModeStats) -> &AtomicU64)];
+        /// One family per listener mode in use, with a second label named `label`.
+        fn per_mode_labelled(
+            stats: &ServerStats,
+            encoder: &mut prometheus_client::encoding::DescriptorEncoder<'_>,
+            name: &str,
+            help: &str,
+            label: &str,
+            values: Results<'_>,
+        ) -> std::fmt::Result {
+            let mut family = encoder.encode_descriptor(name, help, None, Counter)?;
+            for mode in &stats.modes {
+                let counters = stats.mode(*mode);
+                for (value, counter) in values {
+                    let labels = [("listener", mode.as_str()), (label, value)];
+                    ConstCounter::new(counter(counters).load(Ordering::Relaxed))
+                        .encode(family.encode_family(&labels)?)?;
+                }
+            }
+            Ok(())
+        }
+
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         // One family per listener mode in use, and one more label when `results` has any.
         let mut per_mode = |name: &str, help: &str, results: Results<'_>| -> std::fmt::Result {
@@ -211,6 +293,72 @@ impl prometheus_client::collector::Collector for ServerStats {
             "Octets of the accepted messages, by listener.",
             &[("", |m| &m.bytes_accepted)],
         )?;
+        per_mode_labelled(
+            self,
+            &mut encoder,
+            "smtp_proxy_refused",
+            "Connections of PROXY protocol listeners closed without a greeting, by listener and reason (untrusted: not from a load balancer; malformed: bad, oversized or incomplete header; timeout).",
+            "reason",
+            &[
+                ("untrusted", |m| &m.proxy_untrusted),
+                ("malformed", |m| &m.proxy_malformed),
+                ("timeout", |m| &m.proxy_timeout),
+            ],
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "smtp_early_talkers",
+                "Clients that talked before the greeting (pregreet) or before a reply where RFC 2920 forbids it (pipelining), by listener, test and action (tagged: let go on; rejected: 554 5.5.0).",
+                None,
+                Counter,
+            )?;
+            for mode in &self.modes {
+                let stats = self.mode(*mode);
+                for (test, result, counter) in [
+                    ("pregreet", "tagged", &stats.pregreet_tagged),
+                    ("pregreet", "rejected", &stats.pregreet_rejected),
+                    ("pipelining", "tagged", &stats.pipelining_tagged),
+                    ("pipelining", "rejected", &stats.pipelining_rejected),
+                ] {
+                    let labels = [
+                        ("listener", mode.as_str()),
+                        ("test", test),
+                        ("result", result),
+                    ];
+                    ConstCounter::new(get(counter)).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        per_mode_labelled(
+            self,
+            &mut encoder,
+            "smtp_greeting_delay_passes",
+            "Clients that passed the greeting delay, by listener and how (waited: quiet through the delay; cached: passed before, no delay).",
+            "result",
+            &[
+                ("waited", |m| &m.greeting_waited),
+                ("cached", |m| &m.greeting_cached),
+            ],
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "smtp_helo_checks",
+                "HELO/EHLO names the HELO checks found wrong, by check (syntax, own_name, bare_ip) and action (tagged, rejected).",
+                None,
+                Counter,
+            )?;
+            for (problem, refused, n) in self.helo_checks() {
+                let result = if refused { "rejected" } else { "tagged" };
+                let labels = [("check", problem.as_str()), ("result", result)];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        ConstGauge::new(self.early_talker_verdicts() as u64).encode(encoder.encode_descriptor(
+            "smtp_early_talker_cache_entries",
+            "Client addresses whose early-talker verdict is kept now.",
+            None,
+            Gauge,
+        )?)?;
         for (name, help, value) in [
             (
                 "smtp_connections_open",

@@ -67,6 +67,7 @@ impl StreamServer {
         let unbound = ListenerConfig {
             address: SocketAddr::from(([0, 0, 0, 0], 0)),
             mode,
+            proxy: None,
         };
         let stats = Arc::new(ServerStats::default());
         let listener = listener(&config, &unbound, &stages, acceptor.as_ref(), &stats)?;

@@ -32,6 +32,7 @@ async fn start(limits: Limits, spill: Option<SpillConfig>) -> (std::net::SocketA
         listeners: vec![ListenerConfig {
             address: "127.0.0.1:0".parse().unwrap(),
             mode: ListenerMode::Relay,
+            proxy: None,
         }],
         limits,
         spill,

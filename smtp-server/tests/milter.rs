@@ -83,6 +83,7 @@ async fn start_all(
         listeners: vec![ListenerConfig {
             address: "127.0.0.1:0".parse().unwrap(),
             mode: ListenerMode::Relay,
+            proxy: None,
         }],
         ..ServerConfig::default()
     };

@@ -46,6 +46,7 @@ async fn start(settings: PolicyService, messages: Messages) -> SocketAddr {
         listeners: vec![ListenerConfig {
             address: "127.0.0.1:0".parse().unwrap(),
             mode: ListenerMode::Relay,
+            proxy: None,
         }],
         ..ServerConfig::default()
     };

@@ -34,6 +34,7 @@ async fn start_with(
         listeners: vec![ListenerConfig {
             address: "127.0.0.1:0".parse().unwrap(),
             mode: ListenerMode::Relay,
+            proxy: None,
         }],
         auth: tls.is_some(),
         tls,
@@ -246,6 +247,7 @@ async fn a_relay_listener_needs_a_relay_policy_that_no_filter_can_bypass() {
         listeners: vec![ListenerConfig {
             address: "127.0.0.1:0".parse().unwrap(),
             mode: ListenerMode::Relay,
+            proxy: None,
         }],
         ..ServerConfig::default()
     };

@@ -270,6 +270,7 @@ async fn start_server(stages: Stages) -> Result<SocketAddr, String> {
         listeners: vec![ListenerConfig {
             address: "127.0.0.1:0".parse().expect("address"),
             mode: ListenerMode::Relay,
+            proxy: None,
         }],
         limits: Limits {
             max_connections_per_ip: 1000,

@@ -4,6 +4,7 @@
 //!
 //! | filter | stage | does |
 //! | --- | --- | --- |
+//! | [`HeloChecks`] | ehlo | HELO names without a dot, bare IPs (`501 5.5.2`), our own name or address (`550 5.7.1`); off, tag or enforce |
 //! | [`RelayPolicy`] | rcpt | local domains for anyone; other domains only for authenticated users and trusted networks (`554 5.7.1`) |
 //! | [`LocalRecipients`] | rcpt | unknown local users get `550 5.1.1` at RCPT time |
 //! | [`PasswordCheck`] | auth | checks credentials with an [`Authenticator`] |
@@ -37,6 +38,7 @@
 
 mod auth;
 pub mod greylist;
+mod helo;
 mod hops;
 mod local;
 pub mod milter;
@@ -49,6 +51,7 @@ pub mod rspamd;
 mod submitted;
 
 pub use auth::{Authenticator, PasswordCheck};
+pub use helo::{HeloChecks, HeloFinding, HeloProblem};
 pub use hops::{HopLimit, count_received_headers};
 pub use local::LocalRecipients;
 pub use notify::NotifyPolicy;
