@@ -13,6 +13,13 @@
 //! | [`NotifyPolicy`] | data | success and delay notices only for logins and trusted networks (no backscatter) |
 //! | [`SubmittedHeaders`] | data | adds a missing `Date:` and `Message-ID:` to mail from logins (RFC 6409 §8) |
 //!
+//! Against abuse (`docs/anti-abuse.md`):
+//!
+//! | filter | stages | does |
+//! | --- | --- | --- |
+//! | [`rate::RateLimits`] | connect, auth, mail, rcpt | connections, messages and recipients per IP, sender domain and login; a dictionary attack tarpitted then cut off; failed logins locking an address out |
+//! | [`greylist::Greylist`] | rcpt | the (client network, sender, recipient) triplet deferred once (`451 4.7.1`), its state kept across restarts |
+//!
 //! And the hooks to programs that are not written in Rust (`docs/filters.md`):
 //!
 //! | filter | stages | does |
