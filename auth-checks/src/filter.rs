@@ -76,7 +76,12 @@ impl Default for Policy {
 
 /// The time a transaction's SPF check took, for the data stage's share of the budget.
 #[derive(Clone, Copy, Debug)]
-struct SpfTime(Duration);
+pub(crate) struct SpfTime(pub(crate) Duration);
+
+/// The time a transaction waited at RCPT for the DNS defences (blocklists, reverse DNS),
+/// for the data stage's share of the budget.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct DnsWait(pub(crate) Duration);
 
 impl Policy {
     fn any(&self) -> bool {
@@ -329,7 +334,11 @@ impl AsyncCheck<DataRequest> for MessageFilter {
             let spent = request
                 .notes
                 .get::<SpfTime>()
-                .map_or(Duration::ZERO, |t| t.0);
+                .map_or(Duration::ZERO, |t| t.0)
+                + request
+                    .notes
+                    .get::<DnsWait>()
+                    .map_or(Duration::ZERO, |t| t.0);
             let deadline = tokio::time::Instant::now() + policy.time_budget.saturating_sub(spent);
             let (mut report, seal) = shared
                 .verifier

@@ -11,6 +11,10 @@
 //!   does not depend on `smtp-server`).
 //! - [`DkimSigner`] / [`DkimSigning`]: DKIM signing of outbound mail; [`ArcSigner`]:
 //!   ARC sealing of mail we forward; [`generate_key`]: new keys and their DNS records.
+//! - DNS defences at the door, sharing the checks' resolver, negative cache and DNS
+//!   time budget: [`dnsbl`] (blocklists and allowlists of client addresses, HELO and
+//!   sender domains, scored; [`DnsblFilter`]) and [`rdns`] (forward-confirmed reverse
+//!   DNS of the client; [`RdnsFilter`]), counted in [`DnsStats`].
 //!
 //! No mail-auth type appears in this API, so upgrading mail-auth stays a local change.
 //!
@@ -26,15 +30,24 @@
 
 #![forbid(unsafe_code)]
 
+mod dns;
+pub mod dnsbl;
 mod error;
 #[cfg(feature = "layers")]
 mod filter;
 mod headers;
 mod keygen;
+pub mod rdns;
 pub mod results;
 mod sign;
+mod stats;
 pub mod verify;
 
+pub use dnsbl::{
+    DnsList, Dnsbl, DnsblVerdict, Identity, ListHit, ListKind, ListSyntaxError, ReturnCodes,
+};
+#[cfg(feature = "layers")]
+pub use dnsbl::{DnsblFilter, DnsblSettings};
 pub use error::{Cause, Error};
 #[cfg(feature = "layers")]
 pub use filter::{
@@ -42,9 +55,13 @@ pub use filter::{
 };
 pub use headers::remove_our_results;
 pub use keygen::{GeneratedKey, generate_key};
+#[cfg(feature = "layers")]
+pub use rdns::{RdnsFilter, RdnsSettings, Require};
+pub use rdns::{ReverseDns, ReverseName};
 pub use results::{
     ArcResult, ArcVerdict, AuthReport, AuthStats, DkimResult, DkimVerdict, DmarcPolicy,
     DmarcResult, DmarcVerdict, SpfCheck, SpfResult, SpfVerdict,
 };
 pub use sign::{ArcSigner, DEFAULT_SIGNED_HEADERS, DkimSigner, KeyKind};
+pub use stats::{DnsStats, ListCounts};
 pub use verify::{MessageChecks, Verifier};

@@ -125,6 +125,23 @@ impl Verifier {
         &self.hostname
     }
 
+    /// The resolver the checks ask (shared with the DNS defences of [`crate::dnsbl`]
+    /// and [`crate::rdns`]).
+    pub(crate) fn resolver(&self) -> &TokioResolver {
+        &self.auth.0
+    }
+
+    /// Whether a lookup for `name` failed less than [`NEGATIVE_CACHE_TTL`] ago (the
+    /// negative cache the DNS defences share with the checks).
+    pub(crate) fn failed_recently(&self, name: &str) -> bool {
+        self.failures.recent(name)
+    }
+
+    /// Remembers that a lookup for `name` failed (a DNS error, or no answer in time).
+    pub(crate) fn note_failure(&self, name: &str) {
+        self.failures.note(name);
+    }
+
     /// SPF for a transaction (RFC 7208): the HELO identity, then the MAIL FROM
     /// identity; `mail_from` empty for the null sender, which is checked as
     /// `postmaster@<helo>`.

@@ -226,6 +226,9 @@ statuses! {
     CRYPTO_TEMPORARY = (4, 7, 5);
     /// `4.7.24` SPF validation error (RFC 7372): a temporary DNS failure.
     SPF_TEMPORARY = (4, 7, 24);
+    /// `4.7.25` Reverse DNS validation failed (RFC 7372 §3.3), for now: the client's
+    /// address has no name that resolves back to it (a DNS failure may be the cause).
+    REVERSE_DNS_TEMPORARY = (4, 7, 25);
     /// `4.7.29` ARC validation failure, for now (a key that could not be fetched).
     ARC_TEMPORARY = (4, 7, 29);
     /// `5.1.1` Bad destination mailbox address.
@@ -268,6 +271,9 @@ statuses! {
     NO_PASSING_DKIM = (5, 7, 20);
     /// `5.7.23` SPF validation failed (RFC 7372).
     SPF_FAILED = (5, 7, 23);
+    /// `5.7.25` Reverse DNS validation failed (RFC 7372 §3.3): the client's address
+    /// has no name that resolves back to it.
+    REVERSE_DNS_FAILED = (5, 7, 25);
     /// `5.7.29` ARC validation failure (RFC 8617 §5.2.2).
     ARC_FAILED = (5, 7, 29);
 }
