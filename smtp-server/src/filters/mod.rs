@@ -69,6 +69,39 @@ pub use submitted::SubmittedHeaders;
 use std::collections::HashSet;
 use std::net::IpAddr;
 
+/// A byte stream to a service a filter asks (a milter, a policy service, rspamd).
+pub(crate) trait ServiceStream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ServiceStream for T {}
+
+/// Where such a service listens: a TCP host and port, or a Unix-domain socket.
+pub(crate) enum Endpoint<'a> {
+    Tcp(&'a str, u16),
+    Unix(&'a std::path::Path),
+}
+
+/// Connects to a service (Nagle off on TCP: its exchanges are small requests).
+pub(crate) async fn connect_service(
+    endpoint: Endpoint<'_>,
+) -> std::io::Result<Box<dyn ServiceStream>> {
+    match endpoint {
+        Endpoint::Tcp(host, port) => {
+            let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+            let _ = tcp.set_nodelay(true);
+            Ok(Box::new(tcp))
+        }
+        #[cfg(unix)]
+        Endpoint::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
+        #[cfg(not(unix))]
+        Endpoint::Unix(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "no Unix-domain sockets here",
+        )),
+    }
+}
+
 /// A set of domains compared without regard to ASCII case, and of address literals
 /// (`[192.0.2.1]`, `[IPv6:2001:db8::1]`, RFC 5321 §4.1.3) compared by address. An
 /// address literal is in the set only when it was listed: the server's own addresses

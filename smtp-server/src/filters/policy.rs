@@ -47,10 +47,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use smtp_proto::{EnhancedStatus, ForwardPath, Reply, ReplyCode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use crate::filter::{AsyncCheck, Check, CheckFuture, Flow, filter, filter_async};
+use crate::filters::{Endpoint, ServiceStream, connect_service};
 use crate::stage::{DataRequest, Decision, MailRequest, RcptRequest, Stages};
 
 /// Where a policy service listens and how the filter behaves when it does not answer
@@ -482,10 +483,7 @@ struct PolicyConnections(Arc<std::sync::Mutex<HashMap<u64, ConnectionSlot>>>);
 /// One check's connection within a session (queries of a session come one at a time;
 /// the lock only makes that a fact).
 #[derive(Clone, Default)]
-struct ConnectionSlot(Arc<tokio::sync::Mutex<Option<Box<dyn Stream>>>>);
-
-trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+struct ConnectionSlot(Arc<tokio::sync::Mutex<Option<Box<dyn ServiceStream>>>>);
 
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]
@@ -500,33 +498,18 @@ enum Failure {
     TooLong(usize),
 }
 
-async fn connect(address: &PolicyAddress) -> Result<Box<dyn Stream>, Failure> {
-    match address {
-        PolicyAddress::Inet { host, port } => {
-            let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
-                .await
-                .map_err(Failure::Connect)?;
-            let _ = stream.set_nodelay(true);
-            Ok(Box::new(stream))
-        }
-        #[cfg(unix)]
-        PolicyAddress::Unix(path) => {
-            let stream = tokio::net::UnixStream::connect(path)
-                .await
-                .map_err(Failure::Connect)?;
-            Ok(Box::new(stream))
-        }
-        #[cfg(not(unix))]
-        PolicyAddress::Unix(_) => Err(Failure::Connect(std::io::Error::new(
-            std::io::ErrorKind::Unsupported,
-            "no Unix-domain sockets here",
-        ))),
-    }
+async fn connect(address: &PolicyAddress) -> Result<Box<dyn ServiceStream>, Failure> {
+    connect_service(match address {
+        PolicyAddress::Inet { host, port } => Endpoint::Tcp(host, *port),
+        PolicyAddress::Unix(path) => Endpoint::Unix(path),
+    })
+    .await
+    .map_err(Failure::Connect)
 }
 
 /// Writes `request` and reads the answer up to its empty line.
 async fn exchange(
-    stream: &mut Box<dyn Stream>,
+    stream: &mut Box<dyn ServiceStream>,
     request: &[u8],
     max: usize,
 ) -> Result<String, Failure> {

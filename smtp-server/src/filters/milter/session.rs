@@ -3,16 +3,13 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::MilterError;
 use super::protocol::{Actions, Command, Decoder, MacroStage, Response, Steps, VERSION};
-
-/// A socket to a milter: TCP or a Unix-domain socket.
-pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
+use crate::filters::{Endpoint, ServiceStream, connect_service};
 
 /// The largest packet we take from a milter: a body chunk or a header is at most 64 KiB
 /// with libmilter; room for milters that send more.
@@ -61,18 +58,12 @@ impl Address {
         })
     }
 
-    async fn connect(&self) -> std::io::Result<Box<dyn Socket>> {
-        match self {
-            Self::Inet { host, port } => {
-                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-                let _ = tcp.set_nodelay(true);
-                Ok(Box::new(tcp))
-            }
-            #[cfg(unix)]
-            Self::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
-            #[cfg(not(unix))]
-            Self::Unix(_) => Err(std::io::Error::other("unix sockets need a unix system")),
-        }
+    async fn connect(&self) -> std::io::Result<Box<dyn ServiceStream>> {
+        connect_service(match self {
+            Self::Inet { host, port } => Endpoint::Tcp(host, *port),
+            Self::Unix(path) => Endpoint::Unix(path),
+        })
+        .await
     }
 }
 
@@ -89,7 +80,7 @@ pub(crate) struct Negotiated {
 
 /// An open conversation with a milter.
 pub(crate) struct Conversation {
-    socket: Option<Box<dyn Socket>>,
+    socket: Option<Box<dyn ServiceStream>>,
     decoder: Decoder,
     out: Vec<u8>,
     /// What was negotiated.

@@ -71,12 +71,12 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use smtp_proto::{EnhancedStatus, ForwardPath};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
 use self::headers::{Edit, edit, fold_safe, is_field_name, subject_field};
 use crate::content::Content;
 use crate::filter::{AsyncCheck, CheckFuture, Flow};
+use crate::filters::{Endpoint, ServiceStream, connect_service};
 use crate::stage::{DataRequest, Decision};
 
 /// The header fields this filter writes, removed from incoming messages.
@@ -632,31 +632,13 @@ fn build(
     Ok(http.body(body)?)
 }
 
-trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
-
-async fn connect(address: &RspamdAddress) -> Result<Box<dyn Stream>, Failure> {
-    match address {
-        RspamdAddress::Http { host, port } => {
-            let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
-                .await
-                .map_err(Failure::Connect)?;
-            let _ = stream.set_nodelay(true);
-            Ok(Box::new(stream))
-        }
-        #[cfg(unix)]
-        RspamdAddress::Unix(path) => {
-            let stream = tokio::net::UnixStream::connect(path)
-                .await
-                .map_err(Failure::Connect)?;
-            Ok(Box::new(stream))
-        }
-        #[cfg(not(unix))]
-        RspamdAddress::Unix(_) => Err(Failure::Connect(std::io::Error::new(
-            std::io::ErrorKind::Unsupported,
-            "no Unix-domain sockets here",
-        ))),
-    }
+async fn connect(address: &RspamdAddress) -> Result<Box<dyn ServiceStream>, Failure> {
+    connect_service(match address {
+        RspamdAddress::Http { host, port } => Endpoint::Tcp(host, *port),
+        RspamdAddress::Unix(path) => Endpoint::Unix(path),
+    })
+    .await
+    .map_err(Failure::Connect)
 }
 
 /// The message as an HTTP body: its parts as they are (a spilled message stays
