@@ -144,10 +144,12 @@ pub async fn serve(
 
 /// Reloads the configuration of a running MTA (SIGHUP, `mta reload`): listener
 /// policy, accounts, limits, TLS certificate, sender authentication, signing keys, local
-/// delivery and outbound settings take effect for new connections and deliveries;
-/// connections and queued mail are untouched. A file that does not parse or validate,
-/// or that changes what only a restart can change (listeners, `[queue]`, `[metrics]`),
-/// is refused as a whole and the running configuration stays in force.
+/// delivery and outbound settings, the anti-abuse defences (`[early_talkers]`,
+/// `[helo_checks]`, a listener's `proxy_protocol`) take effect for new connections and
+/// deliveries; connections and queued mail are untouched. A file that does not parse or
+/// validate, or that changes what only a restart can change (listeners' addresses and
+/// modes, `[queue]`, `[metrics]`), is refused as a whole and the running configuration
+/// stays in force.
 #[derive(Clone, Debug)]
 pub struct Reload {
     path: Option<PathBuf>,
@@ -705,8 +707,7 @@ fn listener_configs(config: &Config) -> Vec<ListenerConfig> {
         .map(|l| ListenerConfig {
             address: l.address,
             mode: l.mode.into(),
-            // The PROXY protocol is not configurable yet: clients connect directly.
-            proxy: None,
+            proxy: l.proxy_protocol.as_ref().map(Into::into),
         })
         .collect()
 }
@@ -751,18 +752,17 @@ fn server_config(
             dir: queue.incoming_dir(),
             reserve: Queue::SPILL_RESERVE,
         }),
-        // Not configurable yet: the library's default (tag mode on relay listeners, no
-        // greeting delay).
-        early_talkers: smtp_server::EarlyTalkers::default(),
+        early_talkers: config.early_talkers.settings(),
     })
 }
 
-/// The middleware chain: the built-in policy as layers around the queue. A message
-/// passes the hop limit, gets a missing `Date:` and `Message-ID:` when it comes from a
-/// login, then sender authentication (which adds `Authentication-Results`), then gets
-/// its `Received:` (on top), then meets the configured hooks (milters, rspamd; a policy
-/// service at RCPT after the local-recipient check) and, from a login, gets its DKIM
-/// signature.
+/// The middleware chain: the built-in policy as layers around the queue. At HELO/EHLO,
+/// the HELO checks (`[helo_checks]`) come before the milters, so that a name they refuse
+/// costs no milter a question. A message passes the hop limit, gets a missing `Date:`
+/// and `Message-ID:` when it comes from a login, then sender authentication (which adds
+/// `Authentication-Results`), then gets its `Received:` (on top), then meets the
+/// configured hooks (milters, rspamd; a policy service at RCPT after the
+/// local-recipient check) and, from a login, gets its DKIM signature.
 fn stages(
     config: &Config,
     local_domains: &DomainSet,
@@ -799,6 +799,11 @@ fn stages(
         .data_layer(filter(HopLimit::new(config.limits.max_hops.unwrap_or(50))))
         .mail_layer(checks.mail_layer())
         .auth_layer(filter_async(PasswordCheck::new(accounts)));
+    if config.helo_checks.mode != crate::config::DefenceMode::Off {
+        // Added after the hooks, so it runs before a milter's helo stage.
+        let helo = config.helo_checks.filter(&config.hostname, trusted.clone());
+        stages = stages.ehlo_layer(filter(helo));
+    }
     if let Some(mailboxes) = mailboxes {
         stages = stages.rcpt_layer(filter(LocalRecipients::new(
             local_domains.clone(),

@@ -2,7 +2,10 @@
 //! what only the system can tell (users, certificates, keys), and risky settings.
 
 use super::problems::{At, Document, Problems};
-use super::{Config, ListenerMode, OutboundTls, RelayTls, Tls};
+use super::{Config, DefenceMode, ListenerMode, OutboundTls, RelayTls, Tls};
+
+/// A greeting delay longer than this is worth a warning.
+const GREETING_DELAY_WARNING: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Config {
     /// The checks across keys and sections, each problem with its line; a section in
@@ -97,6 +100,7 @@ impl Config {
             );
         }
         self.check_hooks(doc, &read, p);
+        self.check_defences(doc, p);
         for (i, a) in self.accounts.iter().enumerate() {
             if !a.username.contains('@') {
                 p.add(
@@ -200,6 +204,51 @@ impl Config {
         }
     }
 
+    /// `[[listener]] proxy_protocol`, `[early_talkers]`, `[helo_checks]`: what their
+    /// types do not say.
+    fn check_defences(&self, doc: &Document<'_>, p: &mut Problems) {
+        for (i, l) in self.listeners.iter().enumerate() {
+            let Some(proxy) = &l.proxy_protocol else {
+                continue;
+            };
+            if proxy.load_balancers.is_empty() {
+                p.add(
+                    doc,
+                    At::Entry("listener", i, "proxy_protocol"),
+                    "[[listener]] proxy_protocol load_balancers: give the load balancers' addresses (e.g. [\"10.0.0.5/32\"]); with none, every connection would be closed",
+                );
+            }
+            if proxy.timeout.is_zero() {
+                p.add(
+                    doc,
+                    At::Entry("listener", i, "proxy_protocol"),
+                    "[[listener]] proxy_protocol timeout: must be more than 0",
+                );
+            }
+        }
+        let no_listeners = |section: &str| {
+            format!(
+                "[{section}] listeners: give at least one of \"relay\", \"submission\", \"smtps\" (or mode = \"off\")"
+            )
+        };
+        let e = &self.early_talkers;
+        if e.mode != DefenceMode::Off && e.listeners.is_empty() {
+            p.add(
+                doc,
+                At::Key("early_talkers", "listeners"),
+                no_listeners("early_talkers"),
+            );
+        }
+        let h = &self.helo_checks;
+        if h.mode != DefenceMode::Off && h.listeners.is_empty() {
+            p.add(
+                doc,
+                At::Key("helo_checks", "listeners"),
+                no_listeners("helo_checks"),
+            );
+        }
+    }
+
     /// What only the system can tell: the user exists, and the certificate and the
     /// signing keys the file names can be read and used. `mta check-config` reports
     /// these with the rest (with the lines of `text`, the file); `mta serve` finds them
@@ -278,6 +327,29 @@ impl Config {
         {
             out.push(format!(
                 "[relay] trusted_networks contains {n}: an open relay"
+            ));
+        }
+        for n in self
+            .listeners
+            .iter()
+            .filter_map(|l| l.proxy_protocol.as_ref())
+            .flat_map(|p| &p.load_balancers)
+            .filter(|n| n.is_everything())
+        {
+            out.push(format!(
+                "[[listener]] proxy_protocol load_balancers contains {n}: any client can claim any address"
+            ));
+        }
+        let e = &self.early_talkers;
+        if e.mode == DefenceMode::Off && !e.greeting_delay.is_zero() {
+            out.push(
+                "[early_talkers] greeting_delay with mode = \"off\": there is no delay".into(),
+            );
+        }
+        if e.mode != DefenceMode::Off && e.greeting_delay > GREETING_DELAY_WARNING {
+            out.push(format!(
+                "[early_talkers] greeting_delay = \"{}\": some clients give up long before RFC 5321's 5 minutes; postscreen waits 6s",
+                humantime::format_duration(e.greeting_delay)
             ));
         }
         if self.tls.is_none() {

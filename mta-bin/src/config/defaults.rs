@@ -103,3 +103,8 @@ pub(super) fn rspamd_timeout() -> Duration {
 pub(super) fn rspamd_max_size() -> usize {
     smtp_server::filters::rspamd::RspamdSettings::default().max_size
 }
+
+/// `[[listener]] proxy_protocol` `timeout`: the time for the PROXY header.
+pub(super) fn proxy_timeout() -> Duration {
+    smtp_server::ProxyProtocol::default().timeout
+}

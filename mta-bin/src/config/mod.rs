@@ -50,6 +50,8 @@ const KEYS: &[&str] = &[
     "milter",
     "policy_service",
     "rspamd",
+    "early_talkers",
+    "helo_checks",
 ];
 
 impl Config {
@@ -151,6 +153,8 @@ impl Config {
             milters: Vec::new(),
             policy_services: Vec::new(),
             rspamd: None,
+            early_talkers: EarlyTalkers::default(),
+            helo_checks: HeloChecks::default(),
         }
     }
 
@@ -182,6 +186,8 @@ impl Config {
             "milter" => set_each(key, &mut self.milters, value),
             "policy_service" => set_each(key, &mut self.policy_services, value),
             "rspamd" => one(set(&mut self.rspamd, value)),
+            "early_talkers" => one(set(&mut self.early_talkers, value)),
+            "helo_checks" => one(set(&mut self.helo_checks, value)),
             unknown => {
                 let hint = problems::nearest(unknown, KEYS.iter().copied())
                     .map(|k| format!(" (did you mean `{k}`?)"))

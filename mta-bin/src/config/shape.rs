@@ -3,7 +3,7 @@
 //! paths their own types; a value of the wrong kind is refused as the file is read,
 //! with its line. `docs/configuration.md` describes every key.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -67,6 +67,10 @@ pub struct Config {
     pub policy_services: Vec<PolicyServiceHook>,
     /// rspamd (`[rspamd]`), asked at the end of DATA.
     pub rspamd: Option<RspamdHook>,
+    /// Early-talker triage (`[early_talkers]`): postscreen's pregreet test.
+    pub early_talkers: EarlyTalkers,
+    /// HELO checks (`[helo_checks]`).
+    pub helo_checks: HeloChecks,
 }
 
 /// `[[listener]]`
@@ -77,6 +81,164 @@ pub struct Listener {
     pub address: SocketAddr,
     /// What it is for.
     pub mode: ListenerMode,
+    /// Connections come through load balancers that send the PROXY protocol header
+    /// (`proxy_protocol = { load_balancers = ["10.0.0.5/32"], timeout = "5s" }`); absent:
+    /// clients connect directly.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// `[[listener]] proxy_protocol`: HAProxy's PROXY protocol (v1 or v2) in front of the
+/// listener, as Postfix's `smtpd_upstream_proxy_protocol`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocol {
+    /// The networks of the load balancers allowed to connect (and to name the client);
+    /// every other connection is closed without a greeting. An empty list is refused by
+    /// the checks (it would refuse every connection).
+    #[serde(default, deserialize_with = "networks")]
+    pub load_balancers: Vec<IpNetwork>,
+    /// Time for the whole header from the moment of connection (default 5 s).
+    #[serde(default = "defaults::proxy_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl From<&ProxyProtocol> for smtp_server::ProxyProtocol {
+    fn from(p: &ProxyProtocol) -> Self {
+        Self {
+            load_balancers: p.load_balancers.clone(),
+            timeout: p.timeout,
+        }
+    }
+}
+
+/// `mode` of the anti-abuse defences (`[early_talkers]`, `[helo_checks]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefenceMode {
+    /// Not applied.
+    Off,
+    /// Logged and counted; the client goes on (the default).
+    #[default]
+    Tag,
+    /// Refused.
+    Enforce,
+}
+
+impl From<DefenceMode> for smtp_server::FilterMode {
+    fn from(m: DefenceMode) -> Self {
+        match m {
+            DefenceMode::Off => Self::Off,
+            DefenceMode::Tag => Self::Tag,
+            DefenceMode::Enforce => Self::Enforce,
+        }
+    }
+}
+
+impl From<smtp_server::FilterMode> for DefenceMode {
+    fn from(m: smtp_server::FilterMode) -> Self {
+        match m {
+            smtp_server::FilterMode::Off => Self::Off,
+            smtp_server::FilterMode::Tag => Self::Tag,
+            smtp_server::FilterMode::Enforce => Self::Enforce,
+        }
+    }
+}
+
+/// `[early_talkers]`: early-talker triage (Postfix postscreen's pregreet test and the
+/// RFC 2920 pipelining check), with an optional greeting delay. Each unset key takes the
+/// default of `smtp_server::EarlyTalkers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EarlyTalkers {
+    /// `off`, `tag` (default) or `enforce` (`554 5.5.0`).
+    pub mode: DefenceMode,
+    /// How long to wait before the greeting, watching for a client that talks first
+    /// (default 0: no wait).
+    #[serde(deserialize_with = "duration")]
+    pub greeting_delay: Duration,
+    /// The kinds of listener triaged (default: relay).
+    pub listeners: Vec<ListenerMode>,
+    /// How long a client that passed skips the delay (default 1 day).
+    #[serde(deserialize_with = "duration")]
+    pub pass_ttl: Duration,
+    /// How long a client that failed is refused at once in enforce mode (default 10
+    /// minutes).
+    #[serde(deserialize_with = "duration")]
+    pub fail_ttl: Duration,
+    /// Client addresses whose verdict is kept (default 100 000).
+    pub max_cached: usize,
+}
+
+impl EarlyTalkers {
+    /// The server's settings.
+    pub fn settings(&self) -> smtp_server::EarlyTalkers {
+        smtp_server::EarlyTalkers {
+            mode: self.mode.into(),
+            greeting_delay: self.greeting_delay,
+            listeners: self.listeners.iter().map(|&l| l.into()).collect(),
+            pass_ttl: self.pass_ttl,
+            fail_ttl: self.fail_ttl,
+            max_cached: self.max_cached,
+        }
+    }
+}
+
+impl Default for EarlyTalkers {
+    fn default() -> Self {
+        let d = smtp_server::EarlyTalkers::default();
+        Self {
+            mode: d.mode.into(),
+            greeting_delay: d.greeting_delay,
+            listeners: d.listeners.into_iter().map(ListenerMode::from).collect(),
+            pass_ttl: d.pass_ttl,
+            fail_ttl: d.fail_ttl,
+            max_cached: d.max_cached,
+        }
+    }
+}
+
+/// `[helo_checks]`: the name given in HELO/EHLO (a domain with a dot or an address
+/// literal, not a bare IP, not our own name or address). Our names are `hostname`;
+/// `[relay] trusted_networks` and logins are not checked. Each unset key takes the
+/// default of `smtp_server::filters::HeloChecks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeloChecks {
+    /// `off`, `tag` (default) or `enforce` (`501 5.5.2`, `550 5.7.1`).
+    pub mode: DefenceMode,
+    /// Our addresses, besides the one each client connected to (default none).
+    pub own_addresses: Vec<IpAddr>,
+    /// The kinds of listener checked (default: relay).
+    pub listeners: Vec<ListenerMode>,
+}
+
+impl HeloChecks {
+    /// The filter for a server named `hostname` trusting `trusted`.
+    pub fn filter(
+        &self,
+        hostname: &str,
+        trusted: Vec<IpNetwork>,
+    ) -> smtp_server::filters::HeloChecks {
+        smtp_server::filters::HeloChecks {
+            mode: self.mode.into(),
+            own_addresses: self.own_addresses.clone(),
+            listeners: self.listeners.iter().map(|&l| l.into()).collect(),
+            trusted,
+            ..smtp_server::filters::HeloChecks::new(hostname)
+        }
+    }
+}
+
+impl Default for HeloChecks {
+    fn default() -> Self {
+        let d = smtp_server::filters::HeloChecks::new("");
+        Self {
+            mode: d.mode.into(),
+            own_addresses: d.own_addresses,
+            listeners: d.listeners.into_iter().map(ListenerMode::from).collect(),
+        }
+    }
 }
 
 /// `[[listener]] mode`
@@ -90,6 +252,16 @@ pub enum ListenerMode {
     Submission,
     /// Port 465: TLS from the first byte, then as submission.
     Smtps,
+}
+
+impl From<smtp_server::ListenerMode> for ListenerMode {
+    fn from(mode: smtp_server::ListenerMode) -> Self {
+        match mode {
+            smtp_server::ListenerMode::Relay => Self::Relay,
+            smtp_server::ListenerMode::Submission => Self::Submission,
+            smtp_server::ListenerMode::Smtps => Self::Smtps,
+        }
+    }
 }
 
 impl From<ListenerMode> for smtp_server::ListenerMode {

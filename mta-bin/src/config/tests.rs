@@ -271,3 +271,159 @@ fn a_bad_rspamd_is_told_with_key_and_line() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn the_defences_parse_with_their_defaults() {
+    let c = Config::parse(BASE).unwrap();
+    assert!(c.listeners[0].proxy_protocol.is_none());
+    let early = c.early_talkers.settings();
+    assert_eq!(early, smtp_server::EarlyTalkers::default());
+    let helo = c.helo_checks.filter("mx.example.test", Vec::new());
+    assert_eq!(
+        helo,
+        smtp_server::filters::HeloChecks::new("mx.example.test")
+    );
+    assert!(c.warnings().iter().all(|w| !w.contains("early_talkers")));
+
+    let c = Config::parse(
+        "hostname = \"mx.example.test\"\n[[listener]]\naddress = \"127.0.0.1:25\"\nmode = \"relay\"\n\
+         proxy_protocol = { load_balancers = [\"10.0.0.5/32\", \"2001:db8::/64\"], timeout = \"3s\" }\n\
+         [[listener]]\naddress = \"127.0.0.1:587\"\nmode = \"submission\"\n\
+         [early_talkers]\nmode = \"enforce\"\ngreeting_delay = \"6s\"\nlisteners = [\"relay\", \"submission\"]\n\
+         pass_ttl = \"2d\"\nfail_ttl = \"30m\"\nmax_cached = 10\n\
+         [helo_checks]\nmode = \"off\"\nown_addresses = [\"192.0.2.25\"]\nlisteners = []\n",
+    )
+    .unwrap();
+    let proxy = c.listeners[0].proxy_protocol.as_ref().unwrap();
+    let proxy = smtp_server::ProxyProtocol::from(proxy);
+    assert_eq!(proxy.load_balancers.len(), 2);
+    assert_eq!(proxy.timeout, Duration::from_secs(3));
+    assert!(c.listeners[1].proxy_protocol.is_none());
+    let early = c.early_talkers.settings();
+    assert_eq!(early.mode, smtp_server::FilterMode::Enforce);
+    assert_eq!(early.greeting_delay, Duration::from_secs(6));
+    assert_eq!(
+        early.listeners,
+        [
+            smtp_server::ListenerMode::Relay,
+            smtp_server::ListenerMode::Submission
+        ]
+    );
+    assert_eq!(early.pass_ttl, Duration::from_secs(2 * 86_400));
+    assert_eq!(early.fail_ttl, Duration::from_secs(1800));
+    assert_eq!(early.max_cached, 10);
+    let trusted: Vec<smtp_server::filters::IpNetwork> = vec!["127.0.0.0/8".parse().unwrap()];
+    let helo = c.helo_checks.filter("mx.example.test", trusted.clone());
+    assert_eq!(helo.mode, smtp_server::FilterMode::Off);
+    assert_eq!(helo.own_names, ["mx.example.test"]);
+    assert_eq!(
+        helo.own_addresses,
+        ["192.0.2.25".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert!(helo.listeners.is_empty());
+    assert_eq!(helo.trusted, trusted);
+    // The timeout defaults to the library's.
+    let c = Config::parse(&format!(
+        "{BASE}proxy_protocol = {{ load_balancers = [\"10.0.0.5\"] }}\n"
+    ))
+    .unwrap();
+    let proxy = c.listeners[0].proxy_protocol.as_ref().unwrap();
+    assert_eq!(proxy.timeout, smtp_server::ProxyProtocol::default().timeout);
+}
+
+#[test]
+fn bad_defences_are_told_with_key_and_line() {
+    // An empty or missing list of load balancers, a zero timeout.
+    let problems = problems_of(
+        "proxy_protocol = { load_balancers = [] }\n[[listener]]\naddress = \"127.0.0.1:2587\"\n\
+         mode = \"submission\"\nproxy_protocol = { timeout = 0 }\n",
+    );
+    assert_eq!(
+        problems,
+        [
+            "line 5: [[listener]] proxy_protocol load_balancers: give the load balancers' addresses (e.g. [\"10.0.0.5/32\"]); with none, every connection would be closed",
+            "line 9: [[listener]] proxy_protocol load_balancers: give the load balancers' addresses (e.g. [\"10.0.0.5/32\"]); with none, every connection would be closed",
+            "line 9: [[listener]] proxy_protocol timeout: must be more than 0",
+        ]
+    );
+    let problems = problems_of("proxy_protocol = { load_balancers = [\"10.0.0.300\"] }\n");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("line 5: [[listener]] proxy_protocol"),
+        "{problems:?}"
+    );
+    let problems = problems_of("proxy_protocol = { load_balancer = [\"10.0.0.5\"] }\n");
+    assert!(
+        problems[0].contains("load_balancer") && problems[0].starts_with("line 5:"),
+        "{problems:?}"
+    );
+    // Modes, listeners, durations.
+    let problems = problems_of(
+        "[early_talkers]\nmode = \"reject\"\n[helo_checks]\nlisteners = [\"sendmail\"]\n",
+    );
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].starts_with("line 6: [early_talkers] mode: unknown variant `reject`"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].starts_with("line 8: [helo_checks] listeners"),
+        "{problems:?}"
+    );
+    let problems = problems_of(
+        "[early_talkers]\ngreeting_delay = \"soon\"\n[helo_checks]\nown_addresses = [\"mx\"]\n",
+    );
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].starts_with("line 6: [early_talkers] greeting_delay"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].starts_with("line 8: [helo_checks] own_addresses"),
+        "{problems:?}"
+    );
+    let problems = problems_of(
+        "[early_talkers]\nlisteners = []\n[helo_checks]\nmode = \"enforce\"\nlisteners = []\n",
+    );
+    assert_eq!(
+        problems,
+        [
+            "line 6: [early_talkers] listeners: give at least one of \"relay\", \"submission\", \"smtps\" (or mode = \"off\")",
+            "line 9: [helo_checks] listeners: give at least one of \"relay\", \"submission\", \"smtps\" (or mode = \"off\")",
+        ]
+    );
+    let problems = problems_of("[helo_check]\nmode = \"tag\"\n");
+    assert!(
+        problems[0].contains("(did you mean `helo_checks`?)"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn risky_defences_are_warned_about() {
+    let c = Config::parse(&format!(
+        "{BASE}proxy_protocol = {{ load_balancers = [\"0.0.0.0/0\"] }}\n\
+         [early_talkers]\ngreeting_delay = \"2m\"\n"
+    ))
+    .unwrap();
+    let warnings = c.warnings().join("\n");
+    assert!(
+        warnings.contains("proxy_protocol load_balancers contains 0.0.0.0/0"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("[early_talkers] greeting_delay = \"2m\""),
+        "{warnings}"
+    );
+    let c = Config::parse(&format!(
+        "{BASE}[early_talkers]\nmode = \"off\"\ngreeting_delay = \"5s\"\n"
+    ))
+    .unwrap();
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.contains("greeting_delay with mode = \"off\"")),
+        "{:?}",
+        c.warnings()
+    );
+}

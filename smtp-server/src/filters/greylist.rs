@@ -61,7 +61,7 @@ use smtp_proto::{EnhancedStatus, ForwardPath, ReversePath};
 use tracing::{info, warn};
 
 use super::IpNetwork;
-pub use super::rate::{Clock, ManualClock, FilterMode, SystemClock};
+pub use super::rate::{Clock, FilterMode, ManualClock, SystemClock};
 use crate::{Check, Decision, RcptRequest, SessionInfo};
 
 /// The settings of [`Greylist`].
