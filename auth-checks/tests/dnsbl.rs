@@ -185,6 +185,21 @@ fn dnsbl(
     }
 }
 
+/// dnsmasq with `records`, and a server with the blocklist layers for `lists` under
+/// `mode` asking it: the daemon, the layers' counters and the server; `None` (skip)
+/// when dnsmasq is not installed.
+async fn with_dnsbl(
+    records: &[&str],
+    mode: Mode,
+    lists: &[&str],
+) -> Option<(Daemon, Arc<DnsStats>, TestServer)> {
+    let dns = dnsmasq(records)?;
+    let stats = Arc::new(DnsStats::default());
+    let v = verifier(dns.address);
+    let server = serve(dnsbl(&v, mode, lists, &stats)).await;
+    Some((dns, stats, server))
+}
+
 /// The reverse-DNS layers.
 fn rdns(
     verifier: &Verifier,
@@ -226,20 +241,36 @@ fn message(server: &TestServer, i: usize) -> String {
     String::from_utf8_lossy(&server.messages.lock().unwrap()[i]).into_owned()
 }
 
+/// A new session from `from` whose recipient and message are accepted; the client,
+/// still connected.
+async fn deliver(server: &TestServer, from: &str) -> RawClient {
+    let mut c = RawClient::connect(server.addr).await;
+    assert_eq!(code_of(&up_to_rcpt(&mut c, from).await), "250 2.1.5");
+    data(&mut c).await;
+    c
+}
+
+/// Whether the first message `server` kept starts with a `Received:` field naming
+/// the client as `shown`.
+fn assert_received_from(server: &TestServer, shown: &str) {
+    let stored = message(server, 0);
+    assert!(
+        stored.starts_with(&format!("Received: from client.test ({shown})\r\n")),
+        "{stored}"
+    );
+}
+
 #[tokio::test]
 async fn a_listed_client_is_refused_at_rcpt() {
-    let Some(dns) = dnsmasq(&["--address=/1.0.0.127.zen.test/127.0.0.2"]) else {
-        return;
-    };
-    let stats = Arc::new(DnsStats::default());
-    let v = verifier(dns.address);
-    let server = serve(dnsbl(
-        &v,
+    let Some((_dns, stats, server)) = with_dnsbl(
+        &["--address=/1.0.0.127.zen.test/127.0.0.2"],
         Mode::Enforce,
         &["zen.test=127.0.0.[2..11]*3", "other.test"],
-        &stats,
-    ))
-    .await;
+    )
+    .await
+    else {
+        return;
+    };
     let mut c = RawClient::connect(server.addr).await;
     let rcpt = up_to_rcpt(&mut c, "alice@sender.test").await;
     assert_reply(
@@ -258,20 +289,19 @@ async fn a_listed_client_is_refused_at_rcpt() {
 
 #[tokio::test]
 async fn an_allowlisted_client_passes_although_listed() {
-    let Some(dns) = dnsmasq(&[
-        "--address=/1.0.0.127.zen.test/127.0.0.2",
-        "--address=/1.0.0.127.wl.test/127.0.10.2",
-    ]) else {
+    let Some((_dns, stats, server)) = with_dnsbl(
+        &[
+            "--address=/1.0.0.127.zen.test/127.0.0.2",
+            "--address=/1.0.0.127.wl.test/127.0.10.2",
+        ],
+        Mode::Enforce,
+        &["zen.test*3", "wl.test=127.0.[0..255].[1..3]*-5"],
+    )
+    .await
+    else {
         return;
     };
-    let stats = Arc::new(DnsStats::default());
-    let v = verifier(dns.address);
-    let lists = ["zen.test*3", "wl.test=127.0.[0..255].[1..3]*-5"];
-    let server = serve(dnsbl(&v, Mode::Enforce, &lists, &stats)).await;
-    let mut c = RawClient::connect(server.addr).await;
-    let rcpt = up_to_rcpt(&mut c, "alice@sender.test").await;
-    assert_eq!(code_of(&rcpt), "250 2.1.5");
-    data(&mut c).await;
+    let mut c = deliver(&server, "alice@sender.test").await;
     assert_eq!(c.code("QUIT").await, "221 2.0.0");
     let stored = message(&server, 0);
     assert!(
@@ -284,14 +314,17 @@ async fn an_allowlisted_client_passes_although_listed() {
 
 #[tokio::test]
 async fn an_answer_in_127_255_255_never_blocks() {
-    let Some(dns) = dnsmasq(&["--address=/1.0.0.127.busy.test/127.255.255.254"]) else {
-        return;
-    };
-    let stats = Arc::new(DnsStats::default());
-    let v = verifier(dns.address);
     // Even with a filter that would accept any code.
     let lists = ["busy.test=127.[0..255].[0..255].[0..255]*10"];
-    let server = serve(dnsbl(&v, Mode::Enforce, &lists, &stats)).await;
+    let Some((dns, stats, server)) = with_dnsbl(
+        &["--address=/1.0.0.127.busy.test/127.255.255.254"],
+        Mode::Enforce,
+        &lists,
+    )
+    .await
+    else {
+        return;
+    };
     for _ in 0..2 {
         let mut c = RawClient::connect(server.addr).await;
         let rcpt = up_to_rcpt(&mut c, "alice@sender.test").await;
@@ -305,16 +338,16 @@ async fn an_answer_in_127_255_255_never_blocks() {
 
 #[tokio::test]
 async fn tag_mode_passes_adds_the_header_and_counts() {
-    let Some(dns) = dnsmasq(&["--address=/1.0.0.127.zen.test/127.0.0.4"]) else {
+    let Some((_dns, stats, server)) = with_dnsbl(
+        &["--address=/1.0.0.127.zen.test/127.0.0.4"],
+        Mode::Tag,
+        &["zen.test=127.0.0.[2..11]"],
+    )
+    .await
+    else {
         return;
     };
-    let stats = Arc::new(DnsStats::default());
-    let v = verifier(dns.address);
-    let server = serve(dnsbl(&v, Mode::Tag, &["zen.test=127.0.0.[2..11]"], &stats)).await;
-    let mut c = RawClient::connect(server.addr).await;
-    let rcpt = up_to_rcpt(&mut c, "alice@sender.test").await;
-    assert_eq!(code_of(&rcpt), "250 2.1.5");
-    data(&mut c).await;
+    let mut c = deliver(&server, "alice@sender.test").await;
     assert_eq!(c.code("QUIT").await, "221 2.0.0");
     let stored = message(&server, 0);
     assert!(
@@ -354,18 +387,15 @@ impl prometheus_client::collector::Collector for DnsStatsRef {
 
 #[tokio::test]
 async fn the_sender_domain_against_a_domain_list() {
-    let Some(dns) = dnsmasq(&["--address=/spam.example.dbl.test/127.0.1.2"]) else {
-        return;
-    };
-    let stats = Arc::new(DnsStats::default());
-    let v = verifier(dns.address);
-    let server = serve(dnsbl(
-        &v,
+    let Some((_dns, stats, server)) = with_dnsbl(
+        &["--address=/spam.example.dbl.test/127.0.1.2"],
         Mode::Enforce,
         &["sender:dbl.test=127.0.1.[2..99]*2"],
-        &stats,
-    ))
-    .await;
+    )
+    .await
+    else {
+        return;
+    };
     let mut c = RawClient::connect(server.addr).await;
     let rcpt = up_to_rcpt(&mut c, "x@spam.example").await;
     assert_reply(
@@ -395,18 +425,9 @@ async fn forward_confirmed_reverse_dns() {
     let stats = Arc::new(DnsStats::default());
     let v = verifier(dns.address);
     let server = serve_as(CLIENT, rdns(&v, Mode::Enforce, Require::Confirmed, &stats)).await;
-    let mut c = RawClient::connect(server.addr).await;
-    assert_eq!(
-        code_of(&up_to_rcpt(&mut c, "a@sender.test").await),
-        "250 2.1.5"
-    );
-    data(&mut c).await;
+    let mut c = deliver(&server, "a@sender.test").await;
     assert_eq!(c.code("QUIT").await, "221 2.0.0");
-    let stored = message(&server, 0);
-    assert!(
-        stored.starts_with("Received: from client.test (mail.good.test [192.0.2.10])\r\n"),
-        "{stored}"
-    );
+    assert_received_from(&server, "mail.good.test [192.0.2.10]");
     assert_eq!(stats.rdns(), (1, 0, 0, 0));
     drop(server);
     drop(dns);
@@ -419,26 +440,14 @@ async fn forward_confirmed_reverse_dns() {
         return;
     };
     let v = verifier(dns.address);
-    let refusing = serve_as(CLIENT, rdns(&v, Mode::Enforce, Require::Confirmed, &stats)).await;
-    let mut c = RawClient::connect(refusing.addr).await;
-    assert_reply(
-        &up_to_rcpt(&mut c, "a@sender.test").await,
-        "450 4.7.25",
-        "Client host rejected: cannot find your hostname, [192.0.2.10]",
-    );
     // A name is enough when only a PTR is required; Received: says unknown.
-    let lenient = serve_as(CLIENT, rdns(&v, Mode::Enforce, Require::Ptr, &stats)).await;
-    let mut c = RawClient::connect(lenient.addr).await;
-    assert_eq!(
-        code_of(&up_to_rcpt(&mut c, "a@sender.test").await),
-        "250 2.1.5"
-    );
-    data(&mut c).await;
-    let stored = message(&lenient, 0);
-    assert!(
-        stored.starts_with("Received: from client.test (unknown [192.0.2.10])\r\n"),
-        "{stored}"
-    );
+    let (refusing, lenient) = refused_then_passed(
+        &v,
+        &stats,
+        (Mode::Enforce, Require::Confirmed),
+        (Mode::Enforce, Require::Ptr),
+    )
+    .await;
     assert_eq!(stats.rdns(), (1, 2, 0, 0));
     assert_eq!(stats.rdns_refused(), 1);
     drop((refusing, lenient, dns));
@@ -448,28 +457,39 @@ async fn forward_confirmed_reverse_dns() {
         return;
     };
     let v = verifier(dns.address);
-    let refusing = serve_as(CLIENT, rdns(&v, Mode::Enforce, Require::Ptr, &stats)).await;
+    // Tag (the default) passes, and Received: says unknown.
+    let _servers = refused_then_passed(
+        &v,
+        &stats,
+        (Mode::Enforce, Require::Ptr),
+        (Mode::Tag, Require::Ptr),
+    )
+    .await;
+    assert_eq!(stats.rdns(), (1, 2, 2, 0));
+    assert_eq!(stats.rdns_refused(), 2);
+}
+
+/// The client ([`CLIENT`]) against two servers with the reverse-DNS layers: with
+/// `refusing` (mode, requirement), its recipient is deferred for want of a hostname;
+/// with `passing`, its message is taken and `Received:` names it `unknown`. The two
+/// servers, each with its client still connected.
+async fn refused_then_passed(
+    v: &Verifier,
+    stats: &Arc<DnsStats>,
+    refusing: (Mode, Require),
+    passing: (Mode, Require),
+) -> ((TestServer, RawClient), (TestServer, RawClient)) {
+    let refusing = serve_as(CLIENT, rdns(v, refusing.0, refusing.1, stats)).await;
     let mut c = RawClient::connect(refusing.addr).await;
     assert_reply(
         &up_to_rcpt(&mut c, "a@sender.test").await,
         "450 4.7.25",
         "Client host rejected: cannot find your hostname, [192.0.2.10]",
     );
-    // Tag (the default) passes, and Received: says unknown.
-    let tagging = serve_as(CLIENT, rdns(&v, Mode::Tag, Require::Ptr, &stats)).await;
-    let mut c = RawClient::connect(tagging.addr).await;
-    assert_eq!(
-        code_of(&up_to_rcpt(&mut c, "a@sender.test").await),
-        "250 2.1.5"
-    );
-    data(&mut c).await;
-    let stored = message(&tagging, 0);
-    assert!(
-        stored.starts_with("Received: from client.test (unknown [192.0.2.10])\r\n"),
-        "{stored}"
-    );
-    assert_eq!(stats.rdns(), (1, 2, 2, 0));
-    assert_eq!(stats.rdns_refused(), 2);
+    let passing = serve_as(CLIENT, rdns(v, passing.0, passing.1, stats)).await;
+    let delivered = deliver(&passing, "a@sender.test").await;
+    assert_received_from(&passing, "unknown [192.0.2.10]");
+    ((refusing, c), (passing, delivered))
 }
 
 /// A nameserver that never answers, on UDP and TCP: queries to it time out.

@@ -3,57 +3,43 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex};
+mod support;
+
+use std::net::SocketAddr;
 
 use smtp_client::testing::{RawClient, code_of};
 use smtp_server::filter;
 use smtp_server::filters::{DomainSet, RelayPolicy};
-use smtp_server::{
-    BoxError, DataRequest, Decision, Limits, ListenerConfig, ListenerMode, Server, ServerConfig,
-    SpillConfig, Stages,
-};
+use smtp_server::{Limits, ServerConfig, SpillConfig, Stages};
 
 /// What the data stage saw of each message: its bytes, and whether they were spilled.
-type Seen = Arc<Mutex<Vec<(Vec<u8>, bool)>>>;
+type Seen = support::Kept<(Vec<u8>, bool)>;
 
-async fn start(limits: Limits, spill: Option<SpillConfig>) -> (std::net::SocketAddr, Seen) {
-    let seen: Seen = Arc::default();
-    let record = Arc::clone(&seen);
-    let sink = tower::service_fn(move |req: DataRequest| {
-        let record = Arc::clone(&record);
-        async move {
-            let spilled = req.body.spilled().is_some();
-            record.lock().unwrap().push((req.body.to_vec(), spilled));
-            Ok::<_, BoxError>(Decision::accept())
-        }
+async fn start(limits: Limits, spill: Option<SpillConfig>) -> (SocketAddr, Seen) {
+    let seen = Seen::default();
+    let sink = support::sink(&seen, |req| {
+        let spilled = req.body.spilled().is_some();
+        (req.body.to_vec(), spilled)
     });
     let config = ServerConfig {
-        hostname: "content.test".into(),
-        listeners: vec![ListenerConfig {
-            address: "127.0.0.1:0".parse().unwrap(),
-            mode: ListenerMode::Relay,
-            proxy: None,
-        }],
         limits,
         spill,
-        ..ServerConfig::default()
+        ..support::relay_config("content.test")
     };
     let policy = filter(RelayPolicy::new(DomainSet::new(["d.test"]), Vec::new()));
     let stages = Stages::new(sink).relay_policy(policy);
-    let server = Server::bind(config, stages).await.unwrap();
-    let addr = server.local_addrs()[0].1;
-    tokio::spawn(server.run(std::future::pending()));
+    let addr = support::start_detached(config, stages).await;
     (addr, seen)
 }
 
 /// One message of `body` (CRLF lines, no line starting with a dot) with DATA; the
 /// reply to the final dot as `"code status"`.
-async fn send(addr: std::net::SocketAddr, body: &[u8]) -> String {
+async fn send(addr: SocketAddr, body: &[u8]) -> String {
     send_all(addr, &[body]).await.remove(0)
 }
 
 /// Each of `bodies` in turn on one connection; the replies to their final dots.
-async fn send_all(addr: std::net::SocketAddr, bodies: &[&[u8]]) -> Vec<String> {
+async fn send_all(addr: SocketAddr, bodies: &[&[u8]]) -> Vec<String> {
     let mut c = RawClient::connect(addr).await;
     c.send(b"EHLO c.test\r\n").await;
     for body in bodies {

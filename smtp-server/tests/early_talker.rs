@@ -5,49 +5,32 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use smtp_client::testing::{RawClient, code_of};
 use smtp_server::filters::{DomainSet, RelayPolicy};
 use smtp_server::{
-    BoxError, Decision, EarlyTalkers, FilterMode, ListenerConfig, ListenerMode, Server,
-    ServerConfig, ServerStats, Stages, filter,
+    BoxError, Decision, EarlyTalkers, FilterMode, ListenerMode, ServerConfig, ServerStats, Stages,
+    filter,
 };
+use support::{Stop, load};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A relay server for `ours.test` with `triage`.
-async fn start(
-    triage: EarlyTalkers,
-) -> (
-    std::net::SocketAddr,
-    Arc<ServerStats>,
-    tokio::sync::oneshot::Sender<()>,
-) {
+async fn start(triage: EarlyTalkers) -> (SocketAddr, Arc<ServerStats>, Stop) {
     let sink = tower::service_fn(|_| async { Ok::<_, BoxError>(Decision::accept()) });
     let policy = filter(RelayPolicy::new(DomainSet::new(["ours.test"]), vec![]));
     let config = ServerConfig {
-        hostname: "mx.ours.test".into(),
-        listeners: vec![ListenerConfig {
-            address: "127.0.0.1:0".parse().unwrap(),
-            mode: ListenerMode::Relay,
-            proxy: None,
-        }],
         early_talkers: triage,
-        ..ServerConfig::default()
+        ..support::relay_config("mx.ours.test")
     };
-    let server = Server::bind(config, Stages::new(sink).relay_policy(policy))
-        .await
-        .unwrap();
-    let addr = server.local_addrs()[0].1;
-    let stats = server.stats();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    (addr, stats, stop)
+    let server = support::start(config, Stages::new(sink).relay_policy(policy)).await;
+    (server.addr(), server.stats, server.stop)
 }
 
 fn triage(mode: FilterMode, delay_ms: u64) -> EarlyTalkers {
@@ -60,7 +43,7 @@ fn triage(mode: FilterMode, delay_ms: u64) -> EarlyTalkers {
 
 /// Connects, sends `input` at once (before any greeting), and returns every reply
 /// line until the server closes (or 5 s pass).
-async fn talk_first(addr: std::net::SocketAddr, input: &[u8]) -> Vec<String> {
+async fn talk_first(addr: SocketAddr, input: &[u8]) -> Vec<String> {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(input).await.unwrap();
     let mut out = Vec::new();
@@ -69,10 +52,6 @@ async fn talk_first(addr: std::net::SocketAddr, input: &[u8]) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
-}
-
-fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
-    counter.load(Ordering::Relaxed)
 }
 
 /// Scenario `pipe-early-talker`, enforce mode with a greeting delay: the client's

@@ -5,21 +5,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+mod support;
+
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use smtp_client::testing::{RawClient, code_of};
-use smtp_proto::{Envelope, ForwardPath, Recipient, Reply, ReplyParser, ReversePath};
-use smtp_server::filters::greylist::{Greylist, GreylistSettings, ManualClock, FilterMode};
+use smtp_proto::{Envelope, ForwardPath, Recipient, Reply, ReversePath};
+use smtp_server::filters::greylist::{FilterMode, Greylist, GreylistSettings};
 use smtp_server::filters::{DomainSet, LocalRecipients, RelayPolicy};
 use smtp_server::{
-    Content, DataRequest, Decision, ListenerConfig, ListenerMode, Notes, Server, ServerConfig,
-    SessionInfo, Stages, StreamServer, filter,
+    Content, DataRequest, ListenerMode, Notes, ServerConfig, SessionInfo, Stages, StreamServer,
+    filter,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use support::{clock, load, session, sink};
 
 const LOCAL: &str = "local.test";
 const SENDER: &str = "198.51.100.7:40000";
@@ -29,28 +29,7 @@ const TRUSTED: &str = "192.0.2.9:40000";
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);
 
-type Inbox = Arc<Mutex<Vec<DataRequest>>>;
-
-fn sink(
-    inbox: &Inbox,
-) -> impl tower::Service<
-    DataRequest,
-    Response = Decision,
-    Error = smtp_server::BoxError,
-    Future = impl Send + 'static,
-> + Clone
-+ Send
-+ Sync
-+ 'static {
-    let inbox = Arc::clone(inbox);
-    tower::service_fn(move |req: DataRequest| {
-        let inbox = Arc::clone(&inbox);
-        async move {
-            inbox.lock().unwrap().push(req);
-            Ok::<_, smtp_server::BoxError>(Decision::accept())
-        }
-    })
-}
+type Inbox = support::Kept<DataRequest>;
 
 /// Relay policy for `local.test` trusting 192.0.2.0/24, alice and bob the local users
 /// (unknown users refused before greylisting), greylisting.
@@ -60,62 +39,10 @@ fn stages(inbox: &Inbox, greylist: &Greylist) -> Stages {
         ["alice@local.test", "bob@local.test"],
     );
     let trusted = vec!["192.0.2.0/24".parse().unwrap()];
-    Stages::new(sink(inbox))
+    Stages::new(sink(inbox, |req| req))
         .rcpt_layer(filter(greylist.clone()))
         .rcpt_layer(filter(known))
         .relay_policy(filter(RelayPolicy::new(DomainSet::new([LOCAL]), trusted)))
-}
-
-struct Client {
-    stream: DuplexStream,
-    parser: ReplyParser,
-}
-
-impl Client {
-    async fn full(&mut self, line: &str) -> Reply {
-        self.stream
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .unwrap();
-        self.reply().await
-    }
-
-    async fn reply(&mut self) -> Reply {
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(reply) = self.parser.next_reply() {
-                return reply.unwrap();
-            }
-            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut buf))
-                .await
-                .expect("a reply within 10 s")
-                .unwrap();
-            assert!(n > 0, "the server closed the session");
-            self.parser.push(&buf[..n]);
-        }
-    }
-
-    async fn cmd(&mut self, line: &str) -> String {
-        code_of(&self.full(line).await)
-    }
-}
-
-async fn session(server: &StreamServer, peer: &str) -> Client {
-    let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    let peer: SocketAddr = peer.parse().unwrap();
-    let server = server.clone();
-    tokio::spawn(async move {
-        server
-            .serve(theirs, peer, "192.0.2.25:25".parse().unwrap())
-            .await
-    });
-    let mut c = Client {
-        stream: ours,
-        parser: ReplyParser::default(),
-    };
-    assert_eq!(code_of(&c.reply().await), "220");
-    assert_eq!(c.cmd("EHLO client.test").await, "250");
-    c
 }
 
 fn relay_server(inbox: &Inbox, greylist: &Greylist) -> StreamServer {
@@ -128,10 +55,6 @@ fn relay_server(inbox: &Inbox, greylist: &Greylist) -> StreamServer {
         stages(inbox, greylist),
     )
     .unwrap()
-}
-
-fn clock() -> ManualClock {
-    ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
 }
 
 fn settings() -> GreylistSettings {
@@ -152,10 +75,6 @@ async fn attempt(server: &StreamServer, peer: &str, from: &str, to: &str) -> Rep
 fn sender(i: u8) -> String {
     let letter = |n: u8| char::from(b'a' + n % 26);
     format!("s{}{}x@example.net", letter(i / 26), letter(i))
-}
-
-fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
-    counter.load(Ordering::Relaxed)
 }
 
 #[tokio::test]
@@ -524,25 +443,12 @@ async fn real_retry_after_a_second_over_tcp() {
     });
     // Loopback is not trusted here: greylisting applies to it.
     let known = LocalRecipients::new(DomainSet::new([LOCAL]), ["alice@local.test"]);
-    let stages = Stages::new(sink(&inbox))
+    let stages = Stages::new(sink(&inbox, |req| req))
         .rcpt_layer(filter(greylist.clone()))
         .rcpt_layer(filter(known))
         .relay_policy(filter(RelayPolicy::new(DomainSet::new([LOCAL]), vec![])));
-    let config = ServerConfig {
-        hostname: "mx.local.test".into(),
-        listeners: vec![ListenerConfig {
-            address: "127.0.0.1:0".parse().unwrap(),
-            mode: ListenerMode::Relay,
-            proxy: None,
-        }],
-        ..ServerConfig::default()
-    };
-    let server = Server::bind(config, stages).await.unwrap();
-    let addr = server.local_addrs()[0].1;
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
+    let server = support::start(support::relay_config("mx.local.test"), stages).await;
+    let addr = server.addr();
     let send = |expect: &'static str| async move {
         let mut c = RawClient::connect(addr).await;
         assert_eq!(c.code("EHLO client.test").await, "250");

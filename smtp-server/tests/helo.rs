@@ -4,25 +4,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use smtp_client::testing::RawClient;
 use smtp_server::filters::{DomainSet, HeloChecks, HeloFinding, HeloProblem, RelayPolicy};
 use smtp_server::{
-    BoxError, Decision, EarlyTalkers, EnhancedStatus, FilterMode, ListenerConfig, ListenerMode,
-    MailRequest, Server, ServerConfig, ServerStats, Stages, filter,
+    BoxError, Decision, EarlyTalkers, EnhancedStatus, FilterMode, ListenerMode, MailRequest,
+    ServerConfig, ServerStats, Stages, filter,
 };
+use support::Stop;
 
 /// A relay and a submission listener with `checks` at the ehlo stage; a mail-stage
 /// filter refuses `MAIL` with the HELO finding in its text, when there is one.
-async fn start(
-    checks: HeloChecks,
-) -> (
-    std::net::SocketAddr,
-    std::net::SocketAddr,
-    Arc<ServerStats>,
-    tokio::sync::oneshot::Sender<()>,
-) {
+async fn start(checks: HeloChecks) -> (SocketAddr, SocketAddr, Arc<ServerStats>, Stop) {
     let sink = tower::service_fn(|_| async { Ok::<_, BoxError>(Decision::accept()) });
     let policy = filter(RelayPolicy::new(DomainSet::new(["ours.test"]), vec![]));
     let show_finding = |req: &mut MailRequest| {
@@ -37,16 +34,11 @@ async fn start(
         .relay_policy(policy)
         .ehlo_layer(filter(checks))
         .mail_layer(filter(show_finding));
-    let listener = |mode| ListenerConfig {
-        address: "127.0.0.1:0".parse().unwrap(),
-        mode,
-        proxy: None,
-    };
     let config = ServerConfig {
         hostname: "mx.ours.test".into(),
         listeners: vec![
-            listener(ListenerMode::Relay),
-            listener(ListenerMode::Submission),
+            support::listener(ListenerMode::Relay),
+            support::listener(ListenerMode::Submission),
         ],
         early_talkers: EarlyTalkers {
             mode: FilterMode::Off,
@@ -54,14 +46,8 @@ async fn start(
         },
         ..ServerConfig::default()
     };
-    let server = Server::bind(config, stages).await.unwrap();
-    let (relay, submission) = (server.local_addrs()[0].1, server.local_addrs()[1].1);
-    let stats = server.stats();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    (relay, submission, stats, stop)
+    let server = support::start(config, stages).await;
+    (server.addrs[0], server.addrs[1], server.stats, server.stop)
 }
 
 fn count(stats: &ServerStats, problem: HeloProblem, refused: bool) -> u64 {

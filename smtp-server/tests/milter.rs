@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,11 +18,8 @@ use std::time::{Duration, Instant};
 use smtp_client::testing::{RawClient, code_of};
 use smtp_server::filters::milter::protocol::{Actions, Response, Steps};
 use smtp_server::filters::milter::{DefaultAction, Milter, MilterSettings};
-use smtp_server::filters::{DomainSet, RelayPolicy};
-use smtp_server::{
-    BoxError, DataRequest, Decision, ListenerConfig, ListenerMode, Next, Server, ServerConfig,
-    Stages, filter, filter_async, from_fn,
-};
+use smtp_server::{DataRequest, Next, Stages, filter_async, from_fn};
+use support::{Stop, relay_for_loopback, sink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the sink stored: the message, the sender and the recipients.
@@ -31,44 +30,36 @@ struct Stored {
     to: Vec<String>,
 }
 
-type Store = Arc<Mutex<Vec<Stored>>>;
+impl Stored {
+    fn of(req: DataRequest) -> Self {
+        Self {
+            message: req.message(),
+            from: req.envelope.from.to_string(),
+            to: req
+                .envelope
+                .recipients
+                .iter()
+                .map(|r| r.to.to_string())
+                .collect(),
+        }
+    }
+}
+
+type Store = support::Kept<Stored>;
 
 /// A server on a relay listener that relays for loopback, with `milter` at every stage
 /// and a data filter that adds `X-Before: 1` before the milter sees the message.
-async fn start(milter: Milter, store: Store) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+async fn start(milter: Milter, store: Store) -> (SocketAddr, Stop) {
     start_all(vec![milter], store).await
 }
 
 /// [`start`] with several milters, each at every stage (the first added runs last).
-async fn start_all(
-    milters: Vec<Milter>,
-    store: Store,
-) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let sink = tower::service_fn(move |req: DataRequest| {
-        let store = Arc::clone(&store);
-        async move {
-            store.lock().unwrap().push(Stored {
-                message: req.message(),
-                from: req.envelope.from.to_string(),
-                to: req
-                    .envelope
-                    .recipients
-                    .iter()
-                    .map(|r| r.to.to_string())
-                    .collect(),
-            });
-            Ok::<_, BoxError>(Decision::accept())
-        }
-    });
+async fn start_all(milters: Vec<Milter>, store: Store) -> (SocketAddr, Stop) {
     let before = from_fn(|mut req: DataRequest, next: Next<DataRequest>| async move {
         req.prepend_header("X-Before", "1");
         next.run(req).await
     });
-    let loopback = vec!["127.0.0.0/8".parse().unwrap()];
-    let mut stages = Stages::new(sink).relay_policy(filter(RelayPolicy::new(
-        DomainSet::new(Vec::<String>::new()),
-        loopback,
-    )));
+    let mut stages = relay_for_loopback(Stages::new(sink(&store, Stored::of)));
     for milter in milters {
         stages = stages
             .connect_layer(filter_async(milter.clone()))
@@ -78,22 +69,8 @@ async fn start_all(
             .data_layer(filter_async(milter));
     }
     let stages = stages.data_layer(before);
-    let config = ServerConfig {
-        hostname: "mx.milter.test".into(),
-        listeners: vec![ListenerConfig {
-            address: "127.0.0.1:0".parse().unwrap(),
-            mode: ListenerMode::Relay,
-            proxy: None,
-        }],
-        ..ServerConfig::default()
-    };
-    let server = Server::bind(config, stages).await.unwrap();
-    let addr = server.local_addrs()[0].1;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    (addr, stop)
+    let server = support::start(support::relay_config("mx.milter.test"), stages).await;
+    (server.addr(), server.stop)
 }
 
 fn settings(address: String) -> MilterSettings {

@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+mod support;
+
 use smtp_client::testing::daemons::{free_address, postgrey};
 use std::net::SocketAddr;
 
@@ -14,46 +16,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use smtp_client::testing::{RawClient, code_of};
+use smtp_server::Stages;
 use smtp_server::filters::policy::{DefaultAction, PolicyCheck, PolicyService};
-use smtp_server::filters::{DomainSet, RelayPolicy};
-use smtp_server::{
-    BoxError, DataRequest, Decision, ListenerConfig, ListenerMode, Server, ServerConfig, Stages,
-    filter,
-};
+use support::{relay_for_loopback, sink};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-type Messages = Arc<Mutex<Vec<Vec<u8>>>>;
+type Messages = support::Kept<Vec<u8>>;
 
 /// A server on a relay listener (relaying for loopback) with the policy check of
 /// `settings`, storing messages in `messages`.
 async fn start(settings: PolicyService, messages: Messages) -> SocketAddr {
-    let sink = tower::service_fn(move |req: DataRequest| {
-        let messages = Arc::clone(&messages);
-        async move {
-            messages.lock().unwrap().push(req.message());
-            Ok::<_, BoxError>(Decision::accept())
-        }
-    });
-    let loopback = vec!["127.0.0.0/8".parse().unwrap()];
-    let stages = PolicyCheck::new(settings)
-        .add_to(Stages::new(sink))
-        .relay_policy(filter(RelayPolicy::new(
-            DomainSet::new(Vec::<String>::new()),
-            loopback,
-        )));
-    let config = ServerConfig {
-        hostname: "policy.test".into(),
-        listeners: vec![ListenerConfig {
-            address: "127.0.0.1:0".parse().unwrap(),
-            mode: ListenerMode::Relay,
-            proxy: None,
-        }],
-        ..ServerConfig::default()
-    };
-    let server = Server::bind(config, stages).await.unwrap();
-    let addr = server.local_addrs()[0].1;
-    tokio::spawn(server.run(std::future::pending()));
-    addr
+    let sink = sink(&messages, |req| req.message());
+    let stages = relay_for_loopback(PolicyCheck::new(settings).add_to(Stages::new(sink)));
+    support::start_detached(support::relay_config("policy.test"), stages).await
 }
 
 fn settings(address: SocketAddr, default_action: DefaultAction) -> PolicyService {

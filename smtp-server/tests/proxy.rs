@@ -5,8 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,9 +16,10 @@ use smtp_client::testing::tool;
 use smtp_server::filters::{DomainSet, RelayPolicy};
 use smtp_server::proxy::encode_v2;
 use smtp_server::{
-    BoxError, ConnectRequest, Decision, ListenerConfig, ListenerMode, ProxyProtocol, Server,
-    ServerConfig, ServerStats, Stages, filter,
+    BoxError, ConnectRequest, Decision, ListenerConfig, ListenerMode, ProxyProtocol, ServerConfig,
+    ServerStats, Stages, filter,
 };
+use support::{Stop, load};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -31,12 +33,7 @@ async fn start(
     from: &[&str],
     timeout: Duration,
     max_per_ip: usize,
-) -> (
-    SocketAddr,
-    Arc<ServerStats>,
-    Seen,
-    tokio::sync::oneshot::Sender<()>,
-) {
+) -> (SocketAddr, Arc<ServerStats>, Seen, Stop) {
     let seen: Seen = Arc::default();
     let record = {
         let seen = Arc::clone(&seen);
@@ -52,12 +49,12 @@ async fn start(
     let mut config = ServerConfig {
         hostname: "mx.ours.test".into(),
         listeners: vec![ListenerConfig {
-            address: address.parse().unwrap(),
-            mode: ListenerMode::Relay,
             proxy: Some(ProxyProtocol {
                 load_balancers: from.iter().map(|n| n.parse().unwrap()).collect(),
                 timeout,
             }),
+            address: address.parse().unwrap(),
+            ..support::listener(ListenerMode::Relay)
         }],
         ..ServerConfig::default()
     };
@@ -65,14 +62,8 @@ async fn start(
     let stages = Stages::new(sink)
         .relay_policy(policy)
         .connect_layer(filter(record));
-    let server = Server::bind(config, stages).await.unwrap();
-    let addr = server.local_addrs()[0].1;
-    let stats = server.stats();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    (addr, stats, seen, stop)
+    let server = support::start(config, stages).await;
+    (server.addr(), server.stats, seen, server.stop)
 }
 
 /// Sends `first`, then reads the greeting line (`None` if the server closes first).
@@ -114,10 +105,6 @@ async fn closed_silently(tcp: &mut TcpStream) -> bool {
         tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut buf)).await,
         Ok(Ok(0)) | Ok(Err(_))
     ) && buf.is_empty()
-}
-
-fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
-    counter.load(Ordering::Relaxed)
 }
 
 #[tokio::test]

@@ -6,159 +6,49 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+mod support;
 
-use rustls_pki_types::ServerName;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
 use smtp_client::testing::{RawClient, code_of};
-use smtp_proto::{Reply, ReplyParser};
+use smtp_proto::Reply;
 use smtp_server::filters::rate::{
-    DictionaryLimit, Limit, LimitKind, LoginLimit, ManualClock, FilterMode, RateLimits, RateSettings,
+    DictionaryLimit, FilterMode, Limit, LimitKind, LoginLimit, RateLimits, RateSettings,
 };
-use smtp_server::filters::{Authenticator, DomainSet, LocalRecipients, PasswordCheck, RelayPolicy};
-use smtp_server::{
-    DataRequest, Decision, Limits, ListenerConfig, ListenerMode, Server, ServerConfig, Stages,
-    StreamServer, filter, filter_async,
-};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use smtp_server::filters::{DomainSet, LocalRecipients, PasswordCheck, RelayPolicy};
+use smtp_server::{DataRequest, ListenerMode, Stages, StreamServer, filter, filter_async};
+use support::{Alice, Client, RIGHT, Stop, TlsServer, WRONG, clock, session, sink};
+use tokio::io::DuplexStream;
+use tokio_rustls::client::TlsStream;
 
 const LOCAL: &str = "local.test";
 const ATTACKER: &str = "198.51.100.7:40000";
 const OTHER: &str = "203.0.113.9:40000";
 const HOUR: Duration = Duration::from_secs(3600);
 
-type Inbox = Arc<Mutex<Vec<DataRequest>>>;
-
-fn sink(
-    inbox: &Inbox,
-) -> impl tower::Service<
-    DataRequest,
-    Response = Decision,
-    Error = smtp_server::BoxError,
-    Future = impl Send + 'static,
-> + Clone
-+ Send
-+ Sync
-+ 'static {
-    let inbox = Arc::clone(inbox);
-    tower::service_fn(move |req: DataRequest| {
-        let inbox = Arc::clone(&inbox);
-        async move {
-            inbox.lock().unwrap().push(req);
-            Ok::<_, smtp_server::BoxError>(Decision::accept())
-        }
-    })
-}
-
-/// The client end of an in-memory session.
-struct Client<S> {
-    stream: S,
-    parser: ReplyParser,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
-    /// The next reply; `None` when the server closed the session.
-    async fn try_reply(&mut self) -> Option<Reply> {
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(reply) = self.parser.next_reply() {
-                return Some(reply.unwrap());
-            }
-            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut buf))
-                .await
-                .expect("a reply within 10 s")
-                .unwrap_or(0);
-            if n == 0 {
-                return None;
-            }
-            self.parser.push(&buf[..n]);
-        }
-    }
-
-    async fn reply(&mut self) -> Reply {
-        self.try_reply()
-            .await
-            .expect("the server closed the session")
-    }
-
-    async fn full(&mut self, line: &str) -> Reply {
-        self.stream
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .unwrap();
-        self.reply().await
-    }
-
-    async fn cmd(&mut self, line: &str) -> String {
-        code_of(&self.full(line).await)
-    }
-
-    async fn is_closed(&mut self) -> bool {
-        self.try_reply().await.is_none()
-    }
-}
-
-fn config(tls: Option<Arc<rustls::ServerConfig>>) -> ServerConfig {
-    ServerConfig {
-        hostname: "mx.local.test".into(),
-        auth: tls.is_some(),
-        tls,
-        limits: Limits {
-            auth_failure_delay: Duration::ZERO,
-            ..Limits::default()
-        },
-        ..ServerConfig::default()
-    }
-}
+type Inbox = support::Kept<DataRequest>;
 
 /// The relay policy for `local.test` (no trusted network), alice the one local user,
 /// and the rate limits outermost.
 fn stages(inbox: &Inbox, limits: &RateLimits) -> Stages {
     let known = LocalRecipients::new(DomainSet::new([LOCAL]), ["alice@local.test"]);
-    let stages = Stages::new(sink(inbox))
+    let stages = Stages::new(sink(inbox, |req| req))
         .rcpt_layer(filter(known))
         .auth_layer(filter_async(PasswordCheck::new(Alice)))
         .relay_policy(filter(RelayPolicy::new(DomainSet::new([LOCAL]), vec![])));
     limits.install(stages)
 }
 
-/// A session from `peer` on `server`; `None` when the greeting is not 220 (then the
-/// greeting's code is in the error).
-async fn connect(server: &StreamServer, peer: &str) -> Result<Client<DuplexStream>, Reply> {
-    let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    let peer: SocketAddr = peer.parse().unwrap();
-    let server = server.clone();
-    tokio::spawn(async move {
-        server
-            .serve(theirs, peer, "192.0.2.25:25".parse().unwrap())
-            .await
-    });
-    let mut client = Client {
-        stream: ours,
-        parser: ReplyParser::default(),
-    };
-    let greeting = client.reply().await;
-    if greeting.code().as_u16() != 220 {
-        return Err(greeting);
-    }
-    assert_eq!(client.cmd("EHLO client.test").await, "250");
-    Ok(client)
-}
-
-async fn session(server: &StreamServer, peer: &str) -> Client<DuplexStream> {
-    connect(server, peer)
-        .await
-        .unwrap_or_else(|g| panic!("greeting {g}"))
-}
-
 fn relay_server(inbox: &Inbox, limits: &RateLimits) -> StreamServer {
-    StreamServer::new(config(None), ListenerMode::Relay, stages(inbox, limits)).unwrap()
-}
-
-fn clock() -> ManualClock {
-    ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+    StreamServer::new(
+        support::config(None),
+        ListenerMode::Relay,
+        stages(inbox, limits),
+    )
+    .unwrap()
 }
 
 fn count(limits: &RateLimits, kind: LimitKind) -> (u64, u64) {
@@ -283,61 +173,9 @@ async fn pipelined_dictionary_attack_over_tcp_is_cut_off() {
     assert!(bot.is_closed().await);
 }
 
-struct Alice;
-impl Authenticator for Alice {
-    fn verify(&self, username: &str, password: &str) -> bool {
-        username == "alice" && password == "secret"
-    }
-}
-
-/// `AUTH PLAIN` for alice with the right password, and with a wrong one.
-const RIGHT: &str = "AUTH PLAIN AGFsaWNlAHNlY3JldA==";
-const WRONG: &str = "AUTH PLAIN AGFsaWNlAGd1ZXNz";
-
-struct Tls {
-    server: StreamServer,
-    client: Arc<rustls::ClientConfig>,
-}
-
-fn tls_server(stages: Stages) -> Tls {
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let der = made.cert.der().clone();
-    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
-    let server_tls = smtp_server::tls::from_der(vec![der.clone()], key).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let server =
-        StreamServer::new(config(Some(server_tls)), ListenerMode::Submission, stages).unwrap();
-    Tls {
-        server,
-        client: Arc::new(client),
-    }
-}
-
 /// A submission session from `peer` after STARTTLS and EHLO.
-async fn tls_session(
-    tls: &Tls,
-    peer: &str,
-) -> Client<tokio_rustls::client::TlsStream<DuplexStream>> {
-    let mut plain = session(&tls.server, peer).await;
-    assert_eq!(plain.cmd("STARTTLS").await, "220 2.0.0");
-    let name = ServerName::try_from("localhost").unwrap();
-    let stream = tokio_rustls::TlsConnector::from(Arc::clone(&tls.client))
-        .connect(name, plain.stream)
-        .await
-        .unwrap();
-    let mut c = Client {
-        stream,
-        parser: ReplyParser::default(),
-    };
-    assert_eq!(c.cmd("EHLO client.test").await, "250");
-    c
+async fn tls_session(tls: &TlsServer, peer: &str) -> Client<TlsStream<DuplexStream>> {
+    support::starttls(session(&tls.server, peer).await, &tls.client).await
 }
 
 #[tokio::test]
@@ -356,7 +194,7 @@ async fn wrong_passwords_lock_one_address_out_across_sessions() {
         },
         Arc::new(clock.clone()),
     );
-    let tls = tls_server(stages(&inbox, &limits));
+    let tls = TlsServer::submission(stages(&inbox, &limits));
     // 20 sessions, one wrong password each: the first 10 are checked, the next 10 are
     // refused for now without a check, with the time to come back.
     for i in 1..=20 {
@@ -391,7 +229,7 @@ async fn wrong_passwords_lock_one_address_out_across_sessions() {
 async fn auth_bruteforce_scenario() {
     let inbox = Inbox::default();
     let limits = RateLimits::new(RateSettings::default()); // 10 failures lock out
-    let tls = tls_server(stages(&inbox, &limits));
+    let tls = TlsServer::submission(stages(&inbox, &limits));
     let mut answers = Vec::new();
     'sessions: loop {
         let mut guesser = tls_session(&tls, ATTACKER).await;
@@ -418,45 +256,10 @@ async fn auth_bruteforce_scenario() {
     );
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
-    /// Whether a `421` (the session's own limit on failed logins) and the end of the
-    /// session follow the last reply.
-    async fn is_closed_soon(&mut self) -> bool {
-        let mut buf = [0u8; 1024];
-        if let Some(reply) = self.parser.next_reply() {
-            return reply.unwrap().code().as_u16() == 421;
-        }
-        match tokio::time::timeout(Duration::from_millis(50), self.stream.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) => true,
-            Ok(Ok(n)) => {
-                self.parser.push(&buf[..n]);
-                self.parser
-                    .next_reply()
-                    .is_some_and(|r| r.is_ok_and(|r| r.code().as_u16() == 421))
-            }
-            Err(_) => false,
-        }
-    }
-}
-
 /// Servers on 127.0.0.1:0 (relay) with `stages`; the sender stops it when dropped.
-async fn start_tcp(stages: Stages) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let config = ServerConfig {
-        hostname: "mx.local.test".into(),
-        listeners: vec![ListenerConfig {
-            address: "127.0.0.1:0".parse().unwrap(),
-            mode: ListenerMode::Relay,
-            proxy: None,
-        }],
-        ..ServerConfig::default()
-    };
-    let server = Server::bind(config, stages).await.unwrap();
-    let addr = server.local_addrs()[0].1;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    (addr, stop)
+async fn start_tcp(stages: Stages) -> (SocketAddr, Stop) {
+    let server = support::start(support::relay_config("mx.local.test"), stages).await;
+    (server.addr(), server.stop)
 }
 
 /// Scenario res-connection-limit, as a rate: the connections beyond the rate get
@@ -598,7 +401,7 @@ async fn messages_per_login_and_exempt_logins() {
         ..RateSettings::default()
     };
     let limits = RateLimits::with_clock(settings(vec![]), Arc::new(clock()));
-    let tls = tls_server(stages(&inbox, &limits));
+    let tls = TlsServer::submission(stages(&inbox, &limits));
     let mut c = tls_session(&tls, ATTACKER).await;
     assert_eq!(c.cmd(RIGHT).await, "235 2.7.0");
     for _ in 0..2 {
@@ -611,7 +414,7 @@ async fn messages_per_login_and_exempt_logins() {
     assert_eq!(count(&limits, LimitKind::MessagesPerLogin), (1, 1));
 
     let exempt = RateLimits::with_clock(settings(vec!["Alice".into()]), Arc::new(clock()));
-    let tls = tls_server(stages(&inbox, &exempt));
+    let tls = TlsServer::submission(stages(&inbox, &exempt));
     let mut c = tls_session(&tls, ATTACKER).await;
     assert_eq!(c.cmd(RIGHT).await, "235 2.7.0");
     for _ in 0..5 {
@@ -730,14 +533,14 @@ async fn rcpt_limit_scenario_with_default_limits() {
     let limits = RateLimits::new(RateSettings::default());
     let known = LocalRecipients::new(DomainSet::new(["ours.test"]), ["ok@ours.test"]);
     let stages = limits.install(
-        Stages::new(sink(&inbox))
+        Stages::new(sink(&inbox, |req| req))
             .rcpt_layer(filter(known))
             .relay_policy(filter(RelayPolicy::new(
                 DomainSet::new(["ours.test"]),
                 vec![],
             ))),
     );
-    let server = StreamServer::new(config(None), ListenerMode::Relay, stages).unwrap();
+    let server = StreamServer::new(support::config(None), ListenerMode::Relay, stages).unwrap();
     let mut c = session(&server, ATTACKER).await;
     assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0");
     let mut codes = Vec::new();

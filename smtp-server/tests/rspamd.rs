@@ -9,20 +9,19 @@
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+mod support;
+
 use smtp_client::testing::daemons::{free_address, rspamd};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smtp_client::testing::{RawClient, code_of};
 use smtp_server::filters::rspamd::{OnFailure, Rspamd, RspamdSettings};
-use smtp_server::filters::{DomainSet, RelayPolicy};
-use smtp_server::{
-    BoxError, DataRequest, Decision, ListenerConfig, ListenerMode, Server, ServerConfig, Stages,
-    filter, filter_async,
-};
+use smtp_server::{Stages, filter_async};
+use support::{relay_for_loopback, sink};
 
-type Messages = Arc<Mutex<Vec<Vec<u8>>>>;
+type Messages = support::Kept<Vec<u8>>;
 
 /// GTUBE: rspamd's core answers `reject` for it.
 const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
@@ -36,33 +35,10 @@ const GTUBE_REWRITE_SUBJECT: &str =
 /// A server on a relay listener (relaying for loopback) with the rspamd filter of
 /// `settings`, storing messages in `messages`.
 async fn start(settings: RspamdSettings, messages: Messages) -> SocketAddr {
-    let sink = tower::service_fn(move |req: DataRequest| {
-        let messages = Arc::clone(&messages);
-        async move {
-            messages.lock().unwrap().push(req.message());
-            Ok::<_, BoxError>(Decision::accept())
-        }
-    });
-    let loopback = vec!["127.0.0.0/8".parse().unwrap()];
-    let stages = Stages::new(sink)
-        .data_layer(filter_async(Rspamd::new(settings)))
-        .relay_policy(filter(RelayPolicy::new(
-            DomainSet::new(Vec::<String>::new()),
-            loopback,
-        )));
-    let config = ServerConfig {
-        hostname: "rspamd.test".into(),
-        listeners: vec![ListenerConfig {
-            address: "127.0.0.1:0".parse().unwrap(),
-            mode: ListenerMode::Relay,
-            proxy: None,
-        }],
-        ..ServerConfig::default()
-    };
-    let server = Server::bind(config, stages).await.unwrap();
-    let addr = server.local_addrs()[0].1;
-    tokio::spawn(server.run(std::future::pending()));
-    addr
+    let sink = sink(&messages, |req| req.message());
+    let stages =
+        relay_for_loopback(Stages::new(sink).data_layer(filter_async(Rspamd::new(settings))));
+    support::start_detached(support::relay_config("rspamd.test"), stages).await
 }
 
 fn settings(address: SocketAddr, on_failure: OnFailure) -> RspamdSettings {

@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use smtp_client::testing::{RawClient, code_of};
@@ -10,73 +13,35 @@ use smtp_proto::{EnhancedStatus, Reply, ReplyCode};
 use smtp_server::filter;
 use smtp_server::filters::{DomainSet, RelayPolicy};
 use smtp_server::{
-    AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, ListenerConfig, ListenerMode,
-    MailRequest, Next, RcptRequest, Server, ServerConfig, Stages, from_fn,
+    AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, ListenerMode, MailRequest, Next,
+    RcptRequest, Server, ServerConfig, Stages, from_fn,
 };
+use support::{Stop, relay_for_loopback, sink, tls_pair};
 
 /// A server on a relay listener that relays for loopback (every test client).
-async fn start(stages: Stages) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let loopback = vec!["127.0.0.0/8".parse().unwrap()];
-    let policy = filter(RelayPolicy::new(
-        DomainSet::new(Vec::<String>::new()),
-        loopback,
-    ));
-    start_with(stages.relay_policy(policy), None).await
+async fn start(stages: Stages) -> (SocketAddr, Stop) {
+    start_with(relay_for_loopback(stages), None).await
 }
 
 /// [`start`], with TLS (and AUTH after STARTTLS) when `tls` is given.
-async fn start_with(
-    stages: Stages,
-    tls: Option<Arc<rustls::ServerConfig>>,
-) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+async fn start_with(stages: Stages, tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, Stop) {
     let config = ServerConfig {
-        hostname: "stages.test".into(),
-        listeners: vec![ListenerConfig {
-            address: "127.0.0.1:0".parse().unwrap(),
-            mode: ListenerMode::Relay,
-            proxy: None,
-        }],
         auth: tls.is_some(),
         tls,
-        ..ServerConfig::default()
+        ..support::relay_config("stages.test")
     };
-    let server = Server::bind(config, stages).await.unwrap();
-    let addr = server.local_addrs()[0].1;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    (addr, stop)
+    let server = support::start(config, stages).await;
+    (server.addr(), server.stop)
 }
 
 /// Sends `input` and returns `"code status"` of every reply until the server closes or
 /// `count` replies came.
-async fn converse(addr: std::net::SocketAddr, input: &str, count: usize) -> Vec<String> {
+async fn converse(addr: SocketAddr, input: &str, count: usize) -> Vec<String> {
     let mut c = RawClient::connect(addr).await;
     c.send(input.as_bytes()).await;
     let mut out = vec![code_of(&c.greeting)];
     out.extend(c.replies(count.saturating_sub(1)).await.iter().map(code_of));
     out
-}
-
-fn sink(
-    messages: Arc<Mutex<Vec<Vec<u8>>>>,
-) -> impl tower::Service<
-    DataRequest,
-    Response = Decision,
-    Error = BoxError,
-    Future = impl std::future::Future<Output = Result<Decision, BoxError>> + Send,
-> + Clone
-+ Send
-+ Sync
-+ 'static {
-    tower::service_fn(move |req: DataRequest| {
-        let messages = Arc::clone(&messages);
-        async move {
-            messages.lock().unwrap().push(req.message());
-            Ok::<_, BoxError>(Decision::accept())
-        }
-    })
 }
 
 #[tokio::test]
@@ -108,7 +73,7 @@ async fn filters_decide_in_order_and_add_headers() {
         req.prepend_header("X-Filtered", "yes");
         next.run(req).await
     });
-    let stages = Stages::new(sink(Arc::clone(&messages)))
+    let stages = Stages::new(sink(&messages, |req| req.message()))
         .rcpt_layer(inner)
         .rcpt_layer(outer)
         .data_layer(tag);
@@ -146,7 +111,8 @@ async fn errors_defer_and_disconnect_closes() {
     let failing = from_fn(|_: MailRequest, _: Next<MailRequest>| async move {
         Err::<Decision, BoxError>("database down".into())
     });
-    let (addr, _stop) = start(Stages::new(sink(Arc::clone(&messages))).mail_layer(failing)).await;
+    let (addr, _stop) =
+        start(Stages::new(sink(&messages, |req| req.message())).mail_layer(failing)).await;
     let replies = converse(addr, "EHLO c\r\nMAIL FROM:<a@b.test>\r\nNOOP\r\n", 4).await;
     assert_eq!(
         replies,
@@ -165,27 +131,10 @@ async fn errors_defer_and_disconnect_closes() {
             next.run(req).await
         },
     );
-    let (addr, _stop) = start(Stages::new(sink(messages)).connect_layer(banned)).await;
+    let (addr, _stop) =
+        start(Stages::new(sink(&messages, |req| req.message())).connect_layer(banned)).await;
     let replies = converse(addr, "EHLO c\r\n", 3).await;
     assert_eq!(replies, ["554 5.7.1"], "greeting refused, then closed");
-}
-
-/// A certificate for `localhost` made by rcgen: the server's configuration, and a
-/// client's that trusts it.
-fn tls_pair() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let der = made.cert.der().clone();
-    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
-    let server = smtp_server::tls::from_der(vec![der.clone()], key).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    (server, Arc::new(client))
 }
 
 /// Who is logged in is what the client was told: an auth filter that answers a login
@@ -217,7 +166,7 @@ async fn a_login_counts_only_when_the_reply_says_so() {
             DomainSet::new(["stages.test"]),
             Vec::new(),
         ));
-        let stages = Stages::new(sink(Arc::default()))
+        let stages = Stages::new(sink(&Arc::default(), |req| req.message()))
             .relay_policy(relay_policy)
             .auth_layer(verdict);
         let (addr, _stop) = start_with(stages, Some(Arc::clone(&server_tls))).await;
@@ -244,14 +193,14 @@ async fn a_login_counts_only_when_the_reply_says_so() {
 #[tokio::test]
 async fn a_relay_listener_needs_a_relay_policy_that_no_filter_can_bypass() {
     let config = ServerConfig {
-        listeners: vec![ListenerConfig {
-            address: "127.0.0.1:0".parse().unwrap(),
-            mode: ListenerMode::Relay,
-            proxy: None,
-        }],
+        listeners: vec![support::listener(ListenerMode::Relay)],
         ..ServerConfig::default()
     };
-    let refused = Server::bind(config, Stages::new(sink(Arc::default()))).await;
+    let refused = Server::bind(
+        config,
+        Stages::new(sink(&Arc::default(), |req| req.message())),
+    )
+    .await;
     let error = refused.expect_err("no relay policy, no server").to_string();
     assert!(error.contains("no relay policy"), "{error}");
 
@@ -261,7 +210,7 @@ async fn a_relay_listener_needs_a_relay_policy_that_no_filter_can_bypass() {
         DomainSet::new(["stages.test"]),
         Vec::new(),
     ));
-    let stages = Stages::new(sink(Arc::default()))
+    let stages = Stages::new(sink(&Arc::default(), |req| req.message()))
         .relay_policy(policy)
         .rcpt_layer(yes_to_all);
     let (addr, _stop) = start_with(stages, None).await;
