@@ -217,6 +217,13 @@ impl TestMta {
             let section = format!("[dns]\nnameservers = [\"{}\"]\n", dns.addr());
             (Some(dns), section)
         };
+        // The name of 127.0.0.1 comes from the hosts file, which may give several: off
+        // unless the test asks for it, so that `Received:` is the same on every machine.
+        let rdns = if o.extra.contains("[reverse_dns]") {
+            ""
+        } else {
+            "[reverse_dns]\nmode = \"off\"\n"
+        };
         let tls = if o.tls {
             format!(
                 "[[listener]]\naddress = \"127.0.0.1:0\"\nmode = \"smtps\"\n[tls]\ncertificate = \"{d}/cert.pem\"\nprivate_key = \"{d}/key.pem\"\n"
@@ -247,6 +254,7 @@ mailboxes = ["bob@{domain}", "carol@{domain}", "孫子@{domain}"]
 username = "alice@{domain}"
 password = "secret"
 {dns_section}
+{rdns}
 {extra}
 "#
         );

@@ -30,6 +30,11 @@ pub struct Sources {
     pub auth: Arc<auth_checks::AuthStats>,
     /// DNS lookups for routing.
     pub dns: Arc<dns_mx::LookupStats>,
+    /// DNS blocklist and reverse-DNS lookups and verdicts.
+    pub door_dns: Arc<auth_checks::DnsStats>,
+    /// The rate limits and greylisting in use (their counters are read at each scrape:
+    /// a reload that changes their settings starts them anew).
+    pub defences: crate::serve::Defences,
 }
 
 /// Serves the endpoint on `listener` until `shutdown` completes.
@@ -112,6 +117,9 @@ fn render(s: &Sources) -> String {
     registry.register_collector(Box::new(s.queue.clone()));
     registry.register_collector(Box::new(Arc::clone(&s.auth)));
     registry.register_collector(Box::new(Arc::clone(&s.dns)));
+    registry.register_collector(Box::new(Arc::clone(&s.door_dns)));
+    registry.register_collector(Box::new(s.defences.rate_stats()));
+    registry.register_collector(Box::new(s.defences.greylist_stats()));
     let build: Family<[(&str, &str); 1], Gauge> = Family::default();
     build
         .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])

@@ -20,11 +20,15 @@ use smtp_server::{
 use tokio::sync::watch;
 
 use crate::accounts::Accounts;
-use crate::config::Config;
+use crate::config::{Config, DefenceMode};
 use crate::delivery::{Delivery, Lmtp, LocalTarget, Maildir, Relay, Remote, RemoteConfig};
-use auth_checks::{ArcSigner, AuthChecks, DkimSigner, DkimSigning, Verifier};
+use auth_checks::{
+    ArcSigner, AuthChecks, DkimSigner, DkimSigning, DnsblFilter, RdnsFilter, Verifier,
+};
 use dns_mx::{MxConfig, MxResolver};
 use smtp_client::{OutboundConfig, TlsConfigs};
+use smtp_server::filters::greylist::{Greylist, GreylistSettings, GreylistStats};
+use smtp_server::filters::rate::{RateLimits, RateSettings, RateStats};
 
 /// An MTA with filters of your own: the `mta` program (configuration, listeners, queue,
 /// delivery, command line, reload) with your closures and layers in its stage chain.
@@ -145,8 +149,10 @@ pub async fn serve(
 /// Reloads the configuration of a running MTA (SIGHUP, `mta reload`): listener
 /// policy, accounts, limits, TLS certificate, sender authentication, signing keys, local
 /// delivery and outbound settings, the anti-abuse defences (`[early_talkers]`,
-/// `[helo_checks]`, a listener's `proxy_protocol`) take effect for new connections and
-/// deliveries; connections and queued mail are untouched. A file that does not parse or
+/// `[helo_checks]`, a listener's `proxy_protocol`, `[rate_limits]`, `[greylist]`,
+/// `[dnsbl]`, `[reverse_dns]`) take effect for new connections and deliveries;
+/// connections and queued mail are untouched. The rate limits' tables and the
+/// greylisting state are kept when their sections did not change (see [`Defences`]). A file that does not parse or
 /// validate, or that changes what only a restart can change (listeners' addresses and
 /// modes, `[queue]`, `[metrics]`), is refused as a whole and the running configuration
 /// stays in force.
@@ -192,6 +198,7 @@ impl Reload {
         let parts = Parts::build(&config, &self.queue, &self.counters, &self.custom)?;
         self.server
             .reload(parts.server_config, parts.stages.clone())?;
+        self.counters.defences.commit(parts.defences);
         self.delivery.replace(&parts.delivery);
         if let Ok(mut injected) = self.injected.write() {
             *injected = parts.stages;
@@ -268,6 +275,109 @@ struct Counters {
     auth: Arc<auth_checks::AuthStats>,
     /// DNS lookups for routing.
     dns: Arc<dns_mx::LookupStats>,
+    /// DNS blocklist and reverse-DNS lookups and verdicts.
+    door_dns: Arc<auth_checks::DnsStats>,
+    /// The rate limits' tables and the greylisting state.
+    defences: Defences,
+}
+
+/// The rate limits and the greylist of a running MTA: their tables and state (and
+/// counters) are kept across reloads while their settings stay the same; a reload that
+/// changes them starts them anew (the greylist reads back the state it saved just
+/// before). Clones share them.
+#[derive(Clone, Debug, Default)]
+pub struct Defences {
+    current: Arc<std::sync::Mutex<DefenceState>>,
+}
+
+/// What [`Defences`] holds: each with the settings it was made with.
+#[derive(Clone, Debug, Default)]
+struct DefenceState {
+    rate: Option<(RateSettings, RateLimits)>,
+    greylist: Option<(GreylistSettings, Greylist)>,
+}
+
+impl Defences {
+    fn state(&self) -> std::sync::MutexGuard<'_, DefenceState> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The rate limits and greylist for `rate` and `greylist` (`None`: greylisting off):
+    /// those in use when their settings are the same, else new ones (the greylist in
+    /// use saves its state first, for the new one to read). Nothing changes here until
+    /// [`Defences::commit`].
+    fn prepare(&self, rate: RateSettings, greylist: Option<GreylistSettings>) -> DefenceState {
+        let state = self.state().clone();
+        let rate = match state.rate {
+            Some((settings, limits)) if settings == rate => (settings, limits),
+            _ => (rate.clone(), RateLimits::new(rate)),
+        };
+        let greylist = greylist.map(|wanted| match state.greylist {
+            Some((settings, greylist)) if settings == wanted => (settings, greylist),
+            old => {
+                if let Some((_, old)) = old {
+                    save_greylist(&old);
+                }
+                (wanted.clone(), Greylist::new(wanted))
+            }
+        });
+        DefenceState {
+            rate: Some(rate),
+            greylist,
+        }
+    }
+
+    /// Puts `prepared` in use (the configuration it was made for is in force).
+    fn commit(&self, prepared: DefenceState) {
+        let kept = prepared.greylist.as_ref().map(|(s, _)| s.clone());
+        let old = std::mem::replace(&mut *self.state(), prepared);
+        // A greylist turned off keeps what it learned for when it is turned on again.
+        if let Some((settings, greylist)) = old.greylist
+            && kept.as_ref() != Some(&settings)
+        {
+            save_greylist(&greylist);
+        }
+    }
+
+    /// The rate limits' counters (zero before the first start).
+    pub fn rate_stats(&self) -> Arc<RateStats> {
+        self.state()
+            .rate
+            .as_ref()
+            .map_or_else(Arc::default, |(_, r)| r.stats())
+    }
+
+    /// The greylist's counters (zero while greylisting is off).
+    pub fn greylist_stats(&self) -> Arc<GreylistStats> {
+        self.state()
+            .greylist
+            .as_ref()
+            .map_or_else(Arc::default, |(_, g)| g.stats())
+    }
+
+    /// Writes the greylisting state file now (at shutdown).
+    pub fn save(&self) {
+        let greylist = self.state().greylist.clone();
+        if let Some((_, greylist)) = greylist {
+            save_greylist(&greylist);
+        }
+    }
+}
+
+/// Saves `greylist`'s state, or logs why not.
+fn save_greylist(greylist: &Greylist) {
+    if let Err(e) = greylist.save() {
+        tracing::warn!(error = %e, "cannot save the greylisting state");
+    }
+}
+
+/// The anti-abuse filters of one build of the chain: the rate limits and greylist
+/// (kept across reloads, in [`Defences`]) and the counters of the DNS defences. Mail
+/// handed in while no server runs meets none of them.
+struct Door<'a> {
+    rate: Option<&'a RateLimits>,
+    greylist: Option<&'a Greylist>,
+    dns: &'a Arc<auth_checks::DnsStats>,
 }
 
 /// What the configuration makes: the server's settings and stages, and the delivery.
@@ -275,6 +385,8 @@ struct Parts {
     server_config: smtp_server::ServerConfig,
     stages: Stages,
     delivery: Delivery,
+    /// The rate limits and greylist the stages use, for [`Defences::commit`].
+    defences: DefenceState,
 }
 
 impl Parts {
@@ -298,6 +410,23 @@ impl Parts {
         let local_domains = DomainSet::new(&config.local.domains);
         let mailboxes = known_mailboxes(config);
         let resolver = resolver(config)?.count_into(Arc::clone(&counters.dns));
+        let trusted = &config.relay.trusted_networks;
+        let greylist = match config.greylist.mode {
+            DefenceMode::Off => None,
+            _ => Some(
+                config
+                    .greylist
+                    .settings(Some(greylist_state_file(config)?), trusted),
+            ),
+        };
+        let defences = counters
+            .defences
+            .prepare(config.rate_limits.settings(trusted), greylist);
+        let door = Door {
+            rate: defences.rate.as_ref().map(|(_, r)| r),
+            greylist: defences.greylist.as_ref().map(|(_, g)| g),
+            dns: &counters.door_dns,
+        };
         let stages = stages(
             config,
             &local_domains,
@@ -305,6 +434,7 @@ impl Parts {
             &resolver,
             queue.clone(),
             &counters.auth,
+            &door,
         )?;
         let stages = custom.add_to(stages, config);
         let local = match (&config.local.lmtp, &config.local.maildir) {
@@ -326,8 +456,30 @@ impl Parts {
             server_config: server_config(config, tls, queue)?,
             stages,
             delivery: Delivery::new(local_domains, local, Some(remote), postmaster, mailboxes),
+            defences,
         })
     }
+}
+
+/// The greylisting state file. Its directory must exist, unless it is the default one
+/// in the data directory, which is made.
+fn greylist_state_file(config: &Config) -> anyhow::Result<PathBuf> {
+    let file = config.greylist_state_file();
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if config.greylist.state_file.is_none() {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("[greylist] cannot make {}", dir.display()))?;
+    } else if !dir.is_dir() {
+        anyhow::bail!(
+            "[greylist] state_file {}: the directory {} does not exist",
+            file.display(),
+            dir.display()
+        );
+    }
+    Ok(file)
 }
 
 /// The largest message accepted (`[limits] max_message_size`).
@@ -362,6 +514,11 @@ pub(crate) fn local_stages(
         &resolver(config)?,
         queue.clone(),
         &Arc::default(),
+        &Door {
+            rate: None,
+            greylist: None,
+            dns: &Arc::default(),
+        },
     )?;
     Ok(custom.add_to(stages, config))
 }
@@ -428,7 +585,9 @@ impl Mta {
             server_config,
             stages,
             delivery,
+            defences,
         } = Parts::build(&config, &queue, &counters, &custom)?;
+        counters.defences.commit(defences);
         let injected = Arc::new(std::sync::RwLock::new(stages.clone()));
         let max_message = server_config.limits.max_message_size;
         let server = Server::with_listeners(server_config, stages, bound)?;
@@ -464,6 +623,8 @@ impl Mta {
                 queue_path: config.queue.path.clone(),
                 auth: Arc::clone(&counters.auth),
                 dns: Arc::clone(&counters.dns),
+                door_dns: Arc::clone(&counters.door_dns),
+                defences: counters.defences.clone(),
             };
             tasks.push(tokio::spawn(crate::metrics::serve(
                 listener,
@@ -582,6 +743,8 @@ impl Mta {
         for task in self.tasks {
             let _ = task.await;
         }
+        let defences = self.reload.counters.defences.clone();
+        let _ = tokio::task::spawn_blocking(move || defences.save()).await;
         self.reload.delivery.close_idle().await;
     }
 }
@@ -756,13 +919,24 @@ fn server_config(
     })
 }
 
-/// The middleware chain: the built-in policy as layers around the queue. At HELO/EHLO,
-/// the HELO checks (`[helo_checks]`) come before the milters, so that a name they refuse
-/// costs no milter a question. A message passes the hop limit, gets a missing `Date:`
-/// and `Message-ID:` when it comes from a login, then sender authentication (which adds
-/// `Authentication-Results`), then gets its `Received:` (on top), then meets the
-/// configured hooks (milters, rspamd; a policy service at RCPT after the
-/// local-recipient check) and, from a login, gets its DKIM signature.
+/// The middleware chain: the built-in policy as layers around the queue.
+///
+/// At connect, the rate limits come first (a client over its connection rate is closed
+/// before anything else is done for it), then the reverse-DNS and DNS blocklist lookups
+/// start, in the background. At HELO/EHLO, the HELO checks (`[helo_checks]`) come
+/// before the milters, so that a name they refuse costs no milter a question. At AUTH,
+/// the failed-login lockout wraps the password check (it counts its refusals). At MAIL
+/// FROM, the rate limits, then the blocklists' domain lookups, then SPF. At RCPT, after
+/// the relay policy (always first): the DNS blocklists (`554 5.7.1`), reverse DNS
+/// (`450 4.7.25`), the rate limits (which see the answers of what follows, to count
+/// refused recipients), the local-recipient check, greylisting (so that unknown users
+/// are refused at once, never greylisted), then the policy services. A message passes
+/// the hop limit, gets a missing `Date:` and `Message-ID:` when it comes from a login,
+/// then sender authentication (which adds `Authentication-Results`) and the blocklists'
+/// `X-DNSBL`, then gets its `Received:` (on top), then meets the configured hooks
+/// (milters, rspamd) and, from a login, gets its DKIM signature. Mail handed in on this
+/// machine (`sendmail`, the control socket) skips the rate limits.
+#[allow(clippy::too_many_arguments)]
 fn stages(
     config: &Config,
     local_domains: &DomainSet,
@@ -770,6 +944,7 @@ fn stages(
     resolver: &MxResolver,
     queue: Queue,
     auth_stats: &Arc<auth_checks::AuthStats>,
+    door: &Door<'_>,
 ) -> anyhow::Result<Stages> {
     let signing = dkim_signing(config)?;
     let trusted = config.relay.trusted_networks.clone();
@@ -779,30 +954,53 @@ fn stages(
             .iter()
             .map(|a| (a.username.as_str(), a.password.as_str())),
     );
-    let mut checks = AuthChecks::new(
-        Verifier::new(resolver.resolver().clone(), &config.hostname),
-        config.auth_checks,
-    )
-    .skip_networks(trusted.clone())
-    .count_into(Arc::clone(auth_stats));
+    // One verifier: the sender checks, the blocklists and reverse DNS share its
+    // resolver, negative cache and (per message) its DNS time budget.
+    let verifier = Verifier::new(resolver.resolver().clone(), &config.hostname);
+    let budget = config.auth_checks.time_budget;
+    let mut checks = AuthChecks::new(verifier.clone(), config.auth_checks)
+        .skip_networks(trusted.clone())
+        .count_into(Arc::clone(auth_stats));
     if let Some(k) = &config.arc_seal {
         let sealer = ArcSigner::from_pem_file(&k.domain, &k.selector, &k.private_key)
             .with_context(|| format!("[arc_seal] {} (selector {})", k.domain, k.selector))?;
         checks = checks.arc_sealer(sealer, local_domains.clone());
     }
+    let dnsbl =
+        (config.dnsbl.mode != DefenceMode::Off && !config.dnsbl.lists.is_empty()).then(|| {
+            DnsblFilter::new(&verifier, &config.dnsbl.settings())
+                .time_budget(budget)
+                .skip_networks(trusted.clone())
+                .count_into(Arc::clone(door.dns))
+        });
+    let rdns = (config.reverse_dns.mode != DefenceMode::Off).then(|| {
+        RdnsFilter::new(&verifier, config.reverse_dns.settings())
+            .time_budget(budget)
+            .skip_networks(trusted.clone())
+            .count_into(Arc::clone(door.dns))
+    });
     let signed = Stages::new(Enqueue { queue }).data_layer(filter(signing));
     let mut stages = crate::hooks::add(signed, config)?
         .data_layer(filter(Received::new(&config.hostname)))
-        .data_layer(checks.data_layer())
+        .data_layer(checks.data_layer());
+    if let Some(dnsbl) = &dnsbl {
+        // Added after the checks: its header goes under Authentication-Results.
+        stages = stages.data_layer(dnsbl.data_layer());
+    }
+    stages = stages
         .data_layer(filter(SubmittedHeaders::new(&config.hostname)))
         .data_layer(filter(NotifyPolicy::new(trusted.clone())))
         .data_layer(filter(HopLimit::new(config.limits.max_hops.unwrap_or(50))))
         .mail_layer(checks.mail_layer())
         .auth_layer(filter_async(PasswordCheck::new(accounts)));
-    if config.helo_checks.mode != crate::config::DefenceMode::Off {
+    if config.helo_checks.mode != DefenceMode::Off {
         // Added after the hooks, so it runs before a milter's helo stage.
         let helo = config.helo_checks.filter(&config.hostname, trusted.clone());
         stages = stages.ehlo_layer(filter(helo));
+    }
+    // The last added runs first: greylisting after the local-recipient check.
+    if let Some(greylist) = door.greylist {
+        stages = stages.rcpt_layer(filter(greylist.clone()));
     }
     if let Some(mailboxes) = mailboxes {
         stages = stages.rcpt_layer(filter(LocalRecipients::new(
@@ -810,7 +1008,102 @@ fn stages(
             mailboxes.iter(),
         )));
     }
+    if let Some(dnsbl) = &dnsbl {
+        stages = stages
+            .connect_layer(dnsbl.connect_layer())
+            .mail_layer(dnsbl.mail_layer());
+    }
+    if let Some(rdns) = &rdns {
+        stages = stages.connect_layer(rdns.connect_layer());
+    }
+    if let Some(rate) = door.rate {
+        // Outside the password check, the local-recipient check and greylisting, to
+        // count what they refuse; outermost at connect and MAIL.
+        stages = stages
+            .connect_layer(SkipLocal(rate.connect_layer()))
+            .auth_layer(SkipLocal(rate.auth_layer()))
+            .mail_layer(SkipLocal(rate.mail_layer()))
+            .rcpt_layer(SkipLocal(rate.rcpt_layer()));
+    }
+    if let Some(rdns) = &rdns {
+        stages = stages.rcpt_layer(rdns.rcpt_layer());
+    }
+    if let Some(dnsbl) = &dnsbl {
+        stages = stages.rcpt_layer(dnsbl.rcpt_layer());
+    }
     Ok(stages.relay_policy(filter(RelayPolicy::new(local_domains.clone(), trusted))))
+}
+
+/// A layer that mail handed in on this machine ([`SessionInfo::LOCAL`]: `sendmail`
+/// from cron jobs and scripts, the control socket) goes around: the rate limits are for
+/// clients on the network.
+#[derive(Clone, Debug)]
+struct SkipLocal<L>(L);
+
+impl<L: tower::Layer<S>, S: Clone> tower::Layer<S> for SkipLocal<L> {
+    type Service = SkipLocalService<S, L::Service>;
+    fn layer(&self, inner: S) -> Self::Service {
+        SkipLocalService {
+            plain: inner.clone(),
+            layered: self.0.layer(inner),
+        }
+    }
+}
+
+/// The service of [`SkipLocal`].
+#[derive(Clone, Debug)]
+struct SkipLocalService<S, T> {
+    plain: S,
+    layered: T,
+}
+
+/// A stage request's session.
+trait HasSession {
+    fn session(&self) -> &SessionInfo;
+}
+
+macro_rules! has_session {
+    ($($req:ty),*) => {$(
+        impl HasSession for $req {
+            fn session(&self) -> &SessionInfo {
+                &self.session
+            }
+        }
+    )*};
+}
+
+has_session!(
+    smtp_server::ConnectRequest,
+    smtp_server::AuthRequest,
+    smtp_server::MailRequest,
+    smtp_server::RcptRequest
+);
+
+impl<R, S, T> tower::Service<R> for SkipLocalService<S, T>
+where
+    R: HasSession + Send + 'static,
+    S: tower::Service<R, Response = Decision, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    T: tower::Service<R, Response = Decision, Error = BoxError> + Clone + Send + 'static,
+    T::Future: Send + 'static,
+{
+    type Response = Decision;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Decision, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Each call readies the service it picks (a clone), as `oneshot` does.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        use tower::ServiceExt;
+        if request.session().protocol == SessionInfo::LOCAL {
+            Box::pin(self.plain.clone().oneshot(request))
+        } else {
+            Box::pin(self.layered.clone().oneshot(request))
+        }
+    }
 }
 
 /// The queue id of a message [`Enqueue`] queued, left in its transaction's notes.

@@ -1,8 +1,13 @@
 //! The defences of `docs/anti-abuse.md` through the `mta` binary: a listener's
-//! `proxy_protocol`, `[early_talkers]` and `[helo_checks]`, configured in the file,
-//! checked by `mta check-config`, applied by `mta serve` (and by a reload), counted in
-//! `[metrics]`. Clients are plain sockets, bound to other loopback addresses
-//! (127.0.0.2, 127.0.0.3, ...) where a test needs clients the server tells apart.
+//! `proxy_protocol`, `[early_talkers]`, `[helo_checks]`, `[rate_limits]`, `[greylist]`,
+//! `[dnsbl]` and `[reverse_dns]`, configured in the file, checked by `mta check-config`,
+//! applied by `mta serve` (and by a reload), counted in `[metrics]`. Clients are plain
+//! sockets, bound to other loopback addresses (127.0.0.2, 127.0.0.3, ...) where a test
+//! needs clients the server tells apart (the rate limits' tests set `exempt_networks =
+//! []`: loopback is exempt by default). The DNS lists are served by a dnsmasq each test
+//! starts (`.ci/deps/dnsmasq.sh` installs it); the reverse DNS of a loopback client is
+//! answered by the resolver itself (`localhost`, RFC 6761), and no test asks this
+//! machine's DNS: those with other client addresses turn reverse DNS off.
 
 #![cfg(unix)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -137,7 +142,7 @@ fn proxy_protocol_gives_the_stages_the_real_client() {
         dir.path(),
         "127.0.0.1:0",
         "proxy_protocol = { load_balancers = [\"127.0.0.1/32\"], timeout = \"1s\" }\n",
-        &format!("[metrics]\naddress = \"{metrics}\"\n"),
+        &format!("[metrics]\naddress = \"{metrics}\"\n[reverse_dns]\nmode = \"off\"\n"),
     );
     let (child, addr) = serve(&cfg);
 
@@ -363,7 +368,7 @@ fn a_reload_applies_the_defences() {
         dir.path(),
         &listen,
         "proxy_protocol = { load_balancers = [\"127.0.0.1\"], timeout = \"1s\" }\n",
-        "[helo_checks]\nmode = \"enforce\"\n",
+        "[helo_checks]\nmode = \"enforce\"\n[reverse_dns]\nmode = \"off\"\n",
     );
     let (code, stdout, stderr) = run_with("reload", &cfg);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
@@ -424,4 +429,655 @@ fn check_config_accepts_the_defences_and_tells_an_empty_load_balancer_list() {
         stderr.contains("line 5: [[listener]] proxy_protocol"),
         "{stderr}"
     );
+}
+
+/// `mta.toml` in `dir`: [`config`] on any port, with only `you@mx.test` (and postmaster)
+/// known instead of any user, then `extra`.
+fn config_known_users(dir: &Path, extra: &str) -> PathBuf {
+    let path = config(dir, "127.0.0.1:0", "", extra);
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "accept_any_user = true\n",
+        "accept_any_user = false\nmailboxes = [\"you@mx.test\"]\n",
+    );
+    write(dir, "mta.toml", &text)
+}
+
+/// `[rate_limits] connections_per_ip`: the connection over the rate gets `421 4.7.0`
+/// with the time to wait, and is closed; another address still connects. Counted. The
+/// counts survive a reload that leaves `[rate_limits]` as it was.
+#[test]
+fn a_connection_flood_is_refused_421() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_address();
+    let listen = free_address();
+    let extra = |more: &str| {
+        format!(
+            "[rate_limits]\nconnections_per_ip = \"3/1m\"\nexempt_networks = []\n\
+             [metrics]\naddress = \"{metrics}\"\n{more}"
+        )
+    };
+    let cfg = config(dir.path(), &listen, "", &extra(""));
+    let (child, addr) = serve(&cfg);
+    for _ in 0..3 {
+        let mut c = connect_from("127.0.0.2", &addr);
+        let greeting = c.reply().unwrap();
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        c.cmd("QUIT");
+    }
+    // Another section changes; the rate limits keep their count.
+    config(
+        dir.path(),
+        &listen,
+        "",
+        &extra("[helo_checks]\nmode = \"enforce\"\n"),
+    );
+    let (code, stdout, stderr) = run_with("reload", &cfg);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let mut flood = connect_from("127.0.0.2", &addr);
+    let refusal = flood.reply().unwrap();
+    assert!(
+        refusal.starts_with("421 4.7.0 ")
+            && refusal.contains("Too many connections from your address; try again in "),
+        "{refusal}"
+    );
+    assert!(flood.closed_silently(), "closed after the 421");
+    // Another address is not concerned.
+    let mut other = connect_from("127.0.0.3", &addr);
+    assert!(other.reply().unwrap().starts_with("220 "));
+    other.cmd("QUIT");
+    for (sample, n) in [
+        (
+            "mta_smtp_rate_limit_refusals_total{limit=\"connections_per_ip\"}",
+            1.0,
+        ),
+        (
+            "mta_smtp_rate_limit_hits_total{limit=\"connections_per_ip\"}",
+            1.0,
+        ),
+        (
+            "mta_smtp_rate_limit_refusals_total{limit=\"messages_per_ip\"}",
+            0.0,
+        ),
+        ("mta_smtp_rate_limit_tarpitted_total", 0.0),
+        ("mta_smtp_rate_limit_lockouts_total", 0.0),
+    ] {
+        assert_metric(&metrics, sample, n);
+    }
+    assert!(metric(&metrics, "mta_smtp_rate_limit_tracked").unwrap() >= 2.0);
+    terminate(child);
+}
+
+/// `[rate_limits.failed_rcpts]`: a dictionary attack (up to 200 unknown recipients) is
+/// refused `550` recipient by recipient, tarpitted past `tarpit_after`, then cut off
+/// with `421 4.7.0` past `disconnect_after`, and refused at once when it comes back;
+/// a known recipient from another address still gets through.
+#[test]
+fn a_dictionary_attack_is_tarpitted_and_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_address();
+    let cfg = config_known_users(
+        dir.path(),
+        &format!(
+            "[rate_limits]\nexempt_networks = []\n\
+             [rate_limits.failed_rcpts]\ntarpit_after = 5\ndisconnect_after = 10\n\
+             tarpit_step = \"100ms\"\ntarpit_max = \"200ms\"\n\
+             [metrics]\naddress = \"{metrics}\"\n"
+        ),
+    );
+    let (child, addr) = serve(&cfg);
+    let mut bot = connect_from("127.0.0.2", &addr);
+    bot.reply().unwrap();
+    bot.cmd("EHLO bot.example.net");
+    bot.cmd("MAIL FROM:<spam@example.net>");
+    let mut answers = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for i in 0..200 {
+        let start = Instant::now();
+        bot.send(&format!("RCPT TO:<guess{i}@mx.test>\r\n"));
+        let Some(reply) = bot.reply() else { break };
+        slowest = slowest.max(start.elapsed());
+        let last = reply.starts_with("421");
+        answers.push(reply);
+        if last {
+            break;
+        }
+    }
+    let cut = answers.last().unwrap();
+    assert!(
+        cut.starts_with("421 4.7.0 ")
+            && cut.contains("Too many unknown recipients from your address; try again in "),
+        "{answers:?}"
+    );
+    assert_eq!(answers.len(), 11, "{answers:?}");
+    assert!(
+        answers[..10].iter().all(|a| a.starts_with("550")),
+        "{answers:?}"
+    );
+    assert!(
+        slowest >= Duration::from_millis(100),
+        "no tarpit: {slowest:?}"
+    );
+    assert!(bot.closed_silently(), "closed after the 421");
+    // Back again: cut off at the first RCPT.
+    let mut again = connect_from("127.0.0.2", &addr);
+    again.reply().unwrap();
+    again.cmd("EHLO bot.example.net");
+    again.cmd("MAIL FROM:<spam@example.net>");
+    let refused = again.cmd("RCPT TO:<you@mx.test>");
+    assert!(refused.starts_with("421 4.7.0 "), "{refused}");
+    // Another address gets its mail through.
+    let mut good = connect_from("127.0.0.3", &addr);
+    good.reply().unwrap();
+    good.cmd("EHLO mail.example.org");
+    good.cmd("MAIL FROM:<ann@example.org>");
+    assert!(good.cmd("RCPT TO:<nobody@mx.test>").starts_with("550"));
+    assert!(good.cmd("RCPT TO:<you@mx.test>").starts_with("250"));
+    good.cmd("QUIT");
+    assert_metric(
+        &metrics,
+        "mta_smtp_rate_limit_refusals_total{limit=\"failed_rcpts_per_ip\"}",
+        2.0,
+    );
+    assert_metric(&metrics, "mta_smtp_rate_limit_tarpitted_total", 5.0);
+    terminate(child);
+}
+
+/// Runs a Python smtplib script (STARTTLS and AUTH are its business) with `args`;
+/// returns its stdout.
+fn python(script: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One session from `source`: STARTTLS, then AUTH PLAIN with `password`; prints the
+/// reply's code and text.
+const LOGIN: &str = "import smtplib, ssl, sys, base64\n\
+s = smtplib.SMTP(sys.argv[1], int(sys.argv[2]), source_address=(sys.argv[3], 0))\n\
+s.starttls(context=ssl._create_unverified_context())\n\
+s.ehlo('client.example.net')\n\
+token = base64.b64encode(b'\\0ann@mx.test\\0' + sys.argv[4].encode()).decode()\n\
+code, text = s.docmd('AUTH', 'PLAIN ' + token)\n\
+print(code, text.decode())\n\
+s.quit()\n";
+
+/// `[rate_limits.failed_logins]` at its defaults: 20 wrong passwords from one address
+/// over 20 sessions: the first 10 are refused `535`, then the address is locked out
+/// (`454 4.7.0` with the time to come back, even with the right password), while
+/// another address still logs in.
+#[test]
+fn wrong_passwords_lock_an_address_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_address();
+    let cfg = config(
+        dir.path(),
+        "127.0.0.1:0",
+        "",
+        &format!(
+            "[tls]\nself_signed = true\n[[account]]\nusername = \"ann@mx.test\"\npassword = \"secret\"\n\
+             [rate_limits]\nexempt_networks = []\n[metrics]\naddress = \"{metrics}\"\n"
+        ),
+    );
+    let (child, addr) = serve(&cfg);
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        answers.push(python(LOGIN, &[host, port, "127.0.0.2", "wrong"]));
+    }
+    assert!(
+        answers[..10].iter().all(|a| a.starts_with("535")),
+        "{answers:?}"
+    );
+    assert!(
+        answers[10..].iter().all(|a| a.starts_with("454 4.7.0 ")
+            && a.contains("Too many failed logins from your address; try again in ")),
+        "{answers:?}"
+    );
+    let locked = python(LOGIN, &[host, port, "127.0.0.2", "secret"]);
+    assert!(locked.starts_with("454 4.7.0 "), "{locked}");
+    let other = python(LOGIN, &[host, port, "127.0.0.3", "secret"]);
+    assert!(other.starts_with("235"), "{other}");
+    for (sample, n) in [
+        ("mta_smtp_rate_limit_lockouts_total", 1.0),
+        (
+            "mta_smtp_rate_limit_refusals_total{limit=\"failed_logins_per_ip\"}",
+            11.0,
+        ),
+        (
+            "mta_smtp_logins_total{listener=\"relay\",result=\"success\"}",
+            1.0,
+        ),
+    ] {
+        assert_metric(&metrics, sample, n);
+    }
+    terminate(child);
+}
+
+/// EHLO, MAIL FROM `from`, RCPT TO `to` on `addr` from 127.0.0.1; the RCPT reply, and
+/// the connection (still in its transaction).
+fn rcpt(addr: &str, from: &str, to: &str) -> (String, Conn) {
+    let mut c = connect_from("127.0.0.1", addr);
+    c.reply().unwrap();
+    c.cmd("EHLO mail.example.org");
+    c.cmd(&format!("MAIL FROM:<{from}>"));
+    (c.cmd(&format!("RCPT TO:<{to}>")), c)
+}
+
+/// `[greylist]` with a 1 s delay: a new triplet is deferred `451 4.7.1` with the time
+/// to come back, a retry within the delay too, a retry after it passes and its message
+/// arrives. The state survives a
+/// restart of `mta` (SIGTERM, start again): a triplet first seen before it passes
+/// after it, and one that passed passes at once.
+#[test]
+fn greylisting_defers_then_passes_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_address();
+    let cfg = config(
+        dir.path(),
+        "127.0.0.1:0",
+        "",
+        &format!(
+            "[greylist]\nmode = \"enforce\"\ndelay = \"1s\"\n[metrics]\naddress = \"{metrics}\"\n"
+        ),
+    );
+    let (child, addr) = serve(&cfg);
+    let (first, mut c) = rcpt(&addr, "ann@example.org", "you@mx.test");
+    assert!(
+        first.starts_with("451 4.7.1 Greylisted: try again in 1 second"),
+        "{first}"
+    );
+    c.cmd("QUIT");
+    // A reload that leaves `[greylist]` as it was keeps what it learned.
+    let (code, stdout, stderr) = run_with("reload", &cfg);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let (early, mut c) = rcpt(&addr, "ann@example.org", "you@mx.test");
+    assert!(
+        early.starts_with("451 4.7.1 Greylisted: try again in 1 second"),
+        "{early}"
+    );
+    c.cmd("QUIT");
+    std::thread::sleep(Duration::from_millis(1100));
+    let (retry, mut c) = rcpt(&addr, "ann@example.org", "you@mx.test");
+    assert!(retry.starts_with("250"), "{retry}");
+    assert!(c.cmd("DATA").starts_with("354"));
+    let queued = c.cmd("Subject: greylisted\r\n\r\nhello\r\n.");
+    assert!(queued.starts_with("250 2.0.0 Ok: queued as"), "{queued}");
+    c.cmd("QUIT");
+    assert_eq!(maildir_files(dir.path(), "you", 1).len(), 1);
+    // A second triplet, seen once before the restart.
+    let second_seen = Instant::now();
+    let (other, mut c) = rcpt(&addr, "bob@example.org", "you@mx.test");
+    assert!(other.starts_with("451 4.7.1 "), "{other}");
+    c.cmd("QUIT");
+    for (sample, n) in [
+        ("mta_smtp_greylist_total{result=\"deferred\"}", 3.0),
+        ("mta_smtp_greylist_total{result=\"passed\"}", 1.0),
+        ("mta_smtp_greylist_entries", 2.0),
+        ("mta_smtp_greylist_clients", 1.0),
+    ] {
+        assert_metric(&metrics, sample, n);
+    }
+    terminate(child);
+    let state = std::fs::read_to_string(dir.path().join("greylist.state")).unwrap();
+    assert!(state.contains("bob@example.org"), "{state}");
+
+    let (child, addr) = serve(&cfg);
+    let (passed, mut c) = rcpt(&addr, "ann@example.org", "you@mx.test");
+    assert!(passed.starts_with("250"), "{passed}");
+    c.cmd("QUIT");
+    // The delay of the second triplet ends after the restart.
+    std::thread::sleep(Duration::from_millis(1100).saturating_sub(second_seen.elapsed()));
+    let (retry, mut c) = rcpt(&addr, "bob@example.org", "you@mx.test");
+    assert!(retry.starts_with("250"), "kept across the restart: {retry}");
+    c.cmd("QUIT");
+    assert_metric(
+        &metrics,
+        "mta_smtp_greylist_total{result=\"deferred\"}",
+        0.0,
+    );
+    assert_metric(&metrics, "mta_smtp_greylist_total{result=\"passed\"}", 2.0);
+    terminate(child);
+}
+
+/// dnsmasq on a free loopback port answering `records` (dnsmasq options), NXDOMAIN for
+/// any other name under `.test`; `None` (skip) when dnsmasq is not installed.
+fn dnsmasq(records: &[&str]) -> Option<smtp_client::testing::daemons::Daemon> {
+    use smtp_client::testing::daemons::{Daemon, free_address};
+    let bin = smtp_client::testing::tool("dnsmasq")?;
+    let address = free_address();
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(bin);
+    command
+        .arg("--conf-file=/dev/null")
+        .arg("--keep-in-foreground")
+        .arg(format!("--port={}", address.port()))
+        .arg("--listen-address=127.0.0.1")
+        .arg("--bind-interfaces")
+        .arg(format!("--pid-file={}/dnsmasq.pid", dir.path().display()))
+        .args(["--no-resolv", "--no-hosts", "--local-ttl=60"])
+        .args(["--local=/test/", "--local=/in-addr.arpa/"])
+        .args(records);
+    Some(Daemon::spawn(
+        "dnsmasq",
+        command,
+        address,
+        dir,
+        Duration::from_secs(5),
+    ))
+}
+
+/// `[dnsbl]` in enforce mode with a blocklist and an allowlist served by dnsmasq: a
+/// listed client has its recipient refused with the exact text, at RCPT; a client the
+/// allowlist also names, and a client no list names, get their mail through. The
+/// lists' metrics count it. Then, after a reload to tag mode, the listed client's
+/// message goes through with an `X-DNSBL` header.
+#[test]
+fn a_blocklisted_client_is_refused_at_rcpt() {
+    let Some(dns) = dnsmasq(&[
+        "--address=/1.0.0.127.zen.test/127.0.0.2",
+        "--address=/3.0.0.127.zen.test/127.0.0.2",
+        "--address=/3.0.0.127.wl.test/127.0.10.2",
+    ]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_address();
+    let listen = free_address();
+    let extra = |mode: &str| {
+        format!(
+            "[dns]\nnameservers = [\"{}\"]\n\
+             [dnsbl]\nmode = \"{mode}\"\nlists = [\"zen.test=127.0.0.[2..11]*2\", \"wl.test*-5\"]\n\
+             threshold = 2\n[metrics]\naddress = \"{metrics}\"\n",
+            dns.address
+        )
+    };
+    let cfg = config(dir.path(), &listen, "", &extra("enforce"));
+    let (child, addr) = serve(&cfg);
+    let session = |source: &str| {
+        let mut c = connect_from(source, &addr);
+        c.reply().unwrap();
+        c.cmd("EHLO mail.example.org");
+        c.cmd("MAIL FROM:<ann@example.org>");
+        let reply = c.cmd("RCPT TO:<you@mx.test>");
+        (reply, c)
+    };
+    let (listed, mut c) = session("127.0.0.1");
+    assert_eq!(
+        listed,
+        "554 5.7.1 Service unavailable; client [127.0.0.1] blocked using zen.test\r\n"
+    );
+    c.cmd("QUIT");
+    for source in ["127.0.0.3", "127.0.0.2"] {
+        let (passed, mut c) = session(source);
+        assert!(passed.starts_with("250"), "{source}: {passed}");
+        assert!(c.cmd("DATA").starts_with("354"));
+        assert!(c.cmd("Subject: clean\r\n\r\nhello\r\n.").starts_with("250"));
+        c.cmd("QUIT");
+    }
+    for (sample, n) in [
+        ("mta_dnsbl_verdicts_total{verdict=\"refused\"}", 1.0),
+        ("mta_dnsbl_verdicts_total{verdict=\"clean\"}", 2.0),
+        ("mta_dnsbl_hits_total{list=\"zen.test\"}", 2.0),
+        ("mta_dnsbl_hits_total{list=\"wl.test\"}", 1.0),
+        ("mta_dnsbl_queries_total{list=\"zen.test\"}", 3.0),
+        (
+            "mta_dnsbl_errors_total{list=\"zen.test\",reason=\"dns\"}",
+            0.0,
+        ),
+        ("mta_smtp_refusals_total{stage=\"rcpt\",code=\"554\"}", 1.0),
+    ] {
+        assert_metric(&metrics, sample, n);
+    }
+    let files = maildir_files(dir.path(), "you", 2);
+    let allowlisted = files.iter().find(|f| f.contains("[127.0.0.3]")).unwrap();
+    assert!(
+        allowlisted.contains("X-DNSBL: clean; score=-3; threshold=2;"),
+        "{allowlisted}"
+    );
+
+    // Tag mode: the listed client goes on, and its message says why it is suspect.
+    config(dir.path(), &listen, "", &extra("tag"));
+    let (code, stdout, stderr) = run_with("reload", &cfg);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let (tagged, mut c) = session("127.0.0.1");
+    assert!(tagged.starts_with("250"), "{tagged}");
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(
+        c.cmd("Subject: tagged\r\n\r\nhello\r\n.")
+            .starts_with("250")
+    );
+    c.cmd("QUIT");
+    let files = maildir_files(dir.path(), "you", 3);
+    let tagged = files
+        .iter()
+        .find(|f| f.contains("Subject: tagged"))
+        .unwrap();
+    assert!(
+        tagged.contains("X-DNSBL: listed; score=2; threshold=2;\n\tzen.test=127.0.0.2 (client [127.0.0.1], weight 2)"),
+        "{tagged}"
+    );
+    assert_metric(
+        &metrics,
+        "mta_dnsbl_verdicts_total{verdict=\"tagged\"}",
+        1.0,
+    );
+    terminate(child);
+}
+
+/// `mta check-config` accepts the four sections with every key, and tells bad values
+/// with their key and line: a rate that does not parse, a zero window, a tarpit that
+/// would never start, a DNS list that does not parse, a threshold that lists everyone,
+/// a retry window shorter than the delay; then a state file in a missing directory.
+#[test]
+fn check_config_tells_bad_rate_greylist_and_dnsbl_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = config(
+        dir.path(),
+        "127.0.0.1:0",
+        "",
+        &format!(
+            "[rate_limits]\nconnections_per_ip = \"30/1m\"\nmessages_per_ip = {{ max = 600, per = \"1h\", mode = \"tag\" }}\n\
+             recipients_per_ip = \"off\"\nmessages_per_sender_domain = 0\nrecipients_per_sender_domain = \"1000/1d\"\n\
+             messages_per_login = \"500/1h\"\nrecipients_per_login = \"2000/1h\"\n\
+             exempt_networks = [\"127.0.0.0/8\"]\nexempt_logins = [\"news@mx.test\"]\nmax_tracked = 1000\n\
+             [rate_limits.failed_rcpts]\ntarpit_after = 10\ndisconnect_after = 30\nwindow = \"1h\"\n\
+             tarpit_step = \"1s\"\ntarpit_max = \"10s\"\nmode = \"enforce\"\n\
+             [rate_limits.failed_logins]\nmax_failures = 10\nwindow = \"15m\"\nlockout = \"30m\"\nmode = \"tag\"\n\
+             [greylist]\nmode = \"enforce\"\ndelay = \"5m\"\nretry_window = \"2d\"\nlifetime = \"35d\"\n\
+             auto_allowlist_after = 5\nallowlist = [\"192.0.2.0/24\"]\nstate_file = \"{}/grey.state\"\n\
+             save_interval = \"1m\"\nmax_entries = 1000\n\
+             [dnsbl]\nmode = \"enforce\"\nthreshold = 3\nlists = [\"zen.spamhaus.org=127.0.0.[2..11]*3\", \"sender:dbl.spamhaus.org\", \"list.dnswl.org=127.0.[0..255].[1..3]*-5\"]\n\
+             [reverse_dns]\nmode = \"enforce\"\nrequire = \"confirmed\"\n",
+            dir.path().display()
+        ),
+    );
+    let (code, stdout, stderr) = run_with("check-config", &good);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.ends_with(": ok\n"), "{stdout}");
+
+    let bad = config(
+        dir.path(),
+        "127.0.0.1:0",
+        "",
+        "[rate_limits]\nconnections_per_ip = \"60 a minute\"\n\
+         [rate_limits.failed_rcpts]\ntarpit_after = 40\ndisconnect_after = 30\nwindow = 0\n\
+         [greylist]\nmode = \"enforce\"\ndelay = \"1h\"\nretry_window = \"30m\"\n\
+         [dnsbl]\nthreshold = 0\nlists = [\"zen..test\"]\n\
+         [reverse_dns]\nrequire = \"name\"\n",
+    );
+    let (code, _, stderr) = run_with("check-config", &bad);
+    assert_eq!(code, Some(2), "{stderr}");
+    let name = bad.display();
+    for expected in [
+        format!(
+            "{name}: line 17: [rate_limits] connections_per_ip: \"60 a minute\": write how many per how long"
+        ),
+        format!(
+            "{name}: line 28: [dnsbl] lists: \"zen..test\": DNS list \"zen..test\": the zone is not a domain name"
+        ),
+        format!("{name}: line 30: [reverse_dns] require: unknown variant `name`"),
+    ] {
+        assert!(stderr.contains(&expected), "{expected} in {stderr}");
+    }
+    // The sections that read are checked across their keys.
+    let bad = config(
+        dir.path(),
+        "127.0.0.1:0",
+        "",
+        "[rate_limits.failed_rcpts]\ntarpit_after = 40\ndisconnect_after = 30\nwindow = 0\n\
+         [greylist]\nmode = \"enforce\"\ndelay = \"1h\"\nretry_window = \"30m\"\n\
+         [dnsbl]\nthreshold = 0\n",
+    );
+    let (code, _, stderr) = run_with("check-config", &bad);
+    assert_eq!(code, Some(2), "{stderr}");
+    let name = bad.display();
+    for expected in [
+        format!(
+            "{name}: line 17: [rate_limits.failed_rcpts] tarpit_after (40) is more than disconnect_after (30)"
+        ),
+        format!("{name}: line 19: [rate_limits.failed_rcpts] window: must be more than 0"),
+        format!("{name}: line 23: [greylist] retry_window: must be longer than delay (1h)"),
+        format!("{name}: line 25: [dnsbl] threshold: 0 would list every client"),
+    ] {
+        assert!(stderr.contains(&expected), "{expected} in {stderr}");
+    }
+    // A zero window of a rate is refused as the file is read.
+    let bad = config(
+        dir.path(),
+        "127.0.0.1:0",
+        "",
+        "[rate_limits]\nmessages_per_login = { max = 10, per = 0 }\n",
+    );
+    let (code, _, stderr) = run_with("check-config", &bad);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("line 17: [rate_limits] messages_per_login: 10 per 0 seconds: the time must be more than 0"),
+        "{stderr}"
+    );
+    // A state file in a directory that does not exist: told by check-config, and
+    // `mta serve` does not start.
+    let bad = config(
+        dir.path(),
+        "127.0.0.1:0",
+        "",
+        "[greylist]\nmode = \"enforce\"\nstate_file = \"/nonexistent/mta/greylist.state\"\n",
+    );
+    let (code, _, stderr) = run_with("check-config", &bad);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("line 18: [greylist] state_file /nonexistent/mta/greylist.state: the directory /nonexistent/mta does not exist"),
+        "{stderr}"
+    );
+    let out = mta()
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/mta does not exist"),
+        "{stderr}"
+    );
+}
+
+/// `[reverse_dns]` in enforce mode, behind a PROXY protocol listener (the clients are
+/// 192.0.2.x, whose PTR and address records dnsmasq serves): a client with a confirmed
+/// name has it in `Received:`; one without a name has its recipient deferred with
+/// `450 4.7.25`. Counted.
+#[test]
+fn reverse_dns_names_the_client_and_defers_a_nameless_one() {
+    let Some(dns) = dnsmasq(&[
+        "--ptr-record=44.2.0.192.in-addr.arpa,mail.example.test",
+        "--host-record=mail.example.test,192.0.2.44",
+    ]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_address();
+    let cfg = config(
+        dir.path(),
+        "127.0.0.1:0",
+        "proxy_protocol = { load_balancers = [\"127.0.0.1/32\"] }\n",
+        &format!(
+            "[dns]\nnameservers = [\"{}\"]\n[reverse_dns]\nmode = \"enforce\"\n\
+             [metrics]\naddress = \"{metrics}\"\n",
+            dns.address
+        ),
+    );
+    let (child, addr) = serve(&cfg);
+    let session = |client: &str| {
+        let mut c = connect_from("127.0.0.1", &addr);
+        c.send(&format!("PROXY TCP4 {client} 127.0.0.1 50123 25\r\n"));
+        assert!(c.reply().unwrap().starts_with("220 "));
+        c.cmd("EHLO mail.example.test");
+        c.cmd("MAIL FROM:<ann@example.test>");
+        let reply = c.cmd("RCPT TO:<you@mx.test>");
+        (reply, c)
+    };
+    let (named, mut c) = session("192.0.2.44");
+    assert!(named.starts_with("250"), "{named}");
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(c.cmd("Subject: named\r\n\r\nhello\r\n.").starts_with("250"));
+    c.cmd("QUIT");
+    let files = maildir_files(dir.path(), "you", 1);
+    assert!(
+        files[0].contains("Received: from mail.example.test (mail.example.test [192.0.2.44])"),
+        "{}",
+        files[0]
+    );
+    let (nameless, mut c) = session("192.0.2.45");
+    assert_eq!(
+        nameless,
+        "450 4.7.25 Client host rejected: cannot find your hostname, [192.0.2.45]\r\n"
+    );
+    c.cmd("QUIT");
+    for (sample, n) in [
+        ("mta_rdns_results_total{result=\"confirmed\"}", 1.0),
+        ("mta_rdns_results_total{result=\"missing\"}", 1.0),
+        ("mta_rdns_results_total{result=\"temperror\"}", 0.0),
+        ("mta_rdns_refused_total", 1.0),
+    ] {
+        assert_metric(&metrics, sample, n);
+    }
+    terminate(child);
+}
+
+/// Mail handed in on this machine (`mta sendmail`, through the running server's control
+/// socket) is not rate limited, whatever the per-login limit: cron jobs and scripts are
+/// not network clients.
+#[test]
+fn sendmail_is_not_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "127.0.0.1:0",
+        "",
+        "[rate_limits]\nmessages_per_login = \"1/1h\"\nrecipients_per_login = \"1/1h\"\n\
+         exempt_networks = []\n",
+    );
+    let (child, _) = serve(&cfg);
+    for i in 0..3 {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf 'Subject: cron {i}\\n\\nx\\n' | {} sendmail -C {} you@mx.test me@mx.test",
+                env!("CARGO_BIN_EXE_mta"),
+                cfg.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert_eq!(maildir_files(dir.path(), "you", 3).len(), 3);
+    terminate(child);
 }

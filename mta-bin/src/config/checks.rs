@@ -247,6 +247,96 @@ impl Config {
                 no_listeners("helo_checks"),
             );
         }
+        self.check_rates(doc, p);
+        let g = &self.greylist;
+        if g.mode != DefenceMode::Off {
+            if g.retry_window <= g.delay {
+                p.add(
+                    doc,
+                    At::Key("greylist", "retry_window"),
+                    format!(
+                        "[greylist] retry_window: must be longer than delay ({}): no retry could pass",
+                        humantime::format_duration(g.delay)
+                    ),
+                );
+            }
+            for (key, zero) in [
+                ("lifetime", g.lifetime.is_zero()),
+                ("max_entries", g.max_entries == 0),
+            ] {
+                if zero {
+                    p.add(
+                        doc,
+                        At::Key("greylist", key),
+                        format!("[greylist] {key}: must be more than 0"),
+                    );
+                }
+            }
+        }
+        let d = &self.dnsbl;
+        if d.mode != DefenceMode::Off && d.threshold < 1 {
+            p.add(
+                doc,
+                At::Key("dnsbl", "threshold"),
+                format!(
+                    "[dnsbl] threshold: {} would list every client (a client no list names scores 0); give 1 or more",
+                    d.threshold
+                ),
+            );
+        }
+    }
+
+    /// `[rate_limits]`: the failure counters' windows and steps.
+    fn check_rates(&self, doc: &Document<'_>, p: &mut Problems) {
+        let r = &self.rate_limits;
+        let f = &r.failed_rcpts;
+        let sub = |key| At::Sub("rate_limits", "failed_rcpts", key);
+        if f.mode != DefenceMode::Off && (f.tarpit_after > 0 || f.disconnect_after > 0) {
+            if f.window.is_zero() {
+                p.add(
+                    doc,
+                    sub("window"),
+                    "[rate_limits.failed_rcpts] window: must be more than 0",
+                );
+            }
+            if f.disconnect_after > 0 && f.tarpit_after > f.disconnect_after {
+                p.add(
+                    doc,
+                    sub("tarpit_after"),
+                    format!(
+                        "[rate_limits.failed_rcpts] tarpit_after ({}) is more than disconnect_after ({}): the tarpit would never start",
+                        f.tarpit_after, f.disconnect_after
+                    ),
+                );
+            }
+            if f.tarpit_after > 0 && f.tarpit_step.is_zero() {
+                p.add(
+                    doc,
+                    sub("tarpit_step"),
+                    "[rate_limits.failed_rcpts] tarpit_step: must be more than 0 (or tarpit_after = 0: no tarpit)",
+                );
+            }
+        }
+        let l = &r.failed_logins;
+        let sub = |key| At::Sub("rate_limits", "failed_logins", key);
+        if l.mode != DefenceMode::Off && l.max_failures > 0 {
+            for (key, zero) in [("window", l.window), ("lockout", l.lockout)] {
+                if zero.is_zero() {
+                    p.add(
+                        doc,
+                        sub(key),
+                        format!("[rate_limits.failed_logins] {key}: must be more than 0"),
+                    );
+                }
+            }
+        }
+        if r.max_tracked == 0 {
+            p.add(
+                doc,
+                At::Key("rate_limits", "max_tracked"),
+                "[rate_limits] max_tracked: must be more than 0",
+            );
+        }
     }
 
     /// What only the system can tell: the user exists, and the certificate and the
@@ -305,6 +395,24 @@ impl Config {
                 ),
             );
         }
+        if self.greylist.mode != DefenceMode::Off
+            && let Some(file) = &self.greylist.state_file
+        {
+            let dir = match file.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            if !dir.is_dir() {
+                add(
+                    At::Key("greylist", "state_file"),
+                    format!(
+                        "[greylist] state_file {}: the directory {} does not exist",
+                        file.display(),
+                        dir.display()
+                    ),
+                );
+            }
+        }
         if let Some(ca) = &self.outbound.ca_file
             && let Err(e) = std::fs::metadata(ca)
         {
@@ -351,6 +459,20 @@ impl Config {
                 "[early_talkers] greeting_delay = \"{}\": some clients give up long before RFC 5321's 5 minutes; postscreen waits 6s",
                 humantime::format_duration(e.greeting_delay)
             ));
+        }
+        for n in self
+            .rate_limits
+            .exempt_networks
+            .iter()
+            .chain(&self.greylist.allowlist)
+            .filter(|n| n.is_everything())
+        {
+            out.push(format!(
+                "[rate_limits] exempt_networks or [greylist] allowlist contains {n}: every client is exempt"
+            ));
+        }
+        if self.dnsbl.mode == DefenceMode::Enforce && self.dnsbl.lists.is_empty() {
+            out.push("[dnsbl] mode = \"enforce\" with no lists: nothing is checked".into());
         }
         if self.tls.is_none() {
             out.push("no [tls]: no STARTTLS, so no AUTH and no submission logins".into());

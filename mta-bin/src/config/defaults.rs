@@ -108,3 +108,16 @@ pub(super) fn rspamd_max_size() -> usize {
 pub(super) fn proxy_timeout() -> Duration {
     smtp_server::ProxyProtocol::default().timeout
 }
+
+/// `[greylist] state_file`: this name in the data directory.
+pub(super) const GREYLIST_STATE_FILE: &str = "greylist.state";
+
+/// `[rate_limits] exempt_networks`: this machine (loopback), as Postfix's
+/// `smtpd_client_event_limit_exceptions = $mynetworks` exempts it: local scripts,
+/// monitoring and a content filter reinjecting mail are not to be limited.
+pub(super) fn rate_exempt_networks() -> Vec<smtp_server::filters::IpNetwork> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}

@@ -52,6 +52,10 @@ const KEYS: &[&str] = &[
     "rspamd",
     "early_talkers",
     "helo_checks",
+    "rate_limits",
+    "greylist",
+    "dnsbl",
+    "reverse_dns",
 ];
 
 impl Config {
@@ -130,6 +134,15 @@ impl Config {
         })
     }
 
+    /// The greylisting state file: `[greylist] state_file`, else `greylist.state` in the
+    /// data directory.
+    pub fn greylist_state_file(&self) -> PathBuf {
+        self.greylist
+            .state_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join(defaults::GREYLIST_STATE_FILE))
+    }
+
     /// Every section at its default, and no host name yet.
     fn empty() -> Self {
         Self {
@@ -155,6 +168,10 @@ impl Config {
             rspamd: None,
             early_talkers: EarlyTalkers::default(),
             helo_checks: HeloChecks::default(),
+            rate_limits: RateLimits::default(),
+            greylist: Greylist::default(),
+            dnsbl: Dnsbl::default(),
+            reverse_dns: ReverseDns::default(),
         }
     }
 
@@ -188,6 +205,10 @@ impl Config {
             "rspamd" => one(set(&mut self.rspamd, value)),
             "early_talkers" => one(set(&mut self.early_talkers, value)),
             "helo_checks" => one(set(&mut self.helo_checks, value)),
+            "rate_limits" => one(set(&mut self.rate_limits, value)),
+            "greylist" => one(set(&mut self.greylist, value)),
+            "dnsbl" => one(set(&mut self.dnsbl, value)),
+            "reverse_dns" => one(set(&mut self.reverse_dns, value)),
             unknown => {
                 let hint = problems::nearest(unknown, KEYS.iter().copied())
                     .map(|k| format!(" (did you mean `{k}`?)"))

@@ -16,6 +16,8 @@ pub(super) enum At<'a> {
     Key(&'a str, &'a str),
     /// A key of the n-th `[[name]]` (`""`: the entry itself).
     Entry(&'a str, usize, &'a str),
+    /// A key of the table `[name.sub]` (`""`: that table itself).
+    Sub(&'a str, &'a str, &'a str),
 }
 
 /// The parsed file, with the span of every key and value.
@@ -50,6 +52,16 @@ impl<'t> Document<'t> {
             }
             At::Key(table, key) => (table, None, key),
             At::Entry(array, i, key) => (array, Some(i), key),
+            At::Sub(table, sub, key) => {
+                let outer = get(&self.root, table)?.get_ref().as_table()?;
+                let inner = get(outer, sub);
+                let span = inner
+                    .and_then(|v| v.get_ref().as_table())
+                    .and_then(|t| self.key_span(t, key))
+                    .or_else(|| self.key_span(outer, sub))
+                    .or_else(|| self.key_span(&self.root, table))?;
+                return Some(self.line_of(span.start));
+            }
         };
         let header = self.key_span(&self.root, name);
         let mut value = get(&self.root, name)?;

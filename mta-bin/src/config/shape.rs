@@ -71,6 +71,15 @@ pub struct Config {
     pub early_talkers: EarlyTalkers,
     /// HELO checks (`[helo_checks]`).
     pub helo_checks: HeloChecks,
+    /// Rate limits (`[rate_limits]`): anvil's connection, message and recipient rates,
+    /// dictionary attacks, password guessing.
+    pub rate_limits: RateLimits,
+    /// Greylisting (`[greylist]`), off by default.
+    pub greylist: Greylist,
+    /// DNS blocklists and allowlists (`[dnsbl]`).
+    pub dnsbl: Dnsbl,
+    /// Reverse DNS of clients (`[reverse_dns]`).
+    pub reverse_dns: ReverseDns,
 }
 
 /// `[[listener]]`
@@ -141,6 +150,489 @@ impl From<smtp_server::FilterMode> for DefenceMode {
             smtp_server::FilterMode::Off => Self::Off,
             smtp_server::FilterMode::Tag => Self::Tag,
             smtp_server::FilterMode::Enforce => Self::Enforce,
+        }
+    }
+}
+
+impl From<DefenceMode> for auth_checks::Mode {
+    fn from(m: DefenceMode) -> Self {
+        match m {
+            DefenceMode::Off => Self::Off,
+            DefenceMode::Tag => Self::Tag,
+            DefenceMode::Enforce => Self::Enforce,
+        }
+    }
+}
+
+impl From<auth_checks::Mode> for DefenceMode {
+    fn from(m: auth_checks::Mode) -> Self {
+        match m {
+            auth_checks::Mode::Off => Self::Off,
+            auth_checks::Mode::Tag => Self::Tag,
+            auth_checks::Mode::Enforce => Self::Enforce,
+        }
+    }
+}
+
+/// One rate of `[rate_limits]`: `"60/1m"` (60 per minute, enforced), a table
+/// `{ max = 60, per = "1m", mode = "tag" }`, or `"off"` (or `0`). A `per` of zero is
+/// refused as the file is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// How many (0: no limit).
+    pub max: u32,
+    /// In what time.
+    pub per: Duration,
+    /// What happens beyond it (`enforce` unless the table says otherwise).
+    pub mode: DefenceMode,
+}
+
+impl RateLimit {
+    /// The library's limit.
+    pub fn limit(&self) -> smtp_server::filters::rate::Limit {
+        smtp_server::filters::rate::Limit {
+            max: self.max,
+            per: self.per,
+            mode: self.mode.into(),
+        }
+    }
+
+    /// Whether it limits anything.
+    pub fn is_active(&self) -> bool {
+        self.limit().is_active()
+    }
+}
+
+impl From<smtp_server::filters::rate::Limit> for RateLimit {
+    fn from(l: smtp_server::filters::rate::Limit) -> Self {
+        Self {
+            max: l.max,
+            per: l.per,
+            mode: l.mode.into(),
+        }
+    }
+}
+
+impl std::str::FromStr for RateLimit {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("off") || text == "0" {
+            return Ok(smtp_server::filters::rate::Limit::OFF.into());
+        }
+        let (max, per) = text.split_once('/').ok_or_else(|| {
+            format!("{text:?}: write how many per how long (\"60/1m\"), or \"off\"")
+        })?;
+        let max: u32 = max
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?}: {:?} is not a whole number", max.trim()))?;
+        let per = parse_duration(per)?;
+        Self::new(max, per, DefenceMode::Enforce)
+    }
+}
+
+impl RateLimit {
+    fn new(max: u32, per: Duration, mode: DefenceMode) -> Result<Self, String> {
+        if per.is_zero() && max > 0 {
+            return Err(format!(
+                "{max} per 0 seconds: the time must be more than 0 (or write \"off\")"
+            ));
+        }
+        if max == 0 {
+            return Ok(smtp_server::filters::rate::Limit::OFF.into());
+        }
+        Ok(Self { max, per, mode })
+    }
+}
+
+/// `{ max = 60, per = "1m", mode = "tag" }`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitTable {
+    max: u32,
+    #[serde(deserialize_with = "duration")]
+    per: Duration,
+    #[serde(default = "enforce")]
+    mode: DefenceMode,
+}
+
+fn enforce() -> DefenceMode {
+    DefenceMode::Enforce
+}
+
+impl<'de> Deserialize<'de> for RateLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RateLimit;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a rate as \"60/1m\", { max = 60, per = \"1m\" }, or \"off\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RateLimit, E> {
+                v.parse().map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RateLimit, E> {
+                match v {
+                    0 => Ok(smtp_server::filters::rate::Limit::OFF.into()),
+                    _ => Err(E::custom(format!(
+                        "{v}: write how many per how long (\"{v}/1h\"), or \"off\""
+                    ))),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RateLimit, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RateLimit, A::Error> {
+                let t =
+                    RateLimitTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                RateLimit::new(t.max, t.per, t.mode).map_err(serde::de::Error::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// `[rate_limits]`: token buckets per client address, sender domain and login, anvil
+/// style, and the dictionary-attack and password-guessing counters. Each unset key takes
+/// the default of `smtp_server::filters::rate::RateSettings` (generous: no legitimate
+/// client meets them, and the answers are temporary). `[relay] trusted_networks` are
+/// never limited.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// New connections per client address (`421 4.7.0` and close). Default `"60/1m"`.
+    pub connections_per_ip: RateLimit,
+    /// Messages per client address, not logged in (`450 4.7.1`). Default `"600/1h"`.
+    pub messages_per_ip: RateLimit,
+    /// Accepted recipients per client address, not logged in. Default `"3000/1h"`.
+    pub recipients_per_ip: RateLimit,
+    /// Messages per MAIL FROM domain, not logged in. Default off.
+    pub messages_per_sender_domain: RateLimit,
+    /// Recipients per MAIL FROM domain, not logged in. Default off.
+    pub recipients_per_sender_domain: RateLimit,
+    /// Messages per login. Default `"200/1h"`.
+    pub messages_per_login: RateLimit,
+    /// Recipients per login. Default `"1000/1h"`.
+    pub recipients_per_login: RateLimit,
+    /// Refused recipients per client address (dictionary attacks).
+    pub failed_rcpts: FailedRcpts,
+    /// Refused logins per client address (password guessing).
+    pub failed_logins: FailedLogins,
+    /// Clients never limited, besides `[relay] trusted_networks`. Default loopback
+    /// (`127.0.0.0/8`, `::1`), as Postfix's `smtpd_client_event_limit_exceptions`.
+    #[serde(deserialize_with = "networks")]
+    pub exempt_networks: Vec<IpNetwork>,
+    /// Logins without message and recipient limits. Default none.
+    pub exempt_logins: Vec<String>,
+    /// Entries each table may hold. Default 100 000.
+    pub max_tracked: usize,
+}
+
+/// `[rate_limits.failed_rcpts]`: refused recipients per client address, across its
+/// sessions: a tarpit, then `421 4.7.0`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailedRcpts {
+    /// Refused recipients in `window` before each RCPT answer is delayed (0: never).
+    /// Default 10.
+    pub tarpit_after: u32,
+    /// Refused recipients in `window` before `421 4.7.0` and close (0: never). Default 30.
+    pub disconnect_after: u32,
+    /// The window, from the first refused recipient. Default 1 hour.
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+    /// The tarpit's first delay; each further refusal adds one more. Default 1 s.
+    #[serde(deserialize_with = "duration")]
+    pub tarpit_step: Duration,
+    /// The longest delay. Default 10 s.
+    #[serde(deserialize_with = "duration")]
+    pub tarpit_max: Duration,
+    /// `off`, `tag` or `enforce` (the default).
+    pub mode: DefenceMode,
+}
+
+/// `[rate_limits.failed_logins]`: refused logins per client address, across its
+/// sessions: a lockout.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailedLogins {
+    /// Refused logins in `window` before the lockout (0: never). Default 10.
+    pub max_failures: u32,
+    /// The window, from the first refused login. Default 15 minutes.
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+    /// How long the address is locked out (`454 4.7.0`). Default 30 minutes.
+    #[serde(deserialize_with = "duration")]
+    pub lockout: Duration,
+    /// `off`, `tag` or `enforce` (the default).
+    pub mode: DefenceMode,
+}
+
+impl RateLimits {
+    /// The library's settings, with `trusted` (the trusted networks) exempt too.
+    pub fn settings(&self, trusted: &[IpNetwork]) -> smtp_server::filters::rate::RateSettings {
+        use smtp_server::filters::rate::{DictionaryLimit, LoginLimit, RateSettings};
+        let f = &self.failed_rcpts;
+        let l = &self.failed_logins;
+        let mut exempt_networks = trusted.to_vec();
+        exempt_networks.extend(self.exempt_networks.iter().cloned());
+        RateSettings {
+            connections_per_ip: self.connections_per_ip.limit(),
+            messages_per_ip: self.messages_per_ip.limit(),
+            recipients_per_ip: self.recipients_per_ip.limit(),
+            messages_per_sender_domain: self.messages_per_sender_domain.limit(),
+            recipients_per_sender_domain: self.recipients_per_sender_domain.limit(),
+            messages_per_login: self.messages_per_login.limit(),
+            recipients_per_login: self.recipients_per_login.limit(),
+            failed_rcpts_per_ip: DictionaryLimit {
+                tarpit_after: f.tarpit_after,
+                disconnect_after: f.disconnect_after,
+                window: f.window,
+                tarpit_step: f.tarpit_step,
+                tarpit_max: f.tarpit_max,
+                mode: f.mode.into(),
+            },
+            failed_logins_per_ip: LoginLimit {
+                max_failures: l.max_failures,
+                window: l.window,
+                lockout: l.lockout,
+                mode: l.mode.into(),
+            },
+            exempt_networks,
+            exempt_logins: self.exempt_logins.clone(),
+            max_tracked: self.max_tracked,
+        }
+    }
+
+    /// The limits of the stream of messages and recipients, by key.
+    pub fn rates(&self) -> [(&'static str, &RateLimit); 7] {
+        [
+            ("connections_per_ip", &self.connections_per_ip),
+            ("messages_per_ip", &self.messages_per_ip),
+            ("recipients_per_ip", &self.recipients_per_ip),
+            (
+                "messages_per_sender_domain",
+                &self.messages_per_sender_domain,
+            ),
+            (
+                "recipients_per_sender_domain",
+                &self.recipients_per_sender_domain,
+            ),
+            ("messages_per_login", &self.messages_per_login),
+            ("recipients_per_login", &self.recipients_per_login),
+        ]
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        let d = smtp_server::filters::rate::RateSettings::default();
+        Self {
+            connections_per_ip: d.connections_per_ip.into(),
+            messages_per_ip: d.messages_per_ip.into(),
+            recipients_per_ip: d.recipients_per_ip.into(),
+            messages_per_sender_domain: d.messages_per_sender_domain.into(),
+            recipients_per_sender_domain: d.recipients_per_sender_domain.into(),
+            messages_per_login: d.messages_per_login.into(),
+            recipients_per_login: d.recipients_per_login.into(),
+            failed_rcpts: FailedRcpts::default(),
+            failed_logins: FailedLogins::default(),
+            exempt_networks: defaults::rate_exempt_networks(),
+            exempt_logins: d.exempt_logins,
+            max_tracked: d.max_tracked,
+        }
+    }
+}
+
+impl Default for FailedRcpts {
+    fn default() -> Self {
+        let d = smtp_server::filters::rate::DictionaryLimit::default();
+        Self {
+            tarpit_after: d.tarpit_after,
+            disconnect_after: d.disconnect_after,
+            window: d.window,
+            tarpit_step: d.tarpit_step,
+            tarpit_max: d.tarpit_max,
+            mode: d.mode.into(),
+        }
+    }
+}
+
+impl Default for FailedLogins {
+    fn default() -> Self {
+        let d = smtp_server::filters::rate::LoginLimit::default();
+        Self {
+            max_failures: d.max_failures,
+            window: d.window,
+            lockout: d.lockout,
+            mode: d.mode.into(),
+        }
+    }
+}
+
+/// `[greylist]`: postgrey's triplets (client /24 or /64, sender, recipient), off by
+/// default. Logins, `[relay] trusted_networks` and `allowlist` are never greylisted.
+/// Each unset key takes the default of
+/// `smtp_server::filters::greylist::GreylistSettings` (postgrey's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Greylist {
+    /// `off` (default), `tag` (count what would be deferred) or `enforce` (`451 4.7.1`).
+    pub mode: DefenceMode,
+    /// How long a new triplet is deferred. Default 5 minutes.
+    #[serde(deserialize_with = "duration")]
+    pub delay: Duration,
+    /// How long after the first attempt a retry is accepted. Default 2 days.
+    #[serde(deserialize_with = "duration")]
+    pub retry_window: Duration,
+    /// How long a triplet that passed is remembered after its last message. Default 35
+    /// days.
+    #[serde(deserialize_with = "duration")]
+    pub lifetime: Duration,
+    /// Triplets a client network passes before it is allowlisted (0: never). Default 5.
+    pub auto_allowlist_after: u32,
+    /// Clients never greylisted, besides the trusted networks. Default none.
+    #[serde(deserialize_with = "networks")]
+    pub allowlist: Vec<IpNetwork>,
+    /// Where the state is kept across restarts; default `<data_dir>/greylist.state`.
+    pub state_file: Option<PathBuf>,
+    /// How often a changed state is written. Default 1 minute.
+    #[serde(deserialize_with = "duration")]
+    pub save_interval: Duration,
+    /// Triplets kept at most. Default 100 000.
+    pub max_entries: usize,
+}
+
+impl Greylist {
+    /// The library's settings: `state_file` the file to use (`None` when off),
+    /// `trusted` the trusted networks.
+    pub fn settings(
+        &self,
+        state_file: Option<PathBuf>,
+        trusted: &[IpNetwork],
+    ) -> smtp_server::filters::greylist::GreylistSettings {
+        smtp_server::filters::greylist::GreylistSettings {
+            mode: self.mode.into(),
+            delay: self.delay,
+            retry_window: self.retry_window,
+            lifetime: self.lifetime,
+            auto_allowlist_after: self.auto_allowlist_after,
+            trusted_networks: trusted.to_vec(),
+            allowlist: self.allowlist.clone(),
+            state_file,
+            save_interval: self.save_interval,
+            max_entries: self.max_entries,
+        }
+    }
+}
+
+impl Default for Greylist {
+    fn default() -> Self {
+        let d = smtp_server::filters::greylist::GreylistSettings::default();
+        Self {
+            mode: d.mode.into(),
+            delay: d.delay,
+            retry_window: d.retry_window,
+            lifetime: d.lifetime,
+            auto_allowlist_after: d.auto_allowlist_after,
+            allowlist: d.allowlist,
+            state_file: d.state_file,
+            save_interval: d.save_interval,
+            max_entries: d.max_entries,
+        }
+    }
+}
+
+/// `[dnsbl]`: DNS blocklists and allowlists in postscreen's syntax
+/// (`"zen.spamhaus.org=127.0.0.[2..11]*3"`, `"sender:dbl.example"`, a negative weight
+/// for an allowlist), a score threshold, and the mode (`enforce`: `554 5.7.1` at RCPT).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dnsbl {
+    /// `off`, `tag` (default: log, count, `X-DNSBL` header) or `enforce`.
+    pub mode: DefenceMode,
+    /// The score at which a client is listed. Default 1.
+    pub threshold: i32,
+    /// The lists. Default none.
+    #[serde(deserialize_with = "dns_lists")]
+    pub lists: Vec<auth_checks::DnsList>,
+}
+
+/// `[dnsbl] lists`: each entry told with the whole of it when it does not parse.
+fn dns_lists<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<auth_checks::DnsList>, D::Error> {
+    /// One entry, read on its own so that a problem has its line.
+    struct Entry(auth_checks::DnsList);
+    impl<'de> Deserialize<'de> for Entry {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let text = String::deserialize(d)?;
+            text.parse().map(Entry).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{text:?}: {e} (write [helo:|sender:|domain:]zone[=127.0.0.[2..11]][*weight])"
+                ))
+            })
+        }
+    }
+    Ok(Vec::<Entry>::deserialize(d)?
+        .into_iter()
+        .map(|e| e.0)
+        .collect())
+}
+
+impl Dnsbl {
+    /// The library's settings.
+    pub fn settings(&self) -> auth_checks::DnsblSettings {
+        auth_checks::DnsblSettings {
+            mode: self.mode.into(),
+            lists: self.lists.clone(),
+            threshold: self.threshold,
+        }
+    }
+}
+
+impl Default for Dnsbl {
+    fn default() -> Self {
+        let d = auth_checks::DnsblSettings::default();
+        Self {
+            mode: d.mode.into(),
+            threshold: d.threshold,
+            lists: d.lists,
+        }
+    }
+}
+
+/// `[reverse_dns]`: the client's PTR name, confirmed forward (FCrDNS), shown in
+/// `Received:`; `enforce` defers clients without one (`450 4.7.25`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReverseDns {
+    /// `off`, `tag` (default: look up, show, count) or `enforce`.
+    pub mode: DefenceMode,
+    /// What `enforce` requires: `ptr` (default) or `confirmed`.
+    pub require: auth_checks::Require,
+}
+
+impl ReverseDns {
+    /// The library's settings.
+    pub fn settings(&self) -> auth_checks::RdnsSettings {
+        auth_checks::RdnsSettings {
+            mode: self.mode.into(),
+            require: self.require,
+        }
+    }
+}
+
+impl Default for ReverseDns {
+    fn default() -> Self {
+        let d = auth_checks::RdnsSettings::default();
+        Self {
+            mode: d.mode.into(),
+            require: d.require,
         }
     }
 }

@@ -427,3 +427,165 @@ fn risky_defences_are_warned_about() {
         c.warnings()
     );
 }
+
+#[test]
+fn the_rate_limits_greylist_and_dns_defences_parse_with_their_defaults() {
+    use smtp_server::filters::rate::{Limit, RateSettings};
+    let c = Config::parse(BASE).unwrap();
+    let trusted: Vec<smtp_server::filters::IpNetwork> = vec!["192.0.2.0/24".parse().unwrap()];
+    let rate = c.rate_limits.settings(&trusted);
+    let d = RateSettings::default();
+    // The library's limits, with the trusted networks and loopback exempt.
+    assert_eq!(
+        rate,
+        RateSettings {
+            exempt_networks: vec![
+                "192.0.2.0/24".parse().unwrap(),
+                "127.0.0.0/8".parse().unwrap(),
+                "::1/128".parse().unwrap()
+            ],
+            ..d
+        }
+    );
+    let grey = c.greylist.settings(None, &trusted);
+    assert_eq!(
+        grey,
+        smtp_server::filters::greylist::GreylistSettings {
+            trusted_networks: trusted,
+            ..Default::default()
+        }
+    );
+    assert_eq!(c.greylist.mode, DefenceMode::Off);
+    assert_eq!(
+        c.greylist_state_file(),
+        Path::new(".").join("mta-data/greylist.state")
+    );
+    assert_eq!(c.dnsbl.settings(), auth_checks::DnsblSettings::default());
+    assert_eq!(
+        c.reverse_dns.settings(),
+        auth_checks::RdnsSettings::default()
+    );
+
+    // Every way to write a rate.
+    let c = Config::parse(&format!(
+        "data_dir = \"/var/lib/mta\"\n{BASE}[rate_limits]\nconnections_per_ip = \"30/1m\"\n\
+         messages_per_ip = {{ max = 100, per = \"1h\", mode = \"tag\" }}\nrecipients_per_ip = \"off\"\n\
+         messages_per_login = 0\nrecipients_per_login = {{ max = 5, per = 60 }}\nexempt_networks = []\n\
+         [rate_limits.failed_logins]\nmax_failures = 3\nlockout = \"1h\"\n\
+         [greylist]\nmode = \"enforce\"\ndelay = \"1m\"\nallowlist = [\"198.51.100.0/24\"]\n\
+         [dnsbl]\nmode = \"enforce\"\nthreshold = 2\nlists = [\"zen.example=127.0.0.[2..11]*2\", \"wl.example*-5\"]\n\
+         [reverse_dns]\nmode = \"off\"\nrequire = \"confirmed\"\n"
+    ))
+    .unwrap();
+    let rate = c.rate_limits.settings(&[]);
+    assert_eq!(
+        rate.connections_per_ip,
+        Limit::new(30, Duration::from_secs(60))
+    );
+    assert_eq!(
+        rate.messages_per_ip,
+        Limit {
+            mode: smtp_server::FilterMode::Tag,
+            ..Limit::new(100, Duration::from_secs(3600))
+        }
+    );
+    assert!(!rate.recipients_per_ip.is_active());
+    assert!(!rate.messages_per_login.is_active());
+    assert_eq!(
+        rate.recipients_per_login,
+        Limit::new(5, Duration::from_secs(60))
+    );
+    assert!(rate.exempt_networks.is_empty());
+    assert_eq!(rate.failed_logins_per_ip.max_failures, 3);
+    assert_eq!(rate.failed_logins_per_ip.lockout, Duration::from_secs(3600));
+    assert_eq!(rate.failed_logins_per_ip.window, Duration::from_secs(900));
+    let grey = c.greylist.settings(Some(c.greylist_state_file()), &[]);
+    assert_eq!(grey.mode, smtp_server::FilterMode::Enforce);
+    assert_eq!(grey.delay, Duration::from_secs(60));
+    assert_eq!(grey.allowlist.len(), 1);
+    assert_eq!(
+        grey.state_file.as_deref(),
+        Some(Path::new("/var/lib/mta/greylist.state"))
+    );
+    let dnsbl = c.dnsbl.settings();
+    assert_eq!(dnsbl.mode, auth_checks::Mode::Enforce);
+    assert_eq!(dnsbl.threshold, 2);
+    assert_eq!(dnsbl.lists[1].weight, -5);
+    assert_eq!(c.reverse_dns.settings().mode, auth_checks::Mode::Off);
+    assert_eq!(c.reverse_dns.require, auth_checks::Require::Confirmed);
+}
+
+#[test]
+fn bad_rates_greylist_and_lists_are_told_with_key_and_line() {
+    let problems = problems_of(
+        "[rate_limits]\nconnections_per_ip = \"60\"\nmessages_per_ip = 5\n\
+         recipients_per_ip = { max = 5 }\n",
+    );
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with(
+            "line 6: [rate_limits] connections_per_ip: \"60\": write how many per how long"
+        ),
+        "{problems:?}"
+    );
+    let problems = problems_of("[rate_limits]\nmessages_per_ip = 5\n");
+    assert!(
+        problems[0].starts_with(
+            "line 6: [rate_limits] messages_per_ip: 5: write how many per how long (\"5/1h\")"
+        ),
+        "{problems:?}"
+    );
+    let problems = problems_of("[rate_limits]\nmessages_per_ip = { max = 5, per = \"0s\" }\n");
+    assert!(
+        problems[0].contains("[rate_limits] messages_per_ip: 5 per 0 seconds"),
+        "{problems:?}"
+    );
+    let problems = problems_of("[rate_limits]\nmessages_per_ip = \"5/soon\"\n");
+    assert!(problems[0].contains("invalid duration"), "{problems:?}");
+    let problems = problems_of(
+        "[rate_limits]\nmax_tracked = 0\n[rate_limits.failed_rcpts]\ntarpit_after = 5\n\
+         disconnect_after = 3\ntarpit_step = 0\n[rate_limits.failed_logins]\nlockout = \"0s\"\n\
+         [greylist]\nmode = \"tag\"\nlifetime = 0\nmax_entries = 0\nretry_window = \"5m\"\n\
+         [dnsbl]\nthreshold = -1\n",
+    );
+    assert_eq!(
+        problems,
+        [
+            "line 8: [rate_limits.failed_rcpts] tarpit_after (5) is more than disconnect_after (3): the tarpit would never start",
+            "line 10: [rate_limits.failed_rcpts] tarpit_step: must be more than 0 (or tarpit_after = 0: no tarpit)",
+            "line 12: [rate_limits.failed_logins] lockout: must be more than 0",
+            "line 6: [rate_limits] max_tracked: must be more than 0",
+            "line 17: [greylist] retry_window: must be longer than delay (5m): no retry could pass",
+            "line 15: [greylist] lifetime: must be more than 0",
+            "line 16: [greylist] max_entries: must be more than 0",
+            "line 19: [dnsbl] threshold: -1 would list every client (a client no list names scores 0); give 1 or more",
+        ]
+    );
+    // Off, the greylist's values are not checked.
+    assert!(Config::parse(&format!("{BASE}[greylist]\nretry_window = 0\n")).is_ok());
+    let problems = problems_of("[dnsbl]\nlists = [\"zen.example=127.0.0\"]\n");
+    assert!(
+        problems[0].starts_with(
+            "line 6: [dnsbl] lists: \"zen.example=127.0.0\": DNS list \"127.0.0\": a return code has four octets"
+        ),
+        "{problems:?}"
+    );
+    let problems = problems_of("[greylists]\nmode = \"tag\"\n");
+    assert!(
+        problems[0].contains("(did you mean `greylist`?)"),
+        "{problems:?}"
+    );
+    let c = Config::parse(&format!(
+        "{BASE}[dnsbl]\nmode = \"enforce\"\n[rate_limits]\nexempt_networks = [\"0.0.0.0/0\"]\n"
+    ))
+    .unwrap();
+    let warnings = c.warnings().join("\n");
+    assert!(
+        warnings.contains("with no lists: nothing is checked"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("contains 0.0.0.0/0: every client is exempt"),
+        "{warnings}"
+    );
+}
