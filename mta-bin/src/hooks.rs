@@ -15,8 +15,8 @@ use smtp_server::filters::milter::{Milter, MilterSettings};
 use smtp_server::filters::policy::{PolicyCheck, PolicyService};
 use smtp_server::filters::rspamd::{Rspamd, RspamdSettings};
 use smtp_server::{
-    AsyncCheck, AuthRequest, Check, CheckFuture, ConnectRequest, DataRequest, Decision,
-    EhloRequest, Flow, MailRequest, RcptRequest, SessionInfo, Stages, filter, filter_async,
+    AsyncCheck, Check, CheckFuture, Decision, Flow, SessionInfo, StageRequest, Stages, filter,
+    filter_async,
 };
 
 use crate::config::{Config, HookListener, MilterHook, MilterStage};
@@ -131,7 +131,7 @@ impl<C> Only<C> {
 impl<C, R> AsyncCheck<R> for Only<C>
 where
     C: AsyncCheck<R>,
-    R: Request,
+    R: StageRequest,
 {
     fn check(&self, request: R) -> CheckFuture<R> {
         if self.applies(request.session()) {
@@ -145,7 +145,7 @@ where
 impl<C, R> Check<R> for Only<C>
 where
     C: Check<R>,
-    R: Request,
+    R: StageRequest,
 {
     fn check(&self, request: &mut R) -> Option<Decision> {
         if self.applies(request.session()) {
@@ -155,28 +155,3 @@ where
         }
     }
 }
-
-/// A stage's request, which knows its session.
-pub trait Request: Send + 'static {
-    /// The session the request belongs to.
-    fn session(&self) -> &SessionInfo;
-}
-
-macro_rules! request {
-    ($($t:ty),*) => {
-        $(impl Request for $t {
-            fn session(&self) -> &SessionInfo {
-                &self.session
-            }
-        })*
-    };
-}
-
-request!(
-    ConnectRequest,
-    EhloRequest,
-    AuthRequest,
-    MailRequest,
-    RcptRequest,
-    DataRequest
-);

@@ -15,7 +15,7 @@ use smtp_server::filters::{
 };
 use smtp_server::{
     BoxError, DataRequest, Decision, Limits, ListenerConfig, ListenerMode, Server, ServerConfig,
-    SessionInfo, Stages, filter, filter_async,
+    SessionInfo, StageRequest, Stages, filter, filter_async,
 };
 use tokio::sync::watch;
 
@@ -1057,31 +1057,9 @@ struct SkipLocalService<S, T> {
     layered: T,
 }
 
-/// A stage request's session.
-trait HasSession {
-    fn session(&self) -> &SessionInfo;
-}
-
-macro_rules! has_session {
-    ($($req:ty),*) => {$(
-        impl HasSession for $req {
-            fn session(&self) -> &SessionInfo {
-                &self.session
-            }
-        }
-    )*};
-}
-
-has_session!(
-    smtp_server::ConnectRequest,
-    smtp_server::AuthRequest,
-    smtp_server::MailRequest,
-    smtp_server::RcptRequest
-);
-
 impl<R, S, T> tower::Service<R> for SkipLocalService<S, T>
 where
-    R: HasSession + Send + 'static,
+    R: StageRequest,
     S: tower::Service<R, Response = Decision, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send + 'static,
     T: tower::Service<R, Response = Decision, Error = BoxError> + Clone + Send + 'static,

@@ -82,7 +82,7 @@ pub use from_fn::{FromFn, FromFnLayer, Next, from_fn};
 pub use server::{BoundListeners, Reloader, Server};
 pub use stage::{
     AuthRequest, BoxError, ClientName, ConnectRequest, DataRequest, Decision, EhloRequest,
-    MailRequest, Notes, RcptRequest, SessionInfo, StageService, Stages, TlsInfo,
+    MailRequest, Notes, RcptRequest, SessionInfo, StageRequest, StageService, Stages, TlsInfo,
 };
 pub use stats::{ModeStats, ServerStats};
 pub use stream::StreamServer;

@@ -413,6 +413,40 @@ impl DataRequest {
     }
 }
 
+/// What every stage request has: its session. A filter that applies to several stages
+/// (a gate on the listener, a rate limit) is written once for all of them with it.
+///
+/// ```
+/// use smtp_server::{Decision, StageRequest};
+/// fn is_local<R: StageRequest>(request: &R) -> bool {
+///     request.session().protocol == smtp_server::SessionInfo::LOCAL
+/// }
+/// # let _ = is_local::<smtp_server::RcptRequest>;
+/// ```
+pub trait StageRequest: Send + 'static {
+    /// The session the request belongs to.
+    fn session(&self) -> &SessionInfo;
+}
+
+macro_rules! stage_request {
+    ($($req:ty),*) => {$(
+        impl StageRequest for $req {
+            fn session(&self) -> &SessionInfo {
+                &self.session
+            }
+        }
+    )*};
+}
+
+stage_request!(
+    ConnectRequest,
+    EhloRequest,
+    AuthRequest,
+    MailRequest,
+    RcptRequest,
+    DataRequest
+);
+
 /// The six stage services of a server.
 #[derive(Clone)]
 pub struct Stages {
