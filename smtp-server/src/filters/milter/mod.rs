@@ -390,7 +390,9 @@ impl Milter {
         self.inner.settings.command_timeout
     }
 
-    /// Opens the milter connection and sends CONNECT and HELO, those not sent yet.
+    /// Opens the milter connection and sends CONNECT and HELO, those not sent yet; for a
+    /// transaction stage (`helo`), also answers for a connection already refused or a
+    /// milter that is done.
     async fn catch_up(
         &self,
         link: &mut Link,
@@ -423,6 +425,16 @@ impl Milter {
                 if let Some(step) = self.settle(link, step, Level::Helo, level) {
                     return Ok(Some(step));
                 }
+            }
+        }
+        if helo {
+            // A transaction stage: a refusal of the connection stands, and a milter
+            // that is done (accepted, or skipped for good) is not asked.
+            if let Some(refusal) = &link.refusal {
+                return Ok(Some(Step::Decide(refusal.clone())));
+            }
+            if link.state == LinkState::Done {
+                return Ok(Some(Step::Go));
             }
         }
         Ok(None)
@@ -701,12 +713,6 @@ impl Milter {
         {
             return Ok(step);
         }
-        if let Some(refusal) = &link.refusal {
-            return Ok(Step::Decide(refusal.clone()));
-        }
-        if link.state == LinkState::Done {
-            return Ok(Step::Go);
-        }
         let step = self
             .begin_transaction(
                 link,
@@ -730,12 +736,6 @@ impl Milter {
             .await?
         {
             return Ok(step);
-        }
-        if let Some(refusal) = &link.refusal {
-            return Ok(Step::Decide(refusal.clone()));
-        }
-        if link.state == LinkState::Done {
-            return Ok(Step::Go);
         }
         let params = MailParameters::default();
         let begun = self
@@ -768,12 +768,6 @@ impl Milter {
         let session = Arc::clone(&request.session);
         if let Some(step) = self.catch_up(link, &session, Level::Data, true).await? {
             return Ok(step);
-        }
-        if let Some(refusal) = &link.refusal {
-            return Ok(Step::Decide(refusal.clone()));
-        }
-        if link.state == LinkState::Done {
-            return Ok(Step::Go);
         }
         let envelope = request.envelope.clone();
         let begun = self
