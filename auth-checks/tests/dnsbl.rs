@@ -1,7 +1,8 @@
 //! The DNS defences at the door, black-box: an smtp-server on 127.0.0.1:0 with the
 //! blocklist and reverse-DNS layers, asking a dnsmasq on a loopback port that serves the
-//! lists and the PTR and A records of each test (started in the foreground, killed on
-//! drop; `.ci/deps/dnsmasq.sh` installs it), or a nameserver that never answers.
+//! lists and the PTR and A records of each test (started in the foreground by
+//! `smtp_client::testing::daemons::dnsmasq`, killed on drop; `.ci/deps/dnsmasq.sh`
+//! installs it), or a nameserver that never answers.
 //!
 //! The blocklist tests' client is 127.0.0.1 (the server's peer address over loopback),
 //! so the listings are `1.0.0.127.<zone>`: RFC 5782's test point, 127.0.0.2, would need
@@ -15,7 +16,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,55 +23,13 @@ use auth_checks::{
     DnsStats, DnsblFilter, DnsblSettings, Mode, RdnsFilter, RdnsSettings, Require, Verifier,
 };
 use dns_mx::{MxConfig, MxResolver};
-use smtp_client::testing::daemons::{Daemon, free_address};
-use smtp_client::testing::{RawClient, code_of, tool};
+use smtp_client::testing::daemons::{Daemon, dnsmasq, dnsmasq_queries};
+use smtp_client::testing::{RawClient, code_of};
 use smtp_server::filters::{DomainSet, Received, RelayPolicy};
 use smtp_server::{
     BoxError, DataRequest, Decision, ListenerConfig, ListenerMode, Server, ServerConfig, Stages,
     StreamServer, filter,
 };
-
-/// dnsmasq with `records` (dnsmasq options), or `None` (skip) when not installed.
-fn dnsmasq(records: &[&str]) -> Option<Daemon> {
-    let bin = tool("dnsmasq")?;
-    let address = free_address();
-    let dir = tempfile::tempdir().unwrap();
-    let mut command = Command::new(bin);
-    command
-        .arg("--conf-file=/dev/null")
-        .arg("--keep-in-foreground")
-        .arg(format!("--port={}", address.port()))
-        .arg("--listen-address=127.0.0.1")
-        .arg("--bind-interfaces")
-        .arg(format!("--pid-file={}/dnsmasq.pid", dir.path().display()))
-        .arg(format!(
-            "--log-facility={}/dnsmasq.log",
-            dir.path().display()
-        ))
-        .args([
-            "--log-queries",
-            "--no-resolv",
-            "--no-hosts",
-            "--local-ttl=60",
-        ])
-        .args(["--local=/test/", "--local=/in-addr.arpa/"])
-        .args(records);
-    Some(Daemon::spawn(
-        "dnsmasq",
-        command,
-        address,
-        dir,
-        Duration::from_secs(5),
-    ))
-}
-
-/// How many queries dnsmasq received for `name` (its query log).
-fn queries_for(dns: &Daemon, name: &str) -> usize {
-    let log = std::fs::read_to_string(dns.dir().join("dnsmasq.log")).unwrap_or_default();
-    log.lines()
-        .filter(|l| l.contains(&format!("query[A] {name} ")))
-        .count()
-}
 
 /// A verifier (resolver, negative cache) asking only `nameserver`.
 fn verifier(nameserver: SocketAddr) -> Verifier {
@@ -241,13 +199,30 @@ fn message(server: &TestServer, i: usize) -> String {
     String::from_utf8_lossy(&server.messages.lock().unwrap()[i]).into_owned()
 }
 
+/// A new session to `server` from `from`, up to its first recipient ([`up_to_rcpt`]):
+/// the client, still connected, and the reply to RCPT.
+async fn at_rcpt(server: &TestServer, from: &str) -> (RawClient, smtp_proto::Reply) {
+    let mut c = RawClient::connect(server.addr).await;
+    let rcpt = up_to_rcpt(&mut c, from).await;
+    (c, rcpt)
+}
+
 /// A new session from `from` whose recipient and message are accepted; the client,
 /// still connected.
 async fn deliver(server: &TestServer, from: &str) -> RawClient {
-    let mut c = RawClient::connect(server.addr).await;
-    assert_eq!(code_of(&up_to_rcpt(&mut c, from).await), "250 2.1.5");
+    let (mut c, rcpt) = at_rcpt(server, from).await;
+    assert_eq!(code_of(&rcpt), "250 2.1.5");
     data(&mut c).await;
     c
+}
+
+/// A session from alice@sender.test whose message is accepted and QUIT answered; the
+/// first message `server` kept has `header` (a whole field, folded as stored).
+async fn assert_delivered_with(server: &TestServer, header: &str) {
+    let mut c = deliver(server, "alice@sender.test").await;
+    assert_eq!(c.code("QUIT").await, "221 2.0.0");
+    let stored = message(server, 0);
+    assert!(stored.contains(header), "{stored}");
 }
 
 /// Whether the first message `server` kept starts with a `Received:` field naming
@@ -271,8 +246,7 @@ async fn a_listed_client_is_refused_at_rcpt() {
     else {
         return;
     };
-    let mut c = RawClient::connect(server.addr).await;
-    let rcpt = up_to_rcpt(&mut c, "alice@sender.test").await;
+    let (mut c, rcpt) = at_rcpt(&server, "alice@sender.test").await;
     assert_reply(
         &rcpt,
         "554 5.7.1",
@@ -301,13 +275,11 @@ async fn an_allowlisted_client_passes_although_listed() {
     else {
         return;
     };
-    let mut c = deliver(&server, "alice@sender.test").await;
-    assert_eq!(c.code("QUIT").await, "221 2.0.0");
-    let stored = message(&server, 0);
-    assert!(
-        stored.contains("X-DNSBL: clean; score=-2; threshold=1;\r\n\tzen.test=127.0.0.2 (client [127.0.0.1], weight 3);\r\n\twl.test=127.0.10.2 (client [127.0.0.1], weight -5)\r\n"),
-        "{stored}"
-    );
+    assert_delivered_with(
+        &server,
+        "X-DNSBL: clean; score=-2; threshold=1;\r\n\tzen.test=127.0.0.2 (client [127.0.0.1], weight 3);\r\n\twl.test=127.0.10.2 (client [127.0.0.1], weight -5)\r\n",
+    )
+    .await;
     assert_eq!(stats.list("wl.test").hits, 1);
     assert_eq!(stats.verdicts(), (1, 0, 0));
 }
@@ -326,14 +298,13 @@ async fn an_answer_in_127_255_255_never_blocks() {
         return;
     };
     for _ in 0..2 {
-        let mut c = RawClient::connect(server.addr).await;
-        let rcpt = up_to_rcpt(&mut c, "alice@sender.test").await;
+        let (_c, rcpt) = at_rcpt(&server, "alice@sender.test").await;
         assert_eq!(code_of(&rcpt), "250 2.1.5");
     }
     let busy = stats.list("busy.test");
     assert_eq!((busy.hits, busy.refused, busy.queries), (0, 2, 2));
     // The second session's answer came from the cache (TTL 60 s).
-    assert_eq!(queries_for(&dns, "1.0.0.127.busy.test"), 1);
+    assert_eq!(dnsmasq_queries(&dns, "1.0.0.127.busy.test"), 1);
 }
 
 #[tokio::test]
@@ -347,13 +318,11 @@ async fn tag_mode_passes_adds_the_header_and_counts() {
     else {
         return;
     };
-    let mut c = deliver(&server, "alice@sender.test").await;
-    assert_eq!(c.code("QUIT").await, "221 2.0.0");
-    let stored = message(&server, 0);
-    assert!(
-        stored.contains("X-DNSBL: listed; score=1; threshold=1;\r\n\tzen.test=127.0.0.4 (client [127.0.0.1], weight 1)\r\n"),
-        "{stored}"
-    );
+    assert_delivered_with(
+        &server,
+        "X-DNSBL: listed; score=1; threshold=1;\r\n\tzen.test=127.0.0.4 (client [127.0.0.1], weight 1)\r\n",
+    )
+    .await;
     assert_eq!(stats.verdicts(), (0, 1, 0));
     assert_eq!(stats.list("zen.test").hits, 1);
     {
@@ -396,8 +365,7 @@ async fn the_sender_domain_against_a_domain_list() {
     else {
         return;
     };
-    let mut c = RawClient::connect(server.addr).await;
-    let rcpt = up_to_rcpt(&mut c, "x@spam.example").await;
+    let (mut c, rcpt) = at_rcpt(&server, "x@spam.example").await;
     assert_reply(
         &rcpt,
         "554 5.7.1",
@@ -480,9 +448,9 @@ async fn refused_then_passed(
     passing: (Mode, Require),
 ) -> ((TestServer, RawClient), (TestServer, RawClient)) {
     let refusing = serve_as(CLIENT, rdns(v, refusing.0, refusing.1, stats)).await;
-    let mut c = RawClient::connect(refusing.addr).await;
+    let (c, rcpt) = at_rcpt(&refusing, "a@sender.test").await;
     assert_reply(
-        &up_to_rcpt(&mut c, "a@sender.test").await,
+        &rcpt,
         "450 4.7.25",
         "Client host rejected: cannot find your hostname, [192.0.2.10]",
     );
@@ -534,8 +502,7 @@ async fn a_dead_dns_server_costs_a_session_at_most_the_budget() {
 
     // The lists (and the PTR) failed moments ago: the next session does not wait.
     let started = Instant::now();
-    let mut c = RawClient::connect(server.addr).await;
-    let rcpt = up_to_rcpt(&mut c, "a@sender.test").await;
+    let (_c, rcpt) = at_rcpt(&server, "a@sender.test").await;
     assert_eq!(code_of(&rcpt), "250 2.1.5");
     assert!(
         started.elapsed() < Duration::from_millis(500),

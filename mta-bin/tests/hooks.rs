@@ -17,8 +17,8 @@ use std::time::Duration;
 use smtp_client::testing::daemons::{postgrey, rspamd};
 
 use support::{
-    RawClient, block_on, config_file, free_address, maildir_files, mta, rcpt_reply, run_with,
-    serve, smtp_send, terminate,
+    RawClient, assert_config_ok, assert_config_refused, block_on, config_file, free_address,
+    maildir_files, rcpt_reply, run_with, serve, smtp_send, terminate,
 };
 
 /// GTUBE: rspamd's core answers `reject` for it.
@@ -36,9 +36,7 @@ fn check_config_accepts_the_hooks_and_tells_bad_addresses_with_key_and_line() {
          [[policy_service]]\naddress = \"inet:127.0.0.1:10023\"\ntimeout = \"5s\"\n\
          [rspamd]\naddress = \"http://127.0.0.1:11333\"\non_failure = \"accept\"\n",
     );
-    let (code, stdout, stderr) = run_with("check-config", &good);
-    assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(stdout.ends_with(": ok\n"), "{stdout}");
+    assert_config_ok(&good);
 
     // The file's own lines 1-9 are the base; the hooks start at line 10.
     let bad = config_file(
@@ -47,25 +45,18 @@ fn check_config_accepts_the_hooks_and_tells_bad_addresses_with_key_and_line() {
          [[policy_service]]\naddress = \"tcp:127.0.0.1:10023\"\n\
          [rspamd]\naddress = \"https://127.0.0.1:11333\"\n",
     );
-    let (code, _, stderr) = run_with("check-config", &bad);
-    assert_eq!(code, Some(2), "{stderr}");
-    let name = bad.display();
-    for expected in [
-        format!("{name}: line 11: [[milter]] address: bad milter address \"localhost:8891\""),
-        format!("{name}: line 13: [[policy_service]] address: a policy service address is"),
-        format!("{name}: line 15: [rspamd] address: an rspamd address is"),
-    ] {
-        assert!(stderr.contains(&expected), "{expected} in {stderr}");
-    }
+    assert_config_refused(
+        &bad,
+        &[
+            "line 11: [[milter]] address: bad milter address \"localhost:8891\"",
+            "line 13: [[policy_service]] address: a policy service address is",
+            "line 15: [rspamd] address: an rspamd address is",
+        ],
+    );
 
     // And at startup: one line, exit code 2.
-    let out = mta()
-        .args(["serve", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, _, stderr) = run_with("serve", &bad);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("line 11: [[milter]] address"), "{stderr}");
 }
 

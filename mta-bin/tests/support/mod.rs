@@ -27,6 +27,33 @@ pub(crate) fn run_with(command: &str, file: &std::path::Path) -> (Option<i32>, S
     )
 }
 
+/// `mta COMMAND --config FILE`, which must exit 0; its stdout.
+pub(crate) fn run_ok(command: &str, file: &std::path::Path) -> String {
+    let (code, stdout, stderr) = run_with(command, file);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    stdout
+}
+
+/// `mta check-config` accepts `file`: exit 0, and it says so.
+pub(crate) fn assert_config_ok(file: &std::path::Path) {
+    let stdout = run_ok("check-config", file);
+    assert!(stdout.ends_with(": ok\n"), "{stdout}");
+}
+
+/// `mta check-config` refuses `file` with exit code 2, telling each of `expected` (a
+/// line of its stderr after the file's name and `": "`, such as `"line 11: [[milter]]
+/// address: ..."`); its stderr.
+pub(crate) fn assert_config_refused(file: &std::path::Path, expected: &[&str]) -> String {
+    let (code, _, stderr) = run_with("check-config", file);
+    assert_eq!(code, Some(2), "{stderr}");
+    let name = file.display();
+    for expected in expected {
+        let expected = format!("{name}: {expected}");
+        assert!(stderr.contains(&expected), "{expected} in {stderr}");
+    }
+    stderr
+}
+
 pub(crate) fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();

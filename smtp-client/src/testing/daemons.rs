@@ -1,6 +1,7 @@
 //! Daemons from Debian that tests start in the foreground, each on a free port with
 //! its files in a temporary directory of its own, and stop when dropped: rspamd and
-//! postgrey (the filter hooks' tests in smtp-server and mta-bin use the same ones).
+//! postgrey (the filter hooks' tests in smtp-server and mta-bin use the same ones), and
+//! dnsmasq (the DNS lists' and reverse DNS's tests in auth-checks and mta-bin).
 //!
 //! ```no_run
 //! # fn run() {
@@ -189,4 +190,51 @@ pub fn postgrey(delay: u64) -> Option<Daemon> {
         dir,
         Duration::from_secs(20),
     ))
+}
+
+/// dnsmasq on a free loopback port (UDP and TCP) answering `records` (dnsmasq options
+/// such as `--address=/1.0.0.127.zen.test/127.0.0.2`, `--ptr-record=...` or
+/// `--host-record=...`) with a TTL of 60 s, and NXDOMAIN for any other name under
+/// `.test` and `in-addr.arpa`; it asks no other server and logs the queries it gets
+/// (see [`dnsmasq_queries`]). `None` when dnsmasq is not installed.
+pub fn dnsmasq(records: &[&str]) -> Option<Daemon> {
+    let binary = super::tool("dnsmasq")?;
+    let address = free_address();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut command = Command::new(binary);
+    command
+        .arg("--conf-file=/dev/null")
+        .arg("--keep-in-foreground")
+        .arg(format!("--port={}", address.port()))
+        .arg("--listen-address=127.0.0.1")
+        .arg("--bind-interfaces")
+        .arg(format!("--pid-file={}/dnsmasq.pid", dir.path().display()))
+        .arg(format!(
+            "--log-facility={}/dnsmasq.log",
+            dir.path().display()
+        ))
+        .args([
+            "--log-queries",
+            "--no-resolv",
+            "--no-hosts",
+            "--local-ttl=60",
+        ])
+        .args(["--local=/test/", "--local=/in-addr.arpa/"])
+        .args(records);
+    Some(Daemon::spawn(
+        "dnsmasq",
+        command,
+        address,
+        dir,
+        Duration::from_secs(5),
+    ))
+}
+
+/// How many A queries for `name` the [`dnsmasq`] `dns` has received (from its query
+/// log).
+pub fn dnsmasq_queries(dns: &Daemon, name: &str) -> usize {
+    let log = std::fs::read_to_string(dns.dir().join("dnsmasq.log")).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.contains(&format!("query[A] {name} ")))
+        .count()
 }
