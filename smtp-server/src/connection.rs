@@ -776,7 +776,9 @@ async fn watch_early<S: Io>(
     let mut buf = vec![0u8; COMMAND_BUFFER];
     let sleep = tokio::time::sleep(delay);
     tokio::pin!(decision, sleep);
-    let (mut decided, mut early, mut waited) = (None, None, false);
+    // No delay: no timer (tokio rounds a deadline up to the next millisecond, which
+    // would cost every connection a millisecond for nothing).
+    let (mut decided, mut early, mut waited) = (None, None, delay.is_zero());
     loop {
         tokio::select! {
             biased;
