@@ -7,7 +7,7 @@
 //! `"Hello!\r\n"`). When a relaxed-body signature fails on its body hash and the body
 //! ends in such lines, the message is verified again with those lines removed, which
 //! canonicalizes the same under the RFC and correctly under mail-auth. Fixed upstream in
-//! mail-auth 0.15; remove [`corrected_relaxed_body`] with that upgrade.
+//! mail-auth 0.15; remove `corrected_relaxed_body` with that upgrade.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
