@@ -439,11 +439,17 @@ impl Parts {
         let stages = custom.add_to(stages, config);
         let local = match (&config.local.lmtp, &config.local.maildir) {
             (Some(addr), _) => Some(LocalTarget::Lmtp(Lmtp::new(addr.clone(), &config.hostname))),
-            (None, Some(root)) => Some(LocalTarget::Maildir(Maildir::new(
-                root.clone(),
-                &config.hostname,
-                config.local.maildir_line_endings,
-            ))),
+            (None, Some(root)) => Some(LocalTarget::Maildir(
+                Maildir::new(
+                    root.clone(),
+                    &config.hostname,
+                    config.local.maildir_line_endings,
+                )
+                .subaddressing(
+                    config.local.recipient_delimiter.as_str(),
+                    config.local.subaddress_folder,
+                ),
+            )),
             (None, None) => None,
         };
         let postmaster = config
@@ -1003,10 +1009,10 @@ fn stages(
         stages = stages.rcpt_layer(filter(greylist.clone()));
     }
     if let Some(mailboxes) = mailboxes {
-        stages = stages.rcpt_layer(filter(LocalRecipients::new(
-            local_domains.clone(),
-            mailboxes.iter(),
-        )));
+        stages = stages.rcpt_layer(filter(
+            LocalRecipients::new(local_domains.clone(), mailboxes.iter())
+                .recipient_delimiter(config.local.recipient_delimiter.as_str()),
+        ));
     }
     if let Some(dnsbl) = &dnsbl {
         stages = stages

@@ -13,7 +13,7 @@ use smtp_server::filters::policy::PolicyAddress;
 use smtp_server::filters::rspamd::RspamdAddress;
 
 use super::defaults;
-use crate::delivery::{LineEndings, LmtpAddress};
+use crate::delivery::{LineEndings, LmtpAddress, SubaddressFolder};
 
 /// The whole file: each field is the top-level key or section of the same name
 /// (`listeners` is `[[listener]]`, `accounts` is `[[account]]`, `dkim_keys` is
@@ -842,6 +842,52 @@ pub struct Local {
     /// them) or `crlf` (as received).
     #[serde(default)]
     pub maildir_line_endings: LineEndings,
+    /// Sub-addressing: the characters that separate a user from a tag (`bob+news@`
+    /// goes to `bob`), as Postfix's `recipient_delimiter`; default `+`, empty: off.
+    #[serde(default)]
+    pub recipient_delimiter: RecipientDelimiter,
+    /// Where sub-addressed mail goes in a Maildir: `off` (INBOX, default), `existing`
+    /// (the folder `.tag` when it exists), `create` (the folder, made when missing).
+    #[serde(default)]
+    pub subaddress_folder: SubaddressFolder,
+}
+
+/// `[local] recipient_delimiter`: none, one or more of the characters
+/// [`RecipientDelimiter::ALLOWED`], each of which starts a sub-address tag.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RecipientDelimiter(String);
+
+impl RecipientDelimiter {
+    /// The characters a delimiter may be: `+` (Dovecot's, Gmail's), `-` (qmail's, Exim's
+    /// suffixes) and `_`. Others are refused: `.` and letters split ordinary names,
+    /// `/` and `@` are no part of a safe name, and the rest is rarely meant.
+    pub const ALLOWED: &str = "+-_";
+
+    /// The delimiter characters (empty: sub-addressing is off).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for RecipientDelimiter {
+    /// `+`: see `docs/mailboxes.md`.
+    fn default() -> Self {
+        Self("+".into())
+    }
+}
+
+impl TryFrom<String> for RecipientDelimiter {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.chars().find(|&c| !Self::ALLOWED.contains(c)) {
+            Some(c) => Err(format!(
+                "{c:?} cannot be a delimiter (use any of \"+\", \"-\", \"_\", or \"\" for none)"
+            )),
+            None => Ok(Self(s)),
+        }
+    }
 }
 
 /// `[[account]]`

@@ -589,3 +589,38 @@ fn bad_rates_greylist_and_lists_are_told_with_key_and_line() {
         "{warnings}"
     );
 }
+
+#[test]
+fn subaddressing_defaults_to_plus_into_inbox_and_refuses_odd_delimiters() {
+    use crate::delivery::SubaddressFolder;
+    let c = Config::parse(EMBEDDED_DEFAULT).unwrap();
+    assert_eq!(c.local.recipient_delimiter.as_str(), "+");
+    assert_eq!(c.local.subaddress_folder, SubaddressFolder::Off);
+    let c = Config::parse(&format!(
+        "{EMBEDDED_DEFAULT}recipient_delimiter = \"+-\"\nsubaddress_folder = \"existing\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.local.recipient_delimiter.as_str(), "+-");
+    assert_eq!(c.local.subaddress_folder, SubaddressFolder::Existing);
+    let c = Config::parse(&format!("{EMBEDDED_DEFAULT}recipient_delimiter = \"\"\n")).unwrap();
+    assert_eq!(c.local.recipient_delimiter.as_str(), "");
+    for bad in [".", "+=", "/"] {
+        let err = Config::parse(&format!(
+            "{EMBEDDED_DEFAULT}recipient_delimiter = \"{bad}\"\n"
+        ))
+        .unwrap_err();
+        let told: Vec<String> = err.downcast_ref::<Problems>().unwrap().each().collect();
+        assert!(
+            told.iter()
+                .any(|p| p.contains("[local] recipient_delimiter")
+                    && p.contains("cannot be a delimiter")),
+            "{bad}: {told:?}"
+        );
+    }
+    assert!(
+        Config::parse(&format!(
+            "{EMBEDDED_DEFAULT}subaddress_folder = \"always\"\n"
+        ))
+        .is_err()
+    );
+}

@@ -11,13 +11,21 @@
 //! `maildir_line_endings = "crlf"` keeps CRLF. `S=` is the size of the file, `W=` its
 //! size with CRLF line endings (what IMAP reports as `RFC822.SIZE`), as Dovecot reads
 //! them.
+//!
+//! Sub-addressing (`[local] recipient_delimiter`): mail for `user+tag@domain` goes to
+//! `user`'s Maildir and, with `subaddress_folder`, into its Maildir++ folder `.tag`
+//! (`<root>/<domain>/<user>/.tag/{tmp,new,cur}`, as Dovecot names it) when that exists
+//! (`existing`) or always (`create`); a tag that is no safe folder name goes to INBOX.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use mail_queue::MessageMeta;
 use serde::Deserialize;
+use smtp_proto::{ForwardPath, Host};
+use smtp_server::filters::LocalRecipients;
 
 /// How lines end in delivered files.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -30,12 +38,37 @@ pub enum LineEndings {
     Crlf,
 }
 
+/// Where mail for `user+tag@domain` goes in `user`'s Maildir.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubaddressFolder {
+    /// INBOX (default).
+    #[default]
+    Off,
+    /// The folder `.tag` when it exists, else INBOX.
+    Existing,
+    /// The folder `.tag`, made when missing (Dovecot's `lda_mailbox_autocreate`).
+    Create,
+}
+
+/// Where one recipient's mail goes: a mailbox (`user@domain`) and the tag of a
+/// sub-address (`user+tag@domain`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recipient {
+    /// The mailbox whose Maildir the mail goes to.
+    pub mailbox: String,
+    /// The sub-address tag, if the address had one.
+    pub tag: Option<String>,
+}
+
 /// Delivers into Maildirs under `root`.
 #[derive(Debug, Clone)]
 pub struct Maildir {
     root: PathBuf,
     hostname: String,
     line_endings: LineEndings,
+    delimiters: String,
+    subaddress_folder: SubaddressFolder,
 }
 
 impl Maildir {
@@ -51,6 +84,45 @@ impl Maildir {
             root,
             hostname,
             line_endings,
+            delimiters: String::new(),
+            subaddress_folder: SubaddressFolder::Off,
+        }
+    }
+
+    /// Sub-addressing: `user<d>tag@domain` goes to `user`'s Maildir, where `<d>` is one
+    /// of the characters of `delimiters` (empty: off), and into the folder `.tag` as
+    /// `folder` says.
+    pub fn subaddressing(mut self, delimiters: &str, folder: SubaddressFolder) -> Self {
+        delimiters.clone_into(&mut self.delimiters);
+        self.subaddress_folder = folder;
+        self
+    }
+
+    /// Where mail for `address` goes, or `None` when it is no mailbox here. With `known`
+    /// (lower-cased full addresses), only those, `postmaster` and `abuse` are mailboxes;
+    /// an address that is itself one is not split. Without, any address is.
+    pub fn recipient(&self, address: &str, known: Option<&HashSet<String>>) -> Option<Recipient> {
+        let is_known = |a: &str| known.is_none_or(|k| is_known(k, a));
+        if known.is_some() && is_known(address) {
+            return Some(Recipient {
+                mailbox: address.to_owned(),
+                tag: None,
+            });
+        }
+        let split = address.rsplit_once('@').and_then(|(local, domain)| {
+            let (user, tag) =
+                LocalRecipients::split_subaddress(local.trim_matches('"'), &self.delimiters)?;
+            Some((format!("{user}@{domain}"), tag))
+        });
+        match split {
+            Some((mailbox, tag)) if is_known(&mailbox) => Some(Recipient {
+                mailbox,
+                tag: Some(tag.to_owned()),
+            }),
+            _ => is_known(address).then(|| Recipient {
+                mailbox: address.to_owned(),
+                tag: None,
+            }),
         }
     }
 
@@ -69,15 +141,31 @@ impl Maildir {
         Ok(self.root.join(domain).join(local))
     }
 
-    /// Delivers one recipient; `Ok(false)` when it was already delivered.
+    /// Delivers one recipient, `address` as received (it goes into `Delivered-To:`), to
+    /// `recipient` (see [`Maildir::recipient`]); `Ok(false)` when it was already
+    /// delivered.
     pub fn deliver(
         &self,
         message: &MessageMeta,
         index: usize,
         address: &str,
+        recipient: &Recipient,
         body: &[u8],
     ) -> std::io::Result<bool> {
-        let folder = self.folder(address).map_err(std::io::Error::other)?;
+        let inbox = self
+            .folder(&recipient.mailbox)
+            .map_err(std::io::Error::other)?;
+        let subfolder = recipient
+            .tag
+            .as_deref()
+            .and_then(folder_name)
+            .map(|name| inbox.join(name))
+            .filter(|sub| match self.subaddress_folder {
+                SubaddressFolder::Off => false,
+                SubaddressFolder::Existing => sub.is_dir(),
+                SubaddressFolder::Create => true,
+            });
+        let folder = subfolder.as_ref().unwrap_or(&inbox);
         // The two fields we add, then the message.
         let head = format!(
             "Return-Path: <{}>\r\nDelivered-To: {address}\r\n",
@@ -102,11 +190,22 @@ impl Maildir {
                 .open(&tmp_path)
         };
         let make_folder = || -> std::io::Result<()> {
-            for dir in [&tmp, &new, &cur] {
+            // A folder's Maildir (INBOX) first, then the folder, with the empty file
+            // `maildirfolder` that marks a Maildir++ folder.
+            let mut dirs = Vec::new();
+            if subfolder.is_some() {
+                dirs.extend(["tmp", "new", "cur"].map(|d| inbox.join(d)));
+            }
+            dirs.extend([tmp.clone(), new.clone(), cur.clone()]);
+            for dir in &dirs {
                 if !dir.is_dir() {
                     fs::create_dir_all(dir)?;
                     sync_dir(dir.parent().unwrap_or(dir))?;
                 }
+            }
+            if subfolder.is_some() && !folder.join("maildirfolder").exists() {
+                File::create(folder.join("maildirfolder"))?;
+                sync_dir(folder)?;
             }
             Ok(())
         };
@@ -162,6 +261,39 @@ impl Maildir {
     }
 }
 
+/// Whether `address` is a mailbox of `known`, or `postmaster` or `abuse` (which every
+/// local domain has, RFC 5321 §4.5.1, RFC 2142).
+pub(super) fn is_known(known: &HashSet<String>, address: &str) -> bool {
+    let Ok(ForwardPath::Mailbox(m)) = ForwardPath::parse(&format!("<{address}>")) else {
+        return false;
+    };
+    let local = m.local_part_unquoted().to_lowercase();
+    let domain = match m.host() {
+        Host::Domain(d) => d.to_ascii_lowercase(),
+        Host::Address(std::net::IpAddr::V4(ip)) => format!("[{ip}]"),
+        Host::Address(std::net::IpAddr::V6(ip)) => format!("[ipv6:{ip}]"),
+    };
+    local == "postmaster" || local == "abuse" || known.contains(&format!("{local}@{domain}"))
+}
+
+/// The Maildir++ folder of a sub-address tag (`news` → `.news`), lower-cased, or `None`
+/// (INBOX) for a tag that is no safe, plain name: empty, longer than 64, with a
+/// character other than ASCII letters, digits, `-`, `_` and `.`, starting or ending with
+/// `.`, or with `..` (so no `/`, no way out of the Maildir, and nothing Dovecot would
+/// read as modified UTF-7).
+fn folder_name(tag: &str) -> Option<String> {
+    let plain = tag
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let safe = plain
+        && !tag.is_empty()
+        && tag.len() <= 64
+        && !tag.starts_with('.')
+        && !tag.ends_with('.')
+        && !tag.contains("..");
+    safe.then(|| format!(".{}", tag.to_ascii_lowercase()))
+}
+
 /// Writes `bytes` with each CRLF as LF (a lone CR or LF stays as it is).
 fn write_lf(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
     let mut start = 0;
@@ -174,4 +306,87 @@ fn write_lf(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::{LineEndings, Maildir, Recipient, SubaddressFolder, folder_name};
+
+    #[test]
+    fn folder_names_stay_inside_the_maildir() {
+        let cases = [
+            ("news", Some(".news")),
+            ("News", Some(".news")),
+            ("lists.rust", Some(".lists.rust")),
+            ("a-b_c", Some(".a-b_c")),
+            ("", None),
+            ("..", None),
+            ("../x", None),
+            ("a/b", None),
+            (".hidden", None),
+            ("trailing.", None),
+            ("a..b", None),
+            ("caf\u{e9}", None),
+            ("a&b", None),
+            ("a+b", None),
+        ];
+        for (tag, expected) in cases {
+            assert_eq!(folder_name(tag).as_deref(), expected, "{tag:?}");
+        }
+        assert_eq!(folder_name(&"x".repeat(65)), None);
+    }
+
+    #[test]
+    fn recipients_split_only_when_not_known_as_they_are() {
+        let maildir = Maildir::new("/m".into(), "h", LineEndings::Lf)
+            .subaddressing("+-", SubaddressFolder::Existing);
+        let known: HashSet<String> = ["bob@d.test", "ann+x@d.test"].map(String::from).into();
+        let to = |mailbox: &str, tag: Option<&str>| {
+            Some(Recipient {
+                mailbox: mailbox.into(),
+                tag: tag.map(String::from),
+            })
+        };
+        let known = Some(&known);
+        assert_eq!(
+            maildir.recipient("bob@d.test", known),
+            to("bob@d.test", None)
+        );
+        assert_eq!(
+            maildir.recipient("bob+news@d.test", known),
+            to("bob@d.test", Some("news"))
+        );
+        assert_eq!(
+            maildir.recipient("bob-news@d.test", known),
+            to("bob@d.test", Some("news"))
+        );
+        assert_eq!(
+            maildir.recipient("ann+x@d.test", known),
+            to("ann+x@d.test", None)
+        );
+        assert_eq!(maildir.recipient("ann+y@d.test", known), None);
+        assert_eq!(maildir.recipient("eve+news@d.test", known), None);
+        assert_eq!(
+            maildir.recipient("postmaster+x@d.test", known),
+            to("postmaster@d.test", Some("x"))
+        );
+        // Any user: always split.
+        assert_eq!(
+            maildir.recipient("eve+news@d.test", None),
+            to("eve@d.test", Some("news"))
+        );
+        assert_eq!(
+            maildir.recipient("eve@d.test", None),
+            to("eve@d.test", None)
+        );
+        // Off.
+        let off = Maildir::new("/m".into(), "h", LineEndings::Lf);
+        assert_eq!(off.recipient("bob+news@d.test", known), None);
+        assert_eq!(
+            off.recipient("eve+news@d.test", None),
+            to("eve+news@d.test", None)
+        );
+    }
 }

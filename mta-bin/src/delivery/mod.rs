@@ -7,17 +7,15 @@ mod remote;
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use mail_queue::{BoxError, DeliveryReport, DeliveryRequest, Outcome};
-use smtp_proto::{ForwardPath, Host};
 use smtp_server::filters::DomainSet;
 
 pub use lmtp::{Lmtp, LmtpAddress};
-pub use maildir::{LineEndings, Maildir};
+pub use maildir::{LineEndings, Maildir, Recipient, SubaddressFolder};
 pub use remote::{Relay, Remote, RemoteConfig};
 
 /// Where local mail goes.
@@ -54,7 +52,9 @@ impl Delivery {
     /// address of a local domain fails with `5.1.1` instead of creating a Maildir. What
     /// comes in over SMTP was checked at RCPT time already; this stops what did not (a
     /// delivery notification to a local sender that does not exist, mail injected with
-    /// `sendmail`).
+    /// `sendmail`). A sub-address of one of them (`user+tag@`, with the Maildir's
+    /// [`subaddressing`](Maildir::subaddressing)) goes to its Maildir; LMTP gets every
+    /// address as it came (the LMTP server does its own sub-addressing).
     pub fn new(
         local_domains: DomainSet,
         local: Option<LocalTarget>,
@@ -144,14 +144,13 @@ impl Delivery {
                         .iter()
                         .zip(&addresses)
                         .map(|(&i, address)| {
-                            if let Some(known) = &mailboxes
-                                && !is_known(known, address)
-                            {
+                            let Some(recipient) = maildir.recipient(address, mailboxes.as_deref())
+                            else {
                                 return Outcome::Failed(format!(
                                     "550 5.1.1 <{address}>: no such mailbox here"
                                 ));
-                            }
-                            match maildir.deliver(&message, i, address, &body) {
+                            };
+                            match maildir.deliver(&message, i, address, &recipient, &body) {
                                 Ok(true) => Outcome::Delivered("delivered to maildir".into()),
                                 Ok(false) => Outcome::Delivered("already in maildir".into()),
                                 Err(e) if e.kind() == std::io::ErrorKind::Other => {
@@ -173,21 +172,6 @@ impl Delivery {
             Some(LocalTarget::Lmtp(lmtp)) => lmtp.deliver(&request, &addresses).await,
         }
     }
-}
-
-/// Whether `address` is a mailbox of `known`, or `postmaster` or `abuse` (which every
-/// local domain has, RFC 5321 §4.5.1, RFC 2142).
-fn is_known(known: &HashSet<String>, address: &str) -> bool {
-    let Ok(ForwardPath::Mailbox(m)) = ForwardPath::parse(&format!("<{address}>")) else {
-        return false;
-    };
-    let local = m.local_part_unquoted().to_lowercase();
-    let domain = match m.host() {
-        Host::Domain(d) => d.to_ascii_lowercase(),
-        Host::Address(IpAddr::V4(ip)) => format!("[{ip}]"),
-        Host::Address(IpAddr::V6(ip)) => format!("[ipv6:{ip}]"),
-    };
-    local == "postmaster" || local == "abuse" || known.contains(&format!("{local}@{domain}"))
 }
 
 impl tower::Service<DeliveryRequest> for Delivery {

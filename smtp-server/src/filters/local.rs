@@ -13,9 +13,14 @@ use smtp_proto::{EnhancedStatus, ForwardPath, Host};
 /// through (the relay policy decides about them). Local parts compare
 /// case-insensitively.
 ///
+/// With a [recipient delimiter](LocalRecipients::recipient_delimiter) (sub-addressing,
+/// RFC 5233), `user+tag@domain` is accepted when `user@domain` is known; an address
+/// that is itself known is accepted as it is.
+///
 /// ```
 /// use smtp_server::filters::{DomainSet, LocalRecipients};
-/// let known = LocalRecipients::new(DomainSet::new(["example.test"]), ["alice@example.test"]);
+/// let known = LocalRecipients::new(DomainSet::new(["example.test"]), ["alice@example.test"])
+///     .recipient_delimiter("+");
 /// let layer = smtp_server::filter(known);
 /// # let _ = layer;
 /// ```
@@ -23,16 +28,47 @@ use smtp_proto::{EnhancedStatus, ForwardPath, Host};
 pub struct LocalRecipients {
     domains: DomainSet,
     mailboxes: HashSet<String>,
+    delimiters: String,
 }
 
 impl LocalRecipients {
-    /// `mailboxes` are full addresses (`alice@example.test`).
+    /// `mailboxes` are full addresses (`alice@example.test`). No sub-addressing.
     pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(domains: DomainSet, mailboxes: I) -> Self {
         let mailboxes = mailboxes
             .into_iter()
             .map(|m| m.as_ref().to_lowercase())
             .collect();
-        Self { domains, mailboxes }
+        Self {
+            domains,
+            mailboxes,
+            delimiters: String::new(),
+        }
+    }
+
+    /// Accepts `user<d>tag@domain` for a known `user@domain`, where `<d>` is any one of
+    /// the characters of `delimiters` (as Postfix's `recipient_delimiter`); empty: off.
+    pub fn recipient_delimiter(mut self, delimiters: &str) -> Self {
+        delimiters.clone_into(&mut self.delimiters);
+        self
+    }
+
+    /// Splits a local part at the first of the `delimiters` characters into the user and
+    /// the tag (`"bob+news"` → `("bob", "news")`), as Postfix and Dovecot do; `None` when
+    /// there is no delimiter, or nothing before it.
+    ///
+    /// ```
+    /// use smtp_server::filters::LocalRecipients;
+    /// assert_eq!(LocalRecipients::split_subaddress("bob+news", "+-"), Some(("bob", "news")));
+    /// assert_eq!(LocalRecipients::split_subaddress("bob", "+"), None);
+    /// ```
+    pub fn split_subaddress<'a>(local: &'a str, delimiters: &str) -> Option<(&'a str, &'a str)> {
+        if delimiters.is_empty() {
+            return None;
+        }
+        let at = local.find(|c| delimiters.contains(c))?;
+        let (user, rest) = local.split_at(at);
+        let delimiter = rest.chars().next()?;
+        (!user.is_empty()).then(|| (user, &rest[delimiter.len_utf8()..]))
     }
 }
 
@@ -53,12 +89,44 @@ impl Check<RcptRequest> for LocalRecipients {
         if local == "postmaster" || local == "abuse" {
             return None;
         }
-        let address = format!("{local}@{domain}");
-        (!self.mailboxes.contains(&address)).then(|| {
+        let known = |local: &str| self.mailboxes.contains(&format!("{local}@{domain}"));
+        let subaddress_of_known = || {
+            Self::split_subaddress(&local, &self.delimiters).is_some_and(|(user, _)| known(user))
+        };
+        (!known(&local) && !subaddress_of_known()).then(|| {
             Decision::reject::<550>(
                 EnhancedStatus::BAD_DESTINATION_MAILBOX,
                 "User unknown in local recipient table",
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LocalRecipients;
+
+    #[test]
+    fn split_subaddress() {
+        type Case<'a> = (&'a str, &'a str, Option<(&'a str, &'a str)>);
+        let cases: &[Case<'_>] = &[
+            ("bob+news", "+", Some(("bob", "news"))),
+            ("bob-news", "+-", Some(("bob", "news"))),
+            ("bob-news", "+", None),
+            ("bob+a+b", "+", Some(("bob", "a+b"))),
+            ("bob-a+b", "+-", Some(("bob", "a+b"))),
+            ("bob+", "+", Some(("bob", ""))),
+            ("+news", "+", None),
+            ("bob", "+", None),
+            ("bob+news", "", None),
+            ("bob+../x", "+", Some(("bob", "../x"))),
+        ];
+        for &(local, delimiters, expected) in cases {
+            assert_eq!(
+                LocalRecipients::split_subaddress(local, delimiters),
+                expected,
+                "{local:?} with {delimiters:?}"
+            );
+        }
     }
 }
