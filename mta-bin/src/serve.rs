@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::accounts::Accounts;
 use crate::config::{Config, DefenceMode};
-use crate::delivery::{Delivery, Lmtp, LocalTarget, Maildir, Relay, Remote, RemoteConfig};
+use crate::delivery::{Delivery, Lmtp, LocalTarget, Maildir, Mbox, Relay, Remote, RemoteConfig};
 use auth_checks::{
     ArcSigner, AuthChecks, DkimSigner, DkimSigning, DnsblFilter, RdnsFilter, Verifier,
 };
@@ -235,6 +235,9 @@ fn give_up_root(config: &Config) -> anyhow::Result<()> {
     if let Some(maildir) = &config.local.maildir {
         user.prepare_dir(maildir)?;
     }
+    if let Some(mbox) = &config.local.mbox {
+        user.prepare_dir(mbox)?;
+    }
     user.switch()?;
     tracing::info!(user = user.name(), "listeners bound; root given up");
     Ok(())
@@ -439,6 +442,13 @@ impl Parts {
         let stages = custom.add_to(stages, config);
         let local = match (&config.local.lmtp, &config.local.maildir) {
             (Some(addr), _) => Some(LocalTarget::Lmtp(Lmtp::new(addr.clone(), &config.hostname))),
+            // check-config refuses mbox beside maildir or lmtp.
+            (None, _) if config.local.mbox.is_some() => config.local.mbox.as_ref().map(|root| {
+                LocalTarget::Mbox(
+                    Mbox::new(root.clone())
+                        .subaddressing(config.local.recipient_delimiter.as_str()),
+                )
+            }),
             (None, Some(root)) => Some(LocalTarget::Maildir(
                 Maildir::new(
                     root.clone(),
@@ -724,6 +734,16 @@ impl Mta {
                     "mta: local mail for {} goes to LMTP at {lmtp}",
                     config.local.domains.join(", ")
                 );
+            }
+            (_, None) if config.local.mbox.is_some() => {
+                if let Some(root) = &config.local.mbox {
+                    for d in &config.local.domains {
+                        println!(
+                            "mta: mail for <user>@{d} is appended to the mbox {}/{d}/<user>",
+                            root.display()
+                        );
+                    }
+                }
             }
             (Some(root), None) => {
                 for d in &config.local.domains {

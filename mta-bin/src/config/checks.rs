@@ -62,13 +62,31 @@ impl Config {
         }
         if !self.local.domains.is_empty()
             && self.local.maildir.is_none()
+            && self.local.mbox.is_none()
             && self.local.lmtp.is_none()
         {
             p.add(
                 doc,
                 At::Key("local", "domains"),
-                "[local]: local domains need maildir or lmtp to deliver to",
+                "[local]: local domains need maildir or lmtp or mbox to deliver to",
             );
+        }
+        if self.local.mbox.is_some() {
+            for other in ["maildir", "lmtp"] {
+                let given = match other {
+                    "maildir" => self.local.maildir.is_some(),
+                    _ => self.local.lmtp.is_some(),
+                };
+                if given {
+                    p.add(
+                        doc,
+                        At::Key("local", "mbox"),
+                        format!(
+                            "[local] mbox: give one of maildir, mbox and lmtp, not mbox and {other}"
+                        ),
+                    );
+                }
+            }
         }
         for d in self.local.domains.iter().filter(|d| d.starts_with('[')) {
             if smtp_server::filters::literal_address(d).is_none() {

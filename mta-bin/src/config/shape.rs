@@ -829,6 +829,9 @@ pub struct Local {
     pub domains: Vec<String>,
     /// Maildir root: mail for `user@domain` lands in `<maildir>/<domain>/<user>/new/`.
     pub maildir: Option<PathBuf>,
+    /// mbox root, instead of `maildir`: mail for `user@domain` is appended to the file
+    /// `<mbox>/<domain>/<user>` (mboxrd, dot-lock and `fcntl` locking).
+    pub mbox: Option<PathBuf>,
     /// Deliver to an LMTP server (`ip:port` or `unix:/path`) instead of Maildir.
     pub lmtp: Option<LmtpAddress>,
     /// Accept any local part of a local domain (the embedded default); otherwise only

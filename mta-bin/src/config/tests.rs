@@ -624,3 +624,26 @@ fn subaddressing_defaults_to_plus_into_inbox_and_refuses_odd_delimiters() {
         .is_err()
     );
 }
+
+#[test]
+fn mbox_is_an_alternative_to_maildir_and_lmtp() {
+    let c = Config::parse(&format!(
+        "{BASE}[local]\ndomains = [\"mx.example.test\"]\nmbox = \"/var/mail\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.local.mbox.as_deref(), Some(Path::new("/var/mail")));
+    assert!(c.local.maildir.is_none());
+    let both = problems_of(
+        "[local]\ndomains = [\"mx.example.test\"]\nmaildir = \"/m\"\nmbox = \"/var/mail\"\n",
+    );
+    assert_eq!(
+        both,
+        ["line 8: [local] mbox: give one of maildir, mbox and lmtp, not mbox and maildir"],
+        "{both:?}"
+    );
+    let lmtp = problems_of(
+        "[local]\ndomains = [\"mx.example.test\"]\nmbox = \"/var/mail\"\nlmtp = \"127.0.0.1:24\"\n",
+    );
+    assert_eq!(lmtp.len(), 1, "{lmtp:?}");
+    assert!(lmtp[0].ends_with("not mbox and lmtp"), "{lmtp:?}");
+}

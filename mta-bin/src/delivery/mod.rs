@@ -1,8 +1,9 @@
-//! The delivery service handed to the queue: local recipients to Maildir or LMTP,
+//! The delivery service handed to the queue: local recipients to Maildir, mbox or LMTP,
 //! the others to remote servers found by MX (or to a relay host).
 
 mod lmtp;
 mod maildir;
+mod mbox;
 mod remote;
 
 use std::collections::HashSet;
@@ -16,6 +17,7 @@ use smtp_server::filters::DomainSet;
 
 pub use lmtp::{Lmtp, LmtpAddress};
 pub use maildir::{LineEndings, Maildir, Recipient, SubaddressFolder};
+pub use mbox::Mbox;
 pub use remote::{Relay, Remote, RemoteConfig};
 
 /// Where local mail goes.
@@ -23,6 +25,8 @@ pub use remote::{Relay, Remote, RemoteConfig};
 pub enum LocalTarget {
     /// Maildirs under a root.
     Maildir(Maildir),
+    /// mbox files under a root.
+    Mbox(Mbox),
     /// An LMTP server.
     Lmtp(Lmtp),
 }
@@ -165,6 +169,41 @@ impl Delivery {
                 result.unwrap_or_else(|e| {
                     vec![
                         Outcome::Deferred(format!("maildir task failed: {e}"));
+                        request.recipients.len()
+                    ]
+                })
+            }
+            Some(LocalTarget::Mbox(mbox)) => {
+                let (mbox, message, body) = (
+                    mbox.clone(),
+                    Arc::clone(&request.message),
+                    request.body.clone(),
+                );
+                let mailboxes = inner.mailboxes.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    addresses
+                        .iter()
+                        .map(|address| {
+                            let Some(recipient) = mbox.recipient(address, mailboxes.as_deref())
+                            else {
+                                return Outcome::Failed(format!(
+                                    "550 5.1.1 <{address}>: no such mailbox here"
+                                ));
+                            };
+                            match mbox.deliver(&message, address, &recipient, &body) {
+                                Ok(()) => Outcome::Delivered("delivered to mbox".into()),
+                                Err(e) if e.kind() == std::io::ErrorKind::Other => {
+                                    Outcome::Failed(format!("5.1.1 {e}"))
+                                }
+                                Err(e) => Outcome::Deferred(format!("4.2.0 mbox: {e}")),
+                            }
+                        })
+                        .collect()
+                })
+                .await;
+                result.unwrap_or_else(|e| {
+                    vec![
+                        Outcome::Deferred(format!("mbox task failed: {e}"));
                         request.recipients.len()
                     ]
                 })
