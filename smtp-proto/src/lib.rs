@@ -76,7 +76,7 @@ pub use client::{
 };
 pub use command::{Command, Mechanism, SaslData};
 pub use data::{DataDecoder, DataEncoder, DataStats, Decoded};
-pub use date::rfc5322_date;
+pub use date::{asctime_date, rfc5322_date};
 pub use ehlo::Capabilities;
 pub use error::Error;
 pub use params::{

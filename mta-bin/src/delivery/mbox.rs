@@ -22,7 +22,7 @@ use std::io::{BufWriter, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use mail_queue::MessageMeta;
 use nix::fcntl::{FcntlArg, fcntl};
@@ -129,35 +129,7 @@ pub(super) fn from_line(sender: &str, when: SystemTime) -> String {
     } else {
         sender.replace(|c: char| c.is_whitespace(), "_")
     };
-    let secs = when
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!("From {sender} {}\n", asctime(secs))
-}
-
-/// `Thu Jan  1 00:00:00 1970` for seconds since the epoch, in UTC.
-fn asctime(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (hour, minute, second) = (rem / 3600, rem / 60 % 60, rem % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    let weekday = DAYS[(days % 7) as usize];
-    let month = MONTHS[(month - 1) as usize];
-    format!("{weekday} {month} {day:>2} {hour:02}:{minute:02}:{second:02} {year}")
+    format!("From {sender} {}\n", smtp_proto::asctime_date(when))
 }
 
 /// Writes `bytes` with CRLF as LF and each line matching `^>*From ` quoted with one more
@@ -269,7 +241,11 @@ fn unlock_fcntl(file: &File) -> std::io::Result<()> {
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
-    use super::{asctime, from_line, write_mboxrd};
+    use super::{from_line, write_mboxrd};
+
+    fn asctime(secs: u64) -> String {
+        smtp_proto::asctime_date(UNIX_EPOCH + Duration::from_secs(secs))
+    }
 
     fn quoted(text: &str) -> String {
         let mut out = Vec::new();
