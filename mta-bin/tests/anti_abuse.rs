@@ -23,7 +23,7 @@ use smtp_client::testing::daemons::dnsmasq;
 
 use support::{
     RawClient, assert_config_ok, assert_config_refused, block_on, free_address, maildir_files,
-    run_ok, run_with, serve, smtp_send, terminate, write,
+    python, run_ok, run_with, serve, smtp_send, terminate, write,
 };
 
 /// `mta.toml` in `dir`: one relay listener on `listen` with `listener` (its more keys),
@@ -587,23 +587,6 @@ fn a_dictionary_attack_is_tarpitted_and_cut_off() {
         ("mta_smtp_rate_limit_tarpitted_total", 5.0),
     ]);
     terminate(child);
-}
-
-/// Runs a Python smtplib script (STARTTLS and AUTH are its business) with `args`;
-/// returns its stdout.
-fn python(script: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// One session from `source`: STARTTLS, then AUTH PLAIN with `password`; prints the

@@ -48,18 +48,7 @@ for m in mailbox.mbox(sys.argv[1], create=False):
     print(json.dumps({"from": m.get_from(), "subject": m["subject"],
                       "return_path": m["return-path"], "body": m.get_payload()}))
 "#;
-    let out = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
+    support::python(script, &[path.to_str().unwrap()])
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()

@@ -263,3 +263,20 @@ pub(crate) fn maildir_files(dir: &std::path::Path, user: &str, count: usize) -> 
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Runs a Python script (Debian's `/usr/bin/python3`, standard library) with `args`,
+/// which must succeed; returns its stdout.
+pub(crate) fn python(script: &str, args: &[&str]) -> String {
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
