@@ -399,8 +399,8 @@ pub struct RateStats {
     pub tarpitted: AtomicU64,
     /// Addresses locked out for refused logins (in `tag` mode: that would have been).
     pub lockouts: AtomicU64,
-    /// Entries in the tables now.
-    pub tracked: AtomicU64,
+    /// Entries in the tables now (kept by the tables as they change).
+    pub tracked: Arc<AtomicU64>,
 }
 
 impl RateStats {
@@ -498,15 +498,18 @@ impl RateLimits {
             .map(|l| l.to_ascii_lowercase())
             .collect();
         let start = clock.now();
+        let stats = Arc::new(RateStats::default());
         Self {
             inner: Arc::new(Inner {
                 settings,
                 exempt_logins,
                 clock,
-                stats: Arc::new(RateStats::default()),
-                buckets: std::array::from_fn(|_| Mutex::new(Table::new(max, start))),
-                failed_rcpts: Mutex::new(Table::new(max, start)),
-                failed_logins: Mutex::new(Table::new(max, start)),
+                buckets: std::array::from_fn(|_| {
+                    Mutex::new(Table::new(max, start, Arc::clone(&stats.tracked)))
+                }),
+                failed_rcpts: Mutex::new(Table::new(max, start, Arc::clone(&stats.tracked))),
+                failed_logins: Mutex::new(Table::new(max, start, Arc::clone(&stats.tracked))),
+                stats,
             }),
         }
     }
@@ -567,12 +570,11 @@ impl RateLimits {
         }
         lock(&self.inner.failed_rcpts).prune(now);
         lock(&self.inner.failed_logins).prune(now);
-        self.inner.update_tracked();
     }
 
     /// Entries in the tables now (clients, sender domains and logins tracked).
     pub fn tracked(&self) -> usize {
-        self.inner.tracked()
+        self.inner.stats.tracked.load(Ordering::Relaxed) as usize
     }
 }
 
@@ -786,7 +788,6 @@ impl Inner {
                 .entry(key.clone(), now, || Bucket::new(now))
                 .charge(limit, now);
         }
-        self.update_tracked();
     }
 
     /// A limit was reached: log and count it; the refusal in enforce mode.
@@ -895,7 +896,6 @@ impl Inner {
             } else {
                 drop(table);
             }
-            self.update_tracked();
         }
         Ok(decision)
     }
@@ -950,7 +950,6 @@ impl Inner {
             lock(&self.failed_rcpts)
                 .entry(who.client.clone(), now, || Failures::new(now, dict.window))
                 .record(now, dict.window);
-            self.update_tracked();
         }
         Ok(decision)
     }
@@ -990,18 +989,6 @@ impl Inner {
             }
         }
         None
-    }
-
-    fn tracked(&self) -> usize {
-        self.buckets.iter().map(|t| lock(t).len()).sum::<usize>()
-            + lock(&self.failed_rcpts).len()
-            + lock(&self.failed_logins).len()
-    }
-
-    fn update_tracked(&self) {
-        self.stats
-            .tracked
-            .store(self.tracked() as u64, Ordering::Relaxed);
     }
 }
 
@@ -1164,24 +1151,34 @@ impl Slot for Failures {
 /// How often a table is pruned as it is used.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// A bounded map, pruned as it goes.
+/// A bounded map, pruned as it goes; it keeps `tracked` (shared by the tables of one
+/// [`RateLimits`]) up to date as entries come and go.
 struct Table<K, V> {
     map: HashMap<K, V>,
     max: usize,
     pruned: SystemTime,
+    tracked: Arc<AtomicU64>,
 }
 
 impl<K: Hash + Eq, V: Slot> Table<K, V> {
-    fn new(max: usize, now: SystemTime) -> Self {
+    fn new(max: usize, now: SystemTime, tracked: Arc<AtomicU64>) -> Self {
         Self {
             map: HashMap::new(),
             max,
             pruned: now,
+            tracked,
         }
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Counts in `tracked` the entries gone since the map had `before`.
+    fn shrank(&self, before: usize) {
+        let gone = before.saturating_sub(self.map.len()) as u64;
+        self.tracked.fetch_sub(gone, Ordering::Relaxed);
     }
 
     fn get(&self, key: &K) -> Option<&V> {
@@ -1199,12 +1196,18 @@ impl<K: Hash + Eq, V: Slot> Table<K, V> {
                 self.evict();
             }
         }
-        self.map.entry(key).or_insert_with(make)
+        let tracked = &self.tracked;
+        self.map.entry(key).or_insert_with(|| {
+            tracked.fetch_add(1, Ordering::Relaxed);
+            make()
+        })
     }
 
     fn prune(&mut self, now: SystemTime) {
+        let before = self.map.len();
         self.map.retain(|_, v| !v.idle(now));
         self.pruned = now;
+        self.shrank(before);
     }
 
     /// Drops the older half (by last change).
@@ -1216,7 +1219,9 @@ impl<K: Hash + Eq, V: Slot> Table<K, V> {
         }
         let (_, median, _) = times.select_nth_unstable(middle);
         let median = *median;
+        let before = self.map.len();
         self.map.retain(|_, v| v.touched() > median);
+        self.shrank(before);
         warn!(
             kept = self.map.len(),
             "rate limit table full: dropped the older half"
@@ -1281,7 +1286,7 @@ mod tests {
     fn full_table_drops_the_older_half() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let limit = Limit::new(10, Duration::from_secs(3600));
-        let mut t: Table<u32, Bucket> = Table::new(4, t0);
+        let mut t: Table<u32, Bucket> = Table::new(4, t0, Arc::default());
         for i in 0..4u32 {
             let now = t0 + Duration::from_secs(u64::from(i));
             t.entry(i, now, || Bucket::new(now)).charge(&limit, now);
