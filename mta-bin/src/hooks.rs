@@ -61,6 +61,7 @@ pub fn add(stages: Stages, config: &Config) -> anyhow::Result<Stages> {
             timeout: s.timeout,
             default_action: s.default_action.into(),
             policy_context: s.policy_context.clone(),
+            max_reply_size: s.max_reply_size,
             ..PolicyService::default()
         });
         let mut only = Only::new(policy, &s.listeners);
@@ -88,6 +89,7 @@ fn milter(m: &MilterHook, hostname: &str) -> anyhow::Result<Milter> {
         end_of_message_timeout: m.end_of_message_timeout,
         default_action: m.default_action.into(),
         stages: MilterStage::set(&m.stages),
+        max_replaced_body: m.max_replaced_body,
         ..MilterSettings::default()
     };
     Milter::new(settings).map_err(|e| anyhow::anyhow!("[[milter]] {}: {e}", m.address.as_str()))

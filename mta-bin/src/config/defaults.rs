@@ -99,6 +99,16 @@ pub(super) fn rspamd_timeout() -> Duration {
     smtp_server::filters::rspamd::RspamdSettings::default().timeout
 }
 
+/// `[[milter]] max_replaced_body`.
+pub(super) fn milter_max_replaced_body() -> usize {
+    smtp_server::filters::milter::MilterSettings::default().max_replaced_body
+}
+
+/// `[[policy_service]] max_reply_size`.
+pub(super) fn policy_max_reply_size() -> usize {
+    smtp_server::filters::policy::PolicyService::default().max_reply_size
+}
+
 /// `[rspamd] max_size`.
 pub(super) fn rspamd_max_size() -> usize {
     smtp_server::filters::rspamd::RspamdSettings::default().max_size

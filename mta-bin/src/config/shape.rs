@@ -1166,6 +1166,10 @@ pub struct MilterHook {
     /// The stages before DATA the milter is asked at (the end of DATA always is).
     #[serde(default = "MilterStage::all")]
     pub stages: Vec<MilterStage>,
+    /// The largest body the milter may put in place of the message's (bytes); a
+    /// larger one is the milter failing.
+    #[serde(default = "defaults::milter_max_replaced_body")]
+    pub max_replaced_body: usize,
     /// Where the mail comes from for the milter to be asked.
     #[serde(default = "HookListener::smtp")]
     pub listeners: Vec<HookListener>,
@@ -1313,6 +1317,9 @@ pub struct PolicyServiceHook {
     /// Sent as `policy_context=`.
     #[serde(default)]
     pub policy_context: String,
+    /// The longest answer read (bytes); a longer one is the service failing.
+    #[serde(default = "defaults::policy_max_reply_size")]
+    pub max_reply_size: usize,
     /// Where the mail comes from for the service to be asked.
     #[serde(default = "HookListener::relay")]
     pub listeners: Vec<HookListener>,

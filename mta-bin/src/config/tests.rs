@@ -141,6 +141,7 @@ fn milters_parse_with_their_defaults() {
     );
     assert_eq!(dkim.stages, MilterStage::all());
     assert_eq!(dkim.daemon_name, "mta");
+    assert_eq!(dkim.max_replaced_body, 64 << 20);
     assert_eq!(clam.address.as_str(), "inet:127.0.0.1:7357");
     assert_eq!(clam.default_action, MilterDefaultAction::Tempfail);
     assert_eq!(clam.command_timeout, Duration::from_secs(10));
@@ -187,7 +188,8 @@ fn policy_services_parse_with_their_defaults() {
     let c = Config::parse(&format!(
         "{BASE}[[policy_service]]\naddress = \"inet:127.0.0.1:10023\"\n\
          [[policy_service]]\naddress = \"unix:/run/policyd-spf.sock\"\ntimeout = \"30s\"\n\
-         default_action = \"accept\"\npolicy_context = \"spf\"\nask_trusted = true\n"
+         default_action = \"accept\"\npolicy_context = \"spf\"\nask_trusted = true\n\
+         max_reply_size = 4096\n"
     ))
     .unwrap();
     let (grey, spf) = (&c.policy_services[0], &c.policy_services[1]);
@@ -199,6 +201,8 @@ fn policy_services_parse_with_their_defaults() {
     assert_eq!(spf.timeout, Duration::from_secs(30));
     assert_eq!(spf.default_action, HookFailure::Accept);
     assert_eq!(spf.policy_context, "spf");
+    assert_eq!(grey.max_reply_size, 16 * 1024);
+    assert_eq!(spf.max_reply_size, 4096);
     assert!(spf.ask_trusted);
 }
 
