@@ -62,7 +62,6 @@ pub fn add(stages: Stages, config: &Config) -> anyhow::Result<Stages> {
             default_action: s.default_action.into(),
             policy_context: s.policy_context.clone(),
             max_reply_size: s.max_reply_size,
-            ..PolicyService::default()
         });
         let mut only = Only::new(policy, &s.listeners);
         if !s.ask_trusted {
@@ -90,7 +89,6 @@ fn milter(m: &MilterHook, hostname: &str) -> anyhow::Result<Milter> {
         default_action: m.default_action.into(),
         stages: MilterStage::set(&m.stages),
         max_replaced_body: m.max_replaced_body,
-        ..MilterSettings::default()
     };
     Milter::new(settings).map_err(|e| anyhow::anyhow!("[[milter]] {}: {e}", m.address.as_str()))
 }
