@@ -15,7 +15,7 @@ use smtp_server::filters::{
 };
 use smtp_server::{
     BoxError, DataRequest, Decision, Limits, ListenerConfig, ListenerMode, Server, ServerConfig,
-    SessionInfo, StageRequest, Stages, filter, filter_async,
+    SessionInfo, Stages, filter, filter_async,
 };
 use tokio::sync::watch;
 
@@ -1046,10 +1046,10 @@ fn stages(
         // Outside the password check, the local-recipient check and greylisting, to
         // count what they refuse; outermost at connect and MAIL.
         stages = stages
-            .connect_layer(SkipLocal(rate.connect_layer()))
-            .auth_layer(SkipLocal(rate.auth_layer()))
-            .mail_layer(SkipLocal(rate.mail_layer()))
-            .rcpt_layer(SkipLocal(rate.rcpt_layer()));
+            .connect_layer(rate.connect_layer())
+            .auth_layer(rate.auth_layer())
+            .mail_layer(rate.mail_layer())
+            .rcpt_layer(rate.rcpt_layer());
     }
     if let Some(rdns) = &rdns {
         stages = stages.rcpt_layer(rdns.rcpt_layer());
@@ -1058,56 +1058,6 @@ fn stages(
         stages = stages.rcpt_layer(dnsbl.rcpt_layer());
     }
     Ok(stages.relay_policy(filter(RelayPolicy::new(local_domains.clone(), trusted))))
-}
-
-/// A layer that mail handed in on this machine ([`SessionInfo::LOCAL`]: `sendmail`
-/// from cron jobs and scripts, the control socket) goes around: the rate limits are for
-/// clients on the network.
-#[derive(Clone, Debug)]
-struct SkipLocal<L>(L);
-
-impl<L: tower::Layer<S>, S: Clone> tower::Layer<S> for SkipLocal<L> {
-    type Service = SkipLocalService<S, L::Service>;
-    fn layer(&self, inner: S) -> Self::Service {
-        SkipLocalService {
-            plain: inner.clone(),
-            layered: self.0.layer(inner),
-        }
-    }
-}
-
-/// The service of [`SkipLocal`].
-#[derive(Clone, Debug)]
-struct SkipLocalService<S, T> {
-    plain: S,
-    layered: T,
-}
-
-impl<R, S, T> tower::Service<R> for SkipLocalService<S, T>
-where
-    R: StageRequest,
-    S: tower::Service<R, Response = Decision, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    T: tower::Service<R, Response = Decision, Error = BoxError> + Clone + Send + 'static,
-    T::Future: Send + 'static,
-{
-    type Response = Decision;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Decision, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // Each call readies the service it picks (a clone), as `oneshot` does.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: R) -> Self::Future {
-        use tower::ServiceExt;
-        if request.session().protocol == SessionInfo::LOCAL {
-            Box::pin(self.plain.clone().oneshot(request))
-        } else {
-            Box::pin(self.layered.clone().oneshot(request))
-        }
-    }
 }
 
 /// The queue id of a message [`Enqueue`] queued, left in its transaction's notes.

@@ -695,9 +695,13 @@ struct Who {
 }
 
 impl Inner {
+    /// Not limited: clients of the exempt networks, and mail submitted on this machine
+    /// ([`SessionInfo::LOCAL`]: `sendmail` from cron jobs and scripts), which is not a
+    /// client on the network.
     fn exempt(&self, session: &SessionInfo) -> bool {
         let ip = session.peer.ip();
-        self.settings.exempt_networks.iter().any(|n| n.contains(ip))
+        session.protocol == SessionInfo::LOCAL
+            || self.settings.exempt_networks.iter().any(|n| n.contains(ip))
     }
 
     fn who(&self, session: &SessionInfo) -> Who {
