@@ -3,7 +3,7 @@
 //! | layer | stage | does |
 //! | --- | --- | --- |
 //! | [`AuthChecks::mail_layer`] | mail | SPF for the HELO and MAIL FROM identities; under `enforce`, `fail` is `550 5.7.23` and `temperror` `451 4.7.24` |
-//! | [`AuthChecks::data_layer`] | data | removes forged `Authentication-Results` naming us, checks DKIM, ARC, DMARC, adds our `Authentication-Results`, applies the policies, seals ARC |
+//! | [`AuthChecks::data_layer`] | data | removes forged `Authentication-Results` naming us, checks DKIM, ARC, DMARC, then BIMI after a DMARC pass ([`crate::bimi`]), adds our `Authentication-Results` (and `BIMI-Location`), applies the policies, seals ARC, removes forged BIMI header fields |
 //! | [`DkimSigning`] (a [`Check`]: `smtp_server::filter(signing)`) | data | signs mail from authenticated users for the domains it has keys for |
 //!
 //! Mechanism and policy are apart: each check is `off`, `tag` (header only) or
@@ -53,6 +53,13 @@ pub struct Policy {
     pub dmarc: Mode,
     /// ARC (RFC 8617): `enforce` rejects messages with a broken chain.
     pub arc: Mode,
+    /// BIMI ([`crate::bimi`]): after a DMARC pass at an enforcing policy (so only when
+    /// `dmarc` is not `off`), look up the author domain's BIMI record and add a
+    /// `BIMI-Location` header and `bimi=` to `Authentication-Results`. One TXT lookup
+    /// (two with the organizational domain) within `time_budget`; a DNS failure never
+    /// refuses mail. Default on. Forged BIMI header fields are removed whatever this
+    /// says.
+    pub bimi: bool,
     /// How long the checks of one message may wait for DNS, all told (SPF at MAIL
     /// FROM, then DKIM, ARC and DMARC at the end of data): what is not decided by then
     /// is `temperror`, and the modes apply to that (`tag` records it, `enforce` defers
@@ -69,6 +76,7 @@ impl Default for Policy {
             dkim: Mode::default(),
             dmarc: Mode::default(),
             arc: Mode::default(),
+            bimi: true,
             time_budget: Duration::from_secs(5),
         }
     }
@@ -319,6 +327,7 @@ impl AsyncCheck<DataRequest> for MessageFilter {
                     .map(|()| signer)
             });
             if !checked && sealer.is_none() {
+                remove_bimi_headers(&shared, &mut request);
                 return Ok(Flow::Continue(request));
             }
             let spf = request.notes.get::<SpfCheck>();
@@ -350,6 +359,7 @@ impl AsyncCheck<DataRequest> for MessageFilter {
                 request.added_headers = headers;
             }
             if !checked {
+                remove_bimi_headers(&shared, &mut request);
                 return Ok(Flow::Continue(request));
             }
             if policy.spf == Mode::Off {
@@ -375,9 +385,40 @@ impl AsyncCheck<DataRequest> for MessageFilter {
                     &format!("DMARC policy of {} (p=quarantine)", dmarc.header_from),
                 );
             }
-            request.prepend_header("Authentication-Results", &report.header_value(&hostname));
+            let mut results = report.header_value(&hostname);
+            if policy.bimi && report.dmarc.is_some() {
+                let bimi = shared
+                    .verifier
+                    .bimi(&request.body, &report, Some(deadline))
+                    .await;
+                debug!(bimi = %bimi.result, domain = ?bimi.domain, "BIMI");
+                // Removed after DKIM and BIMI read the message as it came (§7.8).
+                remove_bimi_headers(&shared, &mut request);
+                if let Some(location) = bimi.location_value() {
+                    request.prepend_header("BIMI-Location", &location);
+                }
+                bimi.append_to(&mut results);
+            } else {
+                remove_bimi_headers(&shared, &mut request);
+            }
+            request.prepend_header("Authentication-Results", &results);
             Ok(Flow::Continue(request))
         })
+    }
+}
+
+/// Removes the BIMI header fields only we may add (`BIMI-Location`, `BIMI-Indicator`,
+/// `BIMI-Logo-Preference`) from a message, unless it comes from `skip_networks` (our
+/// own hosts, which may have evaluated BIMI before us): draft-brand-indicators-for-
+/// message-identification §5.6, §7.8.
+fn remove_bimi_headers(shared: &Shared, request: &mut DataRequest) {
+    let peer = request.session.peer.ip();
+    if shared.skip_networks.iter().any(|n| n.contains(peer)) {
+        return;
+    }
+    if let Some(cleaned) = crate::bimi::remove_bimi_headers(&request.body) {
+        info!("removed BIMI header fields that came with the message");
+        request.body = smtp_server::Content::from(cleaned);
     }
 }
 

@@ -3,7 +3,8 @@
 //! Sender authentication for the `mta` workspace, built on mail-auth and offered as
 //! layers of the `smtp-server` stage chain:
 //!
-//! - [`Verifier`]: SPF (RFC 7208), DKIM (RFC 6376, RSA and Ed25519 per RFC 8463), DMARC
+//! - [`Verifier`]: SPF (RFC 7208, our own evaluator, limits in [`SpfLimits`]), DKIM
+//!   (RFC 6376, RSA and Ed25519 per RFC 8463), DMARC
 //!   (RFC 7489) and ARC (RFC 8617) against DNS, with results as plain values
 //!   ([`results`]) that render as `Authentication-Results` (RFC 8601).
 //! - [`AuthChecks`]: the checks as mail-stage and data-stage layers, each `off`, `tag`
@@ -11,6 +12,10 @@
 //!   does not depend on `smtp-server`).
 //! - [`DkimSigner`] / [`DkimSigning`]: DKIM signing of outbound mail; [`ArcSigner`]:
 //!   ARC sealing of mail we forward; [`generate_key`]: new keys and their DNS records.
+//! - [`bimi`]: BIMI on receipt: after a DMARC pass at an enforcing policy, the author
+//!   domain's BIMI record as a `BIMI-Location` header for the mail client (the data
+//!   layer does it; [`Verifier::bimi`] on its own), and forged BIMI header fields
+//!   removed ([`remove_bimi_headers`]).
 //! - DNS defences at the door, sharing the checks' resolver, negative cache and DNS
 //!   time budget: [`dnsbl`] (blocklists and allowlists of client addresses, HELO and
 //!   sender domains, scored; [`DnsblFilter`]) and [`rdns`] (forward-confirmed reverse
@@ -30,6 +35,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bimi;
 mod dns;
 pub mod dnsbl;
 mod error;
@@ -40,9 +46,11 @@ mod keygen;
 pub mod rdns;
 pub mod results;
 mod sign;
+mod spf;
 mod stats;
 pub mod verify;
 
+pub use bimi::{BimiRecord, BimiRecordError, BimiResult, BimiVerdict, remove_bimi_headers};
 pub use dnsbl::{
     DnsList, Dnsbl, DnsblVerdict, Identity, ListHit, ListKind, ListSyntaxError, ReturnCodes,
 };
@@ -63,5 +71,6 @@ pub use results::{
     DmarcResult, DmarcVerdict, SpfCheck, SpfResult, SpfVerdict,
 };
 pub use sign::{ArcSigner, DEFAULT_SIGNED_HEADERS, DkimSigner, KeyKind};
+pub use spf::SpfLimits;
 pub use stats::{DnsStats, ListCounts};
 pub use verify::{MessageChecks, Verifier};

@@ -1,6 +1,6 @@
 //! The checks: SPF for a transaction, DKIM, ARC and DMARC for a message.
 //!
-//! mail-auth does the work; this module turns its outputs into the values of
+//! SPF is our own evaluator ([`crate::spf`]); for DKIM, ARC and DMARC mail-auth does the work; this module turns its outputs into the values of
 //! [`crate::results`] and corrects one known defect of mail-auth 0.13.3: relaxed body
 //! canonicalization keeps whitespace-only lines at the end of the body
 //! (`"Hello!\r\n  \r\n\r\n"` becomes `"Hello!\r\n\r\n"`, where RFC 6376 §3.4.4 gives
@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 use mail_auth::dkim::{Canonicalization, DkimError};
-use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DmarcOutput,
     MessageAuthenticator, SpfOutput, dmarc::verify::DmarcParameters,
@@ -28,6 +27,7 @@ use crate::results::{
     ArcResult, ArcVerdict, AuthReport, DkimResult, DkimVerdict, DmarcPolicy, DmarcResult,
     DmarcVerdict, SpfCheck, SpfResult, SpfVerdict,
 };
+use crate::spf::{Request, SpfDns, SpfLimits, check_host};
 
 /// Which message checks to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +64,8 @@ impl MessageChecks {
 #[derive(Clone)]
 pub struct Verifier {
     auth: Arc<MessageAuthenticator>,
+    spf_dns: SpfDns,
+    spf_limits: SpfLimits,
     hostname: String,
     failures: Arc<Failures>,
 }
@@ -114,10 +116,34 @@ impl Verifier {
     /// `hostname` is our name, for SPF's `%{r}` macro.
     pub fn new(resolver: TokioResolver, hostname: impl Into<String>) -> Self {
         Self {
+            spf_dns: SpfDns::new(resolver.clone()),
             auth: Arc::new(MessageAuthenticator(resolver)),
+            spf_limits: SpfLimits::default(),
             hostname: hostname.into(),
             failures: Arc::default(),
         }
+    }
+
+    /// The same checks with other SPF processing limits (RFC 7208 §4.6.4; the
+    /// defaults are the RFC's).
+    pub fn with_spf_limits(mut self, limits: SpfLimits) -> Self {
+        self.spf_limits = limits;
+        self
+    }
+
+    /// The SPF processing limits.
+    pub fn spf_limits(&self) -> &SpfLimits {
+        &self.spf_limits
+    }
+
+    /// The name servers `resolver` asks (as `dns_mx::MxConfig::nameservers`), for the
+    /// one SPF answer hickory cannot decode: a TXT answer with a record of no string
+    /// (RDLENGTH 0), which SPF asks again of these servers itself and reads record by
+    /// record. By default, the system's (`/etc/resolv.conf`), which is what a resolver
+    /// built without name servers asks.
+    pub fn with_nameservers(mut self, servers: Vec<std::net::SocketAddr>) -> Self {
+        self.spf_dns.set_servers(servers);
+        self
     }
 
     /// Our host name.
@@ -146,11 +172,11 @@ impl Verifier {
     /// identity; `mail_from` empty for the null sender, which is checked as
     /// `postmaster@<helo>`.
     ///
-    /// Before mail-auth sees them (RFC 7208 §4.3, §5, §6.2): an IPv4-mapped IPv6
-    /// address is checked (and recorded) as IPv4; a malformed domain (an empty label, a
-    /// label over 63 octets, a name over 253) is `none` without a lookup; a sender
-    /// with no local part is checked as `postmaster@<domain>`; an explanation that is
-    /// not US-ASCII is dropped, as a syntax error of the explanation.
+    /// Before evaluation (RFC 7208 §4.3, §5): an IPv4-mapped IPv6 address is checked
+    /// (and recorded) as IPv4; a malformed domain (an empty label, a label over 63
+    /// octets, a name over 253) is `none` without a lookup; a sender with no local part
+    /// is checked as `postmaster@<domain>`. The evaluation itself is ours
+    /// ([`crate::spf`]), within the [`SpfLimits`] of this verifier.
     pub async fn spf(&self, ip: IpAddr, helo: &str, mail_from: &str) -> SpfCheck {
         self.spf_until(ip, helo, mail_from, None).await
     }
@@ -171,12 +197,15 @@ impl Verifier {
         };
         let helo_name = helo.trim_end_matches('.').to_ascii_lowercase();
         let helo_verdict = if is_domain(&helo_name) {
-            let params = SpfParameters::verify_ehlo(ip, &helo_name, &self.hostname);
+            let request = Request {
+                ip,
+                local: "postmaster",
+                domain: &helo_name,
+                helo: &helo_name,
+                receiver: &self.hostname,
+            };
             let identity = format!("postmaster@{helo_name}");
-            Some(
-                self.bounded_spf(params, &helo_name, identity, deadline)
-                    .await,
-            )
+            Some(self.bounded_spf(&request, identity, deadline).await)
         } else {
             None
         };
@@ -190,16 +219,19 @@ impl Verifier {
         } else {
             match mail_from.rsplit_once('@') {
                 Some((local, domain)) if is_domain(domain.trim_end_matches('.')) => {
-                    // RFC 7208 §4.3: no local part is "postmaster".
-                    let sender = if local.is_empty() {
-                        format!("postmaster@{domain}")
-                    } else {
-                        mail_from.to_owned()
+                    let request = Request {
+                        ip,
+                        // RFC 7208 §4.3: no local part is "postmaster".
+                        local: if local.is_empty() {
+                            "postmaster"
+                        } else {
+                            local
+                        },
+                        domain: domain.trim_end_matches('.'),
+                        helo: &helo_name,
+                        receiver: &self.hostname,
                     };
-                    let params =
-                        SpfParameters::verify_mail_from(ip, &helo_name, &self.hostname, &sender);
-                    let domain = domain.trim_end_matches('.');
-                    self.bounded_spf(params, domain, mail_from.to_owned(), deadline)
+                    self.bounded_spf(&request, mail_from.to_owned(), deadline)
                         .await
                 }
                 _ => SpfVerdict {
@@ -221,8 +253,7 @@ impl Verifier {
     /// One SPF identity, within `deadline`, through the negative cache.
     async fn bounded_spf(
         &self,
-        params: SpfParameters<'_>,
-        domain: &str,
+        request: &Request<'_>,
         identity: String,
         deadline: Option<tokio::time::Instant>,
     ) -> SpfVerdict {
@@ -231,21 +262,23 @@ impl Verifier {
             identity: identity.clone(),
             explanation: Some(why.to_owned()),
         };
-        if self.failures.recent(domain) {
+        if self.failures.recent(request.domain) {
             return temperror(FAILED_RECENTLY);
         }
-        let output = match until(deadline, self.auth.verify_spf(params)).await {
-            Some(output) => output,
-            None => {
-                self.failures.note(domain);
-                return temperror(TIMED_OUT);
-            }
+        let check = check_host(&self.spf_dns, &self.spf_limits, request);
+        let Some(outcome) = until(deadline, check).await else {
+            self.failures.note(request.domain);
+            return temperror(TIMED_OUT);
         };
-        let verdict = spf_verdict(&output, identity.clone());
-        if verdict.result == SpfResult::TempError {
-            self.failures.note(domain);
+        if outcome.result == SpfResult::TempError {
+            self.failures.note(request.domain);
         }
-        verdict
+        SpfVerdict {
+            result: outcome.result,
+            identity,
+            // RFC 7208 §6.2: only US-ASCII explanations are kept (checked in spf::eval).
+            explanation: outcome.explanation,
+        }
     }
 
     /// DKIM, ARC and DMARC for a message (`checks` says which), with the
@@ -382,10 +415,20 @@ impl Verifier {
             );
         }
 
+        // What mail-auth lets through and RFC 8617 does not (see `arc_defect`).
+        let arc_defect = arc_defect(message);
         let arc_output = if checks.arc || sealer.is_some() {
             let output = self.auth.verify_arc(message).await;
             if checks.arc {
-                report.arc = Some(arc_verdict(&output));
+                let mut verdict = arc_verdict(&output);
+                if let Some(defect) = &arc_defect
+                    && verdict.result != ArcResult::Fail
+                {
+                    verdict.result = ArcResult::Fail;
+                    verdict.reason = Some(defect.clone());
+                    verdict.temporary = false;
+                }
+                report.arc = Some(verdict);
             }
             Some(output)
         } else {
@@ -420,7 +463,7 @@ impl Verifier {
         };
 
         let seal = match (sealer, &arc_output) {
-            (Some(sealer), Some(arc)) if arc.can_be_sealed() => {
+            (Some(sealer), Some(arc)) if arc.can_be_sealed() && arc_defect.is_none() => {
                 let ip = spf.map_or(IpAddr::from([0, 0, 0, 0]), |s| s.ip);
                 let helo = spf.map_or("", |s| s.helo_name.as_str());
                 let mut results = AuthenticationResults::new(&self.hostname).with_dkim_results(
@@ -713,27 +756,6 @@ fn is_domain(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' || b >= 0x80)
 }
 
-fn spf_verdict(output: &SpfOutput, identity: String) -> SpfVerdict {
-    SpfVerdict {
-        result: match output.result() {
-            mail_auth::SpfResult::Pass => SpfResult::Pass,
-            mail_auth::SpfResult::Fail => SpfResult::Fail,
-            mail_auth::SpfResult::SoftFail => SpfResult::SoftFail,
-            mail_auth::SpfResult::Neutral => SpfResult::Neutral,
-            mail_auth::SpfResult::None => SpfResult::None,
-            mail_auth::SpfResult::TempError => SpfResult::TempError,
-            mail_auth::SpfResult::PermError => SpfResult::PermError,
-        },
-        identity,
-        // RFC 7208 §6.2: the explanation is for an SMTP reply, so it MUST be US-ASCII;
-        // one that is not is a syntax error of the explanation string, to be ignored.
-        explanation: output
-            .explanation()
-            .filter(|e| e.is_ascii())
-            .map(str::to_owned),
-    }
-}
-
 fn dkim_verdict(output: &DkimOutput<'_>, corrected: bool) -> DkimVerdict {
     let (result, reason) = match output.result() {
         mail_auth::DkimResult::Pass => (DkimResult::Pass, None),
@@ -781,6 +803,85 @@ fn b_prefix(b: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Why the ARC chain of `message` fails under RFC 8617 where mail-auth 0.13.3 passes it
+/// (or finds no chain): `None` when we see nothing wrong. Read from the raw header
+/// fields:
+/// - ARC header fields present but no complete set (an ARC-Seal and its
+///   ARC-Authentication-Results without their ARC-Message-Signature): mail-auth counts
+///   sets by their AMS and answers `none`; §5.2 makes a broken chain `fail`.
+/// - An ARC-Seal or ARC-Message-Signature whose tag-list is invalid under RFC 6376 §3.2
+///   (which §4.1.2 and §4.1.3 apply to both): an empty tag-spec (`;;`), a tag name not
+///   of the form ALPHA *(ALPHA / DIGIT / "_"), a tag twice, or a required tag missing
+///   (tag names are case-sensitive, so `S=` is not `s=`). mail-auth skips bad tags,
+///   keeps the last of two, lowercases names and defaults a missing `a=` to rsa-sha256.
+/// - `a=rsa-sha1`: RFC 8301 §3.1, verifiers MUST NOT consider such signatures valid.
+fn arc_defect(message: &AuthenticatedMessage<'_>) -> Option<String> {
+    const SEAL_TAGS: &[&str] = &["a", "b", "cv", "d", "i", "s"];
+    const SIGNATURE_TAGS: &[&str] = &["a", "b", "bh", "d", "h", "i", "s"];
+    let mut any_arc = false;
+    for (name, value) in &message.headers {
+        let required = if name.eq_ignore_ascii_case(b"ARC-Seal") {
+            SEAL_TAGS
+        } else if name.eq_ignore_ascii_case(b"ARC-Message-Signature") {
+            SIGNATURE_TAGS
+        } else {
+            any_arc |= name.eq_ignore_ascii_case(b"ARC-Authentication-Results");
+            continue;
+        };
+        any_arc = true;
+        let field = String::from_utf8_lossy(name);
+        let tags =
+            tag_list(value).ok_or_else(|| format!("{field}: invalid tag-list (RFC 6376 §3.2)"));
+        let tags = match tags {
+            Ok(tags) => tags,
+            Err(why) => return Some(why),
+        };
+        if let Some(missing) = required.iter().find(|t| !tags.iter().any(|(k, _)| k == *t)) {
+            return Some(format!("{field}: no {missing}= tag (RFC 8617 §4.1)"));
+        }
+        if tags
+            .iter()
+            .any(|(k, v)| k == "a" && v.eq_ignore_ascii_case("rsa-sha1"))
+        {
+            return Some(format!("{field}: rsa-sha1 is not valid (RFC 8301 §3.1)"));
+        }
+    }
+    if any_arc && message.ams_headers.is_empty() {
+        return Some(
+            "ARC header fields without an ARC-Message-Signature (RFC 8617 §5.2)".to_owned(),
+        );
+    }
+    None
+}
+
+/// The tags of an RFC 6376 §3.2 tag-list (names as written, values without folding
+/// whitespace); `None` when it is not a valid tag-list.
+fn tag_list(value: &[u8]) -> Option<Vec<(String, String)>> {
+    let text = String::from_utf8_lossy(value);
+    let specs: Vec<&str> = text.split(';').collect();
+    let mut tags: Vec<(String, String)> = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter().enumerate() {
+        let spec = spec.trim_matches(|c: char| c.is_ascii_whitespace());
+        if spec.is_empty() {
+            // Only the one after a final ";" may be empty.
+            if i + 1 == specs.len() && i > 0 {
+                continue;
+            }
+            return None;
+        }
+        let (name, value) = spec.split_once('=')?;
+        let name = name.trim_end_matches(|c: char| c.is_ascii_whitespace());
+        let well_formed = name.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !well_formed || tags.iter().any(|(k, _)| k == name) {
+            return None;
+        }
+        let value: String = value.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        tags.push((name.to_owned(), value));
+    }
+    Some(tags)
 }
 
 fn arc_verdict(output: &ArcOutput<'_>) -> ArcVerdict {
@@ -863,6 +964,47 @@ mod tests {
             "/+7dABEi"
         );
         assert_eq!(b_prefix(b"Man"), "TWFu");
+    }
+
+    #[test]
+    fn tag_lists() {
+        let tags = tag_list(b" a=rsa-sha256; b=abc\r\n def ;d=example.org;").unwrap();
+        assert_eq!(tags.len(), 3);
+        assert_eq!(tags[1], ("b".to_owned(), "abcdef".to_owned()));
+        for bad in [
+            &b"a=1;;b=2"[..],
+            b"_=1; a=2",
+            b"s=1; s=2",
+            b"a",
+            b";a=1",
+            b"1a=2",
+        ] {
+            assert!(tag_list(bad).is_none(), "{}", String::from_utf8_lossy(bad));
+        }
+        // Names are case-sensitive: S= is another tag than s=.
+        let tags = tag_list(b"S=sel; s=sel2").unwrap();
+        assert_eq!(tags.len(), 2);
+    }
+
+    #[test]
+    fn arc_defects() {
+        let seal = "ARC-Seal: i=1; a=rsa-sha256; cv=none; d=example.org; s=sel; b=AAAA\r\n";
+        let defect = |raw: String| {
+            let message = AuthenticatedMessage::parse(raw.as_bytes()).unwrap();
+            arc_defect(&message)
+        };
+        let body = "From: a@example.org\r\nSubject: x\r\n\r\nHello\r\n";
+        assert_eq!(defect(body.to_owned()), None);
+        // A seal without its AMS: a broken chain.
+        assert!(defect(format!("{seal}{body}")).is_some());
+        let sha1 = seal.replace("rsa-sha256", "rsa-sha1");
+        assert!(
+            defect(format!("{sha1}{body}"))
+                .unwrap()
+                .contains("RFC 8301")
+        );
+        let no_a = seal.replace(" a=rsa-sha256;", "");
+        assert!(defect(format!("{no_a}{body}")).unwrap().contains("no a="));
     }
 
     #[test]
