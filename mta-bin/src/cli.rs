@@ -77,6 +77,10 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Check a mail domain's DNS before going live: MX, PTR, SPF, DKIM, DMARC, MTA-STS,
+    /// TLS-RPT, TLSA, BIMI; one line each (ok, warn or fail, with the fix). Exit code 1
+    /// when a check failed.
+    CheckDns(crate::check_dns::CheckDnsArgs),
 }
 
 /// Runs the command line of `std::env::args()` (as `sendmail` or `mailq` when invoked
@@ -115,6 +119,11 @@ pub fn run(custom: MtaBuilder) -> ExitCode {
         }
         #[cfg(unix)]
         Command::Queue(args) => match crate::queue_cmd::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
+        Command::CheckDns(args) => match crate::check_dns::run(args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),

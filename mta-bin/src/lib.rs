@@ -8,6 +8,8 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod accounts;
+pub mod aliases;
+pub mod check_dns;
 pub mod cli;
 pub mod config;
 #[cfg(unix)]
@@ -21,11 +23,13 @@ pub mod notify;
 pub mod privileges;
 #[cfg(unix)]
 pub mod queue_cmd;
+pub mod quota_check;
 #[cfg(unix)]
 pub mod send;
 #[cfg(unix)]
 pub mod sendmail;
 pub mod serve;
 pub mod tls;
+pub mod verify;
 
 pub use serve::{Mta, MtaBuilder};

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::accounts::Accounts;
 use crate::config::{Config, DefenceMode};
-use crate::delivery::{Delivery, Lmtp, LocalTarget, Maildir, Mbox, Relay, Remote, RemoteConfig};
+use crate::delivery::{Delivery, LocalRoutes, Relay, Remote, RemoteConfig};
 use auth_checks::{
     ArcSigner, AuthChecks, DkimSigner, DkimSigning, DnsblFilter, RdnsFilter, Verifier,
 };
@@ -238,6 +238,11 @@ fn give_up_root(config: &Config) -> anyhow::Result<()> {
     if let Some(mbox) = &config.local.mbox {
         user.prepare_dir(mbox)?;
     }
+    for target in config.local.targets.values() {
+        if let Some(root) = target.maildir.as_ref().or(target.mbox.as_ref()) {
+            user.prepare_dir(root)?;
+        }
+    }
     user.switch()?;
     tracing::info!(user = user.name(), "listeners bound; root given up");
     Ok(())
@@ -245,7 +250,7 @@ fn give_up_root(config: &Config) -> anyhow::Result<()> {
 
 /// The local mailboxes (accounts and `[local] mailboxes`, lower-cased), unless any user
 /// is accepted.
-fn known_mailboxes(config: &Config) -> Option<Arc<std::collections::HashSet<String>>> {
+pub(crate) fn known_mailboxes(config: &Config) -> Option<Arc<std::collections::HashSet<String>>> {
     if config.local.accept_any_user {
         return None;
     }
@@ -430,6 +435,8 @@ impl Parts {
             greylist: defences.greylist.as_ref().map(|(_, g)| g),
             dns: &counters.door_dns,
         };
+        // The SRS secret, made at the first start, before the stages read it.
+        let forwarding = crate::aliases::prepare_srs(config)?;
         let stages = stages(
             config,
             &local_domains,
@@ -440,34 +447,13 @@ impl Parts {
             &door,
         )?;
         let stages = custom.add_to(stages, config);
-        let local = match (&config.local.lmtp, &config.local.maildir) {
-            (Some(addr), _) => Some(LocalTarget::Lmtp(Lmtp::new(addr.clone(), &config.hostname))),
-            // check-config refuses mbox beside maildir or lmtp.
-            (None, _) if config.local.mbox.is_some() => config.local.mbox.as_ref().map(|root| {
-                LocalTarget::Mbox(
-                    Mbox::new(root.clone())
-                        .subaddressing(config.local.recipient_delimiter.as_str()),
-                )
-            }),
-            (None, Some(root)) => Some(LocalTarget::Maildir(
-                Maildir::new(
-                    root.clone(),
-                    &config.hostname,
-                    config.local.maildir_line_endings,
-                )
-                .subaddressing(
-                    config.local.recipient_delimiter.as_str(),
-                    config.local.subaddress_folder,
-                ),
-            )),
-            (None, None) => None,
-        };
+        let local = LocalRoutes::from_config(config);
         let postmaster = config
             .local
             .domains
             .first()
             .map(|d| format!("postmaster@{d}"));
-        let remote = remote_delivery(config, resolver)?;
+        let remote = remote_delivery(config, resolver, forwarding)?;
         Ok(Self {
             server_config: server_config(config, tls, queue)?,
             stages,
@@ -725,6 +711,7 @@ impl Mta {
                 }
                 ListenerMode::Submission => "submission: STARTTLS, then AUTH, then MAIL",
                 ListenerMode::Smtps => "implicit TLS submission",
+                ListenerMode::Lmtp => "LMTP: final delivery, one reply per recipient",
             };
             println!("mta: listening on {address} ({}; {extra})", mode.as_str());
         }
@@ -776,7 +763,11 @@ impl Mta {
 }
 
 /// Remote delivery: MX routing (or the relay) and the SMTP client settings.
-fn remote_delivery(config: &Config, resolver: MxResolver) -> anyhow::Result<Remote> {
+fn remote_delivery(
+    config: &Config,
+    resolver: MxResolver,
+    forwarding: Option<crate::aliases::Forwarding>,
+) -> anyhow::Result<Remote> {
     let o = &config.outbound;
     let (outbound, relay) = outbound_config(config)?;
     Ok(Remote::new(
@@ -787,6 +778,7 @@ fn remote_delivery(config: &Config, resolver: MxResolver) -> anyhow::Result<Remo
             max_per_destination: o.max_per_destination,
             max_messages_per_connection: o.max_messages_per_connection,
             idle_timeout: o.idle_timeout,
+            forwarding,
         },
     ))
 }
@@ -955,7 +947,8 @@ fn server_config(
 /// FROM, the rate limits, then the blocklists' domain lookups, then SPF. At RCPT, after
 /// the relay policy (always first): the DNS blocklists (`554 5.7.1`), reverse DNS
 /// (`450 4.7.25`), the rate limits (which see the answers of what follows, to count
-/// refused recipients), the local-recipient check, greylisting (so that unknown users
+/// refused recipients), the local-recipient check, recipient verification against the
+/// LMTP server (`crate::verify`), greylisting (so that unknown users
 /// are refused at once, never greylisted), then the policy services. A message passes
 /// the hop limit, gets a missing `Date:` and `Message-ID:` when it comes from a login,
 /// then sender authentication (which adds `Authentication-Results`) and the blocklists'
@@ -982,7 +975,11 @@ fn stages(
     );
     // One verifier: the sender checks, the blocklists and reverse DNS share its
     // resolver, negative cache and (per message) its DNS time budget.
-    let verifier = Verifier::new(resolver.resolver().clone(), &config.hostname);
+    let mut verifier = Verifier::new(resolver.resolver().clone(), &config.hostname);
+    if !config.dns.nameservers.is_empty() {
+        // SPF asks these itself for the one TXT answer hickory cannot decode.
+        verifier = verifier.with_nameservers(config.dns.nameservers.clone());
+    }
     let budget = config.auth_checks.time_budget;
     let mut checks = AuthChecks::new(verifier.clone(), config.auth_checks)
         .skip_networks(trusted.clone())
@@ -1005,7 +1002,22 @@ fn stages(
             .skip_networks(trusted.clone())
             .count_into(Arc::clone(door.dns))
     });
-    let signed = Stages::new(Enqueue { queue }).data_layer(filter(signing));
+    // Aliases expand last: the filters before them see the recipients as the client
+    // gave them (as Postfix's cleanup expands after smtpd).
+    let aliases = crate::aliases::Aliases::from_config(config, mailboxes)?.map(Arc::new);
+    let mut enqueue = Stages::new(Enqueue { queue });
+    if let Some(aliases) = &aliases {
+        enqueue = enqueue.data_layer(filter(aliases.data_check()));
+    }
+    // Mailbox quotas: at the end of DATA, on the message as it will be stored, for the
+    // recipients the client gave (an alias's full member is deferred at delivery, then
+    // bounced, rather than refused for the whole alias: docs/mailboxes.md).
+    let quota =
+        crate::quota_check::QuotaCheck::new(config, local_domains.clone(), mailboxes.cloned());
+    if let Some(quota) = &quota {
+        enqueue = enqueue.data_layer(filter_async(quota.clone()));
+    }
+    let signed = enqueue.data_layer(filter(signing));
     let mut stages = crate::hooks::add(signed, config)?
         .data_layer(filter(Received::new(&config.hostname)))
         .data_layer(checks.data_layer());
@@ -1028,7 +1040,21 @@ fn stages(
     if let Some(greylist) = door.greylist {
         stages = stages.rcpt_layer(filter(greylist.clone()));
     }
-    if let Some(mailboxes) = mailboxes {
+    // A full mailbox (452 4.2.2): after the recipient checks, before greylisting.
+    if let Some(quota) = quota {
+        stages = stages
+            .rcpt_layer(filter_async(quota))
+            .mail_layer(filter(crate::quota_check::RememberSize));
+    }
+    // Recipient verification against the LMTP server: after the local-recipient list
+    // (it asks only about what the list lets through), before greylisting.
+    if let Some(verifier) = crate::verify::LmtpVerifier::from_config(config, aliases.as_ref()) {
+        stages = stages.rcpt_layer(filter_async(verifier));
+    }
+    if let Some(aliases) = &aliases {
+        // With [aliases]: the alias check, which answers as LocalRecipients otherwise.
+        stages = stages.rcpt_layer(filter(aliases.rcpt_check()));
+    } else if let Some(mailboxes) = mailboxes {
         stages = stages.rcpt_layer(filter(
             LocalRecipients::new(local_domains.clone(), mailboxes.iter())
                 .recipient_delimiter(config.local.recipient_delimiter.as_str()),

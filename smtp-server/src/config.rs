@@ -19,6 +19,13 @@ pub enum ListenerMode {
     Submission,
     /// Port 465 (RFC 8314): TLS from the first byte, then as submission.
     Smtps,
+    /// LMTP (RFC 2033), for final delivery handed over by another MTA: LHLO instead of
+    /// HELO/EHLO, and after the data one reply per recipient (see
+    /// [`DataRequest::refuse_recipient`](crate::DataRequest::refuse_recipient)).
+    /// Recipients as for relay (local domains for anyone, others only for trusted
+    /// networks); STARTTLS offered when TLS is configured, never required; no AUTH.
+    /// LMTP has no authentication of its own: listen on loopback or a private network.
+    Lmtp,
 }
 
 impl ListenerMode {
@@ -28,6 +35,7 @@ impl ListenerMode {
             Self::Relay => "relay",
             Self::Submission => "submission",
             Self::Smtps => "smtps",
+            Self::Lmtp => "lmtp",
         }
     }
 }
@@ -39,8 +47,9 @@ impl std::str::FromStr for ListenerMode {
             "relay" => Ok(Self::Relay),
             "submission" => Ok(Self::Submission),
             "smtps" => Ok(Self::Smtps),
+            "lmtp" => Ok(Self::Lmtp),
             other => Err(format!(
-                "unknown listener mode {other:?} (relay, submission or smtps)"
+                "unknown listener mode {other:?} (relay, submission, smtps or lmtp)"
             )),
         }
     }
@@ -325,14 +334,15 @@ impl ServerConfig {
     /// The protocol-core configuration of a listener.
     pub(crate) fn session_config(&self, mode: ListenerMode) -> smtp_proto::ServerConfig {
         let l = &self.limits;
-        let auth = if self.auth {
+        let lmtp = mode == ListenerMode::Lmtp;
+        let auth = if self.auth && !lmtp {
             vec![Mechanism::Plain, Mechanism::Login]
         } else {
             Vec::new()
         };
         smtp_proto::ServerConfig {
             hostname: self.hostname.clone(),
-            lmtp: false,
+            lmtp,
             max_line_length: l.max_line_length,
             max_message_size: l.max_message_size,
             max_recipients: l.max_recipients,

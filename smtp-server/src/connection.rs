@@ -21,7 +21,7 @@ use crate::content::{Content, Spilling};
 use crate::filters::HeloFinding;
 use crate::stage::{
     AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, EhloRequest, MailRequest, Notes,
-    RcptRequest, SessionInfo, Stages, TlsInfo, call, new_session_id,
+    RcptRequest, Refusals, SessionInfo, Stages, TlsInfo, call, new_session_id,
 };
 use crate::stats::ServerStats;
 
@@ -705,24 +705,29 @@ impl<S: Io> Connection<S> {
                 let Some(body) = self.finish_content(body).await else {
                     self.incoming.reset();
                     listener.stats.refused("data", 452);
-                    session.respond(Reply::new(
+                    let reply = Reply::new(
                         ReplyCode::INSUFFICIENT_STORAGE,
                         EnhancedStatus::new(4, 3, 1).unwrap_or(EnhancedStatus::SYSTEM_TEMPORARY),
                         "Insufficient system storage; try again later",
-                    ));
+                    );
+                    // Under LMTP, once per recipient.
+                    let replies = if session.config().lmtp {
+                        envelope.recipients.len().max(1)
+                    } else {
+                        1
+                    };
+                    for _ in 0..replies {
+                        session.respond(reply.clone());
+                    }
                     return;
                 };
                 let body_len = body.len();
                 // `queue_id` is for the data stage to fill in (`Span::current().record(...)`) once
                 // the message has one, so that the "message accepted" line carries it.
                 let span = info_span!("smtp.txn", from = %envelope.from, rcpts = envelope.recipients.len(), size = body_len, queue_id = tracing::field::Empty);
-                let request = DataRequest {
-                    session: self.snapshot(session),
-                    envelope,
-                    added_headers: Vec::new(),
-                    body,
-                    notes: self.notes.clone(),
-                };
+                let request =
+                    DataRequest::new(self.snapshot(session), envelope, body, self.notes.clone());
+                let refusals = request.refusals();
                 let size = body_len as u64;
                 let decision = call(&stages.data, request).instrument(span.clone()).await;
                 self.incoming.reset();
@@ -744,6 +749,10 @@ impl<S: Io> Connection<S> {
                     }
                     Err(_) => ServerStats::count(&stats.messages_deferred, 1),
                 });
+                if session.config().lmtp {
+                    span.in_scope(|| apply_lmtp(session, decision, &refusals, &listener.stats));
+                    return;
+                }
                 decision
             }
             Event::StartTls => return,
@@ -804,6 +813,54 @@ fn reply_text(reply: Option<&Reply>) -> String {
     reply.map_or_else(|| "250".to_owned(), |r| r.to_string())
 }
 
+/// A stage's answer, an infrastructure failure being `451 4.3.0`.
+fn settle(decision: Result<Decision, BoxError>) -> Decision {
+    decision.unwrap_or_else(|e| {
+        warn!(error = %e, "stage failed");
+        Decision::defer::<451>(
+            EnhancedStatus::SYSTEM_TEMPORARY,
+            "Local error in processing; try again later",
+        )
+    })
+}
+
+/// Answers a message under LMTP (RFC 2033 §4.2): one reply per recipient accepted at
+/// RCPT, in order: the refusal a data-stage filter gave it
+/// ([`DataRequest::refuse_recipient`]), or the final decision's reply.
+fn apply_lmtp(
+    session: &mut ServerSession,
+    decision: Result<Decision, BoxError>,
+    refusals: &Refusals,
+    stats: &ServerStats,
+) {
+    let decision = settle(decision);
+    let last = decision
+        .reply()
+        .cloned()
+        .unwrap_or_else(|| Reply::new(ReplyCode::OK, EnhancedStatus::OK, "Message accepted"));
+    let replies = refusals.replies(&last);
+    let refused = replies
+        .iter()
+        .filter(|r| !r.is_positive_completion())
+        .count();
+    if refused > 0 {
+        info!(recipients = replies.len(), refused, "LMTP replies");
+    }
+    let count = replies.len().max(1);
+    let mut replies = replies.into_iter();
+    for i in 0..count {
+        let reply = replies.next().unwrap_or_else(|| last.clone());
+        if !reply.is_positive_completion() {
+            stats.refused("data", reply.code().as_u16());
+        }
+        if decision.closes() && i + 1 == count {
+            session.respond_and_close(reply);
+        } else {
+            session.respond(reply);
+        }
+    }
+}
+
 /// Answers the session's pending event with a stage's decision, and counts a refusal.
 fn apply(
     session: &mut ServerSession,
@@ -811,13 +868,7 @@ fn apply(
     stage: &'static str,
     stats: &ServerStats,
 ) {
-    let decision = decision.unwrap_or_else(|e| {
-        warn!(error = %e, "stage failed");
-        Decision::defer::<451>(
-            EnhancedStatus::SYSTEM_TEMPORARY,
-            "Local error in processing; try again later",
-        )
-    });
+    let decision = settle(decision);
     match decision.reply() {
         Some(reply) if !decision.is_accept() => stats.refused(stage, reply.code().as_u16()),
         _ => {}

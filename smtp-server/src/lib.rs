@@ -8,7 +8,7 @@
 //!  TcpListener ─▶ connection task ─▶ smtp_proto::ServerSession (protocol rules)
 //!  (relay,        (TLS, timeouts,        │ events
 //!   submission,    limits)               ▼
-//!   smtps)                      Stages: connect → ehlo → auth → mail → rcpt → data
+//!   smtps, lmtp)                Stages: connect → ehlo → auth → mail → rcpt → data
 //!                                (tower layers: yours and the built-in filters)
 //! ```
 //!
@@ -21,6 +21,9 @@
 //! - [`filters`] holds the built-in policy, written on the same path: relay policy,
 //!   local recipients, AUTH, `Received:`, the hop limit, and the hooks for milters,
 //!   rspamd and policy services.
+//! - An LMTP listener ([`ListenerMode::Lmtp`], RFC 2033) answers each recipient after
+//!   the data; a data-stage filter refuses single recipients with
+//!   [`DataRequest::refuse_recipient`].
 //! - [`StreamServer`] runs sessions on any stream (an in-memory duplex in tests).
 //! - At the door, before any stage: the [`proxy`] protocol behind a load balancer
 //!   ([`ProxyProtocol`]), and early-talker triage with an optional greeting delay

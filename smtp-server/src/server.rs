@@ -128,7 +128,7 @@ pub(crate) fn listener(
     if l.mode == ListenerMode::Smtps && acceptor.is_none() {
         return Err(ServerError::TlsRequired(l.address));
     }
-    if l.mode == ListenerMode::Relay && !stages.has_relay_policy() {
+    if matches!(l.mode, ListenerMode::Relay | ListenerMode::Lmtp) && !stages.has_relay_policy() {
         return Err(ServerError::NoRelayPolicy(l.address));
     }
     Ok(Listener {

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use smtp_proto::{
     Credentials, EnhancedStatus, Envelope, ForwardPath, HeloKind, HeloName, MailParameters,
-    RcptParameters, Reply, ReplyCode, ReversePath,
+    RcptParameters, Recipient, Reply, ReplyCode, ReversePath,
 };
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt};
@@ -198,7 +198,7 @@ pub struct SessionInfo {
     pub helo: Option<HeloName>,
     /// The authenticated user.
     pub authenticated: Option<String>,
-    /// `SMTP`, `ESMTP`, `ESMTPS`, `ESMTPSA` ... for `Received:` (RFC 3848).
+    /// `SMTP`, `ESMTP`, `ESMTPS`, `ESMTPSA`, `LMTP` ... for `Received:` (RFC 3848).
     pub protocol: &'static str,
     /// Values filters keep for the whole connection (a milter's session, a verdict
     /// about the client), dropped when the connection ends; the same in every request
@@ -368,6 +368,11 @@ pub struct RcptRequest {
 }
 
 /// The data stage: a complete message, at the end of DATA or the last BDAT chunk.
+///
+/// A filter decides for the whole message with its [`Decision`]. Under LMTP (RFC 2033,
+/// [`DataRequest::is_lmtp`]) it may also refuse single recipients with
+/// [`DataRequest::refuse_recipient`]: each gets its own reply after the data, and the
+/// others the final decision's.
 #[derive(Clone, Debug)]
 pub struct DataRequest {
     /// The session.
@@ -381,9 +386,140 @@ pub struct DataRequest {
     pub body: Content,
     /// This transaction's notes.
     pub notes: Notes,
+    /// The recipients refused at the data stage, by their position at RCPT.
+    refusals: Refusals,
 }
 
 impl DataRequest {
+    /// The request for a message from `envelope` (whose recipients are those accepted at
+    /// RCPT, in order), with no header added yet.
+    ///
+    /// ```
+    /// use smtp_server::{Content, DataRequest, Notes, SessionInfo};
+    /// use smtp_server::smtp_proto::{Envelope, ForwardPath, Recipient, ReversePath};
+    /// use std::sync::Arc;
+    ///
+    /// let envelope = Envelope {
+    ///     from: ReversePath::parse("<ann@example.test>").unwrap(),
+    ///     params: Default::default(),
+    ///     recipients: vec![Recipient { to: ForwardPath::parse("<bob@example.test>").unwrap(), params: Default::default() }],
+    /// };
+    /// let request = DataRequest::new(
+    ///     Arc::new(SessionInfo::local("userid 0")),
+    ///     envelope,
+    ///     Content::from(b"Subject: hi\r\n\r\nhello\r\n".to_vec()),
+    ///     Notes::default(),
+    /// );
+    /// assert!(!request.is_lmtp());
+    /// ```
+    pub fn new(session: Arc<SessionInfo>, envelope: Envelope, body: Content, notes: Notes) -> Self {
+        let refusals = Refusals::new(&envelope);
+        Self {
+            session,
+            envelope,
+            added_headers: Vec::new(),
+            body,
+            notes,
+            refusals,
+        }
+    }
+
+    /// Whether the message came over LMTP (RFC 2033, a [`ListenerMode::Lmtp`] listener):
+    /// the client then reads one reply per recipient after the data, so a filter may
+    /// refuse some recipients ([`DataRequest::refuse_recipient`]) and let the others
+    /// through.
+    pub fn is_lmtp(&self) -> bool {
+        self.session.mode == ListenerMode::Lmtp
+    }
+
+    /// Refuses the recipient at `index` in `envelope.recipients` (as it is now) with
+    /// `reply`, a `4yz` or `5yz` (`552 5.2.2` for a full mailbox, say): the recipient
+    /// is removed from the envelope, so the message is not delivered to it, and its reply
+    /// is kept with its position in the RCPT order of the transaction. Several filters
+    /// may each refuse recipients; indexes always refer to the envelope as the filter
+    /// sees it. An `index` out of range does nothing.
+    ///
+    /// Under LMTP the client then reads, after the data, one reply per recipient it
+    /// sent RCPT for, in that order: the refusal for a refused one, the final
+    /// decision's reply for the others (a refusal of the message, e.g. the queue
+    /// failing, goes to every recipient not refused already). A recipient a filter
+    /// added at the data stage (a milter's `addrcpt`) was never named by the client and
+    /// gets no reply of its own; one a filter put in place of a recipient with that
+    /// recipient's address in its ORCPT (an alias expansion) stands for it: the alias
+    /// gets a refusal when every address it expanded to was refused. A recipient a
+    /// filter removed without this method (a milter's `delrcpt`) gets the final reply.
+    ///
+    /// A filter that refuses every recipient should answer with its own [`Decision`]
+    /// instead of passing the request on. If it passes it on anyway, the message is not
+    /// queued for nobody: the answer is the first refusal (in RCPT order).
+    ///
+    /// Under SMTP there is one reply after the data, for the whole message: a filter
+    /// there decides for all recipients with its [`Decision`]. A recipient refused
+    /// here alone is dropped without the client being told (it reads the final reply,
+    /// a `250` if the others were accepted), so use this only when
+    /// [`DataRequest::is_lmtp`], or to refuse every recipient.
+    ///
+    /// A reply that is not `4yz` or `5yz` would tell the client its message was
+    /// delivered to a recipient it was not delivered to: it is replaced by
+    /// `451 4.3.0` (the client tries again later).
+    ///
+    /// ```
+    /// use smtp_server::{Content, DataRequest, Decision, Notes, SessionInfo};
+    /// use smtp_server::smtp_proto::{Envelope, ForwardPath, Recipient, ReversePath};
+    /// use smtp_server::{EnhancedStatus, Reply, ReplyCode};
+    /// use std::sync::Arc;
+    ///
+    /// # let to = |a: &str| Recipient { to: ForwardPath::parse(a).unwrap(), params: Default::default() };
+    /// # let envelope = Envelope {
+    /// #     from: ReversePath::parse("<ann@example.test>").unwrap(),
+    /// #     params: Default::default(),
+    /// #     recipients: vec![to("<bob@example.test>"), to("<carol@example.test>")],
+    /// # };
+    /// # let mut request = DataRequest::new(Arc::new(SessionInfo::local("u")), envelope, Content::from(Vec::new()), Notes::default());
+    /// // In a data-stage filter: bob's mailbox is full.
+    /// let full = Reply::new(ReplyCode::EXCEEDED_STORAGE, "5.2.2".parse().unwrap(), "Mailbox full");
+    /// if let Some(i) = request.envelope.recipients.iter().position(|r| r.to.to_string() == "<bob@example.test>") {
+    ///     request.refuse_recipient(i, full);
+    /// }
+    /// assert_eq!(request.envelope.recipients.len(), 1);
+    /// assert_eq!(request.refused_recipients().len(), 1);
+    /// ```
+    pub fn refuse_recipient(&mut self, index: usize, reply: Reply) {
+        let reply = if reply.is_transient() || reply.is_permanent() {
+            reply
+        } else {
+            tracing::warn!(reply = %reply, "a recipient refused with a positive reply: answered 451 instead");
+            Reply::new(
+                ReplyCode::LOCAL_ERROR,
+                EnhancedStatus::SYSTEM_TEMPORARY,
+                "Local error in processing; try again later",
+            )
+        };
+        if index >= self.envelope.recipients.len() {
+            tracing::warn!(
+                index,
+                recipients = self.envelope.recipients.len(),
+                "refuse_recipient: no recipient at this index"
+            );
+            return;
+        }
+        let recipient = self.envelope.recipients.remove(index);
+        self.refusals
+            .refuse(&self.envelope.recipients, index, &recipient, reply);
+    }
+
+    /// The recipients refused so far at the data stage ([`DataRequest::refuse_recipient`]),
+    /// each with its position in the RCPT order of the transaction and its reply, in
+    /// that order.
+    pub fn refused_recipients(&self) -> Vec<(usize, ForwardPath, Reply)> {
+        self.refusals.refused()
+    }
+
+    /// The shared record of refusals, for the connection to read after the stage.
+    pub(crate) fn refusals(&self) -> Refusals {
+        self.refusals.clone()
+    }
+
     /// Adds a header field above the others (and above those added before it), the way
     /// `Received:` and `Authentication-Results:` are added. `value` may contain folded
     /// lines (`\r\n\t...`); CR and LF on their own are replaced.
@@ -410,6 +546,160 @@ impl DataRequest {
         out.extend_from_slice(&self.added_headers);
         out.extend_from_slice(&self.body);
         out
+    }
+}
+
+/// The recipients refused at the data stage, by their position in the RCPT order; shared
+/// by the clones of a request, so that the connection reads what the filters did.
+#[derive(Clone, Default)]
+pub(crate) struct Refusals(Arc<Mutex<RefusalTable>>);
+
+#[derive(Default)]
+struct RefusalTable {
+    /// The recipients accepted at RCPT, in order, and the addresses an expansion of each
+    /// names in its ORCPT (its own, and the client's ORCPT if it gave one), lower-cased.
+    original: Vec<(ForwardPath, Vec<String>)>,
+    /// For each entry of the request's `envelope.recipients` as last seen, the position
+    /// in `original` it stands for (`None`: added at the data stage, not from one).
+    positions: Vec<Option<usize>>,
+    /// The refusal of each original recipient.
+    refused: Vec<Option<Reply>>,
+    /// The first refusal of a recipient that stands for none.
+    unattributed: Option<Reply>,
+}
+
+impl Refusals {
+    fn new(envelope: &Envelope) -> Self {
+        let n = envelope.recipients.len();
+        let original = envelope
+            .recipients
+            .iter()
+            .map(|r| {
+                let mut names = vec![address_key(&r.to)];
+                names.extend(r.params.orcpt.as_ref().map(|o| o.address.to_lowercase()));
+                (r.to.clone(), names)
+            })
+            .collect();
+        Self(Arc::new(Mutex::new(RefusalTable {
+            original,
+            positions: (0..n).map(Some).collect(),
+            refused: vec![None; n],
+            unattributed: None,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RefusalTable> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `removed` was at `index` of the recipients, `rest` now.
+    fn refuse(&self, rest: &[Recipient], index: usize, removed: &Recipient, reply: Reply) {
+        let mut table = self.lock();
+        // The envelope as it was, to find where each recipient stood at RCPT even if
+        // a filter edited the list directly (a milter's delrcpt and addrcpt, an alias
+        // expansion).
+        let before: Vec<&Recipient> = rest[..index]
+            .iter()
+            .chain(std::iter::once(removed))
+            .chain(&rest[index..])
+            .collect();
+        table.follow(&before);
+        match table.positions.remove(index) {
+            // The last address standing for it: an alias is refused when every address
+            // it expanded to was.
+            Some(p) if !table.positions.contains(&Some(p)) => table.refused[p] = Some(reply),
+            Some(_) => {}
+            None => {
+                table.unattributed.get_or_insert(reply);
+            }
+        }
+    }
+
+    /// The refusals, by position.
+    fn refused(&self) -> Vec<(usize, ForwardPath, Reply)> {
+        let table = self.lock();
+        table
+            .refused
+            .iter()
+            .enumerate()
+            .filter_map(|(p, r)| Some((p, table.original[p].0.clone(), r.clone()?)))
+            .collect()
+    }
+
+    /// The first refusal: of the first refused recipient in RCPT order, else of one a
+    /// filter added.
+    pub(crate) fn first(&self) -> Option<Reply> {
+        let table = self.lock();
+        table
+            .refused
+            .iter()
+            .flatten()
+            .next()
+            .or(table.unattributed.as_ref())
+            .cloned()
+    }
+
+    /// The replies after the data under LMTP: one per recipient accepted at RCPT, in
+    /// order: its refusal, or `last` (the final decision's reply).
+    pub(crate) fn replies(&self, last: &Reply) -> Vec<Reply> {
+        let table = self.lock();
+        table
+            .refused
+            .iter()
+            .map(|r| r.clone().unwrap_or_else(|| last.clone()))
+            .collect()
+    }
+}
+
+impl RefusalTable {
+    /// Brings `positions` in line with `recipients`, the envelope now: kept as is while
+    /// only [`DataRequest::refuse_recipient`] changed it. Otherwise each recipient is
+    /// matched, in order, with the next original one of the same address not refused
+    /// (what a filter that removes some and appends others leaves); one that matches
+    /// none but whose ORCPT names an original one (an alias expansion) stands for that
+    /// one; the others for none.
+    fn follow(&mut self, recipients: &[&Recipient]) {
+        let in_line =
+            self.positions.len() == recipients.len()
+                && self.positions.iter().zip(recipients).all(|(p, r)| {
+                    p.is_none_or(|p| self.original.get(p).is_some_and(|o| o.0 == r.to))
+                });
+        if in_line {
+            return;
+        }
+        let mut next = 0;
+        let mut positions = Vec::with_capacity(recipients.len());
+        for r in recipients {
+            let same = (next..self.original.len())
+                .find(|&p| self.refused[p].is_none() && self.original[p].0 == r.to);
+            if let Some(p) = same {
+                next = p + 1;
+                positions.push(Some(p));
+                continue;
+            }
+            let expanded_from = r.params.orcpt.as_ref().and_then(|orcpt| {
+                let name = orcpt.address.to_lowercase();
+                (0..self.original.len())
+                    .find(|&p| self.refused[p].is_none() && self.original[p].1.contains(&name))
+            });
+            positions.push(expanded_from);
+        }
+        self.positions = positions;
+    }
+}
+
+/// An address as ORCPT names it, lower-cased: `a@b` for `<a@b>`.
+fn address_key(to: &ForwardPath) -> String {
+    match to {
+        ForwardPath::Postmaster => "postmaster".to_owned(),
+        ForwardPath::Mailbox(m) => m.to_string().to_lowercase(),
+    }
+}
+
+impl std::fmt::Debug for Refusals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.lock().refused.iter().flatten().count();
+        write!(f, "Refusals({n})")
     }
 }
 
@@ -578,7 +868,7 @@ impl Stages {
             auth: BoxCloneSyncService::new(no_accounts),
             mail: accept_all(),
             rcpt: accept_all(),
-            data: BoxCloneSyncService::new(data),
+            data: refused_before(BoxCloneSyncService::new(data)),
             relay: None,
         }
     }
@@ -678,14 +968,7 @@ impl Stages {
                 return Ok(decision);
             }
         }
-        let data = DataRequest {
-            session,
-            envelope,
-            added_headers: Vec::new(),
-            body,
-            notes,
-        };
-        call(&self.data, data).await
+        call(&self.data, DataRequest::new(session, envelope, body, notes)).await
     }
 
     /// Whether a relay policy is set.
@@ -743,10 +1026,108 @@ impl Stages {
         data_layer, data, DataRequest);
 }
 
+/// The sink `data`, not called for a message whose every recipient a filter refused
+/// ([`DataRequest::refuse_recipient`]) and then passed on: the answer is the first
+/// refusal, instead of queueing the message for nobody.
+fn refused_before(data: StageService<DataRequest>) -> StageService<DataRequest> {
+    BoxCloneSyncService::new(tower::service_fn(move |request: DataRequest| {
+        let data = data.clone();
+        async move {
+            if request.envelope.recipients.is_empty()
+                && let Some(first) = request.refusals.first()
+            {
+                return Ok(Decision::from_reply(first));
+            }
+            data.oneshot(request).await
+        }
+    }))
+}
+
 /// Calls a stage once (a clone of the service, readied first).
 pub(crate) async fn call<R>(service: &StageService<R>, request: R) -> Result<Decision, BoxError>
 where
     R: Send + 'static,
 {
     service.clone().oneshot(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn request(to: &[&str]) -> DataRequest {
+        let envelope = Envelope {
+            from: ReversePath::parse("<ann@example.test>").unwrap(),
+            params: MailParameters::default(),
+            recipients: to
+                .iter()
+                .map(|t| Recipient {
+                    to: ForwardPath::parse(t).unwrap(),
+                    params: RcptParameters::default(),
+                })
+                .collect(),
+        };
+        let session = Arc::new(SessionInfo::local("test"));
+        DataRequest::new(
+            session,
+            envelope,
+            Content::from(Vec::new()),
+            Notes::default(),
+        )
+    }
+
+    fn reply(code: u16) -> Reply {
+        let code = ReplyCode::new(code).unwrap();
+        let status = EnhancedStatus::SYSTEM_TEMPORARY
+            .with_class((code.as_u16() / 100) as u8)
+            .unwrap();
+        Reply::new(code, status, "x")
+    }
+
+    fn codes(replies: &[Reply]) -> Vec<u16> {
+        replies.iter().map(|r| r.code().as_u16()).collect()
+    }
+
+    #[test]
+    fn refusals_keep_their_rcpt_positions() {
+        let mut req = request(&["<a@x.test>", "<b@x.test>", "<c@x.test>", "<d@x.test>"]);
+        req.refuse_recipient(2, reply(552)); // c
+        req.refuse_recipient(0, reply(550)); // a
+        req.refuse_recipient(1, reply(450)); // d, at 1 now
+        let last = reply(250);
+        assert_eq!(codes(&req.refusals.replies(&last)), [550, 250, 552, 450]);
+        let refused: Vec<usize> = req.refused_recipients().iter().map(|r| r.0).collect();
+        assert_eq!(refused, [0, 2, 3]);
+        assert_eq!(req.refusals.first().map(|r| r.code().as_u16()), Some(550));
+    }
+
+    #[test]
+    fn a_bad_index_does_nothing_and_a_positive_refusal_becomes_451() {
+        let mut req = request(&["<a@x.test>", "<b@x.test>"]);
+        req.refuse_recipient(2, reply(552));
+        assert_eq!(req.envelope.recipients.len(), 2);
+        assert!(req.refused_recipients().is_empty());
+        req.refuse_recipient(1, reply(250));
+        assert_eq!(req.envelope.recipients.len(), 1);
+        assert_eq!(codes(&req.refusals.replies(&reply(250))), [250, 451]);
+    }
+
+    #[test]
+    fn duplicates_and_direct_edits_are_followed_in_order() {
+        let mut req = request(&["<a@x.test>", "<a@x.test>", "<b@x.test>"]);
+        // A filter drops the first a directly and appends z.
+        req.envelope.recipients.remove(0);
+        req.envelope.recipients.push(Recipient {
+            to: ForwardPath::parse("<z@x.test>").unwrap(),
+            params: RcptParameters::default(),
+        });
+        // Refusing the a left stands for the first a (the earliest one not refused).
+        req.refuse_recipient(0, reply(552));
+        // z stands for no one: no reply of its own.
+        req.refuse_recipient(1, reply(550));
+        assert_eq!(codes(&req.refusals.replies(&reply(250))), [552, 250, 250]);
+        assert_eq!(req.refusals.first().map(|r| r.code().as_u16()), Some(552));
+    }
 }

@@ -70,6 +70,7 @@ pub struct ServerStats {
     relay: ModeStats,
     submission: ModeStats,
     smtps: ModeStats,
+    lmtp: ModeStats,
     /// Connections open now.
     pub connections_open: AtomicU64,
     /// TLS sessions established with TLS 1.2 (STARTTLS or implicit).
@@ -113,6 +114,7 @@ impl ServerStats {
             ListenerMode::Relay => &self.relay,
             ListenerMode::Submission => &self.submission,
             ListenerMode::Smtps => &self.smtps,
+            ListenerMode::Lmtp => &self.lmtp,
         }
     }
 

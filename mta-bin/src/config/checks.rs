@@ -60,10 +60,27 @@ impl Config {
                 "[[listener]] mode = \"smtps\" needs a [tls] section",
             );
         }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.mode == ListenerMode::Lmtp && lmtp_exposed(l.address.ip()) {
+                p.add(
+                    doc,
+                    At::Entry("listener", i, "address"),
+                    format!(
+                        "[[listener]] mode = \"lmtp\" on {}: LMTP has no authentication and skips the checks of port 25; listen on loopback or a private address",
+                        l.address
+                    ),
+                );
+            }
+        }
         if !self.local.domains.is_empty()
             && self.local.maildir.is_none()
             && self.local.mbox.is_none()
             && self.local.lmtp.is_none()
+            && !self
+                .local
+                .domains
+                .iter()
+                .all(|d| self.local.targets.keys().any(|k| k.eq_ignore_ascii_case(d)))
         {
             p.add(
                 doc,
@@ -119,6 +136,11 @@ impl Config {
         }
         self.check_hooks(doc, &read, p);
         self.check_defences(doc, p);
+        for problem in crate::aliases::check_settings(self) {
+            add_alias_problem(doc, p, problem);
+        }
+        self.check_verify(doc, p);
+        self.check_quota_and_targets(doc, p);
         for (i, a) in self.accounts.iter().enumerate() {
             if !a.username.contains('@') {
                 p.add(
@@ -439,6 +461,13 @@ impl Config {
                 format!("[outbound] ca_file {}: {e}", ca.display()),
             );
         }
+        let mailboxes = crate::serve::known_mailboxes(self);
+        for problem in crate::aliases::check_table(self, mailboxes.as_ref()).0 {
+            match &doc {
+                Some(doc) => add_alias_problem(doc, &mut p, problem),
+                None => p.add_at_line(None, problem.message),
+            }
+        }
         p.into_result()
     }
 
@@ -465,6 +494,14 @@ impl Config {
             out.push(format!(
                 "[[listener]] proxy_protocol load_balancers contains {n}: any client can claim any address"
             ));
+        }
+        for l in &self.listeners {
+            if l.mode == ListenerMode::Lmtp && l.address.ip().is_unspecified() {
+                out.push(format!(
+                    "[[listener]] mode = \"lmtp\" on {}: every interface; LMTP has no authentication, so keep it to your own MTAs (a firewall, or a loopback or private address)",
+                    l.address
+                ));
+            }
         }
         let e = &self.early_talkers;
         if e.mode == DefenceMode::Off && !e.greeting_delay.is_zero() {
@@ -513,6 +550,136 @@ impl Config {
                     .into(),
             );
         }
+        // What check-config refuses in [aliases] (a loop, too deep) is only logged by a
+        // running server, which refuses mail to it at RCPT.
+        let mailboxes = crate::serve::known_mailboxes(self);
+        let (refused, warned) = crate::aliases::check_table(self, mailboxes.as_ref());
+        out.extend(refused.into_iter().map(|p| p.message));
+        out.extend(warned);
         out
+    }
+}
+
+/// A problem of `[aliases]` at its line: a key of `[aliases]`, an entry of
+/// `[aliases.map]`, or (at `file`) a line of the aliases file, which its message names.
+fn add_alias_problem(doc: &Document<'_>, p: &mut Problems, problem: crate::aliases::Problem) {
+    use crate::aliases::Place;
+    let at = match &problem.place {
+        Place::Key(key) => At::Key("aliases", key),
+        Place::Map(key) => At::Sub("aliases", "map", key),
+        Place::File(..) => At::Key("aliases", "file"),
+    };
+    p.add(doc, at, problem.message);
+}
+
+/// The longest `[local] verify_timeout`: a client waits 5 minutes for a reply to RCPT
+/// (RFC 5321 §4.5.3.2), so a probe may not take longer.
+const VERIFY_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl Config {
+    /// `[local] verify_recipients` and its keys.
+    fn check_verify(&self, doc: &Document<'_>, p: &mut Problems) {
+        let local = &self.local;
+        if local.verify_recipients == Some(crate::verify::VerifyRecipients::Lmtp)
+            && local.lmtp.is_none()
+            && local.targets.values().all(|t| t.lmtp.is_none())
+        {
+            p.add(
+                doc,
+                At::Key("local", "verify_recipients"),
+                "[local] verify_recipients = \"lmtp\" needs lmtp, or a [local.targets] entry with lmtp (the server to ask)",
+            );
+        }
+        if let Some(t) = local.verify_timeout
+            && (t.is_zero() || t > VERIFY_TIMEOUT_MAX)
+        {
+            p.add(
+                doc,
+                At::Key("local", "verify_timeout"),
+                "[local] verify_timeout: give more than 0 and at most 5 minutes (what a client waits for a reply to RCPT)",
+            );
+        }
+    }
+}
+
+/// Whether an LMTP listener at `ip` can be reached from the Internet: any address but
+/// loopback, private (RFC 1918, RFC 4193), link-local and the unspecified one (every
+/// interface, which gets a warning instead).
+fn lmtp_exposed(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            !(v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified())
+        }
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => lmtp_exposed(v4.into()),
+            None => {
+                !(v6.is_loopback()
+                    || v6.is_unique_local()
+                    || v6.is_unicast_link_local()
+                    || v6.is_unspecified())
+            }
+        },
+    }
+}
+
+impl Config {
+    /// `[local.quota]` and `[local.targets]`: each domain and address in a local
+    /// domain, each target exactly one of maildir, mbox and lmtp.
+    fn check_quota_and_targets(&self, doc: &Document<'_>, p: &mut Problems) {
+        let local = &self.local;
+        let is_local = |domain: &str| local.domains.iter().any(|d| d.eq_ignore_ascii_case(domain));
+        // The domain of a key (`example.net` or `bob@example.net`), if it is local.
+        let local_domain_of = |key: &str| match key.rsplit_once('@') {
+            Some((user, domain)) => !user.is_empty() && is_local(domain),
+            None => is_local(key),
+        };
+        for (key, target) in &local.targets {
+            if !local_domain_of(key) {
+                p.add(
+                    doc,
+                    At::Sub("local", "targets", key),
+                    format!(
+                        "[local.targets] {key:?}: give a local domain (of [local] domains) or an address in one"
+                    ),
+                );
+            }
+            let given = [
+                target.maildir.is_some(),
+                target.mbox.is_some(),
+                target.lmtp.is_some(),
+            ];
+            if given.iter().filter(|g| **g).count() != 1 {
+                p.add(
+                    doc,
+                    At::Sub("local", "targets", key),
+                    format!("[local.targets] {key:?}: give exactly one of maildir, mbox and lmtp"),
+                );
+            }
+        }
+        let Some(quota) = &local.quota else {
+            return;
+        };
+        for domain in quota.domains.keys() {
+            if domain.contains('@') || !is_local(domain) {
+                p.add(
+                    doc,
+                    At::Sub("local", "quota", "domains"),
+                    format!(
+                        "[local.quota.domains] {domain:?}: not a local domain (of [local] domains)"
+                    ),
+                );
+            }
+        }
+        for mailbox in quota.mailboxes.keys() {
+            if !mailbox.contains('@') || !local_domain_of(mailbox) {
+                p.add(
+                    doc,
+                    At::Sub("local", "quota", "mailboxes"),
+                    format!(
+                        "[local.quota.mailboxes] {mailbox:?}: give a full address (user@domain) in a local domain"
+                    ),
+                );
+            }
+        }
     }
 }

@@ -122,6 +122,16 @@ pub(super) fn proxy_timeout() -> Duration {
 /// `[greylist] state_file`: this name in the data directory.
 pub(super) const GREYLIST_STATE_FILE: &str = "greylist.state";
 
+/// `[aliases] max_depth`.
+pub(super) fn alias_max_depth() -> usize {
+    crate::aliases::Aliases::MAX_DEPTH
+}
+
+/// `[aliases] max_expansion`: as Postfix's `virtual_alias_expansion_limit`.
+pub(super) fn alias_max_expansion() -> usize {
+    crate::aliases::Aliases::MAX_EXPANSION
+}
+
 /// `[rate_limits] exempt_networks`: this machine (loopback), as Postfix's
 /// `smtpd_client_event_limit_exceptions = $mynetworks` exempts it: local scripts,
 /// monitoring and a content filter reinjecting mail are not to be limited.

@@ -56,6 +56,7 @@ const KEYS: &[&str] = &[
     "greylist",
     "dnsbl",
     "reverse_dns",
+    "aliases",
 ];
 
 impl Config {
@@ -172,6 +173,7 @@ impl Config {
             greylist: Greylist::default(),
             dnsbl: Dnsbl::default(),
             reverse_dns: ReverseDns::default(),
+            aliases: None,
         }
     }
 
@@ -209,6 +211,7 @@ impl Config {
             "greylist" => one(set(&mut self.greylist, value)),
             "dnsbl" => one(set(&mut self.dnsbl, value)),
             "reverse_dns" => one(set(&mut self.reverse_dns, value)),
+            "aliases" => one(set(&mut self.aliases, value)),
             unknown => {
                 let hint = problems::nearest(unknown, KEYS.iter().copied())
                     .map(|k| format!(" (did you mean `{k}`?)"))

@@ -49,8 +49,9 @@ pub struct Config {
     /// Outbound delivery.
     pub outbound: Outbound,
     /// Sender authentication checks on the relay listener: `off`, `tag` or `enforce`
-    /// for each of `spf`, `dkim`, `dmarc`, `arc` (all `tag` by default), and their time
-    /// budget.
+    /// for each of `spf`, `dkim`, `dmarc`, `arc` (all `tag` by default), `bimi` (on or
+    /// off: `BIMI-Location` after an enforcing DMARC pass; on by default), and their
+    /// time budget.
     pub auth_checks: auth_checks::Policy,
     /// DKIM signing keys for mail from logins and trusted networks.
     pub dkim_keys: Vec<SigningKey>,
@@ -80,6 +81,8 @@ pub struct Config {
     pub dnsbl: Dnsbl,
     /// Reverse DNS of clients (`[reverse_dns]`).
     pub reverse_dns: ReverseDns,
+    /// Aliases, catch-alls, domain aliases and forwarding (`[aliases]`); absent: none.
+    pub aliases: Option<Aliases>,
 }
 
 /// `[[listener]]`
@@ -744,6 +747,9 @@ pub enum ListenerMode {
     Submission,
     /// Port 465: TLS from the first byte, then as submission.
     Smtps,
+    /// LMTP (RFC 2033): final delivery handed over by another MTA, one reply per
+    /// recipient after the data. No authentication: loopback or a private network.
+    Lmtp,
 }
 
 impl From<smtp_server::ListenerMode> for ListenerMode {
@@ -752,6 +758,7 @@ impl From<smtp_server::ListenerMode> for ListenerMode {
             smtp_server::ListenerMode::Relay => Self::Relay,
             smtp_server::ListenerMode::Submission => Self::Submission,
             smtp_server::ListenerMode::Smtps => Self::Smtps,
+            smtp_server::ListenerMode::Lmtp => Self::Lmtp,
         }
     }
 }
@@ -762,6 +769,7 @@ impl From<ListenerMode> for smtp_server::ListenerMode {
             ListenerMode::Relay => Self::Relay,
             ListenerMode::Submission => Self::Submission,
             ListenerMode::Smtps => Self::Smtps,
+            ListenerMode::Lmtp => Self::Lmtp,
         }
     }
 }
@@ -853,6 +861,39 @@ pub struct Local {
     /// (the folder `.tag` when it exists), `create` (the folder, made when missing).
     #[serde(default)]
     pub subaddress_folder: SubaddressFolder,
+    /// `[local.quota]`: mailbox quotas (Maildir), counted in `maildirsize` as Dovecot
+    /// counts them; absent: none.
+    pub quota: Option<crate::delivery::QuotaConfig>,
+    /// `[local.targets]`: where the mail of one domain or address goes instead of the
+    /// default (`maildir`, `mbox` or `lmtp` above), by domain or address.
+    #[serde(default)]
+    pub targets: std::collections::BTreeMap<String, LocalTargetConfig>,
+    /// Recipient verification at RCPT against the mailbox server: `lmtp` (ask the LMTP
+    /// server of `lmtp`, cached) or `off`; unset: `lmtp` when `lmtp` is set.
+    pub verify_recipients: Option<crate::verify::VerifyRecipients>,
+    /// The verification probe's time limit (connect to RCPT reply); default 10 s.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub verify_timeout: Option<Duration>,
+    /// How long an existing mailbox is remembered; default 1 hour, 0: not cached.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub verify_cache_positive: Option<Duration>,
+    /// How long an unknown address is remembered; default 5 minutes, 0: not cached.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub verify_cache_negative: Option<Duration>,
+    /// How many addresses the verification cache holds; default 100000, 0: no cache.
+    pub verify_cache_size: Option<usize>,
+}
+
+/// An entry of `[local.targets]`: exactly one of the three (`mta check-config` says so).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalTargetConfig {
+    /// A Maildir root: `<maildir>/<domain>/<user>/`.
+    pub maildir: Option<PathBuf>,
+    /// An mbox root: `<mbox>/<domain>/<user>`.
+    pub mbox: Option<PathBuf>,
+    /// An LMTP server (`ip:port` or `unix:/path`).
+    pub lmtp: Option<LmtpAddress>,
 }
 
 /// `[local] recipient_delimiter`: none, one or more of the characters
@@ -891,6 +932,70 @@ impl TryFrom<String> for RecipientDelimiter {
             None => Ok(Self(s)),
         }
     }
+}
+
+/// `[aliases]`: see `crate::aliases` and docs/mailboxes.md, "Aliases and forwarding".
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Aliases {
+    /// A TOML file of more entries (top-level keys), read again at every reload.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Levels of aliases followed at most (default 10).
+    #[serde(default = "defaults::alias_max_depth")]
+    pub max_depth: usize,
+    /// Addresses one recipient may expand to at most (default 1000).
+    #[serde(default = "defaults::alias_max_expansion")]
+    pub max_expansion: usize,
+    /// The envelope sender of forwarded mail: `srs` (default) or `keep`.
+    #[serde(default)]
+    pub forward_sender: ForwardSender,
+    /// The domain of SRS addresses (one of `[local] domains`); default: `hostname` when
+    /// it is a local domain, else the first local domain.
+    #[serde(default)]
+    pub srs_domain: Option<String>,
+    /// The SRS secret (its bytes, trailing white space left out); default: `srs.key` in
+    /// the queue directory, made at the first start.
+    #[serde(default)]
+    pub srs_secret_file: Option<PathBuf>,
+    /// The entries: `"sales@example.org" = ["a@example.org", "b@far.test"]`,
+    /// `"@example.org" = "catchall@example.org"`, `"@old.example" = "@example.org"`.
+    #[serde(default)]
+    pub map: std::collections::BTreeMap<String, AliasTargets>,
+}
+
+/// The targets of an alias: one address or a list.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged, expecting = "an address or a list of addresses")]
+pub enum AliasTargets {
+    /// `"a@example.org"`
+    One(String),
+    /// `["a@example.org", "b@far.test"]`
+    Many(Vec<String>),
+}
+
+impl AliasTargets {
+    /// The targets, as a list.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            Self::One(one) => vec![one.clone()],
+            Self::Many(many) => many.clone(),
+        }
+    }
+}
+
+/// `[aliases] forward_sender`: the envelope sender of mail forwarded to a remote address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardSender {
+    /// The Sender Rewriting Scheme: `SRS0=HHHH=TT=origin.example=alice@srs_domain`, so
+    /// that SPF at the next hop checks our domain; bounces come back and are forwarded
+    /// to the original sender.
+    #[default]
+    Srs,
+    /// The original sender: SPF at the next hop may fail unless it trusts us (DKIM
+    /// signatures survive either way).
+    Keep,
 }
 
 /// `[[account]]`
@@ -1271,6 +1376,9 @@ pub enum HookListener {
     Submission,
     /// `[[listener]] mode = "smtps"`.
     Smtps,
+    /// `[[listener]] mode = "lmtp"` (not in the defaults: mail handed over for final
+    /// delivery was filtered by the MTA that hands it over).
+    Lmtp,
     /// Mail handed in on this machine (`sendmail`, the control socket), as Postfix's
     /// `non_smtpd_milters`.
     Sendmail,
@@ -1296,6 +1404,7 @@ impl HookListener {
             smtp_server::ListenerMode::Relay => Self::Relay,
             smtp_server::ListenerMode::Submission => Self::Submission,
             smtp_server::ListenerMode::Smtps => Self::Smtps,
+            smtp_server::ListenerMode::Lmtp => Self::Lmtp,
         }
     }
 }

@@ -16,16 +16,26 @@
 //! `user`'s Maildir and, with `subaddress_folder`, into its Maildir++ folder `.tag`
 //! (`<root>/<domain>/<user>/.tag/{tmp,new,cur}`, as Dovecot names it) when that exists
 //! (`existing`) or always (`create`); a tag that is no safe folder name goes to INBOX.
+//!
+//! Quotas (`[local.quota]`, see [`super::quota`]): a mailbox with a limit is checked
+//! before its message is written (under the Maildir's lock, so that two deliveries do
+//! not both take the last room), and its `maildirsize` gets the message's line after.
+//! A message that does not fit fails for now ([`std::io::ErrorKind::QuotaExceeded`]):
+//! the queue tries again, and its lifetime ends the attempts with a bounce. A Maildir
+//! without a limit still gets its line when it has a `maildirsize` (Dovecot's, say).
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use mail_queue::MessageMeta;
 use serde::Deserialize;
 use smtp_proto::{ForwardPath, Host};
 use smtp_server::filters::LocalRecipients;
+
+use super::quota::{self, BoxLock, Limits, Quotas};
 
 /// How lines end in delivered files.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -69,6 +79,7 @@ pub struct Maildir {
     line_endings: LineEndings,
     delimiters: String,
     subaddress_folder: SubaddressFolder,
+    quotas: Option<Arc<Quotas>>,
 }
 
 impl Maildir {
@@ -86,6 +97,42 @@ impl Maildir {
             line_endings,
             delimiters: String::new(),
             subaddress_folder: SubaddressFolder::Off,
+            quotas: None,
+        }
+    }
+
+    /// Mailbox quotas (`None`: none, the default).
+    pub fn quotas(mut self, quotas: Option<Arc<Quotas>>) -> Self {
+        self.quotas = quotas;
+        self
+    }
+
+    /// The limits of `mailbox` and the grace of its byte limit, or `None` when it has
+    /// no limit.
+    pub fn limits(&self, mailbox: &str) -> Option<(Limits, u64)> {
+        let quotas = self.quotas.as_deref()?;
+        let limits = quotas.limits(mailbox);
+        (!limits.is_none()).then(|| (limits, quotas.grace(limits)))
+    }
+
+    /// The two header fields a delivery adds above the message, each ending in CRLF.
+    pub fn head(sender: &str, address: &str) -> String {
+        format!("Return-Path: <{sender}>\r\nDelivered-To: {address}\r\n")
+    }
+
+    /// The size of the file a message made of `parts` (in wire form, CRLF) is stored
+    /// as: its `,S=` and what quotas count.
+    pub fn stored_size(&self, parts: &[&[u8]]) -> u64 {
+        let wire: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        match self.line_endings {
+            LineEndings::Crlf => wire,
+            LineEndings::Lf => {
+                let crlf: u64 = parts
+                    .iter()
+                    .map(|p| memchr::memmem::find_iter(p, b"\r\n").count() as u64)
+                    .sum();
+                wire - crlf
+            }
         }
     }
 
@@ -167,10 +214,7 @@ impl Maildir {
             });
         let folder = subfolder.as_ref().unwrap_or(&inbox);
         // The two fields we add, then the message.
-        let head = format!(
-            "Return-Path: <{}>\r\nDelivered-To: {address}\r\n",
-            message.from
-        );
+        let head = Self::head(&message.from, address);
         let (size, crlf_size) = self.sizes(head.as_bytes(), body);
         let name = format!(
             "{}.Q{}R{index}.{},S={size},W={crlf_size}",
@@ -209,6 +253,30 @@ impl Maildir {
             }
             Ok(())
         };
+        let limits = self.limits(&recipient.mailbox);
+        let lock = match limits {
+            None => None,
+            Some((limits, grace)) => {
+                if !inbox.is_dir() {
+                    make_folder()?;
+                }
+                let lock = BoxLock::acquire(&inbox, quota::LOCK_TIMEOUT)?;
+                let usage = quota::usage(&inbox, limits, Some(&lock))?;
+                if !limits.fits(usage, size, grace) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::QuotaExceeded,
+                        format!(
+                            "<{address}>: mailbox full (it holds {} bytes in {} messages; \
+                             its limits: {}; this message: {size} bytes)",
+                            usage.bytes,
+                            usage.messages,
+                            limits.header()
+                        ),
+                    ));
+                }
+                Some(lock)
+            }
+        };
         // The folder usually exists: make it only when the file cannot be created (or,
         // below, moved into new/).
         let mut file = match create() {
@@ -237,6 +305,18 @@ impl Maildir {
             fs::rename(&tmp_path, &final_path)?;
         }
         sync_dir(&new)?;
+        // The message is delivered: a maildirsize that cannot be updated is only logged
+        // (it was removed, to be counted anew).
+        let counted = quota::add(
+            &inbox,
+            limits.map(|(l, _)| l).unwrap_or_default(),
+            i64::try_from(size).unwrap_or(i64::MAX),
+            1,
+        );
+        if let Err(e) = counted {
+            tracing::warn!(maildir = %inbox.display(), error = %e, "cannot update maildirsize");
+        }
+        drop(lock);
         Ok(true)
     }
 }
@@ -311,8 +391,75 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use mail_queue::{MessageMeta, QueueId, SpoolRef};
 
     use super::{LineEndings, Maildir, Recipient, SubaddressFolder, folder_name};
+    use crate::delivery::{ByteSize, QuotaConfig, Quotas};
+
+    fn meta(id: u64) -> MessageMeta {
+        MessageMeta {
+            id: QueueId(id),
+            received: 1_700_000_000,
+            from: "ann@a.test".into(),
+            params: Default::default(),
+            source: "test".into(),
+            recipients: Vec::new(),
+            spool: SpoolRef::default(),
+            attempts: 0,
+            next_attempt: 0,
+            last_error: None,
+            delay_warned: false,
+        }
+    }
+
+    /// A delivery checks the quota again (mail that met no stage check, a race): over
+    /// the limit, it fails for now with `QuotaExceeded`, writes nothing, and a
+    /// delivered message gets its line in `maildirsize`.
+    #[test]
+    fn a_delivery_over_quota_fails_for_now_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = QuotaConfig {
+            bytes: ByteSize(100),
+            grace: crate::delivery::Grace::Bytes(0),
+            ..QuotaConfig::default()
+        };
+        let maildir = Maildir::new(dir.path().into(), "h", LineEndings::Lf)
+            .quotas(Some(Arc::new(Quotas::new(&config))));
+        let bob = Recipient {
+            mailbox: "bob@d.test".into(),
+            tag: None,
+        };
+        let body = b"Subject: x\r\n\r\nhi\r\n";
+        assert!(
+            maildir
+                .deliver(&meta(1), 0, "bob@d.test", &bob, body)
+                .unwrap()
+        );
+        let inbox = dir.path().join("d.test/bob");
+        let size = std::fs::read_dir(inbox.join("new"))
+            .unwrap()
+            .map(|f| f.unwrap().metadata().unwrap().len())
+            .sum::<u64>();
+        assert_eq!(
+            std::fs::read_to_string(inbox.join("maildirsize")).unwrap(),
+            format!("100S\n0 0\n{size} 1\n")
+        );
+        let big = [&body[..], &[b'x'; 100][..]].concat();
+        let e = maildir
+            .deliver(&meta(2), 0, "bob@d.test", &bob, &big)
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::QuotaExceeded, "{e}");
+        assert_eq!(std::fs::read_dir(inbox.join("new")).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(inbox.join("tmp")).unwrap().count(), 0);
+        // Delivered already (a retry after a crash): no check, nothing written twice.
+        assert!(
+            !maildir
+                .deliver(&meta(1), 0, "bob@d.test", &bob, body)
+                .unwrap()
+        );
+    }
 
     #[test]
     fn folder_names_stay_inside_the_maildir() {

@@ -4,20 +4,22 @@
 mod lmtp;
 mod maildir;
 mod mbox;
+pub mod quota;
 mod remote;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use mail_queue::{BoxError, DeliveryReport, DeliveryRequest, Outcome};
-use smtp_server::filters::DomainSet;
+use smtp_server::filters::{DomainSet, LocalRecipients};
 
 pub use lmtp::{Lmtp, LmtpAddress};
 pub use maildir::{LineEndings, Maildir, Recipient, SubaddressFolder};
 pub use mbox::Mbox;
+pub use quota::{ByteSize, Grace, Limits, LimitsConfig, QuotaConfig, Quotas, Usage, size_in_name};
 pub use remote::{Relay, Remote, RemoteConfig};
 
 /// Where local mail goes.
@@ -31,6 +33,112 @@ pub enum LocalTarget {
     Lmtp(Lmtp),
 }
 
+/// Which local target each local recipient goes to: the `[local.targets]` entry of its
+/// address (or of the address without its sub-address tag), else of its domain, else
+/// the default (`[local] maildir`, `mbox` or `lmtp`).
+///
+/// ```
+/// use mta_bin::delivery::{LineEndings, LocalRoutes, LocalTarget, Maildir, Mbox};
+/// let maildir = LocalTarget::Maildir(Maildir::new("/srv/mail".into(), "mx", LineEndings::Lf));
+/// let mbox = LocalTarget::Mbox(Mbox::new("/var/spool/mail".into()));
+/// let routes = LocalRoutes::new(Some(maildir), "+").with_target("example.net", mbox);
+/// assert!(matches!(routes.target("bob@Example.NET"), Some(LocalTarget::Mbox(_))));
+/// assert!(matches!(routes.target("bob@example.org"), Some(LocalTarget::Maildir(_))));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct LocalRoutes {
+    default: Option<LocalTarget>,
+    /// By lower-cased address or domain.
+    targets: HashMap<String, LocalTarget>,
+    delimiters: String,
+}
+
+impl LocalRoutes {
+    /// Everything to `default`; `delimiters` start a sub-address tag (`[local]
+    /// recipient_delimiter`).
+    pub fn new(default: Option<LocalTarget>, delimiters: &str) -> Self {
+        Self {
+            default,
+            targets: HashMap::new(),
+            delimiters: delimiters.to_owned(),
+        }
+    }
+
+    /// The routes of the configuration: the default target of `[local]` and the
+    /// entries of `[local.targets]`, each Maildir with `[local.quota]`.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let local = &config.local;
+        let quotas = local.quota.as_ref().map(|q| Arc::new(Quotas::new(q)));
+        let delimiters = local.recipient_delimiter.as_str();
+        let maildir = |root: &std::path::Path| {
+            LocalTarget::Maildir(
+                Maildir::new(
+                    root.to_owned(),
+                    &config.hostname,
+                    local.maildir_line_endings,
+                )
+                .subaddressing(delimiters, local.subaddress_folder)
+                .quotas(quotas.clone()),
+            )
+        };
+        let mbox = |root: &std::path::Path| {
+            LocalTarget::Mbox(Mbox::new(root.to_owned()).subaddressing(delimiters))
+        };
+        let lmtp =
+            |address: &LmtpAddress| LocalTarget::Lmtp(Lmtp::new(address.clone(), &config.hostname));
+        // check-config refuses mbox beside maildir or lmtp; lmtp wins over maildir.
+        let default = match (&local.lmtp, &local.mbox, &local.maildir) {
+            (Some(address), _, _) => Some(lmtp(address)),
+            (None, Some(root), _) => Some(mbox(root)),
+            (None, None, Some(root)) => Some(maildir(root)),
+            (None, None, None) => None,
+        };
+        let mut routes = Self::new(default, delimiters);
+        for (key, target) in &local.targets {
+            // check-config makes sure there is exactly one.
+            let target = match (&target.lmtp, &target.mbox, &target.maildir) {
+                (Some(address), _, _) => lmtp(address),
+                (None, Some(root), _) => mbox(root),
+                (None, None, Some(root)) => maildir(root),
+                (None, None, None) => continue,
+            };
+            routes = routes.with_target(key, target);
+        }
+        routes
+    }
+
+    /// Mail for `key`, an address or a domain, goes to `target`.
+    pub fn with_target(mut self, key: &str, target: LocalTarget) -> Self {
+        self.targets.insert(key.to_lowercase(), target);
+        self
+    }
+
+    /// The target of `address` (a local one), and the key it was found by (`""`: the
+    /// default).
+    pub fn route(&self, address: &str) -> Option<(&str, &LocalTarget)> {
+        let lower = address.to_lowercase();
+        let (local, domain) = lower.rsplit_once('@').unwrap_or(("", lower.as_str()));
+        let untagged = LocalRecipients::split_subaddress(local.trim_matches('"'), &self.delimiters)
+            .map(|(user, _)| format!("{user}@{domain}"));
+        [Some(lower.clone()), untagged, Some(domain.to_owned())]
+            .into_iter()
+            .flatten()
+            .find_map(|key| self.targets.get_key_value(&key))
+            .map(|(k, t)| (k.as_str(), t))
+            .or_else(|| self.default.as_ref().map(|t| ("", t)))
+    }
+
+    /// The target of `address` (a local one).
+    pub fn target(&self, address: &str) -> Option<&LocalTarget> {
+        self.route(address).map(|(_, t)| t)
+    }
+
+    /// The targets, the default first.
+    pub fn targets(&self) -> impl Iterator<Item = &LocalTarget> {
+        self.default.iter().chain(self.targets.values())
+    }
+}
+
 /// Routes each recipient: local domains to the local target, the rest deferred.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -42,7 +150,7 @@ pub struct Delivery {
 #[derive(Debug)]
 struct Inner {
     local_domains: DomainSet,
-    local: Option<LocalTarget>,
+    local: LocalRoutes,
     remote: Option<Remote>,
     /// Where bare `Postmaster` goes.
     postmaster: Option<String>,
@@ -61,7 +169,7 @@ impl Delivery {
     /// address as it came (the LMTP server does its own sub-addressing).
     pub fn new(
         local_domains: DomainSet,
-        local: Option<LocalTarget>,
+        local: LocalRoutes,
         remote: Option<Remote>,
         postmaster: Option<String>,
         mailboxes: Option<Arc<HashSet<String>>>,
@@ -133,84 +241,120 @@ impl Delivery {
                 }
             };
         }
-        match &inner.local {
-            None => vec![Outcome::Deferred("no local delivery configured".into()); addresses.len()],
-            Some(LocalTarget::Maildir(maildir)) => {
-                let (maildir, message, body) = (
-                    maildir.clone(),
-                    Arc::clone(&request.message),
-                    request.body.clone(),
-                );
-                let indexes = request.recipients.clone();
-                let mailboxes = inner.mailboxes.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    indexes
-                        .iter()
-                        .zip(&addresses)
-                        .map(|(&i, address)| {
-                            let Some(recipient) = maildir.recipient(address, mailboxes.as_deref())
-                            else {
-                                return Outcome::Failed(format!(
-                                    "550 5.1.1 <{address}>: no such mailbox here"
-                                ));
-                            };
-                            match maildir.deliver(&message, i, address, &recipient, &body) {
-                                Ok(true) => Outcome::Delivered("delivered to maildir".into()),
-                                Ok(false) => Outcome::Delivered("already in maildir".into()),
-                                Err(e) if e.kind() == std::io::ErrorKind::Other => {
-                                    Outcome::Failed(format!("5.1.1 {e}"))
-                                }
-                                Err(e) => Outcome::Deferred(format!("4.2.0 maildir: {e}")),
-                            }
-                        })
-                        .collect()
-                })
-                .await;
-                result.unwrap_or_else(|e| {
-                    vec![
-                        Outcome::Deferred(format!("maildir task failed: {e}"));
-                        request.recipients.len()
-                    ]
-                })
+        // Recipients by target (a `[local.targets]` entry may take some of them), each
+        // group delivered in turn, the outcomes put back in the request's order.
+        let mut groups: Vec<(&str, &LocalTarget, Vec<usize>)> = Vec::new();
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; addresses.len()];
+        for (n, address) in addresses.iter().enumerate() {
+            match inner.local.route(address) {
+                None => {
+                    outcomes[n] = Some(Outcome::Deferred("no local delivery configured".into()));
+                }
+                Some((key, target)) => match groups.iter_mut().find(|(k, _, _)| *k == key) {
+                    Some((_, _, members)) => members.push(n),
+                    None => groups.push((key, target, vec![n])),
+                },
             }
-            Some(LocalTarget::Mbox(mbox)) => {
-                let (mbox, message, body) = (
-                    mbox.clone(),
-                    Arc::clone(&request.message),
-                    request.body.clone(),
-                );
-                let mailboxes = inner.mailboxes.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    addresses
-                        .iter()
-                        .map(|address| {
-                            let Some(recipient) = mbox.recipient(address, mailboxes.as_deref())
-                            else {
-                                return Outcome::Failed(format!(
-                                    "550 5.1.1 <{address}>: no such mailbox here"
-                                ));
-                            };
-                            match mbox.deliver(&message, address, &recipient, &body) {
-                                Ok(()) => Outcome::Delivered("delivered to mbox".into()),
-                                Err(e) if e.kind() == std::io::ErrorKind::Other => {
-                                    Outcome::Failed(format!("5.1.1 {e}"))
-                                }
-                                Err(e) => Outcome::Deferred(format!("4.2.0 mbox: {e}")),
-                            }
-                        })
-                        .collect()
-                })
-                .await;
-                result.unwrap_or_else(|e| {
-                    vec![
-                        Outcome::Deferred(format!("mbox task failed: {e}"));
-                        request.recipients.len()
-                    ]
-                })
-            }
-            Some(LocalTarget::Lmtp(lmtp)) => lmtp.deliver(&request, &addresses).await,
         }
+        for (_, target, members) in groups {
+            let subset: Vec<String> = members.iter().map(|&n| addresses[n].clone()).collect();
+            let indexes: Vec<usize> = members
+                .iter()
+                .map(|&n| request.recipients.get(n).copied().unwrap_or(n))
+                .collect();
+            let delivered = match target {
+                LocalTarget::Maildir(maildir) => {
+                    deliver_maildir(maildir, &request, inner, indexes, subset).await
+                }
+                LocalTarget::Mbox(mbox) => deliver_mbox(mbox, &request, inner, subset).await,
+                LocalTarget::Lmtp(lmtp) => lmtp.deliver(&request, &subset).await,
+            };
+            for (&n, outcome) in members.iter().zip(delivered) {
+                outcomes[n] = Some(outcome);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::Deferred("4.3.0 no outcome".into())))
+            .collect()
     }
+}
+
+/// Delivers to Maildirs: `indexes` are the recipients' numbers in the message (for the
+/// file names), `addresses` the addresses.
+async fn deliver_maildir(
+    maildir: &Maildir,
+    request: &DeliveryRequest,
+    inner: &Inner,
+    indexes: Vec<usize>,
+    addresses: Vec<String>,
+) -> Vec<Outcome> {
+    let (maildir, message, body) = (
+        maildir.clone(),
+        Arc::clone(&request.message),
+        request.body.clone(),
+    );
+    let count = addresses.len();
+    let mailboxes = inner.mailboxes.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        indexes
+            .iter()
+            .zip(&addresses)
+            .map(|(&i, address)| {
+                let Some(recipient) = maildir.recipient(address, mailboxes.as_deref()) else {
+                    return Outcome::Failed(format!("550 5.1.1 <{address}>: no such mailbox here"));
+                };
+                match maildir.deliver(&message, i, address, &recipient, &body) {
+                    Ok(true) => Outcome::Delivered("delivered to maildir".into()),
+                    Ok(false) => Outcome::Delivered("already in maildir".into()),
+                    Err(e) if e.kind() == std::io::ErrorKind::QuotaExceeded => {
+                        Outcome::Deferred(format!("4.2.2 {e}"))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Other => {
+                        Outcome::Failed(format!("5.1.1 {e}"))
+                    }
+                    Err(e) => Outcome::Deferred(format!("4.2.0 maildir: {e}")),
+                }
+            })
+            .collect()
+    })
+    .await;
+    result.unwrap_or_else(|e| vec![Outcome::Deferred(format!("maildir task failed: {e}")); count])
+}
+
+/// Delivers to mbox files.
+async fn deliver_mbox(
+    mbox: &Mbox,
+    request: &DeliveryRequest,
+    inner: &Inner,
+    addresses: Vec<String>,
+) -> Vec<Outcome> {
+    let (mbox, message, body) = (
+        mbox.clone(),
+        Arc::clone(&request.message),
+        request.body.clone(),
+    );
+    let count = addresses.len();
+    let mailboxes = inner.mailboxes.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        addresses
+            .iter()
+            .map(|address| {
+                let Some(recipient) = mbox.recipient(address, mailboxes.as_deref()) else {
+                    return Outcome::Failed(format!("550 5.1.1 <{address}>: no such mailbox here"));
+                };
+                match mbox.deliver(&message, address, &recipient, &body) {
+                    Ok(()) => Outcome::Delivered("delivered to mbox".into()),
+                    Err(e) if e.kind() == std::io::ErrorKind::Other => {
+                        Outcome::Failed(format!("5.1.1 {e}"))
+                    }
+                    Err(e) => Outcome::Deferred(format!("4.2.0 mbox: {e}")),
+                }
+            })
+            .collect()
+    })
+    .await;
+    result.unwrap_or_else(|e| vec![Outcome::Deferred(format!("mbox task failed: {e}")); count])
 }
 
 impl tower::Service<DeliveryRequest> for Delivery {

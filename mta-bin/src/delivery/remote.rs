@@ -16,6 +16,8 @@ use smtp_proto::{
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info_span};
 
+use crate::aliases::Forwarding;
+
 /// A relay host all remote mail goes through (a "smarthost").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Relay {
@@ -37,6 +39,9 @@ pub struct RemoteConfig {
     /// How long an idle connection is kept for reuse; then it is closed with QUIT.
     /// Default 10 s.
     pub idle_timeout: Duration,
+    /// The SRS rewriting of the envelope sender of forwarded mail (`[aliases]
+    /// forward_sender = "srs"`); `None`: the sender is kept.
+    pub forwarding: Option<Forwarding>,
 }
 
 /// Delivers to other servers.
@@ -94,7 +99,9 @@ impl Remote {
         }
     }
 
-    /// Delivers the request's recipients (all of one domain): one outcome each.
+    /// Delivers the request's recipients (all of one domain): one outcome each. With
+    /// [`RemoteConfig::forwarding`], recipients that came from an alias leave in a
+    /// transaction of their own, with the SRS form of the sender.
     pub async fn deliver(&self, request: &DeliveryRequest, domain: &str) -> Vec<Outcome> {
         let n = request.recipients.len();
         let semaphore = {
@@ -123,7 +130,63 @@ impl Remote {
                 return vec![outcome; n];
             }
         };
-        let message = outbound_message(&request.message, &request.recipients, &request.body);
+        let groups = self.by_sender(request);
+        if let [(None, _)] = &groups[..] {
+            let message = outbound_message(&request.message, &request.recipients, &request.body);
+            return self.send(&hosts, &message, domain, n).await;
+        }
+        // Forwarded and other recipients: one transaction for each sender.
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+        for (sender, positions) in groups {
+            let indexes: Vec<usize> = positions.iter().map(|&p| request.recipients[p]).collect();
+            let mut message = outbound_message(&request.message, &indexes, &request.body);
+            if let Some(sender) = sender.and_then(|s| ReversePath::parse(&format!("<{s}>")).ok()) {
+                message.from = sender;
+            }
+            let sent = self.send(&hosts, &message, domain, positions.len()).await;
+            for (p, outcome) in positions.into_iter().zip(sent) {
+                outcomes[p] = Some(outcome);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::Deferred("4.3.0 not attempted".into())))
+            .collect()
+    }
+
+    /// The request's recipients (positions in `request.recipients`) by the envelope
+    /// sender they leave with: the SRS form for forwarded ones ([`Forwarding`]), `None`
+    /// (the message's own) for the others. One group with `None` without forwarding.
+    fn by_sender(&self, request: &DeliveryRequest) -> Vec<(Option<String>, Vec<usize>)> {
+        let all = (0..request.recipients.len()).collect();
+        let Some(forwarding) = &self.config.forwarding else {
+            return vec![(None, all)];
+        };
+        let meta = &request.message;
+        let mut groups: Vec<(Option<String>, Vec<usize>)> = Vec::new();
+        for (p, &i) in request.recipients.iter().enumerate() {
+            let orcpt = meta.recipients.get(i).and_then(|r| r.dsn.orcpt.as_ref());
+            let sender = forwarding.sender(&meta.from, orcpt);
+            match groups.iter_mut().find(|(s, _)| *s == sender) {
+                Some((_, positions)) => positions.push(p),
+                None => groups.push((sender, vec![p])),
+            }
+        }
+        if groups.is_empty() {
+            return vec![(None, all)];
+        }
+        groups
+    }
+
+    /// Sends `message` (`n` recipients) to the first of `hosts` that takes it: one
+    /// outcome for each recipient.
+    async fn send(
+        &self,
+        hosts: &[MxHost],
+        message: &OutboundMessage,
+        domain: &str,
+        n: usize,
+    ) -> Vec<Outcome> {
         if message.recipients.len() != n {
             return vec![
                 Outcome::Failed("550 5.1.3 invalid recipient address in the queue".into());
@@ -133,7 +196,7 @@ impl Remote {
         let mut last_error: Option<(String, ClientError)> = None;
         for host in hosts.iter().filter(|h| !h.addresses.is_empty()) {
             let span = info_span!("smtp.out", host = %host.name, preference = host.preference);
-            match self.deliver_to(host, &message).instrument(span).await {
+            match self.deliver_to(host, message).instrument(span).await {
                 Ok((address, replies)) => {
                     let route = self.route(host, address, domain);
                     return replies.iter().map(|r| outcome(&route, r)).collect();

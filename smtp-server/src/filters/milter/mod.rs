@@ -785,11 +785,13 @@ impl Milter {
         }
         // Recipients the rcpt stage did not send (it was off, or not added).
         if link.txn.as_ref().is_some_and(|t| !t.rcpt_sent) {
-            let mut kept = Vec::new();
+            // Refused recipients leave the envelope with their reply (one reply each
+            // under LMTP); `index` is where the next one stands in it now.
+            let mut index = 0;
             let mut refused = None;
             for recipient in envelope.recipients {
                 if link.txn.as_ref().is_some_and(|t| t.accepted || t.discard) {
-                    kept.push(recipient);
+                    index += 1;
                     continue;
                 }
                 let response = self
@@ -798,16 +800,20 @@ impl Milter {
                 match self.settle(link, response, Level::Rcpt, Level::Rcpt) {
                     Some(Step::Decide(d)) if d.closes() => return Ok(Step::Decide(d)),
                     Some(Step::Decide(d)) => {
+                        let Some(reply) = d.reply().cloned() else {
+                            index += 1;
+                            continue;
+                        };
                         debug!(milter = %self.inner.name, "milter refuses a recipient at data");
+                        request.refuse_recipient(index, reply);
                         refused = Some(d);
                     }
-                    _ => kept.push(recipient),
+                    _ => index += 1,
                 }
             }
-            if kept.is_empty() {
+            if request.envelope.recipients.is_empty() {
                 return Ok(Step::Decide(refused.unwrap_or_else(reject)));
             }
-            request.envelope.recipients = kept;
         }
         self.send_message(link, request).await
     }
