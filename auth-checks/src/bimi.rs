@@ -340,7 +340,7 @@ impl BimiVerdict {
 /// ```
 pub fn remove_bimi_headers(message: &[u8]) -> Option<Vec<u8>> {
     let mut drop: Vec<std::ops::Range<usize>> = Vec::new();
-    for (name, range) in header_fields(message) {
+    for (name, range) in crate::headers::fields(message) {
         if BIMI_RECEIVER_HEADERS
             .iter()
             .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
@@ -389,7 +389,7 @@ impl Verifier {
         let from_fields = parsed
             .headers
             .iter()
-            .filter(|(name, _)| trim(name).eq_ignore_ascii_case(b"From"))
+            .filter(|(name, _)| name.eq_ignore_ascii_case(b"From"))
             .count();
         if from_fields != 1 || parsed.from.len() != 1 {
             return BimiVerdict::skipped("not a single author address");
@@ -665,7 +665,7 @@ fn selector(
     let fields: Vec<&[u8]> = parsed
         .headers
         .iter()
-        .filter(|(name, _)| trim(name).eq_ignore_ascii_case(b"BIMI-Selector"))
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"BIMI-Selector"))
         .map(|(_, value)| *value)
         .collect();
     let [value] = fields.as_slice() else {
@@ -805,10 +805,6 @@ fn is_wsp(c: char) -> bool {
     c == ' ' || c == '\t'
 }
 
-fn trim(bytes: &[u8]) -> &[u8] {
-    bytes.trim_ascii()
-}
-
 /// The header section of `message`, up to and with the empty line that ends it (all
 /// of it when there is none).
 fn header_section(message: &[u8]) -> &[u8] {
@@ -827,43 +823,6 @@ fn header_section(message: &[u8]) -> &[u8] {
         }
     }
     message
-}
-
-/// Each field of `message`'s header section: its name (trimmed; empty for a line that
-/// is not a field) and its bytes with folded lines and final line break.
-fn header_fields(message: &[u8]) -> Vec<(&[u8], std::ops::Range<usize>)> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < message.len() {
-        let rest = &message[pos..];
-        if rest.starts_with(b"\r\n") || rest.starts_with(b"\n") {
-            break;
-        }
-        // The field runs to the first line break not followed by WSP.
-        let mut end = pos;
-        loop {
-            match message[end..].iter().position(|&b| b == b'\n') {
-                Some(lf) => {
-                    end += lf + 1;
-                    if !matches!(message.get(end), Some(b' ' | b'\t')) {
-                        break;
-                    }
-                }
-                None => {
-                    end = message.len();
-                    break;
-                }
-            }
-        }
-        let field = &message[pos..end];
-        let name = field
-            .iter()
-            .position(|&b| b == b':')
-            .map_or(&field[..0], |colon| trim(&field[..colon]));
-        out.push((name, pos..end));
-        pos = end;
-    }
-    out
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 /// Each header field of `message`'s header section: (name, the whole field with its
 /// folded lines and final line break, as a byte range).
-fn fields(message: &[u8]) -> Vec<(&[u8], std::ops::Range<usize>)> {
+pub(crate) fn fields(message: &[u8]) -> Vec<(&[u8], std::ops::Range<usize>)> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < message.len() {
@@ -43,15 +43,7 @@ fn memchr_lf(bytes: &[u8]) -> Option<usize> {
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &bytes[start..end]
+    bytes.trim_ascii()
 }
 
 /// The authserv-id of an `Authentication-Results` value: its first token, after any

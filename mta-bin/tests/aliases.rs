@@ -51,22 +51,7 @@ mode = "off"
 /// The messages in the Maildir of `user@domain` under `dir`, waiting (up to 20 s) for
 /// `count` of them.
 fn mail(dir: &Path, domain: &str, user: &str, count: usize) -> Vec<String> {
-    let new = dir.join("maildir").join(domain).join(user).join("new");
-    let start = std::time::Instant::now();
-    loop {
-        let mut files: Vec<String> = std::fs::read_dir(&new)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .map(|f| std::fs::read_to_string(f.path()).unwrap())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if files.len() >= count || start.elapsed().as_secs() > 20 {
-            files.sort();
-            return files;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    support::domain_maildir_files(dir, domain, user, count)
 }
 
 /// A running `mta serve`, stopped with SIGTERM by [`Running::stop`], or killed when a

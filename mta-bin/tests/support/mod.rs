@@ -246,7 +246,18 @@ pub(crate) fn listed(config: &std::path::Path, args: &[&str]) -> Vec<String> {
 
 /// The Maildir files of `user@mx.test` under `dir`, waiting (up to 20 s) for `count`.
 pub(crate) fn maildir_files(dir: &std::path::Path, user: &str, count: usize) -> Vec<String> {
-    let new = dir.join("maildir/mx.test").join(user).join("new");
+    domain_maildir_files(dir, "mx.test", user, count)
+}
+
+/// The Maildir files of `user@domain` under `dir/maildir`, waiting (up to 20 s) for
+/// `count`, sorted.
+pub(crate) fn domain_maildir_files(
+    dir: &std::path::Path,
+    domain: &str,
+    user: &str,
+    count: usize,
+) -> Vec<String> {
+    let new = dir.join("maildir").join(domain).join(user).join("new");
     let start = std::time::Instant::now();
     loop {
         let mut files: Vec<String> = std::fs::read_dir(&new)
