@@ -40,6 +40,8 @@ SESSIONS="${SESSIONS:-1 20 100}"         # concurrent sessions (smtp-source -s)
 #   postfix  a dedicated Postfix instance (per-message log lines to $PF_LOG, as always)
 #   mta-info a second `mta serve`, RUST_LOG=info (per-message log lines to a file)
 #   mta-noauth  another `mta serve` with every sender-authentication check off
+#   mta-base another `mta serve` like `mta`, but of the binary $MTA_BASE_BIN (an earlier
+#            build, to compare a change with what it changes in the same run)
 #   mta-defences    another `mta serve` with every anti-abuse defence on (enforce where the
 #            defence has it), set so that the measured messages pass: see mta_defences_config
 #   mta-nodefences  another `mta serve` with every anti-abuse defence off
@@ -54,6 +56,8 @@ PF_PORT="${PF_PORT:-2555}"
 MTA_PORT="${MTA_PORT:-2556}"
 MTA_INFO_PORT="${MTA_INFO_PORT:-2557}"
 MTA_NOAUTH_PORT="${MTA_NOAUTH_PORT:-2559}"
+MTA_BASE_PORT="${MTA_BASE_PORT:-2563}"
+MTA_BASE_BIN="${MTA_BASE_BIN:-}"         # the binary of the peer mta-base
 MTA_DEFENCES_PORT="${MTA_DEFENCES_PORT:-2560}"
 MTA_NODEFENCES_PORT="${MTA_NODEFENCES_PORT:-2561}"
 MTA_DEFENCES_METRICS_PORT="${MTA_DEFENCES_METRICS_PORT:-2562}"  # mta-defences' /metrics (the defences' counters)
@@ -102,6 +106,7 @@ mkdir -p "$RESULTS_DIR"
 declare -A PORT PID MAILDIRS
 PORT[postfix]=$PF_PORT; PORT[mta]=$MTA_PORT; PORT[mta-info]=$MTA_INFO_PORT; PORT[sink]=$SINK_PORT
 PORT[mta-noauth]=$MTA_NOAUTH_PORT
+PORT[mta-base]=$MTA_BASE_PORT
 PORT[mta-defences]=$MTA_DEFENCES_PORT; PORT[mta-nodefences]=$MTA_NODEFENCES_PORT
 MAILDIRS[postfix]="$PF_MAILDIR/new $PF_MAILDIR/cur"
 
@@ -221,7 +226,8 @@ EOF
 # mta_start PEER LOGLEVEL AUTHMODE [DEFENCES]: its own queue and Maildir under $WORK/PEER;
 # DEFENCES: default (mta's defaults, no section), on or off.
 mta_start() {
-    local peer=$1 level=$2 auth=$3 defences=${4:-default} dir="$WORK/$1"
+    local peer=$1 level=$2 auth=$3 defences=${4:-default} dir="$WORK/$1" bin=$MTA_BIN
+    [ "$peer" = mta-base ] && bin=$MTA_BASE_BIN
     mkdir -p "$dir"
     {
         mta_base_config "$dir" "${PORT[$peer]}"
@@ -241,8 +247,8 @@ EOF
             off) mta_nodefences_config ;;
         esac
     } >"$dir/mta.toml"
-    "$MTA_BIN" check-config --config "$dir/mta.toml" >/dev/null
-    RUST_LOG="$level" "$MTA_BIN" serve --config "$dir/mta.toml" >"$dir/stdout" 2>"$dir/stderr" &
+    "$bin" check-config --config "$dir/mta.toml" >/dev/null
+    RUST_LOG="$level" "$bin" serve --config "$dir/mta.toml" >"$dir/stdout" 2>"$dir/stderr" &
     PID[$peer]=$!
     MAILDIRS[$peer]="$dir/maildir/$DOMAIN/$RCPT_USER/new"
     wait_port "${PORT[$peer]}" || { cat "$dir/stderr" >&2; die "$peer does not listen on ${PORT[$peer]}"; }
@@ -420,6 +426,9 @@ for peer in $PEERS; do
         mta) mta_start mta "$MTA_LOG" "$AUTH_MODE" ;;
         mta-info) mta_start mta-info info "$AUTH_MODE" ;;
         mta-noauth) mta_start mta-noauth "$MTA_LOG" off ;;
+        mta-base)
+            [ -x "$MTA_BASE_BIN" ] || die "peer mta-base: set MTA_BASE_BIN to an mta binary"
+            mta_start mta-base "$MTA_LOG" "$AUTH_MODE" ;;
         mta-defences) mta_start mta-defences "$MTA_LOG" "$AUTH_MODE" on ;;
         mta-nodefences) mta_start mta-nodefences "$MTA_LOG" "$AUTH_MODE" off ;;
         sink) sink_start ;;
@@ -502,7 +511,7 @@ DNS_QUERIES_END=$(dns_queries)
 # ---------------------------------------------------------------- health
 HEALTH="$WORK/health.md"
 : >"$HEALTH"
-for peer in mta mta-info mta-noauth mta-defences mta-nodefences; do
+for peer in mta mta-base mta-info mta-noauth mta-defences mta-nodefences; do
     [[ " $PEERS " == *" $peer "* ]] || continue
     dir="$WORK/$peer"
     alive=yes; kill -0 "${PID[$peer]}" 2>/dev/null || alive="NO (it exited)"
@@ -552,7 +561,7 @@ cat <<EOF
 # Inbound durable acceptance: mta vs Postfix (sender authentication $AUTH_CHECKS)
 
 - date: $(date -Iseconds); host: $(hostname); $(nproc) cores; kernel $(uname -r)
-- mta: \`$MTA_BIN\` (peer \`mta\`: RUST_LOG=$MTA_LOG; peer \`mta-info\`: RUST_LOG=info), queue backend sled (default), Maildir delivery
+- mta: \`$MTA_BIN\` (peer \`mta\`: RUST_LOG=$MTA_LOG; peer \`mta-info\`: RUST_LOG=info), queue backend sled (default), Maildir delivery$([[ " $PEERS " == *" mta-base "* ]] && echo "; peer \`mta-base\`: \`$MTA_BASE_BIN\`, otherwise like \`mta\`")
 - Postfix $(postconf -h mail_version): dedicated instance ($PF_CONF), Maildir delivery by local(8), logging every message to $PF_LOG
 - durability: both reply 250 only after fsync. Postfix fsyncs each queue file before 250 (its
   default); mta makes every message durable before 250 (group commit: one fsync may cover several

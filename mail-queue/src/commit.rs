@@ -137,7 +137,16 @@ fn run(rx: &mpsc::Receiver<Job>, spool: &Spool, store: &dyn QueueStore, stats: &
                 Err(_) => break,
             }
         }
+        let started = Instant::now();
         let result = commit_batch(&mut jobs, spool, store);
+        // How long one batch takes is how long a session waits for its `250` at most
+        // twice (the batch in progress, then its own): `docs/performance.md`.
+        tracing::debug!(
+            jobs = jobs.len(),
+            micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            ok = result.is_ok(),
+            "queue batch committed"
+        );
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         for job in jobs {

@@ -620,13 +620,17 @@ async fn an_action_on_a_message_being_delivered_applies_after_the_attempt() {
         ActionResult::AfterAttempt
     );
     proceed.add_permits(1);
+    // The stored record is written before the scheduler's own view is updated: wait
+    // for both (a reader in between sees the message still active, never lost).
     eventually("held after the attempt", || {
-        queue.get(id).unwrap().is_some_and(|m| m.is_held())
+        queue
+            .get(id)
+            .unwrap()
+            .is_some_and(|m| m.is_held() && queue.state(&m) == MessageState::Held)
     })
     .await;
     let meta = queue.get(id).unwrap().unwrap();
     assert_eq!(meta.attempts, 1, "the attempt was recorded");
-    assert_eq!(queue.state(&meta), MessageState::Held);
     let _ = stop.send(());
     handle.await.unwrap();
 }

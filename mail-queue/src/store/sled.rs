@@ -6,7 +6,7 @@
 //! live in the spool.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{Change, QueueStore};
 use crate::{MessageMeta, QueueError, QueueId};
@@ -15,17 +15,16 @@ use crate::{MessageMeta, QueueError, QueueId};
 #[derive(Debug)]
 pub struct SledStore {
     db: sled::Db,
-    log_file: PathBuf,
+    /// sled's log (`db` in its directory), kept open: fsynced after every flush.
+    log: File,
 }
 
 impl SledStore {
     /// Opens (creating) a store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, QueueError> {
         let db = sled::Config::new().path(dir).open()?;
-        Ok(Self {
-            db,
-            log_file: dir.join("db"),
-        })
+        let log = File::open(dir.join("db"))?;
+        Ok(Self { db, log })
     }
 }
 
@@ -40,7 +39,7 @@ impl QueueStore for SledStore {
         }
         self.db.apply_batch(batch)?;
         self.db.flush()?;
-        File::open(&self.log_file)?.sync_all()?;
+        self.log.sync_all()?;
         Ok(())
     }
 
