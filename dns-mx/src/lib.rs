@@ -12,6 +12,10 @@
 //!                        ─▶ A/AAAA per host ─▶ Vec<MxHost> (hosts in order, addresses)
 //! ```
 //!
+//! For DANE (RFC 7672), [`DaneResolver`] asks a validating resolver on loopback for
+//! the MX and TLSA records with their DNSSEC status ([`Security`]), and says when TLS
+//! must be authenticated by TLSA records, when to fall back, and when to defer.
+//!
 //! Errors say what to do: [`RouteError::is_permanent`] (null MX `556 5.1.10`, no such
 //! domain `5.1.2`, mail loop `5.4.6`) bounces at once; anything else (SERVFAIL,
 //! timeouts) is temporary and the queue retries.
@@ -28,12 +32,14 @@
 
 #![forbid(unsafe_code)]
 
+mod dnssec;
 mod plan;
 mod resolver;
 mod stats;
 #[cfg(feature = "test-server")]
 pub mod testing;
 
+pub use dnssec::{DaneConfig, DaneResolver, Security, TlsaRecord};
 pub use plan::{Exchange, plan};
 pub use resolver::{MxConfig, MxHost, MxResolver, RouteError};
 pub use stats::{LookupStats, Outcome, Query};

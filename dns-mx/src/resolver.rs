@@ -74,12 +74,17 @@ pub enum RouteError {
     /// A temporary DNS failure (SERVFAIL, REFUSED, timeout, network).
     #[error("temporary DNS failure: {0}")]
     Temporary(String),
+    /// A DANE lookup (RFC 7672 §2.2) failed where a secure answer was due (bogus
+    /// DNSSEC, SERVFAIL, timeout), or the DANE resolver cannot be trusted: defer
+    /// (`451 4.7.5`), never fall back to weaker TLS.
+    #[error("{0}")]
+    Dane(String),
 }
 
 impl RouteError {
     /// Whether retrying cannot help: bounce at once.
     pub fn is_permanent(&self) -> bool {
-        !matches!(self, Self::Temporary(_))
+        !matches!(self, Self::Temporary(_) | Self::Dane(_))
     }
 
     /// The reply code and enhanced status to record (and put in a bounce).
@@ -90,6 +95,7 @@ impl RouteError {
             Self::NoUsableMx => (550, "5.4.4"),
             Self::Loop => (554, "5.4.6"),
             Self::Temporary(_) => (451, "4.4.3"),
+            Self::Dane(_) => (451, "4.7.5"),
         }
     }
 }

@@ -13,11 +13,15 @@
 //! ```
 //!
 //! A DSN is sent with the null reverse-path `<>`, so it can never cause another one.
+//!
+//! A DSN about a message sent with `REQUIRETLS` (RFC 8689 §5) is itself sent with
+//! REQUIRETLS ([`params`]), and returns the original's header only, never its body:
+//! the way back to the sender may not be protected as the way out was.
 
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::message::{MessageMeta, RecipientMeta};
+use crate::message::{MailParams, MessageMeta, RecipientMeta};
 
 /// The largest original returned whole in a failure notice; a larger one is returned
 /// as its header only (Postfix's `bounce_size_limit`), so that a notice stays small.
@@ -64,6 +68,22 @@ pub fn wants_report(message: &MessageMeta, recipient: &RecipientMeta, action: Ds
     match recipient.dsn.notify {
         Some(bits) => bits & action.notify_bit() != 0,
         None => action != DsnAction::Delivered,
+    }
+}
+
+/// The MAIL FROM parameters of the DSN about `message`: `REQUIRETLS` when the message
+/// had it (RFC 8689 §5: the report travels under the same requirement), nothing else.
+///
+/// ```
+/// use mail_queue::{dsn, MessageMeta};
+/// # fn check(original: &MessageMeta) {
+/// assert_eq!(dsn::params(original).requiretls, original.params.requiretls);
+/// # }
+/// ```
+pub fn params(message: &MessageMeta) -> MailParams {
+    MailParams {
+        requiretls: message.params.requiretls,
+        ..MailParams::default()
     }
 }
 
@@ -185,6 +205,7 @@ pub fn build(
         }
     }
     let headers_only = message.params.ret == Some(true)
+        || message.params.requiretls
         || action != DsnAction::Failed
         || body.len() > RETURNED_CONTENT_LIMIT;
     let mut bytes = out.into_bytes();
@@ -329,6 +350,33 @@ mod tests {
             dsn.contains("Content-Type: text/rfc822-headers\r\n") && dsn.contains("Subject: s\r\n")
         );
         assert!(!dsn.contains("secret body"));
+    }
+
+    /// RFC 8689 §5: the report about a REQUIRETLS message is sent with REQUIRETLS and
+    /// returns the header only, even with RET=FULL; other reports carry no REQUIRETLS.
+    #[test]
+    fn a_requiretls_message_gets_a_requiretls_report_without_its_body() {
+        let mut m = failed_message();
+        assert!(!params(&m).requiretls);
+        m.params.requiretls = true;
+        m.params.ret = Some(false);
+        let p = params(&m);
+        assert!(p.requiretls);
+        assert_eq!(p.envid, None, "the report has no ENVID of its own");
+        let dsn = String::from_utf8(build(
+            &m,
+            b"Subject: s\r\n\r\nsecret body\r\n",
+            &[0],
+            DsnAction::Failed,
+            "h",
+        ))
+        .unwrap();
+        assert!(
+            dsn.contains("Content-Type: text/rfc822-headers\r\n"),
+            "{dsn}"
+        );
+        assert!(dsn.contains("Subject: s\r\n"), "{dsn}");
+        assert!(!dsn.contains("secret body"), "{dsn}");
     }
 
     #[test]

@@ -33,7 +33,9 @@ pub struct NewRecipient {
 }
 
 impl NewMessage {
-    /// Converts an accepted SMTP envelope.
+    /// Converts an accepted SMTP envelope. The priority is `MT-PRIORITY` as the
+    /// envelope has it (0 without): a server that lowers what untrusted clients ask for
+    /// sets [`MailParams::priority`] after this.
     pub fn from_envelope(envelope: &Envelope, source: impl Into<String>) -> Self {
         let from = match &envelope.from {
             ReversePath::Null => String::new(),
@@ -50,6 +52,7 @@ impl NewMessage {
             ret: p.ret.map(|r| matches!(r, Ret::Headers)),
             envid: p.envid.clone(),
             requiretls: p.requiretls,
+            priority: p.mt_priority.unwrap_or(0),
         };
         let recipients = envelope
             .recipients
@@ -115,6 +118,32 @@ pub struct MailParams {
     pub envid: Option<String>,
     /// `REQUIRETLS` was given.
     pub requiretls: bool,
+    /// The message's priority (RFC 6710), -9 (lowest) to 9 (highest), 0 by default:
+    /// when deliveries are limited, the queue starts higher ones first. Values outside
+    /// the range are clamped where they are used.
+    ///
+    /// Stored after the rest of the record (see [`MessageMeta`]'s encoding), so that
+    /// records written before it existed read as priority 0.
+    #[serde(skip)]
+    pub priority: i8,
+}
+
+impl MailParams {
+    /// [`MailParams::priority`], clamped to -9..=9.
+    pub fn priority(&self) -> i8 {
+        self.priority.clamp(-9, 9)
+    }
+}
+
+/// Fields added to the stored record after its first version, encoded after it: a
+/// record from before they existed ends where this would start, and decodes with the
+/// defaults; a newer program's record has it, and an older program reading it stops
+/// before it. A field added later goes at the end of this struct, and a record that
+/// ends before it then needs a decoding of its own (one per version).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Trailer {
+    /// [`MailParams::priority`].
+    priority: i8,
 }
 
 /// DSN parameters of one recipient (RFC 3461).
@@ -234,11 +263,83 @@ impl MessageMeta {
         self.spool.len
     }
 
+    /// The stored form: the record (postcard), then the [`Trailer`].
     pub(crate) fn encode(&self) -> Result<Vec<u8>, crate::QueueError> {
-        Ok(postcard::to_stdvec(self)?)
+        let mut bytes = postcard::to_stdvec(self)?;
+        let trailer = Trailer {
+            priority: self.params.priority,
+        };
+        bytes.extend_from_slice(&postcard::to_stdvec(&trailer)?);
+        Ok(bytes)
     }
 
+    /// Reads [`MessageMeta::encode`]'s form, or a record written before the trailer
+    /// existed (priority 0).
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, crate::QueueError> {
-        Ok(postcard::from_bytes(bytes)?)
+        let (mut meta, rest): (Self, _) = postcard::take_from_bytes(bytes)?;
+        if !rest.is_empty() {
+            let trailer: Trailer = postcard::from_bytes(rest)?;
+            meta.params.priority = trailer.priority;
+        }
+        Ok(meta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(id: u64, recipients: usize) -> MessageMeta {
+        MessageMeta {
+            id: QueueId(id),
+            received: 1_700_000_000 + id,
+            from: format!("sender{id}@example.test"),
+            params: MailParams {
+                envid: Some(format!("env{id}")),
+                ..MailParams::default()
+            },
+            source: "[192.0.2.1]".into(),
+            recipients: (0..recipients)
+                .map(|i| RecipientMeta {
+                    address: format!("rcpt{i}@example.test"),
+                    dsn: RecipientDsn::default(),
+                    state: RecipientState::Pending,
+                    last_reply: Some("451 4.4.1 later".into()),
+                })
+                .collect(),
+            spool: SpoolRef::default(),
+            attempts: 2,
+            next_attempt: 1_700_000_600,
+            last_error: None,
+            delay_warned: true,
+        }
+    }
+
+    #[test]
+    fn priority_survives_encoding() {
+        for priority in [-9, -1, 0, 6, 9] {
+            let mut meta = sample(7, 2);
+            meta.params.priority = priority;
+            let decoded = MessageMeta::decode(&meta.encode().unwrap()).unwrap();
+            assert_eq!(decoded, meta);
+            assert_eq!(decoded.params.priority(), priority);
+        }
+    }
+
+    #[test]
+    fn records_from_before_priorities_read_as_priority_0() {
+        // What `encode` wrote before the trailer: the record alone.
+        let meta = sample(8, 3);
+        let old = postcard::to_stdvec(&meta).unwrap();
+        let decoded = MessageMeta::decode(&old).unwrap();
+        assert_eq!(decoded, meta);
+        assert_eq!(decoded.params.priority(), 0);
+        // And the reverse: an older program reads a new record, trailer ignored (as
+        // `postcard::from_bytes`, its decoding, does).
+        let mut new = sample(9, 1);
+        new.params.priority = 5;
+        let read_by_old: MessageMeta = postcard::from_bytes(&new.encode().unwrap()).unwrap();
+        assert_eq!(read_by_old.id, new.id);
+        assert_eq!(read_by_old.params.priority, 0);
     }
 }

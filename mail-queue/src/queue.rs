@@ -1,5 +1,6 @@
 //! The queue: durable enqueue, recovery on start, and the delivery scheduler.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -70,6 +71,11 @@ pub struct QueueConfig {
     /// Tell senders their message is delayed once it has waited this long (RFC 3464
     /// `Action: delayed`); `None` (the default, like Postfix) sends no delay notices.
     pub delay_warning: Option<Duration>,
+    /// Start deliveries by priority ([`MailParams::priority`](crate::MailParams), RFC
+    /// 6710): when more messages are due than `max_concurrent_deliveries` lets start,
+    /// the highest priority goes first, then the oldest. Default on; off, every message
+    /// counts as priority 0 (oldest first).
+    pub priority_scheduling: bool,
 }
 
 impl Default for QueueConfig {
@@ -84,6 +90,7 @@ impl Default for QueueConfig {
             segment_size: 64 << 20,
             hostname: "localhost".into(),
             delay_warning: None,
+            priority_scheduling: true,
         }
     }
 }
@@ -121,12 +128,20 @@ pub(crate) struct Inner {
     stats: QueueStats,
 }
 
-/// Where every message stands in memory: waiting for its next attempt (by time), being
+/// Where every message stands in memory: waiting for its next attempt (by time), ready
+/// (its time has come, waiting for a free delivery slot, by priority then age), being
 /// delivered (or changed by the administrator), or held.
 #[derive(Debug, Default)]
 pub(crate) struct Schedule {
+    /// Waiting messages not yet moved to `ready`, by time.
     due: BTreeSet<(u64, QueueId)>,
+    /// Messages whose time has come, highest priority first, then oldest (queue ids
+    /// grow with acceptance time). Filled from `due` by [`Schedule::take_ready`].
+    ready: BTreeSet<(Reverse<i8>, QueueId)>,
+    /// When each waiting message (in `due` or `ready`) is due.
     due_at: HashMap<QueueId, u64>,
+    /// The priority of messages that have one other than 0, wherever they stand.
+    priorities: HashMap<QueueId, i8>,
     pub(crate) in_flight: HashSet<QueueId>,
     pub(crate) held: HashSet<QueueId>,
     /// Administrator actions on messages that were in flight, applied when the
@@ -139,6 +154,7 @@ impl Schedule {
     pub(crate) fn insert_due(&mut self, at: u64, id: QueueId) {
         if let Some(old) = self.due_at.insert(id, at) {
             self.due.remove(&(old, id));
+            self.ready.remove(&(Reverse(self.priority(id)), id));
         }
         self.due.insert((at, id));
     }
@@ -147,7 +163,60 @@ impl Schedule {
     pub(crate) fn remove_due(&mut self, id: QueueId) -> Option<u64> {
         let at = self.due_at.remove(&id)?;
         self.due.remove(&(at, id));
+        self.ready.remove(&(Reverse(self.priority(id)), id));
         Some(at)
+    }
+
+    /// Records the priority of `id` (before it is scheduled; kept while it is in the
+    /// queue, whatever happens to it).
+    pub(crate) fn set_priority(&mut self, id: QueueId, priority: i8) {
+        if priority == 0 {
+            self.priorities.remove(&id);
+        } else {
+            self.priorities.insert(id, priority);
+        }
+    }
+
+    fn priority(&self, id: QueueId) -> i8 {
+        self.priorities.get(&id).copied().unwrap_or(0)
+    }
+
+    /// Takes the message to start next among those due at `now`: the highest priority,
+    /// then the oldest. It is now in flight. `Err`: none is due, and when the next one
+    /// will be, if any.
+    pub(crate) fn take_ready(&mut self, now: u64) -> Result<QueueId, Option<u64>> {
+        while let Some(&(at, id)) = self.due.first() {
+            if at > now {
+                break;
+            }
+            self.due.pop_first();
+            self.ready.insert((Reverse(self.priority(id)), id));
+        }
+        let Some((_, id)) = self.ready.pop_first() else {
+            return Err(self.due.first().map(|&(at, _)| at));
+        };
+        self.due_at.remove(&id);
+        self.in_flight.insert(id);
+        Ok(id)
+    }
+
+    /// Forgets `id`'s priority once it has left the queue.
+    pub(crate) fn forget(&mut self, id: QueueId) {
+        self.priorities.remove(&id);
+        // Messages removed by the administrator leave theirs: drop those now and then.
+        let known = self.due_at.len() + self.in_flight.len() + self.held.len();
+        if self.priorities.len() > 2 * known + 1024 {
+            let Self {
+                priorities,
+                due_at,
+                in_flight,
+                held,
+                ..
+            } = self;
+            priorities.retain(|id, _| {
+                due_at.contains_key(id) || in_flight.contains(id) || held.contains(id)
+            });
+        }
     }
 
     /// Whether the schedule knows `id` (waiting, in flight or held).
@@ -200,6 +269,9 @@ impl Queue {
         store.scan(None, &mut |meta| {
             largest = largest.max(meta.id.0);
             spool.retain(&meta.spool);
+            if config.priority_scheduling {
+                schedule.set_priority(meta.id, meta.params.priority());
+            }
             // A finished message left by a crash still has its notifications to send:
             // the scheduler does that (and removes it) at once.
             if meta.is_finished() {
@@ -293,7 +365,7 @@ impl Queue {
         rx: oneshot::Receiver<Result<MessageMeta, QueueError>>,
     ) -> Result<QueueId, QueueError> {
         let meta = rx.await.map_err(|_| QueueError::Closed)??;
-        self.schedule_new(meta.id, meta.next_attempt);
+        self.schedule_new(&meta);
         count(&self.inner.stats.enqueued);
         Ok(meta.id)
     }
@@ -306,7 +378,7 @@ impl Queue {
     ) -> Result<QueueId, QueueError> {
         let (_, rx) = self.submit(message, JobBody::Parts(vec![Bytes::from(body)]), None)?;
         let meta = rx.blocking_recv().map_err(|_| QueueError::Closed)??;
-        self.schedule_new(meta.id, meta.next_attempt);
+        self.schedule_new(&meta);
         count(&self.inner.stats.enqueued);
         Ok(meta.id)
     }
@@ -358,9 +430,12 @@ impl Queue {
         Ok((id, rx))
     }
 
-    fn schedule_new(&self, id: QueueId, at: u64) {
+    fn schedule_new(&self, meta: &MessageMeta) {
         if let Ok(mut s) = self.inner.schedule.lock() {
-            s.insert_due(at, id);
+            if self.inner.config.priority_scheduling {
+                s.set_priority(meta.id, meta.params.priority());
+            }
+            s.insert_due(meta.next_attempt, meta.id);
         }
         self.inner.wake.notify_one();
     }
@@ -376,7 +451,7 @@ impl Queue {
         self.inner
             .schedule
             .lock()
-            .map_or(0, |s| s.due.len() + s.in_flight.len() + s.held.len())
+            .map_or(0, |s| s.due_at.len() + s.in_flight.len() + s.held.len())
     }
 
     /// Whether the queue is empty.
@@ -433,7 +508,7 @@ impl Queue {
             .schedule
             .lock()
             .map_or(QueueCounts::default(), |s| QueueCounts {
-                waiting: s.due.len() as u64,
+                waiting: s.due_at.len() as u64,
                 active: s.in_flight.len() as u64,
                 held: s.held.len() as u64,
             })
@@ -473,6 +548,11 @@ impl Queue {
     /// `delivery`, one request per destination domain, and their recipients updated
     /// (delivered, failed, or retried later by `retry_intervals`; expired after
     /// `max_age`). Deliveries in flight finish before it returns.
+    ///
+    /// At most `max_concurrent_deliveries` messages are delivered at once; when a slot
+    /// frees, it goes to the due message of highest priority, then the oldest
+    /// ([`QueueConfig::priority_scheduling`]). The delivery service may limit further
+    /// (per destination); the order in which it lets waiting requests go is its own.
     pub async fn run<S>(&self, delivery: S, shutdown: impl std::future::Future<Output = ()>)
     where
         S: DeliveryService,
@@ -516,15 +596,7 @@ impl Queue {
         let Ok(mut s) = self.inner.schedule.lock() else {
             return Err(None);
         };
-        match s.due.first().copied() {
-            Some((at, id)) if at <= now => {
-                s.remove_due(id);
-                s.in_flight.insert(id);
-                Ok(id)
-            }
-            Some((at, _)) => Err(Some(at)),
-            None => Err(None),
-        }
+        s.take_ready(now)
     }
 
     async fn process<S>(&self, id: QueueId, delivery: S)
@@ -558,8 +630,9 @@ impl Queue {
             let action = s.after_flight.remove(&id).filter(|_| next.is_some());
             if action.is_none() {
                 s.in_flight.remove(&id);
-                if let Some(at) = next {
-                    s.insert_due(at, id);
+                match next {
+                    Some(at) => s.insert_due(at, id),
+                    None => s.forget(id),
                 }
             }
             action
@@ -754,7 +827,8 @@ impl Queue {
         let report = dsn::build(meta, body, recipients, action, &self.inner.config.hostname);
         let message = NewMessage {
             from: String::new(),
-            params: crate::message::MailParams::default(),
+            // REQUIRETLS when the original had it (RFC 8689 §5).
+            params: dsn::params(meta),
             recipients: vec![crate::message::NewRecipient {
                 address: meta.from.clone(),
                 dsn: Default::default(),

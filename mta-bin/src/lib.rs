@@ -30,6 +30,7 @@ pub mod send;
 pub mod sendmail;
 pub mod serve;
 pub mod tls;
+pub mod tlsrpt;
 pub mod verify;
 
 pub use serve::{Mta, MtaBuilder};

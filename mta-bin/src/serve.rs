@@ -229,6 +229,9 @@ fn give_up_root(config: &Config) -> anyhow::Result<()> {
     }
     user.prepare_dir(&config.queue.path)?;
     user.prepare_dir(&config.data_dir())?;
+    if let Some(cache) = &config.outbound.mta_sts_cache {
+        user.prepare_dir(cache)?;
+    }
     if let Some(parent) = config.sendmail.socket.as_deref().and_then(|s| s.parent()) {
         user.prepare_dir(parent)?;
     }
@@ -287,6 +290,8 @@ struct Counters {
     door_dns: Arc<auth_checks::DnsStats>,
     /// The rate limits' tables and the greylisting state.
     defences: Defences,
+    /// The TLS report counts (`[tls_reports]`, RFC 8460); `None` when off.
+    tls_rpt: Option<Arc<crate::tlsrpt::Aggregator>>,
 }
 
 /// The rate limits and the greylist of a running MTA: their tables and state (and
@@ -454,6 +459,9 @@ impl Parts {
             .first()
             .map(|d| format!("postmaster@{d}"));
         let remote = remote_delivery(config, resolver, forwarding)?;
+        if let (Some(sink), Some(reports)) = (&counters.tls_rpt, remote.tls_reports()) {
+            reports.forward_to(Arc::clone(sink) as _);
+        }
         Ok(Self {
             server_config: server_config(config, tls, queue)?,
             stages,
@@ -571,7 +579,11 @@ impl Mta {
         };
         #[cfg(unix)]
         give_up_root(&config)?;
-        let counters = Counters::default();
+        let counters = Counters {
+            tls_rpt: crate::tlsrpt::Settings::from_config(&config)
+                .map(|s| Arc::new(crate::tlsrpt::Aggregator::open(s))),
+            ..Counters::default()
+        };
         let queue = Queue::open(queue_settings.clone()).with_context(|| {
             let path = config.queue.path.display();
             match &config.user {
@@ -591,6 +603,16 @@ impl Mta {
         } = Parts::build(&config, &queue, &counters, &custom)?;
         counters.defences.commit(defences);
         let injected = Arc::new(std::sync::RwLock::new(stages.clone()));
+        let tls_reporter = match &counters.tls_rpt {
+            Some(aggregator) => Some(crate::tlsrpt::Reporter::new(
+                Arc::clone(aggregator),
+                resolver(&config)?,
+                config.outbound.mta_sts_timeout,
+                Arc::clone(&injected),
+                Arc::clone(&outbound_config(&config)?.0.tls_configs.verified),
+            )),
+            None => None,
+        };
         let max_message = server_config.limits.max_message_size;
         let server = Server::with_listeners(server_config, stages, bound)?;
         let addrs = server.local_addrs();
@@ -633,6 +655,9 @@ impl Mta {
                 sources,
                 wait(stop.subscribe()),
             )));
+        }
+        if let Some(reporter) = tls_reporter {
+            tasks.push(tokio::spawn(reporter.run(wait(stop.subscribe()))));
         }
         #[cfg(unix)]
         {
@@ -770,6 +795,14 @@ fn remote_delivery(
 ) -> anyhow::Result<Remote> {
     let o = &config.outbound;
     let (outbound, relay) = outbound_config(config)?;
+    // DANE (RFC 7672): the validating resolver, asked once per MX host.
+    let dane = match o.dane {
+        crate::config::Dane::On => Some(dns_mx::DaneResolver::new(dns_mx::DaneConfig {
+            resolver: o.dane_resolver,
+            ..dns_mx::DaneConfig::default()
+        })?),
+        crate::config::Dane::Off => None,
+    };
     Ok(Remote::new(
         resolver,
         RemoteConfig {
@@ -779,6 +812,15 @@ fn remote_delivery(
             max_messages_per_connection: o.max_messages_per_connection,
             idle_timeout: o.idle_timeout,
             forwarding,
+            mta_sts: (o.mta_sts == crate::config::MtaSts::On).then(|| crate::delivery::StsConfig {
+                cache_dir: o
+                    .mta_sts_cache
+                    .clone()
+                    .unwrap_or_else(|| config.queue.path.join("mta-sts")),
+                timeout: o.mta_sts_timeout,
+                port: o.mta_sts_port,
+            }),
+            dane,
         },
     ))
 }
@@ -876,6 +918,7 @@ pub(crate) fn queue_config(config: &Config) -> QueueConfig {
         max_concurrent_deliveries: q.max_concurrent_deliveries,
         hostname: config.hostname.clone(),
         delay_warning: q.delay_warning,
+        priority_scheduling: q.honour_mt_priority,
         ..QueueConfig::default()
     }
 }
@@ -1005,7 +1048,10 @@ fn stages(
     // Aliases expand last: the filters before them see the recipients as the client
     // gave them (as Postfix's cleanup expands after smtpd).
     let aliases = crate::aliases::Aliases::from_config(config, mailboxes)?.map(Arc::new);
-    let mut enqueue = Stages::new(Enqueue { queue });
+    let mut enqueue = Stages::new(Enqueue {
+        queue,
+        priorities: Arc::new(Priorities::from_config(config)),
+    });
     if let Some(aliases) = &aliases {
         enqueue = enqueue.data_layer(filter(aliases.data_check()));
     }
@@ -1094,6 +1140,7 @@ pub struct QueuedAs(pub mail_queue::QueueId);
 #[derive(Clone, Debug)]
 struct Enqueue {
     queue: Queue,
+    priorities: Arc<Priorities>,
 }
 
 impl tower::Service<DataRequest> for Enqueue {
@@ -1107,13 +1154,15 @@ impl tower::Service<DataRequest> for Enqueue {
 
     fn call(&mut self, request: DataRequest) -> Self::Future {
         let queue = self.queue.clone();
+        let priorities = Arc::clone(&self.priorities);
         Box::pin(async move {
             let session = &request.session;
             let source = match &session.authenticated {
                 Some(user) if session.protocol == SessionInfo::LOCAL => format!("local {user}"),
                 _ => format!("[{}]", session.peer.ip()),
             };
-            let message = NewMessage::from_envelope(&request.envelope, source);
+            let mut message = NewMessage::from_envelope(&request.envelope, source);
+            message.params.priority = priorities.of(session, request.envelope.params.mt_priority);
             let DataRequest {
                 added_headers,
                 body,
@@ -1150,5 +1199,122 @@ impl tower::Service<DataRequest> for Enqueue {
                 }
             }
         })
+    }
+}
+
+/// The priority a message is queued with (RFC 6710): what a login or a trusted network
+/// asks for with `MT-PRIORITY`, else the login's `[[account]] priority`, else the
+/// listener's `[[listener]] priority`. Anyone else may ask for a lower priority than
+/// the listener's, never a higher one (RFC 6710 §5 lets a server lower it).
+#[derive(Debug, Default)]
+struct Priorities {
+    /// `[[listener]]` addresses with a priority other than 0.
+    listeners: Vec<(std::net::SocketAddr, i8)>,
+    /// `[[account]]` logins with a priority other than 0.
+    accounts: std::collections::HashMap<String, i8>,
+    trusted: Vec<smtp_server::filters::IpNetwork>,
+}
+
+impl Priorities {
+    fn from_config(config: &Config) -> Self {
+        Self {
+            listeners: config
+                .listeners
+                .iter()
+                .filter(|l| l.priority != 0)
+                .map(|l| (l.address, l.priority))
+                .collect(),
+            accounts: config
+                .accounts
+                .iter()
+                .filter(|a| a.priority != 0)
+                .map(|a| (a.username.clone(), a.priority))
+                .collect(),
+            trusted: config.relay.trusted_networks.clone(),
+        }
+    }
+
+    /// The priority of a message of `session` whose MAIL FROM had `asked`.
+    fn of(&self, session: &SessionInfo, asked: Option<i8>) -> i8 {
+        let listener = self
+            .listeners
+            .iter()
+            .find(|(a, _)| *a == session.local)
+            .or_else(|| {
+                // A listener on the unspecified address (`0.0.0.0:587`), by its port.
+                self.listeners
+                    .iter()
+                    .find(|(a, _)| a.ip().is_unspecified() && a.port() == session.local.port())
+            })
+            .map_or(0, |&(_, p)| p);
+        let trusted = session.authenticated.is_some()
+            || self.trusted.iter().any(|n| n.contains(session.peer.ip()));
+        let default = session
+            .authenticated
+            .as_ref()
+            .and_then(|user| self.accounts.get(user).copied())
+            .unwrap_or(listener);
+        let priority = match asked {
+            Some(asked) if trusted => asked,
+            Some(asked) => asked.min(default),
+            None => default,
+        };
+        priority.clamp(-9, 9)
+    }
+}
+
+#[cfg(test)]
+mod priority_tests {
+    use super::*;
+
+    fn priorities() -> Priorities {
+        Priorities {
+            listeners: vec![
+                ("127.0.0.1:2525".parse().unwrap(), 3),
+                ("0.0.0.0:587".parse().unwrap(), 2),
+            ],
+            accounts: [("bulk@mx.test".to_owned(), -4)].into_iter().collect(),
+            trusted: vec!["192.0.2.0/24".parse().unwrap()],
+        }
+    }
+
+    fn session(peer: &str, local: &str, login: Option<&str>) -> SessionInfo {
+        let mut session = SessionInfo::local("nobody");
+        session.peer = peer.parse().unwrap();
+        session.local = local.parse().unwrap();
+        session.protocol = "ESMTP";
+        session.authenticated = login.map(str::to_owned);
+        session
+    }
+
+    #[test]
+    fn untrusted_clients_may_only_lower_their_listeners_priority() {
+        let p = priorities();
+        let stranger = session("198.51.100.7:4000", "127.0.0.1:2525", None);
+        assert_eq!(p.of(&stranger, None), 3);
+        assert_eq!(p.of(&stranger, Some(9)), 3);
+        assert_eq!(p.of(&stranger, Some(-2)), -2);
+        // A listener on every address, found by its port; none: 0.
+        let elsewhere = session("198.51.100.7:4000", "10.0.0.1:587", None);
+        assert_eq!(p.of(&elsewhere, Some(5)), 2);
+        let unlisted = session("198.51.100.7:4000", "10.0.0.1:25", None);
+        assert_eq!(p.of(&unlisted, Some(5)), 0);
+        assert_eq!(p.of(&unlisted, Some(-9)), -9);
+    }
+
+    #[test]
+    fn logins_and_trusted_networks_get_what_they_ask_for() {
+        let p = priorities();
+        let trusted = session("192.0.2.9:4000", "127.0.0.1:2525", None);
+        assert_eq!(p.of(&trusted, Some(9)), 9);
+        assert_eq!(p.of(&trusted, None), 3);
+        let bulk = session("198.51.100.7:4000", "127.0.0.1:2525", Some("bulk@mx.test"));
+        assert_eq!(p.of(&bulk, None), -4);
+        assert_eq!(p.of(&bulk, Some(6)), 6);
+        let ann = session("198.51.100.7:4000", "127.0.0.1:2525", Some("ann@mx.test"));
+        assert_eq!(p.of(&ann, None), 3);
+        // Mail submitted on this machine (`sendmail`) is a login on no listener.
+        assert_eq!(p.of(&SessionInfo::local("userid 1000"), Some(7)), 7);
+        assert_eq!(p.of(&SessionInfo::local("userid 1000"), None), 0);
     }
 }

@@ -21,12 +21,18 @@
 //!   [`TlsPolicy`] (opportunistic, required with certificate checks, disabled),
 //!   implicit TLS and AUTH for relays, and a message checked against what the server
 //!   offers (SIZE, 8BITMIME, SMTPUTF8, REQUIRETLS, DSN) before it is sent.
+//! - [`DaneTls`]: DANE (RFC 7672): a server authenticated by its TLSA records
+//!   ([`Tlsa`], DANE-TA and DANE-EE), STARTTLS mandatory.
+//! - [`mta_sts`]: MTA-STS (RFC 8461): the TXT record, the policy and its HTTPS fetch,
+//!   MX pattern matching, a policy cache that survives restarts, TLS report events.
 
 #![forbid(unsafe_code)]
 
 mod connection;
+mod dane;
 mod error;
 mod mailer;
+pub mod mta_sts;
 mod outbound;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -37,6 +43,7 @@ mod tls;
 pub use smtp_proto;
 
 pub use connection::{Connection, Timeouts};
+pub use dane::{DaneTls, Tlsa};
 pub use error::ClientError;
 pub use mailer::Mailer;
 pub use outbound::{ClientStream, OutboundConfig, OutboundMessage, Session};

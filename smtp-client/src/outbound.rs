@@ -48,6 +48,12 @@ pub struct OutboundConfig {
     /// ([`ClientError::Loop`], as Postfix does). On by default; a client that names
     /// the server itself (a submission client) has no loop to fear.
     pub detect_loops: bool,
+    /// DANE (RFC 7672) for this host: its secure TLSA records. When set, STARTTLS is
+    /// mandatory and the certificate is judged by the records alone, whatever `tls`
+    /// says; a server that does not offer STARTTLS or fails the check is deferred
+    /// (`451 4.7.5`), never sent to in plaintext. Set per host, by the caller that
+    /// looked the records up. Default none.
+    pub dane: Option<crate::DaneTls>,
 }
 
 impl OutboundConfig {
@@ -64,6 +70,7 @@ impl OutboundConfig {
             timeouts: Timeouts::default(),
             chunking: true,
             detect_loops: true,
+            dane: None,
         }
     }
 }
@@ -75,7 +82,7 @@ pub struct OutboundMessage {
     /// MAIL FROM.
     pub from: ReversePath,
     /// MAIL FROM parameters as the message was received (DSN parameters are dropped
-    /// when the server does not offer DSN).
+    /// when the server does not offer DSN, `MT-PRIORITY` when it does not offer that).
     pub params: MailParameters,
     /// The recipients and their DSN parameters.
     pub recipients: Vec<(ForwardPath, RcptParameters)>,
@@ -129,6 +136,7 @@ impl Session {
                 // plaintext is allowed, on a new connection (not with a login to send).
                 Err(e @ ClientError::Tls { .. })
                     if config.tls == TlsPolicy::Opportunistic
+                        && config.dane.is_none()
                         && !config.implicit_tls
                         && config.auth.is_none() =>
                 {
@@ -191,7 +199,8 @@ impl Session {
         conn.hello(helo.clone()).await?;
         let mut tls = config.implicit_tls;
         let offers_starttls = conn.capabilities().is_some_and(|c| c.starttls);
-        if !tls && try_tls && config.tls != TlsPolicy::Disabled && offers_starttls {
+        let tls_wanted = config.tls != TlsPolicy::Disabled || config.dane.is_some();
+        if !tls && try_tls && tls_wanted && offers_starttls {
             let reply = conn.command(Command::StartTls).await?;
             if reply.code() == ReplyCode::SERVICE_READY {
                 let connector = TlsConnector::from(Arc::clone(tls_config(config)));
@@ -209,11 +218,11 @@ impl Session {
                 conn.tls_established();
                 conn.hello(helo).await?;
                 tls = true;
-            } else if config.tls == TlsPolicy::Required {
+            } else if config.tls == TlsPolicy::Required || config.dane.is_some() {
                 return Err(ClientError::tls(format!("STARTTLS refused: {}", reply)));
             }
         }
-        if config.tls == TlsPolicy::Required && !tls {
+        if (config.tls == TlsPolicy::Required || config.dane.is_some()) && !tls {
             return Err(ClientError::tls(format!(
                 "{host} does not offer STARTTLS and TLS is required"
             )));
@@ -250,6 +259,12 @@ impl Session {
     /// Whether TLS protects the session.
     pub fn is_tls(&self) -> bool {
         self.tls
+    }
+
+    /// Whether the server offers `REQUIRETLS` (RFC 8689 §2) and the session is under
+    /// TLS: the condition for carrying a REQUIRETLS message on it.
+    pub fn offers_requiretls(&self) -> bool {
+        self.tls && self.conn.capabilities().is_some_and(|c| c.requiretls)
     }
 
     /// Sends one message; returns one reply per recipient (the server's, or ours when
@@ -320,6 +335,8 @@ impl Session {
             },
             smtputf8: utf8,
             requiretls: message.params.requiretls,
+            // RFC 6710 §4.1: passed on to a server that offers it, else dropped.
+            mt_priority: message.params.mt_priority.filter(|_| caps.mt_priority),
             ..MailParameters::default()
         };
         let mut recipients = message.recipients.clone();
@@ -357,6 +374,10 @@ impl Session {
 /// The verifying configuration under `Required` and whenever a login is to be sent
 /// (a password goes only to a server that proves its name); otherwise any certificate.
 fn tls_config(config: &OutboundConfig) -> &Arc<rustls::ClientConfig> {
+    if let Some(dane) = &config.dane {
+        // DANE: the TLSA records judge the certificate (a login too).
+        return dane.client_config();
+    }
     match config.tls {
         _ if config.auth.is_some() => &config.tls_configs.verified,
         TlsPolicy::Required => &config.tls_configs.verified,
@@ -366,10 +387,17 @@ fn tls_config(config: &OutboundConfig) -> &Arc<rustls::ClientConfig> {
 
 /// A failed handshake, said so that the operator knows what to do about it.
 fn handshake_error(host: &str, config: &OutboundConfig, e: std::io::Error) -> ClientError {
-    let certificate = e
+    let rustls_error = e
         .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let certificate = matches!(rustls_error, Some(rustls::Error::InvalidCertificate(_)));
+    // rustls shows a verifier's own reason (DANE's) in its Debug form: say it plainly.
+    let e = match rustls_error {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+            std::io::Error::other(format!("invalid peer certificate: {}", other.0))
+        }
+        _ => e,
+    };
     if certificate && config.auth.is_some() {
         ClientError::tls_from(
             format!(

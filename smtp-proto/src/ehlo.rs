@@ -44,7 +44,11 @@ pub struct Capabilities {
     pub dsn: bool,
     /// `REQUIRETLS` (RFC 8689)
     pub requiretls: bool,
-    /// `MT-PRIORITY` (RFC 6710)
+    /// `MT-PRIORITY` (RFC 6710 §3). A server advertises the bare keyword: it names no
+    /// priority assignment policy (RFC 6710 §9: MIXER, STANAG4406, NSEP), since it
+    /// keeps the 19 levels as they are and only orders deliveries by them. A policy name
+    /// after the keyword in a reply read with [`Capabilities::from_reply`] is accepted
+    /// and not kept.
     pub mt_priority: bool,
     /// Any other keyword, upper-cased, with its parameters as sent.
     pub other: Vec<(String, String)>,
@@ -177,6 +181,26 @@ mod tests {
             vec![Mechanism::Login, Mechanism::Plain, Mechanism::XOAuth2]
         );
         assert_eq!(caps.other, vec![("X-EXPS".to_owned(), "GSSAPI".to_owned())]);
+    }
+
+    #[test]
+    fn mt_priority_with_or_without_a_policy() {
+        for line in ["MT-PRIORITY", "MT-PRIORITY MIXER", "mt-priority STANAG4406"] {
+            let reply = Reply::plain(ReplyCode::OK, format!("mx\n{line}"));
+            let caps = Capabilities::from_reply(&reply);
+            assert!(caps.mt_priority, "{line}");
+            assert!(caps.other.is_empty(), "{line}");
+        }
+        let reply = Reply::plain(ReplyCode::OK, "mx\nX-MT-PRIORITY");
+        assert!(!Capabilities::from_reply(&reply).mt_priority);
+        let caps = Capabilities {
+            mt_priority: true,
+            ..Capabilities::default()
+        };
+        assert_eq!(
+            caps.to_reply("h").to_bytes(),
+            b"250-h\r\n250 MT-PRIORITY\r\n"
+        );
     }
 
     #[test]

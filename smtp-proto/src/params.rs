@@ -170,7 +170,9 @@ pub struct MailParameters {
     pub auth: Option<ReversePath>,
     /// `REQUIRETLS` (RFC 8689).
     pub requiretls: bool,
-    /// `MT-PRIORITY=` (RFC 6710), -9 to 9.
+    /// `MT-PRIORITY=` (RFC 6710 §3), -9 (lowest) to 9 (highest); 0 is the priority of
+    /// mail without the parameter. What the client asked for: whether it is honoured is
+    /// the receiving server's policy (RFC 6710 §5 lets a server lower it).
     pub mt_priority: Option<i8>,
 }
 
@@ -218,6 +220,21 @@ fn for_each_param(
         apply(keyword, value)?;
     }
     Ok(())
+}
+
+/// An `MT-PRIORITY` value (RFC 6710 §3: `priority-value = ["+" / "-"] DIGIT`): one
+/// digit with an optional sign, so -9 to 9. `None` for anything else (`10`, `05`, `x`).
+fn parse_priority(value: &str) -> Option<i8> {
+    let (negative, digit) = match value.as_bytes() {
+        [b'-', d] => (true, *d),
+        [b'+', d] | [d] => (false, *d),
+        _ => return None,
+    };
+    if !digit.is_ascii_digit() {
+        return None;
+    }
+    let magnitude = (digit - b'0') as i8;
+    Some(if negative { -magnitude } else { magnitude })
 }
 
 /// `str::split` on an ASCII byte, without the char-searcher machinery.
@@ -320,11 +337,8 @@ impl MailParameters {
                 };
                 set_once(&mut p.auth, auth, "AUTH")
             } else if keyword.eq_ignore_ascii_case("MT-PRIORITY") {
-                let v: i8 = value.and_then(|v| v.parse().ok()).ok_or_else(invalid)?;
-                if !(-9..=9).contains(&v) {
-                    return Err(invalid());
-                }
-                set_once(&mut p.mt_priority, v, "MT-PRIORITY")
+                let priority = value.and_then(parse_priority).ok_or_else(invalid)?;
+                set_once(&mut p.mt_priority, priority, "MT-PRIORITY")
             } else {
                 Err(Error::UnknownParameter(
                     truncate(keyword).to_ascii_uppercase(),
@@ -545,6 +559,15 @@ mod tests {
             "BODY=FOO",
             "SMTPUTF8=yes",
             "MT-PRIORITY=10",
+            "MT-PRIORITY=-10",
+            "MT-PRIORITY=05",
+            "MT-PRIORITY=+",
+            "MT-PRIORITY=-",
+            "MT-PRIORITY=x",
+            "MT-PRIORITY=1.5",
+            "MT-PRIORITY",
+            "MT-PRIORITY=",
+            "MT-PRIORITY=1 MT-PRIORITY=2",
             "RET=ALL",
             "ENVID=a+2",
             "SIZE=1 SIZE=2",
@@ -567,6 +590,93 @@ mod tests {
             MailParameters::parse("XYZ"),
             Err(Error::UnknownParameter("XYZ".into()))
         );
+    }
+
+    #[test]
+    fn mt_priority_values() {
+        for (text, value) in [
+            ("MT-PRIORITY=0", 0),
+            ("MT-PRIORITY=9", 9),
+            ("MT-PRIORITY=-9", -9),
+            ("MT-PRIORITY=+6", 6),
+            ("MT-PRIORITY=-0", 0),
+            ("mt-priority=3", 3),
+        ] {
+            assert_eq!(
+                MailParameters::parse(text).unwrap().mt_priority,
+                Some(value),
+                "{text}"
+            );
+        }
+        for p in -9..=9 {
+            let params = MailParameters {
+                mt_priority: Some(p),
+                ..MailParameters::default()
+            };
+            let mut out = Vec::new();
+            params.encode(&mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(MailParameters::parse(text.trim_start()).unwrap(), params);
+        }
+        assert_eq!(
+            MailParameters::parse("MT-PRIORITY=12"),
+            Err(Error::InvalidParameter("MT-PRIORITY".into()))
+        );
+        assert_eq!(
+            MailParameters::parse("MT-PRIORITY=1 MT-PRIORITY=2"),
+            Err(Error::DuplicateParameter("MT-PRIORITY".into()))
+        );
+    }
+
+    /// The replies of a session (extension on or off) to EHLO and then `mail`.
+    fn mail_replies(mt_priority: bool, mail: &str) -> (String, Option<MailParameters>) {
+        use std::sync::Arc;
+
+        use crate::{Event, Extensions, ServerConfig, ServerSession};
+        let config = ServerConfig {
+            extensions: Extensions {
+                mt_priority,
+                ..Extensions::default()
+            },
+            ..ServerConfig::default()
+        };
+        let mut session = ServerSession::new(Arc::new(config));
+        let mut accepted = None;
+        session.poll_event();
+        session.accept();
+        session.receive(format!("EHLO c.test\r\n{mail}\r\n").as_bytes());
+        while let Some(event) = session.poll_event() {
+            if let Event::Mail { params, .. } = &event {
+                accepted = Some(params.clone());
+            }
+            session.accept();
+        }
+        let output = String::from_utf8(session.pending_output().to_vec()).unwrap();
+        (output, accepted)
+    }
+
+    #[test]
+    fn mt_priority_in_a_session() {
+        let (output, params) = mail_replies(true, "MAIL FROM:<a@b.test> MT-PRIORITY=6");
+        assert!(output.contains("250 MT-PRIORITY\r\n"), "{output}");
+        assert!(output.ends_with("250 2.1.0 Sender OK\r\n"), "{output}");
+        assert_eq!(params.unwrap().mt_priority, Some(6));
+        for bad in ["MT-PRIORITY=10", "MT-PRIORITY=high", "MT-PRIORITY"] {
+            let (output, params) = mail_replies(true, &format!("MAIL FROM:<a@b.test> {bad}"));
+            assert!(
+                output.ends_with("\r\n501 5.5.4 Invalid value for parameter MT-PRIORITY\r\n"),
+                "{bad}: {output}"
+            );
+            assert_eq!(params, None);
+        }
+        // Not offered: the parameter is unknown (RFC 5321 §4.1.1.11).
+        let (output, params) = mail_replies(false, "MAIL FROM:<a@b.test> MT-PRIORITY=6");
+        assert!(!output.contains("250 MT-PRIORITY"), "{output}");
+        assert!(
+            output.ends_with("\r\n555 5.5.4 Unsupported parameter MT-PRIORITY\r\n"),
+            "{output}"
+        );
+        assert_eq!(params, None);
     }
 
     #[test]

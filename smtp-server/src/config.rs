@@ -355,6 +355,10 @@ impl ServerConfig {
             extensions: Extensions {
                 starttls: self.tls.is_some() && mode != ListenerMode::Smtps,
                 auth,
+                // RFC 6710: offered to everyone; what a client asks for is honoured or
+                // lowered by policy after acceptance (docs/configuration.md). No
+                // priority matters in final delivery over LMTP.
+                mt_priority: !lmtp,
                 ..Extensions::default()
             },
             ..smtp_proto::ServerConfig::default()

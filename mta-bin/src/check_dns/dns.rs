@@ -1,4 +1,5 @@
-//! DNS lookups for `mta check-dns`, each bounded in time: the resolver dns-mx builds
+//! DNS lookups for `mta check-dns` (and the MTA-STS TXT lookup of remote delivery),
+//! each bounded in time: the resolver dns-mx builds
 //! (the given nameservers, or the system's), asked for any record type.
 
 use std::net::{IpAddr, SocketAddr};
@@ -36,7 +37,7 @@ impl std::fmt::Display for Failure {
 pub(crate) type Answer<T> = Result<Vec<T>, Failure>;
 
 /// A resolver whose every query ends within `timeout`.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(crate) struct Dns {
     resolver: TokioResolver,
     timeout: Duration,
@@ -55,6 +56,11 @@ impl Dns {
             resolver: mx.resolver().clone(),
             timeout,
         })
+    }
+
+    /// Asks through `resolver` (the one remote delivery uses, for MTA-STS).
+    pub(crate) fn with_resolver(resolver: TokioResolver, timeout: Duration) -> Self {
+        Self { resolver, timeout }
     }
 
     /// The records of type `rtype` at `name` (other types in the answer, such as the

@@ -14,8 +14,7 @@
 //! warning. The exit code is 0 when nothing failed, 1 when something did, 2 when the
 //! command could not run (a bad option or configuration).
 
-mod dns;
-mod https;
+pub(crate) mod dns;
 mod records;
 
 use std::net::{IpAddr, SocketAddr};
@@ -31,7 +30,8 @@ use serde::Serialize;
 
 use crate::config::{Config, ListenerMode, parse_duration};
 use dns::{Dns, Failure};
-use records::{StsPolicy, Verdict};
+use records::Verdict;
+use smtp_client::mta_sts::{self, PolicyFields};
 
 /// `mta check-dns` and its options.
 #[derive(Args, Debug)]
@@ -553,23 +553,15 @@ impl Checker<'_> {
             }
         };
         // One request takes longer than one query: twice the DNS time (10 s by default).
-        let timeout = self.timeout.saturating_mul(2);
-        let port = self.https_port;
-        let fetch_host = host.clone();
-        let fetched = tokio::task::spawn_blocking(move || {
-            https::get(
-                &fetch_host,
-                &addresses,
-                port,
-                "/.well-known/mta-sts.txt",
-                tls,
-                timeout,
-            )
-        })
-        .await;
-        let response = match fetched {
-            Ok(Ok(response)) => response,
-            Ok(Err(https::FetchError::TimedOut)) => {
+        let fetch = mta_sts::FetchConfig {
+            port: self.https_port,
+            timeout: self.timeout.saturating_mul(2),
+            tls,
+        };
+        let response = match mta_sts::get(&host, &addresses, mta_sts::WELL_KNOWN_PATH, &fetch).await
+        {
+            Ok(response) => response,
+            Err(mta_sts::PolicyError::TimedOut(timeout)) => {
                 return Verdict::warn(
                     format!(
                         "{url}: no answer within {}",
@@ -578,7 +570,7 @@ impl Checker<'_> {
                     format!("check that {host} serves HTTPS"),
                 );
             }
-            Ok(Err(https::FetchError::Failed(e))) => {
+            Err(e) => {
                 return Verdict::fail(
                     format!("{url}: {e}"),
                     format!(
@@ -586,7 +578,6 @@ impl Checker<'_> {
                     ),
                 );
             }
-            Err(e) => return Verdict::warn(format!("{url}: {e}"), "retry"),
         };
         if (300..400).contains(&response.status) {
             return Verdict::fail(
@@ -608,7 +599,7 @@ impl Checker<'_> {
             );
         }
         let text = String::from_utf8_lossy(&response.body);
-        let verdict = records::mta_sts_policy(&StsPolicy::parse(&text), &exchangers.hosts);
+        let verdict = records::mta_sts_policy(&PolicyFields::parse(&text), &exchangers.hosts);
         let plain = response
             .content_type
             .as_deref()

@@ -2,6 +2,8 @@
 //! `tag=value` records (DKIM, DMARC, MTA-STS, TLS-RPT, BIMI) and the MTA-STS policy
 //! file. Each judgement is a [`Verdict`]: a status, what was found, and the fix.
 
+use smtp_client::mta_sts::{MAX_AGE_LIMIT, PolicyFields as StsPolicy, StsRecord, mx_matches};
+
 use super::Status;
 
 /// What a check concluded: its status, what was found, and what to do.
@@ -277,11 +279,23 @@ pub(crate) fn mta_sts_record(domain: &str, records: &[String]) -> (Verdict, bool
     };
     let tags = tags(record);
     let shown = format!("\"{record}\"");
+    // What senders read, by the parser remote delivery uses.
+    let parsed = StsRecord::parse(record);
     match tag(&tags, "id") {
+        Some(_) if parsed.is_ok() => (Verdict::ok(shown), true),
         Some(id)
             if (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric()) =>
         {
-            (Verdict::ok(shown), true)
+            (
+                Verdict::fail(
+                    format!(
+                        "{shown}: senders read no policy ({})",
+                        parsed.err().map(|e| e.to_string()).unwrap_or_default()
+                    ),
+                    format!("publish exactly \"v=STSv1; id={id}\""),
+                ),
+                false,
+            )
         }
         Some(id) => (
             Verdict::fail(
@@ -299,40 +313,6 @@ pub(crate) fn mta_sts_record(domain: &str, records: &[String]) -> (Verdict, bool
         ),
     }
 }
-
-/// An MTA-STS policy (RFC 8461 §3.2).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct StsPolicy {
-    pub(crate) version: Option<String>,
-    pub(crate) mode: Option<String>,
-    pub(crate) max_age: Option<String>,
-    pub(crate) mx: Vec<String>,
-}
-
-impl StsPolicy {
-    /// Reads the `key: value` lines (CRLF or LF); unknown keys are ignored, and of
-    /// repeated keys other than `mx` the first counts, as RFC 8461 §3.2 says.
-    pub(crate) fn parse(text: &str) -> Self {
-        let mut policy = Self::default();
-        for line in text.lines() {
-            let Some((key, value)) = line.split_once(':') else {
-                continue;
-            };
-            let value = value.trim().to_owned();
-            match key.trim() {
-                "version" if policy.version.is_none() => policy.version = Some(value),
-                "mode" if policy.mode.is_none() => policy.mode = Some(value),
-                "max_age" if policy.max_age.is_none() => policy.max_age = Some(value),
-                "mx" => policy.mx.push(value),
-                _ => {}
-            }
-        }
-        policy
-    }
-}
-
-/// The largest `max_age` (RFC 8461 §3.2: about a year).
-const MAX_AGE_LIMIT: u64 = 31_557_600;
 
 /// Judges a fetched policy against the domain's MX hosts (`mx_hosts`, empty for a null
 /// MX or when they are unknown).
@@ -415,19 +395,6 @@ pub(crate) fn mta_sts_policy(policy: &StsPolicy, mx_hosts: &[String]) -> Verdict
             "use a max_age of weeks (604800 or more)",
         ),
         _ => Verdict::ok(found),
-    }
-}
-
-/// Whether an MTA-STS `mx:` pattern matches `host` (RFC 8461 §4.1): equal, or
-/// `*.example.org` matching exactly one more label on the left.
-pub(crate) fn mx_matches(pattern: &str, host: &str) -> bool {
-    let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    match pattern.strip_prefix("*.") {
-        Some(suffix) => host
-            .split_once('.')
-            .is_some_and(|(first, rest)| !first.is_empty() && rest == suffix),
-        None => pattern == host,
     }
 }
 
@@ -628,6 +595,10 @@ mod tests {
         assert_eq!((v.status, fetch), (Status::Ok, true));
         let (v, fetch) = mta_sts_record("example.org", &records(&["v=STSv1; id=a-b"]));
         assert_eq!((v.status, fetch), (Status::Fail, false));
+        // Senders want v=STSv1 exactly as the RFC spells it.
+        let (v, fetch) = mta_sts_record("example.org", &records(&["V=stsv1; id=2025a"]));
+        assert_eq!((v.status, fetch), (Status::Fail, false), "{v:?}");
+        assert!(v.found.contains("senders read no policy"), "{v:?}");
         let (v, fetch) = mta_sts_record("example.org", &records(&[]));
         assert_eq!((v.status, fetch), (Status::Warn, false));
 

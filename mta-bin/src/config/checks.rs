@@ -2,7 +2,7 @@
 //! what only the system can tell (users, certificates, keys), and risky settings.
 
 use super::problems::{At, Document, Problems};
-use super::{Config, DefenceMode, ListenerMode, OutboundTls, RelayTls, Tls};
+use super::{Config, Dane, DefenceMode, ListenerMode, OutboundTls, RelayTls, Tls};
 
 /// A greeting delay longer than this is worth a warning.
 const GREETING_DELAY_WARNING: std::time::Duration = std::time::Duration::from_secs(30);
@@ -35,6 +35,46 @@ impl Config {
                 doc,
                 At::Key("outbound", "relay_username"),
                 "[outbound] relay_username needs a relay",
+            );
+        }
+        for (key, problem) in crate::tlsrpt::check_settings(&self.tls_reports) {
+            p.add(doc, At::Key("tls_reports", key), &problem);
+        }
+        if o.mta_sts_timeout.is_zero() {
+            p.add(
+                doc,
+                At::Key("outbound", "mta_sts_timeout"),
+                "[outbound] mta_sts_timeout: must be more than 0",
+            );
+        }
+        if o.mta_sts_port == 0 {
+            p.add(
+                doc,
+                At::Key("outbound", "mta_sts_port"),
+                "[outbound] mta_sts_port: must be a port from 1 to 65535",
+            );
+        }
+        if let Some(cache) = &o.mta_sts_cache
+            && cache.is_file()
+        {
+            p.add(
+                doc,
+                At::Key("outbound", "mta_sts_cache"),
+                format!(
+                    "[outbound] mta_sts_cache {}: is a file; give a directory",
+                    cache.display()
+                ),
+            );
+        }
+        if o.dane == Dane::On && !o.dane_resolver.ip().is_loopback() {
+            p.add(
+                doc,
+                At::Key("outbound", "dane_resolver"),
+                format!(
+                    "[outbound] dane_resolver {}: must be on loopback (127.0.0.1 or ::1): \
+                     DANE trusts its AD bit, which proves nothing after crossing a network",
+                    o.dane_resolver
+                ),
             );
         }
         if let Some(tls) = &self.tls
@@ -141,6 +181,35 @@ impl Config {
         }
         self.check_verify(doc, p);
         self.check_quota_and_targets(doc, p);
+        let priorities = self
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                (
+                    At::Entry("listener", i, "priority"),
+                    "[[listener]]",
+                    l.priority,
+                )
+            })
+            .chain(self.accounts.iter().enumerate().map(|(i, a)| {
+                (
+                    At::Entry("account", i, "priority"),
+                    "[[account]]",
+                    a.priority,
+                )
+            }));
+        for (at, section, priority) in priorities {
+            if !(-9..=9).contains(&priority) {
+                p.add(
+                    doc,
+                    at,
+                    format!(
+                        "{section} priority = {priority}: give a priority from -9 to 9 (RFC 6710)"
+                    ),
+                );
+            }
+        }
         for (i, a) in self.accounts.iter().enumerate() {
             if !a.username.contains('@') {
                 p.add(
@@ -544,6 +613,19 @@ impl Config {
                 );
             }
         }
+        out.extend(self.dane_self_test());
+        let o = &self.outbound;
+        if o.dane == Dane::On
+            && !self.dns.nameservers.is_empty()
+            && !self.dns.nameservers.contains(&o.dane_resolver)
+        {
+            out.push(format!(
+                "[outbound] dane = \"on\", but [dns] nameservers do not include dane_resolver \
+                 {}: mail is routed by MX answers DANE did not validate, and an MX host the \
+                 validated answer does not list waits (451 4.7.5)",
+                o.dane_resolver
+            ));
+        }
         if self.accounts.iter().any(|a| !a.password.starts_with('$')) {
             out.push(
                 "[[account]] with a plaintext password: prefer an argon2 or SHA-512-crypt hash"
@@ -557,6 +639,50 @@ impl Config {
         out.extend(refused.into_iter().map(|p| p.message));
         out.extend(warned);
         out
+    }
+}
+
+impl Config {
+    /// With `[outbound] dane = "on"`, the live self-test of the validating resolver:
+    /// asks `dane_resolver` for the DNSKEY records of `dane_self_test` (5 s at most, on
+    /// a thread of its own, so that it works inside and outside a runtime) and warns
+    /// when the answer is not validated (no AD bit) or does not come.
+    fn dane_self_test(&self) -> Option<String> {
+        let o = &self.outbound;
+        if o.dane != Dane::On || !o.dane_resolver.ip().is_loopback() {
+            return None;
+        }
+        let config = dns_mx::DaneConfig {
+            resolver: o.dane_resolver,
+            timeout: std::time::Duration::from_secs(5),
+        };
+        let name = o.dane_self_test.clone();
+        let probe = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let resolver = dns_mx::DaneResolver::new(config).map_err(|e| e.to_string())?;
+                resolver.validates(&name).await.map_err(|e| e.to_string())
+            })
+        });
+        let resolver = o.dane_resolver;
+        let name = &o.dane_self_test;
+        match probe.join() {
+            Ok(Ok(true)) => None,
+            Ok(Ok(false)) => Some(format!(
+                "[outbound] dane = \"on\", but the resolver {resolver} does not validate: its \
+                 answer for {name} DNSKEY has no AD bit (a validating resolver such as Unbound \
+                 with a trust anchor is needed, or set dane_self_test to a signed name it \
+                 has an anchor for); DANE will find nothing secure"
+            )),
+            Ok(Err(e)) => Some(format!(
+                "[outbound] dane = \"on\", but the resolver {resolver} did not answer the \
+                 self-test ({name} DNSKEY): {e}; remote mail waits while DANE lookups fail"
+            )),
+            Err(_) => Some("[outbound] dane: the resolver self-test failed".into()),
+        }
     }
 }
 
@@ -681,5 +807,88 @@ impl Config {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod dane_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::super::Config;
+
+    const BASE: &str = "hostname = \"mx.example.test\"\n[[listener]]\naddress = \"127.0.0.1:2525\"\nmode = \"relay\"\n";
+
+    fn parse(outbound: &str) -> anyhow::Result<Config> {
+        Config::parse(&format!("{BASE}[outbound]\n{outbound}"))
+    }
+
+    #[test]
+    fn dane_is_off_by_default_and_probes_nothing() {
+        let c = parse("").unwrap();
+        assert_eq!(c.outbound.dane, super::Dane::Off);
+        assert_eq!(c.outbound.dane_resolver.to_string(), "127.0.0.1:53");
+        assert!(c.dane_self_test().is_none());
+    }
+
+    #[test]
+    fn a_dane_resolver_off_loopback_is_refused() {
+        let err = parse("dane = \"on\"\ndane_resolver = \"192.0.2.53:53\"\n").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("dane_resolver 192.0.2.53:53: must be on loopback"),
+            "{text}"
+        );
+        // Off, the key is not used.
+        assert!(parse("dane = \"off\"\ndane_resolver = \"192.0.2.53:53\"\n").is_ok());
+        assert!(parse("dane = \"maybe\"\n").is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resolver_that_does_not_validate_is_warned_about() {
+        // An authoritative server: it answers, but never sets the AD bit.
+        let dns = dns_mx::testing::TestDns::start(&[
+            "$ORIGIN signed.test.\n@ 3600 IN SOA ns root 1 3600 600 86400 60\n@ 300 IN NS ns\nns 300 IN A 127.0.0.1\n",
+        ])
+        .await;
+        let c = parse(&format!(
+            "dane = \"on\"\ndane_resolver = \"{}\"\ndane_self_test = \"signed.test\"\n",
+            dns.addr()
+        ))
+        .unwrap();
+        let warnings = c.warnings().join("\n");
+        assert!(warnings.contains("does not validate"), "{warnings}");
+        // Nothing listening: the self-test gets no answer.
+        let (silent, _socket) = dns_mx::testing::silent_nameserver().await;
+        let c = parse(&format!(
+            "dane = \"on\"\ndane_resolver = \"{silent}\"\ndane_self_test = \"signed.test\"\n"
+        ))
+        .unwrap();
+        let warning = c.dane_self_test().expect("a warning");
+        assert!(
+            warning.contains("did not answer the self-test"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn mx_lookups_elsewhere_than_the_dane_resolver_are_warned_about() {
+        let config = |nameservers: &str| {
+            parse(&format!(
+                "dane = \"on\"\ndane_resolver = \"127.0.0.1:5399\"\n[dns]\nnameservers = [{nameservers}]\n"
+            ))
+            .unwrap()
+            .warnings()
+            .join("\n")
+        };
+        let elsewhere = config("\"127.0.0.1:5400\"");
+        assert!(
+            elsewhere.contains("[dns] nameservers do not include dane_resolver 127.0.0.1:5399"),
+            "{elsewhere}"
+        );
+        let same = config("\"127.0.0.1:5399\"");
+        assert!(!same.contains("nameservers do not include"), "{same}");
+        // The system's resolvers: nothing to compare.
+        let system = config("");
+        assert!(!system.contains("nameservers do not include"), "{system}");
     }
 }

@@ -57,6 +57,7 @@ const KEYS: &[&str] = &[
     "dnsbl",
     "reverse_dns",
     "aliases",
+    "tls_reports",
 ];
 
 impl Config {
@@ -174,6 +175,7 @@ impl Config {
             dnsbl: Dnsbl::default(),
             reverse_dns: ReverseDns::default(),
             aliases: None,
+            tls_reports: TlsReporting::default(),
         }
     }
 
@@ -212,6 +214,7 @@ impl Config {
             "dnsbl" => one(set(&mut self.dnsbl, value)),
             "reverse_dns" => one(set(&mut self.reverse_dns, value)),
             "aliases" => one(set(&mut self.aliases, value)),
+            "tls_reports" => one(set(&mut self.tls_reports, value)),
             unknown => {
                 let hint = problems::nearest(unknown, KEYS.iter().copied())
                     .map(|k| format!(" (did you mean `{k}`?)"))

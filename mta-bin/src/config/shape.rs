@@ -83,6 +83,9 @@ pub struct Config {
     pub reverse_dns: ReverseDns,
     /// Aliases, catch-alls, domain aliases and forwarding (`[aliases]`); absent: none.
     pub aliases: Option<Aliases>,
+    /// TLS reporting (`[tls_reports]`, RFC 8460): daily reports of the TLS sessions
+    /// made under MTA-STS policies, sent to the domains that publish a TLS-RPT record.
+    pub tls_reports: TlsReporting,
 }
 
 /// `[[listener]]`
@@ -98,6 +101,11 @@ pub struct Listener {
     /// clients connect directly.
     #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// The priority (RFC 6710, -9 to 9) of mail that comes in here, unless a login or a
+    /// trusted network asks for another with `MT-PRIORITY`; others may only lower it
+    /// (default 0).
+    #[serde(default)]
+    pub priority: i8,
 }
 
 /// `[[listener]] proxy_protocol`: HAProxy's PROXY protocol (v1 or v2) in front of the
@@ -806,6 +814,10 @@ pub struct Queue {
     /// Tell senders once when their message has waited this long (off by default).
     #[serde(deserialize_with = "optional_duration")]
     pub delay_warning: Option<Duration>,
+    /// Start deliveries by priority (RFC 6710 `MT-PRIORITY`, `[[listener]]` and
+    /// `[[account]]` `priority`), highest first, when more are due than can start
+    /// (default true); false: oldest first, priorities only kept and passed on.
+    pub honour_mt_priority: bool,
 }
 
 /// `[queue] backend`
@@ -1006,6 +1018,10 @@ pub struct Account {
     pub username: String,
     /// The password: plain, `$argon2id$...`, or SHA-512-crypt `$6$...`.
     pub password: String,
+    /// The priority (RFC 6710, -9 to 9) of this login's mail when it gives no
+    /// `MT-PRIORITY` (default 0).
+    #[serde(default)]
+    pub priority: i8,
 }
 
 /// `[limits]`: each unset key takes the default of the crate it configures.
@@ -1135,6 +1151,46 @@ pub struct Outbound {
     /// How long a connection waits for the next message before QUIT.
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
+    /// MTA-STS (RFC 8461) towards domains that publish a policy (`on` by default).
+    pub mta_sts: MtaSts,
+    /// Where fetched MTA-STS policies are kept across restarts (default: the
+    /// `mta-sts` directory under the queue's path).
+    pub mta_sts_cache: Option<PathBuf>,
+    /// Time for one domain's MTA-STS lookup and policy fetch (default 60 s).
+    #[serde(deserialize_with = "duration")]
+    pub mta_sts_timeout: Duration,
+    /// The HTTPS port of MTA-STS policy servers (443; another only for tests).
+    pub mta_sts_port: u16,
+    /// DANE (RFC 7672) towards MX hosts with secure TLSA records (`off` by default,
+    /// until a validating resolver is set up in `dane_resolver`).
+    pub dane: Dane,
+    /// The validating resolver DANE lookups ask, on loopback (its AD bit is trusted).
+    pub dane_resolver: SocketAddr,
+    /// A name known to be signed, whose DNSKEY `mta check-config` asks
+    /// `dane_resolver` for to see that it validates (`.` by default).
+    pub dane_self_test: String,
+}
+
+/// `[outbound] dane`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dane {
+    /// Look up TLSA records (through `dane_resolver`) and apply them.
+    On,
+    /// No DANE.
+    #[default]
+    Off,
+}
+
+/// `[outbound] mta_sts`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtaSts {
+    /// Look up and apply the policies of destination domains.
+    #[default]
+    On,
+    /// Ignore MTA-STS.
+    Off,
 }
 
 /// `[outbound] tls`
@@ -1218,6 +1274,49 @@ pub struct SigningKey {
 pub struct Metrics {
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (e.g. `127.0.0.1:9187`).
     pub address: SocketAddr,
+}
+
+/// `[tls_reports]`: TLS reporting (RFC 8460), described in docs/transport-security.md.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsReporting {
+    /// Send reports (default on: reports exist only while MTA-STS records sessions, and
+    /// go only to domains that publish a `_smtp._tls` record).
+    pub enabled: bool,
+    /// The report period (24 h; periods are aligned to multiples of it since
+    /// 1970-01-01 00:00 UTC, so the default is the UTC day). Shorter only for tests.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// `organization-name` of the reports; default: `hostname`.
+    pub organization_name: Option<String>,
+    /// `contact-info` of the reports; default: the `from` address.
+    pub contact_info: Option<String>,
+    /// The address reports are sent from (header and envelope); default
+    /// `postmaster@<hostname>`.
+    pub from: Option<String>,
+    /// Distinct `failure-details` entries kept per policy and period; more failures
+    /// are counted, not detailed.
+    pub max_failure_details: usize,
+    /// Policy domains kept per period; events for more are dropped (and logged).
+    pub max_domains: usize,
+    /// Time for one `https:` report upload.
+    #[serde(deserialize_with = "duration")]
+    pub post_timeout: Duration,
+}
+
+impl Default for TlsReporting {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(24 * 60 * 60),
+            organization_name: None,
+            contact_info: None,
+            from: None,
+            max_failure_details: 100,
+            max_domains: 10_000,
+            post_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `[sendmail]`
@@ -1582,6 +1681,7 @@ impl Default for Queue {
             backend: QueueBackend::default(),
             max_concurrent_deliveries: defaults::MAX_CONCURRENT_DELIVERIES,
             delay_warning: None,
+            honour_mt_priority: true,
         }
     }
 }
@@ -1599,6 +1699,14 @@ impl Default for Outbound {
             max_per_destination: defaults::MAX_PER_DESTINATION,
             max_messages_per_connection: defaults::MAX_MESSAGES_PER_CONNECTION,
             idle_timeout: defaults::IDLE_TIMEOUT,
+            mta_sts: MtaSts::default(),
+            mta_sts_cache: None,
+            // RFC 8461 §3.3 suggests a minute for the fetch.
+            mta_sts_timeout: Duration::from_secs(60),
+            mta_sts_port: 443,
+            dane: Dane::default(),
+            dane_resolver: SocketAddr::from(([127, 0, 0, 1], 53)),
+            dane_self_test: ".".to_owned(),
         }
     }
 }

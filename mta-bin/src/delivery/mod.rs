@@ -6,6 +6,8 @@ mod maildir;
 mod mbox;
 pub mod quota;
 mod remote;
+mod slots;
+mod sts;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -21,6 +23,8 @@ pub use maildir::{LineEndings, Maildir, Recipient, SubaddressFolder};
 pub use mbox::Mbox;
 pub use quota::{ByteSize, Grace, Limits, LimitsConfig, QuotaConfig, Quotas, Usage, size_in_name};
 pub use remote::{Relay, Remote, RemoteConfig};
+pub use slots::{PrioritySlots, Slot};
+pub use sts::{StsConfig, TlsReports};
 
 /// Where local mail goes.
 #[derive(Debug, Clone)]

@@ -1,21 +1,70 @@
 //! Remote delivery: route by MX (or through a relay host), then SMTP to the hosts in
 //! order, with connections reused across messages and a limit per destination.
+//!
+//! A destination domain with an MTA-STS policy (RFC 8461, `sts.rs`) in `enforce`
+//! gets only its listed MX hosts, over TLS with a certificate verified for the MX
+//! name, or the mail waits (`4.7.5`); in `testing` the same checks are made and their
+//! failures recorded, and the mail goes as it would without a policy.
+//!
+//! With DANE on (RFC 7672, `[outbound] dane = "on"`), each MX host's TLSA records are
+//! looked up first, through the validating resolver (`dns_mx::DaneResolver`):
+//!
+//! ```text
+//!  MX host ─▶ policy(domain, host, port) ─┬─ Some(records): DANE: STARTTLS mandatory,
+//!                                         │   certificate judged by the records alone;
+//!                                         │   MTA-STS does not apply to this host
+//!                                         ├─ None: MTA-STS if the domain has a policy,
+//!                                         │   else opportunistic TLS, as without DANE
+//!                                         └─ Err: the host is skipped (RFC 7672 §2.2.3);
+//!                                             all skipped: the mail waits, 451 4.7.5
+//! ```
+//!
+//! Never for the relay host or an address literal. Failures go to the same
+//! [`TlsReports`] as MTA-STS's, with policy type `tlsa`.
+//!
+//! A message sent with `REQUIRETLS` (RFC 8689 §4.2.1) goes to an MX host (or the relay
+//! host) only when all of these hold, else the next host is tried:
+//!
+//! ```text
+//!  the MX is vouched for ── DNSSEC-validated MX RRset (DANE resolver), or the host is
+//!                           in the domain's MTA-STS policy; the relay host and address
+//!                           literals need no MX lookup
+//!  TLS, authenticated ───── DANE (usable TLSA records), else PKIX: a certificate that
+//!                           chains to a trusted root and names the host
+//!  REQUIRETLS offered ───── after STARTTLS; the MAIL command carries REQUIRETLS
+//! ```
+//!
+//! When every host fails one of these, the message is returned (`550 5.7.10`, or
+//! `550 5.7.30` when TLS held but the server does not offer REQUIRETLS); when a host
+//! could not be asked at all (connection refused, timeout), it waits.
+//!
+//! A message with the header field `TLS-Required: No` (RFC 8689 §3, §4.2.2) and no
+//! REQUIRETLS asks for delivery over protection: an MTA-STS `enforce` policy is
+//! applied as in `testing` (failures recorded, then opportunistic TLS), a DANE host
+//! whose TLS fails is tried again with opportunistic TLS, and a host whose TLSA lookup
+//! failed is not skipped. STARTTLS is still used when offered.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dns_mx::{MxHost, MxResolver};
+use dns_mx::{DaneResolver, MxHost, MxResolver, RouteError, TlsaRecord};
 use mail_queue::{Bytes, DeliveryRequest, MessageMeta, Outcome};
-use smtp_client::{ClientError, OutboundConfig, OutboundMessage, Session};
+use smtp_client::mta_sts::{
+    Mode, Policy, PolicySummary, PolicyType, ResultType, TlsReportEvent, TlsReportSink,
+};
+use smtp_client::{
+    ClientError, DaneTls, OutboundConfig, OutboundMessage, Session, TlsPolicy, Tlsa,
+};
 use smtp_proto::{
     Body, ForwardPath, MailParameters, Notify, OriginalRecipient, RcptParameters, Reply, Ret,
     ReversePath,
 };
-use tokio::sync::Semaphore;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info, info_span};
 
+use super::slots::PrioritySlots;
+use super::sts::{Sts, StsConfig, TlsReports};
 use crate::aliases::Forwarding;
 
 /// A relay host all remote mail goes through (a "smarthost").
@@ -42,6 +91,11 @@ pub struct RemoteConfig {
     /// The SRS rewriting of the envelope sender of forwarded mail (`[aliases]
     /// forward_sender = "srs"`); `None`: the sender is kept.
     pub forwarding: Option<Forwarding>,
+    /// MTA-STS for destination domains (not for the relay host); `None`: off.
+    pub mta_sts: Option<StsConfig>,
+    /// DANE (RFC 7672) for MX hosts (not for the relay host or address literals):
+    /// the validating resolver TLSA records are asked of; `None`: off.
+    pub dane: Option<DaneResolver>,
 }
 
 /// Delivers to other servers.
@@ -51,23 +105,113 @@ pub struct Remote {
     config: RemoteConfig,
     /// Connections waiting for their next message.
     idle: Arc<IdlePool>,
-    /// One semaphore per destination domain.
-    destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// The delivery slots of each destination domain, handed out by priority.
+    destinations: Mutex<HashMap<String, Arc<PrioritySlots>>>,
+    /// MTA-STS policies, when on.
+    sts: Option<Sts>,
+    /// `config.outbound` with TLS required and verified (MTA-STS).
+    verified_outbound: OutboundConfig,
+    /// Where the TLS report events of MTA-STS and DANE go.
+    reports: Arc<TlsReports>,
+}
+
+/// How TLS is decided for one MX host.
+#[derive(Clone, Debug)]
+enum HostTls {
+    /// No DANE: as the configuration and the domain's MTA-STS policy say.
+    Default,
+    /// DANE: the host's secure TLSA records (RFC 7672 §2.2).
+    Dane(Arc<DaneHost>),
+    /// The DANE lookup failed (RFC 7672 §2.2.3): the host is skipped; the text the
+    /// mail waits with if no other host takes it.
+    Skip(String),
+}
+
+/// A host under DANE: the TLS settings that check its records, what a kept-open
+/// session must have been checked against to be reused for it, and the records as
+/// a TLS report states the policy.
+#[derive(Debug)]
+struct DaneHost {
+    tls: DaneTls,
+    key: Arc<DaneKey>,
+    summary: PolicySummary,
+}
+
+/// What a session's certificate was checked against. A kept-open session is reused
+/// only for a delivery that asks no more of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Checked {
+    /// Nothing (opportunistic TLS, or none).
+    Nothing,
+    /// WebPKI, for the host's name (`tls = "required"`, MTA-STS `enforce`).
+    Name,
+    /// DANE, against these records.
+    Dane(Arc<DaneKey>),
+}
+
+impl Checked {
+    /// Whether a session checked as `self` may carry a delivery that needs `need`.
+    fn satisfies(&self, need: &Checked) -> bool {
+        *need == Checked::Nothing || self == need
+    }
+}
+
+/// The TLSA records a DANE session was checked against (sorted), and with a DANE-TA
+/// record the destination domain (a reference name for the certificate, RFC 7672
+/// §3.2.2: the check holds for that domain only).
+#[derive(Debug, PartialEq, Eq)]
+struct DaneKey {
+    records: Vec<TlsaRecord>,
+    domain: Option<String>,
+}
+
+/// What RFC 8689 asks of one delivery.
+#[derive(Clone, Copy, Debug)]
+enum Require {
+    /// Nothing: TLS as DANE, MTA-STS and `[outbound] tls` say.
+    Off,
+    /// `REQUIRETLS` (§4.2.1); whether the MX RRset of the destination was validated
+    /// (DNSSEC), or needs no validation (the relay host, an address literal).
+    Tls { mx_validated: bool },
+    /// `TLS-Required: No` (§4.2.2): MTA-STS and DANE failures do not stop delivery.
+    Optional,
+}
+
+/// Why a host did not take a REQUIRETLS message.
+#[derive(Debug)]
+enum RequireTlsError {
+    /// The host does not meet RFC 8689 §4.2.1: the reply (`550 5.7.10 ...`).
+    Unqualified(String),
+    /// The host could not be asked (connection, timeout, a refused session).
+    Client(ClientError),
+}
+
+/// What MTA-STS asks of one delivery.
+#[derive(Clone, Copy, Debug)]
+enum StsUse<'a> {
+    /// No policy (or mode `none`, or a relay host).
+    Off,
+    /// The policy of the domain, in `enforce` or `testing`.
+    Policy(&'a str, &'a Policy),
 }
 
 /// Connections waiting for their next message, by host, each with a number its close
 /// timer knows it by.
 #[derive(Debug, Default)]
 struct IdlePool {
-    sessions: Mutex<HashMap<String, Vec<(u64, Session)>>>,
+    sessions: Mutex<HashMap<String, Waiting>>,
     next: std::sync::atomic::AtomicU64,
 }
+
+/// The idle sessions to one host: (number, session, what its certificate was checked
+/// against).
+type Waiting = Vec<(u64, Session, Checked)>;
 
 /// How long a closing connection waits for the server's `221` to QUIT.
 const QUIT_WAIT: Duration = Duration::from_secs(5);
 
 impl IdlePool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(u64, Session)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -75,7 +219,7 @@ impl IdlePool {
     fn remove(&self, n: u64) -> Option<Session> {
         let mut sessions = self.lock();
         for list in sessions.values_mut() {
-            if let Some(i) = list.iter().position(|(m, _)| *m == n) {
+            if let Some(i) = list.iter().position(|(m, _, _)| *m == n) {
                 return Some(list.swap_remove(i).1);
             }
         }
@@ -91,12 +235,31 @@ async fn close(session: Session) {
 impl Remote {
     /// A remote delivery service.
     pub fn new(resolver: MxResolver, config: RemoteConfig) -> Self {
+        let reports = Arc::<TlsReports>::default();
+        let sts = config.mta_sts.as_ref().map(|sts| {
+            Sts::new(
+                sts,
+                resolver.clone(),
+                Arc::clone(&config.outbound.tls_configs.verified),
+                Arc::clone(&reports),
+            )
+        });
+        let mut verified_outbound = config.outbound.clone();
+        verified_outbound.tls = TlsPolicy::Required;
         Self {
             resolver,
             config,
             idle: Arc::default(),
             destinations: Mutex::default(),
+            sts,
+            verified_outbound,
+            reports,
         }
+    }
+
+    /// The TLS report events of MTA-STS and DANE failures (`None` when both are off).
+    pub fn tls_reports(&self) -> Option<&Arc<TlsReports>> {
+        (self.sts.is_some() || self.config.dane.is_some()).then_some(&self.reports)
     }
 
     /// Delivers the request's recipients (all of one domain): one outcome each. With
@@ -104,15 +267,15 @@ impl Remote {
     /// transaction of their own, with the SRS form of the sender.
     pub async fn deliver(&self, request: &DeliveryRequest, domain: &str) -> Vec<Outcome> {
         let n = request.recipients.len();
-        let semaphore = {
-            let mut map = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(map.entry(domain.to_owned()).or_insert_with(|| {
-                Arc::new(Semaphore::new(self.config.max_per_destination.max(1)))
-            }))
-        };
-        let Ok(_permit) = semaphore.acquire_owned().await else {
-            return vec![Outcome::Deferred("delivery is shutting down".into()); n];
-        };
+        let slots =
+            {
+                let mut map = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+                Arc::clone(map.entry(domain.to_owned()).or_insert_with(|| {
+                    Arc::new(PrioritySlots::new(self.config.max_per_destination))
+                }))
+            };
+        // A saturated destination serves its waiting messages by priority (RFC 6710).
+        let _slot = slots.acquire(request.message.params.priority()).await;
         let hosts = match &self.config.relay {
             Some(relay) => self.resolver.host(&relay.host).await.map(|h| vec![h]),
             None => self.resolver.route(domain).await,
@@ -130,10 +293,58 @@ impl Remote {
                 return vec![outcome; n];
             }
         };
+        // RFC 8689: REQUIRETLS, or `TLS-Required: No` (REQUIRETLS wins when both).
+        let requiretls = request.message.params.requiretls;
+        let optional = !requiretls && tls_required_no(&request.body);
+        // MTA-STS: the destination domain's policy (never the relay host's).
+        let mut policy = match &self.sts {
+            Some(sts) if self.config.relay.is_none() && !domain.starts_with('[') => {
+                sts.policy(domain).await
+            }
+            _ => None,
+        };
+        if let Some(p) = policy
+            .as_mut()
+            .filter(|p| optional && p.mode == Mode::Enforce)
+        {
+            info!(
+                domain,
+                "TLS-Required: No: the MTA-STS policy is applied as in testing"
+            );
+            p.mode = Mode::Testing;
+        }
+        let sts = match &policy {
+            Some(p) if p.mode != Mode::None => StsUse::Policy(domain, p),
+            _ => StsUse::Off,
+        };
+        // DANE: each MX host's TLSA records (never the relay host's, nor a literal's).
+        let mut hosts = self.dane_hosts(hosts, domain).await;
+        if optional {
+            // TLS-Required: No: a failed TLSA lookup does not keep the host out.
+            for (_, tls) in &mut hosts {
+                if matches!(tls, HostTls::Skip(_)) {
+                    *tls = HostTls::Default;
+                }
+            }
+        }
+        let hosts = match self.sts_hosts(hosts, sts) {
+            Ok(hosts) => hosts,
+            Err(text) => return vec![Outcome::Deferred(text); n],
+        };
+        // RFC 8689 §4.2.1: REQUIRETLS (and whether the MX RRset was validated).
+        let require = if requiretls {
+            Require::Tls {
+                mx_validated: self.mx_validated(domain).await,
+            }
+        } else if optional {
+            Require::Optional
+        } else {
+            Require::Off
+        };
         let groups = self.by_sender(request);
         if let [(None, _)] = &groups[..] {
             let message = outbound_message(&request.message, &request.recipients, &request.body);
-            return self.send(&hosts, &message, domain, n).await;
+            return self.send(&hosts, &message, domain, n, sts, require).await;
         }
         // Forwarded and other recipients: one transaction for each sender.
         let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
@@ -143,7 +354,9 @@ impl Remote {
             if let Some(sender) = sender.and_then(|s| ReversePath::parse(&format!("<{s}>")).ok()) {
                 message.from = sender;
             }
-            let sent = self.send(&hosts, &message, domain, positions.len()).await;
+            let sent = self
+                .send(&hosts, &message, domain, positions.len(), sts, require)
+                .await;
             for (p, outcome) in positions.into_iter().zip(sent) {
                 outcomes[p] = Some(outcome);
             }
@@ -152,6 +365,191 @@ impl Remote {
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Outcome::Deferred("4.3.0 not attempted".into())))
             .collect()
+    }
+
+    /// Whether the MX RRset of `domain` is known to be genuine for RFC 8689 §4.2.1:
+    /// signed and validated (asked of the DANE resolver, which alone reports DNSSEC;
+    /// without `[outbound] dane` nothing is known to be validated). The relay host and
+    /// an address literal involve no MX lookup: true.
+    async fn mx_validated(&self, domain: &str) -> bool {
+        if self.config.relay.is_some() || domain.starts_with('[') {
+            return true;
+        }
+        match &self.config.dane {
+            Some(dane) => match dane.mx_security(domain).await {
+                Ok(security) => security == dns_mx::Security::Secure,
+                Err(e) => {
+                    debug!(domain, error = %e, "REQUIRETLS: the MX RRset could not be validated");
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+
+    /// Each host with how TLS is decided for it: DANE's answer when DANE is on (and
+    /// the destination is a domain reached by MX, not through the relay host nor an
+    /// address literal), else [`HostTls::Default`]. A failed lookup is recorded
+    /// (`dnssec-invalid`) and the host will be skipped.
+    async fn dane_hosts(&self, hosts: Vec<MxHost>, domain: &str) -> Vec<(MxHost, HostTls)> {
+        let dane = match &self.config.dane {
+            Some(dane) if self.config.relay.is_none() && !domain.starts_with('[') => dane,
+            _ => return hosts.into_iter().map(|h| (h, HostTls::Default)).collect(),
+        };
+        let port = self.config.outbound.port;
+        // The hosts' lookups at once: the slowest bounds the wait, not their sum.
+        let mut lookups = tokio::task::JoinSet::new();
+        for (i, host) in hosts.iter().enumerate() {
+            if host.addresses.is_empty() || host.name.starts_with('[') {
+                continue;
+            }
+            let (dane, domain, name) = (dane.clone(), domain.to_owned(), host.name.clone());
+            lookups.spawn(async move { (i, dane.policy(&domain, &name, port).await) });
+        }
+        let mut answers = vec![None; hosts.len()];
+        while let Some(joined) = lookups.join_next().await {
+            if let Ok((i, answer)) = joined {
+                answers[i] = Some(answer);
+            }
+        }
+        let mut planned = Vec::with_capacity(hosts.len());
+        for (host, answer) in hosts.into_iter().zip(answers) {
+            if host.addresses.is_empty() || host.name.starts_with('[') {
+                planned.push((host, HostTls::Default));
+                continue;
+            }
+            // A lookup that did not finish (its task failed) is a failed lookup.
+            let answer = answer.unwrap_or_else(|| {
+                Err(RouteError::Dane(format!(
+                    "DANE: the lookup for {} did not finish",
+                    host.name
+                )))
+            });
+            let tls = match answer {
+                Ok(Some(records)) => self.dane_host(domain, &host.name, records),
+                Ok(None) => {
+                    debug!(domain, host = %host.name, "no DANE for this host");
+                    HostTls::Default
+                }
+                Err(e) => {
+                    self.report_dane(domain, &host.name, ResultType::DnssecInvalid, e.to_string());
+                    let (code, status) = e.status();
+                    HostTls::Skip(format!("{code} {status} {e}"))
+                }
+            };
+            planned.push((host, tls));
+        }
+        planned
+    }
+
+    /// The TLS settings for `host`, whose secure TLSA RRset is `records`. A set with no
+    /// record usable for SMTP is recorded (`tlsa-invalid`): TLS stays mandatory, not
+    /// authenticated (RFC 7672 §2.2).
+    fn dane_host(&self, domain: &str, host: &str, mut records: Vec<TlsaRecord>) -> HostTls {
+        records.sort_by(|a, b| {
+            (a.usage, a.selector, a.matching, &a.data)
+                .cmp(&(b.usage, b.selector, b.matching, &b.data))
+        });
+        let summary = PolicySummary {
+            policy_string: records.iter().map(presentation).collect(),
+            mx_host: vec![host.to_owned()],
+        };
+        let tlsa = records
+            .iter()
+            .map(|r| Tlsa::new(r.usage, r.selector, r.matching, r.data.clone()))
+            .collect();
+        let tls = match DaneTls::new(tlsa, &[host, domain]) {
+            Ok(tls) => tls,
+            Err(e) => {
+                return HostTls::Skip(format!("451 4.7.5 DANE: cannot set up TLS for {host}: {e}"));
+            }
+        };
+        if !tls.is_authenticated() {
+            self.reports.applied(domain, PolicyType::Tlsa, &summary);
+            self.report_dane(
+                domain,
+                host,
+                ResultType::TlsaInvalid,
+                format!(
+                    "none of the {} TLSA records of {host} is usable for SMTP (RFC 7672 \
+                     §3.1: DANE-TA or DANE-EE): TLS is required but not authenticated",
+                    records.len()
+                ),
+            );
+        }
+        let trust_anchor = records.iter().any(|r| r.usage == Tlsa::DANE_TA);
+        let key = DaneKey {
+            records,
+            domain: trust_anchor.then(|| domain.to_ascii_lowercase()),
+        };
+        HostTls::Dane(Arc::new(DaneHost {
+            tls,
+            key: Arc::new(key),
+            summary,
+        }))
+    }
+
+    /// Records a DANE failure at `host` (policy type `tlsa`).
+    fn report_dane(&self, domain: &str, host: &str, result_type: ResultType, detail: String) {
+        self.reports.record(TlsReportEvent {
+            domain: domain.to_owned(),
+            policy_type: PolicyType::Tlsa,
+            mode: None,
+            result_type,
+            mx_host: host.to_owned(),
+            receiving_ip: None,
+            detail,
+            at: std::time::SystemTime::now(),
+        });
+    }
+
+    /// The MX hosts MTA-STS allows (RFC 8461 §4.1): in `enforce` those the policy
+    /// lists, and when none is listed the text the mail waits with; in `testing` all,
+    /// the unlisted ones recorded. A host under DANE is not MTA-STS's to judge (RFC
+    /// 8461 §2): it is kept.
+    fn sts_hosts(
+        &self,
+        hosts: Vec<(MxHost, HostTls)>,
+        sts: StsUse<'_>,
+    ) -> Result<Vec<(MxHost, HostTls)>, String> {
+        type Planned = Vec<(MxHost, HostTls)>;
+        let (StsUse::Policy(domain, policy), Some(state)) = (sts, &self.sts) else {
+            return Ok(hosts);
+        };
+        let (listed, unlisted): (Planned, Planned) = hosts
+            .into_iter()
+            .partition(|(h, tls)| matches!(tls, HostTls::Dane(_)) || policy.matches(&h.name));
+        for (host, _) in &unlisted {
+            state.report(
+                domain,
+                policy,
+                ResultType::ValidationFailure,
+                &host.name,
+                format!(
+                    "MX host {} is not in the MTA-STS policy of {domain} (mx: {})",
+                    host.name,
+                    policy.mx.join(", ")
+                ),
+            );
+        }
+        match policy.mode {
+            Mode::Enforce if listed.is_empty() => Err(format!(
+                "451 4.7.5 MTA-STS: no MX of {domain} matches its policy (mx: {}; MX hosts: {})",
+                policy.mx.join(", "),
+                unlisted
+                    .iter()
+                    .map(|(h, _)| h.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Mode::Enforce => Ok(listed),
+            // Testing: every host, in the order of preference.
+            _ => {
+                let mut all: Planned = listed.into_iter().chain(unlisted).collect();
+                all.sort_by_key(|(h, _)| h.preference);
+                Ok(all)
+            }
+        }
     }
 
     /// The request's recipients (positions in `request.recipients`) by the envelope
@@ -182,10 +580,12 @@ impl Remote {
     /// outcome for each recipient.
     async fn send(
         &self,
-        hosts: &[MxHost],
+        hosts: &[(MxHost, HostTls)],
         message: &OutboundMessage,
         domain: &str,
         n: usize,
+        sts: StsUse<'_>,
+        require: Require,
     ) -> Vec<Outcome> {
         if message.recipients.len() != n {
             return vec![
@@ -193,21 +593,46 @@ impl Remote {
                 n
             ];
         }
-        let mut last_error: Option<(String, ClientError)> = None;
-        for host in hosts.iter().filter(|h| !h.addresses.is_empty()) {
+        if let Require::Tls { mx_validated } = require {
+            return self
+                .send_requiretls(hosts, message, domain, n, sts, mx_validated)
+                .await;
+        }
+        // The last failure: its text, and whether it is permanent.
+        let mut last_error: Option<(String, bool)> = None;
+        for (host, tls) in hosts.iter().filter(|(h, _)| !h.addresses.is_empty()) {
+            if let HostTls::Skip(text) = tls {
+                // RFC 7672 §2.2.3: a host whose TLSA lookup failed is not tried.
+                last_error = Some((format!("{}: {text}", host.name), false));
+                continue;
+            }
             let span = info_span!("smtp.out", host = %host.name, preference = host.preference);
-            match self.deliver_to(host, message).instrument(span).await {
+            match self
+                .deliver_to(host, tls, message, domain, sts, require)
+                .instrument(span)
+                .await
+            {
                 Ok((address, replies)) => {
                     let route = self.route(host, address, domain);
                     return replies.iter().map(|r| outcome(&route, r)).collect();
                 }
-                Err(e) => last_error = Some((host.name.clone(), e)),
+                Err(e) => {
+                    let name = &host.name;
+                    let text = match (tls, sts) {
+                        (HostTls::Dane(_), _) => format!("{name}: DANE: {}", e.reply()),
+                        (_, StsUse::Policy(_, p)) if p.mode == Mode::Enforce => format!(
+                            "{name}: MTA-STS policy of {domain} (enforce): {}",
+                            e.reply()
+                        ),
+                        _ => format!("{name}: {}", e.reply()),
+                    };
+                    last_error = Some((text, e.is_permanent()));
+                }
             }
         }
         match last_error {
-            Some((host, e)) => {
-                let text = format!("{host}: {}", e.reply());
-                let outcome = if e.is_permanent() {
+            Some((text, permanent)) => {
+                let outcome = if permanent {
                     Outcome::Failed(text)
                 } else {
                     Outcome::Deferred(text)
@@ -218,6 +643,145 @@ impl Remote {
                 vec![Outcome::Deferred(format!("no address for any mail exchanger of {domain}")); n]
             }
         }
+    }
+
+    /// [`Remote::send`] for a REQUIRETLS message (RFC 8689 §4.2.1): each host that
+    /// meets the requirements in turn. All failing them: the message is returned with
+    /// the last host's reason; a host that could not be asked at all (or whose DANE
+    /// lookup failed) makes it wait instead, as it may qualify later.
+    async fn send_requiretls(
+        &self,
+        hosts: &[(MxHost, HostTls)],
+        message: &OutboundMessage,
+        domain: &str,
+        n: usize,
+        sts: StsUse<'_>,
+        mx_validated: bool,
+    ) -> Vec<Outcome> {
+        let mut unqualified: Option<String> = None;
+        let mut transient: Option<String> = None;
+        for (host, tls) in hosts.iter().filter(|(h, _)| !h.addresses.is_empty()) {
+            if let HostTls::Skip(text) = tls {
+                transient = Some(format!("{}: {text}", host.name));
+                continue;
+            }
+            let span = info_span!("smtp.out", host = %host.name, preference = host.preference);
+            let sent = self
+                .deliver_requiretls(host, tls, message, domain, sts, mx_validated)
+                .instrument(span)
+                .await;
+            match sent {
+                Ok((address, replies)) => {
+                    let route = self.route(host, address, domain);
+                    return replies.iter().map(|r| outcome(&route, r)).collect();
+                }
+                Err(RequireTlsError::Unqualified(text)) => {
+                    info!(domain, host = %host.name, "{text}");
+                    unqualified = Some(format!("{}: {text}", host.name));
+                }
+                Err(RequireTlsError::Client(e)) => {
+                    let text = format!("{}: {}", host.name, e.reply());
+                    if e.is_permanent() {
+                        unqualified = Some(text);
+                    } else {
+                        transient = Some(text);
+                    }
+                }
+            }
+        }
+        match (transient, unqualified) {
+            (Some(text), _) => vec![Outcome::Deferred(text); n],
+            (None, Some(text)) => vec![Outcome::Failed(text); n],
+            (None, None) => {
+                vec![Outcome::Deferred(format!("no address for any mail exchanger of {domain}")); n]
+            }
+        }
+    }
+
+    /// One host for a REQUIRETLS message: checks the MX is vouched for, opens (or
+    /// reuses) a session whose certificate was authenticated (DANE, else WebPKI for the
+    /// host's name: no opportunistic fallback), and sends only if the server offers
+    /// REQUIRETLS under TLS.
+    async fn deliver_requiretls(
+        &self,
+        host: &MxHost,
+        tls: &HostTls,
+        message: &OutboundMessage,
+        domain: &str,
+        sts: StsUse<'_>,
+        mx_validated: bool,
+    ) -> Result<(SocketAddr, Vec<Reply>), RequireTlsError> {
+        let name = &host.name;
+        let dane = match tls {
+            HostTls::Dane(dane) => Some(dane),
+            _ => None,
+        };
+        // A host under DANE was reached through a validated MX RRset.
+        let in_policy = matches!(sts, StsUse::Policy(_, p) if p.matches(name));
+        if dane.is_none() && !mx_validated && !in_policy {
+            return Err(RequireTlsError::Unqualified(format!(
+                "550 5.7.10 REQUIRETLS: {name} is not a validated MX host of {domain} (the MX \
+                 record is not DNSSEC-validated and no MTA-STS policy lists the host)"
+            )));
+        }
+        if dane.is_some_and(|d| !d.tls.is_authenticated()) {
+            return Err(RequireTlsError::Unqualified(format!(
+                "550 5.7.10 REQUIRETLS: no TLSA record of {name} is usable, so the server \
+                 cannot be authenticated"
+            )));
+        }
+        let need = match dane {
+            Some(dane) => Checked::Dane(Arc::clone(&dane.key)),
+            None => Checked::Name,
+        };
+        if let Some((mut session, checked)) = self.take_idle(name, &need) {
+            if session.offers_requiretls() {
+                match session.deliver(message).await {
+                    Ok(replies) => {
+                        let address = session.address();
+                        self.put_idle(session, checked);
+                        return Ok((address, replies));
+                    }
+                    Err(e) => {
+                        debug!(host = %name, error = %e, "reused connection failed; reconnecting")
+                    }
+                }
+            } else {
+                self.put_idle(session, checked);
+            }
+        }
+        let enforce = matches!(sts, StsUse::Policy(_, p) if p.mode == Mode::Enforce);
+        let opened = match dane {
+            Some(dane) => self.open_dane(host, dane, domain).await,
+            // Verified for the name, failures recorded as MTA-STS's.
+            None if enforce => self.open(host, sts).await,
+            None => Session::open(name, &host.addresses, &self.verified_outbound)
+                .await
+                .map(|s| (s, Checked::Name)),
+        };
+        let (mut session, checked) = match opened {
+            Ok(opened) => opened,
+            Err(e @ ClientError::Tls { .. }) => {
+                return Err(RequireTlsError::Unqualified(format!(
+                    "550 5.7.10 REQUIRETLS: no authenticated TLS with {name}: {}",
+                    e.reply().text().replace('\n', " ")
+                )));
+            }
+            Err(e) => return Err(RequireTlsError::Client(e)),
+        };
+        if !session.offers_requiretls() {
+            self.put_idle(session, checked);
+            return Err(RequireTlsError::Unqualified(format!(
+                "550 5.7.30 REQUIRETLS support required: {name} does not offer REQUIRETLS"
+            )));
+        }
+        let replies = session
+            .deliver(message)
+            .await
+            .map_err(RequireTlsError::Client)?;
+        let address = session.address();
+        self.put_idle(session, checked);
+        Ok((address, replies))
     }
 
     /// How a message reached `host` at `address`, for the log and `mta queue`:
@@ -241,13 +805,24 @@ impl Remote {
     async fn deliver_to(
         &self,
         host: &MxHost,
+        tls: &HostTls,
         message: &OutboundMessage,
+        domain: &str,
+        sts: StsUse<'_>,
+        require: Require,
     ) -> Result<(SocketAddr, Vec<Reply>), ClientError> {
-        if let Some(mut session) = self.take_idle(&host.name) {
+        // Under DANE, only a connection checked against the same records; under
+        // `enforce`, only one whose certificate was verified for the name.
+        let need = match tls {
+            HostTls::Dane(dane) => Checked::Dane(Arc::clone(&dane.key)),
+            _ if matches!(sts, StsUse::Policy(_, p) if p.mode == Mode::Enforce) => Checked::Name,
+            _ => Checked::Nothing,
+        };
+        if let Some((mut session, checked)) = self.take_idle(&host.name, &need) {
             match session.deliver(message).await {
                 Ok(replies) => {
                     let address = session.address();
-                    self.put_idle(session);
+                    self.put_idle(session, checked);
                     return Ok((address, replies));
                 }
                 // The server may have closed it while it waited: open a new one.
@@ -256,24 +831,126 @@ impl Remote {
                 }
             }
         }
-        let mut session = Session::open(&host.name, &host.addresses, &self.config.outbound).await?;
+        let (mut session, checked) = match tls {
+            HostTls::Dane(dane) => match self.open_dane(host, dane, domain).await {
+                // TLS-Required: No: the DANE failure is recorded; opportunistic TLS.
+                Err(e @ ClientError::Tls { .. }) if matches!(require, Require::Optional) => {
+                    info!(host = %host.name, error = %e, "TLS-Required: No: DANE failed; trying opportunistic TLS");
+                    self.open(host, StsUse::Off).await?
+                }
+                opened => opened?,
+            },
+            _ => self.open(host, sts).await?,
+        };
         let replies = session.deliver(message).await?;
         let address = session.address();
-        self.put_idle(session);
+        self.put_idle(session, checked);
         Ok((address, replies))
     }
 
-    fn take_idle(&self, host: &str) -> Option<Session> {
-        self.idle
-            .lock()
-            .get_mut(host)?
-            .pop()
-            .map(|(_, session)| session)
+    /// A new session to `host` under DANE: STARTTLS mandatory, the certificate judged
+    /// by the TLSA records (whatever `[outbound] tls` and MTA-STS say). A TLS failure
+    /// is recorded (`validation-failure`, `starttls-not-supported`) and returned: the
+    /// mail never goes in plaintext, nor to a certificate the records do not match.
+    async fn open_dane(
+        &self,
+        host: &MxHost,
+        dane: &DaneHost,
+        domain: &str,
+    ) -> Result<(Session, Checked), ClientError> {
+        let mut config = self.config.outbound.clone();
+        config.dane = Some(dane.tls.clone());
+        match Session::open(&host.name, &host.addresses, &config).await {
+            Ok(session) => {
+                info!(
+                    domain,
+                    host = %host.name,
+                    authenticated = dane.tls.is_authenticated(),
+                    "DANE: TLS checked against the TLSA records of {}",
+                    host.name
+                );
+                if dane.tls.is_authenticated() {
+                    self.reports
+                        .success(domain, PolicyType::Tlsa, &dane.summary);
+                }
+                Ok((session, Checked::Dane(Arc::clone(&dane.key))))
+            }
+            Err(e @ ClientError::Tls { .. }) => {
+                let result_type = match ResultType::of(&e) {
+                    ResultType::StarttlsNotSupported => ResultType::StarttlsNotSupported,
+                    _ => ResultType::ValidationFailure,
+                };
+                self.reports
+                    .applied(domain, PolicyType::Tlsa, &dane.summary);
+                self.report_dane(domain, &host.name, result_type, e.to_string());
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A new session to `host` as MTA-STS asks; with whether its certificate was
+    /// verified for the host's name. `enforce`: TLS required and verified, a failure
+    /// is recorded and returned. `testing`: the same is tried first; when TLS fails
+    /// the failure is recorded and the host is tried again as without a policy.
+    async fn open(
+        &self,
+        host: &MxHost,
+        sts: StsUse<'_>,
+    ) -> Result<(Session, Checked), ClientError> {
+        let plain = &self.config.outbound;
+        let required = if plain.tls == TlsPolicy::Required {
+            Checked::Name
+        } else {
+            Checked::Nothing
+        };
+        let (StsUse::Policy(domain, policy), Some(state)) = (sts, &self.sts) else {
+            return Session::open(&host.name, &host.addresses, plain)
+                .await
+                .map(|s| (s, required));
+        };
+        if policy.mode == Mode::Testing && plain.tls == TlsPolicy::Disabled {
+            return Session::open(&host.name, &host.addresses, plain)
+                .await
+                .map(|s| (s, Checked::Nothing));
+        }
+        match Session::open(&host.name, &host.addresses, &self.verified_outbound).await {
+            Ok(session) => {
+                state.success(domain, policy);
+                Ok((session, Checked::Name))
+            }
+            Err(e @ ClientError::Tls { .. }) => {
+                state.report(
+                    domain,
+                    policy,
+                    ResultType::of(&e),
+                    &host.name,
+                    e.to_string(),
+                );
+                match policy.mode {
+                    Mode::Enforce => Err(e),
+                    _ => Session::open(&host.name, &host.addresses, plain)
+                        .await
+                        .map(|s| (s, required)),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An idle session to `host` checked as `need` asks (any, for
+    /// [`Checked::Nothing`]).
+    fn take_idle(&self, host: &str, need: &Checked) -> Option<(Session, Checked)> {
+        let mut sessions = self.idle.lock();
+        let list = sessions.get_mut(host)?;
+        let i = list.iter().rposition(|(_, _, c)| c.satisfies(need))?;
+        let (_, session, checked) = list.remove(i);
+        Some((session, checked))
     }
 
     /// Keeps `session` for the next message to its host, for `idle_timeout`: then a
     /// timer says QUIT and closes it (the server need not time us out).
-    fn put_idle(&self, session: Session) {
+    fn put_idle(&self, session: Session, checked: Checked) {
         if session.transactions >= self.config.max_messages_per_connection {
             tokio::spawn(close(session));
             return;
@@ -286,7 +963,7 @@ impl Remote {
             .lock()
             .entry(session.host().to_owned())
             .or_default()
-            .push((n, session));
+            .push((n, session, checked));
         let pool = Arc::downgrade(&self.idle);
         let wait = self.config.idle_timeout;
         tokio::spawn(async move {
@@ -305,7 +982,7 @@ impl Remote {
             .idle
             .lock()
             .drain()
-            .flat_map(|(_, list)| list.into_iter().map(|(_, session)| session))
+            .flat_map(|(_, list)| list.into_iter().map(|(_, session, _)| session))
             .collect();
         let closing: Vec<_> = sessions
             .into_iter()
@@ -315,6 +992,39 @@ impl Remote {
             let _ = c.await;
         }
     }
+}
+
+/// The most of a message searched for its header section's end by [`tls_required_no`].
+const HEAD_SCAN_LIMIT: usize = 1 << 20;
+
+/// Whether the header section of `message` has the field `TLS-Required: No` (RFC 8689
+/// §3; the name and, here, the value compared without case; folded lines unfolded).
+fn tls_required_no(message: &[u8]) -> bool {
+    let is = |field: &[u8]| {
+        field.iter().position(|&b| b == b':').is_some_and(|colon| {
+            let (name, value) = field.split_at(colon);
+            name.trim_ascii().eq_ignore_ascii_case(b"TLS-Required")
+                && value[1..].trim_ascii().eq_ignore_ascii_case(b"No")
+        })
+    };
+    let head = &message[..message.len().min(HEAD_SCAN_LIMIT)];
+    let mut field: Vec<u8> = Vec::new();
+    for line in head.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            field.extend_from_slice(line);
+            continue;
+        }
+        if is(&field) {
+            return true;
+        }
+        if line.is_empty() {
+            return false;
+        }
+        field.clear();
+        field.extend_from_slice(line);
+    }
+    false
 }
 
 /// `sent to ROUTE: 250 2.0.0 Ok`, or the reply as failed or deferred by its class. A
@@ -328,6 +1038,16 @@ fn outcome(route: &str, reply: &Reply) -> Outcome {
     } else {
         Outcome::Deferred(text)
     }
+}
+
+/// A TLSA record in presentation form (`3 1 1 <hex>`), as a TLS report's
+/// `policy-string` lists them (RFC 8460 §4.4).
+fn presentation(record: &TlsaRecord) -> String {
+    let hex: String = record.data.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{} {} {} {hex}",
+        record.usage, record.selector, record.matching
+    )
 }
 
 /// The envelope of a queued message, for SMTP.
@@ -351,6 +1071,8 @@ fn outbound_message(meta: &MessageMeta, indexes: &[usize], body: &Bytes) -> Outb
             .map(|hdrs| if hdrs { Ret::Headers } else { Ret::Full }),
         envid: p.envid.clone(),
         requiretls: p.requiretls,
+        // Passed on as RFC 6710 §4.2 asks (the client sends it only where offered).
+        mt_priority: (p.priority() != 0).then(|| p.priority()),
         ..MailParameters::default()
     };
     let recipients = indexes
@@ -384,5 +1106,82 @@ fn outbound_message(meta: &MessageMeta, indexes: &[usize], body: &Bytes) -> Outb
         params,
         recipients,
         body: body.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(data: u8, domain: Option<&str>) -> Arc<DaneKey> {
+        Arc::new(DaneKey {
+            records: vec![TlsaRecord {
+                usage: 3,
+                selector: 1,
+                matching: 1,
+                data: vec![data; 32],
+            }],
+            domain: domain.map(str::to_owned),
+        })
+    }
+
+    /// A kept-open session carries a delivery only if it was checked as that delivery
+    /// needs: DANE sessions only for the same records (and domain, with DANE-TA).
+    #[test]
+    fn sessions_are_reused_only_under_the_same_requirement() {
+        let dane = Checked::Dane(key(1, None));
+        let table = [
+            (Checked::Nothing, Checked::Nothing, true),
+            (Checked::Name, Checked::Nothing, true),
+            (dane.clone(), Checked::Nothing, true),
+            (Checked::Nothing, Checked::Name, false),
+            (Checked::Name, Checked::Name, true),
+            (dane.clone(), Checked::Name, false),
+            (Checked::Nothing, dane.clone(), false),
+            (Checked::Name, dane.clone(), false),
+            (Checked::Dane(key(1, None)), dane.clone(), true),
+            (Checked::Dane(key(2, None)), dane, false),
+            (
+                Checked::Dane(key(1, Some("a.test"))),
+                Checked::Dane(key(1, Some("b.test"))),
+                false,
+            ),
+        ];
+        for (session, need, reused) in table {
+            assert_eq!(session.satisfies(&need), reused, "{session:?} for {need:?}");
+        }
+    }
+
+    #[test]
+    fn tls_required_no_is_read_from_the_header_only() {
+        let table: [(&[u8], bool); 8] = [
+            (b"Subject: x\r\nTLS-Required: No\r\n\r\nbody\r\n", true),
+            (b"tls-required:   no  \r\n\r\n", true),
+            (b"TLS-Required:\r\n No\r\n\r\n", true),
+            (b"Subject: x\nTLS-Required: No\n\nbody\n", true),
+            (b"TLS-Required: Yes\r\n\r\n", false),
+            (b"X-TLS-Required: No\r\n\r\n", false),
+            (b"Subject: x\r\n\r\nTLS-Required: No\r\n", false),
+            (b"Subject: TLS-Required: No\r\n\r\n", false),
+        ];
+        for (message, expected) in table {
+            assert_eq!(
+                tls_required_no(message),
+                expected,
+                "{}",
+                String::from_utf8_lossy(message)
+            );
+        }
+    }
+
+    #[test]
+    fn tlsa_records_are_written_in_presentation_form() {
+        let record = TlsaRecord {
+            usage: 3,
+            selector: 1,
+            matching: 1,
+            data: vec![0xab, 0x01],
+        };
+        assert_eq!(presentation(&record), "3 1 1 ab01");
     }
 }

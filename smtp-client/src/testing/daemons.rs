@@ -1,8 +1,9 @@
 //! Daemons from Debian that tests start in the foreground, each on a free port with
 //! its files in a temporary directory of its own, and stop when dropped: rspamd and
 //! postgrey (the filter hooks' tests in smtp-server and mta-bin use the same ones),
-//! dnsmasq (the DNS lists' and reverse DNS's tests in auth-checks and mta-bin), and
-//! Dovecot's LMTP server (the recipient verification tests in mta-bin).
+//! dnsmasq (the DNS lists' and reverse DNS's tests in auth-checks and mta-bin),
+//! Dovecot's LMTP server (the recipient verification tests in mta-bin), and Knot DNS
+//! with Unbound (DANE's tests: zones signed at start, a validating resolver).
 //!
 //! ```no_run
 //! # fn run() {
@@ -444,4 +445,201 @@ fn chown_all(path: &Path, user: &str, group: &str) {
         "chown -R {user}:{group} {}",
         path.display()
     );
+}
+
+/// A zone [`knot`] serves: its name, its records in zone file syntax (relative names
+/// are under the zone; `$TTL 60` and an SOA come first, added by [`knot`]), and
+/// whether knot signs it (DNSSEC, ECDSA P-256, one key signing everything).
+#[derive(Clone, Copy, Debug)]
+pub struct KnotZone<'a> {
+    /// The zone's name, such as `dane.test`.
+    pub name: &'a str,
+    /// Its records, one a line, such as `mx A 127.0.0.1`.
+    pub records: &'a str,
+    /// Signed by knot as it loads the zone.
+    pub signed: bool,
+}
+
+/// Knot DNS (knotd) as an authoritative server on a free loopback port (UDP and TCP)
+/// for `zones`, started once each zone is loaded (and signed: its keys are made with
+/// `keymgr` before knotd starts, see [`knot_ds`]); `None` when knotd, keymgr or kdig
+/// (to see that the zones are loaded) is not installed (Debian: `knot`,
+/// `knot-dnsutils`; `.ci/deps/dane.sh`).
+pub fn knot(zones: &[KnotZone<'_>]) -> Option<Daemon> {
+    let binary = super::tool("knotd")?;
+    let keymgr = super::tool("keymgr")?;
+    let kdig = super::tool("kdig")?;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let d = dir.path().display();
+    let address = free_address();
+    let (ip, port) = (address.ip(), address.port());
+    let mut config = format!(
+        r#"server:
+    listen: {ip}@{port}
+    rundir: {d}
+database:
+    storage: {d}
+    kasp-db: {d}/keys
+log:
+  - target: stderr
+    any: warning
+policy:
+  - id: test
+    algorithm: ecdsap256sha256
+    manual: on
+    single-type-signing: on
+template:
+  - id: default
+    storage: {d}
+    zonefile-sync: -1
+    zonefile-load: whole
+    journal-content: none
+zone:
+"#
+    );
+    for zone in zones {
+        let name = zone.name.trim_end_matches('.');
+        config.push_str(&format!("  - domain: {name}\n"));
+        if zone.signed {
+            config.push_str("    dnssec-signing: on\n    dnssec-policy: test\n");
+        }
+        let text = format!(
+            "$ORIGIN {name}.\n$TTL 60\n@ SOA ns.{name}. hostmaster.{name}. 1 3600 600 86400 60\n{}\n",
+            zone.records
+        );
+        std::fs::write(dir.path().join(format!("{name}.zone")), text).expect("a zone file");
+    }
+    let config_path = dir.path().join("knot.conf");
+    std::fs::write(&config_path, config).expect("knot.conf");
+    for zone in zones.iter().filter(|z| z.signed) {
+        let status = Command::new(&keymgr)
+            .arg("-c")
+            .arg(&config_path)
+            .arg(zone.name.trim_end_matches('.'))
+            .args([
+                "generate",
+                "algorithm=ecdsap256sha256",
+                "ksk=yes",
+                "zsk=yes",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("keymgr");
+        assert!(
+            status.success(),
+            "keymgr could not make a key for {}",
+            zone.name
+        );
+    }
+    let mut command = Command::new(binary);
+    command.arg("-c").arg(&config_path);
+    let daemon = Daemon::spawn("knotd", command, address, dir, Duration::from_secs(10));
+    // knotd listens before it has loaded (and signed) its zones: wait for each SOA.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for zone in zones {
+        loop {
+            let out = Command::new(&kdig)
+                .arg(format!("@{ip}"))
+                .args(["-p", &port.to_string(), "+dnssec", "+norec", "+timeout=1"])
+                .arg(zone.name)
+                .arg("SOA")
+                .output()
+                .expect("kdig");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let loaded = text.contains("status: NOERROR") && text.contains("Flags: qr aa");
+            if loaded && (!zone.signed || text.contains("RRSIG")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "knotd did not load {} in time:\n{text}",
+                zone.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Some(daemon)
+}
+
+/// The DS records (SHA-256) of the signed `zone` of the [`knot`] `knot`, one a line in
+/// presentation form (`dane.test. DS 53064 13 2 49ad...`): what the parent would
+/// publish, and what a validating resolver takes as a trust anchor.
+pub fn knot_ds(knot: &Daemon, zone: &str) -> Vec<String> {
+    let keymgr = super::tool("keymgr").expect("keymgr");
+    let out = Command::new(keymgr)
+        .arg("-c")
+        .arg(knot.dir().join("knot.conf"))
+        .arg(zone.trim_end_matches('.'))
+        .arg("ds")
+        .output()
+        .expect("keymgr");
+    assert!(out.status.success(), "keymgr ds {zone}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.split_whitespace().nth(4) == Some("2"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Unbound as a validating resolver on a free loopback port (UDP and TCP), asking no
+/// one but the servers of `stubs` (zone name, server address: `stub-zone`s; the
+/// default `test.` local zone is off) and trusting `trust_anchors` (records in
+/// presentation form, DS or DNSKEY; names under no anchor are insecure). Its log is
+/// `<dir>/unbound.log` (validation failures explained). `None` when Unbound is not
+/// installed (Debian: `unbound`; `.ci/deps/dane.sh`).
+pub fn unbound(stubs: &[(&str, SocketAddr)], trust_anchors: &[String]) -> Option<Daemon> {
+    let binary = super::tool("unbound")?;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let d = dir.path().display();
+    let address = free_address();
+    let (ip, port) = (address.ip(), address.port());
+    let mut config = format!(
+        r#"server:
+    interface: {ip}@{port}
+    port: {port}
+    do-daemonize: no
+    username: ""
+    chroot: ""
+    directory: "{d}"
+    pidfile: "{d}/unbound.pid"
+    use-syslog: no
+    logfile: "{d}/unbound.log"
+    verbosity: 1
+    val-log-level: 2
+    access-control: 127.0.0.0/8 allow
+    do-not-query-localhost: no
+    do-ip6: no
+    num-threads: 1
+    so-reuseport: no
+    module-config: "validator iterator"
+    local-zone: "test." nodefault
+"#
+    );
+    for anchor in trust_anchors {
+        config.push_str(&format!("    trust-anchor: \"{anchor}\"\n"));
+    }
+    config.push_str("remote-control:\n    control-enable: no\n");
+    for (zone, server) in stubs {
+        config.push_str(&format!(
+            "stub-zone:\n    name: \"{zone}\"\n    stub-addr: {}@{}\n",
+            server.ip(),
+            server.port()
+        ));
+    }
+    let config_path = dir.path().join("unbound.conf");
+    std::fs::write(&config_path, config).expect("unbound.conf");
+    let mut command = Command::new(binary);
+    command.arg("-d").arg("-c").arg(&config_path);
+    Some(Daemon::spawn(
+        "unbound",
+        command,
+        address,
+        dir,
+        Duration::from_secs(10),
+    ))
+}
+
+/// [`unbound`]'s log so far.
+pub fn unbound_log(unbound: &Daemon) -> String {
+    std::fs::read_to_string(unbound.dir().join("unbound.log")).unwrap_or_default()
 }
