@@ -566,14 +566,19 @@ zone:
 /// publish, and what a validating resolver takes as a trust anchor.
 pub fn knot_ds(knot: &Daemon, zone: &str) -> Vec<String> {
     let keymgr = super::tool("keymgr").expect("keymgr");
-    let out = Command::new(keymgr)
+    let out = Command::new(&keymgr)
         .arg("-c")
         .arg(knot.dir().join("knot.conf"))
         .arg(zone.trim_end_matches('.'))
         .arg("ds")
         .output()
         .expect("keymgr");
-    assert!(out.status.success(), "keymgr ds {zone}");
+    assert!(
+        out.status.success(),
+        "keymgr ds {zone}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.split_whitespace().nth(4) == Some("2"))
