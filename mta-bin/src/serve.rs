@@ -821,8 +821,51 @@ fn remote_delivery(
                 port: o.mta_sts_port,
             }),
             dane,
+            shaping: crate::delivery::ShapingConfig {
+                backoff: o.backoff,
+                backoff_max: o.backoff_max,
+            },
+            destinations: o.destination.iter().map(destination_policy).collect(),
+            sender_pools: o
+                .sender_source
+                .iter()
+                .map(|s| crate::delivery::SenderPool {
+                    domain: s.domain.clone(),
+                    sources: s
+                        .addresses
+                        .iter()
+                        .map(|a| crate::delivery::Source {
+                            address: a.address(),
+                            helo: a.helo().or(s.helo.as_deref()).map(str::to_owned),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            source: o.source.as_ref().map(source_address),
         },
     ))
+}
+
+/// `[[outbound.destination]]` as remote delivery takes it.
+fn destination_policy(d: &crate::config::DestinationPolicy) -> crate::delivery::DestinationPolicy {
+    crate::delivery::DestinationPolicy {
+        pattern: d.pattern.clone(),
+        tls: d.tls.map(Into::into),
+        port: d.port,
+        relay: d.relay.as_ref().map(|r| (r.host.clone(), r.port)),
+        max_connections: d.max_connections,
+        max_messages_per_minute: d.max_messages_per_minute,
+        source: d.source.as_ref().map(source_address),
+        helo: d.helo.clone(),
+    }
+}
+
+/// An `[outbound]` source address as remote delivery takes it.
+fn source_address(s: &crate::config::SourceAddress) -> crate::delivery::Source {
+    crate::delivery::Source {
+        address: s.address(),
+        helo: s.helo().map(str::to_owned),
+    }
 }
 
 /// For `mta check-config`: with a relay login configured, whether the relay's

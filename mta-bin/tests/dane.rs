@@ -37,30 +37,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use smtp_client::testing::daemons::{Daemon, KnotZone, knot, knot_ds, unbound, unbound_log};
+use support::outbound::Running;
 use support::{
-    domain_maildir_files, free_address, queue_cmd, serve, serve_logging, smtp_send, terminate,
-    write,
+    domain_maildir_files, free_address, queue_cmd, serve, serve_logging, smtp_send, write,
 };
-
-/// A running `mta serve`, killed if a failed assertion unwinds past it.
-struct Running(Option<std::process::Child>);
-
-impl Running {
-    fn stop(mut self) {
-        if let Some(child) = self.0.take() {
-            terminate(child);
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -21,43 +21,8 @@ use dns_mx::testing::TestDns;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use support::{free_address, queue_cmd, serve, serve_logging, smtp_send, terminate, write};
-
-/// A policy in `mode` for the MX pattern `mx`.
-fn policy(mode: &str, mx: &str) -> String {
-    format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
-}
-
-/// A test CA: its certificate (PEM) and what signs with it.
-struct Ca {
-    pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            pem: cert.pem(),
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate for `names`: (certificate, key) in PEM.
-    fn certify(&self, names: &[&str]) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let params = rcgen::CertificateParams::new(names).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
+use support::outbound::{Ca, Running, deferred, policy};
+use support::{free_address, serve, serve_logging, smtp_send, write};
 
 /// The HTTPS server of `mta-sts.sts.test`: serves the policy it is given (none: every
 /// connection is closed at once, as a server that is down), counting connections.
@@ -149,26 +114,6 @@ fn dns(runtime: &tokio::runtime::Runtime, mx: &str, id: &str) -> TestDns {
          _mta-sts IN TXT \"v=STSv1; id={id}\"\n"
     );
     runtime.block_on(TestDns::start(&[&zone]))
-}
-
-/// A running `mta serve`, killed if a failed assertion unwinds past it.
-struct Running(Option<std::process::Child>);
-
-impl Running {
-    fn stop(mut self) {
-        if let Some(child) = self.0.take() {
-            terminate(child);
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// The MX host: an `mta` for sts.test (any user) on 127.0.0.2, offering STARTTLS with a
@@ -356,24 +301,6 @@ fn send(addr: &str, to: &str, subject: &str) {
         &[to],
         &format!("From: me@sender.test\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n"),
     );
-}
-
-/// `mta queue list` once the message to `to` has been tried and waits (deferred):
-/// the listing, with the reply the recipient waits with.
-fn deferred(config: &Path, to: &str) -> String {
-    let start = std::time::Instant::now();
-    loop {
-        let (code, text, err) = queue_cmd(config, &["list"]);
-        assert_eq!(code, 0, "{text}{err}");
-        if text
-            .lines()
-            .any(|l| l.contains(to) && l.trim_start().starts_with("pending") && l.contains('('))
-        {
-            return text;
-        }
-        assert!(start.elapsed().as_secs() < 30, "{to} not deferred: {text}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }
 
 /// `enforce`, and the domain's only MX is not in the policy: the mail waits with

@@ -22,43 +22,8 @@ use dns_mx::testing::TestDns;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use support::{domain_maildir_files, free_address, python, queue_cmd, serve, terminate, write};
-
-/// A test CA: its certificate (PEM) and what signs with it.
-struct Ca {
-    pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            pem: cert.pem(),
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate for `names`: (certificate, key) in PEM.
-    fn certify(&self, names: &[&str]) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let params = rcgen::CertificateParams::new(names).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-/// A policy in `mode` for the MX pattern `mx`.
-fn policy(mode: &str, mx: &str) -> String {
-    format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
-}
+use support::outbound::{Ca, Running, deferred, policy};
+use support::{domain_maildir_files, free_address, python, queue_cmd, serve, write};
 
 /// The HTTPS server of `mta-sts.rt.test`, serving `policy`; returns its port.
 fn policy_server(ca: &Ca, policy: &str) -> u16 {
@@ -126,27 +91,6 @@ fn dns(runtime: &tokio::runtime::Runtime, sts: bool) -> TestDns {
          {record}"
     );
     runtime.block_on(TestDns::start(&[&zone]))
-}
-
-/// A running child process (`mta serve`, the Python peer), killed if a failed
-/// assertion unwinds past it.
-struct Running(Option<std::process::Child>);
-
-impl Running {
-    fn stop(mut self) {
-        if let Some(child) = self.0.take() {
-            terminate(child);
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// The MX host: an `mta` for rt.test (any user) on 127.0.0.2; with `cert`, offering
@@ -572,23 +516,6 @@ s.quit()
     assert!(said.contains("starttls"), "{said}");
     assert!(said.contains("(555, b'5.5.4"), "{said}");
     sender.stop();
-}
-
-/// `mta queue list` once the message to `to` has been tried and waits (deferred).
-fn deferred(config: &Path, to: &str) -> String {
-    let start = std::time::Instant::now();
-    loop {
-        let (code, text, err) = queue_cmd(config, &["list"]);
-        assert_eq!(code, 0, "{text}{err}");
-        if text
-            .lines()
-            .any(|l| l.contains(to) && l.trim_start().starts_with("pending") && l.contains('('))
-        {
-            return text;
-        }
-        assert!(start.elapsed().as_secs() < 30, "{to} not deferred: {text}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }
 
 /// (d) `TLS-Required: No` (RFC 8689 §4.2.2) to a domain with an MTA-STS policy in

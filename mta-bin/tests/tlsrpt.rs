@@ -23,57 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use dns_mx::testing::TestDns;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use support::{free_address, python, serve, serve_logging, smtp_send, terminate, write};
-
-/// A test CA: its certificate (PEM) and what signs with it.
-struct Ca {
-    pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            pem: cert.pem(),
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate for `names`: (certificate, key) in PEM.
-    fn certify(&self, names: &[&str]) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let params = rcgen::CertificateParams::new(names).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// A rustls server configuration with a certificate for `name`.
-    fn server_config(&self, name: &str) -> Arc<rustls::ServerConfig> {
-        let (cert_pem, key_pem) = self.certify(&[name]);
-        let certs = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        Arc::new(
-            rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(certs, key)
-                .unwrap(),
-        )
-    }
-}
+use support::outbound::{Ca, Running};
+use support::{free_address, python, serve, serve_logging, smtp_send, write};
 
 /// An HTTPS server on 127.0.0.1: answers each request with `respond(request head,
 /// body)`, one connection at a time. Returns its port.
@@ -127,26 +79,6 @@ fn https_server(
 
 /// A request the report server received: its head and its body.
 type Posted = (String, Vec<u8>);
-
-/// A running `mta serve`, killed if a failed assertion unwinds past it.
-struct Running(Option<std::process::Child>);
-
-impl Running {
-    fn stop(mut self) {
-        if let Some(child) = self.0.take() {
-            terminate(child);
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// The MX host: an `mta` for sts.test (any user) on 127.0.0.2 with STARTTLS and a
 /// certificate for mx.sts.test. Returns it and its port.

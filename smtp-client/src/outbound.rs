@@ -54,6 +54,11 @@ pub struct OutboundConfig {
     /// (`451 4.7.5`), never sent to in plaintext. Set per host, by the caller that
     /// looked the records up. Default none.
     pub dane: Option<crate::DaneTls>,
+    /// The local address outbound connections are bound to (port chosen by the
+    /// system); `None`: the system picks it. A server address of the other family
+    /// (IPv4 against IPv6) cannot be reached from it and is skipped. Pair it with the
+    /// EHLO name that belongs to it in [`OutboundConfig::helo_name`].
+    pub source: Option<IpAddr>,
 }
 
 impl OutboundConfig {
@@ -71,6 +76,7 @@ impl OutboundConfig {
             chunking: true,
             detect_loops: true,
             dane: None,
+            source: None,
         }
     }
 }
@@ -89,6 +95,25 @@ pub struct OutboundMessage {
     /// The message (cheap to clone; for a large one, a spool file mapped into memory:
     /// it is sent a part at a time).
     pub body: bytes::Bytes,
+}
+
+/// A TCP connection to `address`, from `source` when given (bound before connecting).
+async fn connect(address: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(address).await;
+    };
+    let socket = match (source, address) {
+        (IpAddr::V4(_), SocketAddr::V4(_)) => tokio::net::TcpSocket::new_v4()?,
+        (IpAddr::V6(_), SocketAddr::V6(_)) => tokio::net::TcpSocket::new_v6()?,
+        _ => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!("source address {source} cannot reach {address}"),
+            ));
+        }
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(address).await
 }
 
 /// A plain or TLS client socket.
@@ -161,7 +186,7 @@ impl Session {
         config: &OutboundConfig,
         try_tls: bool,
     ) -> Result<Self, ClientError> {
-        let tcp = tokio::time::timeout(config.connect_timeout, TcpStream::connect(address))
+        let tcp = tokio::time::timeout(config.connect_timeout, connect(address, config.source))
             .await
             .map_err(|_| ClientError::Timeout("the TCP connection"))??;
         let _ = tcp.set_nodelay(true);

@@ -1169,6 +1169,147 @@ pub struct Outbound {
     /// A name known to be signed, whose DNSKEY `mta check-config` asks
     /// `dane_resolver` for to see that it validates (`.` by default).
     pub dane_self_test: String,
+    /// Traffic shaping: the first pause after a destination throttles us (`421`,
+    /// `4.7.x` rate limits); it doubles with each throttling reply (default 30 s).
+    #[serde(deserialize_with = "duration")]
+    pub backoff: Duration,
+    /// The longest traffic-shaping pause (default 10 min).
+    #[serde(deserialize_with = "duration")]
+    pub backoff_max: Duration,
+    /// The local address outbound connections leave from, with its EHLO name.
+    pub source: Option<SourceAddress>,
+    /// Per-destination policies (`[[outbound.destination]]`), the first match wins.
+    pub destination: Vec<DestinationPolicy>,
+    /// Source address pools by sender domain (`[[outbound.sender_source]]`).
+    pub sender_source: Vec<SenderSource>,
+}
+
+/// The problems of the traffic-shaping, destination and source keys of `[outbound]`:
+/// (key, sentence) for `mta check-config`.
+pub(crate) fn shaping_problems(o: &Outbound) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if o.backoff.is_zero() || o.backoff > o.backoff_max {
+        out.push((
+            "backoff",
+            "[outbound] backoff: must be more than 0 and at most backoff_max".to_owned(),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for d in &o.destination {
+        let name = d.pattern.strip_prefix("*.").unwrap_or(&d.pattern);
+        let at = format!("[[outbound.destination]] match = {:?}", d.pattern);
+        if name.is_empty()
+            || name.contains('*')
+            || name.starts_with('.')
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._[]:".contains(c))
+        {
+            out.push((
+                "destination",
+                format!("{at}: give a domain (example.org) or *.example.org"),
+            ));
+        }
+        if !seen.insert(d.pattern.to_ascii_lowercase()) {
+            out.push(("destination", format!("{at}: given twice")));
+        }
+        if d.port == Some(0) {
+            out.push(("destination", format!("{at}: port must be from 1 to 65535")));
+        }
+        if d.max_connections == Some(0) {
+            out.push((
+                "destination",
+                format!("{at}: max_connections must be at least 1"),
+            ));
+        }
+        if d.max_messages_per_minute == Some(0) {
+            out.push((
+                "destination",
+                format!("{at}: max_messages_per_minute must be at least 1"),
+            ));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for s in &o.sender_source {
+        let at = format!("[[outbound.sender_source]] domain = {:?}", s.domain);
+        if s.addresses.is_empty() {
+            out.push(("sender_source", format!("{at}: give at least one address")));
+        }
+        if s.domain.is_empty() || !seen.insert(s.domain.to_ascii_lowercase()) {
+            out.push(("sender_source", format!("{at}: empty or given twice")));
+        }
+    }
+    out
+}
+
+/// A local address to connect from, and the EHLO name that belongs to it:
+/// `{ address = "192.0.2.2", helo = "out2.example.org" }`, or just `"192.0.2.2"`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum SourceAddress {
+    /// An address alone (EHLO with the name otherwise in force).
+    Address(IpAddr),
+    /// An address and its EHLO name.
+    Named {
+        /// The local address.
+        address: IpAddr,
+        /// The EHLO name used from it.
+        helo: Option<String>,
+    },
+}
+
+impl SourceAddress {
+    /// The address.
+    pub fn address(&self) -> IpAddr {
+        match self {
+            Self::Address(a) | Self::Named { address: a, .. } => *a,
+        }
+    }
+
+    /// Its own EHLO name, when given.
+    pub fn helo(&self) -> Option<&str> {
+        match self {
+            Self::Address(_) => None,
+            Self::Named { helo, .. } => helo.as_deref(),
+        }
+    }
+}
+
+/// `[[outbound.destination]]`: how mail to matching recipient domains leaves.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationPolicy {
+    /// `example.org` (that domain) or `*.example.org` (its subdomains).
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// STARTTLS policy for it (as `[outbound] tls`).
+    pub tls: Option<OutboundTls>,
+    /// The port of its MX hosts.
+    pub port: Option<u16>,
+    /// A relay host for it (`host` or `host:port`) instead of its MX hosts.
+    #[serde(default, deserialize_with = "optional_from_str")]
+    pub relay: Option<RelayHost>,
+    /// Deliveries at once to it (instead of `max_per_destination`).
+    pub max_connections: Option<usize>,
+    /// Messages a minute to it at most (a message over the rate waits, up to a minute).
+    pub max_messages_per_minute: Option<u32>,
+    /// The local address its connections leave from.
+    pub source: Option<SourceAddress>,
+    /// The EHLO name towards it.
+    pub helo: Option<String>,
+}
+
+/// `[[outbound.sender_source]]`: mail from a sender domain leaves from a pool of
+/// local addresses, taken in turn.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderSource {
+    /// The sender's domain (the envelope sender's, exactly, without case).
+    pub domain: String,
+    /// The pool.
+    pub addresses: Vec<SourceAddress>,
+    /// The EHLO name for addresses that do not name their own.
+    pub helo: Option<String>,
 }
 
 /// `[outbound] dane`
@@ -1707,6 +1848,11 @@ impl Default for Outbound {
             dane: Dane::default(),
             dane_resolver: SocketAddr::from(([127, 0, 0, 1], 53)),
             dane_self_test: ".".to_owned(),
+            backoff: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(600),
+            source: None,
+            destination: Vec::new(),
+            sender_source: Vec::new(),
         }
     }
 }

@@ -6,6 +6,7 @@ mod maildir;
 mod mbox;
 pub mod quota;
 mod remote;
+mod shaping;
 mod slots;
 mod sts;
 
@@ -22,7 +23,8 @@ pub use lmtp::{Lmtp, LmtpAddress};
 pub use maildir::{LineEndings, Maildir, Recipient, SubaddressFolder};
 pub use mbox::Mbox;
 pub use quota::{ByteSize, Grace, Limits, LimitsConfig, QuotaConfig, Quotas, Usage, size_in_name};
-pub use remote::{Relay, Remote, RemoteConfig};
+pub use remote::{DestinationPolicy, Relay, Remote, RemoteConfig, SenderPool, Source};
+pub use shaping::{Rates, Shaping, ShapingConfig, is_throttling};
 pub use slots::{PrioritySlots, Slot};
 pub use sts::{StsConfig, TlsReports};
 

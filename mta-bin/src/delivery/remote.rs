@@ -45,7 +45,8 @@
 //! failed is not skipped. STARTTLS is still used when offered.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,6 +64,7 @@ use smtp_proto::{
 };
 use tracing::{Instrument, debug, info, info_span};
 
+use super::shaping::{Rates, Shaping, ShapingConfig, is_throttling};
 use super::slots::PrioritySlots;
 use super::sts::{Sts, StsConfig, TlsReports};
 use crate::aliases::Forwarding;
@@ -72,6 +74,75 @@ use crate::aliases::Forwarding;
 pub struct Relay {
     /// Its host name or IP address.
     pub host: String,
+}
+
+/// A local address connections leave from, with the EHLO name that belongs to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    /// The local address (the port is the system's choice).
+    pub address: IpAddr,
+    /// Its EHLO name; `None`: the name otherwise in force.
+    pub helo: Option<String>,
+}
+
+/// How mail to matching recipient domains leaves (`[[outbound.destination]]`). Unset
+/// fields keep the `[outbound]` settings.
+///
+/// ```
+/// use mta_bin::delivery::DestinationPolicy;
+/// let policy = DestinationPolicy {
+///     pattern: "*.example.org".into(),
+///     ..DestinationPolicy::default()
+/// };
+/// assert!(policy.matches("mx.Example.org"));
+/// assert!(!policy.matches("example.org"));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct DestinationPolicy {
+    /// `example.org` (that domain) or `*.example.org` (its subdomains, not itself).
+    pub pattern: String,
+    /// STARTTLS policy.
+    pub tls: Option<TlsPolicy>,
+    /// The port of the MX hosts.
+    pub port: Option<u16>,
+    /// A relay host (name or address, port) instead of the MX hosts; no login is
+    /// sent to it (`[outbound] relay_username` is the global relay's).
+    pub relay: Option<(String, u16)>,
+    /// Deliveries at once (instead of `max_per_destination`).
+    pub max_connections: Option<usize>,
+    /// Messages a minute at most: one over the rate waits (a minute at most) in its
+    /// delivery slot, else is deferred.
+    pub max_messages_per_minute: Option<u32>,
+    /// The local address connections leave from.
+    pub source: Option<Source>,
+    /// The EHLO name.
+    pub helo: Option<String>,
+}
+
+impl DestinationPolicy {
+    /// Whether the policy is for `domain` (compared without case).
+    pub fn matches(&self, domain: &str) -> bool {
+        let domain = domain.trim_end_matches('.');
+        match self.pattern.strip_prefix("*.") {
+            Some(parent) => {
+                domain.len() > parent.len() + 1 && {
+                    let (head, tail) = domain.split_at(domain.len() - parent.len());
+                    head.ends_with('.') && tail.eq_ignore_ascii_case(parent)
+                }
+            }
+            None => domain.eq_ignore_ascii_case(&self.pattern),
+        }
+    }
+}
+
+/// Mail from a sender domain leaves from a pool of local addresses, taken in turn
+/// (`[[outbound.sender_source]]`).
+#[derive(Clone, Debug)]
+pub struct SenderPool {
+    /// The envelope sender's domain.
+    pub domain: String,
+    /// The pool (not empty).
+    pub sources: Vec<Source>,
 }
 
 /// Remote delivery settings.
@@ -96,7 +167,61 @@ pub struct RemoteConfig {
     /// DANE (RFC 7672) for MX hosts (not for the relay host or address literals):
     /// the validating resolver TLSA records are asked of; `None`: off.
     pub dane: Option<DaneResolver>,
+    /// Traffic shaping: how destinations that throttle us are backed off.
+    pub shaping: ShapingConfig,
+    /// Per-destination policies; the first that matches the recipient domain applies.
+    pub destinations: Vec<DestinationPolicy>,
+    /// Source address pools by sender domain.
+    pub sender_pools: Vec<SenderPool>,
+    /// The local address connections leave from when neither the destination's policy
+    /// nor the sender's pool names one; `None`: the system's choice.
+    pub source: Option<Source>,
 }
+
+/// How one delivery leaves: the settings of its destination policy and source.
+#[derive(Debug)]
+struct Plan {
+    /// `[outbound]` with the destination's and the source's settings.
+    outbound: OutboundConfig,
+    /// `outbound` with TLS required and verified (MTA-STS, REQUIRETLS).
+    verified: OutboundConfig,
+    /// Through a relay host (the global one or the destination's): no MX, MTA-STS
+    /// nor DANE.
+    relayed: bool,
+    /// The relay host: the destination's, else `[outbound] relay`.
+    relay_host: Option<String>,
+    /// A host answered with a throttling reply (traffic shaping).
+    throttled: AtomicBool,
+    /// The destination domain.
+    domain: String,
+}
+
+impl Plan {
+    /// Notes a throttling reply in `e`.
+    fn note_error(&self, e: &ClientError) {
+        if matches!(e, ClientError::Rejected(r) if is_throttling(r)) {
+            self.throttled.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes a throttling reply among `replies`.
+    fn note_replies(&self, replies: &[Reply]) {
+        if replies.iter().any(is_throttling) {
+            self.throttled.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The idle-pool key of a session to `host` under this plan: a session is reused
+    /// only for the same port, source address and EHLO name.
+    fn pool_key(&self, host: &str) -> String {
+        let o = &self.outbound;
+        let source = o.source.map(|s| s.to_string()).unwrap_or_default();
+        format!("{host} {} {source} {}", o.port, o.helo_name)
+    }
+}
+
+/// The longest a message waits in its delivery slot for its destination's rate.
+const RATE_WAIT: Duration = Duration::from_secs(60);
 
 /// Delivers to other servers.
 #[derive(Debug)]
@@ -109,10 +234,14 @@ pub struct Remote {
     destinations: Mutex<HashMap<String, Arc<PrioritySlots>>>,
     /// MTA-STS policies, when on.
     sts: Option<Sts>,
-    /// `config.outbound` with TLS required and verified (MTA-STS).
-    verified_outbound: OutboundConfig,
     /// Where the TLS report events of MTA-STS and DANE go.
     reports: Arc<TlsReports>,
+    /// The backoff of destinations that throttle us.
+    shaping: Shaping,
+    /// Message rates of destinations with `max_messages_per_minute`.
+    rates: Rates,
+    /// The next address of the sender pools (round robin).
+    next_source: AtomicUsize,
 }
 
 /// How TLS is decided for one MX host.
@@ -244,16 +373,16 @@ impl Remote {
                 Arc::clone(&reports),
             )
         });
-        let mut verified_outbound = config.outbound.clone();
-        verified_outbound.tls = TlsPolicy::Required;
         Self {
             resolver,
+            shaping: Shaping::new(config.shaping),
             config,
             idle: Arc::default(),
             destinations: Mutex::default(),
             sts,
-            verified_outbound,
             reports,
+            rates: Rates::default(),
+            next_source: AtomicUsize::new(0),
         }
     }
 
@@ -265,19 +394,121 @@ impl Remote {
     /// Delivers the request's recipients (all of one domain): one outcome each. With
     /// [`RemoteConfig::forwarding`], recipients that came from an alias leave in a
     /// transaction of their own, with the SRS form of the sender.
+    ///
+    /// The first [`DestinationPolicy`] matching `domain` sets its TLS policy, port,
+    /// relay host, limits, source address and EHLO name. A destination that answers
+    /// with a throttling reply is backed off ([`Shaping`]): its mail is deferred
+    /// without connecting for a growing pause, then goes one at a time until it is
+    /// accepted again; other destinations are not affected.
     pub async fn deliver(&self, request: &DeliveryRequest, domain: &str) -> Vec<Outcome> {
         let n = request.recipients.len();
-        let slots =
-            {
-                let mut map = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
-                Arc::clone(map.entry(domain.to_owned()).or_insert_with(|| {
-                    Arc::new(PrioritySlots::new(self.config.max_per_destination))
-                }))
-            };
+        let policy = self.config.destinations.iter().find(|d| d.matches(domain));
+        let limit = policy
+            .and_then(|p| p.max_connections)
+            .unwrap_or(self.config.max_per_destination);
+        let slots = {
+            let mut map = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(
+                map.entry(domain.to_owned())
+                    .or_insert_with(|| Arc::new(PrioritySlots::new(limit))),
+            )
+        };
         // A saturated destination serves its waiting messages by priority (RFC 6710).
         let _slot = slots.acquire(request.message.params.priority()).await;
-        let hosts = match &self.config.relay {
-            Some(relay) => self.resolver.host(&relay.host).await.map(|h| vec![h]),
+        if let Some(rate) = policy.and_then(|p| p.max_messages_per_minute) {
+            // Waiting in the slot holds up only this destination.
+            match self.rates.reserve(domain, rate, RATE_WAIT) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => {
+                    let text = format!(
+                        "451 4.7.0 {domain}: traffic shaping: over {rate} messages a minute"
+                    );
+                    return vec![Outcome::Deferred(text); n];
+                }
+            }
+        }
+        let admitted = match self.shaping.admit(domain) {
+            Ok(admitted) => admitted,
+            Err(text) => {
+                debug!(domain, "{text}");
+                return vec![Outcome::Deferred(text); n];
+            }
+        };
+        let plan = self.plan(domain, policy, &request.message.from);
+        let outcomes = self.deliver_planned(request, domain, &plan).await;
+        let accepted = outcomes.iter().any(|o| matches!(o, Outcome::Sent(_)));
+        let throttled = plan.throttled.load(Ordering::Relaxed);
+        self.shaping.record(domain, admitted, throttled, accepted);
+        outcomes
+    }
+
+    /// How a delivery to a destination under `policy` from `sender` leaves.
+    fn plan(&self, domain: &str, policy: Option<&DestinationPolicy>, sender: &str) -> Plan {
+        let mut outbound = self.config.outbound.clone();
+        let mut relayed = self.config.relay.is_some();
+        if let Some(policy) = policy {
+            match &policy.relay {
+                Some((_, port)) => {
+                    relayed = true;
+                    outbound.port = *port;
+                    // The global relay's login and TLS mode are not this host's.
+                    outbound.auth = None;
+                    outbound.implicit_tls = false;
+                }
+                None if !relayed => outbound.port = policy.port.unwrap_or(outbound.port),
+                None => {}
+            }
+            if let Some(tls) = policy.tls {
+                outbound.tls = tls;
+            }
+            if let Some(helo) = &policy.helo {
+                outbound.helo_name = helo.clone();
+            }
+        }
+        // The destination's source, else the sender domain's pool, else the global one.
+        let sender_domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        let pooled = || {
+            let pool = self.config.sender_pools.iter().find(|p| {
+                !sender_domain.is_empty() && p.domain.eq_ignore_ascii_case(sender_domain)
+            })?;
+            let i = self.next_source.fetch_add(1, Ordering::Relaxed);
+            pool.sources.get(i % pool.sources.len().max(1))
+        };
+        let source = policy
+            .and_then(|p| p.source.as_ref())
+            .or_else(pooled)
+            .or(self.config.source.as_ref());
+        if let Some(source) = source {
+            outbound.source = Some(source.address);
+            if let Some(helo) = &source.helo {
+                outbound.helo_name = helo.clone();
+            }
+        }
+        let mut verified = outbound.clone();
+        verified.tls = TlsPolicy::Required;
+        Plan {
+            outbound,
+            verified,
+            relayed,
+            throttled: AtomicBool::new(false),
+            domain: domain.to_owned(),
+            relay_host: policy
+                .and_then(|p| p.relay.as_ref().map(|(host, _)| host))
+                .or(self.config.relay.as_ref().map(|r| &r.host))
+                .cloned(),
+        }
+    }
+
+    /// [`Remote::deliver`] in its slot, admitted by traffic shaping.
+    async fn deliver_planned(
+        &self,
+        request: &DeliveryRequest,
+        domain: &str,
+        plan: &Plan,
+    ) -> Vec<Outcome> {
+        let n = request.recipients.len();
+        let hosts = match &plan.relay_host {
+            Some(relay) => self.resolver.host(relay).await.map(|h| vec![h]),
             None => self.resolver.route(domain).await,
         };
         let hosts = match hosts {
@@ -298,9 +529,7 @@ impl Remote {
         let optional = !requiretls && tls_required_no(&request.body);
         // MTA-STS: the destination domain's policy (never the relay host's).
         let mut policy = match &self.sts {
-            Some(sts) if self.config.relay.is_none() && !domain.starts_with('[') => {
-                sts.policy(domain).await
-            }
+            Some(sts) if !plan.relayed && !domain.starts_with('[') => sts.policy(domain).await,
             _ => None,
         };
         if let Some(p) = policy
@@ -318,7 +547,7 @@ impl Remote {
             _ => StsUse::Off,
         };
         // DANE: each MX host's TLSA records (never the relay host's, nor a literal's).
-        let mut hosts = self.dane_hosts(hosts, domain).await;
+        let mut hosts = self.dane_hosts(hosts, domain, plan).await;
         if optional {
             // TLS-Required: No: a failed TLSA lookup does not keep the host out.
             for (_, tls) in &mut hosts {
@@ -334,7 +563,7 @@ impl Remote {
         // RFC 8689 §4.2.1: REQUIRETLS (and whether the MX RRset was validated).
         let require = if requiretls {
             Require::Tls {
-                mx_validated: self.mx_validated(domain).await,
+                mx_validated: self.mx_validated(domain, plan).await,
             }
         } else if optional {
             Require::Optional
@@ -344,7 +573,7 @@ impl Remote {
         let groups = self.by_sender(request);
         if let [(None, _)] = &groups[..] {
             let message = outbound_message(&request.message, &request.recipients, &request.body);
-            return self.send(&hosts, &message, domain, n, sts, require).await;
+            return self.send(&hosts, &message, n, sts, require, plan).await;
         }
         // Forwarded and other recipients: one transaction for each sender.
         let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
@@ -355,7 +584,7 @@ impl Remote {
                 message.from = sender;
             }
             let sent = self
-                .send(&hosts, &message, domain, positions.len(), sts, require)
+                .send(&hosts, &message, positions.len(), sts, require, plan)
                 .await;
             for (p, outcome) in positions.into_iter().zip(sent) {
                 outcomes[p] = Some(outcome);
@@ -371,8 +600,8 @@ impl Remote {
     /// signed and validated (asked of the DANE resolver, which alone reports DNSSEC;
     /// without `[outbound] dane` nothing is known to be validated). The relay host and
     /// an address literal involve no MX lookup: true.
-    async fn mx_validated(&self, domain: &str) -> bool {
-        if self.config.relay.is_some() || domain.starts_with('[') {
+    async fn mx_validated(&self, domain: &str, plan: &Plan) -> bool {
+        if plan.relayed || domain.starts_with('[') {
             return true;
         }
         match &self.config.dane {
@@ -391,12 +620,17 @@ impl Remote {
     /// the destination is a domain reached by MX, not through the relay host nor an
     /// address literal), else [`HostTls::Default`]. A failed lookup is recorded
     /// (`dnssec-invalid`) and the host will be skipped.
-    async fn dane_hosts(&self, hosts: Vec<MxHost>, domain: &str) -> Vec<(MxHost, HostTls)> {
+    async fn dane_hosts(
+        &self,
+        hosts: Vec<MxHost>,
+        domain: &str,
+        plan: &Plan,
+    ) -> Vec<(MxHost, HostTls)> {
         let dane = match &self.config.dane {
-            Some(dane) if self.config.relay.is_none() && !domain.starts_with('[') => dane,
+            Some(dane) if !plan.relayed && !domain.starts_with('[') => dane,
             _ => return hosts.into_iter().map(|h| (h, HostTls::Default)).collect(),
         };
-        let port = self.config.outbound.port;
+        let port = plan.outbound.port;
         // The hosts' lookups at once: the slowest bounds the wait, not their sum.
         let mut lookups = tokio::task::JoinSet::new();
         for (i, host) in hosts.iter().enumerate() {
@@ -582,11 +816,12 @@ impl Remote {
         &self,
         hosts: &[(MxHost, HostTls)],
         message: &OutboundMessage,
-        domain: &str,
         n: usize,
         sts: StsUse<'_>,
         require: Require,
+        plan: &Plan,
     ) -> Vec<Outcome> {
+        let domain = plan.domain.as_str();
         if message.recipients.len() != n {
             return vec![
                 Outcome::Failed("550 5.1.3 invalid recipient address in the queue".into());
@@ -595,7 +830,7 @@ impl Remote {
         }
         if let Require::Tls { mx_validated } = require {
             return self
-                .send_requiretls(hosts, message, domain, n, sts, mx_validated)
+                .send_requiretls(hosts, message, n, sts, mx_validated, plan)
                 .await;
         }
         // The last failure: its text, and whether it is permanent.
@@ -608,15 +843,17 @@ impl Remote {
             }
             let span = info_span!("smtp.out", host = %host.name, preference = host.preference);
             match self
-                .deliver_to(host, tls, message, domain, sts, require)
+                .deliver_to(host, tls, message, sts, require, plan)
                 .instrument(span)
                 .await
             {
                 Ok((address, replies)) => {
-                    let route = self.route(host, address, domain);
+                    plan.note_replies(&replies);
+                    let route = self.route(host, address, domain, plan);
                     return replies.iter().map(|r| outcome(&route, r)).collect();
                 }
                 Err(e) => {
+                    plan.note_error(&e);
                     let name = &host.name;
                     let text = match (tls, sts) {
                         (HostTls::Dane(_), _) => format!("{name}: DANE: {}", e.reply()),
@@ -653,11 +890,12 @@ impl Remote {
         &self,
         hosts: &[(MxHost, HostTls)],
         message: &OutboundMessage,
-        domain: &str,
         n: usize,
         sts: StsUse<'_>,
         mx_validated: bool,
+        plan: &Plan,
     ) -> Vec<Outcome> {
+        let domain = plan.domain.as_str();
         let mut unqualified: Option<String> = None;
         let mut transient: Option<String> = None;
         for (host, tls) in hosts.iter().filter(|(h, _)| !h.addresses.is_empty()) {
@@ -667,12 +905,13 @@ impl Remote {
             }
             let span = info_span!("smtp.out", host = %host.name, preference = host.preference);
             let sent = self
-                .deliver_requiretls(host, tls, message, domain, sts, mx_validated)
+                .deliver_requiretls(host, tls, message, sts, mx_validated, plan)
                 .instrument(span)
                 .await;
             match sent {
                 Ok((address, replies)) => {
-                    let route = self.route(host, address, domain);
+                    plan.note_replies(&replies);
+                    let route = self.route(host, address, domain, plan);
                     return replies.iter().map(|r| outcome(&route, r)).collect();
                 }
                 Err(RequireTlsError::Unqualified(text)) => {
@@ -680,6 +919,7 @@ impl Remote {
                     unqualified = Some(format!("{}: {text}", host.name));
                 }
                 Err(RequireTlsError::Client(e)) => {
+                    plan.note_error(&e);
                     let text = format!("{}: {}", host.name, e.reply());
                     if e.is_permanent() {
                         unqualified = Some(text);
@@ -707,11 +947,13 @@ impl Remote {
         host: &MxHost,
         tls: &HostTls,
         message: &OutboundMessage,
-        domain: &str,
         sts: StsUse<'_>,
         mx_validated: bool,
+        plan: &Plan,
     ) -> Result<(SocketAddr, Vec<Reply>), RequireTlsError> {
+        let domain = plan.domain.as_str();
         let name = &host.name;
+        let key = plan.pool_key(name);
         let dane = match tls {
             HostTls::Dane(dane) => Some(dane),
             _ => None,
@@ -734,12 +976,12 @@ impl Remote {
             Some(dane) => Checked::Dane(Arc::clone(&dane.key)),
             None => Checked::Name,
         };
-        if let Some((mut session, checked)) = self.take_idle(name, &need) {
+        if let Some((mut session, checked)) = self.take_idle(&key, &need) {
             if session.offers_requiretls() {
                 match session.deliver(message).await {
                     Ok(replies) => {
                         let address = session.address();
-                        self.put_idle(session, checked);
+                        self.put_idle(session, checked, &key);
                         return Ok((address, replies));
                     }
                     Err(e) => {
@@ -747,15 +989,15 @@ impl Remote {
                     }
                 }
             } else {
-                self.put_idle(session, checked);
+                self.put_idle(session, checked, &key);
             }
         }
         let enforce = matches!(sts, StsUse::Policy(_, p) if p.mode == Mode::Enforce);
         let opened = match dane {
-            Some(dane) => self.open_dane(host, dane, domain).await,
+            Some(dane) => self.open_dane(host, dane, domain, plan).await,
             // Verified for the name, failures recorded as MTA-STS's.
-            None if enforce => self.open(host, sts).await,
-            None => Session::open(name, &host.addresses, &self.verified_outbound)
+            None if enforce => self.open(host, sts, plan).await,
+            None => Session::open(name, &host.addresses, &plan.verified)
                 .await
                 .map(|s| (s, Checked::Name)),
         };
@@ -770,7 +1012,7 @@ impl Remote {
             Err(e) => return Err(RequireTlsError::Client(e)),
         };
         if !session.offers_requiretls() {
-            self.put_idle(session, checked);
+            self.put_idle(session, checked, &key);
             return Err(RequireTlsError::Unqualified(format!(
                 "550 5.7.30 REQUIRETLS support required: {name} does not offer REQUIRETLS"
             )));
@@ -780,14 +1022,14 @@ impl Remote {
             .await
             .map_err(RequireTlsError::Client)?;
         let address = session.address();
-        self.put_idle(session, checked);
+        self.put_idle(session, checked, &key);
         Ok((address, replies))
     }
 
     /// How a message reached `host` at `address`, for the log and `mta queue`:
     /// `mx1.example.test[192.0.2.1]:25 (MX 10 of example.test)`.
-    fn route(&self, host: &MxHost, address: SocketAddr, domain: &str) -> String {
-        let how = if self.config.relay.is_some() {
+    fn route(&self, host: &MxHost, address: SocketAddr, domain: &str, plan: &Plan) -> String {
+        let how = if plan.relayed {
             "the relay host".to_owned()
         } else if host.name.starts_with('[') {
             "an address literal".to_owned()
@@ -807,10 +1049,12 @@ impl Remote {
         host: &MxHost,
         tls: &HostTls,
         message: &OutboundMessage,
-        domain: &str,
         sts: StsUse<'_>,
         require: Require,
+        plan: &Plan,
     ) -> Result<(SocketAddr, Vec<Reply>), ClientError> {
+        let domain = plan.domain.as_str();
+        let key = plan.pool_key(&host.name);
         // Under DANE, only a connection checked against the same records; under
         // `enforce`, only one whose certificate was verified for the name.
         let need = match tls {
@@ -818,11 +1062,11 @@ impl Remote {
             _ if matches!(sts, StsUse::Policy(_, p) if p.mode == Mode::Enforce) => Checked::Name,
             _ => Checked::Nothing,
         };
-        if let Some((mut session, checked)) = self.take_idle(&host.name, &need) {
+        if let Some((mut session, checked)) = self.take_idle(&key, &need) {
             match session.deliver(message).await {
                 Ok(replies) => {
                     let address = session.address();
-                    self.put_idle(session, checked);
+                    self.put_idle(session, checked, &key);
                     return Ok((address, replies));
                 }
                 // The server may have closed it while it waited: open a new one.
@@ -832,19 +1076,19 @@ impl Remote {
             }
         }
         let (mut session, checked) = match tls {
-            HostTls::Dane(dane) => match self.open_dane(host, dane, domain).await {
+            HostTls::Dane(dane) => match self.open_dane(host, dane, domain, plan).await {
                 // TLS-Required: No: the DANE failure is recorded; opportunistic TLS.
                 Err(e @ ClientError::Tls { .. }) if matches!(require, Require::Optional) => {
                     info!(host = %host.name, error = %e, "TLS-Required: No: DANE failed; trying opportunistic TLS");
-                    self.open(host, StsUse::Off).await?
+                    self.open(host, StsUse::Off, plan).await?
                 }
                 opened => opened?,
             },
-            _ => self.open(host, sts).await?,
+            _ => self.open(host, sts, plan).await?,
         };
         let replies = session.deliver(message).await?;
         let address = session.address();
-        self.put_idle(session, checked);
+        self.put_idle(session, checked, &key);
         Ok((address, replies))
     }
 
@@ -857,8 +1101,9 @@ impl Remote {
         host: &MxHost,
         dane: &DaneHost,
         domain: &str,
+        plan: &Plan,
     ) -> Result<(Session, Checked), ClientError> {
-        let mut config = self.config.outbound.clone();
+        let mut config = plan.outbound.clone();
         config.dane = Some(dane.tls.clone());
         match Session::open(&host.name, &host.addresses, &config).await {
             Ok(session) => {
@@ -897,8 +1142,9 @@ impl Remote {
         &self,
         host: &MxHost,
         sts: StsUse<'_>,
+        plan: &Plan,
     ) -> Result<(Session, Checked), ClientError> {
-        let plain = &self.config.outbound;
+        let plain = &plan.outbound;
         let required = if plain.tls == TlsPolicy::Required {
             Checked::Name
         } else {
@@ -914,7 +1160,7 @@ impl Remote {
                 .await
                 .map(|s| (s, Checked::Nothing));
         }
-        match Session::open(&host.name, &host.addresses, &self.verified_outbound).await {
+        match Session::open(&host.name, &host.addresses, &plan.verified).await {
             Ok(session) => {
                 state.success(domain, policy);
                 Ok((session, Checked::Name))
@@ -938,11 +1184,11 @@ impl Remote {
         }
     }
 
-    /// An idle session to `host` checked as `need` asks (any, for
-    /// [`Checked::Nothing`]).
-    fn take_idle(&self, host: &str, need: &Checked) -> Option<(Session, Checked)> {
+    /// An idle session under `key` ([`Plan::pool_key`]) checked as `need` asks (any,
+    /// for [`Checked::Nothing`]).
+    fn take_idle(&self, key: &str, need: &Checked) -> Option<(Session, Checked)> {
         let mut sessions = self.idle.lock();
-        let list = sessions.get_mut(host)?;
+        let list = sessions.get_mut(key)?;
         let i = list.iter().rposition(|(_, _, c)| c.satisfies(need))?;
         let (_, session, checked) = list.remove(i);
         Some((session, checked))
@@ -950,7 +1196,7 @@ impl Remote {
 
     /// Keeps `session` for the next message to its host, for `idle_timeout`: then a
     /// timer says QUIT and closes it (the server need not time us out).
-    fn put_idle(&self, session: Session, checked: Checked) {
+    fn put_idle(&self, session: Session, checked: Checked, key: &str) {
         if session.transactions >= self.config.max_messages_per_connection {
             tokio::spawn(close(session));
             return;
@@ -961,7 +1207,7 @@ impl Remote {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.idle
             .lock()
-            .entry(session.host().to_owned())
+            .entry(key.to_owned())
             .or_default()
             .push((n, session, checked));
         let pool = Arc::downgrade(&self.idle);
@@ -1149,6 +1395,27 @@ mod tests {
         ];
         for (session, need, reused) in table {
             assert_eq!(session.satisfies(&need), reused, "{session:?} for {need:?}");
+        }
+    }
+
+    #[test]
+    fn destination_patterns_match_the_domain_or_its_subdomains() {
+        let table = [
+            ("example.org", "example.org", true),
+            ("example.org", "EXAMPLE.org.", true),
+            ("example.org", "mx.example.org", false),
+            ("*.example.org", "mx.example.org", true),
+            ("*.example.org", "a.b.Example.ORG", true),
+            ("*.example.org", "example.org", false),
+            ("*.example.org", "badexample.org", false),
+            ("*.example.org", ".example.org", false),
+        ];
+        for (pattern, domain, expected) in table {
+            let policy = DestinationPolicy {
+                pattern: pattern.to_owned(),
+                ..DestinationPolicy::default()
+            };
+            assert_eq!(policy.matches(domain), expected, "{pattern} {domain}");
         }
     }
 

@@ -5,6 +5,8 @@
 // Each test file uses a part of this module.
 #![allow(dead_code)]
 
+pub(crate) mod outbound;
+
 use std::process::Command;
 
 pub(crate) use smtp_client::testing::RawClient;
