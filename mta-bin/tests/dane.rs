@@ -27,17 +27,10 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use smtp_client::testing::daemons::{Daemon, KnotZone, knot, knot_ds, unbound, unbound_log};
-use support::outbound::Running;
+use support::outbound::{Ca, PolicyServer, Running, policy};
 use support::{
     domain_maildir_files, free_address, queue_cmd, serve, serve_logging, smtp_send, write,
 };
@@ -448,71 +441,6 @@ fn an_opportunistic_connection_is_not_reused_under_dane() {
     world.mx.stop();
 }
 
-/// The HTTPS server of `mta-sts.sts.dane.test`, serving `policy` with a certificate
-/// from a CA whose certificate (PEM) it returns, and counting the requests it answered.
-fn policy_server(policy: &str) -> (u16, String, Arc<AtomicUsize>) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "MTA-STS policy test CA");
-    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["mta-sts.sts.dane.test".to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let certs = vec![CertificateDer::from_pem_slice(cert.pem().as_bytes()).unwrap()];
-    let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap(),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let served = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&served);
-    let policy = policy.to_owned();
-    std::thread::spawn(move || {
-        for tcp in listener.incoming() {
-            let Ok(tcp) = tcp else { continue };
-            let connection = rustls::ServerConnection::new(Arc::clone(&config)).unwrap();
-            let mut stream = rustls::StreamOwned::new(connection, tcp);
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            let request = String::from_utf8_lossy(&request);
-            let response = if request.starts_with("GET /.well-known/mta-sts.txt HTTP/1.1\r\n")
-                && request.contains("\r\nHost: mta-sts.sts.dane.test\r\n")
-            {
-                count.fetch_add(1, Ordering::SeqCst);
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{policy}",
-                    policy.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned()
-            };
-            let _ = stream.write_all(response.as_bytes());
-            stream.conn.send_close_notify();
-            let _ = stream.flush();
-        }
-    });
-    (port, ca_pem, served)
-}
-
 /// DANE wins over MTA-STS for a host with TLSA records (RFC 8461 §2): the domain's
 /// `enforce` policy lists another MX host, and the MX host's certificate comes from a
 /// CA the sender does not trust, so MTA-STS alone would make the mail wait; the host's
@@ -520,9 +448,13 @@ fn policy_server(policy: &str) -> (u16, String, Arc<AtomicUsize>) {
 #[test]
 fn dane_takes_precedence_over_mta_sts() {
     let world = world_or_skip!();
-    let (https, ca, served) = policy_server(
-        "version: STSv1\r\nmode: enforce\r\nmx: mx.elsewhere.test\r\nmax_age: 86400\r\n",
+    let ca = Ca::new("MTA-STS policy test CA");
+    let server = PolicyServer::start(
+        &ca,
+        "sts.dane.test",
+        &policy("enforce", "mx.elsewhere.test"),
     );
+    let (https, ca) = (server.port, ca.pem);
     let d = world.dir.path().display();
     write(world.dir.path(), "ca.pem", &ca);
     let config = world.config_with(&format!(
@@ -534,7 +466,7 @@ fn dane_takes_precedence_over_mta_sts() {
     assert_eq!(received.len(), 1, "{}", world.log());
     assert!(received[0].contains("with ESMTPS"), "{}", received[0]);
     // The policy was fetched and applies to the domain...
-    assert_eq!(served.load(Ordering::SeqCst), 1);
+    assert_eq!(server.connections(), 1);
     let cached =
         std::fs::read_to_string(world.dir.path().join("queue/mta-sts/sts.dane.test.policy"))
             .unwrap();

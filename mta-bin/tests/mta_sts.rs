@@ -11,96 +11,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use dns_mx::testing::TestDns;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use support::outbound::{Ca, Running, deferred, policy};
-use support::{free_address, serve, serve_logging, smtp_send, write};
-
-/// The HTTPS server of `mta-sts.sts.test`: serves the policy it is given (none: every
-/// connection is closed at once, as a server that is down), counting connections.
-struct PolicyServer {
-    port: u16,
-    policy: Arc<Mutex<Option<String>>>,
-    connections: Arc<AtomicUsize>,
-}
-
-impl PolicyServer {
-    fn start(ca: &Ca, policy: &str) -> Self {
-        let (cert_pem, key_pem) = ca.certify(&["mta-sts.sts.test"]);
-        let certs = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = Arc::new(
-            rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(certs, key)
-                .unwrap(),
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let served = Arc::new(Mutex::new(Some(policy.to_owned())));
-        let connections = Arc::new(AtomicUsize::new(0));
-        let (state, count) = (Arc::clone(&served), Arc::clone(&connections));
-        std::thread::spawn(move || {
-            for tcp in listener.incoming() {
-                let Ok(tcp) = tcp else { continue };
-                count.fetch_add(1, Ordering::SeqCst);
-                let Some(policy) = state.lock().unwrap().clone() else {
-                    drop(tcp);
-                    continue;
-                };
-                let connection = rustls::ServerConnection::new(Arc::clone(&config)).unwrap();
-                let mut stream = rustls::StreamOwned::new(connection, tcp);
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let request = String::from_utf8_lossy(&request);
-                let response = if request.starts_with("GET /.well-known/mta-sts.txt HTTP/1.1\r\n")
-                    && request.contains("\r\nHost: mta-sts.sts.test\r\n")
-                {
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{policy}",
-                        policy.len()
-                    )
-                } else {
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned()
-                };
-                let _ = stream.write_all(response.as_bytes());
-                stream.conn.send_close_notify();
-                let _ = stream.flush();
-            }
-        });
-        Self {
-            port,
-            policy: served,
-            connections,
-        }
-    }
-
-    /// Serves `policy` from now on (`None`: down).
-    fn set(&self, policy: Option<&str>) {
-        *self.policy.lock().unwrap() = policy.map(str::to_owned);
-    }
-
-    fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-}
+use support::outbound::{Ca, PolicyServer, Running, deferred, mx_host, policy};
+use support::{serve_logging, smtp_send, write};
 
 /// A DNS server for sts.test: MX 10 `mx` (a name under sts.test) at 127.0.0.2, the
 /// policy host at 127.0.0.1, and the `_mta-sts` record with `id`.
@@ -114,49 +30,6 @@ fn dns(runtime: &tokio::runtime::Runtime, mx: &str, id: &str) -> TestDns {
          _mta-sts IN TXT \"v=STSv1; id={id}\"\n"
     );
     runtime.block_on(TestDns::start(&[&zone]))
-}
-
-/// The MX host: an `mta` for sts.test (any user) on 127.0.0.2, offering STARTTLS with a
-/// certificate for `names` from `ca`. Returns it and its port.
-fn mx_host(dir: &Path, ca: &Ca, names: &[&str]) -> (Running, u16) {
-    std::fs::create_dir_all(dir).unwrap();
-    let (cert, key) = ca.certify(names);
-    write(dir, "cert.pem", &cert);
-    write(dir, "key.pem", &key);
-    let d = dir.display();
-    let config = write(
-        dir,
-        "mx.toml",
-        &format!(
-            r#"hostname = "mx.sts.test"
-[[listener]]
-address = "127.0.0.2:0"
-mode = "relay"
-[queue]
-path = "{d}/queue"
-[local]
-domains = ["sts.test"]
-maildir = "{d}/maildir"
-accept_any_user = true
-[tls]
-certificate = "{d}/cert.pem"
-private_key = "{d}/key.pem"
-[dns]
-nameservers = ["{dns}"]
-[auth_checks]
-spf = "off"
-dkim = "off"
-dmarc = "off"
-arc = "off"
-[reverse_dns]
-mode = "off"
-"#,
-            dns = free_address(),
-        ),
-    );
-    let (child, addr) = serve(&config);
-    let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
-    (Running(Some(child)), port)
 }
 
 /// Everything one test needs: the policy server, the MX host, the runtime
@@ -188,7 +61,11 @@ impl World {
         let ca = Ca::new("mta-sts test CA");
         write(dir.path(), "ca.pem", &ca.pem);
         let other = Ca::new("a CA nobody trusts");
-        let server = PolicyServer::start(if policy_untrusted { &other } else { &ca }, policy);
+        let server = PolicyServer::start(
+            if policy_untrusted { &other } else { &ca },
+            "sts.test",
+            policy,
+        );
         let issuer = if untrusted { &other } else { &ca };
         let (mx, mx_port) = mx_host(&dir.path().join("mx"), issuer, mx_names);
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -13,66 +13,13 @@
 
 mod support;
 
-use std::io::{BufRead, Read, Write};
-use std::net::TcpListener;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use dns_mx::testing::TestDns;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use support::outbound::{Ca, Running, deferred, policy};
+use support::outbound::{Ca, PolicyServer, Running, deferred, policy};
 use support::{domain_maildir_files, free_address, python, queue_cmd, serve, write};
-
-/// The HTTPS server of `mta-sts.rt.test`, serving `policy`; returns its port.
-fn policy_server(ca: &Ca, policy: &str) -> u16 {
-    let (cert_pem, key_pem) = ca.certify(&["mta-sts.rt.test"]);
-    let certs = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap(),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let policy = policy.to_owned();
-    std::thread::spawn(move || {
-        for tcp in listener.incoming() {
-            let Ok(tcp) = tcp else { continue };
-            let connection = rustls::ServerConnection::new(Arc::clone(&config)).unwrap();
-            let mut stream = rustls::StreamOwned::new(connection, tcp);
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            let request = String::from_utf8_lossy(&request);
-            let response = if request.starts_with("GET /.well-known/mta-sts.txt HTTP/1.1\r\n")
-                && request.contains("\r\nHost: mta-sts.rt.test\r\n")
-            {
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{policy}",
-                    policy.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned()
-            };
-            let _ = stream.write_all(response.as_bytes());
-            stream.conn.send_close_notify();
-            let _ = stream.flush();
-        }
-    });
-    port
-}
 
 /// A DNS server for rt.test: MX 10 mx.rt.test at 127.0.0.2, the policy host at
 /// 127.0.0.1, and (with `sts`) the `_mta-sts` record.
@@ -241,7 +188,7 @@ impl World {
         let (cert, key) = ca.certify(&["sender.test"]);
         write(dir.path(), "sender-cert.pem", &cert);
         write(dir.path(), "sender-key.pem", &key);
-        let policy_port = policy_server(&ca, policy.unwrap_or(""));
+        let policy_port = PolicyServer::start(&ca, "rt.test", policy.unwrap_or("")).port;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()

@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex};
 
 use dns_mx::testing::TestDns;
 
-use support::outbound::{Ca, Running};
-use support::{free_address, python, serve, serve_logging, smtp_send, write};
+use support::outbound::{Ca, Running, mx_host};
+use support::{python, serve_logging, smtp_send, write};
 
 /// An HTTPS server on 127.0.0.1: answers each request with `respond(request head,
 /// body)`, one connection at a time. Returns its port.
@@ -79,51 +79,6 @@ fn https_server(
 
 /// A request the report server received: its head and its body.
 type Posted = (String, Vec<u8>);
-
-/// The MX host: an `mta` for sts.test (any user) on 127.0.0.2 with STARTTLS and a
-/// certificate for mx.sts.test. Returns it and its port.
-fn mx_host(dir: &Path, ca: &Ca) -> (Running, u16) {
-    std::fs::create_dir_all(dir).unwrap();
-    let (cert, key) = ca.certify(&["mx.sts.test"]);
-    write(dir, "cert.pem", &cert);
-    write(dir, "key.pem", &key);
-    let d = dir.display();
-    let config = write(
-        dir,
-        "mx.toml",
-        &format!(
-            r#"hostname = "mx.sts.test"
-[[listener]]
-address = "127.0.0.2:0"
-mode = "relay"
-[queue]
-path = "{d}/queue"
-[local]
-domains = ["sts.test"]
-maildir = "{d}/maildir"
-accept_any_user = true
-[tls]
-certificate = "{d}/cert.pem"
-private_key = "{d}/key.pem"
-[dns]
-nameservers = ["{dns}"]
-[auth_checks]
-spf = "off"
-dkim = "off"
-dmarc = "off"
-arc = "off"
-[reverse_dns]
-mode = "off"
-[tls_reports]
-enabled = false
-"#,
-            dns = free_address(),
-        ),
-    );
-    let (child, addr) = serve(&config);
-    let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
-    (Running(Some(child)), port)
-}
 
 /// The messages in `dir` (a Maildir's `new`), waiting up to `secs` for `until` to
 /// hold of them.
@@ -245,7 +200,7 @@ fn daily_reports_reach_the_rua_mailbox_and_https() {
         sink.lock().unwrap().push((head.to_owned(), body.to_vec()));
         "HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
     });
-    let (mx, mx_port) = mx_host(&dir.path().join("mx"), &ca);
+    let (mx, mx_port) = mx_host(&dir.path().join("mx"), &ca, &["mx.sts.test"]);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
