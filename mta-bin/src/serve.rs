@@ -799,7 +799,7 @@ fn remote_delivery(
     let dane = match o.dane {
         crate::config::Dane::On => Some(dns_mx::DaneResolver::new(dns_mx::DaneConfig {
             resolver: o.dane_resolver,
-            ..dns_mx::DaneConfig::default()
+            timeout: o.dane_timeout,
         })?),
         crate::config::Dane::Off => None,
     };

@@ -66,6 +66,13 @@ impl Config {
                 ),
             );
         }
+        if o.dane_timeout.is_zero() {
+            p.add(
+                doc,
+                At::Key("outbound", "dane_timeout"),
+                "[outbound] dane_timeout: must be more than 0",
+            );
+        }
         if o.dane == Dane::On && !o.dane_resolver.ip().is_loopback() {
             p.add(
                 doc,
@@ -647,7 +654,7 @@ impl Config {
 
 impl Config {
     /// With `[outbound] dane = "on"`, the live self-test of the validating resolver:
-    /// asks `dane_resolver` for the DNSKEY records of `dane_self_test` (5 s at most, on
+    /// asks `dane_resolver` for the DNSKEY records of `dane_self_test` (`dane_timeout` at most, on
     /// a thread of its own, so that it works inside and outside a runtime) and warns
     /// when the answer is not validated (no AD bit) or does not come.
     fn dane_self_test(&self) -> Option<String> {
@@ -657,7 +664,7 @@ impl Config {
         }
         let config = dns_mx::DaneConfig {
             resolver: o.dane_resolver,
-            timeout: std::time::Duration::from_secs(5),
+            timeout: o.dane_timeout,
         };
         let name = o.dane_self_test.clone();
         let probe = std::thread::spawn(move || {
@@ -844,6 +851,24 @@ mod dane_tests {
         // Off, the key is not used.
         assert!(parse("dane = \"off\"\ndane_resolver = \"192.0.2.53:53\"\n").is_ok());
         assert!(parse("dane = \"maybe\"\n").is_err());
+    }
+
+    #[test]
+    fn the_dane_query_time_is_a_key() {
+        assert_eq!(parse("").unwrap().outbound.dane_timeout.as_secs(), 5);
+        assert_eq!(
+            parse("dane_timeout = \"2s\"\n")
+                .unwrap()
+                .outbound
+                .dane_timeout
+                .as_secs(),
+            2
+        );
+        let err = parse("dane_timeout = \"0s\"\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("dane_timeout: must be more than 0"),
+            "{err:#}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1169,6 +1169,10 @@ pub struct Outbound {
     /// A name known to be signed, whose DNSKEY `mta check-config` asks
     /// `dane_resolver` for to see that it validates (`.` by default).
     pub dane_self_test: String,
+    /// How long one DANE query (MX, address or TLSA records) may take (5 s); when it
+    /// passes, the host's TLSA lookup has failed (the host is skipped).
+    #[serde(deserialize_with = "duration")]
+    pub dane_timeout: Duration,
     /// Traffic shaping: the first pause after a destination throttles us (`421`,
     /// `4.7.x` rate limits); it doubles with each throttling reply (default 30 s).
     #[serde(deserialize_with = "duration")]
@@ -1848,6 +1852,7 @@ impl Default for Outbound {
             dane: Dane::default(),
             dane_resolver: SocketAddr::from(([127, 0, 0, 1], 53)),
             dane_self_test: ".".to_owned(),
+            dane_timeout: Duration::from_secs(5),
             backoff: Duration::from_secs(30),
             backoff_max: Duration::from_secs(600),
             source: None,
