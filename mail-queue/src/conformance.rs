@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use crate::message::{MailParams, RecipientDsn, RecipientMeta, RecipientState, SpoolRef};
-use crate::store::{Change, QueueStore};
+use crate::store::{Change, JournalMark, QueueStore};
 use crate::{MessageMeta, QueueId};
 
 /// A message for tests.
@@ -64,6 +64,7 @@ pub fn run<S: QueueStore>(open: impl Fn(&Path) -> S) {
     scan_order_and_start(&open(&base.join("c")));
     persists_across_reopen(&open, &base.join("d"));
     empty_commit(&open(&base.join("e")));
+    applied_then_synced(&open, &base.join("f"));
     let _ = std::fs::remove_dir_all(&base);
 }
 
@@ -184,4 +185,52 @@ fn persists_across_reopen<S: QueueStore>(open: &impl Fn(&Path) -> S, dir: &Path)
 
 fn empty_commit(store: &impl QueueStore) {
     store.commit(&[]).unwrap();
+}
+
+/// `apply` is visible at once and records its mark; after `sync` both survive reopening
+/// (a store without a journal keeps no mark, and its `apply` is durable by itself).
+fn applied_then_synced<S: QueueStore>(open: &impl Fn(&Path) -> S, dir: &Path) {
+    let first = JournalMark {
+        segment: 3,
+        offset: 120,
+    };
+    let second = JournalMark {
+        segment: 4,
+        offset: 0,
+    };
+    let journaled = {
+        let store = open(dir);
+        store.apply(&[Change::Put(sample(20, 1))], first).unwrap();
+        assert_eq!(
+            store.get(QueueId(20)).unwrap(),
+            Some(sample(20, 1)),
+            "{}: applied changes are visible before a sync",
+            store.backend()
+        );
+        store
+            .apply(
+                &[Change::Remove(QueueId(20)), Change::Put(sample(21, 1))],
+                second,
+            )
+            .unwrap();
+        let mark = store.mark().unwrap();
+        assert!(
+            mark.is_none() || mark == Some(second),
+            "{}: the mark is the last one applied: {mark:?}",
+            store.backend()
+        );
+        store.sync().unwrap();
+        mark.is_some()
+    };
+    let store = open(dir);
+    assert_eq!(store.get(QueueId(20)).unwrap(), None, "{}", store.backend());
+    assert_eq!(
+        store.get(QueueId(21)).unwrap(),
+        Some(sample(21, 1)),
+        "{}: synced changes survive reopen",
+        store.backend()
+    );
+    if journaled {
+        assert_eq!(store.mark().unwrap(), Some(second), "{}", store.backend());
+    }
 }

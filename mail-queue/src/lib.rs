@@ -6,10 +6,12 @@
 //! and scheduled.
 //!
 //! ```text
-//!  enqueue(msg, body) ──▶ group committer ──▶ spool segment (bodies, one fdatasync)
-//!        ▲                     │          └─▶ QueueStore    (metadata, one durable commit)
+//!  enqueue(msg, body) ──▶ group committer ──▶ spool segment (bodies and a journal
+//!        ▲                     │          │                  record of the metadata,
+//!        │                     │          │                  one fdatasync per batch)
+//!        │                     │          └─▶ QueueStore    (metadata, synced ~1/s)
 //!        └──── Ok(queue id) ◀──┘  per batch: every session finishing at the same time
-//!                                 shares the fsyncs
+//!                                 shares the fsync
 //!
 //!  Queue::run(delivery) ──▶ due messages ──▶ one DeliveryRequest per domain ──▶ your
 //!                                            tower Service ──▶ Outcome per recipient
@@ -35,6 +37,7 @@ mod delivery;
 pub mod dsn;
 mod error;
 mod id;
+mod journal;
 mod message;
 mod queue;
 mod spool;
@@ -56,4 +59,4 @@ pub use queue::{Backend, DeliveryService, Queue, QueueConfig};
 pub use stats::{
     DELAY_BUCKETS, DomainCounts, Histogram, Oldest, QueueCounts, QueueStats, TRACKED_DOMAINS,
 };
-pub use store::{Change, QueueStore, RedbStore, SledStore};
+pub use store::{Change, JournalMark, QueueStore, RedbStore, SledStore};

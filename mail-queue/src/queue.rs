@@ -264,6 +264,7 @@ impl Queue {
             &config.path.join("spool"),
             config.segment_size,
         )?);
+        let (mark, replayed) = crate::journal::recover(&spool, store.as_ref())?;
         let mut schedule = Schedule::default();
         let mut largest = 0;
         store.scan(None, &mut |meta| {
@@ -283,7 +284,7 @@ impl Queue {
             }
             true
         })?;
-        let committer = Committer::start(Arc::clone(&spool), Arc::clone(&store))?;
+        let committer = Committer::start(Arc::clone(&spool), Arc::clone(&store), mark)?;
         let queue = Self {
             inner: Arc::new(Inner {
                 config,
@@ -300,6 +301,7 @@ impl Queue {
         info!(
             backend = queue.inner.store.backend(),
             messages = queue.len(),
+            journal_records_replayed = replayed,
             swept_segments = swept,
             "queue opened"
         );

@@ -1,9 +1,12 @@
-//! Message bodies: append-only segment files, one fdatasync per batch.
+//! Message bodies and the queue's journal: append-only segment files, one fdatasync
+//! per batch.
 //!
 //! Bodies never go into sled (sled 0.34 writes values above ~128 KiB to blob files it
-//! never fsyncs). Each batch of bodies from the group committer is appended to the
-//! active segment with a single vectored `write` and made durable with a single
-//! `fdatasync`. A segment is deleted when no live message points into it any more.
+//! never fsyncs). Each batch from the group committer, its bodies followed by one
+//! journal record (the batch's metadata changes, see [`crate::journal`]), is appended to
+//! the active segment with a single vectored `write` and made durable with a single
+//! `fdatasync`. A segment is deleted when no live message points into it any more and
+//! the store holds every journal record in it (it is before the store's durable mark).
 //! After a restart writing starts in a fresh segment, so a torn tail from a crash is
 //! never appended to.
 //!
@@ -23,11 +26,17 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 use crate::message::SpoolRef;
+use crate::store::JournalMark;
 use crate::{QueueError, QueueId};
 
+/// A body record.
 const MAGIC: &[u8; 4] = b"MQS1";
+/// A journal record (its id field is 0).
+const JOURNAL_MAGIC: &[u8; 4] = b"MQJ1";
 /// magic, queue id, body length, CRC-32.
 const HEADER_LEN: u64 = 4 + 8 + 8 + 4;
+/// The largest journal record replay accepts.
+const MAX_JOURNAL_RECORD: u64 = 1 << 30;
 
 /// Bodies this large or larger are mapped into memory when read, not copied into it.
 const MAP_THRESHOLD: u64 = 1 << 20;
@@ -46,6 +55,11 @@ struct Inner {
     next_segment: u64,
     /// Live messages per segment.
     live: HashMap<u64, u64>,
+    /// Segments from this one on may hold journal records the store has not made
+    /// durable: they are kept, even empty, until a sync of the store moves it on.
+    keep_from: u64,
+    /// Empty segments waiting for `keep_from` to pass them.
+    doomed: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -69,6 +83,8 @@ impl Spool {
             active: None,
             next_segment,
             live: HashMap::new(),
+            keep_from: 0,
+            doomed: Vec::new(),
         };
         Ok(Self {
             dir: dir.to_owned(),
@@ -81,15 +97,25 @@ impl Spool {
         self.dir.join(format!("{number:010}.seg"))
     }
 
-    /// Appends bodies (each given in parts, stored one after the other) and makes them
-    /// durable; returns where each one is.
+    /// The number the next new segment gets.
+    pub(crate) fn next_segment(&self) -> Result<u64, QueueError> {
+        Ok(self
+            .inner
+            .lock()
+            .map_err(|_| QueueError::Closed)?
+            .next_segment)
+    }
+
+    /// Appends bodies (each given in parts, stored one after the other) followed by one
+    /// journal record, made by `journal` from where the bodies go; makes them durable
+    /// when `sync` is set (else the next sync does). Returns where each body is and the
+    /// journal position after the record.
     pub(crate) fn append(
         &self,
         records: &[(QueueId, &[Bytes])],
-    ) -> Result<Vec<SpoolRef>, QueueError> {
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
+        sync: bool,
+        journal: impl FnOnce(&[SpoolRef]) -> Result<Vec<u8>, QueueError>,
+    ) -> Result<(Vec<SpoolRef>, JournalMark), QueueError> {
         let mut inner = self.inner.lock().map_err(|_| QueueError::Closed)?;
         let size = |parts: &[Bytes]| parts.iter().map(|p| p.len() as u64).sum::<u64>();
         let batch: u64 = records.iter().map(|(_, b)| size(b) + HEADER_LEN).sum();
@@ -103,8 +129,7 @@ impl Spool {
             if let Some(old) = inner.active.take()
                 && inner.live.get(&old.number).copied().unwrap_or(0) == 0
             {
-                inner.live.remove(&old.number);
-                let _ = fs::remove_file(self.path(old.number));
+                self.drop_segment(&mut inner, old.number);
             }
             let number = inner.next_segment;
             inner.next_segment += 1;
@@ -136,12 +161,7 @@ impl Spool {
                 crc.update(part);
             }
             let (crc, len) = (crc.finalize(), size(parts));
-            let mut header = [0u8; HEADER_LEN as usize];
-            header[..4].copy_from_slice(MAGIC);
-            header[4..12].copy_from_slice(&id.0.to_le_bytes());
-            header[12..20].copy_from_slice(&len.to_le_bytes());
-            header[20..].copy_from_slice(&crc.to_le_bytes());
-            headers.push(header);
+            headers.push(header(MAGIC, id.0, len, crc));
             refs.push(SpoolRef {
                 segment: active.number,
                 offset: offset + HEADER_LEN,
@@ -150,14 +170,29 @@ impl Spool {
             });
             offset += HEADER_LEN + len;
         }
-        let mut slices = Vec::with_capacity(records.len() * 3);
+        let payload = journal(&refs)?;
+        let journal_header = header(
+            JOURNAL_MAGIC,
+            0,
+            payload.len() as u64,
+            crc32fast::hash(&payload),
+        );
+        offset += HEADER_LEN + payload.len() as u64;
+        let mut slices = Vec::with_capacity(records.len() * 3 + 2);
         for ((_, parts), header) in records.iter().zip(&headers) {
             slices.push(IoSlice::new(header));
             slices.extend(parts.iter().map(|p| IoSlice::new(p)));
         }
+        slices.push(IoSlice::new(&journal_header));
+        slices.push(IoSlice::new(&payload));
         let written = offset - active.len;
-        let result = write_all_vectored(&mut active.file, &mut slices)
-            .and_then(|()| active.file.sync_data());
+        let result = write_all_vectored(&mut active.file, &mut slices).and_then(|()| {
+            if sync {
+                active.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = result {
             // The segment's tail is now unknown: never write to it again. Nothing points
             // into it unless earlier batches do (a full disk refuses every batch into a
@@ -165,15 +200,101 @@ impl Spool {
             let number = active.number;
             inner.active = None;
             if inner.live.get(&number).copied().unwrap_or(0) == 0 {
-                inner.live.remove(&number);
-                let _ = fs::remove_file(self.path(number));
+                self.drop_segment(&mut inner, number);
             }
             return Err(e.into());
         }
         active.len += written;
-        let number = active.number;
-        *inner.live.entry(number).or_default() += records.len() as u64;
-        Ok(refs)
+        let mark = JournalMark {
+            segment: active.number,
+            offset: active.len,
+        };
+        if !records.is_empty() {
+            *inner.live.entry(mark.segment).or_default() += records.len() as u64;
+        }
+        Ok((refs, mark))
+    }
+
+    /// Deletes an empty segment, or keeps it until the store holds its journal records.
+    fn drop_segment(&self, inner: &mut Inner, number: u64) {
+        inner.live.remove(&number);
+        if number < inner.keep_from {
+            let _ = fs::remove_file(self.path(number));
+        } else {
+            inner.doomed.push(number);
+        }
+    }
+
+    /// The store is durable up to `mark`: empty segments before it may go.
+    pub(crate) fn checkpointed(&self, mark: JournalMark) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        inner.keep_from = inner.keep_from.max(mark.segment);
+        let keep_from = inner.keep_from;
+        let (gone, kept) = std::mem::take(&mut inner.doomed)
+            .into_iter()
+            .partition(|n| *n < keep_from);
+        inner.doomed = kept;
+        for number in gone {
+            let _ = fs::remove_file(self.path(number));
+        }
+    }
+
+    /// Calls `f` with each journal record from `from` on, in the order written, with the
+    /// journal position after it; stops in each segment at the first record that is not
+    /// whole (a torn tail: its batch was never acknowledged).
+    pub(crate) fn replay(
+        &self,
+        from: JournalMark,
+        mut f: impl FnMut(&[u8], JournalMark) -> Result<(), QueueError>,
+    ) -> Result<usize, QueueError> {
+        let mut numbers: Vec<u64> = fs::read_dir(&self.dir)?
+            .filter_map(|e| segment_number(&e.ok()?.path()))
+            .filter(|n| *n >= from.segment)
+            .collect();
+        numbers.sort_unstable();
+        let mut records = 0;
+        for number in numbers {
+            let file = File::open(self.path(number))?;
+            let end = file.metadata()?.len();
+            let mut at = if number == from.segment {
+                from.offset
+            } else {
+                0
+            };
+            let mut head = [0u8; HEADER_LEN as usize];
+            while at + HEADER_LEN <= end && file.read_exact_at(&mut head, at).is_ok() {
+                let len = u64::from_le_bytes(head[12..20].try_into().unwrap_or_default());
+                let next = at.saturating_add(HEADER_LEN).saturating_add(len);
+                if next > end {
+                    break;
+                }
+                if &head[..4] == MAGIC {
+                    at = next;
+                    continue;
+                }
+                if &head[..4] != JOURNAL_MAGIC || len > MAX_JOURNAL_RECORD {
+                    break;
+                }
+                let mut payload = vec![0; usize::try_from(len).unwrap_or(0)];
+                file.read_exact_at(&mut payload, at + HEADER_LEN)?;
+                let crc = u32::from_le_bytes(head[20..24].try_into().unwrap_or_default());
+                if crc32fast::hash(&payload) != crc {
+                    break;
+                }
+                f(
+                    &payload,
+                    JournalMark {
+                        segment: number,
+                        offset: next,
+                    },
+                )?;
+                records += 1;
+                at = next;
+            }
+        }
+        Ok(records)
     }
 
     /// Makes the file at `path` (on the spool's filesystem) the segment of one message:
@@ -205,10 +326,7 @@ impl Spool {
             crc.update(content);
             let (crc, len) = (crc.finalize(), (head.len() + content.len()) as u64);
             let mut record = Vec::with_capacity(HEADER_LEN as usize + head.len());
-            record.extend_from_slice(MAGIC);
-            record.extend_from_slice(&id.0.to_le_bytes());
-            record.extend_from_slice(&len.to_le_bytes());
-            record.extend_from_slice(&crc.to_le_bytes());
+            record.extend_from_slice(&header(MAGIC, id.0, len, crc));
             record.extend_from_slice(head);
             let file = OpenOptions::new().write(true).open(&segment)?;
             file.write_all_at(&record, start)?;
@@ -276,8 +394,7 @@ impl Spool {
         let count = inner.live.entry(r.segment).or_default();
         *count = count.saturating_sub(1);
         if *count == 0 && !active {
-            inner.live.remove(&r.segment);
-            let _ = fs::remove_file(self.path(r.segment));
+            self.drop_segment(&mut inner, r.segment);
         }
     }
 
@@ -289,7 +406,7 @@ impl Spool {
             let path = entry?.path();
             if let Some(n) = segment_number(&path) {
                 let active = inner.active.as_ref().is_some_and(|a| a.number == n);
-                if !active && inner.live.get(&n).copied().unwrap_or(0) == 0 {
+                if !active && n < inner.keep_from && inner.live.get(&n).copied().unwrap_or(0) == 0 {
                     fs::remove_file(&path)?;
                     removed += 1;
                 }
@@ -297,6 +414,16 @@ impl Spool {
         }
         Ok(removed)
     }
+}
+
+/// A record header: magic, queue id, length, CRC-32.
+fn header(magic: &[u8; 4], id: u64, len: u64, crc: u32) -> [u8; HEADER_LEN as usize] {
+    let mut header = [0u8; HEADER_LEN as usize];
+    header[..4].copy_from_slice(magic);
+    header[4..12].copy_from_slice(&id.to_le_bytes());
+    header[12..20].copy_from_slice(&len.to_le_bytes());
+    header[20..].copy_from_slice(&crc.to_le_bytes());
+    header
 }
 
 /// Writes every slice, however the kernel splits the writes.
@@ -332,6 +459,14 @@ fn segment_number(path: &Path) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// Appends with an empty journal record and a sync; the store is taken as synced
+    /// at once, so empty segments go as soon as nothing needs them.
+    fn put(spool: &Spool, records: &[(QueueId, &[Bytes])]) -> Result<Vec<SpoolRef>, QueueError> {
+        let (refs, mark) = spool.append(records, true, |_| Ok(Vec::new()))?;
+        spool.checkpointed(mark);
+        Ok(refs)
+    }
+
     /// A body in one part.
     fn one(body: &[u8]) -> [Bytes; 1] {
         [Bytes::copy_from_slice(body)]
@@ -341,9 +476,11 @@ mod tests {
     fn append_read_release() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 100).unwrap();
-        let refs = spool
-            .append(&[(QueueId(1), &one(b"hello")), (QueueId(2), &one(b"world!"))])
-            .unwrap();
+        let refs = put(
+            &spool,
+            &[(QueueId(1), &one(b"hello")), (QueueId(2), &one(b"world!"))],
+        )
+        .unwrap();
         assert_eq!(
             spool.read(QueueId(1), &refs[0]).unwrap(),
             b"hello".as_slice()
@@ -354,8 +491,8 @@ mod tests {
         );
         // A batch that does not fit starts a new segment.
         let big = vec![b'x'; 200];
-        let r3 = spool.append(&[(QueueId(3), &one(&big))]).unwrap();
-        let r4 = spool.append(&[(QueueId(4), &one(b"next"))]).unwrap();
+        let r3 = put(&spool, &[(QueueId(3), &one(&big))]).unwrap();
+        let r4 = put(&spool, &[(QueueId(4), &one(b"next"))]).unwrap();
         assert_ne!(refs[0].segment, r3[0].segment);
         assert_ne!(r3[0].segment, r4[0].segment);
         spool.release(&refs[0]);
@@ -383,14 +520,12 @@ mod tests {
     fn a_retired_segment_that_is_already_empty_is_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 10).unwrap();
-        let r1 = spool
-            .append(&[(QueueId(1), &one(b"first message"))])
-            .unwrap()[0];
+        let r1 = put(&spool, &[(QueueId(1), &one(b"first message"))]).unwrap()[0];
         // Delivered while its segment is still the active one: the segment stays.
         spool.release(&r1);
         assert!(spool.path(r1.segment).exists());
         // The next batch does not fit: a new segment starts and the empty one goes.
-        let r2 = spool.append(&[(QueueId(2), &one(b"second"))]).unwrap()[0];
+        let r2 = put(&spool, &[(QueueId(2), &one(b"second"))]).unwrap()[0];
         assert_ne!(r1.segment, r2.segment);
         assert!(
             !spool.path(r1.segment).exists(),
@@ -408,7 +543,7 @@ mod tests {
             Bytes::from_static(b"Received: x\r\n"),
             Bytes::from(big.clone()),
         ];
-        let r = spool.append(&[(QueueId(7), &parts)]).unwrap()[0];
+        let r = put(&spool, &[(QueueId(7), &parts)]).unwrap()[0];
         let body = spool.read(QueueId(7), &r).unwrap();
         assert_eq!(body.len(), big.len() + 13);
         assert!(body.starts_with(b"Received: x\r\nxxx") && body.ends_with(b"xxx"));
@@ -434,6 +569,14 @@ mod tests {
                 .is_err()
         );
         spool.release(&r);
+        assert!(
+            spool.path(r.segment).exists(),
+            "kept until the store has synced past it"
+        );
+        spool.checkpointed(JournalMark {
+            segment: r.segment + 1,
+            offset: 0,
+        });
         assert!(!spool.path(r.segment).exists());
     }
 
@@ -442,10 +585,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = {
             let spool = Spool::open(dir.path(), 1 << 20).unwrap();
-            spool.append(&[(QueueId(1), &one(b"a"))]).unwrap()[0]
+            put(&spool, &[(QueueId(1), &one(b"a"))]).unwrap()[0]
         };
         let spool = Spool::open(dir.path(), 1 << 20).unwrap();
-        let r2 = spool.append(&[(QueueId(2), &one(b"b"))]).unwrap()[0];
+        let r2 = put(&spool, &[(QueueId(2), &one(b"b"))]).unwrap()[0];
         assert!(r2.segment > r.segment);
         assert_eq!(
             spool.sweep().unwrap(),

@@ -3,18 +3,26 @@
 //! `sled::Db::flush` writes with `sync_file_range`, which does not persist the file's
 //! metadata; after each flush this backend fsyncs sled's log file itself, so a
 //! committed batch survives power loss. Values are small metadata records only; bodies
-//! live in the spool.
+//! live in the spool. The journal mark lives in a tree of its own, written after the
+//! batch it ends: sled recovers a prefix of its log, so a durable mark means its batch
+//! and every one before are durable too. sled's own periodic flush is off: the queue
+//! syncs about once a second.
 
 use std::fs::File;
 use std::path::Path;
 
-use super::{Change, QueueStore};
+use super::{Change, JournalMark, QueueStore};
+
+/// The journal tree's one key.
+const MARK: &[u8] = b"mark";
 use crate::{MessageMeta, QueueError, QueueId};
 
 /// Metadata in sled.
 #[derive(Debug)]
 pub struct SledStore {
     db: sled::Db,
+    /// The journal mark.
+    journal: sled::Tree,
     /// sled's log (`db` in its directory), kept open: fsynced after every flush.
     log: File,
 }
@@ -22,14 +30,15 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (creating) a store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, QueueError> {
-        let db = sled::Config::new().path(dir).open()?;
+        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
+        let journal = db.open_tree("journal")?;
         let log = File::open(dir.join("db"))?;
-        Ok(Self { db, log })
+        Ok(Self { db, journal, log })
     }
 }
 
-impl QueueStore for SledStore {
-    fn commit(&self, changes: &[Change]) -> Result<(), QueueError> {
+impl SledStore {
+    fn write(&self, changes: &[Change]) -> Result<(), QueueError> {
         let mut batch = sled::Batch::default();
         for change in changes {
             match change {
@@ -38,9 +47,33 @@ impl QueueStore for SledStore {
             }
         }
         self.db.apply_batch(batch)?;
+        Ok(())
+    }
+}
+
+impl QueueStore for SledStore {
+    fn commit(&self, changes: &[Change]) -> Result<(), QueueError> {
+        self.write(changes)?;
+        self.sync()
+    }
+
+    fn apply(&self, changes: &[Change], mark: JournalMark) -> Result<(), QueueError> {
+        self.write(changes)?;
+        self.journal.insert(MARK, &mark.to_bytes())?;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), QueueError> {
         self.db.flush()?;
         self.log.sync_all()?;
         Ok(())
+    }
+
+    fn mark(&self) -> Result<Option<JournalMark>, QueueError> {
+        Ok(self
+            .journal
+            .get(MARK)?
+            .and_then(|bytes| JournalMark::from_bytes(&bytes)))
     }
 
     fn get(&self, id: QueueId) -> Result<Option<MessageMeta>, QueueError> {
