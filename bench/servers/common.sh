@@ -65,6 +65,68 @@ build_mta() {
 
 pf_stop() { postfix -c "$PF_CONF" stop >/dev/null 2>&1 || true; }
 
+# ---------------------------------------------------------------- deleting without measuring it
+# This disk is ext4 without a journal. There, ext4 does not reuse an inode freed less than
+# 60 s ago (360 s while its inode table block is dirty): every file created in a block
+# group with many recently freed inodes searches past them, reading each one's record
+# (`ext4_create` -> `recently_deleted` in a profile), and other creators in the directory
+# spin on its lock meanwhile. A run that starts right after many deletions (a previous
+# run's delivered files, say) pays for them: measured with a Python loop that creates,
+# writes and renames 1 KB files in one directory (what a Maildir delivery does), 2000
+# files after 14000 were deleted: 800-900 µs of CPU per file right after the deletion and
+# 30 s after it, 350 µs 65 s after it, 410 µs with nothing deleted. So the scripts
+# delete nothing while they measure (they move what they would delete aside, a rename),
+# delete it all at the end (bulk_delete), and wait DELETION_QUIET seconds after the last
+# bulk deletion before the first measured run (wait_deletions_settled), also after one
+# that an earlier run of a script made at its end (the time is kept in DELETION_STAMP).
+DELETION_STAMP="${DELETION_STAMP:-/var/tmp/mta-bench.deleted-at}"
+DELETION_QUIET="${DELETION_QUIET:-65}"   # seconds from a bulk deletion to the first measured run
+
+# mark_deletion: notes that many files were deleted just now (after a `sync`: the inode
+# table blocks are clean, so ext4 skips the freed inodes for 60 s, not 360 s).
+mark_deletion() { sync; date +%s >"$DELETION_STAMP"; }
+
+# bulk_delete PATH...: deletes the paths (rm -rf) and marks the deletion.
+bulk_delete() {
+    local p paths=()
+    for p in "$@"; do if [ -n "$p" ] && [ -e "$p" ]; then paths+=("$p"); fi; done
+    [ "${#paths[@]}" -gt 0 ] || return 0
+    rm -rf -- "${paths[@]}"
+    mark_deletion
+}
+
+# wait_deletions_settled: sleeps until DELETION_QUIET seconds after the last bulk
+# deletion (this run's or an earlier one's); prints the seconds slept.
+wait_deletions_settled() {
+    local at=0 left
+    [ -f "$DELETION_STAMP" ] && at=$(cat "$DELETION_STAMP" 2>/dev/null || echo 0)
+    left=$(( at + DELETION_QUIET - $(date +%s) ))
+    if [ "$left" -gt 0 ] && [ "$left" -le "$DELETION_QUIET" ]; then
+        log "waiting $left s: files were deleted at $(date -d "@$at" +%H:%M:%S), and ext4 (no journal) makes new files search past inodes freed in the last 60 s"
+        sleep "$left"
+        echo "$left"
+    else
+        echo 0
+    fi
+}
+
+# move_aside DIR GRAVE: renames DIR (a directory of files to be deleted later) into the
+# directory GRAVE (on the same file system: a rename, O(1), deletes nothing) and makes an
+# empty DIR with the same owner and mode in its place. Nothing to do if DIR is missing or
+# empty.
+move_aside() {
+    local dir=$1 grave=$2 dest
+    [ -d "$dir" ] || return 0
+    [ -n "$(find "$dir" -mindepth 1 -maxdepth 1 -print -quit)" ] || return 0
+    mkdir -p "$grave"
+    [ "$(stat -c %d "$grave")" = "$(stat -c %d "$dir")" ] || die "$grave and $dir are not on the same file system: moving would copy and delete"
+    dest=$(mktemp -u "$grave/$(basename "$dir").XXXXXXXX")
+    mv -T -- "$dir" "$dest"
+    mkdir "$dir"
+    chown --reference="$dest" "$dir"
+    chmod --reference="$dest" "$dir"
+}
+
 # The main.cf lines of every benchmark instance: a dedicated instance (not the system
 # one) on 127.0.0.1, no TLS, no DNS lookups of clients. The caller appends its own
 # (mydestination, delivery or transports).
@@ -132,7 +194,10 @@ pf_launch() {
     : >"$PF_LOG"
     postfix -c "$PF_CONF" set-permissions >/dev/null 2>&1 || true
     postfix -c "$PF_CONF" check
-    postsuper -c "$PF_CONF" -d ALL >/dev/null 2>&1 || true   # leftovers of an earlier run
+    # Leftovers of an earlier run that was stopped before its end (a deletion to wait for).
+    local deleted
+    deleted=$(postsuper -c "$PF_CONF" -d ALL 2>&1 || true)
+    if [[ $deleted == *"Deleted: "[1-9]* ]]; then mark_deletion; fi
     postfix -c "$PF_CONF" start
 }
 

@@ -23,6 +23,13 @@
 # with `mta` (the defaults: most defences in tag mode) to see what the defences cost:
 #   PEERS="mta-nodefences mta mta-defences" SIZES=1024 SESSIONS="1 20" bash bench/servers/inbound.sh
 #
+# Nothing is deleted while runs are measured: on this ext4 without a journal, files
+# created soon after many deletions search past the freed inodes, so a run that began by
+# deleting the previous run's messages measured that. Each run's delivered files are
+# renamed into a graveyard (clear_peer), deleted after the last run (cleanup), and the
+# first run waits DELETION_QUIET s after any earlier bulk deletion (common.sh). The disk
+# must hold every run's messages: check_disk stops at the start if they would not fit.
+#
 # Run as root:   bash bench/servers/inbound.sh
 # See bench/servers/README.md for the environment variables.
 set -euo pipefail
@@ -62,6 +69,7 @@ MTA_DEFENCES_PORT="${MTA_DEFENCES_PORT:-2560}"
 MTA_NODEFENCES_PORT="${MTA_NODEFENCES_PORT:-2561}"
 MTA_DEFENCES_METRICS_PORT="${MTA_DEFENCES_METRICS_PORT:-2562}"  # mta-defences' /metrics (the defences' counters)
 SINK_PORT="${SINK_PORT:-2558}"
+DISK_RESERVE_MB="${DISK_RESERVE_MB:-8192}" # disk space left to everything else at the end of the runs
 AUTH_CHECKS="${AUTH_CHECKS:-on}"       # on: mta's [auth_checks] all `tag`; off: all `off`
 DNS_PORT="${DNS_PORT:-5354}"           # the local dnsmasq (UDP and TCP on 127.0.0.1)
 DNS_TTL="${DNS_TTL:-300}"              # TTL of its records (and of its negative answers)
@@ -99,9 +107,22 @@ build_mta
 id "$RCPT_USER" >/dev/null 2>&1 || useradd -m -s /usr/sbin/nologin "$RCPT_USER"
 RCPT_HOME="$(getent passwd "$RCPT_USER" | cut -d: -f6)"
 PF_MAILDIR="$RCPT_HOME/Maildir"
+# Where each run's delivered files go until the end (see clear_peer): Postfix's beside its
+# Maildir, each mta peer's in $WORK/graveyard/PEER (the same file system as the Maildir).
+# One left by an earlier run that was stopped before its end goes now, before anything
+# is measured (wait_deletions_settled waits for ext4 after it).
+PF_GRAVE="$RCPT_HOME/mta-bench-graveyard"
+bulk_delete "$PF_GRAVE"
 
 WORK="$(mktemp -d /var/tmp/mta-bench.XXXXXX)"   # on the real disk, not tmpfs
+GRAVE="$WORK/graveyard"
 mkdir -p "$RESULTS_DIR"
+# Every mta peer runs this copy: the same binary for all of them even if the build
+# changes during the run (MTA_BIN_GIVEN is what was given, for the report).
+MTA_BIN_GIVEN=$MTA_BIN
+mkdir -p "$WORK/bin"
+cp "$MTA_BIN" "$WORK/bin/mta"
+MTA_BIN="$WORK/bin/mta"
 
 declare -A PORT PID MAILDIRS
 PORT[postfix]=$PF_PORT; PORT[mta]=$MTA_PORT; PORT[mta-info]=$MTA_INFO_PORT; PORT[sink]=$SINK_PORT
@@ -118,7 +139,8 @@ pf_start() {
     pf_master_cf >"$PF_CONF/master.cf"
     pf_launch
     # Fresh Maildir directories (ext4 directories never shrink after holding many files; the
-    # mta Maildir is new in every run). rmdir only removes empty directories.
+    # mta Maildir is new in every run). Files left by an earlier run go to the graveyard
+    # (clear_peer); rmdir only removes empty directories.
     clear_peer postfix
     rmdir "$PF_MAILDIR/new" "$PF_MAILDIR/cur" 2>/dev/null || true
     mkdir -p "$PF_MAILDIR/new" "$PF_MAILDIR/cur" "$PF_MAILDIR/tmp"
@@ -331,9 +353,16 @@ sink_start() {
 cleanup() {
     for p in "${!PID[@]}"; do stop_pid "${PID[$p]}"; done
     pf_stop
-    # The last run's messages in the Postfix user's Maildir (the mta ones go with $WORK).
+    # The last run's messages in the Postfix user's Maildir (the mta ones go with $WORK),
+    # then every run's: the graveyards (also with KEEP_WORK=1: they hold only messages).
     [ -n "${PF_MAILDIR:-}" ] && clear_peer postfix
-    if [ "${KEEP_WORK:-0}" = 1 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+    log "deleting the delivered messages of every run"
+    if [ "${KEEP_WORK:-0}" = 1 ]; then
+        bulk_delete "${PF_GRAVE:-}" "${GRAVE:-}"
+        log "work directory kept: ${WORK:-}"
+    else
+        bulk_delete "${PF_GRAVE:-}" "${WORK:-}"
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -341,8 +370,24 @@ trap 'exit 130' INT TERM
 # ---------------------------------------------------------------- counting
 # shellcheck disable=SC2086  # MAILDIRS holds one or two directories
 count_peer() { { find ${MAILDIRS[$1]} -maxdepth 1 -type f 2>/dev/null || true; } | wc -l; }
-# shellcheck disable=SC2086
-clear_peer() { find ${MAILDIRS[$1]} -maxdepth 1 -type f -delete 2>/dev/null || true; }
+# clear_peer PEER: empties its Maildir directories without deleting anything: each one
+# is renamed into the peer's graveyard and made anew, empty (move_aside). The graveyards
+# are deleted at the end (cleanup): a deletion here would make the next run's file
+# creations search past the freed inodes (see bulk_delete in common.sh).
+clear_peer() {
+    local dir grave="${GRAVE:-}/$1"
+    [ "$1" = postfix ] && grave=$PF_GRAVE
+    # shellcheck disable=SC2086  # MAILDIRS holds one or two directories
+    for dir in ${MAILDIRS[$1]}; do move_aside "$dir" "$grave"; done
+}
+# log_lines PEER: the lines in its log so far (the mta peers' stderr, Postfix's maillog).
+log_lines() {
+    case $1 in
+        mta*) wc -l <"$WORK/$1/stderr" ;;
+        postfix) wc -l <"$PF_LOG" ;;
+        *) echo 0 ;;
+    esac
+}
 
 # wait_drain PEER EXPECTED START: waits until the Maildir holds EXPECTED messages, or the
 # count stops moving for STALL_TIMEOUT seconds, or DRAIN_TIMEOUT passes. Prints
@@ -377,9 +422,10 @@ cpu_ticks() {
 # run_one PEER SIZE SESSIONS COUNT REP -> appends a line to $RAW
 run_one() {
     local peer=$1 size=$2 sessions=$3 count=$4 rep=$5
-    local t0 t1 secs rate delivered e2e errfile rc=0 smtp_errors load flag drops0 drops cpu0 cpu
+    local t0 t1 secs rate delivered e2e errfile rc=0 smtp_errors load flag drops0 drops cpu0 cpu lines0 lines
     [ "$peer" = sink ] || clear_peer "$peer"
-    sync   # the previous run's deletions and deliveries are not flushed on our clock
+    sync   # the previous run's deliveries are not flushed on our clock
+    lines0=$(log_lines "$peer")
     errfile="$WORK/smtp-source.err"
     load=$(cut -d' ' -f1 /proc/loadavg)
     drops0=$(listen_drops)
@@ -399,6 +445,8 @@ run_one() {
     fi
     # The server's CPU time (user + system, acceptance and delivery) per message.
     cpu=$(( ( $(cpu_ticks "$peer") - cpu0 ) * 1000000 / $(getconf CLK_TCK) / count ))
+    # Its log lines during the run (from the first connection to the last delivery).
+    lines=$(( $(log_lines "$peer") - lines0 ))
     flag=ok
     if [ "$delivered" -ne "$count" ] || [ "$rc" -ne 0 ] || [ "$smtp_errors" -ne 0 ]; then
         flag=MISSING
@@ -407,10 +455,10 @@ run_one() {
         head -5 "$errfile" | sed 's/^/     /' >&2
         cp "$errfile" "$RESULTS_DIR/inbound-$STAMP.$peer-$size-$sessions-$rep.smtp-source.err"
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%.3f\t%.1f\t%s\t%.3f\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%.3f\t%.1f\t%s\t%.3f\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$peer" "$size" "$sessions" "$rep" "$count" "$secs" "$rate" "$delivered" "$e2e" \
-        "$smtp_errors" "$load" "$flag" "$drops" "$cpu" >>"$RAW"
-    log "  $(printf '%-8s' "$peer") size=$size s=$sessions rep=$rep: $count msgs in $(printf %.2f "$secs") s = $(printf %5.0f "$rate") msgs/s; delivered $delivered/$count (last after $(printf %.1f "$e2e") s) listen-drops=$drops load1=$load cpu/msg=${cpu}us $flag"
+        "$smtp_errors" "$load" "$flag" "$drops" "$cpu" "$lines" >>"$RAW"
+    log "  $(printf '%-8s' "$peer") size=$size s=$sessions rep=$rep: $count msgs in $(printf %.2f "$secs") s = $(printf %5.0f "$rate") msgs/s; delivered $delivered/$count (last after $(printf %.1f "$e2e") s) listen-drops=$drops load1=$load cpu/msg=${cpu}us log-lines=$lines $flag"
 }
 
 # ---------------------------------------------------------------- main
@@ -418,6 +466,54 @@ log "work dir $WORK; mta $MTA_BIN; PEERS=\"$PEERS\" COUNT=$COUNT COUNT_S1=$COUNT
 AUTH_MODE=tag
 [ "$AUTH_CHECKS" = off ] && AUTH_MODE=off
 make_messages
+
+# ---------------------------------------------------------------- disk space
+# Every delivered message stays on the disk until the last run (clear_peer deletes
+# nothing): check that they fit, with DISK_RESERVE_MB left for everything else (other
+# work on this machine, the queues, Postfix's log). Per message and peer: the message as
+# stored (the file with CRLF line ends, plus 2 KB for the fields the peers add) in whole
+# 4 KiB blocks, 256 bytes of directory entry; mta-info's log adds 1 KB per message (two
+# lines, about 450 bytes).
+check_disk() {
+    local size s count per bytes msgs n_pf=0 n_mta=0 n_info=0 need_pf=0 need_mta=0 inodes=0
+    local peer dev_w dev_p avail_w avail_p iavail reserve=$(( DISK_RESERVE_MB * 1024 * 1024 ))
+    for peer in $PEERS; do
+        case $peer in sink) ;; postfix) n_pf=1 ;; mta-info) n_mta=$(( n_mta + 1 )); n_info=1 ;; *) n_mta=$(( n_mta + 1 )) ;; esac
+    done
+    DISK_MSGS=0
+    for size in $SIZES; do
+        msgs=50   # the warm-up
+        for s in $SESSIONS; do
+            count=$COUNT; [ "$s" = 1 ] && count=$COUNT_S1
+            msgs=$(( msgs + REPS * count ))
+        done
+        bytes=$(( $(wc -c <"$WORK/msg-$size.txt") + $(wc -l <"$WORK/msg-$size.txt") + 2048 ))
+        per=$(( (bytes + 4095) / 4096 * 4096 + 256 ))
+        need_pf=$(( need_pf + n_pf * msgs * per ))
+        need_mta=$(( need_mta + n_mta * msgs * per + n_info * msgs * 1024 ))
+        inodes=$(( inodes + (n_pf + n_mta) * msgs ))
+        DISK_MSGS=$(( DISK_MSGS + msgs ))
+    done
+    DISK_NEED_MB=$(( (need_pf + need_mta) / 1048576 ))
+    dev_w=$(stat -c %d "$WORK"); dev_p=$(stat -c %d "$RCPT_HOME")
+    avail_w=$(df -B1 --output=avail "$WORK" | tail -1 | tr -d ' ')
+    avail_p=$(df -B1 --output=avail "$RCPT_HOME" | tail -1 | tr -d ' ')
+    iavail=$(df --output=iavail "$WORK" | tail -1 | tr -d ' ')
+    DISK_FREE_MB=$(( avail_w / 1048576 ))
+    local advice="lower COUNT (and COUNT_S1) or REPS, or run fewer SIZES, SESSIONS or PEERS (every delivered message is kept until the last run: deleting between runs would be measured)"
+    if [ "$dev_w" = "$dev_p" ]; then
+        [ $(( need_pf + need_mta + reserve )) -le "$avail_w" ] || die "not enough disk space: $DISK_MSGS messages per peer need about $DISK_NEED_MB MB on $(df --output=target "$WORK" | tail -1) (mta peers $(( need_mta / 1048576 )) MB, Postfix $(( need_pf / 1048576 )) MB), $(( avail_w / 1048576 )) MB are free and DISK_RESERVE_MB=$DISK_RESERVE_MB stay free for everything else: $advice"
+    else
+        [ $(( need_mta + reserve )) -le "$avail_w" ] || die "not enough disk space: the mta peers' $DISK_MSGS messages each need about $(( need_mta / 1048576 )) MB in $WORK, $(( avail_w / 1048576 )) MB are free and DISK_RESERVE_MB=$DISK_RESERVE_MB stay free: $advice"
+        [ $(( need_pf + reserve )) -le "$avail_p" ] || die "not enough disk space: Postfix's $DISK_MSGS messages need about $(( need_pf / 1048576 )) MB in $RCPT_HOME, $(( avail_p / 1048576 )) MB are free and DISK_RESERVE_MB=$DISK_RESERVE_MB stay free: $advice"
+    fi
+    if [[ "$iavail" =~ ^[0-9]+$ ]] && [ "$iavail" -gt 0 ]; then
+        [ $(( inodes + 100000 )) -le "$iavail" ] || die "not enough free inodes: $inodes delivered files, $iavail inodes free: $advice"
+    fi
+    log "disk: $DISK_MSGS messages per peer kept until the end, about $DISK_NEED_MB MB in all; $DISK_FREE_MB MB free (DISK_RESERVE_MB=$DISK_RESERVE_MB stay free)"
+}
+check_disk
+
 dns_start
 LOAD_START="$(uptime)"
 log "uptime: $LOAD_START"
@@ -490,7 +586,11 @@ PY
 }
 [[ " $PEERS " == *" mta-defences "* ]] && defence_metrics >"$WORK/defence-metrics.start"
 
-printf 'peer\tsize\tsessions\trep\tcount\tseconds\tmsgs_per_s\tdelivered\tall_delivered_after_s\tsmtp_source_error_lines\tload1\tflag\tlisten_drops\tcpu_us_per_msg\n' >"$RAW"
+# The deletions before the first run (a graveyard of an earlier run, Postfix's leftover
+# queue files, an earlier run's cleanup) must not be measured either.
+PAUSED=$(wait_deletions_settled)
+
+printf 'peer\tsize\tsessions\trep\tcount\tseconds\tmsgs_per_s\tdelivered\tall_delivered_after_s\tsmtp_source_error_lines\tload1\tflag\tlisten_drops\tcpu_us_per_msg\tlog_lines\n' >"$RAW"
 for size in $SIZES; do
     for s in $SESSIONS; do
         count=$COUNT
@@ -561,7 +661,7 @@ cat <<EOF
 # Inbound durable acceptance: mta vs Postfix (sender authentication $AUTH_CHECKS)
 
 - date: $(date -Iseconds); host: $(hostname); $(nproc) cores; kernel $(uname -r)
-- mta: \`$MTA_BIN\` (peer \`mta\`: RUST_LOG=$MTA_LOG; peer \`mta-info\`: RUST_LOG=info), queue backend sled (default), Maildir delivery$([[ " $PEERS " == *" mta-base "* ]] && echo "; peer \`mta-base\`: \`$MTA_BASE_BIN\`, otherwise like \`mta\`")
+- mta: \`$MTA_BIN_GIVEN\` (every mta peer runs one copy of it; peer \`mta\`: RUST_LOG=$MTA_LOG; peer \`mta-info\`: RUST_LOG=info), queue backend sled (default), Maildir delivery$([[ " $PEERS " == *" mta-base "* ]] && echo "; peer \`mta-base\`: \`$MTA_BASE_BIN\`, otherwise like \`mta\`")
 - Postfix $(postconf -h mail_version): dedicated instance ($PF_CONF), Maildir delivery by local(8), logging every message to $PF_LOG
 - durability: both reply 250 only after fsync. Postfix fsyncs each queue file before 250 (its
   default); mta makes every message durable before 250 (group commit: one fsync may cover several
@@ -581,6 +681,16 @@ cat <<EOF
 - msgs/s = messages / wall time of smtp-source (acceptance, the durable 250). e2e = messages / time
   from the start of the run until the last message was in the Maildir (polled every 0.2 s).
 - delivered = files counted in the Maildir after each run, summed over the runs / messages sent.
+- CPU µs/msg (mta peers) = user + system time of the mta process from the start of the run until the
+  last message was in the Maildir, per message. log lines/msg = lines the peer's log grew by in that
+  time, per message (mta peers: their stderr, a file; \`mta\` and \`mta-info\` differ only in RUST_LOG;
+  Postfix: $PF_LOG).
+- nothing is deleted while runs are measured: before each run the peer's Maildir \`new/\` (Postfix:
+  \`new/\` and \`cur/\`) is renamed into a graveyard and made anew; the graveyards are deleted after
+  the last run (ext4 without a journal makes every file created soon after many deletions search
+  past the freed inodes). $DISK_MSGS messages per peer kept, about $DISK_NEED_MB MB in all
+  ($DISK_FREE_MB MB were free). Waited ${PAUSED:-0} s before the first run for earlier deletions
+  (DELETION_QUIET=$DELETION_QUIET s after the last one).
 $(if [[ " $PEERS " == *" mta-defences "* ]] || [[ " $PEERS " == *" mta-nodefences "* ]]; then cat <<DEF
 - anti-abuse defences (docs/anti-abuse.md): \`mta-defences\` turns every one on, enforcing, set so that
   the bench's messages pass: early talkers (no greeting delay), HELO checks, DNS blocklists (three IP
@@ -616,6 +726,10 @@ head = ["size", "sessions", "msgs/run"]
 head += [f"{p} msgs/s (median)" for p in peers]
 head += [f"{p}/postfix" for p in others]
 head += [f"{p} e2e msgs/s" for p in stores]
+mtas = [p for p in peers if p.startswith("mta")]
+loggers = mtas + [p for p in peers if p == "postfix"]
+head += [f"{p} CPU µs/msg" for p in mtas]
+head += [f"{p} log lines/msg" for p in loggers]
 head += [f"{p} delivered" for p in stores]
 head += ["flags"]
 print("| " + " | ".join(head) + " |")
@@ -626,6 +740,8 @@ for size, s in configs:
     cells += [f"{med(sel(p, size, s)):.0f}" for p in peers]
     cells += [f"**{med(sel(p, size, s)) / pf:.2f}**" if p == "mta" else f"{med(sel(p, size, s)) / pf:.2f}" for p in others]
     cells += [f"{e2e(sel(p, size, s)):.0f}" for p in stores]
+    cells += [f'{statistics.median(int(r["cpu_us_per_msg"]) for r in sel(p, size, s)):.0f}' for p in mtas]
+    cells += [f'{sum(int(r.get("log_lines") or 0) for r in sel(p, size, s)) / sum(int(r["count"]) for r in sel(p, size, s)):.2f}' for p in loggers]
     cells += [f'{sum(int(r["delivered"]) for r in sel(p, size, s))}/{sum(int(r["count"]) for r in sel(p, size, s))}' for p in stores]
     bad = sorted({f'{r["peer"]} rep {r["rep"]}: {r["flag"]}' for p in peers for r in sel(p, size, s) if r["flag"] != "ok"})
     cells.append("; ".join(bad) or "all delivered, no errors")
@@ -671,10 +787,10 @@ if "mta-defences" in peers and bases:
 print()
 print("## Every run")
 print()
-print("| peer | size | sessions | rep | msgs | seconds | msgs/s | delivered | last delivery after s | smtp-source error lines | SYNs dropped (accept queue full) | load1 | server CPU µs/msg (mta) | flag |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| peer | size | sessions | rep | msgs | seconds | msgs/s | delivered | last delivery after s | smtp-source error lines | SYNs dropped (accept queue full) | load1 | server CPU µs/msg (mta) | flag | log lines |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
-    print(f'| {r["peer"]} | {kb(r["size"])} | {r["sessions"]} | {r["rep"]} | {r["count"]} | {r["seconds"]} | {float(r["msgs_per_s"]):.0f} | {r["delivered"]} | {r["all_delivered_after_s"]} | {r["smtp_source_error_lines"]} | {r["listen_drops"]} | {r["load1"]} | {r["cpu_us_per_msg"] if r["peer"].startswith("mta") else "-"} | {r["flag"]} |')
+    print(f'| {r["peer"]} | {kb(r["size"])} | {r["sessions"]} | {r["rep"]} | {r["count"]} | {r["seconds"]} | {float(r["msgs_per_s"]):.0f} | {r["delivered"]} | {r["all_delivered_after_s"]} | {r["smtp_source_error_lines"]} | {r["listen_drops"]} | {r["load1"]} | {r["cpu_us_per_msg"] if r["peer"].startswith("mta") else "-"} | {r["flag"]} | {r.get("log_lines", "-") if r["peer"] != "sink" else "-"} |')
 PY
 echo
 echo "## Health"
