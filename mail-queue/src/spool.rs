@@ -197,9 +197,13 @@ impl Spool {
             // The segment's tail is now unknown: never write to it again. Nothing points
             // into it unless earlier batches do (a full disk refuses every batch into a
             // new segment: none may stay behind).
-            let number = active.number;
+            let (number, empty) = (active.number, active.len == 0);
             inner.active = None;
-            if inner.live.get(&number).copied().unwrap_or(0) == 0 {
+            if empty {
+                // No batch ever made it into this one: no journal record either.
+                inner.live.remove(&number);
+                let _ = fs::remove_file(self.path(number));
+            } else if inner.live.get(&number).copied().unwrap_or(0) == 0 {
                 self.drop_segment(&mut inner, number);
             }
             return Err(e.into());
