@@ -848,9 +848,17 @@ fn remote_delivery(
 
 /// `[[outbound.destination]]` as remote delivery takes it.
 fn destination_policy(d: &crate::config::DestinationPolicy) -> crate::delivery::DestinationPolicy {
+    // `mta check-config` refuses an entry with both or neither of `match` and `mx`.
+    let (pattern, on) = match (&d.pattern, &d.mx) {
+        (Some(domain), _) => (domain.clone(), crate::delivery::MatchOn::Domain),
+        (None, Some(mx)) => (mx.clone(), crate::delivery::MatchOn::MxHost),
+        (None, None) => (String::new(), crate::delivery::MatchOn::Domain),
+    };
     crate::delivery::DestinationPolicy {
-        pattern: d.pattern.clone(),
+        pattern,
+        on,
         tls: d.tls.map(Into::into),
+        tls_name: d.tls_name.clone(),
         port: d.port,
         relay: d.relay.as_ref().map(|r| (r.host.clone(), r.port)),
         max_connections: d.max_connections,

@@ -20,10 +20,18 @@
 //! `<queue>/tlsrpt/state.json` at most a minute after a change, at each report and
 //! when the server stops: a crash loses at most a minute of counts.
 //!
-//! What it does not do: DANE policies (the events carry a policy type, so a `tlsa`
-//! policy is reported as soon as DANE hands its results to the same sink), retrying
-//! an `https:` upload that failed (the `mailto:` addresses get the report through the
-//! queue, which retries), and `sending-mta-ip` (not known to remote delivery).
+//! A failure is detailed (`failure-details`) with what remote delivery knew of the
+//! connection it happened on: `receiving-mx-hostname`, `receiving-ip`,
+//! `sending-mta-ip` (the socket's local address) and `receiving-mx-helo` (the name in
+//! the server's greeting); failures are added up per distinct set of these.
+//!
+//! An `https:` upload that failed (no connection, no answer in time, not 2xx) is kept
+//! with the state and tried again after `post_retry` (1 h), then after twice as long
+//! each time, until `post_retry_for` (24 h) after the first failure; then it is
+//! dropped with a warning (RFC 8460 §5.5). The `mailto:` addresses get the report
+//! through the queue, which retries as for any mail; the message says
+//! `TLS-Required: No` (RFC 8689), so that a TLS failure at the report address does
+//! not stop it (RFC 8460 §5.3).
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -56,6 +64,8 @@ const MAX_REASON: usize = 256;
 const KEEP_UNSENT: Duration = Duration::from_secs(24 * 60 * 60);
 /// The largest HTTP response header read from an `https:` report address.
 const MAX_RESPONSE: usize = 16 * 1024;
+/// The longest `receiving-mx-helo` kept (a DNS name is at most 253 characters).
+const MAX_HELO: usize = 255;
 
 /// What `mta check-config` says of `[tls_reports]`: (key, problem).
 pub fn check_settings(s: &TlsReporting) -> Vec<(&'static str, String)> {
@@ -82,6 +92,12 @@ pub fn check_settings(s: &TlsReporting) -> Vec<(&'static str, String)> {
         problems.push((
             "post_timeout",
             "[tls_reports] post_timeout: give a time above zero".to_owned(),
+        ));
+    }
+    if s.post_retry < Duration::from_secs(1) {
+        problems.push((
+            "post_retry",
+            "[tls_reports] post_retry: give at least 1s (an hour is usual)".to_owned(),
         ));
     }
     if let Some(from) = &s.from
@@ -114,6 +130,10 @@ pub struct Settings {
     pub max_domains: usize,
     /// Time for one `https:` upload.
     pub post_timeout: Duration,
+    /// How long after a failed `https:` upload it is tried again.
+    pub post_retry: Duration,
+    /// How long a failed `https:` upload is tried again (zero: not at all).
+    pub post_retry_for: Duration,
     /// Where the state is kept.
     pub state_file: PathBuf,
 }
@@ -141,6 +161,8 @@ impl Settings {
             max_failure_details: t.max_failure_details.max(1),
             max_domains: t.max_domains.max(1),
             post_timeout: t.post_timeout,
+            post_retry: t.post_retry.max(Duration::from_secs(1)),
+            post_retry_for: t.post_retry_for,
             state_file: config.queue.path.join("tlsrpt").join("state.json"),
         })
     }
@@ -159,6 +181,9 @@ pub struct Aggregator {
 struct State {
     /// By the period's start (seconds since 1970).
     periods: BTreeMap<u64, Period>,
+    /// `https:` uploads that failed, to be tried again.
+    #[serde(default)]
+    posts: Vec<PendingPost>,
     /// Changed since it was last written.
     #[serde(skip)]
     dirty: bool,
@@ -180,16 +205,45 @@ struct PolicyCounts {
     successes: u64,
     failures: u64,
     details: Vec<Detail>,
+    /// Its report was already POSTed to the `https:` addresses (or kept to be tried
+    /// again): a report put back because its message could not be queued is not
+    /// POSTed twice.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    posted: bool,
 }
 
-/// One `failure-details` entry.
+/// One `failure-details` entry: the failures with the same result type, connection
+/// and reason.
 #[derive(Debug, Serialize, Deserialize)]
 struct Detail {
     result_type: String,
     receiving_mx_hostname: String,
     receiving_ip: Option<IpAddr>,
+    #[serde(default)]
+    sending_mta_ip: Option<IpAddr>,
+    #[serde(default)]
+    receiving_mx_helo: Option<String>,
     reason: String,
     count: u64,
+}
+
+/// An `https:` upload that failed, kept to be tried again.
+#[derive(Debug, Serialize, Deserialize)]
+struct PendingPost {
+    /// Where it goes.
+    url: String,
+    /// The policy domain (for the log).
+    domain: String,
+    /// The report's `report-id` (for the log).
+    report_id: String,
+    /// The gzipped report, in base64.
+    body: String,
+    /// When it is tried next (seconds since 1970).
+    next_try: u64,
+    /// After when it is no longer tried (seconds since 1970).
+    give_up: u64,
+    /// The uploads tried so far.
+    attempts: u32,
 }
 
 impl Aggregator {
@@ -339,13 +393,64 @@ impl Aggregator {
     /// delay, or sooner when an older period waits.
     fn next_due(&self, now: SystemTime) -> SystemTime {
         let interval = self.settings.interval.as_secs().max(1);
-        let mut starts: Vec<u64> = self.lock().periods.keys().copied().collect();
+        let (mut starts, next_post) = {
+            let state = self.lock();
+            let starts: Vec<u64> = state.periods.keys().copied().collect();
+            (starts, state.posts.iter().map(|p| p.next_try).min())
+        };
         starts.push(self.period_of(now));
         starts
             .into_iter()
             .map(|s| UNIX_EPOCH + Duration::from_secs(s + interval) + self.delay(s))
+            .chain(next_post.map(|at| UNIX_EPOCH + Duration::from_secs(at)))
             .min()
             .unwrap_or(now)
+    }
+
+    /// Keeps a failed upload of `report` to `url` to be tried again after
+    /// `post_retry`, for `post_retry_for` from `now`; `false` when it is not (no
+    /// retries configured, or already `max_domains` waiting).
+    fn keep_post(&self, report: &Report, url: &str, gz: &[u8], now: SystemTime) -> bool {
+        if self.settings.post_retry_for.is_zero() {
+            return false;
+        }
+        let now = seconds(now);
+        let post = PendingPost {
+            url: url.to_owned(),
+            domain: report.domain.clone(),
+            report_id: report.id(&self.settings),
+            body: base64::engine::general_purpose::STANDARD.encode(gz),
+            next_try: now.saturating_add(backoff(self.settings.post_retry, 1)),
+            give_up: now.saturating_add(self.settings.post_retry_for.as_secs()),
+            attempts: 1,
+        };
+        self.put_back_post(post)
+    }
+
+    /// Puts back an upload to be tried again; `false` when `max_domains` wait already.
+    fn put_back_post(&self, post: PendingPost) -> bool {
+        let mut state = self.lock();
+        if state.posts.len() >= self.settings.max_domains {
+            return false;
+        }
+        state.posts.push(post);
+        state.dirty = true;
+        true
+    }
+
+    /// Takes the uploads due to be tried again at `now`.
+    fn take_due_posts(&self, now: SystemTime) -> Vec<PendingPost> {
+        let now = seconds(now);
+        let mut state = self.lock();
+        if !state.posts.iter().any(|p| p.next_try <= now) {
+            return Vec::new();
+        }
+        let (due, waiting) = std::mem::take(&mut state.posts)
+            .into_iter()
+            .partition(|p| p.next_try <= now);
+        state.posts = waiting;
+        state.dirty = true;
+        due
     }
 
     /// The reports of one period, one per policy domain.
@@ -375,10 +480,16 @@ impl TlsReportSink for Aggregator {
         self.with_counts(&event.domain, event.policy_type, event.at, |counts| {
             counts.failures += 1;
             let reason: String = event.detail.chars().take(MAX_REASON).collect();
+            let helo: Option<String> = event
+                .receiving_mx_helo
+                .as_deref()
+                .map(|h| h.chars().take(MAX_HELO).collect());
             let same = |d: &&mut Detail| {
                 d.result_type == event.result_type.as_str()
                     && d.receiving_mx_hostname == event.mx_host
                     && d.receiving_ip == event.receiving_ip
+                    && d.sending_mta_ip == event.sending_mta_ip
+                    && d.receiving_mx_helo == helo
                     && d.reason == reason
             };
             if let Some(detail) = counts.details.iter_mut().find(same) {
@@ -388,6 +499,8 @@ impl TlsReportSink for Aggregator {
                     result_type: event.result_type.as_str().to_owned(),
                     receiving_mx_hostname: event.mx_host.clone(),
                     receiving_ip: event.receiving_ip,
+                    sending_mta_ip: event.sending_mta_ip,
+                    receiving_mx_helo: helo,
                     reason,
                     count: 1,
                 });
@@ -458,8 +571,15 @@ impl Report {
                             detail["receiving-mx-hostname"] =
                                 serde_json::json!(d.receiving_mx_hostname);
                         }
+                        if let Some(ip) = d.sending_mta_ip {
+                            detail["sending-mta-ip"] = serde_json::json!(ip.to_string());
+                        }
                         if let Some(ip) = d.receiving_ip {
                             detail["receiving-ip"] = serde_json::json!(ip.to_string());
+                        }
+                        if let Some(helo) = d.receiving_mx_helo.as_deref().filter(|h| !h.is_empty())
+                        {
+                            detail["receiving-mx-helo"] = serde_json::json!(helo);
                         }
                         if !d.reason.is_empty() {
                             detail["failure-reason-code"] = serde_json::json!(d.reason);
@@ -533,6 +653,7 @@ impl Report {
              Message-ID: <{message_id}>\r\n\
              TLS-Report-Domain: {domain}\r\n\
              TLS-Report-Submitter: {submitter}\r\n\
+             TLS-Required: No\r\n\
              MIME-Version: 1.0\r\n\
              Content-Type: multipart/report; report-type=\"tlsrpt\";\r\n\tboundary=\"{boundary}\"\r\n\
              \r\n\
@@ -664,6 +785,7 @@ impl Reporter {
                 () = tokio::time::sleep(wait) => {}
             }
             self.send_due().await;
+            self.retry_posts().await;
             let aggregator = Arc::clone(&self.aggregator);
             let _ = tokio::task::spawn_blocking(move || aggregator.save()).await;
         }
@@ -677,8 +799,8 @@ impl Reporter {
         let now = SystemTime::now();
         for (start, reports) in self.aggregator.take_due(now) {
             let mut unsent = Vec::new();
-            for report in reports {
-                if !self.send(&report).await {
+            for mut report in reports {
+                if !self.send(&mut report).await {
                     unsent.push(report);
                 }
             }
@@ -698,8 +820,9 @@ impl Reporter {
         }
     }
 
-    /// Sends one report to its domain's `rua`: `false` when it should be tried again.
-    async fn send(&self, report: &Report) -> bool {
+    /// Sends one report to its domain's `rua`: `false` when it should be tried again
+    /// (its `https:` uploads are then marked done: a failed one waits in the state).
+    async fn send(&self, report: &mut Report) -> bool {
         let settings = &self.aggregator.settings;
         let name = format!("_smtp._tls.{}", report.domain);
         let rua = match self.dns.txt(&name).await {
@@ -736,19 +859,96 @@ impl Reporter {
                 }
             }
         }
-        for url in &rua.https {
-            let posted = tokio::time::timeout(
-                settings.post_timeout,
-                post(&self.resolver, &self.tls, url, &gz),
-            )
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {:?}", settings.post_timeout)));
-            match posted {
+        let urls = if report.policies.iter().all(|p| p.posted) {
+            &[][..]
+        } else {
+            &rua.https[..]
+        };
+        for url in urls {
+            match self.post(url, &gz).await {
                 Ok(status) => info!(domain = %report.domain, url, status, "TLS report posted"),
-                Err(e) => warn!(domain = %report.domain, url, error = %e, "TLS report not posted"),
+                Err(e) => {
+                    if self
+                        .aggregator
+                        .keep_post(report, url, &gz, SystemTime::now())
+                    {
+                        warn!(
+                            domain = %report.domain,
+                            url,
+                            error = %e,
+                            "TLS report not posted; trying again in {}s",
+                            settings.post_retry.as_secs()
+                        );
+                    } else {
+                        warn!(domain = %report.domain, url, error = %e, "TLS report not posted (not tried again)");
+                    }
+                }
             }
         }
+        for policy in &mut report.policies {
+            policy.posted = true;
+        }
         !again
+    }
+
+    /// Tries again the `https:` uploads that are due; one that fails again waits
+    /// twice as long as the last time, until `post_retry_for` after its first failure
+    /// (then it is dropped, with a warning).
+    pub async fn retry_posts(&self) {
+        let settings = &self.aggregator.settings;
+        for mut pending in self.aggregator.take_due_posts(SystemTime::now()) {
+            let Ok(gz) = base64::engine::general_purpose::STANDARD.decode(&pending.body) else {
+                warn!(url = %pending.url, report_id = %pending.report_id, "TLS report to post again unreadable; dropped");
+                continue;
+            };
+            pending.attempts = pending.attempts.saturating_add(1);
+            match self.post(&pending.url, &gz).await {
+                Ok(status) => info!(
+                    domain = %pending.domain,
+                    url = %pending.url,
+                    status,
+                    report_id = %pending.report_id,
+                    attempts = pending.attempts,
+                    "TLS report posted"
+                ),
+                Err(e) => {
+                    // Exponential backoff (RFC 8460 §5.5): post_retry, twice that, ...
+                    let wait = backoff(settings.post_retry, pending.attempts);
+                    let next = seconds(SystemTime::now()).saturating_add(wait);
+                    if next > pending.give_up {
+                        warn!(
+                            domain = %pending.domain,
+                            url = %pending.url,
+                            error = %e,
+                            report_id = %pending.report_id,
+                            attempts = pending.attempts,
+                            "TLS report not posted; given up"
+                        );
+                        continue;
+                    }
+                    warn!(
+                        domain = %pending.domain,
+                        url = %pending.url,
+                        error = %e,
+                        attempts = pending.attempts,
+                        "TLS report not posted; trying again in {wait}s"
+                    );
+                    pending.next_try = next;
+                    let url = pending.url.clone();
+                    if !self.aggregator.put_back_post(pending) {
+                        warn!(url, "TLS report not posted; too many waiting: given up");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One `https:` upload within `post_timeout`: the status (2xx), or why not.
+    async fn post(&self, url: &str, gz: &[u8]) -> Result<u16, String> {
+        let timeout = self.aggregator.settings.post_timeout;
+        tokio::time::timeout(timeout, post(&self.resolver, &self.tls, url, gz))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
     }
 
     /// Hands the report message to the stages, as mail injected on this machine.
@@ -879,6 +1079,18 @@ async fn post(
     }
 }
 
+/// The wait in seconds before the next upload after `attempts` failed ones: `first`
+/// after one, doubled after each more (capped at 2^20 times `first`).
+fn backoff(first: Duration, attempts: u32) -> u64 {
+    let doublings = attempts.saturating_sub(1).min(20);
+    first.as_secs().max(1).saturating_mul(1 << doublings)
+}
+
+/// Seconds since 1970 (0 before).
+fn seconds(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
 /// `2026-12-06T00:00:00Z` (RFC 3339, UTC) for seconds since 1970.
 fn datetime(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
@@ -950,6 +1162,8 @@ mod tests {
             max_failure_details: 2,
             max_domains: 10,
             post_timeout: Duration::from_secs(5),
+            post_retry: Duration::from_secs(3600),
+            post_retry_for: Duration::from_secs(86_400),
             state_file: dir.join("state.json"),
         }
     }
@@ -962,9 +1176,20 @@ mod tests {
             result_type,
             mx_host: mx.to_owned(),
             receiving_ip: None,
+            sending_mta_ip: None,
+            receiving_mx_helo: None,
             detail: "bad".to_owned(),
             at,
         }
+    }
+
+    #[test]
+    fn retries_back_off() {
+        let hour = Duration::from_secs(3600);
+        let waits: Vec<u64> = (1..=5).map(|n| backoff(hour, n)).collect();
+        assert_eq!(waits, [3600, 7200, 14_400, 28_800, 57_600]);
+        assert_eq!(backoff(Duration::ZERO, 1), 1);
+        assert_eq!(backoff(hour, u32::MAX), 3600 << 20);
     }
 
     #[test]
@@ -1065,6 +1290,8 @@ mod tests {
             String::from_utf8(report.message(&s, &["r@example.org".to_owned()], &gz)).unwrap();
         assert!(text.contains("TLS-Report-Domain: example.org\r\n"));
         assert!(text.contains("TLS-Report-Submitter: mx.sender.test\r\n"));
+        // Delivered despite TLS failures at the report address (RFC 8460 §5.3).
+        assert!(text.contains("\r\nTLS-Required: No\r\n"));
         assert!(text.contains(
             "Subject: Report Domain: example.org Submitter: mx.sender.test Report-ID: <2026-12-06T00:00:00Z+example.org@mx.sender.test>\r\n"
         ));
@@ -1077,12 +1304,114 @@ mod tests {
         let mut t = TlsReporting {
             interval: Duration::ZERO,
             from: Some("not an address".to_owned()),
+            post_retry: Duration::ZERO,
             ..TlsReporting::default()
         };
         let keys: Vec<&str> = check_settings(&t).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["interval", "from"]);
+        assert_eq!(keys, ["interval", "post_retry", "from"]);
         t.interval = Duration::from_secs(2);
         t.from = Some("tls@example.org".to_owned());
+        t.post_retry = Duration::from_secs(1);
+        t.post_retry_for = Duration::ZERO;
         assert!(check_settings(&t).is_empty());
+    }
+
+    /// Failures are detailed per distinct connection (RFC 8460 §4.4): our address,
+    /// the server's, its greeting name; the same ones added up.
+    #[test]
+    fn details_carry_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        s.max_failure_details = 10;
+        let a = Aggregator::open(s);
+        let day = UNIX_EPOCH + Duration::from_secs(1_796_515_200);
+        let on = |ip: &str, helo: Option<&str>| {
+            let mut e = event(
+                day + Duration::from_secs(60),
+                ResultType::CertificateHostMismatch,
+                "mx.example.org",
+            );
+            e.sending_mta_ip = Some("192.0.2.1".parse().unwrap());
+            e.receiving_ip = Some(ip.parse().unwrap());
+            e.receiving_mx_helo = helo.map(str::to_owned);
+            e
+        };
+        a.record(on("198.51.100.7", Some("mx7.example.org")));
+        a.record(on("198.51.100.7", Some("mx7.example.org")));
+        a.record(on("198.51.100.8", Some("mx8.example.org")));
+        a.record(on("198.51.100.8", None));
+        a.save();
+        let a = Aggregator::open(settings(dir.path()));
+        let due = a.take_due(day + Duration::from_secs(2 * 86_400));
+        let json = due[0].1[0].json(a.settings());
+        let p = &json["policies"][0];
+        assert_eq!(p["summary"]["total-failure-session-count"], 4);
+        let details = p["failure-details"].as_array().unwrap();
+        assert_eq!(details.len(), 3, "{details:?}");
+        let d = &details[0];
+        assert_eq!(d["result-type"], "certificate-host-mismatch");
+        assert_eq!(d["sending-mta-ip"], "192.0.2.1");
+        assert_eq!(d["receiving-ip"], "198.51.100.7");
+        assert_eq!(d["receiving-mx-hostname"], "mx.example.org");
+        assert_eq!(d["receiving-mx-helo"], "mx7.example.org");
+        assert_eq!(d["failed-session-count"], 2);
+        assert_eq!(details[1]["receiving-mx-helo"], "mx8.example.org");
+        assert!(details[2].get("receiving-mx-helo").is_none(), "{details:?}");
+        // Unknown fields are left out, not empty.
+        let e = event(day, ResultType::ValidationFailure, "backup.example.org");
+        a.record(e);
+        let due = a.take_due(day + Duration::from_secs(2 * 86_400));
+        let json = due[0].1[0].json(a.settings());
+        let d = &json["policies"][0]["failure-details"][0];
+        for absent in ["sending-mta-ip", "receiving-ip", "receiving-mx-helo"] {
+            assert!(d.get(absent).is_none(), "{absent} in {d}");
+        }
+    }
+
+    /// A failed upload waits `post_retry`, survives a restart, and is given up
+    /// `post_retry_for` after the failure; none is kept when that is zero.
+    #[test]
+    fn failed_posts_wait_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Aggregator::open(settings(dir.path()));
+        let report = Report {
+            domain: "example.org".to_owned(),
+            start: 1_796_515_200,
+            end: 1_796_601_600,
+            policies: vec![PolicyCounts::default()],
+        };
+        let failed = UNIX_EPOCH + Duration::from_secs(1_796_605_000);
+        assert!(a.keep_post(&report, "https://r.example.org/v1", b"gz", failed));
+        assert!(a.take_due_posts(failed).is_empty());
+        // The next try is what the reporter waits for.
+        assert_eq!(a.next_due(failed), failed + Duration::from_secs(3600));
+        a.save();
+        let a = Aggregator::open(settings(dir.path()));
+        assert!(
+            a.take_due_posts(failed + Duration::from_secs(3599))
+                .is_empty()
+        );
+        let due = a.take_due_posts(failed + Duration::from_secs(3600));
+        assert_eq!(due.len(), 1);
+        let post = &due[0];
+        assert_eq!(post.url, "https://r.example.org/v1");
+        assert_eq!(post.report_id, report.id(a.settings()));
+        assert_eq!(post.give_up, 1_796_605_000 + 86_400);
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(&post.body)
+                .unwrap(),
+            b"gz"
+        );
+        assert!(
+            a.take_due_posts(failed + Duration::from_secs(7200))
+                .is_empty(),
+            "taken once"
+        );
+
+        let mut s = settings(dir.path());
+        s.post_retry_for = Duration::ZERO;
+        let a = Aggregator::open(s);
+        assert!(!a.keep_post(&report, "https://r.example.org/v1", b"gz", failed));
     }
 }

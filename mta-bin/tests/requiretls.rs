@@ -534,3 +534,27 @@ fn requiretls_wins_over_tls_required_no() {
     sender.stop();
     mx.stop();
 }
+
+/// RFC 8689 §4.2.1 with RFC 8461 §5: an MTA-STS policy in `enforce` whose `mx:`
+/// patterns match none of the domain's MX hosts. Nothing vouches for an MX host now,
+/// but the policy may be updated: the REQUIRETLS message waits (`451 4.7.5`), as any
+/// message under that policy does; it is not returned.
+#[test]
+fn requiretls_waits_when_an_enforced_policy_lists_no_mx() {
+    let world = World::start(Some(&policy("enforce", "mx.elsewhere.test")));
+    let (mx, mx_port) = mx_host(
+        &world.dir.path().join("mx"),
+        Some(world.ca.certify(&["mx.rt.test"])),
+    );
+    let (sender, addr, config) = world.sender(mx_port);
+    submit(&addr, "alice@rt.test", "unlisted", &["REQUIRETLS"], "");
+    let list = deferred(&config, "alice@rt.test");
+    assert!(
+        list.contains("4.7.5") && list.contains("no MX of rt.test matches its policy"),
+        "{list}"
+    );
+    assert!(world.bounces(0).is_empty(), "{:?}", world.bounces(0));
+    assert!(world.received("alice", 0).is_empty());
+    sender.stop();
+    mx.stop();
+}

@@ -109,6 +109,7 @@ submitter = msg['TLS-Report-Submitter']
 subject = msg['Subject']
 assert re.fullmatch(r'Report Domain: %s Submitter: %s Report-ID: <[^>]+>' % (re.escape(domain), re.escape(submitter)), subject), subject
 assert msg['From'] == 'tls-reports@sender.test', msg['From']
+assert msg['TLS-Required'] == 'No', msg['TLS-Required']
 parts = msg.get_payload()
 assert parts[0].get_content_type() == 'text/plain', parts[0].get_content_type()
 gz = [p for p in parts if p.get_content_type() == 'application/tlsrpt+gzip']
@@ -343,19 +344,192 @@ contact_info = "tls-reports@sender.test"
     mx.stop();
 }
 
+/// The report id and the failure details of a POSTed report (gzip), as JSON.
+const READ_DETAILS: &str = r#"
+import gzip, json, sys
+report = json.loads(gzip.decompress(open(sys.argv[1], 'rb').read()))
+details = [d for p in report['policies'] for d in p.get('failure-details', [])]
+print(json.dumps({'report-id': report['report-id'], 'failure-details': details}))
+"#;
+
+/// The MX host's certificate names another host: each session to it is a
+/// `certificate-host-mismatch` (the policy is `testing`, so the mail still goes).
+/// The report's `failure-details` say which connection: our address (the configured
+/// source 127.0.0.3), the MX host's (127.0.0.2), its name and the name in its
+/// greeting. The report server answers the first POST with 503: the same report
+/// comes again later (`post_retry = "1s"`).
+#[test]
+fn failure_details_name_the_connection_and_a_refused_post_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let ca = Ca::new("tlsrpt retry test CA");
+    write(dir.path(), "ca.pem", &ca.pem);
+    let policy = "version: STSv1\r\nmode: testing\r\nmx: mx.sts.test\r\nmax_age: 86400\r\n";
+    let policy_port = https_server(ca.server_config("mta-sts.sts.test"), move |head, _| {
+        if head.starts_with("GET /.well-known/mta-sts.txt HTTP/1.1\r\n") {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{policy}",
+                policy.len()
+            )
+        } else {
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned()
+        }
+    });
+    // Every request, with the status it was answered: 503 the first time, then 201.
+    let posted: Arc<Mutex<Vec<(u16, Posted)>>> = Arc::default();
+    let sink = Arc::clone(&posted);
+    let report_port = https_server(ca.server_config("reports.sts.test"), move |head, body| {
+        let mut seen = sink.lock().unwrap();
+        let status = if seen.is_empty() { 503 } else { 201 };
+        seen.push((status, (head.to_owned(), body.to_vec())));
+        let reason = if status == 503 {
+            "Service Unavailable"
+        } else {
+            "Created"
+        };
+        format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    });
+    let (mx, mx_port) = mx_host(&dir.path().join("mx"), &ca, &["wrong.sts.test"]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let zone = format!(
+        "$ORIGIN sts.test.\n$TTL 300\n\
+         @ IN SOA ns root 1 3600 600 86400 60\n\
+         @ IN MX 10 mx\n\
+         mx IN A 127.0.0.2\n\
+         mta-sts IN A 127.0.0.1\n\
+         reports IN A 127.0.0.1\n\
+         _mta-sts IN TXT \"v=STSv1; id=1\"\n\
+         _smtp._tls IN TXT \"v=TLSRPTv1; rua=https://reports.sts.test:{report_port}/tlsrpt\"\n"
+    );
+    let dns = runtime.block_on(TestDns::start(&[&zone]));
+    let config = write(
+        dir.path(),
+        "mta.toml",
+        &format!(
+            r#"hostname = "sender.test"
+[[listener]]
+address = "127.0.0.1:0"
+mode = "relay"
+[queue]
+path = "{d}/queue"
+retry_intervals = ["1h"]
+[local]
+domains = ["sender.test"]
+maildir = "{d}/maildir"
+mailboxes = ["me@sender.test"]
+[relay]
+trusted_networks = ["127.0.0.0/8"]
+[dns]
+nameservers = ["{dns}"]
+[auth_checks]
+spf = "off"
+dkim = "off"
+dmarc = "off"
+arc = "off"
+[reverse_dns]
+mode = "off"
+[outbound]
+port = {mx_port}
+source = "127.0.0.3"
+ca_file = "{d}/ca.pem"
+mta_sts_port = {policy_port}
+mta_sts_timeout = "10s"
+[tls_reports]
+interval = "2s"
+post_retry = "1s"
+organization_name = "Sender Org"
+from = "tls-reports@sender.test"
+"#,
+            dns = dns.addr(),
+        ),
+    );
+    let log = std::fs::File::create(dir.path().join("sender.log")).unwrap();
+    let (sender, addr) = serve_logging(&config, &[], "info", log.into());
+    let sender = Running(Some(sender));
+    smtp_send(
+        &addr,
+        "me@sender.test",
+        &["alice@sts.test"],
+        "From: me@sender.test\r\nSubject: m\r\n\r\nbody\r\n",
+    );
+    let delivered = files_until(&dir.path().join("mx/maildir/sts.test/alice/new"), 30, |f| {
+        !f.is_empty()
+    });
+    assert_eq!(delivered.len(), 1, "testing: delivered despite the failure");
+
+    // Until a POST is taken (bounded).
+    let start = std::time::Instant::now();
+    while !posted
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(status, _)| *status == 201)
+        && start.elapsed().as_secs() < 60
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let posted = posted.lock().unwrap().clone();
+    let log_text = std::fs::read_to_string(dir.path().join("sender.log")).unwrap_or_default();
+    let read = |i: usize, body: &[u8]| -> serde_json::Value {
+        let file = write(dir.path(), &format!("posted{i}.gz"), "");
+        std::fs::write(&file, body).unwrap();
+        serde_json::from_str(python(READ_DETAILS, &[file.to_str().unwrap()]).trim()).unwrap()
+    };
+    assert!(
+        posted.len() >= 2,
+        "no POST after the 503 (statuses {:?}); the log:\n{log_text}",
+        posted.iter().map(|(status, _)| *status).collect::<Vec<_>>()
+    );
+    let refused = read(0, &posted[0].1.1);
+    let (i, (_, (head, body))) = posted
+        .iter()
+        .enumerate()
+        .find(|(_, (status, _))| *status == 201)
+        .unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\ncontent-type: application/tlsrpt+gzip\r\n"),
+        "{head}"
+    );
+    let taken = read(i, body);
+    assert_eq!(
+        taken["report-id"], refused["report-id"],
+        "the refused report came again: {taken} / {refused}"
+    );
+    let details = taken["failure-details"].as_array().unwrap();
+    assert_eq!(details.len(), 1, "{taken}");
+    let detail = &details[0];
+    assert_eq!(
+        detail["result-type"], "certificate-host-mismatch",
+        "{detail}"
+    );
+    assert_eq!(detail["sending-mta-ip"], "127.0.0.3", "{detail}");
+    assert_eq!(detail["receiving-ip"], "127.0.0.2", "{detail}");
+    assert_eq!(detail["receiving-mx-hostname"], "mx.sts.test", "{detail}");
+    assert_eq!(detail["receiving-mx-helo"], "mx.sts.test", "{detail}");
+    assert_eq!(detail["failed-session-count"], 1, "{detail}");
+    sender.stop();
+    mx.stop();
+}
+
 /// `mta check-config` refuses bad `[tls_reports]` values, each at its key.
 #[test]
 fn check_config_refuses_bad_settings() {
     let dir = tempfile::tempdir().unwrap();
     let file = support::config_file(
         dir.path(),
-        "[tls_reports]\ninterval = \"0s\"\nfrom = \"not an address\"\nmax_failure_details = 0\n",
+        "[tls_reports]\ninterval = \"0s\"\nfrom = \"not an address\"\nmax_failure_details = 0\npost_retry = \"0s\"\n",
     );
     let stderr = support::assert_config_refused(&file, &[]);
     for expected in [
         "[tls_reports] interval: give at least 1s",
         "[tls_reports] from: \"not an address\" is not a mail address",
         "[tls_reports] max_failure_details: give at least 1",
+        "[tls_reports] post_retry: give at least 1s",
     ] {
         assert!(stderr.contains(expected), "{expected} in {stderr}");
     }

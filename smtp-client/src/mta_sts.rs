@@ -813,12 +813,73 @@ pub struct TlsReportEvent {
     pub result_type: ResultType,
     /// The MX host tried (empty when the failure is not about one host).
     pub mx_host: String,
-    /// Its address, when a connection was made.
+    /// Its address, when a connection was made (`receiving-ip`).
     pub receiving_ip: Option<IpAddr>,
+    /// Our own address on that connection (`sending-mta-ip`), when one was made.
+    pub sending_mta_ip: Option<IpAddr>,
+    /// The name the server announced in its greeting (`receiving-mx-helo`), when the
+    /// failure came after it.
+    pub receiving_mx_helo: Option<String>,
     /// The failure, for people.
     pub detail: String,
     /// When.
     pub at: SystemTime,
+}
+
+impl TlsReportEvent {
+    /// The event with what `session` knows of the connection the failure happened on
+    /// (its `receiving-ip`, `sending-mta-ip` and `receiving-mx-helo`; each only when
+    /// known, the others kept).
+    ///
+    /// ```
+    /// use std::net::IpAddr;
+    /// use smtp_client::mta_sts::{PolicyType, ReportedSession, ResultType, TlsReportEvent};
+    ///
+    /// let event = TlsReportEvent {
+    ///     domain: "example.org".into(),
+    ///     policy_type: PolicyType::Sts,
+    ///     mode: None,
+    ///     result_type: ResultType::CertificateExpired,
+    ///     mx_host: "mx.example.org".into(),
+    ///     receiving_ip: None,
+    ///     sending_mta_ip: None,
+    ///     receiving_mx_helo: None,
+    ///     detail: "the certificate has expired".into(),
+    ///     at: std::time::SystemTime::now(),
+    /// };
+    /// let session = ReportedSession {
+    ///     sending_mta_ip: Some("192.0.2.1".parse().unwrap()),
+    ///     receiving_ip: Some("198.51.100.7".parse().unwrap()),
+    ///     receiving_mx_helo: Some("mx7.example.org".into()),
+    /// };
+    /// let event = event.in_session(&session);
+    /// assert_eq!(event.receiving_ip, Some("198.51.100.7".parse::<IpAddr>().unwrap()));
+    /// assert_eq!(event.receiving_mx_helo.as_deref(), Some("mx7.example.org"));
+    /// ```
+    #[must_use]
+    pub fn in_session(mut self, session: &ReportedSession) -> Self {
+        self.receiving_ip = session.receiving_ip.or(self.receiving_ip);
+        self.sending_mta_ip = session.sending_mta_ip.or(self.sending_mta_ip);
+        if session.receiving_mx_helo.is_some() {
+            self.receiving_mx_helo
+                .clone_from(&session.receiving_mx_helo);
+        }
+        self
+    }
+}
+
+/// What a TLS report says of the connection a failure happened on (RFC 8460 §4.4
+/// `failure-details`): filled in by [`crate::Session::open_reporting`] as the last
+/// attempt gets along, so that a failure can be reported with it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReportedSession {
+    /// Our address on the connection (`sending-mta-ip`): the socket's local address.
+    pub sending_mta_ip: Option<IpAddr>,
+    /// The server's address (`receiving-ip`).
+    pub receiving_ip: Option<IpAddr>,
+    /// The first word of the server's greeting, the name it announces
+    /// (`receiving-mx-helo`); `None` before the greeting.
+    pub receiving_mx_helo: Option<String>,
 }
 
 /// Where [`TlsReportEvent`]s go: a TLS-RPT aggregator, a counter, a log.
@@ -1221,6 +1282,58 @@ mod tests {
         assert_eq!(cache.get("old.example", SystemTime::now()), None);
         assert!(!dir.join("old.example.policy").exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A failure is reported with the connection it happened on: our source address,
+    /// the server's address and the name in its greeting.
+    #[tokio::test]
+    async fn a_failed_open_tells_where_it_got() {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (read, mut write) = tcp.into_split();
+            let mut read = BufReader::new(read);
+            write
+                .write_all(b"220 mx7.example.test ESMTP\r\n")
+                .await
+                .unwrap();
+            let mut line = String::new();
+            while read.read_line(&mut line).await.unwrap_or(0) > 0 {
+                let reply: &[u8] = if line.starts_with("EHLO") {
+                    b"250 mx7.example.test\r\n"
+                } else {
+                    b"221 bye\r\n"
+                };
+                write.write_all(reply).await.unwrap();
+                line.clear();
+            }
+        });
+        let mut config =
+            crate::OutboundConfig::new("client.test", crate::TlsConfigs::new(Vec::new()).unwrap());
+        config.port = port;
+        config.tls = crate::TlsPolicy::Required;
+        config.source = Some("127.0.0.3".parse().unwrap());
+        let mut reported = ReportedSession::default();
+        let addresses = ["127.0.0.2".parse().unwrap()];
+        let err =
+            crate::Session::open_reporting("mx7.example.test", &addresses, &config, &mut reported)
+                .await
+                .unwrap_err();
+        assert_eq!(
+            ResultType::of(&err),
+            ResultType::StarttlsNotSupported,
+            "{err}"
+        );
+        assert_eq!(
+            reported,
+            ReportedSession {
+                sending_mta_ip: Some("127.0.0.3".parse().unwrap()),
+                receiving_ip: Some("127.0.0.2".parse().unwrap()),
+                receiving_mx_helo: Some("mx7.example.test".to_owned()),
+            }
+        );
     }
 
     fn tempfile_dir() -> PathBuf {

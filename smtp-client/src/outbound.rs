@@ -18,6 +18,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tracing::{debug, info};
 
+use crate::mta_sts::ReportedSession;
 use crate::tls::{TlsConfigs, TlsPolicy};
 use crate::{ClientError, Connection, Timeouts};
 
@@ -149,13 +150,25 @@ impl Session {
         addresses: &[IpAddr],
         config: &OutboundConfig,
     ) -> Result<Self, ClientError> {
+        Self::open_reporting(host, addresses, config, &mut ReportedSession::default()).await
+    }
+
+    /// As [`Session::open`], and `reported` tells how far the last attempt got: our
+    /// address and the server's once connected, the name in its greeting once greeted
+    /// (what a TLS report says of a failure, RFC 8460 §4.4).
+    pub async fn open_reporting(
+        host: &str,
+        addresses: &[IpAddr],
+        config: &OutboundConfig,
+        reported: &mut ReportedSession,
+    ) -> Result<Self, ClientError> {
         let mut last = ClientError::Io(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!("no address for {host}"),
         ));
         for &ip in addresses {
             let address = SocketAddr::new(ip, config.port);
-            match Self::open_one(host, address, config, true).await {
+            match Self::open_one(host, address, config, true, reported).await {
                 Ok(session) => return Ok(session),
                 // Opportunistic TLS: the handshake failed before any mail data, so
                 // plaintext is allowed, on a new connection (not with a login to send).
@@ -166,7 +179,7 @@ impl Session {
                         && config.auth.is_none() =>
                 {
                     info!(host, %address, error = %e, "TLS handshake failed; retrying without TLS");
-                    match Self::open_one(host, address, config, false).await {
+                    match Self::open_one(host, address, config, false, reported).await {
                         Ok(session) => return Ok(session),
                         Err(e) => last = e,
                     }
@@ -185,10 +198,16 @@ impl Session {
         address: SocketAddr,
         config: &OutboundConfig,
         try_tls: bool,
+        reported: &mut ReportedSession,
     ) -> Result<Self, ClientError> {
+        *reported = ReportedSession {
+            receiving_ip: Some(address.ip()),
+            ..ReportedSession::default()
+        };
         let tcp = tokio::time::timeout(config.connect_timeout, connect(address, config.source))
             .await
             .map_err(|_| ClientError::Timeout("the TCP connection"))??;
+        reported.sending_mta_ip = tcp.local_addr().ok().map(|a| a.ip());
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(host.trim_end_matches('.').to_owned())
             .or_else(|_| ServerName::try_from(address.ip().to_string()))
@@ -211,6 +230,12 @@ impl Session {
             ..ClientConfig::default()
         };
         let mut conn = Connection::open(stream, client_config, config.timeouts.clone()).await?;
+        reported.receiving_mx_helo = conn
+            .greeting()
+            .text()
+            .split_whitespace()
+            .next()
+            .map(str::to_owned);
         // As Postfix does: a server that greets with our own name is us.
         let greeted_as = conn.greeting().text().split_whitespace().next();
         if config.detect_loops

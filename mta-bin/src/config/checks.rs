@@ -87,6 +87,9 @@ impl Config {
         for problem in super::shape::shaping_problems(o) {
             p.add(doc, At::Key("outbound", problem.0), problem.1);
         }
+        for (i, problem) in super::shape::destination_problems(o) {
+            p.add(doc, At::SubEntry("outbound", "destination", i, ""), problem);
+        }
         if let Some(tls) = &self.tls
             && !tls.self_signed
             && (tls.certificate.is_none() || tls.private_key.is_none())

@@ -18,6 +18,8 @@ pub(super) enum At<'a> {
     Entry(&'a str, usize, &'a str),
     /// A key of the table `[name.sub]` (`""`: that table itself).
     Sub(&'a str, &'a str, &'a str),
+    /// A key of the n-th `[[name.sub]]` (`""`: the entry itself).
+    SubEntry(&'a str, &'a str, usize, &'a str),
 }
 
 /// The parsed file, with the span of every key and value.
@@ -60,6 +62,16 @@ impl<'t> Document<'t> {
                     .and_then(|t| self.key_span(t, key))
                     .or_else(|| self.key_span(outer, sub))
                     .or_else(|| self.key_span(&self.root, table))?;
+                return Some(self.line_of(span.start));
+            }
+            At::SubEntry(table, array, i, key) => {
+                let outer = get(&self.root, table)?.get_ref().as_table()?;
+                let entry = get(outer, array)?.get_ref().as_array()?.get(i)?;
+                let span = entry
+                    .get_ref()
+                    .as_table()
+                    .and_then(|t| self.key_span(t, key))
+                    .unwrap_or_else(|| entry.span());
                 return Some(self.line_of(span.start));
             }
         };

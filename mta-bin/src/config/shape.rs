@@ -865,6 +865,11 @@ pub struct Local {
     /// them) or `crlf` (as received).
     #[serde(default)]
     pub maildir_line_endings: LineEndings,
+    /// How delivered Maildir files are made durable: `batch` (default: deliveries
+    /// share one `syncfs` per file system), `files` (they share a batch: each file
+    /// `fdatasync`ed, each `new/` fsynced once) or `each` (every delivery on its own).
+    #[serde(default)]
+    pub maildir_sync: crate::delivery::MaildirSync,
     /// Sub-addressing: the characters that separate a user from a tag (`bob+news@`
     /// goes to `bob`), as Postfix's `recipient_delimiter`; default `+`, empty: off.
     #[serde(default)]
@@ -1188,8 +1193,8 @@ pub struct Outbound {
     pub sender_source: Vec<SenderSource>,
 }
 
-/// The problems of the traffic-shaping, destination and source keys of `[outbound]`:
-/// (key, sentence) for `mta check-config`.
+/// The problems of the traffic-shaping and source keys of `[outbound]`: (key,
+/// sentence) for `mta check-config` (the destinations': [`destination_problems`]).
 pub(crate) fn shaping_problems(o: &Outbound) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     if o.backoff.is_zero() || o.backoff > o.backoff_max {
@@ -1199,41 +1204,6 @@ pub(crate) fn shaping_problems(o: &Outbound) -> Vec<(&'static str, String)> {
         ));
     }
     let mut seen = std::collections::HashSet::new();
-    for d in &o.destination {
-        let name = d.pattern.strip_prefix("*.").unwrap_or(&d.pattern);
-        let at = format!("[[outbound.destination]] match = {:?}", d.pattern);
-        if name.is_empty()
-            || name.contains('*')
-            || name.starts_with('.')
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-._[]:".contains(c))
-        {
-            out.push((
-                "destination",
-                format!("{at}: give a domain (example.org) or *.example.org"),
-            ));
-        }
-        if !seen.insert(d.pattern.to_ascii_lowercase()) {
-            out.push(("destination", format!("{at}: given twice")));
-        }
-        if d.port == Some(0) {
-            out.push(("destination", format!("{at}: port must be from 1 to 65535")));
-        }
-        if d.max_connections == Some(0) {
-            out.push((
-                "destination",
-                format!("{at}: max_connections must be at least 1"),
-            ));
-        }
-        if d.max_messages_per_minute == Some(0) {
-            out.push((
-                "destination",
-                format!("{at}: max_messages_per_minute must be at least 1"),
-            ));
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
     for s in &o.sender_source {
         let at = format!("[[outbound.sender_source]] domain = {:?}", s.domain);
         if s.addresses.is_empty() {
@@ -1241,6 +1211,103 @@ pub(crate) fn shaping_problems(o: &Outbound) -> Vec<(&'static str, String)> {
         }
         if s.domain.is_empty() || !seen.insert(s.domain.to_ascii_lowercase()) {
             out.push(("sender_source", format!("{at}: empty or given twice")));
+        }
+    }
+    out
+}
+
+/// The problems of the `[[outbound.destination]]` entries: (the entry's index,
+/// sentence) for `mta check-config`.
+pub(crate) fn destination_problems(o: &Outbound) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, d) in o.destination.iter().enumerate() {
+        let (key, pattern) = match (&d.pattern, &d.mx) {
+            (Some(pattern), None) => ("match", pattern),
+            (None, Some(pattern)) => ("mx", pattern),
+            (both, _) => {
+                let which = if both.is_some() {
+                    "not both"
+                } else {
+                    "one of them"
+                };
+                out.push((
+                    i,
+                    format!(
+                        "[[outbound.destination]] (entry {}): give match (a recipient domain) \
+                         or mx (an MX host name), {which}",
+                        i + 1
+                    ),
+                ));
+                continue;
+            }
+        };
+        let at = format!("[[outbound.destination]] {key} = {pattern:?}");
+        let name = pattern.strip_prefix("*.").unwrap_or(pattern);
+        let allowed = if key == "mx" { "-._" } else { "-._[]:" };
+        if name.is_empty()
+            || name.contains('*')
+            || name.starts_with('.')
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || allowed.contains(c))
+        {
+            let what = if key == "mx" {
+                "a host name (mx.example.net) or *.example.net"
+            } else {
+                "a domain (example.org) or *.example.org"
+            };
+            out.push((i, format!("{at}: give {what}")));
+        }
+        if !seen.insert((key, pattern.to_ascii_lowercase())) {
+            out.push((i, format!("{at}: given twice")));
+        }
+        if key == "mx" && d.relay.is_some() {
+            out.push((
+                i,
+                format!(
+                    "{at}: relay is for a recipient domain (match); an mx entry applies to \
+                     connections to MX hosts already chosen"
+                ),
+            ));
+        }
+        if let Some(tls_name) = &d.tls_name {
+            let valid = !tls_name.is_empty()
+                && tls_name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !valid {
+                out.push((
+                    i,
+                    format!("{at}: tls_name {tls_name:?}: give a host name (mx.example.net)"),
+                ));
+            }
+            if matches!(
+                d.tls,
+                Some(OutboundTls::Opportunistic | OutboundTls::Disabled)
+            ) {
+                out.push((
+                    i,
+                    format!(
+                        "{at}: tls_name needs tls = \"required\" (a certificate is checked \
+                         for a name only then)"
+                    ),
+                ));
+            }
+        }
+        if d.port == Some(0) {
+            out.push((i, format!("{at}: port must be from 1 to 65535")));
+        }
+        if d.max_connections == Some(0) {
+            out.push((i, format!("{at}: max_connections must be at least 1")));
+        }
+        if d.max_messages_per_minute == Some(0) {
+            out.push((
+                i,
+                format!("{at}: max_messages_per_minute must be at least 1"),
+            ));
         }
     }
     out
@@ -1279,15 +1346,23 @@ impl SourceAddress {
     }
 }
 
-/// `[[outbound.destination]]`: how mail to matching recipient domains leaves.
+/// `[[outbound.destination]]`: how mail to matching recipient domains, or over
+/// connections to matching MX hosts, leaves. Exactly one of `match` and `mx`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationPolicy {
-    /// `example.org` (that domain) or `*.example.org` (its subdomains).
+    /// A recipient domain: `example.org` (that domain) or `*.example.org` (its
+    /// subdomains).
     #[serde(rename = "match")]
-    pub pattern: String,
+    pub pattern: Option<String>,
+    /// An MX host name: `mx.example.net` or `*.example.net` (its subdomains); the
+    /// entry applies to each connection to a matching MX host, whatever the domain.
+    pub mx: Option<String>,
     /// STARTTLS policy for it (as `[outbound] tls`).
     pub tls: Option<OutboundTls>,
+    /// With `tls = "required"`: the name the certificate must carry instead of the MX
+    /// host name.
+    pub tls_name: Option<String>,
     /// The port of its MX hosts.
     pub port: Option<u16>,
     /// A relay host for it (`host` or `host:port`) instead of its MX hosts.
@@ -1447,6 +1522,13 @@ pub struct TlsReporting {
     /// Time for one `https:` report upload.
     #[serde(deserialize_with = "duration")]
     pub post_timeout: Duration,
+    /// How long after a failed `https:` upload it is tried again (1 h).
+    #[serde(deserialize_with = "duration")]
+    pub post_retry: Duration,
+    /// How long a failed `https:` upload is tried again before it is dropped (24 h;
+    /// zero: never tried again).
+    #[serde(deserialize_with = "duration")]
+    pub post_retry_for: Duration,
 }
 
 impl Default for TlsReporting {
@@ -1460,6 +1542,8 @@ impl Default for TlsReporting {
             max_failure_details: 100,
             max_domains: 10_000,
             post_timeout: Duration::from_secs(60),
+            post_retry: Duration::from_secs(60 * 60),
+            post_retry_for: Duration::from_secs(24 * 60 * 60),
         }
     }
 }

@@ -651,3 +651,60 @@ fn mbox_is_an_alternative_to_maildir_and_lmtp() {
     assert_eq!(lmtp.len(), 1, "{lmtp:?}");
     assert!(lmtp[0].ends_with("not mbox and lmtp"), "{lmtp:?}");
 }
+
+#[test]
+fn destinations_match_a_domain_or_an_mx_host() {
+    let c = Config::parse(&format!(
+        "{BASE}[[outbound.destination]]\nmx = \"*.mail.protection.example\"\nmax_connections = 2\n\
+         tls = \"required\"\ntls_name = \"mail.protection.example\"\nport = 2525\n\
+         [[outbound.destination]]\nmatch = \"example.org\"\nrelay = \"gw.example.org\"\n"
+    ))
+    .unwrap();
+    let d = &c.outbound.destination;
+    assert_eq!(d[0].mx.as_deref(), Some("*.mail.protection.example"));
+    assert_eq!(d[0].pattern, None);
+    assert_eq!(d[0].tls_name.as_deref(), Some("mail.protection.example"));
+    assert_eq!(d[1].pattern.as_deref(), Some("example.org"));
+}
+
+#[test]
+fn a_bad_destination_is_told_with_its_entry_line() {
+    let problems = problems_of(
+        "[[outbound.destination]]\nmatch = \"example.org\"\n\
+         [[outbound.destination]]\nmatch = \"a.example\"\nmx = \"mx.a.example\"\n\
+         [[outbound.destination]]\nport = 2525\n\
+         [[outbound.destination]]\nmx = \"*.mx.example\"\nrelay = \"gw.example\"\n\
+         tls = \"opportunistic\"\ntls_name = \"bad name\"\n",
+    );
+    assert_eq!(
+        problems,
+        [
+            "line 7: [[outbound.destination]] (entry 2): give match (a recipient domain) or mx \
+             (an MX host name), not both",
+            "line 10: [[outbound.destination]] (entry 3): give match (a recipient domain) or mx \
+             (an MX host name), one of them",
+            "line 12: [[outbound.destination]] mx = \"*.mx.example\": relay is for a recipient \
+             domain (match); an mx entry applies to connections to MX hosts already chosen",
+            "line 12: [[outbound.destination]] mx = \"*.mx.example\": tls_name \"bad name\": give \
+             a host name (mx.example.net)",
+            "line 12: [[outbound.destination]] mx = \"*.mx.example\": tls_name needs tls = \
+             \"required\" (a certificate is checked for a name only then)",
+        ],
+        "{problems:?}"
+    );
+    // The same pattern as a domain and as an MX host name is two entries, not one twice.
+    let c = Config::parse(&format!(
+        "{BASE}[[outbound.destination]]\nmatch = \"a.example\"\n\
+         [[outbound.destination]]\nmx = \"a.example\"\n"
+    ));
+    assert!(c.is_ok(), "{c:?}");
+    let twice = problems_of(
+        "[[outbound.destination]]\nmx = \"*.A.example\"\n\
+         [[outbound.destination]]\nmx = \"*.a.example\"\n",
+    );
+    assert_eq!(twice.len(), 1, "{twice:?}");
+    assert!(
+        twice[0].starts_with("line 7: ") && twice[0].ends_with("given twice"),
+        "{twice:?}"
+    );
+}

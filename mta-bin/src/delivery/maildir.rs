@@ -1,10 +1,16 @@
 //! Maildir delivery: `<root>/<domain>/<local-part>/{tmp,new,cur}`.
 //!
-//! The file is written in `tmp/`, fsynced, renamed into `new/`, and `new/` is fsynced,
-//! so a delivered message survives a crash. Its name is derived from the queue id and
+//! The file is written in `tmp/` and renamed into `new/`; it is made durable before the
+//! delivery is reported, so a delivered message survives a crash: by a `syncfs` shared
+//! with the other deliveries of its batch (`[local] maildir_sync = "batch"`, the
+//! default; see [`super::maildir_sync`]), by an `fdatasync` of each file and one
+//! `fsync` per `new/` of the batch (`"files"`), or on its own (`"each"`: the file
+//! fsynced before the rename, `new/` after). Its name is derived from the queue id and
 //! the recipient (`<received>.Q<id>R<n>.<host>,S=<size>,W=<size with CRLF>`): if the
 //! queue retries a delivery that had completed just before a crash, the file is already
-//! there and is not written twice.
+//! there. In `new/` it may be torn (renamed, never synced, then the power went), so it
+//! is written again over itself, not counted again in `maildirsize`; in `cur/` (read)
+//! it is left alone.
 //!
 //! Lines end in LF, as Postfix's local and virtual delivery, Dovecot and the tools that
 //! read Maildir store them (the queue keeps the wire form, CRLF; delivery converts);
@@ -35,6 +41,7 @@ use serde::Deserialize;
 use smtp_proto::{ForwardPath, Host};
 use smtp_server::filters::LocalRecipients;
 
+use super::maildir_sync::{MaildirSync, Pending, Watch};
 use super::quota::{self, BoxLock, Limits, Quotas};
 
 /// How lines end in delivered files.
@@ -80,6 +87,7 @@ pub struct Maildir {
     delimiters: String,
     subaddress_folder: SubaddressFolder,
     quotas: Option<Arc<Quotas>>,
+    sync: MaildirSync,
 }
 
 impl Maildir {
@@ -98,6 +106,7 @@ impl Maildir {
             delimiters: String::new(),
             subaddress_folder: SubaddressFolder::Off,
             quotas: None,
+            sync: MaildirSync::default(),
         }
     }
 
@@ -188,9 +197,44 @@ impl Maildir {
         Ok(self.root.join(domain).join(local))
     }
 
+    /// How delivered files are made durable (default [`MaildirSync::Batch`]).
+    pub fn sync(mut self, mode: MaildirSync) -> Self {
+        self.sync = mode;
+        self
+    }
+
     /// Delivers one recipient, `address` as received (it goes into `Delivered-To:`), to
-    /// `recipient` (see [`Maildir::recipient`]); `Ok(false)` when it was already
-    /// delivered.
+    /// `recipient` (see [`Maildir::recipient`]), and returns once the file is durable;
+    /// `Ok(false)` when it was already delivered (its file was in `new/`, and was written
+    /// again, or in `cur/`). [`Maildir::store`] without the wait, for a caller that
+    /// waits for several deliveries at once.
+    ///
+    /// ```
+    /// use mail_queue::{MessageMeta, QueueId, SpoolRef};
+    /// use mta_bin::delivery::{LineEndings, Maildir, Recipient};
+    /// let root = tempfile::tempdir()?;
+    /// let maildir = Maildir::new(root.path().into(), "mx.test", LineEndings::Lf);
+    /// let message = MessageMeta {
+    ///     id: QueueId(7),
+    ///     received: 1_700_000_000,
+    ///     from: "ann@a.test".into(),
+    ///     params: Default::default(),
+    ///     source: "example".into(),
+    ///     recipients: Vec::new(),
+    ///     spool: SpoolRef::default(),
+    ///     attempts: 0,
+    ///     next_attempt: 0,
+    ///     last_error: None,
+    ///     delay_warned: false,
+    /// };
+    /// let bob = Recipient { mailbox: "bob@b.test".into(), tag: None };
+    /// let body = b"Subject: hi\r\n\r\nHello\r\n";
+    /// assert!(maildir.deliver(&message, 0, "bob@b.test", &bob, body)?);
+    /// // The queue tried again (a crash before it recorded the delivery): not twice.
+    /// assert!(!maildir.deliver(&message, 0, "bob@b.test", &bob, body)?);
+    /// assert_eq!(std::fs::read_dir(root.path().join("b.test/bob/new"))?.count(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn deliver(
         &self,
         message: &MessageMeta,
@@ -199,6 +243,28 @@ impl Maildir {
         recipient: &Recipient,
         body: &[u8],
     ) -> std::io::Result<bool> {
+        let (stored, pending) = self.store(message, index, address, recipient, body)?;
+        pending.wait_blocking()?;
+        Ok(stored == Stored::Written)
+    }
+
+    /// Delivers as [`Maildir::deliver`] does, but does not wait for the sync
+    /// ([`MaildirSync::Batch`] and [`MaildirSync::Files`]): the file is in `new/`, and
+    /// the message is delivered only once the returned [`Pending`] was waited for
+    /// (with `Each`, it is empty: the file is durable already).
+    ///
+    /// A file already in `new/` (a repeated delivery: the queue did not learn of the
+    /// first, or its sync failed) may have been renamed but never synced before a
+    /// crash, and be torn: it is written again, replaced atomically, and not counted
+    /// again in `maildirsize`. A file in `cur/` (read already) is left as it is.
+    pub fn store(
+        &self,
+        message: &MessageMeta,
+        index: usize,
+        address: &str,
+        recipient: &Recipient,
+        body: &[u8],
+    ) -> std::io::Result<(Stored, Pending)> {
         let inbox = self
             .folder(&recipient.mailbox)
             .map_err(std::io::Error::other)?;
@@ -222,8 +288,9 @@ impl Maildir {
         );
         let (tmp, new, cur) = (folder.join("tmp"), folder.join("new"), folder.join("cur"));
         let final_path = new.join(&name);
-        if final_path.exists() || cur.join(format!("{name}:2,")).exists() {
-            return Ok(false);
+        let again = final_path.exists();
+        if !again && cur.join(format!("{name}:2,")).exists() {
+            return Ok((Stored::Seen, Pending::none()));
         }
         let tmp_path = tmp.join(&name);
         let create = || {
@@ -253,7 +320,8 @@ impl Maildir {
             }
             Ok(())
         };
-        let limits = self.limits(&recipient.mailbox);
+        // A repeated delivery was counted and checked the first time.
+        let limits = self.limits(&recipient.mailbox).filter(|_| !again);
         let lock = match limits {
             None => None,
             Some((limits, grace)) => {
@@ -286,6 +354,11 @@ impl Maildir {
             }
             other => other?,
         };
+        // Before the first byte: what the sync needs (see maildir_sync).
+        let watch = match self.sync {
+            MaildirSync::Each => None,
+            mode => Some(Watch::start(mode, &file, &tmp)?),
+        };
         let mut out = BufWriter::with_capacity(64 * 1024, &mut file);
         for part in [head.as_bytes(), body] {
             match self.line_endings {
@@ -295,18 +368,35 @@ impl Maildir {
         }
         out.flush()?;
         drop(out);
-        file.sync_all()?;
+        if watch.is_none() {
+            file.sync_all()?;
+        }
         drop(file);
-        if let Err(e) = fs::rename(&tmp_path, &final_path) {
+        if again {
+            if !replace(&tmp_path, &final_path)? {
+                // Moved to cur/ meanwhile: read, so complete.
+                return Ok((Stored::Seen, Pending::none()));
+            }
+        } else if let Err(e) = fs::rename(&tmp_path, &final_path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 return Err(e);
             }
             make_folder()?;
             fs::rename(&tmp_path, &final_path)?;
         }
-        sync_dir(&new)?;
-        // The message is delivered: a maildirsize that cannot be updated is only logged
-        // (it was removed, to be counted anew).
+        let pending = match watch {
+            Some(watch) => watch.renamed(&new),
+            None => {
+                sync_dir(&new)?;
+                Pending::none()
+            }
+        };
+        if again {
+            return Ok((Stored::Rewritten, pending));
+        }
+        // The file is in new/, and counted now (a later repetition, after a failed
+        // sync or a crash, finds it there and does not count it again); a maildirsize
+        // that cannot be updated is only logged (it was removed, to be counted anew).
         let counted = quota::add(
             &inbox,
             limits.map(|(l, _)| l).unwrap_or_default(),
@@ -317,8 +407,19 @@ impl Maildir {
             tracing::warn!(maildir = %inbox.display(), error = %e, "cannot update maildirsize");
         }
         drop(lock);
-        Ok(true)
+        Ok((Stored::Written, pending))
     }
+}
+
+/// What [`Maildir::store`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// Wrote the file into `new/`.
+    Written,
+    /// Found the file in `new/` (delivered before) and wrote it again over itself.
+    Rewritten,
+    /// Found the file in `cur/` (delivered before, and read): left it.
+    Seen,
 }
 
 impl Maildir {
@@ -384,6 +485,38 @@ fn write_lf(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
     out.write_all(&bytes[start..])
 }
 
+/// Puts the file `tmp` in place of `existing` atomically (`renameat2` with
+/// `RENAME_EXCHANGE`, then the old file, now at `tmp`, is removed); `false` when
+/// `existing` is no longer there (a reader moved it to `cur/`), and `tmp` is removed.
+/// Where the exchange is not supported, a plain rename.
+fn replace(tmp: &Path, existing: &Path) -> std::io::Result<bool> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::errno::Errno;
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+        match renameat2(
+            AT_FDCWD,
+            tmp,
+            AT_FDCWD,
+            existing,
+            RenameFlags::RENAME_EXCHANGE,
+        ) {
+            Ok(()) => {
+                fs::remove_file(tmp)?;
+                return Ok(true);
+            }
+            Err(Errno::ENOENT) if tmp.exists() => {
+                fs::remove_file(tmp)?;
+                return Ok(false);
+            }
+            Err(Errno::EINVAL | Errno::ENOSYS) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    fs::rename(tmp, existing)?;
+    Ok(true)
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -395,7 +528,8 @@ mod tests {
 
     use mail_queue::{MessageMeta, QueueId, SpoolRef};
 
-    use super::{LineEndings, Maildir, Recipient, SubaddressFolder, folder_name};
+    use super::{LineEndings, Maildir, Recipient, Stored, SubaddressFolder, folder_name};
+    use crate::delivery::MaildirSync;
     use crate::delivery::{ByteSize, QuotaConfig, Quotas};
 
     fn meta(id: u64) -> MessageMeta {
@@ -459,6 +593,80 @@ mod tests {
                 .deliver(&meta(1), 0, "bob@d.test", &bob, body)
                 .unwrap()
         );
+    }
+
+    /// A repeated delivery after a crash between the rename and the sync: the file in
+    /// new/ may be torn, so it is written again (same name, complete), and counted
+    /// once in maildirsize; a file already read (in cur/) is left as it is. In every
+    /// sync mode.
+    #[test]
+    fn a_repeated_delivery_rewrites_a_torn_file_and_counts_it_once() {
+        for mode in [MaildirSync::Batch, MaildirSync::Files, MaildirSync::Each] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = QuotaConfig {
+                bytes: ByteSize(10_000),
+                ..QuotaConfig::default()
+            };
+            let maildir = Maildir::new(dir.path().into(), "h", LineEndings::Lf)
+                .quotas(Some(Arc::new(Quotas::new(&config))))
+                .sync(mode);
+            let bob = Recipient {
+                mailbox: "bob@d.test".into(),
+                tag: None,
+            };
+            let body = b"Subject: x\r\n\r\nhi\r\n";
+            let (stored, pending) = maildir
+                .store(&meta(1), 0, "bob@d.test", &bob, body)
+                .unwrap();
+            assert_eq!(stored, Stored::Written);
+            assert_eq!(pending.is_empty(), mode == MaildirSync::Each, "{mode:?}");
+            pending.wait_blocking().unwrap();
+            let inbox = dir.path().join("d.test/bob");
+            let files = |sub: &str| -> Vec<std::path::PathBuf> {
+                let mut files: Vec<_> = std::fs::read_dir(inbox.join(sub))
+                    .unwrap()
+                    .map(|f| f.unwrap().path())
+                    .collect();
+                files.sort();
+                files
+            };
+            let [file] = files("new").try_into().unwrap();
+            let complete = std::fs::read(&file).unwrap();
+            let counted = std::fs::read_to_string(inbox.join("maildirsize")).unwrap();
+            // Renamed, never synced, power cut: what is left may be empty.
+            std::fs::write(&file, b"").unwrap();
+            assert!(
+                !maildir
+                    .deliver(&meta(1), 0, "bob@d.test", &bob, body)
+                    .unwrap()
+            );
+            assert_eq!(files("new"), std::slice::from_ref(&file), "{mode:?}");
+            assert_eq!(std::fs::read(&file).unwrap(), complete, "{mode:?}");
+            assert!(files("tmp").is_empty(), "{mode:?}");
+            assert_eq!(
+                std::fs::read_to_string(inbox.join("maildirsize")).unwrap(),
+                counted,
+                "{mode:?}"
+            );
+            // Read (moved to cur/ by a mail reader): left alone.
+            let read = inbox.join("cur").join(format!(
+                "{}:2,",
+                file.file_name().unwrap().to_string_lossy()
+            ));
+            std::fs::rename(&file, &read).unwrap();
+            let (stored, pending) = maildir
+                .store(&meta(1), 0, "bob@d.test", &bob, body)
+                .unwrap();
+            assert_eq!(stored, Stored::Seen);
+            assert!(pending.is_empty());
+            assert!(files("new").is_empty(), "{mode:?}");
+            assert_eq!(files("cur"), [read], "{mode:?}");
+            assert_eq!(
+                std::fs::read_to_string(inbox.join("maildirsize")).unwrap(),
+                counted,
+                "{mode:?}"
+            );
+        }
     }
 
     #[test]

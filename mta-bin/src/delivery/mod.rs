@@ -3,6 +3,7 @@
 
 mod lmtp;
 mod maildir;
+pub mod maildir_sync;
 mod mbox;
 pub mod quota;
 mod remote;
@@ -20,10 +21,11 @@ use mail_queue::{BoxError, DeliveryReport, DeliveryRequest, Outcome};
 use smtp_server::filters::{DomainSet, LocalRecipients};
 
 pub use lmtp::{Lmtp, LmtpAddress};
-pub use maildir::{LineEndings, Maildir, Recipient, SubaddressFolder};
+pub use maildir::{LineEndings, Maildir, Recipient, Stored, SubaddressFolder};
+pub use maildir_sync::{MaildirSync, Pending};
 pub use mbox::Mbox;
 pub use quota::{ByteSize, Grace, Limits, LimitsConfig, QuotaConfig, Quotas, Usage, size_in_name};
-pub use remote::{DestinationPolicy, Relay, Remote, RemoteConfig, SenderPool, Source};
+pub use remote::{DestinationPolicy, MatchOn, Relay, Remote, RemoteConfig, SenderPool, Source};
 pub use shaping::{Rates, Shaping, ShapingConfig, is_throttling};
 pub use slots::{PrioritySlots, Slot};
 pub use sts::{StsConfig, TlsReports};
@@ -84,7 +86,8 @@ impl LocalRoutes {
                     local.maildir_line_endings,
                 )
                 .subaddressing(delimiters, local.subaddress_folder)
-                .quotas(quotas.clone()),
+                .quotas(quotas.clone())
+                .sync(local.maildir_sync),
             )
         };
         let mbox = |root: &std::path::Path| {
@@ -287,7 +290,9 @@ impl Delivery {
 }
 
 /// Delivers to Maildirs: `indexes` are the recipients' numbers in the message (for the
-/// file names), `addresses` the addresses.
+/// file names), `addresses` the addresses. The files are written on a blocking thread,
+/// then made durable together (with those of other deliveries, `[local] maildir_sync`);
+/// only then are they reported delivered. A failed sync defers every one of them.
 async fn deliver_maildir(
     maildir: &Maildir,
     request: &DeliveryRequest,
@@ -302,30 +307,58 @@ async fn deliver_maildir(
     );
     let count = addresses.len();
     let mailboxes = inner.mailboxes.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        indexes
+    let stored = tokio::task::spawn_blocking(move || {
+        let mut pending = Pending::none();
+        let outcomes: Vec<(Outcome, bool)> = indexes
             .iter()
             .zip(&addresses)
             .map(|(&i, address)| {
                 let Some(recipient) = maildir.recipient(address, mailboxes.as_deref()) else {
-                    return Outcome::Failed(format!("550 5.1.1 <{address}>: no such mailbox here"));
+                    let failed =
+                        Outcome::Failed(format!("550 5.1.1 <{address}>: no such mailbox here"));
+                    return (failed, false);
                 };
-                match maildir.deliver(&message, i, address, &recipient, &body) {
-                    Ok(true) => Outcome::Delivered("delivered to maildir".into()),
-                    Ok(false) => Outcome::Delivered("already in maildir".into()),
+                // The flag: whether the outcome waits for the sync.
+                let delivered = |why: &str, synced| (Outcome::Delivered(why.into()), synced);
+                match maildir.store(&message, i, address, &recipient, &body) {
+                    Ok((stored, files)) => {
+                        pending.extend(files);
+                        match stored {
+                            Stored::Written => delivered("delivered to maildir", true),
+                            Stored::Rewritten => {
+                                delivered("already in maildir, written again", true)
+                            }
+                            Stored::Seen => delivered("already in maildir (read)", false),
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::QuotaExceeded => {
-                        Outcome::Deferred(format!("4.2.2 {e}"))
+                        (Outcome::Deferred(format!("4.2.2 {e}")), false)
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Other => {
-                        Outcome::Failed(format!("5.1.1 {e}"))
+                        (Outcome::Failed(format!("5.1.1 {e}")), false)
                     }
-                    Err(e) => Outcome::Deferred(format!("4.2.0 maildir: {e}")),
+                    Err(e) => (Outcome::Deferred(format!("4.2.0 maildir: {e}")), false),
                 }
             })
-            .collect()
+            .collect();
+        (outcomes, pending)
     })
     .await;
-    result.unwrap_or_else(|e| vec![Outcome::Deferred(format!("maildir task failed: {e}")); count])
+    let (outcomes, pending) = match stored {
+        Ok(stored) => stored,
+        Err(e) => {
+            return vec![Outcome::Deferred(format!("maildir task failed: {e}")); count];
+        }
+    };
+    // Delivered only once durable: until then the queue keeps the message.
+    let synced = pending.wait().await;
+    outcomes
+        .into_iter()
+        .map(|(outcome, waits)| match &synced {
+            Err(e) if waits => Outcome::Deferred(format!("4.3.0 maildir: {e}")),
+            _ => outcome,
+        })
+        .collect()
 }
 
 /// Delivers to mbox files.

@@ -1,6 +1,18 @@
 //! Remote delivery: route by MX (or through a relay host), then SMTP to the hosts in
 //! order, with connections reused across messages and a limit per destination.
 //!
+//! Per-destination policies ([`DestinationPolicy`], `[[outbound.destination]]`): a
+//! domain policy is the delivery's (slots, rate and backoff keyed by the domain); an
+//! MX policy is each connection's to a host it matches, after MX resolution (slots,
+//! rate and backoff keyed `MX <pattern>`, shared by every domain that host serves):
+//!
+//! ```text
+//!  domain ─▶ its slot, rate, backoff ─▶ MX hosts ─▶ each host: an MX policy?
+//!                                                    ├─ no: the domain's settings
+//!                                                    └─ yes: its slot, rate, backoff;
+//!                                                       the domain's settings over its own
+//! ```
+//!
 //! A destination domain with an MTA-STS policy (RFC 8461, `sts.rs`) in `enforce`
 //! gets only its listed MX hosts, over TLS with a certificate verified for the MX
 //! name, or the mail waits (`4.7.5`); in `testing` the same checks are made and their
@@ -52,6 +64,7 @@ use std::time::Duration;
 
 use dns_mx::{DaneResolver, MxHost, MxResolver, RouteError, TlsaRecord};
 use mail_queue::{Bytes, DeliveryRequest, MessageMeta, Outcome};
+use smtp_client::mta_sts::ReportedSession;
 use smtp_client::mta_sts::{
     Mode, Policy, PolicySummary, PolicyType, ResultType, TlsReportEvent, TlsReportSink,
 };
@@ -64,8 +77,8 @@ use smtp_proto::{
 };
 use tracing::{Instrument, debug, info, info_span};
 
-use super::shaping::{Rates, Shaping, ShapingConfig, is_throttling};
-use super::slots::PrioritySlots;
+use super::shaping::{Admitted, Rates, Shaping, ShapingConfig, is_throttling};
+use super::slots::{PrioritySlots, Slot};
 use super::sts::{Sts, StsConfig, TlsReports};
 use crate::aliases::Forwarding;
 
@@ -85,33 +98,49 @@ pub struct Source {
     pub helo: Option<String>,
 }
 
-/// How mail to matching recipient domains leaves (`[[outbound.destination]]`). Unset
-/// fields keep the `[outbound]` settings.
+/// How mail to matching recipient domains, or over connections to matching MX hosts,
+/// leaves (`[[outbound.destination]]`). Unset fields keep the `[outbound]` settings.
 ///
 /// ```
-/// use mta_bin::delivery::DestinationPolicy;
+/// use mta_bin::delivery::{DestinationPolicy, MatchOn};
 /// let policy = DestinationPolicy {
 ///     pattern: "*.example.org".into(),
 ///     ..DestinationPolicy::default()
 /// };
 /// assert!(policy.matches("mx.Example.org"));
 /// assert!(!policy.matches("example.org"));
+/// // Compared with MX host names: for every domain whose MX is under example.net.
+/// let outlook = DestinationPolicy {
+///     pattern: "*.example.net".into(),
+///     on: MatchOn::MxHost,
+///     max_connections: Some(1),
+///     ..DestinationPolicy::default()
+/// };
+/// assert!(outlook.matches("mx1.example.net"));
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct DestinationPolicy {
-    /// `example.org` (that domain) or `*.example.org` (its subdomains, not itself).
+    /// `example.org` (that name) or `*.example.org` (its subdomains, not itself).
     pub pattern: String,
+    /// What the pattern is compared with: the recipient domain or the MX host name.
+    pub on: MatchOn,
     /// STARTTLS policy.
     pub tls: Option<TlsPolicy>,
+    /// With `tls` required: the name the server's certificate must carry instead of
+    /// the MX host name (Postfix's `match=`). Not for MTA-STS, DANE or REQUIRETLS,
+    /// which check the MX host name (or the TLSA records) whatever it says.
+    pub tls_name: Option<String>,
     /// The port of the MX hosts.
     pub port: Option<u16>,
     /// A relay host (name or address, port) instead of the MX hosts; no login is
-    /// sent to it (`[outbound] relay_username` is the global relay's).
+    /// sent to it (`[outbound] relay_username` is the global relay's). Domain
+    /// policies only.
     pub relay: Option<(String, u16)>,
-    /// Deliveries at once (instead of `max_per_destination`).
+    /// Deliveries at once (instead of `max_per_destination`); for an MX policy,
+    /// connections at once to all the hosts it matches, whatever the domain.
     pub max_connections: Option<usize>,
     /// Messages a minute at most: one over the rate waits (a minute at most) in its
-    /// delivery slot, else is deferred.
+    /// delivery slot, else is deferred. For an MX policy, shared by every domain.
     pub max_messages_per_minute: Option<u32>,
     /// The local address connections leave from.
     pub source: Option<Source>,
@@ -119,19 +148,72 @@ pub struct DestinationPolicy {
     pub helo: Option<String>,
 }
 
+/// What a [`DestinationPolicy`]'s pattern is compared with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MatchOn {
+    /// The recipient domain (`match = ...`): the policy is the delivery's.
+    #[default]
+    Domain,
+    /// The name of an MX host (`mx = ...`), after MX resolution: the policy is each
+    /// connection's to a matching host; its limits and traffic-shaping backoff are
+    /// shared by every domain whose MX it matches.
+    MxHost,
+}
+
 impl DestinationPolicy {
-    /// Whether the policy is for `domain` (compared without case).
-    pub fn matches(&self, domain: &str) -> bool {
-        let domain = domain.trim_end_matches('.');
+    /// Whether the policy is for `name` (a domain, or an MX host name for
+    /// [`MatchOn::MxHost`]; compared without case).
+    pub fn matches(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.');
         match self.pattern.strip_prefix("*.") {
             Some(parent) => {
-                domain.len() > parent.len() + 1 && {
-                    let (head, tail) = domain.split_at(domain.len() - parent.len());
+                name.len() > parent.len() + 1 && {
+                    let (head, tail) = name.split_at(name.len() - parent.len());
                     head.ends_with('.') && tail.eq_ignore_ascii_case(parent)
                 }
             }
-            None => domain.eq_ignore_ascii_case(&self.pattern),
+            None => name.eq_ignore_ascii_case(&self.pattern),
         }
+    }
+}
+
+/// The first domain policy of `policies` that matches `domain`.
+fn domain_policy<'a>(
+    policies: &'a [DestinationPolicy],
+    domain: &str,
+) -> Option<&'a DestinationPolicy> {
+    policies
+        .iter()
+        .find(|p| p.on == MatchOn::Domain && p.matches(domain))
+}
+
+/// The first MX policy of `policies` that matches the MX host `host` (never an
+/// address literal).
+fn mx_policy<'a>(policies: &'a [DestinationPolicy], host: &str) -> Option<&'a DestinationPolicy> {
+    if host.starts_with('[') {
+        return None;
+    }
+    policies
+        .iter()
+        .find(|p| p.on == MatchOn::MxHost && p.matches(host))
+}
+
+/// The connection settings of an MX policy under the domain's policy: each the
+/// domain's when it sets it, else the MX policy's. Limits are not merged: each
+/// policy counts its own.
+fn merged(domain: Option<&DestinationPolicy>, mx: &DestinationPolicy) -> DestinationPolicy {
+    let d = domain.cloned().unwrap_or_default();
+    DestinationPolicy {
+        pattern: mx.pattern.clone(),
+        on: MatchOn::MxHost,
+        tls: d.tls.or(mx.tls),
+        tls_name: d.tls_name.or_else(|| mx.tls_name.clone()),
+        port: d.port.or(mx.port),
+        relay: None,
+        max_connections: None,
+        max_messages_per_minute: None,
+        source: d.source.or_else(|| mx.source.clone()),
+        helo: d.helo.or_else(|| mx.helo.clone()),
     }
 }
 
@@ -169,7 +251,9 @@ pub struct RemoteConfig {
     pub dane: Option<DaneResolver>,
     /// Traffic shaping: how destinations that throttle us are backed off.
     pub shaping: ShapingConfig,
-    /// Per-destination policies; the first that matches the recipient domain applies.
+    /// Per-destination policies: the first domain policy that matches the recipient
+    /// domain applies to a delivery, the first MX policy that matches an MX host's
+    /// name to each connection to that host.
     pub destinations: Vec<DestinationPolicy>,
     /// Source address pools by sender domain.
     pub sender_pools: Vec<SenderPool>,
@@ -194,6 +278,17 @@ struct Plan {
     throttled: AtomicBool,
     /// The destination domain.
     domain: String,
+    /// With `tls` required, the name the certificate must carry instead of the host's.
+    tls_name: Option<String>,
+    /// The policy of the destination domain, if any.
+    policy: Option<DestinationPolicy>,
+    /// The envelope sender (for its domain's source pool).
+    sender: String,
+    /// The source chosen (the destination's, the sender domain's pool's in turn, or
+    /// the global one), kept for the connections under an MX policy.
+    source: Option<Source>,
+    /// The message's priority (RFC 6710), for delivery slots.
+    priority: i8,
 }
 
 impl Plan {
@@ -212,16 +307,42 @@ impl Plan {
     }
 
     /// The idle-pool key of a session to `host` under this plan: a session is reused
-    /// only for the same port, source address and EHLO name.
+    /// only for the same port, source address, EHLO name, STARTTLS policy and name
+    /// the certificate was verified for.
     fn pool_key(&self, host: &str) -> String {
         let o = &self.outbound;
         let source = o.source.map(|s| s.to_string()).unwrap_or_default();
-        format!("{host} {} {source} {}", o.port, o.helo_name)
+        let tls_name = self.tls_name.as_deref().unwrap_or("");
+        format!(
+            "{host} {} {source} {} {:?} {tls_name}",
+            o.port, o.helo_name, o.tls
+        )
+    }
+
+    /// The name `host`'s certificate is verified for under `tls = "required"`:
+    /// `tls_name` when given, else the host's.
+    fn tls_name<'a>(&'a self, host: &'a str) -> &'a str {
+        match &self.tls_name {
+            Some(name) if self.outbound.tls == TlsPolicy::Required => name,
+            _ => host,
+        }
     }
 }
 
 /// The longest a message waits in its delivery slot for its destination's rate.
 const RATE_WAIT: Duration = Duration::from_secs(60);
+
+/// One attempt at a host an MX policy matches: the connection settings (the domain's
+/// policy over the MX policy's), the MX policy's connection slot (when it limits
+/// them), and its leave from traffic shaping, to report on with [`Remote::noted`].
+#[derive(Debug)]
+struct MxTurn {
+    plan: Plan,
+    /// The shaping, rate and slot key of the MX policy: `MX <pattern>`.
+    key: String,
+    admitted: Admitted,
+    _slot: Option<Slot>,
+}
 
 /// Delivers to other servers.
 #[derive(Debug)]
@@ -230,7 +351,8 @@ pub struct Remote {
     config: RemoteConfig,
     /// Connections waiting for their next message.
     idle: Arc<IdlePool>,
-    /// The delivery slots of each destination domain, handed out by priority.
+    /// The delivery slots of each destination domain (and of each MX policy with
+    /// `max_connections`, keyed `MX <pattern>`), handed out by priority.
     destinations: Mutex<HashMap<String, Arc<PrioritySlots>>>,
     /// MTA-STS policies, when on.
     sts: Option<Sts>,
@@ -395,26 +517,24 @@ impl Remote {
     /// [`RemoteConfig::forwarding`], recipients that came from an alias leave in a
     /// transaction of their own, with the SRS form of the sender.
     ///
-    /// The first [`DestinationPolicy`] matching `domain` sets its TLS policy, port,
-    /// relay host, limits, source address and EHLO name. A destination that answers
-    /// with a throttling reply is backed off ([`Shaping`]): its mail is deferred
-    /// without connecting for a growing pause, then goes one at a time until it is
-    /// accepted again; other destinations are not affected.
+    /// The first domain [`DestinationPolicy`] matching `domain` sets its TLS policy,
+    /// port, relay host, limits, source address and EHLO name; then each connection to
+    /// an MX host an MX policy matches takes that policy's settings where the domain's
+    /// sets none, and is counted against its limits too. A destination (a domain, or
+    /// an MX policy) that answers with a throttling reply is backed off
+    /// ([`Shaping`]): its mail is deferred without connecting for a growing pause, then
+    /// goes one at a time until it is accepted again; other destinations are not
+    /// affected.
     pub async fn deliver(&self, request: &DeliveryRequest, domain: &str) -> Vec<Outcome> {
         let n = request.recipients.len();
-        let policy = self.config.destinations.iter().find(|d| d.matches(domain));
+        let policy = domain_policy(&self.config.destinations, domain);
         let limit = policy
             .and_then(|p| p.max_connections)
             .unwrap_or(self.config.max_per_destination);
-        let slots = {
-            let mut map = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(
-                map.entry(domain.to_owned())
-                    .or_insert_with(|| Arc::new(PrioritySlots::new(limit))),
-            )
-        };
+        let slots = self.slots(domain, limit);
+        let priority = request.message.params.priority();
         // A saturated destination serves its waiting messages by priority (RFC 6710).
-        let _slot = slots.acquire(request.message.params.priority()).await;
+        let _slot = slots.acquire(priority).await;
         if let Some(rate) = policy.and_then(|p| p.max_messages_per_minute) {
             // Waiting in the slot holds up only this destination.
             match self.rates.reserve(domain, rate, RATE_WAIT) {
@@ -434,7 +554,7 @@ impl Remote {
                 return vec![Outcome::Deferred(text); n];
             }
         };
-        let plan = self.plan(domain, policy, &request.message.from);
+        let plan = self.plan(domain, policy, &request.message.from, priority);
         let outcomes = self.deliver_planned(request, domain, &plan).await;
         let accepted = outcomes.iter().any(|o| matches!(o, Outcome::Sent(_)));
         let throttled = plan.throttled.load(Ordering::Relaxed);
@@ -442,8 +562,23 @@ impl Remote {
         outcomes
     }
 
+    /// The delivery slots under `key` (a domain, or `MX <pattern>`), `limit` of them.
+    fn slots(&self, key: &str, limit: usize) -> Arc<PrioritySlots> {
+        let mut map = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(
+            map.entry(key.to_owned())
+                .or_insert_with(|| Arc::new(PrioritySlots::new(limit))),
+        )
+    }
+
     /// How a delivery to a destination under `policy` from `sender` leaves.
-    fn plan(&self, domain: &str, policy: Option<&DestinationPolicy>, sender: &str) -> Plan {
+    fn plan(
+        &self,
+        domain: &str,
+        policy: Option<&DestinationPolicy>,
+        sender: &str,
+        priority: i8,
+    ) -> Plan {
         let mut outbound = self.config.outbound.clone();
         let mut relayed = self.config.relay.is_some();
         if let Some(policy) = policy {
@@ -478,6 +613,7 @@ impl Remote {
             .and_then(|p| p.source.as_ref())
             .or_else(pooled)
             .or(self.config.source.as_ref());
+        let chosen = source.cloned();
         if let Some(source) = source {
             outbound.source = Some(source.address);
             if let Some(helo) = &source.helo {
@@ -496,6 +632,99 @@ impl Remote {
                 .and_then(|p| p.relay.as_ref().map(|(host, _)| host))
                 .or(self.config.relay.as_ref().map(|r| &r.host))
                 .cloned(),
+            tls_name: policy.and_then(|p| p.tls_name.clone()),
+            policy: policy.cloned(),
+            sender: sender.to_owned(),
+            source: chosen,
+            priority,
+        }
+    }
+
+    /// The port of `host` under `plan`: an MX policy's when it matches the host and
+    /// the domain's policy sets none.
+    fn host_port(&self, plan: &Plan, host: &str) -> u16 {
+        if plan.relayed {
+            return plan.outbound.port;
+        }
+        let domain_port = plan.policy.as_ref().and_then(|p| p.port);
+        mx_policy(&self.config.destinations, host)
+            .and_then(|mx| domain_port.or(mx.port))
+            .unwrap_or(plan.outbound.port)
+    }
+
+    /// Leave for one attempt at `host` when an MX policy matches it (never through a
+    /// relay host): a connection slot of the policy (waited for, by priority), a token
+    /// of its message rate, and traffic shaping's leave; `Ok(None)` when no MX policy
+    /// matches (the domain's plan applies), `Err` the text the host is passed over
+    /// with (`451 4.7.0 ...`).
+    async fn mx_turn(&self, plan: &Plan, host: &MxHost) -> Result<Option<MxTurn>, String> {
+        if plan.relayed {
+            return Ok(None);
+        }
+        let Some(mx) = mx_policy(&self.config.destinations, &host.name) else {
+            return Ok(None);
+        };
+        let key = format!("MX {}", mx.pattern.to_ascii_lowercase());
+        let slot = match mx.max_connections {
+            Some(limit) => {
+                debug!(
+                    domain = %plan.domain,
+                    host = %host.name,
+                    "{key}: taking one of its {limit} connection slots"
+                );
+                Some(self.slots(&key, limit).acquire(plan.priority).await)
+            }
+            None => None,
+        };
+        if let Some(rate) = mx.max_messages_per_minute {
+            match self.rates.reserve(&key, rate, RATE_WAIT) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => {
+                    return Err(format!(
+                        "451 4.7.0 {key}: traffic shaping: over {rate} messages a minute"
+                    ));
+                }
+            }
+        }
+        let admitted = self.shaping.admit(&key)?;
+        let mut settings = merged(plan.policy.as_ref(), mx);
+        // The source already chosen for the delivery (a pool's turn is taken once).
+        if settings.source.is_none() {
+            settings.source = plan.source.clone();
+        }
+        let mut host_plan = self.plan(&plan.domain, Some(&settings), &plan.sender, plan.priority);
+        // The domain's policy is still the one the delivery is under.
+        host_plan.policy = plan.policy.clone();
+        debug!(host = %host.name, policy = %key, "MX policy");
+        Ok(Some(MxTurn {
+            plan: host_plan,
+            key,
+            admitted,
+            _slot: slot,
+        }))
+    }
+
+    /// Notes how an attempt at a host went, for traffic shaping: its replies, or the
+    /// error (`None`: an error that is no reply). A throttling reply counts against the
+    /// MX policy the attempt was under (`turn`, reported on now), else against the
+    /// domain (`plan`, reported on when the delivery ends).
+    fn noted(
+        &self,
+        plan: &Plan,
+        turn: Option<MxTurn>,
+        sent: Result<&[Reply], Option<&ClientError>>,
+    ) {
+        let noting = turn.as_ref().map_or(plan, |t| &t.plan);
+        match sent {
+            Ok(replies) => noting.note_replies(replies),
+            Err(Some(e)) => noting.note_error(e),
+            Err(None) => {}
+        }
+        if let Some(turn) = turn {
+            let accepted = sent.is_ok_and(|r| r.iter().any(Reply::is_positive_completion));
+            let throttled = turn.plan.throttled.load(Ordering::Relaxed);
+            self.shaping
+                .record(&turn.key, turn.admitted, throttled, accepted);
         }
     }
 
@@ -630,13 +859,13 @@ impl Remote {
             Some(dane) if !plan.relayed && !domain.starts_with('[') => dane,
             _ => return hosts.into_iter().map(|h| (h, HostTls::Default)).collect(),
         };
-        let port = plan.outbound.port;
         // The hosts' lookups at once: the slowest bounds the wait, not their sum.
         let mut lookups = tokio::task::JoinSet::new();
         for (i, host) in hosts.iter().enumerate() {
             if host.addresses.is_empty() || host.name.starts_with('[') {
                 continue;
             }
+            let port = self.host_port(plan, &host.name);
             let (dane, domain, name) = (dane.clone(), domain.to_owned(), host.name.clone());
             lookups.spawn(async move { (i, dane.policy(&domain, &name, port).await) });
         }
@@ -725,16 +954,33 @@ impl Remote {
 
     /// Records a DANE failure at `host` (policy type `tlsa`).
     fn report_dane(&self, domain: &str, host: &str, result_type: ResultType, detail: String) {
-        self.reports.record(TlsReportEvent {
+        let session = ReportedSession::default();
+        self.report_dane_in(domain, host, result_type, detail, &session);
+    }
+
+    /// Records a DANE failure at `host` on the connection `session` tells of (TLS-RPT
+    /// `sending-mta-ip`, `receiving-ip`, `receiving-mx-helo`).
+    fn report_dane_in(
+        &self,
+        domain: &str,
+        host: &str,
+        result_type: ResultType,
+        detail: String,
+        session: &ReportedSession,
+    ) {
+        let event = TlsReportEvent {
             domain: domain.to_owned(),
             policy_type: PolicyType::Tlsa,
             mode: None,
             result_type,
             mx_host: host.to_owned(),
             receiving_ip: None,
+            sending_mta_ip: None,
+            receiving_mx_helo: None,
             detail,
             at: std::time::SystemTime::now(),
-        });
+        };
+        self.reports.record(event.in_session(session));
     }
 
     /// The MX hosts MTA-STS allows (RFC 8461 §4.1): in `enforce` those the policy
@@ -841,19 +1087,29 @@ impl Remote {
                 last_error = Some((format!("{}: {text}", host.name), false));
                 continue;
             }
+            // An MX policy's leave, limits and connection settings.
+            let turn = match self.mx_turn(plan, host).await {
+                Ok(turn) => turn,
+                Err(text) => {
+                    last_error = Some((format!("{}: {text}", host.name), false));
+                    continue;
+                }
+            };
             let span = info_span!("smtp.out", host = %host.name, preference = host.preference);
-            match self
-                .deliver_to(host, tls, message, sts, require, plan)
+            let sent = self
+                .deliver_to(host, tls, message, sts, require, turn_plan(&turn, plan))
                 .instrument(span)
-                .await
-            {
+                .await;
+            match &sent {
+                Ok((_, replies)) => self.noted(plan, turn, Ok(replies)),
+                Err(e) => self.noted(plan, turn, Err(Some(e))),
+            }
+            match sent {
                 Ok((address, replies)) => {
-                    plan.note_replies(&replies);
                     let route = self.route(host, address, domain, plan);
                     return replies.iter().map(|r| outcome(&route, r)).collect();
                 }
                 Err(e) => {
-                    plan.note_error(&e);
                     let name = &host.name;
                     let text = match (tls, sts) {
                         (HostTls::Dane(_), _) => format!("{name}: DANE: {}", e.reply()),
@@ -903,14 +1159,32 @@ impl Remote {
                 transient = Some(format!("{}: {text}", host.name));
                 continue;
             }
+            let turn = match self.mx_turn(plan, host).await {
+                Ok(turn) => turn,
+                Err(text) => {
+                    transient = Some(format!("{}: {text}", host.name));
+                    continue;
+                }
+            };
             let span = info_span!("smtp.out", host = %host.name, preference = host.preference);
             let sent = self
-                .deliver_requiretls(host, tls, message, sts, mx_validated, plan)
+                .deliver_requiretls(
+                    host,
+                    tls,
+                    message,
+                    sts,
+                    mx_validated,
+                    turn_plan(&turn, plan),
+                )
                 .instrument(span)
                 .await;
+            match &sent {
+                Ok((_, replies)) => self.noted(plan, turn, Ok(replies)),
+                Err(RequireTlsError::Client(e)) => self.noted(plan, turn, Err(Some(e))),
+                Err(RequireTlsError::Unqualified(_)) => self.noted(plan, turn, Err(None)),
+            }
             match sent {
                 Ok((address, replies)) => {
-                    plan.note_replies(&replies);
                     let route = self.route(host, address, domain, plan);
                     return replies.iter().map(|r| outcome(&route, r)).collect();
                 }
@@ -919,7 +1193,6 @@ impl Remote {
                     unqualified = Some(format!("{}: {text}", host.name));
                 }
                 Err(RequireTlsError::Client(e)) => {
-                    plan.note_error(&e);
                     let text = format!("{}: {}", host.name, e.reply());
                     if e.is_permanent() {
                         unqualified = Some(text);
@@ -1105,7 +1378,8 @@ impl Remote {
     ) -> Result<(Session, Checked), ClientError> {
         let mut config = plan.outbound.clone();
         config.dane = Some(dane.tls.clone());
-        match Session::open(&host.name, &host.addresses, &config).await {
+        let mut reported = ReportedSession::default();
+        match Session::open_reporting(&host.name, &host.addresses, &config, &mut reported).await {
             Ok(session) => {
                 info!(
                     domain,
@@ -1127,7 +1401,7 @@ impl Remote {
                 };
                 self.reports
                     .applied(domain, PolicyType::Tlsa, &dane.summary);
-                self.report_dane(domain, &host.name, result_type, e.to_string());
+                self.report_dane_in(domain, &host.name, result_type, e.to_string(), &reported);
                 Err(e)
             }
             Err(e) => Err(e),
@@ -1145,13 +1419,15 @@ impl Remote {
         plan: &Plan,
     ) -> Result<(Session, Checked), ClientError> {
         let plain = &plan.outbound;
-        let required = if plain.tls == TlsPolicy::Required {
+        // `tls_name`: verified for that name, so not for the host's (as MTA-STS needs).
+        let name = plan.tls_name(&host.name);
+        let required = if plain.tls == TlsPolicy::Required && name == host.name {
             Checked::Name
         } else {
             Checked::Nothing
         };
         let (StsUse::Policy(domain, policy), Some(state)) = (sts, &self.sts) else {
-            return Session::open(&host.name, &host.addresses, plain)
+            return Session::open(name, &host.addresses, plain)
                 .await
                 .map(|s| (s, required));
         };
@@ -1160,22 +1436,25 @@ impl Remote {
                 .await
                 .map(|s| (s, Checked::Nothing));
         }
-        match Session::open(&host.name, &host.addresses, &plan.verified).await {
+        let mut reported = ReportedSession::default();
+        let verified = &plan.verified;
+        match Session::open_reporting(&host.name, &host.addresses, verified, &mut reported).await {
             Ok(session) => {
                 state.success(domain, policy);
                 Ok((session, Checked::Name))
             }
             Err(e @ ClientError::Tls { .. }) => {
-                state.report(
+                state.report_in(
                     domain,
                     policy,
                     ResultType::of(&e),
                     &host.name,
                     e.to_string(),
+                    &reported,
                 );
                 match policy.mode {
                     Mode::Enforce => Err(e),
-                    _ => Session::open(&host.name, &host.addresses, plain)
+                    _ => Session::open(name, &host.addresses, plain)
                         .await
                         .map(|s| (s, required)),
                 }
@@ -1238,6 +1517,11 @@ impl Remote {
             let _ = c.await;
         }
     }
+}
+
+/// The plan of an attempt: the MX policy's when it is under one, else the domain's.
+fn turn_plan<'a>(turn: &'a Option<MxTurn>, plan: &'a Plan) -> &'a Plan {
+    turn.as_ref().map_or(plan, |t| &t.plan)
 }
 
 /// The most of a message searched for its header section's end by [`tls_required_no`].
@@ -1417,6 +1701,81 @@ mod tests {
             };
             assert_eq!(policy.matches(domain), expected, "{pattern} {domain}");
         }
+    }
+
+    fn entry(pattern: &str, on: MatchOn, port: u16) -> DestinationPolicy {
+        DestinationPolicy {
+            pattern: pattern.to_owned(),
+            on,
+            port: Some(port),
+            ..DestinationPolicy::default()
+        }
+    }
+
+    /// Domain entries are compared with the recipient domain only, MX entries with MX
+    /// host names only (never an address literal); the first of each kind wins.
+    #[test]
+    fn domain_and_mx_entries_match_their_own_names() {
+        let policies = [
+            entry("*.protection.example", MatchOn::MxHost, 1),
+            entry("mail.protection.example", MatchOn::Domain, 2),
+            entry("mx.protection.example", MatchOn::MxHost, 3),
+            entry("example.org", MatchOn::Domain, 4),
+            entry("*.example.org", MatchOn::Domain, 5),
+        ];
+        let domain = |name| domain_policy(&policies, name).and_then(|p| p.port);
+        let mx = |name| mx_policy(&policies, name).and_then(|p| p.port);
+        // The first MX entry that matches, not the more specific one after it.
+        assert_eq!(mx("mx.protection.example"), Some(1));
+        assert_eq!(mx("A.B.Protection.Example."), Some(1));
+        // A domain entry never matches an MX host, nor an MX entry a domain.
+        assert_eq!(mx("mail.protection.example"), Some(1));
+        assert_eq!(domain("mail.protection.example"), Some(2));
+        assert_eq!(domain("x.protection.example"), None);
+        assert_eq!(mx("example.org"), None);
+        assert_eq!(mx("protection.example"), None);
+        assert_eq!(domain("example.org"), Some(4));
+        assert_eq!(domain("sub.example.org"), Some(5));
+        assert_eq!(mx("[192.0.2.1]"), None);
+    }
+
+    /// The connection settings under an MX entry: the domain entry's, key by key, over
+    /// the MX entry's; limits are each entry's own and not merged.
+    #[test]
+    fn a_domain_entry_wins_over_an_mx_entry_key_by_key() {
+        let mx = DestinationPolicy {
+            pattern: "*.mx.example".into(),
+            on: MatchOn::MxHost,
+            tls: Some(TlsPolicy::Required),
+            tls_name: Some("cert.mx.example".into()),
+            port: Some(2525),
+            max_connections: Some(1),
+            max_messages_per_minute: Some(10),
+            helo: Some("mx-helo.test".into()),
+            ..DestinationPolicy::default()
+        };
+        let alone = merged(None, &mx);
+        assert_eq!(alone.tls, Some(TlsPolicy::Required));
+        assert_eq!(alone.tls_name.as_deref(), Some("cert.mx.example"));
+        assert_eq!(alone.port, Some(2525));
+        assert_eq!(alone.helo.as_deref(), Some("mx-helo.test"));
+        let domain = DestinationPolicy {
+            pattern: "example.org".into(),
+            port: Some(587),
+            helo: Some("domain-helo.test".into()),
+            max_connections: Some(7),
+            ..DestinationPolicy::default()
+        };
+        let both = merged(Some(&domain), &mx);
+        assert_eq!(both.port, Some(587));
+        assert_eq!(both.helo.as_deref(), Some("domain-helo.test"));
+        assert_eq!(both.tls, Some(TlsPolicy::Required));
+        assert_eq!(both.tls_name.as_deref(), Some("cert.mx.example"));
+        assert_eq!(
+            (both.max_connections, both.max_messages_per_minute),
+            (None, None)
+        );
+        assert_eq!(both.on, MatchOn::MxHost);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dns_mx::MxResolver;
+use smtp_client::mta_sts::ReportedSession;
 use smtp_client::mta_sts::{
     FetchConfig, Mode, Policy, PolicyCache, PolicyError, PolicySource, PolicySummary, PolicyType,
     RecordLookup, ResultType, StsRecord, TlsReportEvent, TlsReportSink,
@@ -173,7 +174,14 @@ impl Sts {
                 }
                 _ => ResultType::StsPolicyFetchError,
             };
-            self.record(domain, None, result_type, "", e.to_string());
+            self.record(
+                domain,
+                None,
+                result_type,
+                "",
+                e.to_string(),
+                &ReportedSession::default(),
+            );
         }
         fetched
     }
@@ -187,9 +195,31 @@ impl Sts {
         mx_host: &str,
         detail: String,
     ) {
+        let session = ReportedSession::default();
+        self.report_in(domain, policy, result_type, mx_host, detail, &session);
+    }
+
+    /// Records a failure under `policy` of `domain` at `mx_host`, on the connection
+    /// `session` tells of (its addresses and greeting name go into the report).
+    pub(crate) fn report_in(
+        &self,
+        domain: &str,
+        policy: &Policy,
+        result_type: ResultType,
+        mx_host: &str,
+        detail: String,
+        session: &ReportedSession,
+    ) {
         self.reports
             .applied(domain, PolicyType::Sts, &PolicySummary::of_sts(policy));
-        self.record(domain, Some(policy.mode), result_type, mx_host, detail);
+        self.record(
+            domain,
+            Some(policy.mode),
+            result_type,
+            mx_host,
+            detail,
+            session,
+        );
     }
 
     /// Records a session to `domain`'s MX verified as its `policy` wants (TLS-RPT).
@@ -205,17 +235,21 @@ impl Sts {
         result_type: ResultType,
         mx_host: &str,
         detail: String,
+        session: &ReportedSession,
     ) {
-        self.reports.record(TlsReportEvent {
+        let event = TlsReportEvent {
             domain: domain.to_owned(),
             policy_type: PolicyType::Sts,
             mode,
             result_type,
             mx_host: mx_host.to_owned(),
             receiving_ip: None,
+            sending_mta_ip: None,
+            receiving_mx_helo: None,
             detail,
             at: std::time::SystemTime::now(),
-        });
+        };
+        self.reports.record(event.in_session(session));
     }
 }
 
@@ -345,6 +379,8 @@ mod tests {
             result_type,
             mx_host: "mx.dane.test".into(),
             receiving_ip: None,
+            sending_mta_ip: None,
+            receiving_mx_helo: None,
             detail: "x".into(),
             at: std::time::SystemTime::now(),
         }
