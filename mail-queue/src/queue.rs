@@ -265,6 +265,13 @@ impl Queue {
             config.segment_size,
         )?);
         let (mark, replayed) = crate::journal::recover(&spool, store.as_ref())?;
+        // A store that keeps the journal's mark is synced once a second; until then the
+        // changes wait in memory in front of it. One that does not commits each batch.
+        let store: Arc<dyn QueueStore> = if store.mark()?.is_some() {
+            Arc::new(crate::store::Overlay::new(store))
+        } else {
+            store
+        };
         let mut schedule = Schedule::default();
         let mut largest = 0;
         store.scan(None, &mut |meta| {

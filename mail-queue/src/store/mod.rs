@@ -7,14 +7,18 @@
 //! The group committer does not wait for the store: it writes each batch's changes
 //! into the spool beside the bodies (the journal, made durable by the batch's one
 //! `fdatasync`), then [`QueueStore::apply`]s them with the journal position they end
-//! at (a [`JournalMark`]), and calls [`QueueStore::sync`] about once a second. When the
+//! at (a [`JournalMark`]), and calls [`QueueStore::sync`] about once a second. In
+//! between, the queue keeps the changes in memory in front of the store and hands it
+//! their net result at each sync. When the
 //! queue opens it replays the journal from the store's durable mark. A store that does
 //! not implement `apply`, `sync` and `mark` (they have defaults) commits every batch
 //! durably and has nothing replayed, as before the journal existed.
 
+mod overlay;
 mod redb;
 mod sled;
 
+pub(crate) use self::overlay::Overlay;
 pub use self::redb::RedbStore;
 pub use self::sled::SledStore;
 
