@@ -65,6 +65,10 @@ MTA_INFO_PORT="${MTA_INFO_PORT:-2557}"
 MTA_NOAUTH_PORT="${MTA_NOAUTH_PORT:-2559}"
 MTA_BASE_PORT="${MTA_BASE_PORT:-2563}"
 MTA_BASE_BIN="${MTA_BASE_BIN:-}"         # the binary of the peer mta-base
+# PERF_PEER=mta: record a CPU profile (perf record -g) of that peer during each run, saved
+# beside the report (it slows the peer: not for the numbers of a comparison); with
+# PERF_STAT=1 `perf stat` counters instead (task-clock, context switches, migrations,
+# system calls), with PERF_STAT=strace `strace -c` (system calls by name)
 MTA_DEFENCES_PORT="${MTA_DEFENCES_PORT:-2560}"
 MTA_NODEFENCES_PORT="${MTA_NODEFENCES_PORT:-2561}"
 MTA_DEFENCES_METRICS_PORT="${MTA_DEFENCES_METRICS_PORT:-2562}"  # mta-defences' /metrics (the defences' counters)
@@ -430,6 +434,24 @@ run_one() {
     load=$(cut -d' ' -f1 /proc/loadavg)
     drops0=$(listen_drops)
     cpu0=$(cpu_ticks "$peer")
+    local perf_pid=
+    if [ "$peer" = "${PERF_PEER:-}" ]; then
+        # A CPU profile of this run, acceptance and delivery (perf report -i FILE).
+        if [ "${PERF_STAT:-0}" = strace ]; then
+            # The system calls of the run, counted (strace slows the peer much more).
+            strace -c -f -p "${PID[$peer]}" \
+                -o "$RESULTS_DIR/inbound-$STAMP.$peer-$size-$sessions-$rep.strace" &
+        elif [ "${PERF_STAT:-0}" = 1 ]; then
+            # Counters instead: context switches and CPU migrations of the run.
+            perf stat -e task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter -p "${PID[$peer]}" \
+                -o "$RESULTS_DIR/inbound-$STAMP.$peer-$size-$sessions-$rep.perf.stat" &
+        else
+            perf record -F 999 -g -p "${PID[$peer]}" \
+                -o "$RESULTS_DIR/inbound-$STAMP.$peer-$size-$sessions-$rep.perf.data" 2>/dev/null &
+        fi
+        perf_pid=$!
+        sleep 0.5
+    fi
     t0=$(date +%s.%N)
     smtp-source -s "$sessions" -M "$HELO" -F "$WORK/msg-$size.txt" -m "$count" \
         -f "$SENDER" -t "$RCPT" "127.0.0.1:${PORT[$peer]}" >/dev/null 2>"$errfile" || rc=$?
@@ -442,6 +464,10 @@ run_one() {
         delivered=$count; e2e=$secs   # stores nothing; nothing to count
     else
         read -r delivered e2e < <(wait_drain "$peer" "$count" "$t0")
+    fi
+    if [ -n "$perf_pid" ]; then
+        kill -INT "$perf_pid"
+        wait "$perf_pid" || true
     fi
     # The server's CPU time (user + system, acceptance and delivery) per message.
     cpu=$(( ( $(cpu_ticks "$peer") - cpu0 ) * 1000000 / $(getconf CLK_TCK) / count ))

@@ -203,6 +203,11 @@ impl Maildir {
         self
     }
 
+    /// What [`Maildir::sync`] set.
+    pub fn sync_mode(&self) -> MaildirSync {
+        self.sync
+    }
+
     /// Delivers one recipient, `address` as received (it goes into `Delivered-To:`), to
     /// `recipient` (see [`Maildir::recipient`]), and returns once the file is durable;
     /// `Ok(false)` when it was already delivered (its file was in `new/`, and was written

@@ -10,7 +10,10 @@
 //! ```
 //!
 //! One thread (`maildir-sync`) takes every request waiting, makes all of them durable
-//! with as few calls as it can, and answers each. A delivery reports `Delivered` to the
+//! with as few calls as it can, and answers each. A delivery may also hand it the
+//! writing itself ([`store_then_sync`]): the thread then writes the files of every
+//! request waiting, then syncs them all, so a delivery costs one hand-over between
+//! threads, not two (one to a blocking thread to write, one to this one to sync). A delivery reports `Delivered` to the
 //! queue only after that answer, so the queue forgets a message only once its files are
 //! durable; a failed sync fails every delivery of the batch (the queue tries again). A
 //! crash between the rename and the sync leaves a file in `new/` that may be torn: the
@@ -220,9 +223,64 @@ impl Reply {
     }
 }
 
-struct Request {
+/// Work for the thread: files to sync, or files to write and then sync.
+enum Request {
+    Sync { items: Vec<Unsynced>, reply: Reply },
+    Store(Box<dyn FnOnce() -> Stored + Send>),
+}
+
+/// What a [`Request::Store`] wrote: the files to sync, and what to do with the result.
+struct Stored {
     items: Vec<Unsynced>,
-    reply: Reply,
+    finish: Finish,
+}
+
+/// Answers a request with the result of its sync.
+type Finish = Box<dyn FnOnce(std::io::Result<()>) + Send>;
+
+/// Runs `store` (which writes files into Maildirs and returns what it found and what is
+/// left to sync) on the sync thread, with the other deliveries waiting, then syncs its
+/// files with theirs; returns what `store` returned and the result of the sync. Where
+/// there is no sync thread, `store` runs on a blocking thread and syncs alone.
+///
+/// ```no_run
+/// # async fn example(maildir: mta_bin::delivery::Maildir) {
+/// use mta_bin::delivery::{Pending, store_then_sync};
+/// let (written, synced) = store_then_sync(move || (1, Pending::none()))
+///     .await
+///     .expect("the store ran");
+/// assert_eq!(written, 1);
+/// synced.expect("durable");
+/// # }
+/// ```
+pub async fn store_then_sync<T: Send + 'static>(
+    store: impl FnOnce() -> (T, Pending) + Send + 'static,
+) -> std::io::Result<(T, std::io::Result<()>)> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let work: Box<dyn FnOnce() -> Stored + Send> = Box::new(move || {
+        let (value, pending) = store();
+        Stored {
+            items: pending.items,
+            finish: Box::new(move |synced| {
+                let _ = tx.send((value, synced));
+            }),
+        }
+    });
+    let submitted = match Batcher::shared() {
+        Some(batcher) => batcher.send(Request::Store(work)),
+        None => Err(Request::Store(work)),
+    };
+    if let Err(Request::Store(work)) = submitted {
+        tokio::task::spawn_blocking(move || {
+            let stored = work();
+            let synced = sync_alone(stored.items);
+            (stored.finish)(synced);
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    }
+    // Dropped without an answer: the work panicked.
+    rx.await.map_err(|_| stopped())
 }
 
 /// The thread that syncs batches.
@@ -254,9 +312,17 @@ impl Batcher {
 
     /// Hands `items` to the thread; gives them back when it is gone.
     fn submit(&self, items: Vec<Unsynced>, reply: Reply) -> Result<(), Vec<Unsynced>> {
+        match self.send(Request::Sync { items, reply }) {
+            Ok(()) => Ok(()),
+            Err(Request::Sync { items, .. }) => Err(items),
+            Err(Request::Store(_)) => Err(Vec::new()),
+        }
+    }
+
+    /// Hands a request to the thread; gives it back when it is gone.
+    fn send(&self, request: Request) -> Result<(), Request> {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        tx.send(Request { items, reply })
-            .map_err(|mpsc::SendError(request)| request.items)
+        tx.send(request).map_err(|mpsc::SendError(request)| request)
     }
 }
 
@@ -269,27 +335,39 @@ fn stopped() -> std::io::Error {
 
 fn run(rx: &mpsc::Receiver<Request>) {
     while let Ok(first) = rx.recv() {
-        let mut count = first.items.len();
         let mut batch = vec![first];
-        while count < MAX_BATCH {
+        while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(request) => {
-                    count += request.items.len();
-                    batch.push(request);
-                }
+                Ok(request) => batch.push(request),
                 Err(_) => break,
             }
         }
         let started = std::time::Instant::now();
-        let results = sync_batch(batch.iter().map(|r| r.items.as_slice()));
+        // Write what is to be written (a store that panics answers nobody: its
+        // delivery sees the thread's answer dropped, and is tried again).
+        let batch: Vec<(Vec<Unsynced>, Finish)> = batch
+            .into_iter()
+            .filter_map(|request| match request {
+                Request::Sync { items, reply } => {
+                    Some((items, Box::new(move |r| reply.send(r)) as Box<_>))
+                }
+                Request::Store(store) => {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(store))
+                        .ok()
+                        .map(|stored| (stored.items, stored.finish))
+                }
+            })
+            .collect();
+        let count: usize = batch.iter().map(|(items, _)| items.len()).sum();
+        let results = sync_batch(batch.iter().map(|(items, _)| items.as_slice()));
         tracing::debug!(
             requests = batch.len(),
             files = count,
             micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            "maildir batch synced"
+            "maildir batch written and synced"
         );
-        for (request, result) in batch.into_iter().zip(results) {
-            request.reply.send(result);
+        for ((_, finish), result) in batch.into_iter().zip(results) {
+            finish(result);
         }
     }
 }

@@ -22,7 +22,7 @@ use smtp_server::filters::{DomainSet, LocalRecipients};
 
 pub use lmtp::{Lmtp, LmtpAddress};
 pub use maildir::{LineEndings, Maildir, Recipient, Stored, SubaddressFolder};
-pub use maildir_sync::{MaildirSync, Pending};
+pub use maildir_sync::{MaildirSync, Pending, store_then_sync};
 pub use mbox::Mbox;
 pub use quota::{ByteSize, Grace, Limits, LimitsConfig, QuotaConfig, Quotas, Usage, size_in_name};
 pub use remote::{DestinationPolicy, MatchOn, Relay, Remote, RemoteConfig, SenderPool, Source};
@@ -307,7 +307,8 @@ async fn deliver_maildir(
     );
     let count = addresses.len();
     let mailboxes = inner.mailboxes.clone();
-    let stored = tokio::task::spawn_blocking(move || {
+    let batched = maildir.sync_mode() != MaildirSync::Each;
+    let store = move || {
         let mut pending = Pending::none();
         let outcomes: Vec<(Outcome, bool)> = indexes
             .iter()
@@ -342,16 +343,23 @@ async fn deliver_maildir(
             })
             .collect();
         (outcomes, pending)
-    })
-    .await;
-    let (outcomes, pending) = match stored {
-        Ok(stored) => stored,
-        Err(e) => {
-            return vec![Outcome::Deferred(format!("maildir task failed: {e}")); count];
+    };
+    // Delivered only once durable: until then the queue keeps the message. Batched, the
+    // sync thread writes the files too (one hand-over instead of two).
+    let stored = if batched {
+        store_then_sync(store).await
+    } else {
+        match tokio::task::spawn_blocking(store).await {
+            Ok((outcomes, pending)) => Ok((outcomes, pending.wait().await)),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
         }
     };
-    // Delivered only once durable: until then the queue keeps the message.
-    let synced = pending.wait().await;
+    let (outcomes, synced) = match stored {
+        Ok(stored) => stored,
+        Err(e) => {
+            return vec![Outcome::Deferred(format!("4.3.0 maildir task failed: {e}")); count];
+        }
+    };
     outcomes
         .into_iter()
         .map(|(outcome, waits)| match &synced {
