@@ -20,7 +20,8 @@ use hickory_resolver::TokioResolver;
 use mail_auth::dkim::{Canonicalization, DkimError};
 use mail_auth::{
     ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DmarcOutput,
-    MessageAuthenticator, SpfOutput, dmarc::verify::DmarcParameters,
+    MessageAuthenticator, Parameters, ResolverCache, SpfOutput, Txt,
+    dmarc::verify::DmarcParameters,
 };
 
 use crate::results::{
@@ -68,6 +69,7 @@ pub struct Verifier {
     spf_limits: SpfLimits,
     hostname: String,
     failures: Arc<Failures>,
+    txt: Arc<TxtCache>,
 }
 
 /// How long a domain whose lookups failed (a DNS error, or no answer in time) is
@@ -101,6 +103,49 @@ impl Failures {
     }
 }
 
+/// Most parsed TXT records (DKIM keys, DMARC and ARC policies) kept at once.
+const TXT_CACHE_SIZE: usize = 10_000;
+
+/// TXT records as mail-auth parsed them, until their TTL ends: a DKIM key is then
+/// parsed once per TTL, not once per message (with its RSA key's Montgomery setup,
+/// which costs about what a verification does).
+#[derive(Default)]
+struct TxtCache(Mutex<HashMap<Box<str>, (Txt, Instant)>>);
+
+impl ResolverCache<Box<str>, Txt> for TxtCache {
+    fn get<Q>(&self, name: &Q) -> Option<Txt>
+    where
+        Box<str>: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(name)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(txt, _)| txt.clone())
+    }
+
+    fn remove<Q>(&self, name: &Q) -> Option<Txt>
+    where
+        Box<str>: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(name).map(|(txt, _)| txt)
+    }
+
+    fn insert(&self, key: Box<str>, value: Txt, valid_until: Instant) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= TXT_CACHE_SIZE {
+            let now = Instant::now();
+            map.retain(|_, (_, until)| *until > now);
+            if map.len() >= TXT_CACHE_SIZE {
+                map.clear();
+            }
+        }
+        map.insert(key, (value, valid_until));
+    }
+}
+
 /// Why a check is `temperror` without its lookups.
 const TIMED_OUT: &str = "no DNS answer within the time budget";
 const FAILED_RECENTLY: &str = "a DNS lookup for the domain failed moments ago";
@@ -121,6 +166,7 @@ impl Verifier {
             spf_limits: SpfLimits::default(),
             hostname: hostname.into(),
             failures: Arc::default(),
+            txt: Arc::default(),
         }
     }
 
@@ -371,7 +417,10 @@ impl Verifier {
         let mut dkim_outputs: Vec<DkimOutput<'_>> = Vec::new();
         let mut corrected = Vec::new();
         if checks.dkim || checks.dmarc {
-            dkim_outputs = self.auth.verify_dkim(message).await;
+            dkim_outputs = self
+                .auth
+                .verify_dkim(Parameters::new(message).with_txt_cache(self.txt.as_ref()))
+                .await;
             if let Some(fixed) = &fixed {
                 let failed = |o: &DkimOutput<'_>| {
                     matches!(
@@ -386,7 +435,10 @@ impl Verifier {
                         .is_some_and(|s| s.cb == Canonicalization::Relaxed)
                 };
                 if dkim_outputs.iter().any(failed) {
-                    let again = self.auth.verify_dkim(fixed).await;
+                    let again = self
+                        .auth
+                        .verify_dkim(Parameters::new(fixed).with_txt_cache(self.txt.as_ref()))
+                        .await;
                     for output in dkim_outputs.iter_mut() {
                         if !failed(output) {
                             continue;
@@ -418,7 +470,10 @@ impl Verifier {
         // What mail-auth lets through and RFC 8617 does not (see `arc_defect`).
         let arc_defect = arc_defect(message);
         let arc_output = if checks.arc || sealer.is_some() {
-            let output = self.auth.verify_arc(message).await;
+            let output = self
+                .auth
+                .verify_arc(Parameters::new(message).with_txt_cache(self.txt.as_ref()))
+                .await;
             if checks.arc {
                 let mut verdict = arc_verdict(&output);
                 if let Some(defect) = &arc_defect
@@ -517,13 +572,16 @@ impl Verifier {
         if domains.len() < 2 {
             let output = self
                 .auth
-                .verify_dmarc(DmarcParameters {
-                    message,
-                    dkim_output: dkim_outputs,
-                    dkim2_output: None,
-                    rfc5321_mail_from_domain: mail_from_domain,
-                    spf_output,
-                })
+                .verify_dmarc(
+                    Parameters::new(DmarcParameters {
+                        message,
+                        dkim_output: dkim_outputs,
+                        dkim2_output: None,
+                        rfc5321_mail_from_domain: mail_from_domain,
+                        spf_output,
+                    })
+                    .with_txt_cache(self.txt.as_ref()),
+                )
                 .await;
             return (self.dmarc_verdict(&output).await, output);
         }
@@ -535,13 +593,16 @@ impl Verifier {
                 .retain(|a| a.rsplit_once('@').is_some_and(|(_, d)| d == domain));
             let output = self
                 .auth
-                .verify_dmarc(DmarcParameters {
-                    message: &single,
-                    dkim_output: dkim_outputs,
-                    dkim2_output: None,
-                    rfc5321_mail_from_domain: mail_from_domain,
-                    spf_output,
-                })
+                .verify_dmarc(
+                    Parameters::new(DmarcParameters {
+                        message: &single,
+                        dkim_output: dkim_outputs,
+                        dkim2_output: None,
+                        rfc5321_mail_from_domain: mail_from_domain,
+                        spf_output,
+                    })
+                    .with_txt_cache(self.txt.as_ref()),
+                )
                 .await;
             let verdict = self.dmarc_verdict(&output).await;
             if strictest
