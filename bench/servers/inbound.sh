@@ -446,7 +446,7 @@ run_one() {
             perf stat -e task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter -p "${PID[$peer]}" \
                 -o "$RESULTS_DIR/inbound-$STAMP.$peer-$size-$sessions-$rep.perf.stat" &
         else
-            perf record -F 999 -g -p "${PID[$peer]}" \
+            perf record -F 999 ${PERF_CALLGRAPH:--g} -p "${PID[$peer]}" \
                 -o "$RESULTS_DIR/inbound-$STAMP.$peer-$size-$sessions-$rep.perf.data" 2>/dev/null &
         fi
         perf_pid=$!

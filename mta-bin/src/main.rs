@@ -4,10 +4,6 @@
 
 #![forbid(unsafe_code)]
 
-/// Small, short-lived allocations from many threads: see `docs/performance.md`.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     mta_bin::MtaBuilder::new().main()
 }
