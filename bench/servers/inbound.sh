@@ -340,10 +340,13 @@ field_of() {
     # shellcheck disable=SC2086  # MAILDIRS holds one or two directories
     file=$({ find ${MAILDIRS[$1]} -maxdepth 1 -type f 2>/dev/null || true; } | head -1)
     [ -n "$file" ] || return 0
-    tr -d '\r' <"$file" | awk -v name="$2:" '
+    # awk reads the file itself: a pipe into it would end in SIGPIPE (and, with pipefail,
+    # end the script) when awk stops at the header's end of a large message.
+    awk -v name="$2:" '
+        { sub(/\r$/, "") }
         tolower(substr($0, 1, length(name))) == tolower(name) { on = 1; printf "%s", $0; next }
         on && /^[ \t]/ { sub(/^[ \t]+/, " "); printf "%s", $0; next }
-        on || /^$/ { exit }'
+        on || /^$/ { exit }' "$file"
 }
 # The Authentication-Results field (unfolded) of one message in PEER's Maildir.
 auth_results_of() { field_of "$1" Authentication-Results; }

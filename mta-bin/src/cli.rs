@@ -302,27 +302,39 @@ enum LogFormat {
 /// anyway. `RUST_LOG=info,rustls=debug` shows them.
 const DEFAULT_LOG_FILTER: &str = "info,rustls=error";
 
-/// Logs go to stderr through a writer thread, so a session never waits for the
-/// terminal or the journal; nothing is dropped (the writer blocks when far behind).
-/// Keep the returned guard: dropping it flushes what is left.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stderr through a writer thread that writes them in batches (see
+/// [`crate::log_writer`]), so a session never waits for the terminal or the journal,
+/// nor wakes another thread per line; nothing is dropped (a session blocks when the
+/// writer is far behind). Keep the returned guard: dropping it writes what is left.
+fn init_logging(format: LogFormat) -> Option<crate::log_writer::LogGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stderr());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let Ok((writer, guard)) = crate::log_writer::start(std::io::stderr()) else {
+        // No thread for it: each line is written where it happens.
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match format {
+            LogFormat::Text => builder.with_ansi(ansi).init(),
+            LogFormat::Json => builder
+                .json()
+                .with_current_span(true)
+                .with_span_list(true)
+                .init(),
+        }
+        return None;
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
     match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+        LogFormat::Text => builder.with_ansi(ansi).init(),
         LogFormat::Json => builder
             .json()
             .with_current_span(true)
             .with_span_list(true)
             .init(),
     }
-    guard
+    Some(guard)
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod delivery;
 pub mod hooks;
+pub mod log_writer;
 pub mod metrics;
 #[cfg(unix)]
 pub mod notify;
