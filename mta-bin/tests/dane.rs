@@ -30,7 +30,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use smtp_client::testing::daemons::{Daemon, KnotZone, knot, knot_ds, unbound, unbound_log};
-use support::outbound::{Ca, PolicyServer, Running, policy};
+use support::outbound::{Ca, PolicyServer, Running, policy, sender_config};
 use support::{
     domain_maildir_files, free_address, queue_cmd, serve, serve_logging, smtp_send, write,
 };
@@ -136,36 +136,12 @@ mta-sts.sts A 127.0.0.1"
 
     /// [`World::config`] with `extra` in `[outbound]` (which must say `mta_sts`).
     fn config_with(&self, extra: &str) -> PathBuf {
-        let d = self.dir.path().display();
         let resolver = self.unbound.address;
-        write(
+        sender_config(
             self.dir.path(),
-            "mta.toml",
+            Some(&resolver),
             &format!(
-                r#"hostname = "sender.test"
-[[listener]]
-address = "127.0.0.1:0"
-mode = "relay"
-[queue]
-path = "{d}/queue"
-retry_intervals = ["1h"]
-[local]
-domains = ["sender.test"]
-maildir = "{d}/maildir"
-mailboxes = ["me@sender.test"]
-[relay]
-trusted_networks = ["127.0.0.0/8"]
-[dns]
-nameservers = ["{resolver}"]
-[auth_checks]
-spf = "off"
-dkim = "off"
-dmarc = "off"
-arc = "off"
-[reverse_dns]
-mode = "off"
-[outbound]
-port = {port}
+                r#"port = {port}
 {extra}dane = "on"
 dane_resolver = "{resolver}"
 dane_self_test = "dane.test"

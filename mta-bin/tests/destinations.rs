@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use dns_mx::testing::TestDns;
 
-use support::outbound::{Ca, Running, deferred, mx_host};
+use support::outbound::{Ca, Running, deferred, mx_host, sender_config};
 use support::{
     domain_maildir_files, free_address, queue_cmd, serve, serve_logging, smtp_send, write,
 };
@@ -221,38 +221,8 @@ impl World {
     fn sender_config(&self, name: &str, outbound: &str) -> PathBuf {
         let dir = self.dir.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let d = dir.display();
         let dns = self.dns.as_ref().unwrap().addr();
-        write(
-            &dir,
-            "mta.toml",
-            &format!(
-                r#"hostname = "sender.test"
-[[listener]]
-address = "127.0.0.1:0"
-mode = "relay"
-[queue]
-path = "{d}/queue"
-retry_intervals = ["1h"]
-[local]
-domains = ["sender.test"]
-maildir = "{d}/maildir"
-[relay]
-trusted_networks = ["127.0.0.0/8"]
-[dns]
-nameservers = ["{dns}"]
-[auth_checks]
-spf = "off"
-dkim = "off"
-dmarc = "off"
-arc = "off"
-[reverse_dns]
-mode = "off"
-[outbound]
-mta_sts = "off"
-{outbound}"#
-            ),
-        )
+        sender_config(&dir, Some(&dns), &format!("mta_sts = \"off\"\n{outbound}"))
     }
 }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use dns_mx::testing::TestDns;
 
-use support::outbound::{Ca, PolicyServer, Running, deferred, mx_host, policy};
+use support::outbound::{Ca, PolicyServer, Running, deferred, mx_host, policy, sender_config};
 use support::{serve_logging, smtp_send, write};
 
 /// A DNS server for sts.test: MX 10 `mx` (a name under sts.test) at 127.0.0.2, the
@@ -90,39 +90,15 @@ impl World {
     /// The sender's configuration, asking `dns`, with `extra` in `[outbound]`.
     fn config_with(&self, dns: &TestDns, extra: &str) -> PathBuf {
         let d = self.dir.path().display();
-        write(
+        sender_config(
             self.dir.path(),
-            "mta.toml",
+            Some(&dns.addr()),
             &format!(
-                r#"hostname = "sender.test"
-[[listener]]
-address = "127.0.0.1:0"
-mode = "relay"
-[queue]
-path = "{d}/queue"
-retry_intervals = ["1h"]
-[local]
-domains = ["sender.test"]
-maildir = "{d}/maildir"
-mailboxes = ["me@sender.test"]
-[relay]
-trusted_networks = ["127.0.0.0/8"]
-[dns]
-nameservers = ["{dns}"]
-[auth_checks]
-spf = "off"
-dkim = "off"
-dmarc = "off"
-arc = "off"
-[reverse_dns]
-mode = "off"
-[outbound]
-port = {port}
+                r#"port = {port}
 ca_file = "{d}/ca.pem"
 mta_sts_port = {https}
 mta_sts_timeout = "10s"
 {extra}"#,
-                dns = dns.addr(),
                 port = self.mx_port,
                 https = self.policy.port,
             ),

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use dns_mx::testing::TestDns;
 
-use support::outbound::{Ca, PolicyServer, Running, deferred, policy};
+use support::outbound::{Ca, PolicyServer, Running, deferred, policy, sender_config};
 use support::{domain_maildir_files, free_address, python, queue_cmd, serve, write};
 
 /// A DNS server for rt.test: MX 10 mx.rt.test at 127.0.0.2, the policy host at
@@ -208,40 +208,17 @@ impl World {
     fn sender(&self, mx_port: u16) -> (Running, String, PathBuf) {
         let d = self.dir.path().display();
         let dns = self.dns.as_ref().unwrap().addr();
-        let config = write(
+        let config = sender_config(
             self.dir.path(),
-            "mta.toml",
+            Some(&dns),
             &format!(
-                r#"hostname = "sender.test"
-[[listener]]
-address = "127.0.0.1:0"
-mode = "relay"
-[queue]
-path = "{d}/queue"
-retry_intervals = ["1h"]
-[local]
-domains = ["sender.test"]
-maildir = "{d}/maildir"
-mailboxes = ["me@sender.test"]
-[relay]
-trusted_networks = ["127.0.0.0/8"]
-[tls]
-certificate = "{d}/sender-cert.pem"
-private_key = "{d}/sender-key.pem"
-[dns]
-nameservers = ["{dns}"]
-[auth_checks]
-spf = "off"
-dkim = "off"
-dmarc = "off"
-arc = "off"
-[reverse_dns]
-mode = "off"
-[outbound]
-port = {mx_port}
+                r#"port = {mx_port}
 ca_file = "{d}/ca.pem"
 mta_sts_port = {https}
 mta_sts_timeout = "10s"
+[tls]
+certificate = "{d}/sender-cert.pem"
+private_key = "{d}/sender-key.pem"
 "#,
                 https = self.policy_port,
             ),

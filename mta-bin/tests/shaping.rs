@@ -13,7 +13,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{queue_cmd, serve, smtp_send, terminate, write};
+use support::outbound::sender_config;
+use support::{queue_cmd, serve, smtp_send, terminate};
 
 /// What a peer answers.
 #[derive(Clone, Copy, PartialEq)]
@@ -149,32 +150,11 @@ fn serve_one(
 /// The sending `mta`: relays for loopback, no DNS-based checks, `extra` appended to
 /// `[outbound]`.
 fn config(dir: &Path, outbound: &str) -> std::path::PathBuf {
-    let d = dir.display();
-    write(
+    sender_config(
         dir,
-        "mta.toml",
+        None,
         &format!(
-            r#"hostname = "sender.test"
-[[listener]]
-address = "127.0.0.1:0"
-mode = "relay"
-[queue]
-path = "{d}/queue"
-retry_intervals = ["1h"]
-[local]
-domains = ["sender.test"]
-maildir = "{d}/maildir"
-[relay]
-trusted_networks = ["127.0.0.0/8"]
-[auth_checks]
-spf = "off"
-dkim = "off"
-dmarc = "off"
-arc = "off"
-[reverse_dns]
-mode = "off"
-[outbound]
-tls = "disabled"
+            r#"tls = "disabled"
 mta_sts = "off"
 {outbound}"#
         ),

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use dns_mx::testing::TestDns;
 
-use support::outbound::{Ca, Running, mx_host};
+use support::outbound::{Ca, Running, mx_host, sender_config, sender_config_for};
 use support::{python, serve_logging, smtp_send, write};
 
 /// An HTTPS server on 127.0.0.1: answers each request with `respond(request head,
@@ -220,34 +220,16 @@ fn daily_reports_reach_the_rua_mailbox_and_https() {
          _smtp._tls IN TXT \"v=TLSRPTv1; rua=mailto:reports@sender.test,https://reports.sts.test:{report_port}/tlsrpt\"\n"
     );
     let dns = runtime.block_on(TestDns::start(&[&zone]));
-    let config = write(
+    let config = sender_config_for(
         dir.path(),
-        "mta.toml",
+        Some(&dns.addr()),
+        &[
+            "me@sender.test",
+            "reports@sender.test",
+            "tls-reports@sender.test",
+        ],
         &format!(
-            r#"hostname = "sender.test"
-[[listener]]
-address = "127.0.0.1:0"
-mode = "relay"
-[queue]
-path = "{d}/queue"
-retry_intervals = ["1h"]
-[local]
-domains = ["sender.test"]
-maildir = "{d}/maildir"
-mailboxes = ["me@sender.test", "reports@sender.test", "tls-reports@sender.test"]
-[relay]
-trusted_networks = ["127.0.0.0/8"]
-[dns]
-nameservers = ["{dns}"]
-[auth_checks]
-spf = "off"
-dkim = "off"
-dmarc = "off"
-arc = "off"
-[reverse_dns]
-mode = "off"
-[outbound]
-port = {mx_port}
+            r#"port = {mx_port}
 ca_file = "{d}/ca.pem"
 mta_sts_port = {policy_port}
 mta_sts_timeout = "10s"
@@ -258,7 +240,6 @@ organization_name = "Sender Org"
 from = "tls-reports@sender.test"
 contact_info = "tls-reports@sender.test"
 "#,
-            dns = dns.addr(),
         ),
     );
     let log = std::fs::File::create(dir.path().join("sender.log")).unwrap();
@@ -406,34 +387,11 @@ fn failure_details_name_the_connection_and_a_refused_post_is_retried() {
          _smtp._tls IN TXT \"v=TLSRPTv1; rua=https://reports.sts.test:{report_port}/tlsrpt\"\n"
     );
     let dns = runtime.block_on(TestDns::start(&[&zone]));
-    let config = write(
+    let config = sender_config(
         dir.path(),
-        "mta.toml",
+        Some(&dns.addr()),
         &format!(
-            r#"hostname = "sender.test"
-[[listener]]
-address = "127.0.0.1:0"
-mode = "relay"
-[queue]
-path = "{d}/queue"
-retry_intervals = ["1h"]
-[local]
-domains = ["sender.test"]
-maildir = "{d}/maildir"
-mailboxes = ["me@sender.test"]
-[relay]
-trusted_networks = ["127.0.0.0/8"]
-[dns]
-nameservers = ["{dns}"]
-[auth_checks]
-spf = "off"
-dkim = "off"
-dmarc = "off"
-arc = "off"
-[reverse_dns]
-mode = "off"
-[outbound]
-port = {mx_port}
+            r#"port = {mx_port}
 source = "127.0.0.3"
 ca_file = "{d}/ca.pem"
 mta_sts_port = {policy_port}
@@ -444,7 +402,6 @@ post_retry = "1s"
 organization_name = "Sender Org"
 from = "tls-reports@sender.test"
 "#,
-            dns = dns.addr(),
         ),
     );
     let log = std::fs::File::create(dir.path().join("sender.log")).unwrap();

@@ -216,3 +216,62 @@ enabled = false
     let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
     (Running(Some(child)), port)
 }
+
+/// The configuration of a sending `mta`, written to `dir/mta.toml`: a relay listener
+/// trusting 127.0.0.0/8, the local domain `sender.test` (mailbox `me@sender.test`), its
+/// queue and Maildir in `dir`, DNS from `nameserver` (none: the system's), sender checks
+/// and reverse DNS off, then `[outbound]` with `outbound` (which may go on with other
+/// sections).
+pub(crate) fn sender_config(
+    dir: &Path,
+    nameserver: Option<&dyn std::fmt::Display>,
+    outbound: &str,
+) -> std::path::PathBuf {
+    sender_config_for(dir, nameserver, &["me@sender.test"], outbound)
+}
+
+/// [`sender_config`] with other local mailboxes than `me@sender.test`.
+pub(crate) fn sender_config_for(
+    dir: &Path,
+    nameserver: Option<&dyn std::fmt::Display>,
+    mailboxes: &[&str],
+    outbound: &str,
+) -> std::path::PathBuf {
+    let d = dir.display();
+    let mailboxes = mailboxes
+        .iter()
+        .map(|m| format!("\"{m}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let dns = nameserver.map_or(String::new(), |ns| {
+        format!("[dns]\nnameservers = [\"{ns}\"]\n")
+    });
+    write(
+        dir,
+        "mta.toml",
+        &format!(
+            r#"hostname = "sender.test"
+[[listener]]
+address = "127.0.0.1:0"
+mode = "relay"
+[queue]
+path = "{d}/queue"
+retry_intervals = ["1h"]
+[local]
+domains = ["sender.test"]
+maildir = "{d}/maildir"
+mailboxes = [{mailboxes}]
+[relay]
+trusted_networks = ["127.0.0.0/8"]
+{dns}[auth_checks]
+spf = "off"
+dkim = "off"
+dmarc = "off"
+arc = "off"
+[reverse_dns]
+mode = "off"
+[outbound]
+{outbound}"#
+        ),
+    )
+}
