@@ -232,13 +232,19 @@ dns_start() {
     [ "$DNS_LOG" = 1 ] && args+=(--log-queries)
     dnsmasq "${args[@]}" &
     PID[dns]=$!
-    # Every record answers as published (dnspython comes with python3-dkim).
+    # Every record answers as published (dnspython comes with python3-dkim), from this
+    # dnsmasq: when DNS_PORT is taken (another benchmark run, or one left over), dnsmasq
+    # exits ("Address already in use") and the other server would answer with ITS key, so
+    # mta would find dkim=fail (Signature verification failed) while dkimpy, given the
+    # zone line, passes. Hence the exact DKIM record (this run's fresh key, string by
+    # string) and a dnsmasq still running once it answered.
     local ok=0
     for _ in $(seq 50); do
-        if /usr/bin/python3 - "$DNS_PORT" "$SENDER_DOMAIN" "$HELO" "$DKIM_SELECTOR" <<'PY' 2>/dev/null
+        kill -0 "${PID[dns]}" 2>/dev/null || break
+        if /usr/bin/python3 - "$DNS_PORT" "$SENDER_DOMAIN" "$HELO" "$DKIM_SELECTOR" "$parts" <<'PY' 2>/dev/null
 import sys
 import dns.message, dns.query, dns.rcode
-port, domain, helo, selector = sys.argv[1:]
+port, domain, helo, selector, parts = sys.argv[1:]
 def txt(name):
     q = dns.message.make_query(name, "TXT")
     r = dns.query.udp(q, "127.0.0.1", port=int(port), timeout=1)
@@ -247,12 +253,17 @@ def txt(name):
 assert txt(domain) == "v=spf1 ip4:127.0.0.1 -all"
 assert txt(helo) == "v=spf1 ip4:127.0.0.1 -all"
 assert txt("_dmarc." + domain) == "v=DMARC1; p=none"
-assert txt(f"{selector}._domainkey.{domain}").startswith("v=DKIM1; k=rsa; p=MII")
+q = dns.message.make_query(f"{selector}._domainkey.{domain}", "TXT")
+r = dns.query.udp(q, "127.0.0.1", port=int(port), timeout=1)
+assert [[s.decode() for s in item.strings] for rr in r.answer for item in rr] == [parts.split(",")]
 PY
-        then ok=1; break; fi
+        then kill -0 "${PID[dns]}" 2>/dev/null && ok=1; break; fi
         sleep 0.1
     done
-    [ "$ok" = 1 ] || { cat "$WORK/dnsmasq.log" >&2; die "dnsmasq on 127.0.0.1:$DNS_PORT does not serve the records"; }
+    [ "$ok" = 1 ] && return 0
+    cat "$WORK/dnsmasq.log" >&2 2>/dev/null || true
+    kill -0 "${PID[dns]}" 2>/dev/null || die "dnsmasq exited: is 127.0.0.1:$DNS_PORT taken (by another benchmark run)? Set DNS_PORT to a free port"
+    die "dnsmasq on 127.0.0.1:$DNS_PORT does not serve the records (or another DNS server answers there)"
 }
 
 # mta_base_config DIR PORT: the start of an mta.toml for a receiving mta (a relay
