@@ -21,6 +21,12 @@ pub struct DeliveryRequest {
     pub body: Bytes,
     /// Indexes into `message.recipients`.
     pub recipients: Vec<usize>,
+    /// Whether this is the first attempt on the message since this process accepted it:
+    /// then nothing of it can have been delivered before, and a delivery may skip
+    /// looking for an earlier copy (a Maildir file of the same name). `false` (the safe
+    /// value) for every later attempt and for every message recovered at open: it may
+    /// have been delivered before a crash.
+    pub first_attempt: bool,
 }
 
 impl DeliveryRequest {

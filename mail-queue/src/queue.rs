@@ -147,6 +147,10 @@ pub(crate) struct Schedule {
     /// Administrator actions on messages that were in flight, applied when the
     /// attempt ends.
     pub(crate) after_flight: HashMap<QueueId, crate::Action>,
+    /// Messages accepted by this process and not yet taken for an attempt (never one
+    /// recovered at open): their first attempt cannot repeat an earlier delivery
+    /// ([`DeliveryRequest::first_attempt`]).
+    fresh: HashSet<QueueId>,
 }
 
 impl Schedule {
@@ -203,6 +207,7 @@ impl Schedule {
     /// Forgets `id`'s priority once it has left the queue.
     pub(crate) fn forget(&mut self, id: QueueId) {
         self.priorities.remove(&id);
+        self.fresh.remove(&id);
         // Messages removed by the administrator leave theirs: drop those now and then.
         let known = self.due_at.len() + self.in_flight.len() + self.held.len();
         if self.priorities.len() > 2 * known + 1024 {
@@ -216,6 +221,16 @@ impl Schedule {
             priorities.retain(|id, _| {
                 due_at.contains_key(id) || in_flight.contains(id) || held.contains(id)
             });
+        }
+        // And their mark of a first attempt, when they never had one.
+        if self.fresh.len() > 2 * known + 1024 {
+            let Self {
+                fresh,
+                due_at,
+                held,
+                ..
+            } = self;
+            fresh.retain(|id| due_at.contains_key(id) || held.contains(id));
         }
     }
 
@@ -445,6 +460,7 @@ impl Queue {
                 s.set_priority(meta.id, meta.params.priority());
             }
             s.insert_due(meta.next_attempt, meta.id);
+            s.fresh.insert(meta.id);
         }
         self.inner.wake.notify_one();
     }
@@ -576,10 +592,10 @@ impl Queue {
                     break None;
                 };
                 match self.take_due(unix_now()) {
-                    Ok(id) => {
+                    Ok((id, first)) => {
                         let (queue, delivery) = (self.clone(), delivery.clone());
                         tasks.spawn(async move {
-                            queue.process(id, delivery).await;
+                            queue.process(id, first, delivery).await;
                             drop(permit);
                         });
                     }
@@ -600,15 +616,17 @@ impl Queue {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// The next due message (now marked in flight), or the time of the next one.
-    fn take_due(&self, now: u64) -> Result<QueueId, Option<u64>> {
+    /// The next due message (now marked in flight) and whether this is its first
+    /// attempt since this process accepted it, or the time of the next one.
+    fn take_due(&self, now: u64) -> Result<(QueueId, bool), Option<u64>> {
         let Ok(mut s) = self.inner.schedule.lock() else {
             return Err(None);
         };
-        s.take_ready(now)
+        let id = s.take_ready(now)?;
+        Ok((id, s.fresh.remove(&id)))
     }
 
-    async fn process<S>(&self, id: QueueId, delivery: S)
+    async fn process<S>(&self, id: QueueId, first_attempt: bool, delivery: S)
     where
         S: DeliveryService,
     {
@@ -629,7 +647,7 @@ impl Queue {
                     return Some(unix_now() + 60);
                 }
             };
-            self.attempt(meta, body, delivery).await
+            self.attempt(meta, body, first_attempt, delivery).await
         }
         .instrument(span)
         .await;
@@ -654,7 +672,14 @@ impl Queue {
     }
 
     /// One attempt on every pending recipient; returns when to try again, if ever.
-    async fn attempt<S>(&self, mut meta: MessageMeta, body: Bytes, delivery: S) -> Option<u64>
+    /// `first_attempt`: see [`DeliveryRequest::first_attempt`].
+    async fn attempt<S>(
+        &self,
+        mut meta: MessageMeta,
+        body: Bytes,
+        first_attempt: bool,
+        delivery: S,
+    ) -> Option<u64>
     where
         S: DeliveryService,
     {
@@ -677,6 +702,7 @@ impl Queue {
                 message: Arc::clone(&shared),
                 body: body.clone(),
                 recipients: recipients.clone(),
+                first_attempt,
             };
             let service = delivery.clone();
             let task = tasks.spawn(async move { service.oneshot(request).await });

@@ -1,16 +1,20 @@
 //! Maildir delivery: `<root>/<domain>/<local-part>/{tmp,new,cur}`.
 //!
-//! The file is written in `tmp/` and renamed into `new/`; it is made durable before the
-//! delivery is reported, so a delivered message survives a crash: by a `syncfs` shared
-//! with the other deliveries of its batch (`[local] maildir_sync = "batch"`, the
-//! default; see [`super::maildir_sync`]), by an `fdatasync` of each file and one
-//! `fsync` per `new/` of the batch (`"files"`), or on its own (`"each"`: the file
-//! fsynced before the rename, `new/` after). Its name is derived from the queue id and
-//! the recipient (`<received>.Q<id>R<n>.<host>,S=<size>,W=<size with CRLF>`): if the
-//! queue retries a delivery that had completed just before a crash, the file is already
-//! there. In `new/` it may be torn (renamed, never synced, then the power went), so it
-//! is written again over itself, not counted again in `maildirsize`; in `cur/` (read)
-//! it is left alone.
+//! The file is written unnamed in `new/` (`O_TMPFILE`) and linked there under its name,
+//! so that it appears complete, as the `tmp/` convention intends, without an entry made
+//! and removed in `tmp/`; where the file system has no unnamed files, it is written in
+//! `tmp/` and renamed into `new/`. It is made durable before the delivery is reported,
+//! so a delivered message survives a crash: by a `syncfs` shared with the other
+//! deliveries of its batch (`[local] maildir_sync = "batch"`, the default; see
+//! [`super::maildir_sync`]), by an `fdatasync` of each file and one `fsync` per `new/`
+//! of the batch (`"files"`), or on its own (`"each"`: the file fsynced before the link
+//! or rename, `new/` after). Its name is derived from the queue id and the recipient
+//! (`<received>.Q<id>R<n>.<host>,S=<size>,W=<size with CRLF>`): if the queue retries a
+//! delivery that had completed just before a crash, the file is already there (the
+//! first attempt on a message this process accepted does not look for it:
+//! [`Maildir::store_first`]). In `new/` it may be torn (linked, never synced, then the
+//! power went), so it is written again over itself, not counted again in
+//! `maildirsize`; in `cur/` (read) it is left alone.
 //!
 //! Lines end in LF, as Postfix's local and virtual delivery, Dovecot and the tools that
 //! read Maildir store them (the queue keeps the wire form, CRLF; delivery converts);
@@ -35,6 +39,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use mail_queue::MessageMeta;
 use serde::Deserialize;
@@ -88,6 +93,9 @@ pub struct Maildir {
     subaddress_folder: SubaddressFolder,
     quotas: Option<Arc<Quotas>>,
     sync: MaildirSync,
+    /// Set once the file system refused an unnamed file (`O_TMPFILE`) or its link:
+    /// new files are then written in `tmp/` and renamed.
+    unnamed_refused: Arc<AtomicBool>,
 }
 
 impl Maildir {
@@ -107,6 +115,7 @@ impl Maildir {
             subaddress_folder: SubaddressFolder::Off,
             quotas: None,
             sync: MaildirSync::default(),
+            unnamed_refused: Arc::new(AtomicBool::new(!cfg!(target_os = "linux"))),
         }
     }
 
@@ -270,6 +279,35 @@ impl Maildir {
         recipient: &Recipient,
         body: &[u8],
     ) -> std::io::Result<(Stored, Pending)> {
+        self.store_as(message, index, address, recipient, body, false)
+    }
+
+    /// [`Maildir::store`] for the first attempt on a message this process accepted
+    /// ([`mail_queue::DeliveryRequest::first_attempt`]): nothing of it can be in the
+    /// Maildir yet, so it does not look for an earlier copy in `new/` and `cur/` (two
+    /// path lookups fewer). Should a file of its name be in `new/` all the same, putting
+    /// the new file in place finds it, and replaces it as a repeated delivery does.
+    pub fn store_first(
+        &self,
+        message: &MessageMeta,
+        index: usize,
+        address: &str,
+        recipient: &Recipient,
+        body: &[u8],
+    ) -> std::io::Result<(Stored, Pending)> {
+        self.store_as(message, index, address, recipient, body, true)
+    }
+
+    /// [`Maildir::store`]; `first`: see [`Maildir::store_first`].
+    fn store_as(
+        &self,
+        message: &MessageMeta,
+        index: usize,
+        address: &str,
+        recipient: &Recipient,
+        body: &[u8],
+        first: bool,
+    ) -> std::io::Result<(Stored, Pending)> {
         let inbox = self
             .folder(&recipient.mailbox)
             .map_err(std::io::Error::other)?;
@@ -293,8 +331,9 @@ impl Maildir {
         );
         let (tmp, new, cur) = (folder.join("tmp"), folder.join("new"), folder.join("cur"));
         let final_path = new.join(&name);
-        let again = final_path.exists();
-        if !again && cur.join(format!("{name}:2,")).exists() {
+        // A first attempt cannot find an earlier copy: it does not look.
+        let mut again = !first && final_path.exists();
+        if !first && !again && cur.join(format!("{name}:2,")).exists() {
             return Ok((Stored::Seen, Pending::none()));
         }
         let tmp_path = tmp.join(&name);
@@ -352,43 +391,77 @@ impl Maildir {
         };
         // The folder usually exists: make it only when the file cannot be created (or,
         // below, moved into new/).
-        let mut file = match create() {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                make_folder()?;
-                create()?
+        //
+        // A new file: written unnamed in new/ (O_TMPFILE), then linked under its name,
+        // so it appears complete and tmp/ is not touched. Should the name be taken (an
+        // earlier copy), the file gets its name in tmp/ and replaces the copy as a
+        // repeated delivery's does.
+        let (mut placed, mut named) = (None, None);
+        if !again && let Some(mut file) = self.create_unnamed(&new, make_folder)? {
+            let watch = self.fill(&mut file, &new, &head, body, size)?;
+            match link_unnamed(&file, &final_path) {
+                Ok(()) => placed = Some(watch),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if let Err(e) = link_unnamed(&file, &tmp_path) {
+                        if e.kind() != std::io::ErrorKind::AlreadyExists {
+                            return Err(e);
+                        }
+                        // A leftover of a crash.
+                        fs::remove_file(&tmp_path)?;
+                        link_unnamed(&file, &tmp_path)?;
+                    }
+                    again = true;
+                    named = Some(watch);
+                }
+                Err(e) => {
+                    // Written again below, in tmp/ (which makes a folder removed
+                    // meanwhile); from now on there, unless that was the trouble.
+                    tracing::debug!(
+                        maildir = %new.display(),
+                        error = %e,
+                        "cannot link an unnamed file: using tmp/"
+                    );
+                    if e.kind() != std::io::ErrorKind::NotFound || new.is_dir() {
+                        self.unnamed_refused.store(true, Ordering::Relaxed);
+                    }
+                }
             }
-            other => other?,
+        }
+        let watch = match (placed, named) {
+            (Some(watch), _) => watch,
+            (None, named) => {
+                // Named in tmp/: written there now, unless it was linked there above.
+                let watch = match named {
+                    Some(watch) => watch,
+                    None => {
+                        let mut file = match create() {
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                                make_folder()?;
+                                create()?
+                            }
+                            other => other?,
+                        };
+                        self.fill(&mut file, &tmp, &head, body, size)?
+                    }
+                };
+                if !again {
+                    let moved = match rename_new(&tmp_path, &final_path) {
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            make_folder()?;
+                            rename_new(&tmp_path, &final_path)?
+                        }
+                        other => other?,
+                    };
+                    // Taken: an earlier copy.
+                    again = !moved;
+                }
+                if again && !replace(&tmp_path, &final_path)? {
+                    // Moved to cur/ meanwhile: read, so complete.
+                    return Ok((Stored::Seen, Pending::none()));
+                }
+                watch
+            }
         };
-        // Before the first byte: what the sync needs (see maildir_sync).
-        let watch = match self.sync {
-            MaildirSync::Each => None,
-            mode => Some(Watch::start(mode, &file, &tmp)?),
-        };
-        let mut out = BufWriter::with_capacity(64 * 1024, &mut file);
-        for part in [head.as_bytes(), body] {
-            match self.line_endings {
-                LineEndings::Crlf => out.write_all(part)?,
-                LineEndings::Lf => write_lf(&mut out, part)?,
-            }
-        }
-        out.flush()?;
-        drop(out);
-        if watch.is_none() {
-            file.sync_all()?;
-        }
-        drop(file);
-        if again {
-            if !replace(&tmp_path, &final_path)? {
-                // Moved to cur/ meanwhile: read, so complete.
-                return Ok((Stored::Seen, Pending::none()));
-            }
-        } else if let Err(e) = fs::rename(&tmp_path, &final_path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(e);
-            }
-            make_folder()?;
-            fs::rename(&tmp_path, &final_path)?;
-        }
         let pending = match watch {
             Some(watch) => watch.renamed(&new),
             None => {
@@ -428,6 +501,73 @@ pub enum Stored {
 }
 
 impl Maildir {
+    /// Writes the file: notes what its sync needs (before the first byte; `dir` is
+    /// where it is), then the two fields `head` and the message, `size` bytes in all;
+    /// with [`MaildirSync::Each`], syncs it (and returns no [`Watch`]).
+    fn fill(
+        &self,
+        file: &mut File,
+        dir: &Path,
+        head: &str,
+        body: &[u8],
+        size: u64,
+    ) -> std::io::Result<Option<Watch>> {
+        let watch = match self.sync {
+            MaildirSync::Each => None,
+            mode => Some(Watch::start(mode, file, dir)?),
+        };
+        // One write for a message up to 64 KiB.
+        let capacity = usize::try_from(size)
+            .unwrap_or(usize::MAX)
+            .clamp(512, 64 * 1024);
+        let mut out = BufWriter::with_capacity(capacity, &mut *file);
+        for part in [head.as_bytes(), body] {
+            match self.line_endings {
+                LineEndings::Crlf => out.write_all(part)?,
+                LineEndings::Lf => write_lf(&mut out, part)?,
+            }
+        }
+        out.flush()?;
+        drop(out);
+        if watch.is_none() {
+            file.sync_all()?;
+        }
+        Ok(watch)
+    }
+
+    /// An unnamed file in `new` (`O_TMPFILE`), made with `make_folder` when missing;
+    /// `None` when the file system refuses one (remembered: the file is then written
+    /// in `tmp/`).
+    fn create_unnamed(
+        &self,
+        new: &Path,
+        make_folder: impl Fn() -> std::io::Result<()>,
+    ) -> std::io::Result<Option<File>> {
+        if self.unnamed_refused.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let file = match open_unnamed(new) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                make_folder()?;
+                open_unnamed(new)
+            }
+            other => other,
+        };
+        match file {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if unnamed_unsupported(&e) => {
+                tracing::debug!(
+                    maildir = %new.display(),
+                    error = %e,
+                    "no unnamed files (O_TMPFILE): using tmp/"
+                );
+                self.unnamed_refused.store(true, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The size of the stored file and its size with CRLF line endings.
     fn sizes(&self, head: &[u8], body: &[u8]) -> (u64, u64) {
         let wire = (head.len() + body.len()) as u64;
@@ -522,6 +662,102 @@ fn replace(tmp: &Path, existing: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// Renames `tmp` to `path` unless `path` exists (`renameat2` with
+/// `RENAME_NOREPLACE`): `false` when it does (nothing was renamed). Where that is not
+/// supported, a plain rename.
+fn rename_new(tmp: &Path, path: &Path) -> std::io::Result<bool> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::errno::Errno;
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+        match renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(true),
+            Err(Errno::EEXIST) => return Ok(false),
+            Err(Errno::EINVAL | Errno::ENOSYS) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    fs::rename(tmp, path)?;
+    Ok(true)
+}
+
+/// An unnamed file in the directory `dir` (`O_TMPFILE`), to be linked into it.
+#[cfg(target_os = "linux")]
+fn open_unnamed(dir: &Path) -> std::io::Result<File> {
+    use nix::fcntl::{AT_FDCWD, OFlag, openat};
+    use nix::sys::stat::Mode;
+    let flags = OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+    // As a file made by `File::create`: 0666 less the umask.
+    let mode = Mode::from_bits_truncate(0o666);
+    Ok(File::from(openat(AT_FDCWD, dir, flags, mode)?))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_unnamed(_: &Path) -> std::io::Result<File> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+/// Whether `open_unnamed` failed because the file system (or kernel) has no unnamed
+/// files: `EOPNOTSUPP`, `EISDIR` (a kernel older than `O_TMPFILE`), `EINVAL`.
+fn unnamed_unsupported(e: &std::io::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::errno::Errno;
+        let unsupported = [
+            Errno::EOPNOTSUPP,
+            Errno::EISDIR,
+            Errno::EINVAL,
+            Errno::ENOSYS,
+        ];
+        if e.raw_os_error()
+            .is_some_and(|n| unsupported.contains(&Errno::from_raw(n)))
+        {
+            return true;
+        }
+    }
+    e.kind() == std::io::ErrorKind::Unsupported
+}
+
+/// Set once `linkat` by descriptor was refused (before Linux 6.10, it needs
+/// `CAP_DAC_READ_SEARCH`): unnamed files are then linked by `/proc/self/fd`.
+#[cfg(target_os = "linux")]
+static LINK_BY_PROC: AtomicBool = AtomicBool::new(false);
+
+/// Gives the unnamed `file` the name `path` (`linkat`); `AlreadyExists` when the
+/// name is taken. By its descriptor (`AT_EMPTY_PATH`, which needs
+/// `CAP_DAC_READ_SEARCH`), else by `/proc/self/fd` (remembered).
+#[cfg(target_os = "linux")]
+fn link_unnamed(file: &File, path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+
+    use nix::errno::Errno;
+    use nix::fcntl::{AT_FDCWD, AtFlags};
+    use nix::unistd::linkat;
+    if !LINK_BY_PROC.load(Ordering::Relaxed) {
+        match linkat(file, "", AT_FDCWD, path, AtFlags::AT_EMPTY_PATH) {
+            Ok(()) => return Ok(()),
+            // Without the capability: ENOENT.
+            Err(Errno::ENOENT | Errno::EPERM) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let by_proc = format!("/proc/self/fd/{}", file.as_raw_fd());
+    linkat(
+        AT_FDCWD,
+        by_proc.as_str(),
+        AT_FDCWD,
+        path,
+        AtFlags::AT_SYMLINK_FOLLOW,
+    )?;
+    LINK_BY_PROC.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn link_unnamed(_: &File, _: &Path) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -533,7 +769,11 @@ mod tests {
 
     use mail_queue::{MessageMeta, QueueId, SpoolRef};
 
-    use super::{LineEndings, Maildir, Recipient, Stored, SubaddressFolder, folder_name};
+    use std::sync::atomic::Ordering;
+
+    use super::{
+        LineEndings, Maildir, Recipient, Stored, SubaddressFolder, folder_name, unnamed_unsupported,
+    };
     use crate::delivery::MaildirSync;
     use crate::delivery::{ByteSize, QuotaConfig, Quotas};
 
@@ -671,6 +911,157 @@ mod tests {
                 counted,
                 "{mode:?}"
             );
+        }
+    }
+
+    /// The first attempt on a message does not look for an earlier copy, but should one
+    /// be in new/ all the same (a torn file, a leftover in tmp/), putting the new file
+    /// in place finds it and replaces it: one complete file, counted once. With unnamed
+    /// files (`O_TMPFILE`) and without (tmp/ and a rename), in every sync mode.
+    #[test]
+    fn a_first_delivery_that_finds_its_name_taken_replaces_the_copy() {
+        for unnamed in [true, false] {
+            for mode in [MaildirSync::Batch, MaildirSync::Files, MaildirSync::Each] {
+                let dir = tempfile::tempdir().unwrap();
+                let config = QuotaConfig {
+                    bytes: ByteSize(10_000),
+                    ..QuotaConfig::default()
+                };
+                let maildir = Maildir::new(dir.path().into(), "h", LineEndings::Lf)
+                    .quotas(Some(Arc::new(Quotas::new(&config))))
+                    .sync(mode);
+                maildir.unnamed_refused.store(!unnamed, Ordering::Relaxed);
+                let bob = Recipient {
+                    mailbox: "bob@d.test".into(),
+                    tag: None,
+                };
+                let body = b"Subject: x\r\n\r\nhi\r\n";
+                let (stored, pending) = maildir
+                    .store_first(&meta(1), 0, "bob@d.test", &bob, body)
+                    .unwrap();
+                assert_eq!(stored, Stored::Written, "{unnamed} {mode:?}");
+                pending.wait_blocking().unwrap();
+                let inbox = dir.path().join("d.test/bob");
+                let files = |sub: &str| -> Vec<std::path::PathBuf> {
+                    let mut files: Vec<_> = std::fs::read_dir(inbox.join(sub))
+                        .unwrap()
+                        .map(|f| f.unwrap().path())
+                        .collect();
+                    files.sort();
+                    files
+                };
+                let [file] = files("new").try_into().unwrap();
+                assert!(files("tmp").is_empty(), "{unnamed} {mode:?}");
+                let complete = std::fs::read(&file).unwrap();
+                assert!(complete.starts_with(b"Return-Path: <ann@a.test>\n"));
+                let counted = std::fs::read_to_string(inbox.join("maildirsize")).unwrap();
+                // Torn in new/, and a leftover of the same name in tmp/.
+                std::fs::write(&file, b"").unwrap();
+                let leftover = inbox.join("tmp").join(file.file_name().unwrap());
+                std::fs::write(&leftover, b"partial").unwrap();
+                let (stored, pending) = maildir
+                    .store_first(&meta(1), 0, "bob@d.test", &bob, body)
+                    .unwrap();
+                assert_eq!(stored, Stored::Rewritten, "{unnamed} {mode:?}");
+                pending.wait_blocking().unwrap();
+                assert_eq!(files("new"), std::slice::from_ref(&file), "{mode:?}");
+                assert_eq!(std::fs::read(&file).unwrap(), complete, "{mode:?}");
+                assert!(files("tmp").is_empty(), "{unnamed} {mode:?}");
+                assert_eq!(
+                    std::fs::read_to_string(inbox.join("maildirsize")).unwrap(),
+                    counted,
+                    "{unnamed} {mode:?}"
+                );
+                // On Linux the unnamed file was used (and not refused since).
+                assert_eq!(
+                    maildir.unnamed_refused.load(Ordering::Relaxed),
+                    !(unnamed && cfg!(target_os = "linux")),
+                    "{unnamed} {mode:?}"
+                );
+            }
+        }
+    }
+
+    /// A file system without unnamed files (`O_TMPFILE`) is recognised by its errors,
+    /// and delivery then writes in tmp/: any other error is a failed delivery.
+    #[test]
+    fn the_errors_of_a_file_system_without_unnamed_files_are_recognised() {
+        #[cfg(target_os = "linux")]
+        {
+            use nix::errno::Errno;
+            for (errno, unsupported) in [
+                (Errno::EOPNOTSUPP, true),
+                (Errno::EISDIR, true),
+                (Errno::EINVAL, true),
+                (Errno::ENOENT, false),
+                (Errno::EACCES, false),
+                (Errno::ENOSPC, false),
+            ] {
+                let e = std::io::Error::from(errno);
+                assert_eq!(unnamed_unsupported(&e), unsupported, "{errno}");
+            }
+        }
+        assert!(unnamed_unsupported(&std::io::ErrorKind::Unsupported.into()));
+        // A Maildir that met one writes in tmp/ from then on.
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = Maildir::new(dir.path().into(), "h", LineEndings::Crlf);
+        maildir.unnamed_refused.store(true, Ordering::Relaxed);
+        let bob = Recipient {
+            mailbox: "bob@d.test".into(),
+            tag: None,
+        };
+        let body = b"Subject: x\r\n\r\nhi\r\n";
+        assert!(
+            maildir
+                .deliver(&meta(2), 0, "bob@d.test", &bob, body)
+                .unwrap()
+        );
+        let new = dir.path().join("d.test/bob/new");
+        let [file] = std::fs::read_dir(&new)
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap();
+        assert!(std::fs::read(file).unwrap().ends_with(body));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("d.test/bob/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    /// An unnamed file gets its name by its descriptor or, where that is refused, by
+    /// `/proc/self/fd`; a name taken is `AlreadyExists` either way, and leaves the
+    /// file there as it was.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_unnamed_file_is_linked_by_descriptor_or_by_proc() {
+        use std::io::Write;
+
+        use super::{LINK_BY_PROC, link_unnamed, open_unnamed};
+        let dir = tempfile::tempdir().unwrap();
+        for by_proc in [false, true] {
+            // (Only ever set to true, as a refusal would: harmless to other tests.)
+            if by_proc {
+                LINK_BY_PROC.store(true, Ordering::Relaxed);
+            }
+            let path = dir.path().join(format!("f{by_proc}"));
+            let mut file = open_unnamed(dir.path()).unwrap();
+            file.write_all(b"complete").unwrap();
+            assert!(!path.exists());
+            link_unnamed(&file, &path).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), b"complete");
+            let mut other = open_unnamed(dir.path()).unwrap();
+            other.write_all(b"other").unwrap();
+            let e = link_unnamed(&other, &path).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::AlreadyExists,
+                "{by_proc}: {e}"
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), b"complete");
         }
     }
 

@@ -2,8 +2,8 @@
 //! their durability calls, as the queue's bodies share one `fdatasync`.
 //!
 //! ```text
-//!  delivery ─┐  file in tmp/, renamed     ┌─▶ "batch": one syncfs(2) per file system
-//!  delivery ─┼─▶ into new/, no sync ─▶ ───┤
+//!  delivery ─┐  file put in new/ (linked  ┌─▶ "batch": one syncfs(2) per file system
+//!  delivery ─┼─▶ or renamed), no sync ─▶ ─┤
 //!  delivery ─┘  (waits here while the     └─▶ "files": fdatasync each file, then one
 //!               previous batch syncs)          fsync per distinct new/ directory
 //!                                          then every delivery of the batch is answered

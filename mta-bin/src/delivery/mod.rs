@@ -308,6 +308,9 @@ async fn deliver_maildir(
     let count = addresses.len();
     let mailboxes = inner.mailboxes.clone();
     let batched = maildir.sync_mode() != MaildirSync::Each;
+    // The first attempt since this process accepted the message cannot repeat an
+    // earlier delivery: no look for a copy in new/ and cur/.
+    let first = request.first_attempt;
     let store = move || {
         let mut pending = Pending::none();
         let outcomes: Vec<(Outcome, bool)> = indexes
@@ -321,7 +324,12 @@ async fn deliver_maildir(
                 };
                 // The flag: whether the outcome waits for the sync.
                 let delivered = |why: &str, synced| (Outcome::Delivered(why.into()), synced);
-                match maildir.store(&message, i, address, &recipient, &body) {
+                let stored = if first {
+                    maildir.store_first(&message, i, address, &recipient, &body)
+                } else {
+                    maildir.store(&message, i, address, &recipient, &body)
+                };
+                match stored {
                     Ok((stored, files)) => {
                         pending.extend(files);
                         match stored {
