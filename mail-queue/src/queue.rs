@@ -76,6 +76,10 @@ pub struct QueueConfig {
     /// the highest priority goes first, then the oldest. Default on; off, every message
     /// counts as priority 0 (oldest first).
     pub priority_scheduling: bool,
+    /// Bodies of new messages kept in memory, up to this many bytes in all, until their
+    /// first delivery attempt starts (usually within the second), which then does not
+    /// read them back from the spool. Default 32 MiB; 0 keeps none.
+    pub fresh_body_memory: usize,
 }
 
 impl Default for QueueConfig {
@@ -91,6 +95,7 @@ impl Default for QueueConfig {
             hostname: "localhost".into(),
             delay_warning: None,
             priority_scheduling: true,
+            fresh_body_memory: 32 << 20,
         }
     }
 }
@@ -149,8 +154,12 @@ pub(crate) struct Schedule {
     pub(crate) after_flight: HashMap<QueueId, crate::Action>,
     /// Messages accepted by this process and not yet taken for an attempt (never one
     /// recovered at open): their first attempt cannot repeat an earlier delivery
-    /// ([`DeliveryRequest::first_attempt`]).
-    fresh: HashSet<QueueId>,
+    /// ([`DeliveryRequest::first_attempt`]). With the body while it is small enough to
+    /// stay in memory ([`QueueConfig::fresh_body_memory`]), so that the first attempt
+    /// does not read it back from the spool.
+    fresh: HashMap<QueueId, Option<Bytes>>,
+    /// The bytes of the bodies in `fresh`.
+    fresh_bytes: usize,
 }
 
 impl Schedule {
@@ -207,7 +216,7 @@ impl Schedule {
     /// Forgets `id`'s priority once it has left the queue.
     pub(crate) fn forget(&mut self, id: QueueId) {
         self.priorities.remove(&id);
-        self.fresh.remove(&id);
+        self.take_fresh(id);
         // Messages removed by the administrator leave theirs: drop those now and then.
         let known = self.due_at.len() + self.in_flight.len() + self.held.len();
         if self.priorities.len() > 2 * known + 1024 {
@@ -230,8 +239,25 @@ impl Schedule {
                 held,
                 ..
             } = self;
-            fresh.retain(|id| due_at.contains_key(id) || held.contains(id));
+            fresh.retain(|id, _| due_at.contains_key(id) || held.contains(id));
+            self.fresh_bytes = self.fresh.values().flatten().map(Bytes::len).sum();
         }
+    }
+
+    /// Marks a message accepted by this process, with its body if `limit` bytes of
+    /// bodies are not held already.
+    fn insert_fresh(&mut self, id: QueueId, body: Option<Bytes>, limit: usize) {
+        let body = body.filter(|b| self.fresh_bytes + b.len() <= limit);
+        self.fresh_bytes += body.as_ref().map_or(0, Bytes::len);
+        self.fresh.insert(id, body);
+    }
+
+    /// Whether `id` was accepted by this process and never taken for an attempt, and
+    /// its body if it was kept.
+    fn take_fresh(&mut self, id: QueueId) -> Option<Option<Bytes>> {
+        let taken = self.fresh.remove(&id)?;
+        self.fresh_bytes -= taken.as_ref().map_or(0, Bytes::len);
+        Some(taken)
     }
 
     /// Whether the schedule knows `id` (waiting, in flight or held).
@@ -343,8 +369,20 @@ impl Queue {
         message: NewMessage,
         parts: Vec<Bytes>,
     ) -> Result<QueueId, QueueError> {
+        // Its first delivery attempt, usually in the same second, takes it from memory.
+        let body = match parts.as_slice() {
+            [one] => Some(one.clone()),
+            parts => {
+                let len = parts.iter().map(Bytes::len).sum();
+                (len <= self.inner.config.fresh_body_memory).then(|| {
+                    let mut joined = Vec::with_capacity(len);
+                    parts.iter().for_each(|p| joined.extend_from_slice(p));
+                    Bytes::from(joined)
+                })
+            }
+        };
         let (_, rx) = self.submit(message, JobBody::Parts(parts), None)?;
-        self.committed(rx).await
+        self.committed(rx, body).await
     }
 
     /// [`Queue::enqueue`] for a message whose content is already in a file under
@@ -369,7 +407,7 @@ impl Queue {
                 .await
                 .map_err(|_| QueueError::Closed)??;
         let (_, rx) = self.submit(message, JobBody::Stored, Some((id, stored)))?;
-        self.committed(rx).await
+        self.committed(rx, None).await
     }
 
     /// Room a spilled message should leave before its content, for the header fields
@@ -387,9 +425,10 @@ impl Queue {
     async fn committed(
         &self,
         rx: oneshot::Receiver<Result<MessageMeta, QueueError>>,
+        body: Option<Bytes>,
     ) -> Result<QueueId, QueueError> {
         let meta = rx.await.map_err(|_| QueueError::Closed)??;
-        self.schedule_new(&meta);
+        self.schedule_new(&meta, body);
         count(&self.inner.stats.enqueued);
         Ok(meta.id)
     }
@@ -400,9 +439,10 @@ impl Queue {
         message: NewMessage,
         body: Vec<u8>,
     ) -> Result<QueueId, QueueError> {
-        let (_, rx) = self.submit(message, JobBody::Parts(vec![Bytes::from(body)]), None)?;
+        let body = Bytes::from(body);
+        let (_, rx) = self.submit(message, JobBody::Parts(vec![body.clone()]), None)?;
         let meta = rx.blocking_recv().map_err(|_| QueueError::Closed)??;
-        self.schedule_new(&meta);
+        self.schedule_new(&meta, Some(body));
         count(&self.inner.stats.enqueued);
         Ok(meta.id)
     }
@@ -454,13 +494,13 @@ impl Queue {
         Ok((id, rx))
     }
 
-    fn schedule_new(&self, meta: &MessageMeta) {
+    fn schedule_new(&self, meta: &MessageMeta, body: Option<Bytes>) {
         if let Ok(mut s) = self.inner.schedule.lock() {
             if self.inner.config.priority_scheduling {
                 s.set_priority(meta.id, meta.params.priority());
             }
             s.insert_due(meta.next_attempt, meta.id);
-            s.fresh.insert(meta.id);
+            s.insert_fresh(meta.id, body, self.inner.config.fresh_body_memory);
         }
         self.inner.wake.notify_one();
     }
@@ -592,10 +632,10 @@ impl Queue {
                     break None;
                 };
                 match self.take_due(unix_now()) {
-                    Ok((id, first)) => {
+                    Ok((id, fresh)) => {
                         let (queue, delivery) = (self.clone(), delivery.clone());
                         tasks.spawn(async move {
-                            queue.process(id, first, delivery).await;
+                            queue.process(id, fresh, delivery).await;
                             drop(permit);
                         });
                     }
@@ -616,17 +656,19 @@ impl Queue {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// The next due message (now marked in flight) and whether this is its first
-    /// attempt since this process accepted it, or the time of the next one.
-    fn take_due(&self, now: u64) -> Result<(QueueId, bool), Option<u64>> {
+    /// The next due message (now marked in flight) and, when this is its first attempt
+    /// since this process accepted it, `Some` of its body if that was kept in memory;
+    /// or the time of the next one.
+    fn take_due(&self, now: u64) -> Result<(QueueId, Option<Option<Bytes>>), Option<u64>> {
         let Ok(mut s) = self.inner.schedule.lock() else {
             return Err(None);
         };
         let id = s.take_ready(now)?;
-        Ok((id, s.fresh.remove(&id)))
+        Ok((id, s.take_fresh(id)))
     }
 
-    async fn process<S>(&self, id: QueueId, first_attempt: bool, delivery: S)
+    /// `fresh`: see [`Queue::take_due`].
+    async fn process<S>(&self, id: QueueId, fresh: Option<Option<Bytes>>, delivery: S)
     where
         S: DeliveryService,
     {
@@ -640,7 +682,11 @@ impl Queue {
                     return Some(unix_now() + 60);
                 }
             };
-            let body = match self.inner.spool.read(id, &meta.spool) {
+            let first_attempt = fresh.is_some();
+            let body = match fresh
+                .flatten()
+                .map_or_else(|| self.inner.spool.read(id, &meta.spool), Ok)
+            {
                 Ok(body) => body,
                 Err(e) => {
                     warn!(error = %e, "message body unreadable; retrying later");
