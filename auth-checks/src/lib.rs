@@ -21,6 +21,14 @@
 //!   sender domains, scored; [`DnsblFilter`]) and [`rdns`] (forward-confirmed reverse
 //!   DNS of the client; [`RdnsFilter`]), counted in [`DnsStats`].
 //!
+//! Repeated senders cost no DNS round trip: DNS answers are kept, parsed, until their TTL
+//! ends (at most an hour, and a bounded number of them): SPF's TXT (with the parsed
+//! record), A, AAAA, MX and PTR answers; DKIM keys and DMARC and ARC records, and the
+//! negative answers of the DMARC tree walk; reverse DNS, whose result for a client whose
+//! answers are all known is given at connect without starting a lookup. Negative answers
+//! are kept for the negative TTL the zone's SOA gives, failures not at all. Verification
+//! results are never cached.
+//!
 //! No mail-auth type appears in this API, so upgrading mail-auth stays a local change.
 //!
 //! ```no_run
@@ -36,6 +44,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bimi;
+mod cache;
 mod dns;
 pub mod dnsbl;
 mod error;

@@ -85,13 +85,36 @@ impl ReverseDns {
     }
 
     /// The names of `ip` and the first that resolves back to it, as far as known by
-    /// `deadline`. Counted in the stats.
+    /// `deadline`. Counted in the stats. Answered at once, without a query, when the
+    /// answers it needs are all cached (within their TTL).
     pub async fn lookup(&self, ip: IpAddr, deadline: tokio::time::Instant) -> ReverseName {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            IpAddr::V4(_) => ip,
-        };
-        let found = self.resolve(ip, deadline).await;
+        if let Some(found) = self.cached(ip) {
+            return found;
+        }
+        let found = self.resolve(unmapped(ip), deadline).await;
+        self.count(&found);
+        found
+    }
+
+    /// The result of [`lookup`](Self::lookup) when every answer it needs (the PTR
+    /// names, and the addresses of each) is in the cache within its TTL, computed
+    /// without a query or a task; `None` otherwise. Counted in the stats when found.
+    pub(crate) fn cached(&self, ip: IpAddr) -> Option<ReverseName> {
+        let ip = unmapped(ip);
+        let ptr = ptr_name(ip);
+        let names = ptr_names(self.dns.cached(&ptr, RecordType::PTR)?)?;
+        let rtype = address_type(ip);
+        let answers: Vec<(usize, Answer)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Some((i, self.dns.cached(name, rtype)?)))
+            .collect::<Option<_>>()?;
+        let found = confirm(ip, names, answers.into_iter().map(Some));
+        self.count(&found);
+        Some(found)
+    }
+
+    fn count(&self, found: &ReverseName) {
         self.stats.count_rdns(if found.confirmed.is_some() {
             RdnsKind::Confirmed
         } else if found.temporary {
@@ -101,70 +124,103 @@ impl ReverseDns {
         } else {
             RdnsKind::Unconfirmed
         });
-        found
     }
 
     async fn resolve(&self, ip: IpAddr, deadline: tokio::time::Instant) -> ReverseName {
         let ptr = ptr_name(ip);
         let (answer, _) = self.dns.query(&ptr, RecordType::PTR, &ptr, deadline).await;
-        let names: Vec<String> = match answer {
-            Answer::Found(values) => {
-                let mut names: Vec<String> = values
-                    .into_iter()
-                    .filter_map(|v| match v {
-                        Value::Name(n) if is_host_name(&n) => Some(n),
-                        _ => None,
-                    })
-                    .collect();
-                names.dedup();
-                names.truncate(MAX_NAMES);
-                names
-            }
-            Answer::NotFound => Vec::new(),
-            Answer::Failed | Answer::TimedOut | Answer::Skipped => {
-                return ReverseName {
-                    temporary: true,
-                    ..ReverseName::default()
-                };
-            }
+        let Some(names) = ptr_names(answer) else {
+            return ReverseName {
+                temporary: true,
+                ..ReverseName::default()
+            };
         };
-        let rtype = match ip {
-            IpAddr::V4(_) => RecordType::A,
-            IpAddr::V6(_) => RecordType::AAAA,
-        };
+        let rtype = address_type(ip);
         let mut tasks = tokio::task::JoinSet::new();
         for (i, name) in names.iter().enumerate() {
             let dns = self.dns.clone();
             let name = name.clone();
             tasks.spawn(async move { (i, dns.query(&name, rtype, &name, deadline).await.0) });
         }
-        let mut confirmed: Option<usize> = None;
-        let mut temporary = false;
+        let mut answers = Vec::with_capacity(names.len());
         while let Some(joined) = tasks.join_next().await {
-            let Ok((i, answer)) = joined else {
-                temporary = true;
-                continue;
-            };
-            match answer {
-                Answer::Found(values) => {
-                    let matches = values.iter().any(|v| match (v, ip) {
-                        (Value::V4(a), IpAddr::V4(b)) => *a == b,
-                        (Value::V6(a), IpAddr::V6(b)) => *a == b,
-                        _ => false,
-                    });
-                    if matches && confirmed.is_none_or(|c| i < c) {
-                        confirmed = Some(i);
-                    }
+            answers.push(joined.ok());
+        }
+        confirm(ip, names, answers)
+    }
+}
+
+/// An IPv4-mapped IPv6 address as IPv4.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// The record type of `ip`'s family.
+fn address_type(ip: IpAddr) -> RecordType {
+    match ip {
+        IpAddr::V4(_) => RecordType::A,
+        IpAddr::V6(_) => RecordType::AAAA,
+    }
+}
+
+/// The host names of a PTR answer (valid ones, the first [`MAX_NAMES`]); `None` when
+/// the lookup failed.
+fn ptr_names(answer: Answer) -> Option<Vec<String>> {
+    match answer {
+        Answer::Found(values) => {
+            let mut names: Vec<String> = values
+                .into_iter()
+                .filter_map(|v| match v {
+                    Value::Name(n) if is_host_name(&n) => Some(n),
+                    _ => None,
+                })
+                .collect();
+            names.dedup();
+            names.truncate(MAX_NAMES);
+            Some(names)
+        }
+        Answer::NotFound => Some(Vec::new()),
+        Answer::Failed | Answer::TimedOut | Answer::Skipped => None,
+    }
+}
+
+/// The result from the address answers of `names` (each with the index of its name;
+/// `None` for a lookup that ended without an answer): the first name, in PTR order,
+/// that resolves back to `ip`.
+fn confirm(
+    ip: IpAddr,
+    names: Vec<String>,
+    answers: impl IntoIterator<Item = Option<(usize, Answer)>>,
+) -> ReverseName {
+    let mut confirmed: Option<usize> = None;
+    let mut temporary = false;
+    for answer in answers {
+        let Some((i, answer)) = answer else {
+            temporary = true;
+            continue;
+        };
+        match answer {
+            Answer::Found(values) => {
+                let matches = values.iter().any(|v| match (v, ip) {
+                    (Value::V4(a), IpAddr::V4(b)) => *a == b,
+                    (Value::V6(a), IpAddr::V6(b)) => *a == b,
+                    _ => false,
+                });
+                if matches && confirmed.is_none_or(|c| i < c) {
+                    confirmed = Some(i);
                 }
-                Answer::NotFound => {}
-                Answer::Failed | Answer::TimedOut | Answer::Skipped => temporary = true,
             }
+            Answer::NotFound => {}
+            Answer::Failed | Answer::TimedOut | Answer::Skipped => temporary = true,
         }
-        ReverseName {
-            confirmed: confirmed.and_then(|i| names.get(i).cloned()),
-            temporary: temporary && confirmed.is_none(),
-            names,
-        }
+    }
+    ReverseName {
+        confirmed: confirmed.and_then(|i| names.get(i).cloned()),
+        temporary: temporary && confirmed.is_none(),
+        names,
     }
 }
 
@@ -324,8 +380,19 @@ mod layers {
             }
             let session = &request.session;
             Budget::of(&session.connection);
-            let rdns = self.rdns.clone();
             let ip = session.peer.ip();
+            // Known (every answer cached within its TTL): answered now, no task.
+            if let Some(found) = self.rdns.cached(ip) {
+                session.connection.insert(ClientName {
+                    name: found.name().map(str::to_owned),
+                    confirmed: found.confirmed.is_some(),
+                });
+                session
+                    .connection
+                    .insert(Lookup(Pending::ready(vec![found])));
+                return None;
+            }
+            let rdns = self.rdns.clone();
             let notes = session.connection.clone();
             let until = tokio::time::Instant::now() + self.budget;
             // The task holds the connection's notes until it ends (by `until`), to

@@ -24,6 +24,7 @@ use mail_auth::{
     dmarc::verify::DmarcParameters,
 };
 
+use crate::cache::TtlCache;
 use crate::results::{
     ArcResult, ArcVerdict, AuthReport, DkimResult, DkimVerdict, DmarcPolicy, DmarcResult,
     DmarcVerdict, SpfCheck, SpfResult, SpfVerdict,
@@ -70,6 +71,8 @@ pub struct Verifier {
     hostname: String,
     failures: Arc<Failures>,
     txt: Arc<TxtCache>,
+    /// The `pct` tags of DMARC records by name (see [`Verifier::dmarc_pct`]).
+    pcts: Arc<TtlCache<Box<str>, Option<u8>>>,
 }
 
 /// How long a domain whose lookups failed (a DNS error, or no answer in time) is
@@ -142,7 +145,57 @@ impl ResolverCache<Box<str>, Txt> for TxtCache {
                 map.clear();
             }
         }
+        let valid_until = valid_until.min(Instant::now() + crate::cache::MAX_TTL);
         map.insert(key, (value, valid_until));
+    }
+}
+
+/// The TXT cache of one DMARC check: the shared [`TxtCache`], over answers that count
+/// for this check only (DNS errors, negative answers without a negative TTL), so that
+/// mail-auth's tree walk finds every answer [`Verifier::prewalk_dmarc`] got, and asks
+/// nothing twice.
+struct WalkCache<'a> {
+    shared: &'a TxtCache,
+    local: Mutex<HashMap<Box<str>, Txt>>,
+}
+
+impl<'a> WalkCache<'a> {
+    fn new(shared: &'a TxtCache) -> Self {
+        Self {
+            shared,
+            local: Mutex::default(),
+        }
+    }
+
+    fn note_local(&self, key: Box<str>, value: Txt) {
+        let mut map = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(key, value);
+    }
+}
+
+impl ResolverCache<Box<str>, Txt> for WalkCache<'_> {
+    fn get<Q>(&self, name: &Q) -> Option<Txt>
+    where
+        Box<str>: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let local = {
+            let map = self.local.lock().unwrap_or_else(|e| e.into_inner());
+            map.get(name).cloned()
+        };
+        local.or_else(|| self.shared.get(name))
+    }
+
+    fn remove<Q>(&self, name: &Q) -> Option<Txt>
+    where
+        Box<str>: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.shared.remove(name)
+    }
+
+    fn insert(&self, key: Box<str>, value: Txt, valid_until: Instant) {
+        self.shared.insert(key, value, valid_until);
     }
 }
 
@@ -167,6 +220,7 @@ impl Verifier {
             hostname: hostname.into(),
             failures: Arc::default(),
             txt: Arc::default(),
+            pcts: Arc::new(TtlCache::new(TXT_CACHE_SIZE)),
         }
     }
 
@@ -411,9 +465,9 @@ impl Verifier {
             spf: spf.cloned(),
             ..AuthReport::default()
         };
-        let fixed_raw = corrected_relaxed_body(message);
-        let fixed = fixed_raw.as_deref().and_then(AuthenticatedMessage::parse);
-
+        // Declared before the outputs that may borrow from them.
+        let fixed_raw: Option<Vec<u8>>;
+        let fixed: Option<AuthenticatedMessage<'_>>;
         let mut dkim_outputs: Vec<DkimOutput<'_>> = Vec::new();
         let mut corrected = Vec::new();
         if checks.dkim || checks.dmarc {
@@ -421,7 +475,9 @@ impl Verifier {
                 .auth
                 .verify_dkim(Parameters::new(message).with_txt_cache(self.txt.as_ref()))
                 .await;
-            if let Some(fixed) = &fixed {
+            // The corrected copy is made (and parsed) only for a relaxed-body signature
+            // that failed on its body hash.
+            {
                 let failed = |o: &DkimOutput<'_>| {
                     matches!(
                         o.result(),
@@ -434,7 +490,13 @@ impl Verifier {
                         .signature()
                         .is_some_and(|s| s.cb == Canonicalization::Relaxed)
                 };
-                if dkim_outputs.iter().any(failed) {
+                fixed_raw = if dkim_outputs.iter().any(failed) {
+                    corrected_relaxed_body(message)
+                } else {
+                    None
+                };
+                fixed = fixed_raw.as_deref().and_then(AuthenticatedMessage::parse);
+                if let Some(fixed) = &fixed {
                     let again = self
                         .auth
                         .verify_dkim(Parameters::new(fixed).with_txt_cache(self.txt.as_ref()))
@@ -570,6 +632,20 @@ impl Verifier {
             }
         }
         if domains.len() < 2 {
+            let cache = WalkCache::new(&self.txt);
+            if let Some(domain) = domains.first()
+                && let Some(walk) = self.prewalk_dmarc(domain, &cache).await
+            {
+                self.prewalk_alignment(
+                    domain,
+                    &walk,
+                    dkim_outputs,
+                    mail_from_domain,
+                    spf_output,
+                    &cache,
+                )
+                .await;
+            }
             let output = self
                 .auth
                 .verify_dmarc(
@@ -580,7 +656,7 @@ impl Verifier {
                         rfc5321_mail_from_domain: mail_from_domain,
                         spf_output,
                     })
-                    .with_txt_cache(self.txt.as_ref()),
+                    .with_txt_cache(&cache),
                 )
                 .await;
             return (self.dmarc_verdict(&output).await, output);
@@ -591,6 +667,18 @@ impl Verifier {
             single
                 .from
                 .retain(|a| a.rsplit_once('@').is_some_and(|(_, d)| d == domain));
+            let cache = WalkCache::new(&self.txt);
+            if let Some(walk) = self.prewalk_dmarc(domain, &cache).await {
+                self.prewalk_alignment(
+                    domain,
+                    &walk,
+                    dkim_outputs,
+                    mail_from_domain,
+                    spf_output,
+                    &cache,
+                )
+                .await;
+            }
             let output = self
                 .auth
                 .verify_dmarc(
@@ -601,7 +689,7 @@ impl Verifier {
                         rfc5321_mail_from_domain: mail_from_domain,
                         spf_output,
                     })
-                    .with_txt_cache(self.txt.as_ref()),
+                    .with_txt_cache(&cache),
                 )
                 .await;
             let verdict = self.dmarc_verdict(&output).await;
@@ -613,6 +701,211 @@ impl Verifier {
             }
         }
         strictest.unwrap_or_else(|| (DmarcVerdict::none(""), DmarcOutput::default()))
+    }
+
+    /// Asks, in mail-auth's order, the names of the DMARC tree walk (RFC 9989 §4.10)
+    /// that mail-auth 0.13's `dmarc_tree_walk` will ask for `domain` (an address's
+    /// domain in From), and leaves the answers in `cache`, as mail-auth would read them
+    /// from DNS: the walk then reads them all from the cache. mail-auth keeps found
+    /// records until their TTL but no negative answer, so every check of a domain with
+    /// no record above it (`_dmarc.<tld>`) went through the resolver; here a negative
+    /// answer is kept for the negative TTL the resolver reports (none: for this check
+    /// only), and an error for this check only. Any name mail-auth would build otherwise
+    /// (an invalid name) ends the walk here: mail-auth then asks itself, as before.
+    async fn prewalk_dmarc(
+        &self,
+        domain: &str,
+        cache: &WalkCache<'_>,
+    ) -> Option<Vec<(String, Arc<mail_auth::dmarc::Dmarc>)>> {
+        use mail_auth::common::resolver::{ToFqdn, UnwrapTxtRecord};
+        use mail_auth::dmarc::{Dmarc, Psd};
+        let mut found = Vec::new();
+        let domain = mail_auth::common::to_a_label(domain);
+        let total = domain.split('.').filter(|l| !l.is_empty()).count();
+        if total < 2 {
+            return Some(found);
+        }
+        let mut count = total;
+        loop {
+            let name = drop_leftmost_labels(&domain, total - count);
+            let key: Box<str> = format!("_dmarc.{name}.").to_fqdn().into();
+            let txt = match cache.get::<str>(&key) {
+                Some(txt) => txt,
+                None => self.dmarc_txt(&key, cache).await?,
+            };
+            match Dmarc::unwrap_txt(txt) {
+                Ok(dmarc) => {
+                    let stop = matches!(dmarc.psd, Psd::Yes | Psd::No);
+                    found.push((name.to_owned(), dmarc));
+                    if stop {
+                        return Some(found);
+                    }
+                }
+                Err(mail_auth::Error::Dns(
+                    mail_auth::DnsError::RecordNotFound(_) | mail_auth::DnsError::InvalidRecordType,
+                )) => {}
+                Err(_) => return None,
+            }
+            if count == 1 {
+                return Some(found);
+            }
+            count = if count >= 8 { 7 } else { count - 1 };
+        }
+    }
+
+    /// After [`Verifier::prewalk_dmarc`] of the Author Domain (`walk`), the tree walks
+    /// mail-auth makes for relaxed alignment (RFC 9989 §4.10.2): of the MAIL FROM domain
+    /// when SPF passed (or had a temporary error), and of the domain of each DKIM
+    /// signature that passed (or had one) until one aligns, when that domain is another
+    /// than the Author Domain but under its Organizational Domain. As mail-auth decides
+    /// them; when in doubt (a walk that failed), it stops, and mail-auth asks itself.
+    async fn prewalk_alignment(
+        &self,
+        author: &str,
+        walk: &[(String, Arc<mail_auth::dmarc::Dmarc>)],
+        dkim_outputs: &[DkimOutput<'_>],
+        mail_from_domain: &str,
+        spf_output: &SpfOutput,
+        cache: &WalkCache<'_>,
+    ) {
+        use mail_auth::dmarc::Policy;
+        let author = mail_auth::common::to_a_label(author);
+        let author_org = organizational_domain(walk, &author).unwrap_or(&author);
+        let Some((_, record)) = walk
+            .iter()
+            .find(|(name, _)| *name == *author)
+            .or_else(|| walk.iter().find(|(name, _)| name == author_org))
+            .or_else(|| walk.last())
+        else {
+            return;
+        };
+        if record.p == Policy::Unspecified && record.rua.is_empty() {
+            return;
+        }
+        let mut memo: Vec<(String, String)> = vec![(author.to_string(), author_org.to_owned())];
+        if matches!(
+            spf_output.result(),
+            mail_auth::SpfResult::Pass | mail_auth::SpfResult::TempError
+        ) {
+            let domain = mail_auth::common::to_a_label(mail_from_domain);
+            let aligned = self
+                .prewalk_org(&domain, &author, author_org, record.aspf, &mut memo, cache)
+                .await;
+            if aligned.is_none() {
+                return;
+            }
+        }
+        for output in dkim_outputs {
+            let (passed, signature) = match (output.result(), output.signature()) {
+                (mail_auth::DkimResult::Pass, Some(signature)) => (true, signature),
+                (mail_auth::DkimResult::TempError(_), Some(signature)) => (false, signature),
+                _ => continue,
+            };
+            let domain = mail_auth::common::to_a_label(&signature.d);
+            match self
+                .prewalk_org(&domain, &author, author_org, record.adkim, &mut memo, cache)
+                .await
+            {
+                None => return,
+                Some(true) if passed => return,
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Whether `domain` aligns with the Author Domain `author` (Organizational Domain
+    /// `author_org`) under `alignment`, walking the tree for `domain`'s Organizational
+    /// Domain as mail-auth does (`memo` holds the ones known); `None` when that walk
+    /// failed.
+    async fn prewalk_org(
+        &self,
+        domain: &str,
+        author: &str,
+        author_org: &str,
+        alignment: mail_auth::dmarc::Alignment,
+        memo: &mut Vec<(String, String)>,
+        cache: &WalkCache<'_>,
+    ) -> Option<bool> {
+        if domain == author {
+            return Some(true);
+        }
+        let under = domain
+            .strip_suffix(author_org)
+            .is_some_and(|prefix| prefix.is_empty() || prefix.ends_with('.'));
+        if alignment != mail_auth::dmarc::Alignment::Relaxed || !under {
+            return Some(false);
+        }
+        if let Some((_, org)) = memo.iter().find(|(d, _)| d == domain) {
+            return Some(org == author_org);
+        }
+        let walk = self.prewalk_dmarc(domain, cache).await?;
+        let org = organizational_domain(&walk, domain)
+            .unwrap_or(domain)
+            .to_owned();
+        let aligned = org == author_org;
+        memo.push((domain.to_owned(), org));
+        Some(aligned)
+    }
+
+    /// The DMARC record at `key` (a fully qualified name) as mail-auth's `txt_lookup`
+    /// reads it, kept in `cache` (see [`Verifier::prewalk_dmarc`]); `None` when `key`
+    /// is no name hickory takes.
+    async fn dmarc_txt(&self, key: &str, cache: &WalkCache<'_>) -> Option<Txt> {
+        use hickory_resolver::net::{DnsError, NetError};
+        use hickory_resolver::proto::op::ResponseCode;
+        use hickory_resolver::proto::rr::{Name, RData};
+        use mail_auth::common::parse::TxtRecordParser;
+        use mail_auth::dmarc::Dmarc;
+        let name = Name::from_str_relaxed(key).ok()?;
+        match self.auth.0.txt_lookup(name).await {
+            Ok(lookup) => {
+                // As mail-auth: each record's strings joined; the first that parses.
+                let mut result = Err(mail_auth::Error::Dns(
+                    mail_auth::DnsError::InvalidRecordType,
+                ));
+                for record in lookup.answers() {
+                    let RData::TXT(txt) = &record.data else {
+                        continue;
+                    };
+                    if txt.txt_data.is_empty() {
+                        continue;
+                    }
+                    let joined: Vec<u8> = txt.txt_data.iter().flatten().copied().collect();
+                    result = Dmarc::parse(&joined);
+                    if result.is_ok() {
+                        break;
+                    }
+                }
+                let txt: Txt = result.into();
+                cache.insert(key.into(), txt.clone(), lookup.valid_until());
+                Some(txt)
+            }
+            Err(NetError::Dns(DnsError::NoRecordsFound(no))) => {
+                let txt = Txt::Error(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(
+                    no.response_code,
+                )));
+                let negative_ttl = no.negative_ttl.map_or(0, u64::from);
+                if matches!(
+                    no.response_code,
+                    ResponseCode::NXDomain | ResponseCode::NoError
+                ) && negative_ttl > 0
+                {
+                    cache.insert(
+                        key.into(),
+                        txt.clone(),
+                        Instant::now() + Duration::from_secs(negative_ttl),
+                    );
+                } else {
+                    cache.note_local(key.into(), txt.clone());
+                }
+                Some(txt)
+            }
+            Err(e) => {
+                let txt = Txt::Error(mail_auth::Error::from(e));
+                cache.note_local(key.into(), txt.clone());
+                Some(txt)
+            }
+        }
     }
 
     /// Our DMARC verdict from mail-auth's, with `pct` applied (mail-auth 0.13 follows
@@ -655,20 +948,8 @@ impl Verifier {
     async fn dmarc_pct(&self, domain: &str) -> u8 {
         let mut name = domain.trim_end_matches('.');
         for _ in 0..8 {
-            if let Ok(lookup) = self.auth.0.txt_lookup(format!("_dmarc.{name}.")).await {
-                for txt in lookup.answers().iter().filter_map(|r| match &r.data {
-                    hickory_resolver::proto::rr::RData::TXT(txt) => Some(txt),
-                    _ => None,
-                }) {
-                    let text: String = txt
-                        .txt_data
-                        .iter()
-                        .map(|part| String::from_utf8_lossy(part))
-                        .collect();
-                    if let Some(pct) = record_pct(&text) {
-                        return pct;
-                    }
-                }
+            if let Some(pct) = self.pct_at(&format!("_dmarc.{name}.")).await {
+                return pct;
             }
             match name.split_once('.') {
                 Some((_, parent)) if parent.contains('.') => name = parent,
@@ -676,6 +957,52 @@ impl Verifier {
             }
         }
         100
+    }
+
+    /// The `pct` of the DMARC record at `key` (fully qualified), `None` when there is
+    /// none (or the lookup failed); answers kept until their TTL (negative ones for the
+    /// negative TTL the resolver reports), failures not at all.
+    async fn pct_at(&self, key: &str) -> Option<u8> {
+        use hickory_resolver::net::{DnsError, NetError};
+        use hickory_resolver::proto::op::ResponseCode;
+        if let Some(pct) = self.pcts.get(key) {
+            return pct;
+        }
+        match self.auth.0.txt_lookup(key).await {
+            Ok(lookup) => {
+                let pct = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        hickory_resolver::proto::rr::RData::TXT(txt) => Some(txt),
+                        _ => None,
+                    })
+                    .find_map(|txt| {
+                        let text: String = txt
+                            .txt_data
+                            .iter()
+                            .map(|part| String::from_utf8_lossy(part))
+                            .collect();
+                        record_pct(&text)
+                    });
+                let ttl = lookup
+                    .valid_until()
+                    .saturating_duration_since(Instant::now());
+                self.pcts.put(key.into(), pct, ttl);
+                pct
+            }
+            Err(NetError::Dns(DnsError::NoRecordsFound(no)))
+                if matches!(
+                    no.response_code,
+                    ResponseCode::NXDomain | ResponseCode::NoError
+                ) =>
+            {
+                let ttl = Duration::from_secs(no.negative_ttl.map_or(0, u64::from));
+                self.pcts.put(key.into(), None, ttl);
+                None
+            }
+            Err(_) => None,
+        }
     }
 }
 
@@ -690,6 +1017,41 @@ async fn until<F: std::future::Future>(
         Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
         None => Some(future.await),
     }
+}
+
+/// The Organizational Domain from the records a tree walk from `start` found (longest
+/// name first), as mail-auth 0.13 selects it (RFC 9989 §4.10.2).
+fn organizational_domain<'x>(
+    walk: &'x [(String, Arc<mail_auth::dmarc::Dmarc>)],
+    start: &'x str,
+) -> Option<&'x str> {
+    use mail_auth::dmarc::Psd;
+    for (name, record) in walk {
+        match record.psd {
+            Psd::No => return Some(name),
+            Psd::Yes if name != start => {
+                // The name one label below the PSD, toward `start`.
+                let depth = name.split('.').filter(|l| !l.is_empty()).count() + 1;
+                let labels = start.split('.').filter(|l| !l.is_empty()).count();
+                return Some(drop_leftmost_labels(start, labels.saturating_sub(depth)));
+            }
+            _ => {}
+        }
+    }
+    walk.last().map(|(name, _)| name.as_str())
+}
+
+/// `domain` without its `n` leftmost labels (as mail-auth's DMARC tree walk builds its
+/// names).
+fn drop_leftmost_labels(domain: &str, n: usize) -> &str {
+    let mut suffix = domain;
+    for _ in 0..n {
+        match suffix.split_once('.') {
+            Some((_, rest)) => suffix = rest,
+            None => return "",
+        }
+    }
+    suffix
 }
 
 /// The report for a message mail-auth cannot parse: nothing signed, no chain, no

@@ -437,6 +437,66 @@ async fn forward_confirmed_reverse_dns() {
     assert_eq!(stats.rdns_refused(), 2);
 }
 
+/// A resolver asking only `nameserver` (kept by a test to empty its cache).
+fn resolver(nameserver: SocketAddr) -> hickory_resolver::TokioResolver {
+    let resolver = MxResolver::new(MxConfig {
+        nameservers: vec![nameserver],
+        timeout: Duration::from_secs(10),
+        ..MxConfig::default()
+    })
+    .unwrap();
+    resolver.resolver().clone()
+}
+
+#[tokio::test]
+async fn a_listed_client_seen_within_the_ttl_is_refused_from_the_cache() {
+    // dnsmasq answers with a TTL of 60 s.
+    let Some(dns) = dnsmasq(&["--address=/1.0.0.127.zen.test/127.0.0.2"]) else {
+        return;
+    };
+    let resolver = resolver(dns.address);
+    let v = Verifier::new(resolver.clone(), "mx.test");
+    let stats = Arc::new(DnsStats::default());
+    let server = serve(dnsbl(&v, Mode::Enforce, &["zen.test"], &stats)).await;
+    let blocked = "Service unavailable; client [127.0.0.1] blocked using zen.test";
+    let (_c, rcpt) = at_rcpt(&server, "alice@sender.test").await;
+    assert_reply(&rcpt, "554 5.7.1", blocked);
+    // The name server gone and the resolver's own cache emptied: only the layers' cache
+    // of answers still knows the listing.
+    drop(dns);
+    resolver.clear_cache();
+    let (_c, rcpt) = at_rcpt(&server, "alice@sender.test").await;
+    assert_reply(&rcpt, "554 5.7.1", blocked);
+    assert_eq!(stats.list("zen.test").hits, 2);
+}
+
+#[tokio::test]
+async fn a_client_seen_within_the_ttl_is_named_from_the_cache() {
+    // dnsmasq answers with a TTL of 60 s.
+    let Some(dns) = dnsmasq(&["--host-record=mail.good.test,192.0.2.10"]) else {
+        return;
+    };
+    let resolver = resolver(dns.address);
+    let v = Verifier::new(resolver.clone(), "mx.test");
+    let stats = Arc::new(DnsStats::default());
+    let server = serve_as(CLIENT, rdns(&v, Mode::Enforce, Require::Confirmed, &stats)).await;
+    let mut c = deliver(&server, "a@sender.test").await;
+    assert_eq!(c.code("QUIT").await, "221 2.0.0");
+    assert_received_from(&server, "mail.good.test [192.0.2.10]");
+    // The name server gone and the resolver's own cache emptied: only the layers' cache
+    // of answers can still name (and confirm) the client.
+    drop(dns);
+    resolver.clear_cache();
+    let mut c = deliver(&server, "a@sender.test").await;
+    assert_eq!(c.code("QUIT").await, "221 2.0.0");
+    let second = message(&server, 1);
+    assert!(
+        second.starts_with("Received: from client.test (mail.good.test [192.0.2.10])\r\n"),
+        "{second}"
+    );
+    assert_eq!(stats.rdns(), (2, 0, 0, 0));
+}
+
 /// The client ([`CLIENT`]) against two servers with the reverse-DNS layers: with
 /// `refusing` (mode, requirement), its recipient is deferred for want of a hostname;
 /// with `passing`, its message is taken and `Received:` names it `unknown`. The two

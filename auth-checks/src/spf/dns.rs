@@ -1,4 +1,5 @@
-//! The DNS lookups of SPF, through the Verifier's hickory resolver (and so its cache).
+//! The DNS lookups of SPF, through the Verifier's hickory resolver and a cache of the
+//! answers, parsed, until their TTL ends ([`SpfDns`]).
 //!
 //! Names are built label by label from their bytes, never parsed from text: a
 //! domain-spec may hold any visible character (`foo:bar/baz.example.com`, or a space
@@ -35,6 +36,9 @@ use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::proto::serialize::binary::{BinDecodable, BinDecoder, DecodeError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::record::{Record as SpfRecord, is_spf};
+use crate::cache::TtlCache;
+
 /// How a lookup ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Answer<T> {
@@ -46,13 +50,81 @@ pub(crate) enum Answer<T> {
     Failed,
 }
 
+/// Most answers the SPF lookups keep (see [`SpfDns`]).
+const CACHE_SIZE: usize = 10_000;
+
+/// Largest TXT answer kept (the text of its records, in octets): the cache's memory
+/// stays bounded (RFC 7208 §3.4 asks SPF records to fit in 450 octets; larger answers
+/// are asked each time, as before).
+const MAX_CACHED_TXT: usize = 2048;
+
+/// The TXT records at a name, with the SPF record selected and parsed from them at
+/// most once (while the answer is cached, every check of the domain shares the parse).
+#[derive(Debug)]
+pub(crate) struct TxtAnswer {
+    /// The records, each one's strings joined.
+    pub(crate) answer: Answer<Vec<u8>>,
+    /// The SPF record among them: `None` when there is none, `Err` (the reason) when
+    /// there are several or it does not parse.
+    spf: OnceLock<Result<Option<Arc<SpfRecord>>, String>>,
+}
+
+impl TxtAnswer {
+    fn new(answer: Answer<Vec<u8>>) -> Arc<Self> {
+        Arc::new(Self {
+            answer,
+            spf: OnceLock::new(),
+        })
+    }
+
+    /// The one SPF record of these TXT records (RFC 7208 §4.5), parsed; `domain` names
+    /// the domain in the reason of an error. Only for a [`Answer::Found`] answer (else
+    /// `Ok(None)`).
+    pub(crate) fn spf_record(&self, domain: &str) -> Result<Option<Arc<SpfRecord>>, String> {
+        self.spf
+            .get_or_init(|| {
+                let Answer::Found(records) = &self.answer else {
+                    return Ok(None);
+                };
+                let mut spf = records.iter().filter(|txt| is_spf(txt));
+                let Some(first) = spf.next() else {
+                    return Ok(None);
+                };
+                if spf.next().is_some() {
+                    return Err(format!("{domain} has several SPF records"));
+                }
+                SpfRecord::parse(first)
+                    .map(|r| Some(Arc::new(r)))
+                    .map_err(|why| format!("{domain}: {why}"))
+            })
+            .clone()
+    }
+}
+
+/// A cached answer.
+#[derive(Clone, Debug)]
+enum Cached {
+    Txt(Arc<TxtAnswer>),
+    Addresses(Answer<IpAddr>),
+    Names(Answer<String>),
+}
+
 /// The lookups of SPF evaluations.
+///
+/// Answers (found, or NXDOMAIN / no record of the type) are kept in a cache of parsed
+/// values until their TTL ends (for a negative answer, the negative TTL of the zone's
+/// SOA as the resolver reports it; none reported: not kept), at most
+/// [`crate::cache::MAX_TTL`] and [`CACHE_SIZE`] answers (TXT answers of at most
+/// [`MAX_CACHED_TXT`] octets): a domain checked again within
+/// its TTL costs a hash lookup, not a resolver round trip and a parse. Failures are
+/// never kept.
 #[derive(Clone)]
 pub(crate) struct SpfDns {
     resolver: TokioResolver,
     /// The name servers to ask directly (see the module documentation); `None`: the
     /// system's.
     servers: Option<Arc<[SocketAddr]>>,
+    cache: Arc<TtlCache<(Box<str>, RecordType), Cached>>,
 }
 
 impl SpfDns {
@@ -60,6 +132,7 @@ impl SpfDns {
         Self {
             resolver,
             servers: None,
+            cache: Arc::new(TtlCache::new(CACHE_SIZE)),
         }
     }
 
@@ -69,11 +142,24 @@ impl SpfDns {
     }
 
     /// The TXT records at `name`, each record's strings joined.
-    pub(crate) async fn txt(&self, name: &str) -> Answer<Vec<u8>> {
-        let answer = self.lookup(name, RecordType::TXT, txt_text).await;
-        match answer {
-            Err(Undecodable(query)) => self.raw_txt(query).await,
-            Ok(answer) => answer,
+    pub(crate) async fn txt(&self, name: &str) -> Arc<TxtAnswer> {
+        let key = (Box::from(name), RecordType::TXT);
+        if let Some(Cached::Txt(answer)) = self.cache.get(&key) {
+            return answer;
+        }
+        match self.lookup(name, RecordType::TXT, txt_text).await {
+            Err(Undecodable(query)) => TxtAnswer::new(self.raw_txt(query).await),
+            Ok((answer, ttl)) => {
+                let size: usize = match &answer {
+                    Answer::Found(records) => records.iter().map(Vec::len).sum(),
+                    Answer::Void | Answer::Failed => 0,
+                };
+                let answer = TxtAnswer::new(answer);
+                if size <= MAX_CACHED_TXT {
+                    self.cache.put(key, Cached::Txt(Arc::clone(&answer)), ttl);
+                }
+                answer
+            }
         }
     }
 
@@ -84,42 +170,65 @@ impl SpfDns {
         } else {
             RecordType::A
         };
-        self.lookup(name, rtype, RData::ip_addr)
-            .await
-            .unwrap_or(Answer::Failed)
+        let key = (Box::from(name), rtype);
+        if let Some(Cached::Addresses(answer)) = self.cache.get(&key) {
+            return answer;
+        }
+        let Ok((answer, ttl)) = self.lookup(name, rtype, RData::ip_addr).await else {
+            return Answer::Failed;
+        };
+        self.cache.put(key, Cached::Addresses(answer.clone()), ttl);
+        answer
     }
 
     /// The exchanges of the MX records at `name` (lowercase, without the final dot;
     /// the root, a null MX, as an empty string).
     pub(crate) async fn mx(&self, name: &str) -> Answer<String> {
-        self.lookup(name, RecordType::MX, |data| match data {
+        self.names(name, RecordType::MX, |data| match data {
             RData::MX(mx) => Some(text(&mx.exchange)),
             _ => None,
         })
         .await
-        .unwrap_or(Answer::Failed)
     }
 
     /// The names of the PTR records of `ip` (lowercase, without the final dot).
     pub(crate) async fn ptr(&self, ip: IpAddr) -> Answer<String> {
-        self.lookup(&reverse_name(ip), RecordType::PTR, |data| match data {
+        self.names(&reverse_name(ip), RecordType::PTR, |data| match data {
             RData::PTR(ptr) => Some(text(&ptr.0)),
             _ => None,
         })
         .await
-        .unwrap_or(Answer::Failed)
     }
 
-    /// One lookup through the resolver; `Err` when its answer could not be decoded
-    /// because a record has an empty RDATA.
+    /// A lookup of names (MX, PTR), through the cache.
+    async fn names(
+        &self,
+        name: &str,
+        rtype: RecordType,
+        read: impl Fn(&RData) -> Option<String>,
+    ) -> Answer<String> {
+        let key = (Box::from(name), rtype);
+        if let Some(Cached::Names(answer)) = self.cache.get(&key) {
+            return answer;
+        }
+        let Ok((answer, ttl)) = self.lookup(name, rtype, read).await else {
+            return Answer::Failed;
+        };
+        self.cache.put(key, Cached::Names(answer.clone()), ttl);
+        answer
+    }
+
+    /// One lookup through the resolver, and how long its answer may be kept (zero for
+    /// a failure, or a negative answer without a negative TTL); `Err` when its answer
+    /// could not be decoded because a record has an empty RDATA.
     async fn lookup<T>(
         &self,
         name: &str,
         rtype: RecordType,
         read: impl Fn(&RData) -> Option<T>,
-    ) -> Result<Answer<T>, Undecodable> {
+    ) -> Result<(Answer<T>, Duration), Undecodable> {
         let Some(query) = query_name(name) else {
-            return Ok(Answer::Void);
+            return Ok((Answer::Void, Duration::ZERO));
         };
         Ok(match self.resolver.lookup(query.clone(), rtype).await {
             Ok(lookup) => {
@@ -129,10 +238,13 @@ impl SpfDns {
                     .filter(|r| r.record_type() == rtype)
                     .filter_map(|r| read(&r.data))
                     .collect();
+                let ttl = lookup
+                    .valid_until()
+                    .saturating_duration_since(std::time::Instant::now());
                 if found.is_empty() {
-                    Answer::Void
+                    (Answer::Void, ttl)
                 } else {
-                    Answer::Found(found)
+                    (Answer::Found(found), ttl)
                 }
             }
             Err(NetError::Dns(DnsError::NoRecordsFound(no)))
@@ -141,14 +253,15 @@ impl SpfDns {
                     ResponseCode::NXDomain | ResponseCode::NoError
                 ) =>
             {
-                Answer::Void
+                let ttl = Duration::from_secs(no.negative_ttl.map_or(0, u64::from));
+                (Answer::Void, ttl)
             }
             Err(NetError::Proto(ProtoError::Decode(DecodeError::InvalidEmptyRecord))) => {
                 return Err(Undecodable(query));
             }
             Err(e) => {
                 tracing::debug!(name, %rtype, error = %e, "SPF: DNS lookup failed");
-                Answer::Failed
+                (Answer::Failed, Duration::ZERO)
             }
         })
     }

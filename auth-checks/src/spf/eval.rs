@@ -9,11 +9,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use super::SpfLimits;
 use super::dns::{Answer, SpfDns, join_all};
 use super::macros::{MacroString, Place, Values, query_name};
-use super::record::{Mechanism, Qualifier, Record, is_spf};
+use super::record::{Mechanism, Qualifier, Record};
 use crate::results::SpfResult;
 
 /// What one check is about.
@@ -156,22 +157,13 @@ impl<'a> Evaluation<'a> {
     }
 
     /// The SPF record of `domain` (§4.4, §4.5): `None` when it has none.
-    async fn record(&self, domain: &str) -> Result<Option<Record>, Stop> {
-        let records = match self.dns.txt(domain).await {
-            Answer::Found(records) => records,
-            Answer::Void => return Ok(None),
-            Answer::Failed => return Err(Stop::temp(format!("TXT lookup of {domain} failed"))),
-        };
-        let mut spf = records.iter().filter(|txt| is_spf(txt));
-        let Some(first) = spf.next() else {
-            return Ok(None);
-        };
-        if spf.next().is_some() {
-            return Err(Stop::perm(format!("{domain} has several SPF records")));
+    async fn record(&self, domain: &str) -> Result<Option<Arc<Record>>, Stop> {
+        let txt = self.dns.txt(domain).await;
+        match &txt.answer {
+            Answer::Found(_) => txt.spf_record(domain).map_err(Stop::perm),
+            Answer::Void => Ok(None),
+            Answer::Failed => Err(Stop::temp(format!("TXT lookup of {domain} failed"))),
         }
-        Record::parse(first)
-            .map(Some)
-            .map_err(|why| Stop::perm(format!("{domain}: {why}")))
     }
 
     /// Counts a term that queries DNS: more than the limit is `permerror`.
@@ -355,7 +347,8 @@ impl<'a> Evaluation<'a> {
     /// counts toward no limit.
     async fn explain(&mut self, exp: &MacroString, domain: &str) -> Option<String> {
         let name = self.target(exp, domain).await?;
-        let Answer::Found(records) = self.dns.txt(&name).await else {
+        let txt = self.dns.txt(&name).await;
+        let Answer::Found(records) = &txt.answer else {
             return None;
         };
         let [record] = records.as_slice() else {
