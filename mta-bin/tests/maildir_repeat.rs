@@ -130,9 +130,9 @@ async fn a_message_accepted_now_is_delivered_once() {
     assert!(files(&inbox.join("tmp")).is_empty());
 }
 
-/// Recovered at open after its file was delivered and then read (moved to `cur/`):
-/// the repeated delivery finds it there and writes nothing, so the mailbox holds the
-/// message once.
+/// Recovered at open after its file was delivered and then read (moved to `cur/` with
+/// the Seen flag, as Dovecot does): the repeated delivery finds it there and writes
+/// nothing, so the mailbox holds the message once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recovered_message_already_read_is_not_delivered_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,7 +144,7 @@ async fn a_recovered_message_already_read_is_not_delivered_again() {
         // Delivered, then the crash: the queue never heard of it.
         let file = delivered_before_the_crash(&queue, id, &root);
         let read = inbox.join("cur").join(format!(
-            "{}:2,",
+            "{}:2,S",
             file.file_name().unwrap().to_string_lossy()
         ));
         std::fs::rename(&file, &read).unwrap();

@@ -333,7 +333,7 @@ impl Maildir {
         let final_path = new.join(&name);
         // A first attempt cannot find an earlier copy: it does not look.
         let mut again = !first && final_path.exists();
-        if !first && !again && cur.join(format!("{name}:2,")).exists() {
+        if !first && !again && read_already(&cur, &name) {
             return Ok((Stored::Seen, Pending::none()));
         }
         let tmp_path = tmp.join(&name);
@@ -679,6 +679,26 @@ fn rename_new(tmp: &Path, path: &Path) -> std::io::Result<bool> {
     }
     fs::rename(tmp, path)?;
     Ok(true)
+}
+
+/// Whether `cur` holds the message file `name` (read): `name:2,` followed by whatever
+/// flags a reader gave it (`:2,S` once seen, `:2,RS` once answered...). The name without
+/// flags is looked up first; then `cur/` is read through, which only a repeated
+/// delivery (a retry, a message recovered at start) ever does.
+fn read_already(cur: &Path, name: &str) -> bool {
+    if cur.join(format!("{name}:2,")).exists() {
+        return true;
+    }
+    let Ok(entries) = std::fs::read_dir(cur) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        entry
+            .file_name()
+            .to_str()
+            .and_then(|file| file.split_once(':'))
+            .is_some_and(|(base, _)| base == name)
+    })
 }
 
 /// An unnamed file in the directory `dir` (`O_TMPFILE`), to be linked into it.
