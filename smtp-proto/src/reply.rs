@@ -508,6 +508,10 @@ impl Reply {
     /// Appends the wire form to `out`. Carriage returns and other control characters in
     /// the text are replaced by spaces, so a reply can never break the framing.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        // Room for all of it at once (code, separator, status and CRLF: at most 20
+        // bytes a line): one allocation, not one per doubling of a small buffer.
+        let lines = 1 + memchr::memchr_iter(b'\n', self.text.as_bytes()).count();
+        out.reserve(self.text.len() + 20 * lines);
         let mut lines = self.text.split('\n').peekable();
         let digits = self.code.digits();
         while let Some(line) = lines.next() {

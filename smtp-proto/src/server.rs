@@ -340,7 +340,9 @@ pub struct ServerSession {
     tls: bool,
     authenticated: bool,
     helo: Option<(HeloKind, HeloName)>,
-    transaction: Option<Transaction>,
+    /// Boxed: an idle session (most of them, between transactions) holds a pointer,
+    /// not the envelope's room.
+    transaction: Option<Box<Transaction>>,
     body: Vec<u8>,
     /// Content of the message in progress already taken with
     /// [`ServerSession::take_content`].
@@ -507,10 +509,10 @@ impl ServerSession {
                         params,
                         recipients: Vec::new(),
                     };
-                    self.transaction = Some(Transaction {
+                    self.transaction = Some(Box::new(Transaction {
                         envelope,
                         chunks: None,
-                    });
+                    }));
                 }
             }
             Awaiting::Rcpt(to, params) => {
@@ -730,9 +732,7 @@ impl ServerSession {
     /// Whether the transaction in progress sends its content in BDAT chunks (RFC 3030),
     /// between two chunks as well as during one.
     pub fn is_chunking(&self) -> bool {
-        self.transaction
-            .as_ref()
-            .is_some_and(Transaction::is_chunking)
+        self.transaction.as_ref().is_some_and(|t| t.is_chunking())
     }
 
     /// Bytes received but not yet processed: an early talker before the greeting, or

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use smtp_proto::{EnhancedStatus, Event, Reply, ReplyCode, ServerSession};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -25,10 +25,63 @@ use crate::stage::{
 };
 use crate::stats::ServerStats;
 
-/// Read buffer between commands; small, so idle connections cost little.
+/// Most bytes one read takes between commands.
 const COMMAND_BUFFER: usize = 4 * 1024;
-/// Read buffer while message content flows.
+/// Most bytes one read takes while message content flows.
 const DATA_BUFFER: usize = 64 * 1024;
+
+thread_local! {
+    /// The buffer every connection polled on this thread reads into. A read's bytes go to
+    /// the session within the poll that read them, so no connection owns a read buffer
+    /// while it waits for input (10,000 idle connections: see
+    /// bench/servers/idle_connections.py).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Reads at most `max` bytes from `stream` and hands them to `session` before returning
+/// `Ready(Ok(n))` (`n == 0`: end of stream). The bytes live in the thread's
+/// [`SCRATCH`] buffer only during this call; a `Pending` poll reads nothing, so
+/// dropping the future between polls (a timeout, a shutdown) loses no input.
+fn poll_receive<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    cx: &mut Context<'_>,
+    max: usize,
+    session: &mut ServerSession,
+) -> Poll<io::Result<usize>> {
+    poll_read_scratch(stream, cx, max, |bytes| {
+        if !bytes.is_empty() {
+            session.receive(bytes);
+        }
+        bytes.len()
+    })
+}
+
+/// Reads at most `max` bytes from `stream` into the thread's [`SCRATCH`] buffer and
+/// returns what `take` makes of them (an empty slice: end of stream).
+fn poll_read_scratch<R: AsyncRead + Unpin, T>(
+    stream: &mut R,
+    cx: &mut Context<'_>,
+    max: usize,
+    take: impl FnOnce(&[u8]) -> T,
+) -> Poll<io::Result<T>> {
+    let read = |scratch: &mut Vec<u8>| {
+        if scratch.len() < max {
+            scratch.resize(max, 0);
+        }
+        let mut buf = ReadBuf::new(&mut scratch[..max]);
+        match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(take(buf.filled()))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    };
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut scratch) => read(&mut scratch),
+        // A stream whose own read polls another session on this thread (none of ours
+        // does): a buffer of its own for this read.
+        Err(_) => read(&mut Vec::new()),
+    })
+}
 
 /// What every connection of a listener shares.
 pub(crate) struct Listener {
@@ -186,35 +239,40 @@ pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// Serves one client until it quits, times out, misbehaves, or the server shuts down.
-pub(crate) async fn serve<S: Io>(
+///
+/// Not an `async fn`: the connection is built before the future, which then holds it
+/// once (an `async fn` would also keep its arguments for its whole life, in every idle
+/// connection's task).
+pub(crate) fn serve<S: Io>(
     listener: Arc<Listener>,
     io: S,
     (peer, local): (SocketAddr, SocketAddr),
     shutdown: watch::Receiver<bool>,
-) {
+) -> impl Future<Output = ()> {
     let id = new_session_id();
     let span = info_span!("smtp.session", session_id = id, peer = %peer, listener = listener.mode.as_str());
+    let info = SessionInfo {
+        id,
+        peer,
+        local,
+        mode: listener.mode,
+        tls: None,
+        helo: None,
+        authenticated: None,
+        protocol: "SMTP",
+        connection: Notes::default(),
+    };
+    let incoming = Incoming::new(Arc::clone(&listener.stats));
+    let mut conn = Connection {
+        listener,
+        info,
+        stream: Stream::Plain(io),
+        shutdown,
+        notes: Notes::default(),
+        incoming,
+        out_of_sync: false,
+    };
     async move {
-        let info = SessionInfo {
-            id,
-            peer,
-            local,
-            mode: listener.mode,
-            tls: None,
-            helo: None,
-            authenticated: None,
-            protocol: "SMTP",
-            connection: Notes::default(),
-        };
-        let mut conn = Connection {
-            listener: Arc::clone(&listener),
-            info,
-            stream: Stream::Plain(io),
-            shutdown,
-            notes: Notes::default(),
-            incoming: Incoming::new(Arc::clone(&listener.stats)),
-            out_of_sync: false,
-        };
         debug!("connected");
         match conn.run().await {
             Ok(()) => debug!("closed"),
@@ -222,7 +280,6 @@ pub(crate) async fn serve<S: Io>(
         }
     }
     .instrument(span)
-    .await;
 }
 
 struct Connection<S> {
@@ -244,8 +301,10 @@ struct Incoming {
     stats: Arc<ServerStats>,
     /// Bytes taken from the server-wide budget for content held in memory.
     reserved: u64,
-    /// The spill file, once the content went there.
-    spilling: Option<Spilling>,
+    /// The spill file, once the content went there. Boxed: the room of a file handle,
+    /// in every connection's task otherwise, is needed only by the few messages that
+    /// spill.
+    spilling: Option<Box<Spilling>>,
     /// Out of memory, and nowhere to spill (or the spill file failed): the content is
     /// dropped as it comes and the message refused at its end.
     dropped: bool,
@@ -290,9 +349,6 @@ impl<S: Io> Connection<S> {
             Box::pin(self.upgrade_tls()).await?;
             session = session.with_implicit_tls();
         }
-        // Not zeroed: an idle session keeps only the pages a read touched (10,000 idle
-        // connections: see bench/servers/idle_connections.py).
-        let mut buf: Vec<u8> = Vec::with_capacity(COMMAND_BUFFER);
         let mut draining = *self.shutdown.borrow();
         let mut deadlines = Deadlines::new(limits);
         loop {
@@ -323,7 +379,16 @@ impl<S: Io> Connection<S> {
             }
             self.flush(&mut session).await?;
             if session.is_closed() {
-                let _ = self.stream.shutdown().await;
+                // A plain TCP socket closes when it is dropped (it sends its FIN then;
+                // the replies are written already): no shutdown call, which mostly fails
+                // anyway, the client having closed first. TLS sends close_notify, and
+                // any other stream (StreamServer's) gets its shutdown.
+                let plain_tcp = matches!(self.stream, Stream::Plain(_))
+                    && std::any::TypeId::of::<S>()
+                        == std::any::TypeId::of::<Prefixed<tokio::net::TcpStream>>();
+                if !plain_tcp {
+                    let _ = self.stream.shutdown().await;
+                }
                 return Ok(());
             }
             let idle = session.envelope().is_none() && !session.is_receiving_data();
@@ -336,22 +401,18 @@ impl<S: Io> Connection<S> {
             } else {
                 COMMAND_BUFFER
             };
-            if buf.capacity() != size {
-                buf = Vec::with_capacity(size);
-            }
-            buf.clear();
             let deadline = deadlines.next(&session);
+            // The bytes read go to the session inside the read's poll.
+            let stream = &mut self.stream;
+            let receive = std::future::poll_fn(|cx| poll_receive(stream, cx, size, &mut session));
             tokio::select! {
-                read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut buf)) => match read {
+                read = tokio::time::timeout_at(deadline, receive) => match read {
                     Err(_elapsed) => {
                         info!(phase = deadlines.phase(), "timeout");
                         session.timeout();
                     }
                     Ok(Ok(0)) => return Ok(()),
-                    Ok(Ok(n)) => {
-                        deadlines.received(n);
-                        session.receive(&buf);
-                    }
+                    Ok(Ok(n)) => deadlines.received(n),
                     Ok(Err(e)) => return Err(e),
                 },
                 _ = self.shutdown.changed(), if !draining => draining = true,
@@ -470,7 +531,7 @@ impl<S: Io> Connection<S> {
             Ok(spill) => {
                 ServerStats::count(&incoming.stats.messages_spilled, 1);
                 debug!("message content goes to a spill file");
-                incoming.spilling = Some(spill);
+                incoming.spilling = Some(Box::new(spill));
             }
             Err(e) => {
                 warn!(error = %e, "message content dropped: it will be refused");
@@ -787,7 +848,6 @@ async fn watch_early<S: Io>(
     delay: Duration,
     decision: impl Future<Output = Result<Decision, BoxError>>,
 ) -> (Result<Decision, BoxError>, Early) {
-    let mut buf = vec![0u8; COMMAND_BUFFER];
     let sleep = tokio::time::sleep(delay);
     tokio::pin!(decision, sleep);
     // No delay: no timer (tokio rounds a deadline up to the next millisecond, which
@@ -796,10 +856,12 @@ async fn watch_early<S: Io>(
     loop {
         tokio::select! {
             biased;
-            read = stream.read(&mut buf), if early.is_none() => {
+            // No buffer of its own while it waits: the thread's, and a copy of
+            // what came.
+            read = std::future::poll_fn(|cx| poll_read_scratch(stream, cx, COMMAND_BUFFER, <[u8]>::to_vec)), if early.is_none() => {
                 early = Some(match read {
-                    Ok(0) | Err(_) => Early::Closed,
-                    Ok(n) => Early::Talked(buf[..n].to_vec()),
+                    Ok(bytes) if !bytes.is_empty() => Early::Talked(bytes),
+                    Ok(_) | Err(_) => Early::Closed,
                 });
             }
             d = &mut decision, if decided.is_none() => decided = Some(d),

@@ -270,6 +270,12 @@ impl Server {
                 stopped.clone(),
                 Arc::clone(&connections),
             );
+            // Bound to one address, every connection's local address is the
+            // listener's: no getsockname per connection. A wildcard bind asks.
+            let fixed_local = socket
+                .local_addr()
+                .ok()
+                .filter(|a| !a.ip().is_unspecified());
             accept_loops.spawn(async move {
                 let mut stop_accepting = stopped.clone();
                 loop {
@@ -315,7 +321,10 @@ impl Server {
                     let (listener, stopped) = (Arc::clone(&listener), stopped.clone());
                     if let Ok(mut set) = connections.lock() {
                         set.spawn(async move {
-                            let local = tcp.local_addr().unwrap_or(peer);
+                            let local = match fixed_local {
+                                Some(local) => local,
+                                None => tcp.local_addr().unwrap_or(peer),
+                            };
                             let _ = tcp.set_nodelay(true);
                             let (stream, peer, local, guard) = match &listener.proxy {
                                 None => (Prefixed::new(Vec::new(), tcp), peer, local, guard),
