@@ -729,6 +729,16 @@ impl Config {
                 "[local] verify_recipients = \"lmtp\" needs lmtp, or a [local.targets] entry with lmtp (the server to ask)",
             );
         }
+        if local
+            .maildir_sync_delay
+            .is_some_and(|t| t > crate::delivery::maildir_sync::MAX_DELAY)
+        {
+            p.add(
+                doc,
+                At::Key("local", "maildir_sync_delay"),
+                "[local] maildir_sync_delay: give at most 1s (deliveries wait for it before the queue hears of them)",
+            );
+        }
         if let Some(t) = local.verify_timeout
             && (t.is_zero() || t > VERIFY_TIMEOUT_MAX)
         {

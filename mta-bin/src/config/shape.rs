@@ -870,6 +870,11 @@ pub struct Local {
     /// `fdatasync`ed, each `new/` fsynced once) or `each` (every delivery on its own).
     #[serde(default)]
     pub maildir_sync: crate::delivery::MaildirSync,
+    /// With `maildir_sync` `batch` or `files`: a sync starts at most this long after
+    /// the previous one started, so that the deliveries arriving meanwhile share it;
+    /// default 5 ms, at most 1 s; 0: each sync starts as soon as a delivery waits.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub maildir_sync_delay: Option<Duration>,
     /// Sub-addressing: the characters that separate a user from a tag (`bob+news@`
     /// goes to `bob`), as Postfix's `recipient_delimiter`; default `+`, empty: off.
     #[serde(default)]

@@ -708,3 +708,19 @@ fn a_bad_destination_is_told_with_its_entry_line() {
         "{twice:?}"
     );
 }
+
+#[test]
+fn maildir_sync_delay_defaults_to_5ms_and_is_at_most_a_second() {
+    let c = Config::parse(EMBEDDED_DEFAULT).unwrap();
+    assert_eq!(c.local.maildir_sync_delay, None, "the default applies");
+    let c = Config::parse(&format!("{EMBEDDED_DEFAULT}maildir_sync_delay = \"0s\"\n")).unwrap();
+    assert_eq!(c.local.maildir_sync_delay, Some(Duration::ZERO));
+    let err =
+        Config::parse(&format!("{EMBEDDED_DEFAULT}maildir_sync_delay = \"2s\"\n")).unwrap_err();
+    let told: Vec<String> = err.downcast_ref::<Problems>().unwrap().each().collect();
+    assert!(
+        told.iter()
+            .any(|p| p.contains("[local] maildir_sync_delay") && p.contains("at most 1s")),
+        "{told:?}"
+    );
+}

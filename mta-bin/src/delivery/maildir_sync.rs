@@ -32,8 +32,33 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::Duration;
 
 use serde::Deserialize;
+
+/// `[local] maildir_sync_delay`'s default: a batch starts at most 5 ms after the
+/// previous one started. Fewer, larger batches take less CPU per message, which the
+/// sessions get (measured in docs/performance.md); a delivery is reported up to 5 ms
+/// later.
+pub const DEFAULT_DELAY: Duration = Duration::from_millis(5);
+
+/// The longest `[local] maildir_sync_delay`.
+pub const MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// The sync delay in force, in microseconds ([`set_delay`]).
+static DELAY_MICROS: AtomicU64 = AtomicU64::new(5_000);
+
+/// Sets how long after the previous sync started the next one may start at the
+/// earliest (`[local] maildir_sync_delay`), for the batches of this process: the
+/// deliveries that arrive meanwhile share it. Capped at [`MAX_DELAY`].
+///
+/// ```
+/// mta_bin::delivery::maildir_sync::set_delay(std::time::Duration::from_millis(5));
+/// ```
+pub fn set_delay(delay: Duration) {
+    let micros = u64::try_from(delay.min(MAX_DELAY).as_micros()).unwrap_or(u64::MAX);
+    DELAY_MICROS.store(micros, Ordering::Relaxed);
+}
 
 /// How a Maildir delivery makes its file durable (`[local] maildir_sync`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -334,15 +359,25 @@ fn stopped() -> std::io::Error {
 }
 
 fn run(rx: &mpsc::Receiver<Request>) {
+    let mut last = std::time::Instant::now();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
+        // Deliveries arriving until then share this batch.
+        let until = last + Duration::from_micros(DELAY_MICROS.load(Ordering::Relaxed));
         while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let next = if left.is_zero() {
+                rx.try_recv().ok()
+            } else {
+                rx.recv_timeout(left).ok()
+            };
+            match next {
+                Some(request) => batch.push(request),
+                None => break,
             }
         }
         let started = std::time::Instant::now();
+        last = started;
         // Write what is to be written (a store that panics answers nobody: its
         // delivery sees the thread's answer dropped, and is tried again).
         let batch: Vec<(Vec<Unsynced>, Finish)> = batch

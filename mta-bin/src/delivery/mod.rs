@@ -78,6 +78,11 @@ impl LocalRoutes {
         let local = &config.local;
         let quotas = local.quota.as_ref().map(|q| Arc::new(Quotas::new(q)));
         let delimiters = local.recipient_delimiter.as_str();
+        maildir_sync::set_delay(
+            local
+                .maildir_sync_delay
+                .unwrap_or(maildir_sync::DEFAULT_DELAY),
+        );
         let maildir = |root: &std::path::Path| {
             LocalTarget::Maildir(
                 Maildir::new(
