@@ -123,21 +123,17 @@ impl Dns {
                 self.cache.put(name, rtype, answer.clone(), ttl);
                 (answer, true)
             }
-            Err(NetError::Dns(DnsError::NoRecordsFound(no)))
-                if matches!(
-                    no.response_code,
-                    ResponseCode::NXDomain | ResponseCode::NoError
-                ) =>
-            {
-                let ttl = Duration::from_secs(no.negative_ttl.map_or(0, u64::from));
-                self.cache.put(name, rtype, Answer::NotFound, ttl);
-                (Answer::NotFound, true)
-            }
-            Err(e) => {
-                tracing::debug!(name, error = %e, "DNS lookup failed");
-                self.verifier.note_failure(failure_key);
-                (Answer::Failed, true)
-            }
+            Err(e) => match negative_ttl(&e) {
+                Some(ttl) => {
+                    self.cache.put(name, rtype, Answer::NotFound, ttl);
+                    (Answer::NotFound, true)
+                }
+                None => {
+                    tracing::debug!(name, error = %e, "DNS lookup failed");
+                    self.verifier.note_failure(failure_key);
+                    (Answer::Failed, true)
+                }
+            },
         }
     }
 }
@@ -346,4 +342,21 @@ pub(crate) fn is_host_name(name: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
+}
+
+/// How long a negative answer (no such name, or no record of the type) may be kept: the
+/// negative TTL the zone's SOA gave (zero without one); `None` for any other failure,
+/// which is never kept.
+pub(crate) fn negative_ttl(error: &NetError) -> Option<Duration> {
+    match error {
+        NetError::Dns(DnsError::NoRecordsFound(no))
+            if matches!(
+                no.response_code,
+                ResponseCode::NXDomain | ResponseCode::NoError
+            ) =>
+        {
+            Some(Duration::from_secs(no.negative_ttl.map_or(0, u64::from)))
+        }
+        _ => None,
+    }
 }

@@ -632,32 +632,9 @@ impl Verifier {
             }
         }
         if domains.len() < 2 {
-            let cache = WalkCache::new(&self.txt);
-            if let Some(domain) = domains.first()
-                && let Some(walk) = self.prewalk_dmarc(domain, &cache).await
-            {
-                self.prewalk_alignment(
-                    domain,
-                    &walk,
-                    dkim_outputs,
-                    mail_from_domain,
-                    spf_output,
-                    &cache,
-                )
-                .await;
-            }
+            let domain = domains.first().copied();
             let output = self
-                .auth
-                .verify_dmarc(
-                    Parameters::new(DmarcParameters {
-                        message,
-                        dkim_output: dkim_outputs,
-                        dkim2_output: None,
-                        rfc5321_mail_from_domain: mail_from_domain,
-                        spf_output,
-                    })
-                    .with_txt_cache(&cache),
-                )
+                .dmarc_output(message, domain, dkim_outputs, mail_from_domain, spf_output)
                 .await;
             return (self.dmarc_verdict(&output).await, output);
         }
@@ -667,29 +644,13 @@ impl Verifier {
             single
                 .from
                 .retain(|a| a.rsplit_once('@').is_some_and(|(_, d)| d == domain));
-            let cache = WalkCache::new(&self.txt);
-            if let Some(walk) = self.prewalk_dmarc(domain, &cache).await {
-                self.prewalk_alignment(
-                    domain,
-                    &walk,
+            let output = self
+                .dmarc_output(
+                    &single,
+                    Some(domain),
                     dkim_outputs,
                     mail_from_domain,
                     spf_output,
-                    &cache,
-                )
-                .await;
-            }
-            let output = self
-                .auth
-                .verify_dmarc(
-                    Parameters::new(DmarcParameters {
-                        message: &single,
-                        dkim_output: dkim_outputs,
-                        dkim2_output: None,
-                        rfc5321_mail_from_domain: mail_from_domain,
-                        spf_output,
-                    })
-                    .with_txt_cache(&cache),
                 )
                 .await;
             let verdict = self.dmarc_verdict(&output).await;
@@ -701,6 +662,45 @@ impl Verifier {
             }
         }
         strictest.unwrap_or_else(|| (DmarcVerdict::none(""), DmarcOutput::default()))
+    }
+
+    /// mail-auth's DMARC output for `message`, whose From is in `domain`: the tree
+    /// walk's answers are asked first ([`Verifier::prewalk_dmarc`]), so that mail-auth
+    /// reads them all from the cache.
+    async fn dmarc_output<'x>(
+        &self,
+        message: &AuthenticatedMessage<'x>,
+        domain: Option<&str>,
+        dkim_outputs: &[DkimOutput<'x>],
+        mail_from_domain: &str,
+        spf_output: &SpfOutput,
+    ) -> DmarcOutput {
+        let cache = WalkCache::new(&self.txt);
+        if let Some(domain) = domain
+            && let Some(walk) = self.prewalk_dmarc(domain, &cache).await
+        {
+            self.prewalk_alignment(
+                domain,
+                &walk,
+                dkim_outputs,
+                mail_from_domain,
+                spf_output,
+                &cache,
+            )
+            .await;
+        }
+        self.auth
+            .verify_dmarc(
+                Parameters::new(DmarcParameters {
+                    message,
+                    dkim_output: dkim_outputs,
+                    dkim2_output: None,
+                    rfc5321_mail_from_domain: mail_from_domain,
+                    spf_output,
+                })
+                .with_txt_cache(&cache),
+            )
+            .await
     }
 
     /// Asks, in mail-auth's order, the names of the DMARC tree walk (RFC 9989 §4.10)
@@ -963,8 +963,6 @@ impl Verifier {
     /// none (or the lookup failed); answers kept until their TTL (negative ones for the
     /// negative TTL the resolver reports), failures not at all.
     async fn pct_at(&self, key: &str) -> Option<u8> {
-        use hickory_resolver::net::{DnsError, NetError};
-        use hickory_resolver::proto::op::ResponseCode;
         if let Some(pct) = self.pcts.get(key) {
             return pct;
         }
@@ -991,17 +989,12 @@ impl Verifier {
                 self.pcts.put(key.into(), pct, ttl);
                 pct
             }
-            Err(NetError::Dns(DnsError::NoRecordsFound(no)))
-                if matches!(
-                    no.response_code,
-                    ResponseCode::NXDomain | ResponseCode::NoError
-                ) =>
-            {
-                let ttl = Duration::from_secs(no.negative_ttl.map_or(0, u64::from));
-                self.pcts.put(key.into(), None, ttl);
+            Err(e) => {
+                if let Some(ttl) = crate::dns::negative_ttl(&e) {
+                    self.pcts.put(key.into(), None, ttl);
+                }
                 None
             }
-            Err(_) => None,
         }
     }
 }

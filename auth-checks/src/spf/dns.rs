@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::ProtocolConfig;
-use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::net::NetError;
 use hickory_resolver::proto::ProtoError;
 use hickory_resolver::proto::op::{Header, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
@@ -247,22 +247,16 @@ impl SpfDns {
                     (Answer::Found(found), ttl)
                 }
             }
-            Err(NetError::Dns(DnsError::NoRecordsFound(no)))
-                if matches!(
-                    no.response_code,
-                    ResponseCode::NXDomain | ResponseCode::NoError
-                ) =>
-            {
-                let ttl = Duration::from_secs(no.negative_ttl.map_or(0, u64::from));
-                (Answer::Void, ttl)
-            }
             Err(NetError::Proto(ProtoError::Decode(DecodeError::InvalidEmptyRecord))) => {
                 return Err(Undecodable(query));
             }
-            Err(e) => {
-                tracing::debug!(name, %rtype, error = %e, "SPF: DNS lookup failed");
-                (Answer::Failed, Duration::ZERO)
-            }
+            Err(e) => match crate::dns::negative_ttl(&e) {
+                Some(ttl) => (Answer::Void, ttl),
+                None => {
+                    tracing::debug!(name, %rtype, error = %e, "SPF: DNS lookup failed");
+                    (Answer::Failed, Duration::ZERO)
+                }
+            },
         })
     }
 
