@@ -362,18 +362,17 @@ fn run(rx: &mpsc::Receiver<Request>) {
     let mut last = std::time::Instant::now();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
-        // Deliveries arriving until then share this batch.
+        // Deliveries arriving until then share this batch. Asleep, not waiting on the
+        // channel: a delivery handing its request over then wakes nobody.
         let until = last + Duration::from_micros(DELAY_MICROS.load(Ordering::Relaxed));
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if !left.is_zero() {
+            std::thread::sleep(left);
+        }
         while batch.len() < MAX_BATCH {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            let next = if left.is_zero() {
-                rx.try_recv().ok()
-            } else {
-                rx.recv_timeout(left).ok()
-            };
-            match next {
-                Some(request) => batch.push(request),
-                None => break,
+            match rx.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
             }
         }
         let started = std::time::Instant::now();
