@@ -25,9 +25,18 @@ stop_pid() {
 
 # Waits up to 20 s for something to listen on 127.0.0.1:PORT.
 wait_port() {
-    local port=$1
+    # wait_port PORT [PID]: until something listens on 127.0.0.1:PORT. With PID, that
+    # process must still run once it does: a server that cannot bind because another
+    # program (another benchmark run) holds the port exits, and the port answering is
+    # then someone else's.
+    local port=$1 pid=${2:-}
     for _ in $(seq 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            # A moment for a server that lost the port to exit.
+            if [ -n "$pid" ]; then sleep 0.2; kill -0 "$pid" 2>/dev/null || return 1; fi
+            return 0
+        fi
         sleep 0.1
     done
     return 1

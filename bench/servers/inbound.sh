@@ -277,7 +277,7 @@ EOF
     RUST_LOG="$level" "$bin" serve --config "$dir/mta.toml" >"$dir/stdout" 2>"$dir/stderr" &
     PID[$peer]=$!
     MAILDIRS[$peer]="$dir/maildir/$DOMAIN/$RCPT_USER/new"
-    wait_port "${PORT[$peer]}" || { cat "$dir/stderr" >&2; die "$peer does not listen on ${PORT[$peer]}"; }
+    wait_port "${PORT[$peer]}" "${PID[$peer]}" || { cat "$dir/stderr" >&2; die "$peer does not listen on ${PORT[$peer]}, or exited (is the port taken by another benchmark run? set MTA_PORT and the other *_PORT variables to free ports)"; }
 }
 
 # ---------------------------------------------------------------- DNS and the signed messages
@@ -354,7 +354,7 @@ auth_results_of() { field_of "$1" Authentication-Results; }
 sink_start() {
     smtp-sink -u nobody "127.0.0.1:$SINK_PORT" 1024 >/dev/null 2>"$WORK/sink.stderr" &
     PID[sink]=$!
-    wait_port "$SINK_PORT" || die "smtp-sink does not listen on $SINK_PORT"
+    wait_port "$SINK_PORT" "${PID[sink]}" || die "smtp-sink does not listen on $SINK_PORT, or exited (is the port taken by another benchmark run? set SINK_PORT to a free port)"
 }
 
 cleanup() {

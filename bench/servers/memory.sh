@@ -131,7 +131,7 @@ EOF
     "$MTA_BIN" check-config --config "$WORK/mta/mta.toml" >/dev/null
     RUST_LOG=warn "$MTA_BIN" serve --config "$WORK/mta/mta.toml" >"$WORK/mta/stdout" 2>"$WORK/mta/stderr" &
     PID[mta]=$!
-    wait_port "$MTA_PORT" || { cat "$WORK/mta/stderr" >&2; die "mta does not listen"; }
+    wait_port "$MTA_PORT" "${PID[mta]}" || { cat "$WORK/mta/stderr" >&2; die "mta does not listen on $MTA_PORT, or exited (is the port taken by another benchmark run? set MTA_PORT to a free port)"; }
 }
 
 pf_start

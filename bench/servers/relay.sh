@@ -92,7 +92,7 @@ sink_start() {
     # -m: up to 1000 connections at once (default 256).
     smtp-sink -u nobody -c -m 1000 -D "$DUMP" "127.0.0.1:$SINK_PORT" 1024 >"$SINK_OUT" 2>"$WORK/sink.stderr" &
     PID[sink]=$!
-    wait_port "$SINK_PORT" || die "smtp-sink does not listen on $SINK_PORT"
+    wait_port "$SINK_PORT" "${PID[sink]}" || die "smtp-sink does not listen on $SINK_PORT, or exited (is the port taken by another benchmark run? set SINK_PORT to a free port)"
 }
 
 # Messages and sessions (connections) smtp-sink has received since it started: the last
@@ -209,7 +209,7 @@ mta_start() {
     "$MTA" check-config --config "$dir/mta.toml" >/dev/null
     RUST_LOG="$MTA_LOG" "$MTA" serve --config "$dir/mta.toml" >"$dir/stdout" 2>"$dir/stderr" &
     PID[$peer]=$!
-    wait_port "${PORT[$peer]}" || { cat "$dir/stderr" >&2; die "$peer does not listen on ${PORT[$peer]}"; }
+    wait_port "${PORT[$peer]}" "${PID[$peer]}" || { cat "$dir/stderr" >&2; die "$peer does not listen on ${PORT[$peer]}, or exited (is the port taken by another benchmark run? set the *_PORT variables to free ports)"; }
 }
 
 cleanup() {
