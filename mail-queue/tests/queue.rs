@@ -634,3 +634,63 @@ async fn an_action_on_a_message_being_delivered_applies_after_the_attempt() {
     let _ = stop.send(());
     handle.await.unwrap();
 }
+
+/// `DeliveryRequest::first_attempt`: true only for the first attempt on a message this
+/// process accepted; every retry, and every message recovered at open, says `false`
+/// (a delivery may then repeat an earlier one, and must look for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_first_attempt_since_acceptance_is_marked_first() {
+    /// Every attempt seen: (recipient addresses, first_attempt).
+    type Seen = Arc<Mutex<Vec<(Vec<String>, bool)>>>;
+    /// Runs the scheduler, every recipient deferred and each request recorded, until
+    /// `attempts` requests were seen.
+    async fn run_until(queue: &Queue, seen: &Seen, attempts: usize) {
+        let log = Arc::clone(seen);
+        let service = service_fn(move |req: DeliveryRequest| {
+            let log = Arc::clone(&log);
+            async move {
+                let addresses: Vec<String> = req.addresses().map(str::to_owned).collect();
+                let out = vec![Outcome::Deferred("451 4.3.0 try later".into()); addresses.len()];
+                log.lock().unwrap().push((addresses, req.first_attempt));
+                Ok::<_, BoxError>(out)
+            }
+        });
+        let (stop, handle) = run_scheduler(queue, service);
+        eventually("the attempts", || seen.lock().unwrap().len() >= attempts).await;
+        let _ = stop.send(());
+        handle.await.unwrap();
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), Backend::Sled);
+    let seen: Seen = Arc::default();
+    {
+        let queue = Queue::open(config.clone()).unwrap();
+        // Two domains: two requests of the same (first) attempt.
+        queue
+            .enqueue(message(&["a@x.test", "b@y.test"]), b"x\r\n".to_vec())
+            .await
+            .unwrap();
+        run_until(&queue, &seen, 4).await;
+    }
+    let attempts = seen.lock().unwrap().clone();
+    assert!(attempts.len() >= 4, "{attempts:?}");
+    assert!(
+        attempts[..2].iter().all(|(_, first)| *first),
+        "{attempts:?}"
+    );
+    assert!(
+        attempts[2..].iter().all(|(_, first)| !*first),
+        "retries are not first attempts: {attempts:?}"
+    );
+    // Recovered at open: it may have been delivered before a crash.
+    seen.lock().unwrap().clear();
+    let queue = Queue::open(config).unwrap();
+    run_until(&queue, &seen, 1).await;
+    let attempts = seen.lock().unwrap().clone();
+    assert!(!attempts.is_empty());
+    assert!(
+        attempts.iter().all(|(_, first)| !*first),
+        "a recovered message is no first attempt: {attempts:?}"
+    );
+}

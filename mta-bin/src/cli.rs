@@ -312,19 +312,22 @@ fn init_logging(format: LogFormat) -> Option<crate::log_writer::LogGuard> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let Ok((writer, guard)) = crate::log_writer::start(std::io::stderr()) else {
         // No thread for it: each line is written where it happens.
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr);
-        match format {
-            LogFormat::Text => builder.with_ansi(ansi).init(),
-            LogFormat::Json => builder
-                .json()
-                .with_current_span(true)
-                .with_span_list(true)
-                .init(),
-        }
+        install_logging(filter, format, ansi, std::io::stderr);
         return None;
     };
+    install_logging(filter, format, ansi, writer);
+    Some(guard)
+}
+
+/// Makes the global subscriber: `format` lines through `writer`.
+fn install_logging<W>(
+    filter: tracing_subscriber::EnvFilter,
+    format: LogFormat,
+    ansi: bool,
+    writer: W,
+) where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
@@ -336,5 +339,4 @@ fn init_logging(format: LogFormat) -> Option<crate::log_writer::LogGuard> {
             .with_span_list(true)
             .init(),
     }
-    Some(guard)
 }

@@ -826,10 +826,7 @@ mod tests {
         };
         let maildir = Maildir::new(dir.path().into(), "h", LineEndings::Lf)
             .quotas(Some(Arc::new(Quotas::new(&config))));
-        let bob = Recipient {
-            mailbox: "bob@d.test".into(),
-            tag: None,
-        };
+        let bob = bob();
         let body = b"Subject: x\r\n\r\nhi\r\n";
         assert!(
             maildir
@@ -860,6 +857,34 @@ mod tests {
         );
     }
 
+    /// A Maildir under `root` with a 10,000-byte quota per mailbox, synced by `mode`.
+    fn quota_maildir(root: &std::path::Path, mode: MaildirSync) -> Maildir {
+        let config = QuotaConfig {
+            bytes: ByteSize(10_000),
+            ..QuotaConfig::default()
+        };
+        Maildir::new(root.into(), "h", LineEndings::Lf)
+            .quotas(Some(Arc::new(Quotas::new(&config))))
+            .sync(mode)
+    }
+
+    fn bob() -> Recipient {
+        Recipient {
+            mailbox: "bob@d.test".into(),
+            tag: None,
+        }
+    }
+
+    /// The files in `dir`, sorted.
+    fn sorted_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    }
+
     /// A repeated delivery after a crash between the rename and the sync: the file in
     /// new/ may be torn, so it is written again (same name, complete), and counted
     /// once in maildirsize; a file already read (in cur/) is left as it is. In every
@@ -868,17 +893,8 @@ mod tests {
     fn a_repeated_delivery_rewrites_a_torn_file_and_counts_it_once() {
         for mode in [MaildirSync::Batch, MaildirSync::Files, MaildirSync::Each] {
             let dir = tempfile::tempdir().unwrap();
-            let config = QuotaConfig {
-                bytes: ByteSize(10_000),
-                ..QuotaConfig::default()
-            };
-            let maildir = Maildir::new(dir.path().into(), "h", LineEndings::Lf)
-                .quotas(Some(Arc::new(Quotas::new(&config))))
-                .sync(mode);
-            let bob = Recipient {
-                mailbox: "bob@d.test".into(),
-                tag: None,
-            };
+            let maildir = quota_maildir(dir.path(), mode);
+            let bob = bob();
             let body = b"Subject: x\r\n\r\nhi\r\n";
             let (stored, pending) = maildir
                 .store(&meta(1), 0, "bob@d.test", &bob, body)
@@ -887,14 +903,7 @@ mod tests {
             assert_eq!(pending.is_empty(), mode == MaildirSync::Each, "{mode:?}");
             pending.wait_blocking().unwrap();
             let inbox = dir.path().join("d.test/bob");
-            let files = |sub: &str| -> Vec<std::path::PathBuf> {
-                let mut files: Vec<_> = std::fs::read_dir(inbox.join(sub))
-                    .unwrap()
-                    .map(|f| f.unwrap().path())
-                    .collect();
-                files.sort();
-                files
-            };
+            let files = |sub: &str| sorted_files(&inbox.join(sub));
             let [file] = files("new").try_into().unwrap();
             let complete = std::fs::read(&file).unwrap();
             let counted = std::fs::read_to_string(inbox.join("maildirsize")).unwrap();
@@ -943,18 +952,9 @@ mod tests {
         for unnamed in [true, false] {
             for mode in [MaildirSync::Batch, MaildirSync::Files, MaildirSync::Each] {
                 let dir = tempfile::tempdir().unwrap();
-                let config = QuotaConfig {
-                    bytes: ByteSize(10_000),
-                    ..QuotaConfig::default()
-                };
-                let maildir = Maildir::new(dir.path().into(), "h", LineEndings::Lf)
-                    .quotas(Some(Arc::new(Quotas::new(&config))))
-                    .sync(mode);
+                let maildir = quota_maildir(dir.path(), mode);
                 maildir.unnamed_refused.store(!unnamed, Ordering::Relaxed);
-                let bob = Recipient {
-                    mailbox: "bob@d.test".into(),
-                    tag: None,
-                };
+                let bob = bob();
                 let body = b"Subject: x\r\n\r\nhi\r\n";
                 let (stored, pending) = maildir
                     .store_first(&meta(1), 0, "bob@d.test", &bob, body)
@@ -962,14 +962,7 @@ mod tests {
                 assert_eq!(stored, Stored::Written, "{unnamed} {mode:?}");
                 pending.wait_blocking().unwrap();
                 let inbox = dir.path().join("d.test/bob");
-                let files = |sub: &str| -> Vec<std::path::PathBuf> {
-                    let mut files: Vec<_> = std::fs::read_dir(inbox.join(sub))
-                        .unwrap()
-                        .map(|f| f.unwrap().path())
-                        .collect();
-                    files.sort();
-                    files
-                };
+                let files = |sub: &str| sorted_files(&inbox.join(sub));
                 let [file] = files("new").try_into().unwrap();
                 assert!(files("tmp").is_empty(), "{unnamed} {mode:?}");
                 let complete = std::fs::read(&file).unwrap();
@@ -1026,30 +1019,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let maildir = Maildir::new(dir.path().into(), "h", LineEndings::Crlf);
         maildir.unnamed_refused.store(true, Ordering::Relaxed);
-        let bob = Recipient {
-            mailbox: "bob@d.test".into(),
-            tag: None,
-        };
+        let bob = bob();
         let body = b"Subject: x\r\n\r\nhi\r\n";
         assert!(
             maildir
                 .deliver(&meta(2), 0, "bob@d.test", &bob, body)
                 .unwrap()
         );
-        let new = dir.path().join("d.test/bob/new");
-        let [file] = std::fs::read_dir(&new)
-            .unwrap()
-            .map(|f| f.unwrap().path())
-            .collect::<Vec<_>>()
+        let [file] = sorted_files(&dir.path().join("d.test/bob/new"))
             .try_into()
             .unwrap();
         assert!(std::fs::read(file).unwrap().ends_with(body));
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("d.test/bob/tmp"))
-                .unwrap()
-                .count(),
-            0
-        );
+        assert!(sorted_files(&dir.path().join("d.test/bob/tmp")).is_empty());
     }
 
     /// An unnamed file gets its name by its descriptor or, where that is refused, by
