@@ -35,6 +35,8 @@ const MAGIC: &[u8; 4] = b"MQS1";
 const JOURNAL_MAGIC: &[u8; 4] = b"MQJ1";
 /// magic, queue id, body length, CRC-32.
 const HEADER_LEN: u64 = 4 + 8 + 8 + 4;
+/// How far ahead of its end a segment's blocks are allocated.
+const PREALLOCATE: u64 = 4 << 20;
 /// The largest journal record replay accepts.
 const MAX_JOURNAL_RECORD: u64 = 1 << 30;
 
@@ -67,6 +69,8 @@ struct Active {
     number: u64,
     file: File,
     len: u64,
+    /// The file's blocks are allocated up to here (see [`preallocate`]).
+    allocated: u64,
 }
 
 impl Spool {
@@ -146,11 +150,17 @@ impl Spool {
                 number,
                 file,
                 len: 0,
+                allocated: 0,
             });
         }
         let Some(active) = inner.active.as_mut() else {
             return Err(QueueError::Closed);
         };
+        if active.len + batch > active.allocated {
+            let limit = self.max_segment.max(active.len + batch);
+            active.allocated =
+                preallocate(&active.file, active.allocated, active.len + batch, limit);
+        }
         // The record headers; the bodies are written from where they are.
         let mut headers = Vec::with_capacity(records.len());
         let mut refs = Vec::with_capacity(records.len());
@@ -363,13 +373,12 @@ impl Spool {
         let damaged = |_| QueueError::DamagedBody(id);
         let file = File::open(self.path(r.segment)).map_err(damaged)?;
         let body = if r.len >= MAP_THRESHOLD {
-            let map = map(&file).map_err(damaged)?;
-            let range = usize::try_from(r.offset).map_err(|_| QueueError::DamagedBody(id))?
-                ..usize::try_from(r.offset + r.len).map_err(|_| QueueError::DamagedBody(id))?;
-            if range.end > map.len() {
+            // Past the file's end a mapping would fault when read.
+            let end = file.metadata().map_err(damaged)?.len();
+            if r.offset.checked_add(r.len).is_none_or(|e| e > end) {
                 return Err(QueueError::DamagedBody(id));
             }
-            Bytes::from_owner(map).slice(range)
+            Bytes::from_owner(map(&file, r.offset, r.len).map_err(damaged)?)
         } else {
             let len = usize::try_from(r.len).map_err(|_| QueueError::DamagedBody(id))?;
             let mut body = vec![0; len];
@@ -444,14 +453,50 @@ fn write_all_vectored(file: &mut File, mut slices: &mut [IoSlice<'_>]) -> std::i
     Ok(())
 }
 
-/// A segment file mapped into memory, read-only.
+/// `len` bytes of a segment file from `offset` on, mapped into memory, read-only.
 #[allow(unsafe_code)]
-fn map(file: &File) -> std::io::Result<memmap2::Mmap> {
-    // SAFETY: the map is read-only, and a segment file is never written to after its
-    // records are durable, nor truncated: it is only ever deleted, which leaves a
-    // mapping intact. (Another process changing the spool under us would break this,
-    // as it would break the checksums.)
-    unsafe { memmap2::Mmap::map(file) }
+fn map(file: &File, offset: u64, len: u64) -> std::io::Result<memmap2::Mmap> {
+    let len = usize::try_from(len).map_err(std::io::Error::other)?;
+    // SAFETY: the map is read-only and covers one record, which is never written to
+    // after it is durable, nor truncated: a segment is only ever deleted, which leaves a
+    // mapping intact. (The active segment's later batches go after it, outside the map.
+    // Another process changing the spool under us would break this, as it would break
+    // the checksums.)
+    unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .map(file)
+    }
+}
+
+/// Allocates `file`'s blocks from `from` to [`PREALLOCATE`] past `end`, but not past
+/// `limit` (the segment size), and returns the new end of the allocation; `u64::MAX`
+/// when the filesystem cannot, so that this segment never asks again.
+///
+/// A batch then writes into blocks the file already has, inside its size: its
+/// `fdatasync` has no block allocation and no size change to commit to the filesystem's
+/// journal (ext4: 28% less CPU and 20% less time per 1 KB append and `fdatasync`,
+/// `bench/servers/append_fdatasync.py`). The
+/// unwritten tail reads as zeros, where replay stops as it does at a torn tail.
+fn preallocate(file: &File, from: u64, end: u64, limit: u64) -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        let to = end.saturating_add(PREALLOCATE).min(limit);
+        let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else {
+            return u64::MAX;
+        };
+        match nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::empty(), offset, len) {
+            Ok(()) => to,
+            // Unsupported here, or no room for it (the batch itself may still fit).
+            Err(_) => u64::MAX,
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, from, end, limit);
+        u64::MAX
+    }
 }
 
 fn segment_number(path: &Path) -> Option<u64> {
@@ -516,6 +561,50 @@ mod tests {
         bad.crc ^= 1;
         assert!(matches!(
             spool.read(QueueId(4), &bad),
+            Err(QueueError::DamagedBody(_))
+        ));
+    }
+
+    #[test]
+    fn segments_are_allocated_ahead_and_replay_stops_at_the_unwritten_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 64 << 20).unwrap();
+        let journal = |n: u8| move |_: &[SpoolRef]| Ok(vec![n; 10]);
+        let (refs, _) = spool
+            .append(&[(QueueId(1), &one(b"first"))], true, journal(1))
+            .unwrap();
+        let (_, mark) = spool
+            .append(&[(QueueId(2), &one(b"second"))], true, journal(2))
+            .unwrap();
+        let size = fs::metadata(spool.path(refs[0].segment)).unwrap().len();
+        if cfg!(target_os = "linux") {
+            // (tmpfs and ext4 allocate; a filesystem that cannot leaves the size as is.)
+            assert!(size > mark.offset, "{size} <= {}", mark.offset);
+        }
+        let mut seen = Vec::new();
+        let start = JournalMark {
+            segment: refs[0].segment,
+            offset: 0,
+        };
+        let n = spool
+            .replay(start, |record, at| {
+                seen.push((record.to_vec(), at));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(n, 2, "two records, then the zeros of the allocated tail");
+        assert_eq!(seen[1], (vec![2; 10], mark));
+        // A large body is mapped by its own range, and one that would run past the
+        // file's end is refused, not mapped.
+        let big = vec![b'b'; MAP_THRESHOLD as usize + 1];
+        let (big_refs, _) = spool
+            .append(&[(QueueId(3), &one(&big))], true, journal(3))
+            .unwrap();
+        assert_eq!(spool.read(QueueId(3), &big_refs[0]).unwrap(), big);
+        let mut past = big_refs[0];
+        past.offset = fs::metadata(spool.path(past.segment)).unwrap().len();
+        assert!(matches!(
+            spool.read(QueueId(3), &past),
             Err(QueueError::DamagedBody(_))
         ));
     }
