@@ -1,6 +1,6 @@
 //! The checks: SPF for a transaction, DKIM, ARC and DMARC for a message.
 //!
-//! SPF is our own evaluator ([`crate::spf`]); for DKIM, ARC and DMARC mail-auth does the work; this module turns its outputs into the values of
+//! SPF is our own evaluator (the private `spf` module); for DKIM, ARC and DMARC mail-auth does the work; this module turns its outputs into the values of
 //! [`crate::results`] and corrects one known defect of mail-auth 0.13.3: relaxed body
 //! canonicalization keeps whitespace-only lines at the end of the body
 //! (`"Hello!\r\n  \r\n\r\n"` becomes `"Hello!\r\n\r\n"`, where RFC 6376 §3.4.4 gives
@@ -276,7 +276,7 @@ impl Verifier {
     /// (and recorded) as IPv4; a malformed domain (an empty label, a label over 63
     /// octets, a name over 253) is `none` without a lookup; a sender with no local part
     /// is checked as `postmaster@<domain>`. The evaluation itself is ours
-    /// ([`crate::spf`]), within the [`SpfLimits`] of this verifier.
+    /// (the private `spf` module), within the [`SpfLimits`] of this verifier.
     pub async fn spf(&self, ip: IpAddr, helo: &str, mail_from: &str) -> SpfCheck {
         self.spf_until(ip, helo, mail_from, None).await
     }

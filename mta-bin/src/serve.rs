@@ -1183,7 +1183,7 @@ fn stages(
     Ok(stages.relay_policy(filter(RelayPolicy::new(local_domains.clone(), trusted))))
 }
 
-/// The queue id of a message [`Enqueue`] queued, left in its transaction's notes.
+/// The queue id of a message `Enqueue` queued, left in its transaction's notes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueuedAs(pub mail_queue::QueueId);
 

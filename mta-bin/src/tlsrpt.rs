@@ -794,7 +794,7 @@ impl Reporter {
     }
 
     /// Sends every report that is due; those that could not be sent for a reason that
-    /// may pass are kept (for [`KEEP_UNSENT`] after their period).
+    /// may pass are kept (for `KEEP_UNSENT` after their period).
     pub async fn send_due(&self) {
         let now = SystemTime::now();
         for (start, reports) in self.aggregator.take_due(now) {

@@ -226,7 +226,7 @@ impl Aliases {
     /// The table of `config`'s `[aliases]` (`None` without that section): the entries
     /// of `map` and of `file` (read now), the mailboxes of `mailboxes` (as the
     /// local-recipient check has them), and the SRS secret when there is one (see
-    /// [`prepare_srs_secret`]; one that cannot be read leaves bounces to SRS addresses
+    /// [`prepare_srs`]; one that cannot be read leaves bounces to SRS addresses
     /// unrecognised, which is what a `sendmail` run by a user without access to it gets).
     pub fn from_config(
         config: &Config,
