@@ -322,7 +322,7 @@ fn copy_clean_blocks_avx2(input: &[u8], out: &mut Vec<u8>) -> usize {
 
 #[inline(always)]
 fn copy_clean_blocks_portable(input: &[u8], out: &mut Vec<u8>) -> usize {
-    out.reserve(input.len());
+    reserve_for(out, input.len());
     let mut k = 0;
     while let (Some(prev), Some(next)) = (input.get(k..k + BLOCK), input.get(k + 1..k + 1 + BLOCK))
     {
@@ -339,6 +339,24 @@ fn copy_clean_blocks_portable(input: &[u8], out: &mut Vec<u8>) -> usize {
     }
     out.extend_from_slice(&input[..k]);
     k
+}
+
+/// A piece of content this large (one read of a server, say) is likely followed by
+/// more: see [`reserve_for`].
+const LARGE_PIECE: usize = 16 * 1024;
+
+/// Makes room in `out` for `more` bytes of content. For a [`LARGE_PIECE`] or more, half
+/// as much again: a message a little longer than one read (64 KiB read, a few KB more
+/// to come) then ends in the buffer its first read made, instead of being moved to a
+/// larger one at its end (a `realloc` that copies everything received so far, into
+/// memory the kernel must fault in). Smaller pieces, and the growth of a buffer that
+/// is full, are as `Vec::reserve` makes them.
+fn reserve_for(out: &mut Vec<u8>, more: usize) {
+    if out.capacity() - out.len() >= more {
+        return;
+    }
+    let extra = if more >= LARGE_PIECE { more / 2 } else { 0 };
+    out.reserve(more.saturating_add(extra));
 }
 
 /// In a block the bulk path refused, the length of the clean lines before the first
@@ -575,6 +593,29 @@ mod tests {
             assert_eq!(split + second.consumed, d.consumed);
             assert_eq!(out, whole, "split at {split}");
         }
+    }
+
+    /// A message a little longer than its first large read ends in the buffer that
+    /// read made (no move to a larger one), and comes out as it went in.
+    #[test]
+    fn a_message_a_little_longer_than_one_read_stays_in_its_first_buffer() {
+        let line = b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n";
+        let body: Vec<u8> = line
+            .iter()
+            .copied()
+            .cycle()
+            .take(line.len() * 950)
+            .collect();
+        let wire = [body.as_slice(), b".\r\n"].concat();
+        let (first, rest) = wire.split_at(64 * 1024);
+        let mut decoder = DataDecoder::new(u64::MAX);
+        let mut out = Vec::new();
+        assert!(!decoder.decode(first, &mut out).complete);
+        let (buffer, capacity) = (out.as_ptr(), out.capacity());
+        assert!(decoder.decode(rest, &mut out).complete);
+        assert_eq!(out.capacity(), capacity, "grown");
+        assert_eq!(out.as_ptr(), buffer, "moved to a larger buffer");
+        assert!(out == body);
     }
 
     #[test]

@@ -20,7 +20,10 @@
 //! read Maildir store them (the queue keeps the wire form, CRLF; delivery converts);
 //! `maildir_line_endings = "crlf"` keeps CRLF. `S=` is the size of the file, `W=` its
 //! size with CRLF line endings (what IMAP reports as `RFC822.SIZE`), as Dovecot reads
-//! them.
+//! them. The conversion is one pass over the message, which gives both sizes: up to
+//! 1 MiB, into a buffer its thread keeps for the next one, written in one call; a
+//! larger message is counted first, then converted piece by piece as it is written.
+//! With CRLF, the message is written from where it is (no copy).
 //!
 //! Sub-addressing (`[local] recipient_delimiter`): mail for `user+tag@domain` goes to
 //! `user`'s Maildir and, with `subaddress_folder`, into its Maildir++ folder `.tag`
@@ -34,9 +37,10 @@
 //! the queue tries again, and its lifetime ends the attempts with a bounce. A Maildir
 //! without a limit still gets its line when it has a `maildirsize` (Dovecot's, say).
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,10 +149,7 @@ impl Maildir {
         match self.line_endings {
             LineEndings::Crlf => wire,
             LineEndings::Lf => {
-                let crlf: u64 = parts
-                    .iter()
-                    .map(|p| memchr::memmem::find_iter(p, b"\r\n").count() as u64)
-                    .sum();
+                let crlf: u64 = parts.iter().map(|p| count_lf(p).1).sum();
                 wire - crlf
             }
         }
@@ -322,9 +323,12 @@ impl Maildir {
                 SubaddressFolder::Create => true,
             });
         let folder = subfolder.as_ref().unwrap_or(&inbox);
-        // The two fields we add, then the message.
+        // The two fields we add, then the message, with its line endings as stored: one
+        // pass over the body, which gives the sizes too.
         let head = Self::head(&message.from, address);
-        let (size, crlf_size) = self.sizes(head.as_bytes(), body);
+        let mut scratch = Scratch::take();
+        let content = self.content(head.as_bytes(), body, &mut scratch.0);
+        let (size, crlf_size) = (content.size, content.crlf_size);
         let name = format!(
             "{}.Q{}R{index}.{},S={size},W={crlf_size}",
             message.received, message.id, self.hostname
@@ -398,7 +402,7 @@ impl Maildir {
         // repeated delivery's does.
         let (mut placed, mut named) = (None, None);
         if !again && let Some(mut file) = self.create_unnamed(&new, make_folder)? {
-            let watch = self.fill(&mut file, &new, &head, body, size)?;
+            let watch = self.fill(&mut file, &new, &content)?;
             match link_unnamed(&file, &final_path) {
                 Ok(()) => placed = Some(watch),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -441,7 +445,7 @@ impl Maildir {
                             }
                             other => other?,
                         };
-                        self.fill(&mut file, &tmp, &head, body, size)?
+                        self.fill(&mut file, &tmp, &content)?
                     }
                 };
                 if !again {
@@ -502,33 +506,19 @@ pub enum Stored {
 
 impl Maildir {
     /// Writes the file: notes what its sync needs (before the first byte; `dir` is
-    /// where it is), then the two fields `head` and the message, `size` bytes in all;
-    /// with [`MaildirSync::Each`], syncs it (and returns no [`Watch`]).
+    /// where it is), then `content`; with [`MaildirSync::Each`], syncs it (and returns
+    /// no [`Watch`]).
     fn fill(
         &self,
         file: &mut File,
         dir: &Path,
-        head: &str,
-        body: &[u8],
-        size: u64,
+        content: &Content<'_>,
     ) -> std::io::Result<Option<Watch>> {
         let watch = match self.sync {
             MaildirSync::Each => None,
             mode => Some(Watch::start(mode, file, dir)?),
         };
-        // One write for a message up to 64 KiB.
-        let capacity = usize::try_from(size)
-            .unwrap_or(usize::MAX)
-            .clamp(512, 64 * 1024);
-        let mut out = BufWriter::with_capacity(capacity, &mut *file);
-        for part in [head.as_bytes(), body] {
-            match self.line_endings {
-                LineEndings::Crlf => out.write_all(part)?,
-                LineEndings::Lf => write_lf(&mut out, part)?,
-            }
-        }
-        out.flush()?;
-        drop(out);
+        content.write_to(file)?;
         if watch.is_none() {
             file.sync_all()?;
         }
@@ -568,23 +558,173 @@ impl Maildir {
         }
     }
 
-    /// The size of the stored file and its size with CRLF line endings.
-    fn sizes(&self, head: &[u8], body: &[u8]) -> (u64, u64) {
-        let wire = (head.len() + body.len()) as u64;
+    /// The file of a message: the two fields `head`, then `body`, with line endings as
+    /// this Maildir stores them, and its sizes. Converted in one pass into `scratch`
+    /// when that takes at most [`CONVERT_IN_MEMORY`] bytes; a larger message is
+    /// counted now and converted piece by piece as it is written.
+    fn content<'a>(&self, head: &'a [u8], body: &'a [u8], scratch: &'a mut Vec<u8>) -> Content<'a> {
+        let wire = head.len() + body.len();
         match self.line_endings {
-            LineEndings::Crlf => (wire, wire),
+            LineEndings::Crlf => Content {
+                bytes: FileBytes::AsIs([head, body]),
+                size: wire as u64,
+                crlf_size: wire as u64,
+            },
+            LineEndings::Lf if wire <= CONVERT_IN_MEMORY => {
+                scratch.clear();
+                // Never more than the wire form: no growth.
+                scratch.reserve_exact(wire);
+                let lines = append_lf(head, scratch) + append_lf(body, scratch);
+                let size = scratch.len() as u64;
+                Content {
+                    bytes: FileBytes::Converted(scratch),
+                    size,
+                    // Every LF stored becomes CRLF again for the other size.
+                    crlf_size: size + lines,
+                }
+            }
             LineEndings::Lf => {
-                let lines = (memchr::memchr_iter(b'\n', head).count()
-                    + memchr::memchr_iter(b'\n', body).count()) as u64;
-                let crlf = (memchr::memmem::find_iter(head, b"\r\n").count()
-                    + memchr::memmem::find_iter(body, b"\r\n").count())
-                    as u64;
-                let stored = wire - crlf;
-                // Every LF stored becomes CRLF again for the other size.
-                (stored, stored + lines)
+                let (head_lines, head_crlf) = count_lf(head);
+                let (body_lines, body_crlf) = count_lf(body);
+                let size = wire as u64 - head_crlf - body_crlf;
+                Content {
+                    bytes: FileBytes::ToConvert([head, body]),
+                    size,
+                    crlf_size: size + head_lines + body_lines,
+                }
             }
         }
     }
+}
+
+/// A message larger than this (head and body, in wire form) is not converted to LF
+/// line endings in one buffer, but piece by piece as it is written.
+const CONVERT_IN_MEMORY: usize = 1 << 20;
+
+/// How much of a large message is converted at a time.
+const CONVERT_PIECE: usize = 256 * 1024;
+
+/// The largest buffer a thread keeps for the next message (see [`Scratch`]).
+const SCRATCH_KEPT: usize = 128 * 1024;
+
+thread_local! {
+    /// The buffer messages are converted in on this thread, kept between deliveries so
+    /// that each does not allocate (and fault in) a fresh one.
+    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// The thread's conversion buffer, while a delivery uses it; given back when dropped
+/// (unless it grew larger than [`SCRATCH_KEPT`]).
+struct Scratch(Vec<u8>);
+
+impl Scratch {
+    fn take() -> Self {
+        Self(SCRATCH.try_with(Cell::take).unwrap_or_default())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.0.capacity() <= SCRATCH_KEPT {
+            let kept = std::mem::take(&mut self.0);
+            // A thread that is exiting keeps nothing.
+            let _ = SCRATCH.try_with(|s| s.set(kept));
+        }
+    }
+}
+
+/// A message file to write, and its sizes.
+struct Content<'a> {
+    bytes: FileBytes<'a>,
+    /// The size of the file (`S=`).
+    size: u64,
+    /// Its size with CRLF line endings (`W=`).
+    crlf_size: u64,
+}
+
+/// The bytes of a [`Content`].
+enum FileBytes<'a> {
+    /// The head and the body, written as they are.
+    AsIs([&'a [u8]; 2]),
+    /// Converted already.
+    Converted(&'a [u8]),
+    /// The head and the body, CRLF to be written as LF.
+    ToConvert([&'a [u8]; 2]),
+}
+
+impl Content<'_> {
+    /// Writes the bytes to `file`, in one call for a message converted in memory.
+    fn write_to(&self, file: &mut File) -> std::io::Result<()> {
+        match &self.bytes {
+            FileBytes::AsIs(parts) => write_all_parts(file, parts),
+            FileBytes::Converted(bytes) => file.write_all(bytes),
+            FileBytes::ToConvert(parts) => {
+                let mut piece = Vec::with_capacity(CONVERT_PIECE);
+                for part in parts {
+                    let mut rest: &[u8] = part;
+                    while !rest.is_empty() {
+                        let mut end = rest.len().min(CONVERT_PIECE);
+                        // A CRLF stays whole in one piece.
+                        if end > 1 && end < rest.len() && rest[end - 1] == b'\r' {
+                            end -= 1;
+                        }
+                        piece.clear();
+                        append_lf(&rest[..end], &mut piece);
+                        file.write_all(&piece)?;
+                        rest = &rest[end..];
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Writes every byte of `parts` in order, with as few calls as the file takes.
+fn write_all_parts(file: &mut File, parts: &[&[u8]]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| IoSlice::new(p))
+        .collect();
+    let mut slices = slices.as_mut_slice();
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Appends `bytes` to `out` with each CRLF as LF (a lone CR or LF stays as it is), and
+/// returns how many LFs it holds. One pass: from LF to LF, each run copied whole.
+fn append_lf(bytes: &[u8], out: &mut Vec<u8>) -> u64 {
+    let (mut start, mut lines) = (0, 0);
+    for lf in memchr::memchr_iter(b'\n', bytes) {
+        lines += 1;
+        // `start` is past the previous LF, so `lf - 1 >= start` when it is a CR.
+        if lf > start && bytes[lf - 1] == b'\r' {
+            out.extend_from_slice(&bytes[start..lf - 1]);
+            start = lf;
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
+    lines
+}
+
+/// How many LFs `bytes` holds, and how many of them end a CRLF.
+fn count_lf(bytes: &[u8]) -> (u64, u64) {
+    let (mut lines, mut crlf) = (0, 0);
+    for lf in memchr::memchr_iter(b'\n', bytes) {
+        lines += 1;
+        if lf > 0 && bytes[lf - 1] == b'\r' {
+            crlf += 1;
+        }
+    }
+    (lines, crlf)
 }
 
 /// Whether `address` is a mailbox of `known`, or `postmaster` or `abuse` (which every
@@ -618,16 +758,6 @@ fn folder_name(tag: &str) -> Option<String> {
         && !tag.ends_with('.')
         && !tag.contains("..");
     safe.then(|| format!(".{}", tag.to_ascii_lowercase()))
-}
-
-/// Writes `bytes` with each CRLF as LF (a lone CR or LF stays as it is).
-fn write_lf(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
-    let mut start = 0;
-    for crlf in memchr::memmem::find_iter(bytes, b"\r\n") {
-        out.write_all(&bytes[start..crlf])?;
-        start = crlf + 1;
-    }
-    out.write_all(&bytes[start..])
 }
 
 /// Puts the file `tmp` in place of `existing` atomically (`renameat2` with
@@ -1063,6 +1193,131 @@ mod tests {
                 "{by_proc}: {e}"
             );
             assert_eq!(std::fs::read(&path).unwrap(), b"complete");
+        }
+    }
+
+    /// The file as a byte-by-byte conversion makes it (each part on its own, every CR
+    /// followed by LF left out), and its `W=` size: every LF counted as CRLF.
+    fn converted_by_hand(parts: &[&[u8]], line_endings: LineEndings) -> (Vec<u8>, u64) {
+        let mut file = Vec::new();
+        for part in parts {
+            for (i, &b) in part.iter().enumerate() {
+                let crlf = b == b'\r' && part.get(i + 1) == Some(&b'\n');
+                if !(crlf && line_endings == LineEndings::Lf) {
+                    file.push(b);
+                }
+            }
+        }
+        let crlf_size = match line_endings {
+            LineEndings::Crlf => file.len() as u64,
+            LineEndings::Lf => {
+                file.len() as u64 + file.iter().filter(|&&b| b == b'\n').count() as u64
+            }
+        };
+        (file, crlf_size)
+    }
+
+    /// Whatever the body (long lines, bare CR and LF, dots, CR at its end, a body larger
+    /// than is converted in memory, CRLF across the pieces of its conversion), the file
+    /// holds exactly the conversion, `S=` is its size and `W=` its size with CRLF, and
+    /// `maildirsize` counts `S=`; in both line endings, for one message after another on
+    /// one thread (which reuses its buffer).
+    #[test]
+    fn files_and_their_sizes_match_a_byte_by_byte_conversion() {
+        use super::{CONVERT_IN_MEMORY, CONVERT_PIECE};
+        let long_line = [
+            b"Subject: long\r\n\r\n".as_slice(),
+            &[b'a'; 20_000],
+            b"\r\n",
+        ]
+        .concat();
+        let many_lines = b"Subject: many\r\n\r\n"
+            .iter()
+            .copied()
+            .chain(
+                (0..3000)
+                    .flat_map(|i| format!("line {i} of the text, .dots. here\r\n").into_bytes()),
+            )
+            .collect::<Vec<u8>>();
+        // Larger than is converted in memory, a CRLF across the first two pieces, a CR
+        // ending the second piece with no LF after it, a bare LF at the third's start.
+        let mut large = vec![b'x'; CONVERT_IN_MEMORY + 1000];
+        large[..16].copy_from_slice(b"Subject: large\r\n");
+        large[CONVERT_PIECE - 1..CONVERT_PIECE + 1].copy_from_slice(b"\r\n");
+        // (The first piece ends before that CR, so the second starts with it.)
+        let second_end = 2 * CONVERT_PIECE - 2;
+        large[second_end] = b'\r';
+        large[second_end + 1] = b'\n';
+        large[second_end + 3] = b'\n';
+        for i in (100..large.len() - 2).step_by(77) {
+            if large[i..i + 2] == *b"xx" {
+                large[i..i + 2].copy_from_slice(b"\r\n");
+            }
+        }
+        large.extend_from_slice(b"\r\n");
+        let bodies: Vec<&[u8]> = vec![
+            b"",
+            b"\r\n",
+            b"no line ending",
+            b"Subject: x\r\n\r\nhi\r\n",
+            b"Subject: bare\r\n\r\nlf\nonly\n\ncr\ronly\r\rboth\n\r\r\r\n\r\n",
+            b"Subject: dots\r\n\r\n.\r\n..\r\n.leading\r\n",
+            b"\nstarts with LF",
+            b"ends with CR\r",
+            b"\r\n\r\n\r\n",
+            &long_line,
+            &many_lines,
+            &large,
+        ];
+        for line_endings in [LineEndings::Lf, LineEndings::Crlf] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = QuotaConfig {
+                bytes: ByteSize(1 << 30),
+                ..QuotaConfig::default()
+            };
+            let maildir = Maildir::new(dir.path().into(), "h", line_endings)
+                .quotas(Some(Arc::new(Quotas::new(&config))));
+            let bob = bob();
+            let mut counted = 0;
+            for (n, body) in bodies.iter().enumerate() {
+                let id = n as u64 + 1;
+                assert!(
+                    maildir
+                        .deliver(&meta(id), 0, "bob@d.test", &bob, body)
+                        .unwrap()
+                );
+                let head = Maildir::head("ann@a.test", "bob@d.test");
+                let (expected, crlf_size) =
+                    converted_by_hand(&[head.as_bytes(), body], line_endings);
+                let new = dir.path().join("d.test/bob/new");
+                let file = sorted_files(&new)
+                    .into_iter()
+                    .find(|f| {
+                        f.to_string_lossy()
+                            .contains(&format!(".Q{}R0.", QueueId(id)))
+                    })
+                    .unwrap();
+                let bytes = std::fs::read(&file).unwrap();
+                assert!(
+                    bytes == expected,
+                    "{line_endings:?} body {n}: the file differs"
+                );
+                let name = file.file_name().unwrap().to_string_lossy().into_owned();
+                let sizes = format!(",S={},W={crlf_size}", expected.len());
+                assert!(
+                    name.ends_with(&sizes),
+                    "{line_endings:?} body {n}: {name} ({sizes})"
+                );
+                counted += expected.len();
+                let maildirsize =
+                    std::fs::read_to_string(dir.path().join("d.test/bob/maildirsize")).unwrap();
+                let total = maildirsize
+                    .lines()
+                    .skip(1)
+                    .map(|l| l.split(' ').next().unwrap().parse::<usize>().unwrap())
+                    .sum::<usize>();
+                assert_eq!(total, counted, "{line_endings:?} body {n}");
+            }
         }
     }
 
