@@ -307,36 +307,142 @@ const DEFAULT_LOG_FILTER: &str = "info,rustls=error";
 /// nor wakes another thread per line; nothing is dropped (a session blocks when the
 /// writer is far behind). Keep the returned guard: dropping it writes what is left.
 fn init_logging(format: LogFormat) -> Option<crate::log_writer::LogGuard> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let directives = std::env::var("RUST_LOG").ok();
+    let filter = log_filter(directives.as_deref());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let Ok((writer, guard)) = crate::log_writer::start(std::io::stderr()) else {
         // No thread for it: each line is written where it happens.
-        install_logging(filter, format, ansi, std::io::stderr);
+        install_logging(filter, format, ansi, crate::log_writer::text::Stderr);
         return None;
     };
     install_logging(filter, format, ansi, writer);
     Some(guard)
 }
 
-/// Makes the global subscriber: `format` lines through `writer`.
-fn install_logging<W>(
-    filter: tracing_subscriber::EnvFilter,
-    format: LogFormat,
-    ansi: bool,
-    writer: W,
-) where
-    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+/// Which events are logged: `RUST_LOG`'s directives (or [`DEFAULT_LOG_FILTER`]).
+// Made once, at start: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum LogFilter {
+    /// Levels by target only (`info,rustls=error`): decided once per call site, so
+    /// entering and leaving a span costs the filter nothing.
+    Targets(tracing_subscriber::filter::Targets),
+    /// Anything else `EnvFilter` understands (span and field directives such as
+    /// `[smtp.session{peer}]=debug`), which tracks every span entered.
+    Env(tracing_subscriber::EnvFilter),
+}
+
+/// Reads `RUST_LOG` (`None`: not set) as [`LogFilter::Targets`] when it is only
+/// `target=level` and bare levels or targets, else as `EnvFilter` reads it (and
+/// [`DEFAULT_LOG_FILTER`] when it cannot).
+fn log_filter(directives: Option<&str>) -> LogFilter {
+    let directives = directives.unwrap_or(DEFAULT_LOG_FILTER);
+    let plain = directives.split(',').all(|d| {
+        !d.is_empty()
+            && d.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_:=.-".contains(&b))
+    });
+    if plain && let Ok(targets) = directives.parse() {
+        return LogFilter::Targets(targets);
+    }
+    // A directive `EnvFilter` cannot read: the default, as when `RUST_LOG` is unset.
+    LogFilter::Env(
+        tracing_subscriber::EnvFilter::try_new(directives)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
+    )
+}
+
+/// Makes the global subscriber: `format` lines through `writer`. Text without colours
+/// (a file, a pipe, the journal) goes through the lean
+/// [`TextLayer`](crate::log_writer::text::TextLayer); colours on a terminal and JSON
+/// through `tracing_subscriber::fmt`.
+fn install_logging<W>(filter: LogFilter, format: LogFormat, ansi: bool, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w>
+        + crate::log_writer::text::LineSink
+        + Send
+        + Sync
+        + 'static,
 {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    match format {
-        LogFormat::Text => builder.with_ansi(ansi).init(),
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .init(),
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fmt = || tracing_subscriber::fmt::layer();
+    let output: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> = match format {
+        LogFormat::Text if !ansi => Box::new(crate::log_writer::text::TextLayer::new(writer)),
+        LogFormat::Text => Box::new(fmt().with_ansi(true).with_writer(writer)),
+        LogFormat::Json => Box::new(
+            fmt()
+                .json()
+                .with_current_span(true)
+                .with_span_list(true)
+                .with_writer(writer),
+        ),
+    };
+    let subscriber = tracing_subscriber::registry().with(output);
+    match filter {
+        LogFilter::Targets(targets) => subscriber.with(targets).init(),
+        LogFilter::Env(env) => subscriber.with(env).init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Levels by target take the cheap filter; whatever else `RUST_LOG` may say, and
+    /// what `Targets` would read differently (an empty directive, field lists), goes
+    /// to `EnvFilter`.
+    #[test]
+    fn log_filters_by_target_only_are_static() {
+        for plain in [
+            None,
+            Some("info"),
+            Some("warn,mail_queue=debug"),
+            Some("info,rustls=error,smtp_server::connection=trace"),
+            Some("OFF"),
+        ] {
+            assert!(
+                matches!(log_filter(plain), LogFilter::Targets(_)),
+                "{plain:?}"
+            );
+        }
+        for dynamic in [
+            "",
+            "info,",
+            "warn,[smtp.txn]=info",
+            "smtp_server[{peer}]=debug",
+            "mail_queue[queue.delivery{queue_id=1}]=trace",
+            "info, rustls=error",
+        ] {
+            assert!(
+                matches!(log_filter(Some(dynamic)), LogFilter::Env(_)),
+                "{dynamic:?}"
+            );
+        }
+    }
+
+    /// A `RUST_LOG` that cannot be read gives the default filter.
+    #[test]
+    fn unreadable_log_filters_give_the_default() {
+        let LogFilter::Env(env) = log_filter(Some("smtp_server=loud")) else {
+            panic!("static");
+        };
+        assert_eq!(
+            env.to_string(),
+            tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER).to_string()
+        );
+    }
+
+    /// The default: `info`, rustls only at `error`.
+    #[test]
+    fn the_default_filter_quiets_rustls() {
+        let LogFilter::Targets(targets) = log_filter(None) else {
+            panic!("not static");
+        };
+        assert!(targets.would_enable("smtp_server::connection", &tracing::Level::INFO));
+        assert!(!targets.would_enable("smtp_server::connection", &tracing::Level::DEBUG));
+        assert!(!targets.would_enable("rustls::server", &tracing::Level::WARN));
+        assert!(targets.would_enable("rustls::server", &tracing::Level::ERROR));
     }
 }

@@ -8,6 +8,8 @@
 //! at most about [`FLUSH_INTERVAL`]. Nothing is dropped: when [`CAPACITY`] lines are
 //! waiting, a session blocks until the thread has written them.
 
+pub mod text;
+
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -48,6 +50,13 @@ impl Drop for LineWriter {
         if !self.line.is_empty() {
             let _ = self.tx.send(std::mem::take(&mut self.line));
         }
+    }
+}
+
+/// The text layer's lines go to the thread as they are: one channel send, no copy.
+impl text::LineSink for LogWriter {
+    fn write_line(&self, line: Vec<u8>) {
+        let _ = self.tx.send(line);
     }
 }
 

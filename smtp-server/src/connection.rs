@@ -876,8 +876,12 @@ async fn watch_early<S: Io>(
     }
 }
 
-fn reply_text(reply: Option<&Reply>) -> String {
-    reply.map_or_else(|| "250".to_owned(), |r| r.to_string())
+/// A decision's reply for its log line, formatted only if the line is written.
+fn reply_text(reply: Option<&Reply>) -> &dyn std::fmt::Display {
+    match reply {
+        Some(r) => r,
+        None => &"250",
+    }
 }
 
 /// A stage's answer, an infrastructure failure being `451 4.3.0`.
