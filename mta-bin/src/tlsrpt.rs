@@ -1091,26 +1091,12 @@ fn seconds(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
-/// `2026-12-06T00:00:00Z` (RFC 3339, UTC) for seconds since 1970.
+/// `2026-12-06T00:00:00Z` (RFC 3339, UTC) for seconds since 1970 (at most the last
+/// second of the year 9999, which RFC 3339 can write).
 fn datetime(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Days to civil date (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let secs = secs.min(253_402_300_799);
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 /// `%XX` decoded (RFC 3986); a bad escape is kept as it is.
@@ -1197,6 +1183,7 @@ mod tests {
         assert_eq!(datetime(0), "1970-01-01T00:00:00Z");
         assert_eq!(datetime(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(datetime(1_796_601_599), "2026-12-06T23:59:59Z");
+        assert_eq!(datetime(u64::MAX), "9999-12-31T23:59:59Z");
     }
 
     #[test]

@@ -384,26 +384,24 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
 fn push_timestamp(out: &mut Vec<u8>) {
     thread_local! {
         /// The second and its text up to the `.`.
-        static SECOND: Cell<(i64, [u8; 20])> = const { Cell::new((i64::MIN, [0; 20])) };
+        static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
     }
-    let (secs, micros) = match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => (d.as_secs() as i64, d.subsec_micros()),
-        Err(e) => {
-            let d = e.duration();
-            match d.subsec_micros() {
-                0 => (-(d.as_secs() as i64), 0),
-                m => (-(d.as_secs() as i64) - 1, 1_000_000 - m),
-            }
-        }
+    let now = std::time::SystemTime::now();
+    let Ok(since) = now.duration_since(std::time::UNIX_EPOCH) else {
+        out.extend_from_slice(b"(clock before 1970)");
+        return;
     };
+    let (secs, micros) = (since.as_secs(), since.subsec_micros());
     let (cached, mut text) = SECOND.get();
     if cached != secs {
-        let Some(formatted) = second_text(secs) else {
-            // Not a four-digit year: no cache.
-            let _ = write!(Raw(out), "{}.{micros:06}Z", DateText(secs));
-            return;
-        };
-        text = formatted;
+        match second_text(now) {
+            Some(formatted) => text = formatted,
+            // Past the year 9999: no cache.
+            None => {
+                let _ = write!(Raw(out), "{secs}.{micros:06}");
+                return;
+            }
+        }
         SECOND.set((secs, text));
     }
     out.extend_from_slice(&text);
@@ -417,59 +415,26 @@ fn push_timestamp(out: &mut Vec<u8>) {
     out.extend_from_slice(&frac);
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.` of `secs` since the epoch, for years 0 to 9999.
-fn second_text(secs: i64) -> Option<[u8; 20]> {
-    let mut text = [0u8; 20];
-    let mut w = &mut text[..];
-    let date = DateText(secs);
-    if !(0..=9999).contains(&date.parts().0) {
+/// `YYYY-MM-DDTHH:MM:SS.` of `time` (after 1970), up to the year 9999.
+fn second_text(time: std::time::SystemTime) -> Option<[u8; 20]> {
+    // humantime's `Display` fails past 9999 (and `write_fmt` would then panic).
+    let secs = time.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    if secs >= 253_402_300_800 {
         return None;
     }
-    std::io::Write::write_fmt(&mut w, format_args!("{date}.")).ok()?;
+    // `2025-11-25T01:06:18Z`: twenty bytes, the last replaced by the `.`.
+    let mut text = [0u8; 20];
+    let mut w = &mut text[..];
+    std::io::Write::write_fmt(
+        &mut w,
+        format_args!("{}", humantime::format_rfc3339_seconds(time)),
+    )
+    .ok()?;
+    if !w.is_empty() {
+        return None;
+    }
+    text[19] = b'.';
     Some(text)
-}
-
-/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SS` (UTC).
-struct DateText(i64);
-
-impl DateText {
-    /// (year, month, day, hour, minute, second).
-    fn parts(&self) -> (i64, u32, u32, u32, u32, u32) {
-        let days = self.0.div_euclid(86_400);
-        let in_day = self.0.rem_euclid(86_400) as u32;
-        // Howard Hinnant's civil_from_days.
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        (
-            year,
-            month,
-            day,
-            in_day / 3600,
-            in_day / 60 % 60,
-            in_day % 60,
-        )
-    }
-}
-
-impl fmt::Display for DateText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (year, month, day, hour, minute, second) = self.parts();
-        if year > 9999 {
-            write!(f, "+{year}")?;
-        } else if year < 0 {
-            write!(f, "{year:05}")?;
-        } else {
-            write!(f, "{year:04}")?;
-        }
-        write!(f, "-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}")
-    }
 }
 
 #[cfg(test)]
@@ -618,23 +583,17 @@ mod tests {
     }
 
     #[test]
-    fn dates_match_the_calendar() {
-        let cases = [
-            (0, "1970-01-01T00:00:00"),
-            (951_782_400, "2000-02-29T00:00:00"),
-            (1_764_032_778, "2025-11-25T01:06:18"),
-            (4_107_542_399, "2100-02-28T23:59:59"),
-            (253_402_300_799, "9999-12-31T23:59:59"),
-            (-1, "1969-12-31T23:59:59"),
-        ];
-        for (secs, text) in cases {
-            assert_eq!(DateText(secs).to_string(), text, "{secs}");
-        }
+    fn the_date_part_is_rfc3339_up_to_the_year_9999() {
+        let at = |secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
         assert_eq!(
-            second_text(1_764_032_778).as_ref().map(|t| &t[..]),
+            second_text(at(1_764_032_778)).as_ref().map(|t| &t[..]),
             Some(&b"2025-11-25T01:06:18."[..])
         );
-        assert_eq!(second_text(253_402_300_800), None);
+        assert_eq!(
+            second_text(at(253_402_300_799)).as_ref().map(|t| &t[..]),
+            Some(&b"9999-12-31T23:59:59."[..])
+        );
+        assert_eq!(second_text(at(253_402_300_800)), None);
     }
 
     #[test]
