@@ -477,8 +477,8 @@ fn map(file: &File, offset: u64, len: u64) -> std::io::Result<memmap2::Mmap> {
 /// A batch then writes into blocks the file already has, inside its size: its
 /// `fdatasync` has no block allocation and no size change to commit to the filesystem's
 /// journal (ext4: 28% less CPU and 20% less time per 1 KB append and `fdatasync`,
-/// `bench/servers/append_fdatasync.py`). The
-/// unwritten tail reads as zeros, where replay stops as it does at a torn tail.
+/// `bench/servers/append_fdatasync.py`). The unwritten tail reads as zeros, where
+/// replay stops as it does at a torn tail.
 fn preallocate(file: &File, from: u64, end: u64, limit: u64) -> u64 {
     #[cfg(target_os = "linux")]
     {
