@@ -173,6 +173,19 @@ idle_timeout = "5m"
         std::fs::read_to_string(self.dir.path().join("sender.log")).unwrap_or_default()
     }
 
+    /// The sender's log once it holds `needle` (lines reach the file through the log
+    /// writer thread, some milliseconds after the event), or as it is after 10 s.
+    fn log_with(&self, needle: &str) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            let log = self.log();
+            if log.contains(needle) || start.elapsed() > std::time::Duration::from_secs(10) {
+                return log;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The messages the MX host received for `user@domain`, waiting (up to 20 s) for
     /// `count`.
     fn received(&self, domain: &str, user: &str, count: usize) -> Vec<String> {
@@ -294,7 +307,7 @@ fn a_matching_tlsa_record_delivers() {
         received[0]
     );
     assert!(received[0].contains("with ESMTPS"), "{}", received[0]);
-    let log = world.log();
+    let log = world.log_with("DANE: TLS checked against the TLSA records of mx.dane.test");
     assert!(
         log.contains("DANE: TLS checked against the TLSA records of mx.dane.test"),
         "{log}"
@@ -319,7 +332,7 @@ fn a_mismatching_tlsa_record_defers() {
         "{line}"
     );
     assert!(line.contains("no DANE-EE TLSA record matches"), "{line}");
-    let log = world.log();
+    let log = world.log_with("DANE failure");
     let event = log
         .lines()
         .find(|l| l.contains("DANE failure"))
@@ -361,7 +374,7 @@ fn a_bogus_tlsa_lookup_skips_the_host() {
     let received = world.received("two.dane.test", "dave", 1);
     assert_eq!(received.len(), 1, "{}", world.log());
     assert!(received[0].contains("with ESMTPS"), "{}", received[0]);
-    let log = world.log();
+    let log = world.log_with("DANE failure (host skipped)");
     assert!(
         log.lines()
             .any(|l| l.contains("DANE failure (host skipped)") && l.contains("dnssec-invalid")),
@@ -448,7 +461,7 @@ fn dane_takes_precedence_over_mta_sts() {
             .unwrap();
     assert!(cached.contains("mode: enforce"), "{cached}");
     // ... but not to a host under DANE.
-    let log = world.log();
+    let log = world.log_with("DANE: TLS checked against the TLSA records of mx.dane.test");
     assert!(
         log.contains("DANE: TLS checked against the TLSA records of mx.dane.test"),
         "{log}"

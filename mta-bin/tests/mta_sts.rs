@@ -120,6 +120,19 @@ mta_sts_timeout = "10s"
         std::fs::read_to_string(self.dir.path().join("sender.log")).unwrap_or_default()
     }
 
+    /// The sender's log once it holds `needle` (lines reach the file through the log
+    /// writer thread, some milliseconds after the event), or as it is after 10 s.
+    fn log_with(&self, needle: &str) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            let log = self.log();
+            if log.contains(needle) || start.elapsed() > std::time::Duration::from_secs(10) {
+                return log;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The messages the MX host received for `user@sts.test`, waiting (up to 20 s) for
     /// `count`.
     fn received(&self, user: &str, count: usize) -> Vec<String> {
@@ -178,7 +191,9 @@ fn enforce_refuses_an_mx_not_in_the_policy() {
     );
     assert!(world.received("alice", 0).is_empty());
     assert!(
-        world.log().contains("validation-failure"),
+        world
+            .log_with("validation-failure")
+            .contains("validation-failure"),
         "{}",
         world.log()
     );
@@ -207,7 +222,9 @@ fn enforce_refuses_a_certificate_for_another_name() {
     assert!(list.contains("certificate not valid for name"), "{list}");
     assert!(world.received("alice", 0).is_empty());
     assert!(
-        world.log().contains("certificate-host-mismatch"),
+        world
+            .log_with("certificate-host-mismatch")
+            .contains("certificate-host-mismatch"),
         "{}",
         world.log()
     );
@@ -232,7 +249,9 @@ fn enforce_refuses_an_untrusted_certificate() {
     assert!(list.contains("UnknownIssuer"), "{list}");
     assert!(world.received("alice", 0).is_empty());
     assert!(
-        world.log().contains("certificate-not-trusted"),
+        world
+            .log_with("certificate-not-trusted")
+            .contains("certificate-not-trusted"),
         "{}",
         world.log()
     );
@@ -278,7 +297,7 @@ fn testing_delivers_and_reports() {
     let received = world.received("alice", 1);
     assert_eq!(received.len(), 1, "delivered despite the certificate");
     assert!(received[0].contains("Subject: testing mode"));
-    let log = world.log();
+    let log = world.log_with("MTA-STS failure");
     let line = log
         .lines()
         .find(|l| l.contains("MTA-STS failure"))
@@ -415,7 +434,7 @@ fn an_unfetchable_policy_is_no_policy() {
     send(&addr, "alice@sts.test", "no policy");
     assert_eq!(world.received("alice", 1).len(), 1);
     assert_eq!(world.policy.connections(), 1, "a fetch was tried");
-    let log = world.log();
+    let log = world.log_with("MTA-STS failure (policy not fetched)");
     assert!(
         log.lines()
             .any(|l| l.contains("MTA-STS failure (policy not fetched)")
