@@ -120,17 +120,9 @@ mta_sts_timeout = "10s"
         std::fs::read_to_string(self.dir.path().join("sender.log")).unwrap_or_default()
     }
 
-    /// The sender's log once it holds `needle` (lines reach the file through the log
-    /// writer thread, some milliseconds after the event), or as it is after 10 s.
+    /// The sender's log once it holds `needle` (see [`support::log_with`]).
     fn log_with(&self, needle: &str) -> String {
-        let start = std::time::Instant::now();
-        loop {
-            let log = self.log();
-            if log.contains(needle) || start.elapsed() > std::time::Duration::from_secs(10) {
-                return log;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        support::log_with(&self.dir.path().join("sender.log"), needle)
     }
 
     /// The messages the MX host received for `user@sts.test`, waiting (up to 20 s) for

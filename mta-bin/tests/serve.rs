@@ -259,12 +259,7 @@ fn json_logs_are_one_object_per_line() {
         &["you@mx.test"],
         "Subject: logged\r\n\r\nbody\r\n",
     );
-    let id = said
-        .split("queued as ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_owned();
+    let id = support::queued_id(&said);
     assert_eq!(maildir_files(dir.path(), "you", 1).len(), 1);
     terminate(child);
     let text = std::fs::read_to_string(&log_path).unwrap();

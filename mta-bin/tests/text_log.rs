@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::{any_user_config, maildir_files, serve_logging, smtp_send, terminate};
+use support::{any_user_config, maildir_files, queued_id, serve_logging, smtp_send, terminate};
 
 /// One message to two local users, logged at `info` to a file: the "message accepted"
 /// line carries the session (id, peer, listener), the transaction (sender, recipients,
@@ -27,12 +27,7 @@ fn text_lines_carry_every_field_of_their_spans() {
         &["you@mx.test", "them@mx.test"],
         message,
     );
-    let id = said
-        .split("queued as ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_owned();
+    let id = queued_id(&said);
     assert_eq!(maildir_files(dir.path(), "you", 1).len(), 1);
     assert_eq!(maildir_files(dir.path(), "them", 1).len(), 1);
     terminate(child);

@@ -117,6 +117,29 @@ pub(crate) fn smtp_send(addr: &str, from: &str, to: &[&str], message: &str) -> S
     })
 }
 
+/// The queue id in what [`smtp_send`] returns (`250 2.0.0 Ok: queued as ID`).
+pub(crate) fn queued_id(said: &str) -> String {
+    said.split("queued as ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned()
+}
+
+/// The text of the log file `path` once it holds `needle` (lines reach the file
+/// through the log writer thread, some milliseconds after the event), or as it is
+/// after 10 s.
+pub(crate) fn log_with(path: &std::path::Path, needle: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.contains(needle) || start.elapsed() > std::time::Duration::from_secs(10) {
+            return log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// EHLO, MAIL, one RCPT, QUIT on `addr`; returns the reply to RCPT.
 pub(crate) fn rcpt_reply(addr: &str, rcpt: &str) -> String {
     let addr = addr.parse().unwrap();
