@@ -130,6 +130,9 @@ pub enum Error {
     /// The server is shutting down.
     #[error("shutting down")]
     ShuttingDown,
+    /// The session lasted as long as the server allows.
+    #[error("session too long")]
+    SessionTooLong,
 
     // ----- replies (client side) -----
     /// A reply line that does not start with a valid code and separator.
@@ -332,6 +335,11 @@ impl Error {
                 S::SYSTEM_NOT_ACCEPTING,
                 "Service shutting down; try again later".into(),
             ),
+            Self::SessionTooLong => (
+                C::SERVICE_UNAVAILABLE,
+                S::BAD_CONNECTION,
+                "Session time limit reached; closing".into(),
+            ),
             Self::InvalidReplyCode
             | Self::InconsistentReply
             | Self::ReplyTooLong
@@ -412,6 +420,7 @@ mod tests {
             Error::Desynchronized,
             Error::Timeout,
             Error::ShuttingDown,
+            Error::SessionTooLong,
         ];
         for e in errors {
             let reply = e.reply();

@@ -118,6 +118,10 @@ pub struct ServerConfig {
     pub max_recipients: usize,
     /// Errors (syntax, sequence) before the session is closed with `421`. Default 20.
     pub max_errors: u32,
+    /// NOOP, RSET, VRFY, EXPN and HELP commands allowed since the session's last
+    /// accepted message; each one beyond counts as an error, so a client cannot hold a
+    /// connection with them for ever (Postfix's `smtpd_junk_command_limit`). Default 100.
+    pub max_junk_commands: u32,
     /// Failed AUTH attempts before the session is closed with `421`. Default 3.
     pub max_auth_failures: u32,
     /// Policy for bare CR and LF, in DATA and BDAT content alike.
@@ -142,6 +146,7 @@ impl Default for ServerConfig {
             max_message_size: 50 * 1024 * 1024,
             max_recipients: 100,
             max_errors: 20,
+            max_junk_commands: 100,
             max_auth_failures: 3,
             bare_line_endings: BareLineEndings::Reject,
             nul_bytes: NulBytes::Reject,
@@ -348,6 +353,8 @@ pub struct ServerSession {
     /// [`ServerSession::take_content`].
     taken: u64,
     errors: u32,
+    /// NOOP, RSET, VRFY, EXPN and HELP since the last accepted message.
+    junk_commands: u32,
     auth_failures: u32,
     /// What the session refused since [`ServerSession::take_refusals`] last ran.
     refusals: Vec<Error>,
@@ -393,6 +400,7 @@ impl ServerSession {
             body: Vec::new(),
             taken: 0,
             errors: 0,
+            junk_commands: 0,
             auth_failures: 0,
             refusals: Vec::new(),
             pipelining_violation: None,
@@ -521,6 +529,9 @@ impl ServerSession {
                 }
             }
             Awaiting::Message { replies_left } => {
+                if accepted {
+                    self.junk_commands = 0;
+                }
                 if replies_left > 1 {
                     self.awaiting = Some(Awaiting::Message {
                         replies_left: replies_left - 1,
@@ -585,6 +596,14 @@ impl ServerSession {
     pub fn timeout(&mut self) {
         if !self.is_closed() {
             self.respond_and_close(Error::Timeout.reply());
+        }
+    }
+
+    /// The session has lasted as long as the server allows: queues `421 4.4.2` and
+    /// closes.
+    pub fn expire(&mut self) {
+        if !self.is_closed() {
+            self.respond_and_close(Error::SessionTooLong.reply());
         }
     }
 
@@ -960,28 +979,46 @@ impl ServerSession {
             Command::Helo(name) => self.helo_command(HeloKind::Helo, name),
             Command::Lhlo(name) => self.helo_command(HeloKind::Lhlo, name),
             Command::Mail { from, params } => match self.check_mail(&from, &params) {
-                Ok(()) => self.ask(Awaiting::Mail(from.clone(), params.clone()), Event::Mail { from, params }),
+                Ok(()) => self.ask(
+                    Awaiting::Mail(from.clone(), params.clone()),
+                    Event::Mail { from, params },
+                ),
                 Err(e) => self.refuse(e),
             },
             Command::Rcpt { to, params } => match self.check_rcpt(&to, &params) {
-                Ok(()) => self.ask(Awaiting::Rcpt(to.clone(), params.clone()), Event::Rcpt { to, params }),
+                Ok(()) => self.ask(
+                    Awaiting::Rcpt(to.clone(), params.clone()),
+                    Event::Rcpt { to, params },
+                ),
                 Err(e) => self.refuse(e),
             },
             Command::Data => match self.check_data() {
                 Ok(()) => {
-                    self.reply(Reply::plain(ReplyCode::START_DATA, "End data with <CR><LF>.<CR><LF>"));
+                    self.reply(Reply::plain(
+                        ReplyCode::START_DATA,
+                        "End data with <CR><LF>.<CR><LF>",
+                    ));
                     self.body.clear();
                     self.taken = 0;
-                    self.state = State::Data(self.content_decoder(DataDecoder::new(self.config.max_message_size)));
+                    self.state = State::Data(
+                        self.content_decoder(DataDecoder::new(self.config.max_message_size)),
+                    );
                 }
                 Err(e) => self.refuse(e),
             },
             Command::Bdat { size, last } => {
                 let error = self.check_bdat(size).err();
                 // BODY=BINARYMIME content is binary: taken as it comes.
-                let binary = self.transaction.as_ref().is_some_and(|t| t.envelope.params.body == Some(Body::BinaryMime));
+                let binary = self
+                    .transaction
+                    .as_ref()
+                    .is_some_and(|t| t.envelope.params.body == Some(Body::BinaryMime));
                 let decoder = DataDecoder::chunked(u64::MAX);
-                let decoder = if binary { decoder } else { self.content_decoder(decoder) };
+                let decoder = if binary {
+                    decoder
+                } else {
+                    self.content_decoder(decoder)
+                };
                 if let Some(txn) = &mut self.transaction
                     && txn.chunks.is_none()
                 {
@@ -989,7 +1026,11 @@ impl ServerSession {
                     self.taken = 0;
                     txn.chunks = Some(decoder);
                 }
-                self.state = State::Chunk { remaining: size, last, error };
+                self.state = State::Chunk {
+                    remaining: size,
+                    last,
+                    error,
+                };
                 if size == 0 {
                     self.finish_chunk();
                 }
@@ -997,21 +1038,37 @@ impl ServerSession {
             Command::Rset => {
                 self.transaction = None;
                 self.reply(Reply::new(ReplyCode::OK, EnhancedStatus::OK, "Reset state"));
+                self.junk_command();
             }
-            Command::Noop => self.reply(Reply::new(ReplyCode::OK, EnhancedStatus::OK, "OK")),
-            Command::Vrfy(_) => self.reply(Reply::new(
-                ReplyCode::CANNOT_VERIFY,
-                EnhancedStatus::PROTOCOL_OK,
-                "Cannot VRFY user, but will accept message and attempt delivery",
-            )),
-            Command::Expn(_) => self.refuse(Error::NotImplemented("EXPN")),
-            Command::Help(_) => self.reply(Reply::new(
-                ReplyCode::HELP,
-                EnhancedStatus::OK,
-                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY STARTTLS AUTH; see RFC 5321",
-            )),
+            Command::Noop => {
+                self.reply(Reply::new(ReplyCode::OK, EnhancedStatus::OK, "OK"));
+                self.junk_command();
+            }
+            Command::Vrfy(_) => {
+                self.reply(Reply::new(
+                    ReplyCode::CANNOT_VERIFY,
+                    EnhancedStatus::PROTOCOL_OK,
+                    "Cannot VRFY user, but will accept message and attempt delivery",
+                ));
+                self.junk_command();
+            }
+            Command::Expn(_) => {
+                self.refuse(Error::NotImplemented("EXPN"));
+                self.junk_command();
+            }
+            Command::Help(_) => {
+                self.reply(Reply::new(
+                    ReplyCode::HELP,
+                    EnhancedStatus::OK,
+                    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY STARTTLS AUTH; see RFC 5321",
+                ));
+                self.junk_command();
+            }
             Command::StartTls => self.starttls(),
-            Command::Auth { mechanism, initial_response } => self.auth(mechanism, initial_response),
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response),
             Command::Quit => {}
         }
     }
@@ -1399,9 +1456,24 @@ impl ServerSession {
             return self.close_with(&Error::Desynchronized);
         }
         self.refuse(error);
+        self.count_error();
+    }
+
+    /// One more error; too many close the session.
+    fn count_error(&mut self) {
         self.errors += 1;
         if self.errors >= self.config.max_errors && !self.is_closed() {
             self.close_with(&Error::TooManyErrors);
+        }
+    }
+
+    /// A command that moves no mail (NOOP, RSET, VRFY, EXPN, HELP), answered already:
+    /// beyond [`ServerConfig::max_junk_commands`] since the last accepted message, it
+    /// counts as an error.
+    fn junk_command(&mut self) {
+        self.junk_commands = self.junk_commands.saturating_add(1);
+        if self.junk_commands > self.config.max_junk_commands {
+            self.count_error();
         }
     }
 
@@ -1490,5 +1562,78 @@ mod pipelining_tests {
         );
         // A partial line behind counts too.
         assert_eq!(violations(&[b"EHLO c.test\r\nMA"]), ["EHLO"]);
+    }
+}
+
+#[cfg(test)]
+mod junk_command_tests {
+    use super::*;
+
+    /// The reply codes (with enhanced status) to `input`, fed to a greeted session
+    /// whose events are all accepted.
+    fn codes(session: &mut ServerSession, input: &str) -> Vec<String> {
+        session.receive(input.as_bytes());
+        while session.poll_event().is_some() {
+            session.accept();
+        }
+        String::from_utf8(session.take_output())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+
+    fn session() -> ServerSession {
+        let config = ServerConfig {
+            max_junk_commands: 3,
+            max_errors: 2,
+            ..ServerConfig::default()
+        };
+        let mut session = ServerSession::new(Arc::new(config));
+        session.poll_event();
+        session.accept();
+        session.take_output();
+        session
+    }
+
+    /// NOOP, RSET, VRFY, EXPN and HELP beyond the limit count as errors, so a client
+    /// that only sends those is let go after `max_errors` more (`421 4.7.0`).
+    #[test]
+    fn junk_commands_beyond_the_limit_close_the_session() {
+        let mut s = session();
+        codes(&mut s, "EHLO c.test\r\n");
+        assert_eq!(
+            codes(&mut s, "NOOP\r\nRSET\r\nVRFY bob\r\n"),
+            ["250 2.0.0", "250 2.0.0", "252 2.5.0"]
+        );
+        assert!(!s.is_closed());
+        // The fourth is answered and counted as the first error; the fifth is the
+        // second, the last one allowed.
+        assert_eq!(codes(&mut s, "HELP\r\n"), ["214 2.0.0"]);
+        assert!(!s.is_closed());
+        assert_eq!(codes(&mut s, "EXPN list\r\n"), ["502 5.5.1", "421 4.7.0"]);
+        assert!(s.is_closed());
+    }
+
+    /// An accepted message starts the count again (as Postfix's junk_cmds).
+    #[test]
+    fn an_accepted_message_starts_the_count_again() {
+        let mut s = session();
+        let mut all = codes(&mut s, "EHLO c.test\r\nNOOP\r\nNOOP\r\nNOOP\r\n");
+        all.extend(codes(
+            &mut s,
+            "MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n",
+        ));
+        all.extend(codes(&mut s, "Subject: x\r\n\r\nhi\r\n.\r\n"));
+        all.extend(codes(&mut s, "NOOP\r\nNOOP\r\nNOOP\r\n"));
+        assert_eq!(all.len(), 11, "{all:?}");
+        assert!(!s.is_closed(), "{all:?}");
+        // Two more (the fourth and fifth since the message) close it.
+        assert_eq!(
+            codes(&mut s, "NOOP\r\nNOOP\r\n"),
+            ["250 2.0.0", "250 2.0.0", "421 4.7.0"]
+        );
+        assert!(s.is_closed());
     }
 }

@@ -329,6 +329,23 @@ fn server_case(s: &Scenario) {
             let skip = h.reply_count();
             h.send_chunked(&send, 16 * 1024);
             let codes = h.codes_after(skip);
+            // "keeps answering or closes with 421": NOOP is a junk command, so the
+            // session answers `max_junk_commands` of them, then `max_errors` more
+            // counted as errors, and closes.
+            let answered = (config().max_junk_commands + config().max_errors) as usize;
+            assert_eq!(codes.len(), answered + 1);
+            assert!(codes[..answered].iter().all(|c| c == "250 2.0.0"));
+            assert_eq!(codes[answered], "421 4.7.0");
+            assert!(h.session.is_closed());
+            // Without that limit, all are answered.
+            let mut h = Harness::new(ServerConfig {
+                max_junk_commands: u32::MAX,
+                ..config()
+            });
+            h.send(b"EHLO client.test\r\n");
+            let skip = h.reply_count();
+            h.send_chunked(&send, 16 * 1024);
+            let codes = h.codes_after(skip);
             assert_eq!(codes.len(), 100_000);
             assert!(codes.iter().all(|c| c == "250 2.0.0"));
             // One read's worth of replies at a time: output is bounded by input.

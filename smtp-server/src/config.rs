@@ -230,6 +230,10 @@ pub struct Limits {
     pub max_line_length: usize,
     /// Protocol errors before `421 4.7.0` and close. Default 20.
     pub max_errors: u32,
+    /// NOOP, RSET, VRFY, EXPN and HELP commands since the last accepted message; each
+    /// one beyond counts as a protocol error (Postfix's `smtpd_junk_command_limit`).
+    /// Default 100.
+    pub max_junk_commands: u32,
     /// Failed logins before `421 4.7.0` and close. Default 3.
     pub max_auth_failures: u32,
     /// Time for a whole command, from the end of the previous one (RFC 5321
@@ -245,6 +249,11 @@ pub struct Limits {
     pub min_data_rate: u64,
     /// Time a TLS handshake may take. Default 10 s.
     pub tls_handshake_timeout: Duration,
+    /// How long a session may last: once it is over, the next command (or the wait for
+    /// one) gets `421 4.4.2` and the connection closes. Message content in progress is
+    /// not cut (`data_timeout` and `min_data_rate` bound it); its reply comes first.
+    /// Zero: no limit. Default 10 min (Stalwart's `session.duration`).
+    pub max_session_duration: Duration,
     /// Connections at once, over all listeners; the next gets `421 4.7.0`. Default
     /// 1000: far more than two cores can keep busy, with room for a burst (see
     /// `docs/configuration.md`).
@@ -270,11 +279,13 @@ impl Default for Limits {
             max_recipients: 100,
             max_line_length: 2048,
             max_errors: 20,
+            max_junk_commands: 100,
             max_auth_failures: 3,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             min_data_rate: 500,
             tls_handshake_timeout: Duration::from_secs(10),
+            max_session_duration: Duration::from_secs(600),
             max_connections: 1000,
             max_connections_per_ip: 20,
             listen_backlog: 1024,
@@ -347,6 +358,7 @@ impl ServerConfig {
             max_message_size: l.max_message_size,
             max_recipients: l.max_recipients,
             max_errors: l.max_errors,
+            max_junk_commands: l.max_junk_commands,
             max_auth_failures: l.max_auth_failures,
             bare_line_endings: self.bare_line_endings,
             nul_bytes: self.nul_bytes,

@@ -402,11 +402,22 @@ impl<S: Io> Connection<S> {
                 COMMAND_BUFFER
             };
             let deadline = deadlines.next(&session);
+            if deadlines.session_over(&session) {
+                // Checked before every read, not only when one times out: a client
+                // that keeps sending commands never lets a read time out.
+                info!("session time limit reached");
+                session.expire();
+                continue;
+            }
             // The bytes read go to the session inside the read's poll.
             let stream = &mut self.stream;
             let receive = std::future::poll_fn(|cx| poll_receive(stream, cx, size, &mut session));
             tokio::select! {
                 read = tokio::time::timeout_at(deadline, receive) => match read {
+                    Err(_elapsed) if deadlines.session_over(&session) => {
+                        info!("session time limit reached");
+                        session.expire();
+                    }
                     Err(_elapsed) => {
                         info!(phase = deadlines.phase(), "timeout");
                         session.timeout();
@@ -959,13 +970,18 @@ fn apply(
 ///   has `data_timeout`, and every byte received earns `1 / min_data_rate` seconds more,
 ///   up to `data_timeout` ahead: a client that sends at least `min_data_rate` bytes per
 ///   second is never cut off, a slower one is once it has fallen `data_timeout` behind
-///   (as Postfix's `smtpd_min_data_rate`).
+///   (as Postfix's `smtpd_min_data_rate`);
+/// - the whole session ends `max_session_duration` after it began: waiting for a
+///   command stops then, and so does a session that keeps sending commands (message
+///   content in progress is let finish, bounded by the rule above).
 struct Deadlines {
     command_timeout: std::time::Duration,
     data_timeout: std::time::Duration,
     min_data_rate: u64,
     command: tokio::time::Instant,
     data: Option<tokio::time::Instant>,
+    /// When the session is over; `None`: no limit.
+    end: Option<tokio::time::Instant>,
 }
 
 impl Deadlines {
@@ -976,7 +992,20 @@ impl Deadlines {
             min_data_rate: limits.min_data_rate,
             command: tokio::time::Instant::now() + limits.command_timeout,
             data: None,
+            end: (!limits.max_session_duration.is_zero())
+                .then(|| tokio::time::Instant::now() + limits.max_session_duration),
         }
+    }
+
+    /// Whether the session's time is up, between commands (content in progress is
+    /// let finish).
+    fn session_over(&self, session: &ServerSession) -> bool {
+        self.data.is_none()
+            && !session.is_receiving_data()
+            && !session.is_chunking()
+            && self
+                .end
+                .is_some_and(|end| end <= tokio::time::Instant::now())
     }
 
     /// The deadline of the next read, given where the session stands.
@@ -994,7 +1023,7 @@ impl Deadlines {
             // The last command is done: the next one has the whole timeout.
             self.command = now + self.command_timeout;
         }
-        self.command
+        self.end.map_or(self.command, |end| self.command.min(end))
     }
 
     /// `n` bytes came: during message content, they earn time.

@@ -757,6 +757,94 @@ async fn slow_clients_are_cut_off() {
     assert_eq!(code_of(&c.reply().await), "250 2.0.0");
 }
 
+/// A client could hold a connection for ever by sending NOOP (or RSET, VRFY, HELP)
+/// just before each command timeout. Those commands now count as errors beyond
+/// `max_junk_commands` since the last accepted message, and a session ends
+/// `max_session_duration` after it began, in the middle of a NOOP loop too, but not in
+/// the middle of a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_end_however_busy_the_client_keeps_them() {
+    use std::time::Instant;
+    let t = TestMta::start(
+        "[limits]\nmax_junk_commands = 3\nmax_errors = 2\nmax_session_duration = \"2s\"\ncommand_timeout = \"30s\"\n",
+    )
+    .await;
+    // Junk: three answered, the fourth counted as the first error, the fifth closes.
+    let mut c = t.connect(Relay).await;
+    ehlo(&mut c).await;
+    for command in ["NOOP", "RSET", "VRFY bob", "HELP"] {
+        assert_eq!(c.cmd(command).await.code().as_u16() / 100, 2, "{command}");
+    }
+    assert_eq!(c.code("NOOP").await, "250 2.0.0");
+    let closing = c.reply().await;
+    assert_eq!(code_of(&closing), "421 4.7.0", "{closing}");
+    assert!(c.is_closed().await);
+
+    // An accepted message starts the count again.
+    let mut c = t.connect(Relay).await;
+    ehlo(&mut c).await;
+    for _ in 0..3 {
+        assert_eq!(c.code("NOOP").await, "250 2.0.0");
+    }
+    let code = send_data(
+        &mut c,
+        "a@far.test",
+        &[&format!("bob@{DOMAIN}")],
+        b"Subject: one\r\n\r\nx",
+    )
+    .await;
+    assert_eq!(code, "250 2.0.0");
+    for _ in 0..3 {
+        assert_eq!(c.code("RSET").await, "250 2.0.0");
+    }
+    c.send(b"QUIT\r\n").await;
+
+    // Waiting for a command ends with the session, long before the command timeout.
+    let mut idle = t.connect(Relay).await;
+    let start = Instant::now();
+    ehlo(&mut idle).await;
+    let reply = idle
+        .try_reply(Duration::from_secs(10))
+        .await
+        .expect("a reply");
+    assert_eq!(code_of(&reply), "421 4.4.2", "{reply}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(idle.is_closed().await);
+
+    // A client that keeps the session busy with EHLO (not junk) is let go on time.
+    let mut busy = t.connect(Relay).await;
+    let start = Instant::now();
+    let reply = loop {
+        let reply = busy.cmd("EHLO client.test").await;
+        if reply.code().as_u16() != 250 {
+            break reply;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "never let go");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(code_of(&reply), "421 4.4.2", "{reply}");
+    assert!(busy.is_closed().await);
+
+    // A message whose content arrives across the session's end is taken; the next
+    // command is refused.
+    let mut slow = t.connect(Relay).await;
+    ehlo(&mut slow).await;
+    envelope(&mut slow, "a@far.test", &[&format!("carol@{DOMAIN}")]).await;
+    assert_eq!(slow.code("DATA").await, "354");
+    slow.send(b"Subject: across the end\r\n\r\n").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    slow.send(b"still here\r\n.\r\n").await;
+    assert_eq!(code_of(&slow.reply().await), "250 2.0.0");
+    assert_eq!(slow.code("NOOP").await, "421 4.4.2");
+    assert!(slow.is_closed().await);
+    let carol = t.wait_for_mail("carol", 1).await;
+    assert!(String::from_utf8_lossy(&carol[0]).contains("still here"));
+}
+
 /// A large message goes to a file as it arrives (its memory is a constant, not its
 /// size), that file becomes its spool file, and it is delivered byte for byte, with
 /// DATA and with BDAT.

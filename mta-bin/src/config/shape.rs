@@ -1050,6 +1050,9 @@ pub struct Limits {
     pub max_line_length: Option<usize>,
     /// Protocol errors before disconnecting.
     pub max_errors: Option<u32>,
+    /// NOOP, RSET, VRFY, EXPN and HELP since the last accepted message before each
+    /// counts as an error.
+    pub max_junk_commands: Option<u32>,
     /// Failed logins before disconnecting.
     pub max_auth_failures: Option<u32>,
     /// Time for a whole command.
@@ -1063,6 +1066,9 @@ pub struct Limits {
     /// TLS handshake time limit.
     #[serde(deserialize_with = "optional_duration")]
     pub tls_handshake_timeout: Option<Duration>,
+    /// How long a session may last ("0s": no limit).
+    #[serde(deserialize_with = "optional_duration")]
+    pub max_session_duration: Option<Duration>,
     /// Connections at once.
     pub max_connections: Option<usize>,
     /// Connections at once per client IP.
