@@ -19,6 +19,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::config::{FilterMode, ListenerMode, ProxyProtocol, ServerConfig};
 use crate::content::{Content, Spilling};
 use crate::filters::HeloFinding;
+use crate::filters::rate::client_key;
 use crate::stage::{
     AuthRequest, BoxError, ConnectRequest, DataRequest, Decision, EhloRequest, MailRequest, Notes,
     RcptRequest, Refusals, SessionInfo, Stages, TlsInfo, call, new_session_id,
@@ -106,8 +107,10 @@ pub(crate) enum Verdict {
     Fail,
 }
 
-/// Early-talker verdicts per client address, each until it expires; bounded (expired
-/// entries are pruned when it is full, then an arbitrary one goes).
+/// Early-talker verdicts per client address (an IPv6 client by its /64, as the rate
+/// limits count it: a bot cannot shed a verdict by moving to another address of its
+/// own), each until it expires; bounded (expired entries are pruned when it is full,
+/// then an arbitrary one goes).
 #[derive(Debug, Default)]
 pub(crate) struct VerdictCache {
     inner: Mutex<HashMap<IpAddr, (Verdict, Instant)>>,
@@ -116,7 +119,7 @@ pub(crate) struct VerdictCache {
 impl VerdictCache {
     /// The verdict about `ip`, unless it expired.
     pub(crate) fn get(&self, ip: IpAddr) -> Option<Verdict> {
-        let ip = canonical(ip);
+        let ip = client_key(ip);
         let mut map = self.inner.lock().ok()?;
         match map.get(&ip) {
             Some((verdict, until)) if *until > Instant::now() => Some(*verdict),
@@ -133,7 +136,7 @@ impl VerdictCache {
         let Ok(mut map) = self.inner.lock() else {
             return;
         };
-        let ip = canonical(ip);
+        let ip = client_key(ip);
         let now = Instant::now();
         if ttl.is_zero() || max == 0 {
             map.remove(&ip);
@@ -154,14 +157,6 @@ impl VerdictCache {
     /// Addresses kept now (expired ones included, until pruned).
     pub(crate) fn len(&self) -> usize {
         self.inner.lock().map_or(0, |m| m.len())
-    }
-}
-
-/// An IPv4-mapped IPv6 address as the IPv4 address it is.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 
@@ -1097,5 +1092,26 @@ impl<S: Io> AsyncWrite for Stream<S> {
             Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Self::Closed => Poll::Ready(Ok(())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A verdict holds for the client's whole IPv6 /64 (and for an IPv4 address however
+    /// it is written), not for the one address it came from.
+    #[test]
+    fn early_talker_verdicts_hold_for_the_clients_64() {
+        let cache = VerdictCache::default();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let ttl = Duration::from_secs(60);
+        cache.set(ip("2001:db8:1:2::a"), Verdict::Fail, ttl, 10);
+        assert_eq!(cache.get(ip("2001:db8:1:2:ffff::b")), Some(Verdict::Fail));
+        assert_eq!(cache.get(ip("2001:db8:1:3::a")), None);
+        cache.set(ip("::ffff:192.0.2.7"), Verdict::Pass, ttl, 10);
+        assert_eq!(cache.get(ip("192.0.2.7")), Some(Verdict::Pass));
+        assert_eq!(cache.get(ip("192.0.2.8")), None);
+        assert_eq!(cache.len(), 2);
     }
 }

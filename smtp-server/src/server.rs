@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use crate::ServerError;
 use crate::config::{ListenerConfig, ListenerMode, ProxyProtocol, ServerConfig};
 use crate::connection::{Listener, Prefixed, serve};
+use crate::filters::rate::client_key;
 use crate::proxy::{self, Parsed, ProxiedAddresses};
 use crate::stage::Stages;
 use crate::stats::ServerStats;
@@ -468,7 +469,9 @@ async fn refuse<S: AsyncWrite + Unpin>(mut tcp: S, hostname: String) {
     let _ = tcp.shutdown().await;
 }
 
-/// Connections at once, in total and per client address.
+/// Connections at once, in total and per client address, as the rate limits count
+/// addresses ([`client_key`]): an IPv6 client by its /64, which one host usually holds
+/// whole, so that it cannot take every connection with addresses of its own.
 #[derive(Debug, Default)]
 struct ConnectionCounts {
     inner: Mutex<(usize, HashMap<IpAddr, usize>)>,
@@ -487,6 +490,7 @@ impl ConnectionCounts {
         if inner.0 >= max_total {
             return None;
         }
+        let ip = ip.map(client_key);
         if let Some(ip) = ip {
             let per_ip = inner.1.get(&ip).copied().unwrap_or(0);
             if per_ip >= max_per_ip {
@@ -516,6 +520,7 @@ impl CountGuard {
         if self.ip.is_some() {
             return Some(self);
         }
+        let ip = client_key(ip);
         let mut inner = self.counts.inner.lock().ok()?;
         let per_ip = inner.1.get(&ip).copied().unwrap_or(0);
         if per_ip >= max_per_ip {

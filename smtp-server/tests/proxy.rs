@@ -241,7 +241,7 @@ async fn untrusted_malformed_and_late_headers_are_closed_without_a_greeting() {
 }
 
 /// The per-IP connection limit counts the client named in the header, not the load
-/// balancer.
+/// balancer, and an IPv6 client by its /64.
 #[tokio::test]
 async fn connection_limit_per_client_behind_the_proxy() {
     let (addr, stats, _seen, _stop) =
@@ -268,9 +268,34 @@ async fn connection_limit_per_client_behind_the_proxy() {
             .unwrap()
             .starts_with("220 ")
     );
+    // An IPv6 client is counted by its /64: another address of the same /64 is the
+    // same client (it cannot take every connection with addresses of its own); the
+    // next /64 is another.
+    let header6 = |port: u16, client: &str| {
+        format!("PROXY TCP6 {client} 2001:db8::25 {port} 25\r\n").into_bytes()
+    };
+    let mut v6 = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        greeting_after(&mut v6, &header6(1003, "2001:db8:1:2::a"))
+            .await
+            .unwrap()
+            .starts_with("220 ")
+    );
+    let mut same_64 = TcpStream::connect(addr).await.unwrap();
+    let refused = greeting_after(&mut same_64, &header6(1004, "2001:db8:1:2:ffff::b"))
+        .await
+        .unwrap();
+    assert!(refused.starts_with("421 4.7.0"), "{refused}");
+    let mut next_64 = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        greeting_after(&mut next_64, &header6(1005, "2001:db8:1:3::a"))
+            .await
+            .unwrap()
+            .starts_with("220 ")
+    );
     assert_eq!(
         load(&stats.mode(ListenerMode::Relay).connections_refused),
-        1
+        2
     );
 }
 
