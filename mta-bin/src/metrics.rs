@@ -35,6 +35,8 @@ pub struct Sources {
     /// The rate limits and greylisting in use (their counters are read at each scrape:
     /// a reload that changes their settings starts them anew).
     pub defences: crate::serve::Defences,
+    /// Recipient verification's answers.
+    pub verify: Arc<crate::verify::VerifyStats>,
 }
 
 /// Serves the endpoint on `listener` until `shutdown` completes.
@@ -120,6 +122,7 @@ fn render(s: &Sources) -> String {
     registry.register_collector(Box::new(Arc::clone(&s.door_dns)));
     registry.register_collector(Box::new(s.defences.rate_stats()));
     registry.register_collector(Box::new(s.defences.greylist_stats()));
+    registry.register_collector(Box::new(Arc::clone(&s.verify)));
     let build: Family<[(&str, &str); 1], Gauge> = Family::default();
     build
         .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])

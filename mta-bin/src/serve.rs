@@ -292,6 +292,8 @@ struct Counters {
     defences: Defences,
     /// The TLS report counts (`[tls_reports]`, RFC 8460); `None` when off.
     tls_rpt: Option<Arc<crate::tlsrpt::Aggregator>>,
+    /// Recipient verification's answers.
+    verify: Arc<crate::verify::VerifyStats>,
 }
 
 /// The rate limits and the greylist of a running MTA: their tables and state (and
@@ -391,6 +393,7 @@ struct Door<'a> {
     rate: Option<&'a RateLimits>,
     greylist: Option<&'a Greylist>,
     dns: &'a Arc<auth_checks::DnsStats>,
+    verify: &'a Arc<crate::verify::VerifyStats>,
 }
 
 /// What the configuration makes: the server's settings and stages, and the delivery.
@@ -439,6 +442,7 @@ impl Parts {
             rate: defences.rate.as_ref().map(|(_, r)| r),
             greylist: defences.greylist.as_ref().map(|(_, g)| g),
             dns: &counters.door_dns,
+            verify: &counters.verify,
         };
         // The SRS secret, made at the first start, before the stages read it.
         let forwarding = crate::aliases::prepare_srs(config)?;
@@ -528,6 +532,7 @@ pub(crate) fn local_stages(
             rate: None,
             greylist: None,
             dns: &Arc::default(),
+            verify: &Arc::default(),
         },
     )?;
     Ok(custom.add_to(stages, config))
@@ -649,6 +654,7 @@ impl Mta {
                 dns: Arc::clone(&counters.dns),
                 door_dns: Arc::clone(&counters.door_dns),
                 defences: counters.defences.clone(),
+                verify: Arc::clone(&counters.verify),
             };
             tasks.push(tokio::spawn(crate::metrics::serve(
                 listener,
@@ -1147,7 +1153,9 @@ fn stages(
     }
     // Recipient verification against the LMTP server: after the local-recipient list
     // (it asks only about what the list lets through), before greylisting.
-    if let Some(verifier) = crate::verify::LmtpVerifier::from_config(config, aliases.as_ref()) {
+    if let Some(verifier) =
+        crate::verify::LmtpVerifier::from_config(config, aliases.as_ref(), door.verify)
+    {
         stages = stages.rcpt_layer(filter_async(verifier));
     }
     if let Some(aliases) = &aliases {

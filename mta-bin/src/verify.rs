@@ -19,6 +19,7 @@
 //! (LMTP)") tells an operator how it behaves and how to set Dovecot up for it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,7 @@ pub enum VerifyRecipients {
 /// let settings = mta_bin::verify::VerifySettings::default();
 /// assert_eq!(settings.timeout, std::time::Duration::from_secs(10));
 /// assert_eq!(settings.cache_size, 100_000);
+/// assert_eq!(settings.concurrency, 20);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifySettings {
@@ -67,6 +69,12 @@ pub struct VerifySettings {
     /// How many addresses the cache holds at most (the oldest go first); default
     /// 100 000. Zero: no cache.
     pub cache_size: usize,
+    /// Probes at once, over all sessions; more wait for one to finish, within
+    /// `timeout`. A flood of unknown recipients then costs the mailbox server this
+    /// many LMTP sessions at most (Dovecot's LMTP service takes 100 by default), not
+    /// one per client. Default 20 (Postfix's default destination concurrency). Zero:
+    /// no limit.
+    pub concurrency: usize,
 }
 
 impl VerifySettings {
@@ -78,6 +86,8 @@ impl VerifySettings {
     pub const NEGATIVE_TTL: Duration = Duration::from_secs(300);
     /// The default cache size.
     pub const CACHE_SIZE: usize = 100_000;
+    /// The default number of probes at once.
+    pub const CONCURRENCY: usize = 20;
 }
 
 impl Default for VerifySettings {
@@ -87,7 +97,123 @@ impl Default for VerifySettings {
             positive_ttl: Self::POSITIVE_TTL,
             negative_ttl: Self::NEGATIVE_TTL,
             cache_size: Self::CACHE_SIZE,
+            concurrency: Self::CONCURRENCY,
         }
+    }
+}
+
+/// What recipient verification did so far, for metrics (`docs/metrics.md`): answers
+/// by result, and the probes running or waiting for a turn now. Shared across reloads.
+///
+/// It is a `prometheus_client` `Collector`: `recipient_verifications_total{result,
+/// cached}` and the gauges `recipient_verification_probes{state}`.
+///
+/// ```
+/// let stats = mta_bin::verify::VerifyStats::default();
+/// assert_eq!(stats.answers(), [0; 6]);
+/// ```
+#[derive(Debug, Default)]
+pub struct VerifyStats {
+    /// By [`Outcome`] (its index), from a probe and from the cache.
+    probed: [AtomicU64; 6],
+    cached: [AtomicU64; 6],
+    running: AtomicU64,
+    waiting: AtomicU64,
+}
+
+/// What a recipient's verification came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The server takes it.
+    Exists,
+    /// An unknown address (`5.1.x`, cached).
+    Unknown,
+    /// Another refusal (a full mailbox), passed on.
+    Refused,
+    /// The server could not be asked (`451 4.4.3`, or accepted for our own users).
+    Unavailable,
+    /// Not verified: the server refused the probe itself, or a UTF-8 address and no
+    /// SMTPUTF8.
+    NotVerified,
+    /// A `4yz` from the server, passed on.
+    Deferred,
+}
+
+impl Outcome {
+    const ALL: [(Self, &'static str); 6] = [
+        (Self::Exists, "exists"),
+        (Self::Unknown, "unknown"),
+        (Self::Refused, "refused"),
+        (Self::Unavailable, "unavailable"),
+        (Self::NotVerified, "not_verified"),
+        (Self::Deferred, "deferred"),
+    ];
+}
+
+impl VerifyStats {
+    /// Answers so far (probed and cached together), in the order exists, unknown,
+    /// refused, unavailable, not verified, deferred.
+    pub fn answers(&self) -> [u64; 6] {
+        std::array::from_fn(|i| {
+            self.probed[i].load(Ordering::Relaxed) + self.cached[i].load(Ordering::Relaxed)
+        })
+    }
+
+    fn count(&self, outcome: Outcome, cached: bool) {
+        let counters = if cached { &self.cached } else { &self.probed };
+        counters[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts one in `gauge` while it lives.
+struct Gauged<'a>(&'a AtomicU64);
+
+impl<'a> Gauged<'a> {
+    fn new(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for Gauged<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl prometheus_client::collector::Collector for VerifyStats {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        let mut family = encoder.encode_descriptor(
+            "recipient_verifications",
+            "Local recipients verified at RCPT against the LMTP server, by result, answered by a probe or from the cache.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, (_, result)) in Outcome::ALL.iter().enumerate() {
+            for (cached, counters) in [("no", &self.probed), ("yes", &self.cached)] {
+                ConstCounter::new(counters[i].load(Ordering::Relaxed))
+                    .encode(family.encode_family(&[("result", *result), ("cached", cached)])?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "recipient_verification_probes",
+            "Verification probes now: running (connected to the LMTP server, or connecting), or waiting for a turn (verify_concurrency).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, gauge) in [("running", &self.running), ("waiting", &self.waiting)] {
+            ConstGauge::new(gauge.load(Ordering::Relaxed))
+                .encode(family.encode_family(&[("state", state)])?)?;
+        }
+        Ok(())
     }
 }
 
@@ -122,6 +248,9 @@ struct Inner {
     domains: DomainSet,
     settings: VerifySettings,
     cache: Mutex<Cache>,
+    /// Probes running now; `None`: no limit.
+    probes: Option<tokio::sync::Semaphore>,
+    stats: Arc<VerifyStats>,
 }
 
 impl LmtpVerifier {
@@ -139,7 +268,7 @@ impl LmtpVerifier {
             default: Some(address),
             by_key: HashMap::new(),
         };
-        Self::with_servers(servers, None, hostname, domains, settings)
+        Self::with_servers(servers, None, hostname, domains, settings, Arc::default())
     }
 
     fn with_servers(
@@ -148,9 +277,12 @@ impl LmtpVerifier {
         hostname: &str,
         domains: DomainSet,
         settings: VerifySettings,
+        stats: Arc<VerifyStats>,
     ) -> Self {
         let hostname = HeloName::parse(hostname).unwrap_or(HeloName::Other("localhost".into()));
         let cache = Mutex::new(Cache::new(settings.cache_size));
+        let probes =
+            (settings.concurrency > 0).then(|| tokio::sync::Semaphore::new(settings.concurrency));
         Self {
             inner: Arc::new(Inner {
                 servers,
@@ -159,6 +291,8 @@ impl LmtpVerifier {
                 domains,
                 settings,
                 cache,
+                probes,
+                stats,
             }),
         }
     }
@@ -169,7 +303,12 @@ impl LmtpVerifier {
     /// `[local] verify_recipients` is `off`, or when no local mail goes over LMTP.
     /// `aliases` (`[aliases]`) are not asked about: an alias (or a catch-all's address)
     /// and an SRS address stand for other addresses, and are no mailbox of the server.
-    pub fn from_config(config: &Config, aliases: Option<&Arc<Aliases>>) -> Option<Self> {
+    /// `stats` counts what it does (shared across reloads).
+    pub fn from_config(
+        config: &Config,
+        aliases: Option<&Arc<Aliases>>,
+        stats: &Arc<VerifyStats>,
+    ) -> Option<Self> {
         let local = &config.local;
         if local.verify_recipients == Some(VerifyRecipients::Off) {
             return None;
@@ -194,6 +333,7 @@ impl LmtpVerifier {
             positive_ttl: local.verify_cache_positive.unwrap_or(defaults.positive_ttl),
             negative_ttl: local.verify_cache_negative.unwrap_or(defaults.negative_ttl),
             cache_size: local.verify_cache_size.unwrap_or(defaults.cache_size),
+            concurrency: local.verify_concurrency.unwrap_or(defaults.concurrency),
         };
         Some(Self::with_servers(
             servers,
@@ -201,7 +341,13 @@ impl LmtpVerifier {
             &config.hostname,
             DomainSet::new(&local.domains),
             settings,
+            Arc::clone(stats),
         ))
+    }
+
+    /// What it did so far.
+    pub fn stats(&self) -> &Arc<VerifyStats> {
+        &self.inner.stats
     }
 
     /// How many addresses the cache holds now (expired ones included until met).
@@ -226,16 +372,32 @@ impl AsyncCheck<RcptRequest> for LmtpVerifier {
             match inner.cache().lookup(&key, Instant::now()) {
                 Some(Cached::Exists) => {
                     tracing::debug!(rcpt = %key, "recipient verification: known (cached)");
+                    inner.stats.count(Outcome::Exists, true);
                     return Ok(Flow::Continue(req));
                 }
                 Some(Cached::Refused(reply)) => {
                     tracing::debug!(rcpt = %key, "recipient verification: refused (cached)");
+                    inner.stats.count(Outcome::Unknown, true);
                     return Ok(Flow::Decide(Decision::from_reply(reply)));
                 }
                 None => {}
             }
             let utf8 = req.to.is_utf8();
-            let probe = inner.probe(&server, req.to.clone(), utf8);
+            // Waiting for a turn counts in the probe's time.
+            let probe = async {
+                let _turn = match &inner.probes {
+                    Some(probes) => {
+                        let _waiting = Gauged::new(&inner.stats.waiting);
+                        match probes.acquire().await {
+                            Ok(turn) => Some(turn),
+                            Err(_) => return Answer::Unavailable("closed".into()),
+                        }
+                    }
+                    None => None,
+                };
+                let _running = Gauged::new(&inner.stats.running);
+                inner.probe(&server, req.to.clone(), utf8).await
+            };
             let answer = match tokio::time::timeout(inner.settings.timeout, probe).await {
                 Ok(answer) => answer,
                 Err(_) => Answer::Unavailable("no answer in time".into()),
@@ -386,10 +548,12 @@ impl Inner {
             Answer::Rcpt(reply) => reply,
             Answer::Unsupported => {
                 tracing::debug!(rcpt = %key, "recipient verification: UTF-8 address, server without SMTPUTF8; not verified");
+                self.stats.count(Outcome::NotVerified, false);
                 return Flow::Continue(req);
             }
             Answer::Unavailable(why) => {
                 tracing::warn!(rcpt = %key, server = %server, error = %why, "recipient verification unavailable");
+                self.stats.count(Outcome::Unavailable, false);
                 // Our own users' mail (a login, or handed in on this machine, where no
                 // client retries) is queued as without verification; the queue retries.
                 let ours = req.session.authenticated.is_some()
@@ -405,6 +569,7 @@ impl Inner {
         };
         if reply.is_positive_completion() {
             tracing::debug!(rcpt = %key, "recipient verification: known");
+            self.stats.count(Outcome::Exists, false);
             let ttl = self.settings.positive_ttl;
             self.cache().insert(key, Cached::Exists, now, ttl);
             return Flow::Continue(req);
@@ -413,14 +578,20 @@ impl Inner {
             // The server did not understand the question: that says nothing about the
             // mailbox, so the mail is taken as without verification.
             tracing::warn!(rcpt = %key, server = %server, %reply, "recipient verification: the server refused the probe itself; not verified");
+            self.stats.count(Outcome::NotVerified, false);
             return Flow::Continue(req);
         }
         let passed = passed_on(&reply);
         tracing::info!(rcpt = %key, %reply, "recipient verification: refused by the mailbox server");
         if is_unknown_address(&reply) {
+            self.stats.count(Outcome::Unknown, false);
             let ttl = self.settings.negative_ttl;
             self.cache()
                 .insert(key, Cached::Refused(passed.clone()), now, ttl);
+        } else if reply.code().is_permanent() {
+            self.stats.count(Outcome::Refused, false);
+        } else {
+            self.stats.count(Outcome::Deferred, false);
         }
         Flow::Decide(Decision::from_reply(passed))
     }

@@ -14,8 +14,8 @@ use smtp_client::testing::daemons::{
     Daemon, DovecotUser, dovecot, dovecot_delivered, dovecot_maildir, dovecot_prefill,
 };
 use support::{
-    RawClient, assert_config_ok, assert_config_refused, block_on, listed, rcpt_reply, serve,
-    terminate, write,
+    RawClient, assert_config_ok, assert_config_refused, block_on, free_address, http_get, listed,
+    rcpt_reply, serve, terminate, write,
 };
 
 /// An `mta.toml` in `dir` delivering `example.test` over LMTP to `lmtp`, with `local`
@@ -242,10 +242,11 @@ fn answers_are_cached_and_an_unreachable_server_defers() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
+    let metrics = free_address();
     let config = mta_config(
         dir.path(),
         &dovecot.address.to_string(),
-        "accept_any_user = true\n",
+        &format!("accept_any_user = true\n[metrics]\naddress = \"{metrics}\"\n"),
     );
     let (child, addr) = serve(&config);
     assert!(rcpt_reply(&addr, "alice@example.test").starts_with("250 2.1.5 "));
@@ -265,6 +266,20 @@ fn answers_are_cached_and_an_unreachable_server_defers() {
     // Mail for other domains is none of the mailbox server's business (refused here by
     // the relay policy, not deferred by verification).
     assert!(rcpt_reply(&addr, "someone@elsewhere.test").starts_with("554 5.7.1 "));
+    // The metrics count each answer once, by where it came from.
+    let text = http_get(&metrics, "/metrics").1;
+    for (result, cached) in [
+        ("exists", "no"),
+        ("unknown", "no"),
+        ("exists", "yes"),
+        ("unknown", "yes"),
+        ("unavailable", "no"),
+    ] {
+        let line = format!(
+            "mta_recipient_verifications_total{{result=\"{result}\",cached=\"{cached}\"}} 1"
+        );
+        assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+    }
     terminate(child);
 }
 
@@ -286,6 +301,81 @@ fn a_server_that_does_not_answer_defers_within_the_timeout() {
         "451 4.4.3 Recipient verification unavailable, try again later"
     );
     drop(silent);
+    terminate(child);
+}
+
+/// A flood of recipients from many clients opens `verify_concurrency` LMTP sessions at
+/// once, not one per client: the others wait for a turn within `verify_timeout`. The
+/// metrics show both, and the answers.
+#[test]
+fn probes_at_once_are_capped_and_the_others_wait_for_a_turn() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A server that takes connections and never says a word, counting them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let lmtp = silent.local_addr().unwrap().to_string();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_address();
+    let config = mta_config(
+        dir.path(),
+        &lmtp,
+        &format!(
+            "accept_any_user = true\nverify_timeout = \"3s\"\nverify_concurrency = 2\n\
+             [metrics]\naddress = \"{metrics}\"\n"
+        ),
+    );
+    let sample = |name: &str| {
+        let text = http_get(&metrics, "/metrics").1;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    let (child, addr) = serve(&config);
+    let start = Instant::now();
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || rcpt_reply(&addr, &format!("user{i}@example.test")))
+        })
+        .collect();
+    // Halfway through the timeout no probe has finished: two are connected, four wait.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        sample("mta_recipient_verification_probes{state=\"running\"}"),
+        "2"
+    );
+    assert_eq!(
+        sample("mta_recipient_verification_probes{state=\"waiting\"}"),
+        "4"
+    );
+    for client in clients {
+        assert_eq!(
+            client.join().unwrap(),
+            "451 4.4.3 Recipient verification unavailable, try again later"
+        );
+    }
+    // Those that waited for a turn did not wait longer than the timeout.
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        start.elapsed()
+    );
+    let unavailable = "mta_recipient_verifications_total{result=\"unavailable\",cached=\"no\"}";
+    assert_eq!(sample(unavailable), "6");
+    assert_eq!(
+        sample("mta_recipient_verification_probes{state=\"waiting\"}"),
+        "0"
+    );
     terminate(child);
 }
 

@@ -8,21 +8,9 @@ mod support;
 use std::process::Command;
 
 use support::{
-    RawClient, block_on, config_file, free_address, maildir_files, rcpt_reply, serve, smtp_send,
-    terminate,
+    RawClient, block_on, config_file, free_address, http_get, maildir_files, rcpt_reply, serve,
+    smtp_send, terminate,
 };
-
-/// One HTTP GET to `addr`; returns the status line and the body.
-fn http_get(addr: &str, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut answer = String::new();
-    tcp.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_owned(), body.to_owned())
-}
 
 /// Parses the Prometheus text format strictly enough to catch mistakes: every sample
 /// belongs to a family declared by `# TYPE` before it, no sample appears twice, values

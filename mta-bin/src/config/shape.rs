@@ -904,6 +904,8 @@ pub struct Local {
     pub verify_cache_negative: Option<Duration>,
     /// How many addresses the verification cache holds; default 100000, 0: no cache.
     pub verify_cache_size: Option<usize>,
+    /// Verification probes at once; default 20, 0: no limit.
+    pub verify_concurrency: Option<usize>,
 }
 
 /// An entry of `[local.targets]`: exactly one of the three (`mta check-config` says so).
