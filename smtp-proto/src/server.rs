@@ -969,6 +969,20 @@ impl ServerSession {
             | Command::Expn(_)
             | Command::Noop
             | Command::StartTls => true,
+            // RFC 4954 §4: AUTH ends a group, unless its initial response completes a
+            // mechanism of one round trip (PLAIN, EXTERNAL).
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                let one_round = initial_response.is_some()
+                    && match mechanism {
+                        Mechanism::Plain => true,
+                        Mechanism::Other(name) => name == "EXTERNAL",
+                        _ => false,
+                    };
+                !offered || !one_round
+            }
             _ => !offered,
         }
     }
@@ -1562,6 +1576,23 @@ mod pipelining_tests {
         );
         // A partial line behind counts too.
         assert_eq!(violations(&[b"EHLO c.test\r\nMA"]), ["EHLO"]);
+        // RFC 4954 §4: AUTH ends a group, except with the initial response of a
+        // mechanism of one round trip (PLAIN).
+        assert!(
+            violations(&[
+                b"EHLO c.test\r\n",
+                b"AUTH PLAIN AGFubgBzZWNyZXQ=\r\nMAIL FROM:<a@b.test>\r\n"
+            ])
+            .is_empty()
+        );
+        assert_eq!(
+            violations(&[b"EHLO c.test\r\n", b"AUTH LOGIN\r\nYW5u\r\n"]),
+            ["AUTH"]
+        );
+        assert_eq!(
+            violations(&[b"EHLO c.test\r\n", b"AUTH PLAIN\r\nAGFubgBzZWNyZXQ=\r\n"]),
+            ["AUTH"]
+        );
     }
 }
 
