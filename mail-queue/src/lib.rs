@@ -55,7 +55,7 @@ pub use message::{
     BodyType, MailParams, MessageMeta, NewMessage, NewRecipient, RecipientDsn, RecipientMeta,
     RecipientState, SpoolRef,
 };
-pub use queue::{Backend, DeliveryService, Queue, QueueConfig};
+pub use queue::{Backend, DeliveryService, NotificationRoute, Queue, QueueConfig};
 pub use stats::{
     DELAY_BUCKETS, DomainCounts, Histogram, Oldest, QueueCounts, QueueStats, TRACKED_DOMAINS,
 };

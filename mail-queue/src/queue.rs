@@ -121,6 +121,21 @@ pub struct Queue {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// Where a delivery status notification to a sender goes: the addresses `sender`
+/// stands for (an alias's members, the original sender of an SRS address). See
+/// [`Queue::route_notifications`].
+pub type NotificationRoute = Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>;
+
+/// A [`NotificationRoute`], or none.
+#[derive(Default)]
+struct RouteSlot(std::sync::RwLock<Option<NotificationRoute>>);
+
+impl std::fmt::Debug for RouteSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteSlot { .. }")
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) config: QueueConfig,
@@ -131,6 +146,7 @@ pub(crate) struct Inner {
     pub(crate) schedule: Mutex<Schedule>,
     pub(crate) wake: Notify,
     stats: QueueStats,
+    notification_route: RouteSlot,
 }
 
 /// Where every message stands in memory: waiting for its next attempt (by time), ready
@@ -343,6 +359,7 @@ impl Queue {
                 schedule: Mutex::new(schedule),
                 wake: Notify::new(),
                 stats: QueueStats::default(),
+                notification_route: RouteSlot::default(),
             }),
         };
         let swept = queue.inner.spool.sweep()?;
@@ -897,6 +914,46 @@ impl Queue {
         }
     }
 
+    /// Sends the delivery status notifications to a sender to the addresses `route`
+    /// gives for it (the sender itself when it gives none), instead of the sender as
+    /// it is. A server whose senders may be aliases or SRS addresses sets one: its
+    /// aliases are expanded when a message is received, but a notification is made
+    /// here, after. `None` removes it; set it again when the aliases change.
+    ///
+    /// ```no_run
+    /// # async fn f(queue: mail_queue::Queue) {
+    /// queue.route_notifications(Some(std::sync::Arc::new(|sender: &str| {
+    ///     if sender == "sales@example.org" {
+    ///         vec!["ann@example.org".to_owned(), "bob@example.org".to_owned()]
+    ///     } else {
+    ///         Vec::new()
+    ///     }
+    /// })));
+    /// # }
+    /// ```
+    pub fn route_notifications(&self, route: Option<NotificationRoute>) {
+        if let Ok(mut slot) = self.inner.notification_route.0.write() {
+            *slot = route;
+        }
+    }
+
+    /// Where a notification to `sender` goes.
+    fn notification_recipients(&self, sender: &str) -> Vec<String> {
+        let route = self
+            .inner
+            .notification_route
+            .0
+            .read()
+            .ok()
+            .and_then(|r| r.clone());
+        let routed = route.map(|route| route(sender)).unwrap_or_default();
+        if routed.is_empty() {
+            vec![sender.to_owned()]
+        } else {
+            routed
+        }
+    }
+
     /// Queues a delivery status notification to the sender, from `<>`.
     async fn notify(
         &self,
@@ -906,20 +963,25 @@ impl Queue {
         action: DsnAction,
     ) -> Result<(), QueueError> {
         let report = dsn::build(meta, body, recipients, action, &self.inner.config.hostname);
+        let to = self.notification_recipients(&meta.from);
         let message = NewMessage {
             from: String::new(),
             // REQUIRETLS when the original had it (RFC 8689 §5).
             params: dsn::params(meta),
-            recipients: vec![crate::message::NewRecipient {
-                address: meta.from.clone(),
-                dsn: Default::default(),
-            }],
+            recipients: to
+                .iter()
+                .map(|address| crate::message::NewRecipient {
+                    address: address.clone(),
+                    dsn: Default::default(),
+                })
+                .collect(),
             source: format!("dsn for {}", meta.id),
         };
         match self.enqueue(message, report).await {
             Ok(id) => {
                 count(&self.inner.stats.notifications);
-                info!(dsn = %id, to = %meta.from, action = ?action, recipients = recipients.len(), "notification queued");
+                let routed = (to.len() != 1 || to[0] != meta.from).then(|| to.join(", "));
+                info!(dsn = %id, to = %meta.from, via = routed.as_deref(), action = ?action, recipients = recipients.len(), "notification queued");
                 Ok(())
             }
             Err(e) => {

@@ -329,6 +329,61 @@ async fn failures_bounce_to_the_sender_but_never_from_the_null_sender() {
     );
 }
 
+/// With a notification route, a bounce goes to the addresses the sender stands for
+/// (the members of an alias), and to the sender itself where the route gives none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_follow_the_route_set_for_the_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(QueueConfig {
+        hostname: "mx.example.test".into(),
+        ..config(dir.path(), Backend::Sled)
+    })
+    .unwrap();
+    queue.route_notifications(Some(Arc::new(|sender: &str| {
+        if sender == "sales@example.test" {
+            vec!["ann@example.test".to_owned(), "bob@example.test".to_owned()]
+        } else {
+            Vec::new()
+        }
+    })));
+    let mut from_alias = message(&["bad@x.test"]);
+    from_alias.from = "sales@example.test".into();
+    queue
+        .enqueue(from_alias, b"Subject: from the alias\r\n\r\nx\r\n".to_vec())
+        .await
+        .unwrap();
+    queue
+        .enqueue(
+            message(&["bad@y.test"]),
+            b"Subject: plain\r\n\r\nx\r\n".to_vec(),
+        )
+        .await
+        .unwrap();
+    let (stop, handle) = run_scheduler(&queue, scripted(Arc::new(Mutex::new(Vec::new()))));
+    for _ in 0..100 {
+        let c = contents(&queue);
+        if c.len() == 2 && c.iter().all(|m| m.0.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    handle.await.unwrap();
+    let mut bounces: Vec<Vec<String>> = contents(&queue)
+        .into_iter()
+        .filter(|(from, _, _)| from.is_empty())
+        .map(|(_, to, _)| to)
+        .collect();
+    bounces.sort();
+    assert_eq!(
+        bounces,
+        [
+            vec!["ann@example.test".to_owned(), "bob@example.test".to_owned()],
+            vec!["sender@example.test".to_owned()],
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_bounces_and_delay_warnings_are_sent_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -199,6 +199,7 @@ impl Reload {
         self.server
             .reload(parts.server_config, parts.stages.clone())?;
         self.counters.defences.commit(parts.defences);
+        self.queue.route_notifications(parts.notification_route);
         self.delivery.replace(&parts.delivery);
         if let Ok(mut injected) = self.injected.write() {
             *injected = parts.stages;
@@ -403,6 +404,8 @@ struct Parts {
     delivery: Delivery,
     /// The rate limits and greylist the stages use, for [`Defences::commit`].
     defences: DefenceState,
+    /// Where the queue's delivery status notifications to a sender go (`[aliases]`).
+    notification_route: Option<mail_queue::NotificationRoute>,
 }
 
 impl Parts {
@@ -446,10 +449,13 @@ impl Parts {
         };
         // The SRS secret, made at the first start, before the stages read it.
         let forwarding = crate::aliases::prepare_srs(config)?;
+        let aliases =
+            crate::aliases::Aliases::from_config(config, mailboxes.as_ref())?.map(Arc::new);
         let stages = stages(
             config,
             &local_domains,
             mailboxes.as_ref(),
+            aliases.as_ref(),
             &resolver,
             queue.clone(),
             &counters.auth,
@@ -471,6 +477,7 @@ impl Parts {
             stages,
             delivery: Delivery::new(local_domains, local, Some(remote), postmaster, mailboxes),
             defences,
+            notification_route: aliases.map(crate::aliases::Aliases::notification_route),
         })
     }
 }
@@ -521,10 +528,13 @@ pub(crate) fn local_stages(
     queue: &Queue,
     custom: &MtaBuilder,
 ) -> anyhow::Result<Stages> {
+    let mailboxes = known_mailboxes(config);
+    let aliases = crate::aliases::Aliases::from_config(config, mailboxes.as_ref())?.map(Arc::new);
     let stages = stages(
         config,
         &DomainSet::new(&config.local.domains),
-        known_mailboxes(config).as_ref(),
+        mailboxes.as_ref(),
+        aliases.as_ref(),
         &resolver(config)?,
         queue.clone(),
         &Arc::default(),
@@ -605,8 +615,10 @@ impl Mta {
             stages,
             delivery,
             defences,
+            notification_route,
         } = Parts::build(&config, &queue, &counters, &custom)?;
         counters.defences.commit(defences);
+        queue.route_notifications(notification_route);
         let injected = Arc::new(std::sync::RwLock::new(stages.clone()));
         let tls_reporter = match &counters.tls_rpt {
             Some(aggregator) => Some(crate::tlsrpt::Reporter::new(
@@ -1062,6 +1074,7 @@ fn stages(
     config: &Config,
     local_domains: &DomainSet,
     mailboxes: Option<&Arc<std::collections::HashSet<String>>>,
+    aliases: Option<&Arc<crate::aliases::Aliases>>,
     resolver: &MxResolver,
     queue: Queue,
     auth_stats: &Arc<auth_checks::AuthStats>,
@@ -1106,7 +1119,6 @@ fn stages(
     });
     // Aliases expand last: the filters before them see the recipients as the client
     // gave them (as Postfix's cleanup expands after smtpd).
-    let aliases = crate::aliases::Aliases::from_config(config, mailboxes)?.map(Arc::new);
     let mut enqueue = Stages::new(Enqueue {
         queue,
         priorities: Arc::new(Priorities::from_config(config)),
@@ -1153,9 +1165,7 @@ fn stages(
     }
     // Recipient verification against the LMTP server: after the local-recipient list
     // (it asks only about what the list lets through), before greylisting.
-    if let Some(verifier) =
-        crate::verify::LmtpVerifier::from_config(config, aliases.as_ref(), door.verify)
-    {
+    if let Some(verifier) = crate::verify::LmtpVerifier::from_config(config, aliases, door.verify) {
         stages = stages.rcpt_layer(filter_async(verifier));
     }
     if let Some(aliases) = &aliases {

@@ -268,6 +268,11 @@ max_depth = 2
 /// A second `mta`, the remote peer: it takes mail for partner.test and origin.test
 /// (any user) into its Maildir under `dir`.
 fn peer(dir: &Path) -> (Running, String) {
+    peer_taking(dir, "accept_any_user = true")
+}
+
+/// [`peer`], taking the users `users` (its `[local]` line) only.
+fn peer_taking(dir: &Path, users: &str) -> (Running, String) {
     let d = dir.display();
     let cfg = write(
         dir,
@@ -282,7 +287,7 @@ path = "{d}/queue"
 [local]
 domains = ["partner.test", "origin.test"]
 maildir = "{d}/maildir"
-accept_any_user = true
+{users}
 [dns]
 nameservers = ["{dns}"]
 [auth_checks]
@@ -404,6 +409,53 @@ with smtplib.SMTP(host, port) as s:
         let reply = rcpt_reply(&addr, &old);
         assert!(reply.starts_with(expected), "{ago} days: {old}: {reply}");
     }
+    child.stop();
+    peer_child.stop();
+}
+
+/// A delivery status notification goes where its sender leads: to the members of an
+/// alias (no mailbox of that name exists). Before, it went to the address itself, found
+/// no mailbox, and was dropped (a notification about a notification is never sent).
+/// The bounce of forwarded mail goes to the original sender (SRS rewrites the sender of
+/// the remote transaction only).
+#[test]
+fn bounces_to_an_alias_or_an_srs_sender_reach_the_people_behind_it() {
+    let peer_dir = tempfile::tempdir().unwrap();
+    let (peer_child, peer_addr) =
+        peer_taking(peer_dir.path(), "mailboxes = [\"sender@origin.test\"]");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "{}[relay]\ntrusted_networks = [\"127.0.0.0/8\"]\n\
+             [aliases.map]\n\"sales@mx.test\" = [\"alice@mx.test\", \"bob@mx.test\"]\n\
+             \"fwd@mx.test\" = [\"nobody@partner.test\"]\n",
+            to_peer(&peer_addr)
+        ),
+    );
+    let (child, addr) = Running::start(&cfg);
+    // The peer refuses nobody@partner.test (550 5.1.1): each message bounces. (This
+    // machine may relay: the alias's users send from here.)
+    send(
+        &addr,
+        "sales@mx.test",
+        "nobody@partner.test",
+        "from the alias",
+    );
+    for user in ["alice", "bob"] {
+        let got = mail(dir.path(), "mx.test", user, 1);
+        assert_eq!(got.len(), 1, "{user}: {got:?}");
+        assert_eq!(return_path(&got[0]), "<>", "{}", got[0]);
+        assert!(got[0].contains("Subject: from the alias"), "{}", got[0]);
+        assert!(got[0].contains("nobody@partner.test"), "{}", got[0]);
+    }
+    // Forwarded with an SRS sender, refused by the peer: our bounce goes to the
+    // original sender.
+    send(&addr, "sender@origin.test", "fwd@mx.test", "forwarded");
+    let back = mail(peer_dir.path(), "origin.test", "sender", 1);
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(return_path(&back[0]), "<>");
+    assert!(back[0].contains("Subject: forwarded"), "{}", back[0]);
     child.stop();
     peer_child.stop();
 }

@@ -335,6 +335,37 @@ impl Aliases {
             .then(|| srs.reverse(&local, srs::today()))
     }
 
+    /// Where a delivery status notification to `sender` goes: the final addresses of
+    /// an alias, the original sender of one of our SRS addresses (a message that came
+    /// with one as its sender); nothing (the sender itself) for any other address, or
+    /// one that does not expand (the notification then meets what a message to it
+    /// would). Senders were not expanded when their message was received: only
+    /// recipients are.
+    ///
+    /// ```
+    /// # fn f(aliases: &mta_bin::aliases::Aliases) {
+    /// let to = aliases.notification_recipients("sales@example.org");
+    /// # }
+    /// ```
+    pub fn notification_recipients(&self, sender: &str) -> Vec<String> {
+        let Ok(mailbox) = Mailbox::parse(sender) else {
+            return Vec::new();
+        };
+        if let Some(reversed) = self.reverse_srs(&mailbox) {
+            return reversed.map(|original| vec![original]).unwrap_or_default();
+        }
+        if !self.is_alias(sender) {
+            return Vec::new();
+        }
+        self.expand(sender).unwrap_or_default()
+    }
+
+    /// [`Aliases::notification_recipients`], for
+    /// [`mail_queue::Queue::route_notifications`].
+    pub fn notification_route(self: Arc<Self>) -> mail_queue::NotificationRoute {
+        Arc::new(move |sender: &str| self.notification_recipients(sender))
+    }
+
     /// The rcpt-stage check (in place of `LocalRecipients`, which it does as well).
     pub fn rcpt_check(self: &Arc<Self>) -> AliasRecipients {
         AliasRecipients(Arc::clone(self))
