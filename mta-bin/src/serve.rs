@@ -1200,7 +1200,11 @@ fn stages(
     if let Some(dnsbl) = &dnsbl {
         stages = stages.rcpt_layer(dnsbl.rcpt_layer());
     }
-    Ok(stages.relay_policy(filter(RelayPolicy::new(local_domains.clone(), trusted))))
+    // The dictionary-attack defence stands before the relay policy, so that relaying
+    // refusals count as refused recipients too.
+    let policy = filter(RelayPolicy::new(local_domains.clone(), trusted));
+    let counted = tower::util::option_layer(door.rate.map(RateLimits::relay_layer));
+    Ok(stages.relay_policy(tower::layer::util::Stack::new(policy, counted)))
 }
 
 /// The queue id of a message `Enqueue` queued, left in its transaction's notes.

@@ -525,7 +525,8 @@ fn a_connection_flood_is_refused_421() {
 /// `[rate_limits.failed_rcpts]`: a dictionary attack (up to 200 unknown recipients) is
 /// refused `550` recipient by recipient, tarpitted past `tarpit_after`, then cut off
 /// with `421 4.7.0` past `disconnect_after`, and refused at once when it comes back;
-/// a known recipient from another address still gets through.
+/// a known recipient from another address still gets through. Relaying refusals count
+/// the same.
 #[test]
 fn a_dictionary_attack_is_tarpitted_and_cut_off() {
     let setup = Setup::new();
@@ -579,12 +580,23 @@ fn a_dictionary_attack_is_tarpitted_and_cut_off() {
     assert!(good.cmd("RCPT TO:<nobody@mx.test>").starts_with("550"));
     assert!(good.cmd("RCPT TO:<you@mx.test>").starts_with("250"));
     good.cmd("QUIT");
+    // An open-relay scanner meets the same: its refusals (554 5.7.1) count too.
+    let mut scanner = greeted("127.0.0.4", &addr);
+    scanner.mail_from("scan.example.net", "probe@example.net");
+    let answers: Vec<String> = (0..11)
+        .map(|i| scanner.cmd(&format!("RCPT TO:<x{i}@elsewhere.example>")))
+        .collect();
+    assert!(
+        answers[..10].iter().all(|a| a.starts_with("554 5.7.1 ")),
+        "{answers:?}"
+    );
+    assert!(answers[10].starts_with("421 4.7.0 "), "{answers:?}");
     setup.assert_metrics([
         (
             "mta_smtp_rate_limit_refusals_total{limit=\"failed_rcpts_per_ip\"}",
-            2.0,
+            3.0,
         ),
-        ("mta_smtp_rate_limit_tarpitted_total", 5.0),
+        ("mta_smtp_rate_limit_tarpitted_total", 10.0),
     ]);
     terminate(child);
 }

@@ -141,6 +141,63 @@ async fn dictionary_attack_is_tarpitted_then_cut_off() {
     assert_eq!(limits.stats().tarpitted.load(Ordering::Relaxed), 20);
 }
 
+/// With the rate limits around the relay policy too, a client refused for relaying
+/// (an open-relay scanner) is tarpitted and cut off as one guessing users is, both
+/// refusals count together, and the check is made once per recipient.
+#[tokio::test]
+async fn relaying_refusals_count_as_refused_recipients() {
+    let inbox = Inbox::default();
+    let limits = RateLimits::new(RateSettings {
+        failed_rcpts_per_ip: DictionaryLimit {
+            tarpit_after: 2,
+            disconnect_after: 4,
+            window: HOUR,
+            tarpit_step: Duration::from_millis(10),
+            tarpit_max: Duration::from_millis(50),
+            mode: FilterMode::Enforce,
+        },
+        ..RateSettings::default()
+    });
+    let known = LocalRecipients::new(DomainSet::new([LOCAL]), ["alice@local.test"]);
+    let policy = filter(RelayPolicy::new(DomainSet::new([LOCAL]), vec![]));
+    let stages = Stages::new(sink(&inbox, |req| req))
+        .rcpt_layer(filter(known))
+        .relay_policy(tower::layer::util::Stack::new(policy, limits.relay_layer()));
+    let server = StreamServer::new(
+        support::config(None),
+        ListenerMode::Relay,
+        limits.install(stages),
+    )
+    .unwrap();
+    let mut bot = session(&server, ATTACKER).await;
+    assert_eq!(bot.cmd("MAIL FROM:<bot@spam.test>").await, "250 2.1.0");
+    let mut answers = Vec::new();
+    for rcpt in [
+        "a@elsewhere.test",
+        "b@elsewhere.test",
+        "nobody@local.test",
+        "c@elsewhere.test",
+        "alice@local.test",
+    ] {
+        answers.push(bot.cmd(&format!("RCPT TO:<{rcpt}>")).await);
+    }
+    assert_eq!(
+        answers,
+        [
+            "554 5.7.1",
+            "554 5.7.1",
+            "550 5.1.1",
+            "554 5.7.1",
+            "421 4.7.0"
+        ]
+    );
+    assert!(bot.is_closed().await);
+    // Checked before the third, fourth and fifth recipients (2, 3 and 4 refusals by
+    // then), once each; the fifth was refused.
+    assert_eq!(count(&limits, LimitKind::FailedRcptsPerIp), (3, 1));
+    assert_eq!(limits.stats().tarpitted.load(Ordering::Relaxed), 2);
+}
+
 #[tokio::test]
 async fn pipelined_dictionary_attack_over_tcp_is_cut_off() {
     let inbox = Inbox::default();

@@ -52,7 +52,7 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -510,6 +510,7 @@ impl RateLimits {
                 failed_rcpts: Mutex::new(Table::new(max, start, Arc::clone(&stats.tracked))),
                 failed_logins: Mutex::new(Table::new(max, start, Arc::clone(&stats.tracked))),
                 stats,
+                dictionary_at_relay: AtomicBool::new(false),
             }),
         }
     }
@@ -541,6 +542,33 @@ impl RateLimits {
     /// greylisting), so that it sees their answers.
     pub fn rcpt_layer(&self) -> RateLayer<RcptRequest> {
         self.layer()
+    }
+
+    /// The layer around the relay policy ([`Stages::relay_policy`], which is asked
+    /// before the rcpt chain): the dictionary-attack tarpit and cut-off move there from
+    /// the rcpt layer, and a relaying refusal counts as a refused recipient, as
+    /// Postfix's error counter counts it. Without it, a client that only tries to relay
+    /// (an open-relay scanner) would never be slowed down.
+    ///
+    /// ```
+    /// use smtp_server::Stages;
+    /// use smtp_server::filters::{DomainSet, RelayPolicy};
+    /// use smtp_server::filters::rate::{RateLimits, RateSettings};
+    /// use smtp_server::filter;
+    /// # let sink = tower::service_fn(|_| async { Ok::<_, smtp_server::BoxError>(smtp_server::Decision::accept()) });
+    /// let limits = RateLimits::new(RateSettings::default());
+    /// let policy = filter(RelayPolicy::new(DomainSet::new(["example.test"]), Vec::new()));
+    /// let stages = Stages::new(sink)
+    ///     .rcpt_layer(limits.rcpt_layer())
+    ///     .relay_policy(tower::layer::util::Stack::new(policy, limits.relay_layer()));
+    /// ```
+    pub fn relay_layer(&self) -> RelayLayer {
+        self.inner
+            .dictionary_at_relay
+            .store(true, Ordering::Relaxed);
+        RelayLayer {
+            limits: self.clone(),
+        }
     }
 
     /// The layer of any stage (`R` is the stage's request).
@@ -666,6 +694,56 @@ rate_service!(AuthRequest, auth);
 rate_service!(MailRequest, mail);
 rate_service!(RcptRequest, rcpt);
 
+/// The layer around the relay policy: see [`RateLimits::relay_layer`].
+#[derive(Clone, Debug)]
+pub struct RelayLayer {
+    limits: RateLimits,
+}
+
+impl<S> Layer<S> for RelayLayer {
+    type Service = RelayService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RelayService {
+            limits: self.limits.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service of a [`RelayLayer`].
+#[derive(Clone)]
+pub struct RelayService<S> {
+    limits: RateLimits,
+    inner: S,
+}
+
+impl<S> std::fmt::Debug for RelayService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayService")
+    }
+}
+
+impl<S> Service<RcptRequest> for RelayService<S>
+where
+    S: Service<RcptRequest, Response = Decision, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Decision;
+    type Error = BoxError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: RcptRequest) -> BoxFuture {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let limits = Arc::clone(&self.limits.inner);
+        Box::pin(async move { limits.relay(request, inner).await })
+    }
+}
+
 /// The shared state.
 struct Inner {
     settings: RateSettings,
@@ -676,6 +754,9 @@ struct Inner {
     buckets: [Mutex<Table<Key, Bucket>>; 7],
     failed_rcpts: Mutex<Table<Key, Failures>>,
     failed_logins: Mutex<Table<Key, Failures>>,
+    /// Set once a [`RelayLayer`] exists: the dictionary check is made there, before
+    /// the relay policy, and not again in the rcpt layer.
+    dictionary_at_relay: AtomicBool,
 }
 
 /// What a table is keyed by.
@@ -935,9 +1016,11 @@ impl Inner {
         }
         let who = self.who(&req.session);
         let dict = self.settings.failed_rcpts_per_ip;
-        let dict_active =
-            dict.mode != FilterMode::Off && (dict.tarpit_after > 0 || dict.disconnect_after > 0);
-        if dict_active && let Some(decision) = self.dictionary(&dict, &who.client).await {
+        let dict_active = self.dictionary_active();
+        if dict_active
+            && !self.dictionary_at_relay.load(Ordering::Relaxed)
+            && let Some(decision) = self.dictionary(&dict, &who.client).await
+        {
             return Ok(decision);
         }
         let checks = self.applicable(&who, &req.from, true);
@@ -950,12 +1033,45 @@ impl Inner {
                 self.charge(&checks, self.clock.now());
             }
         } else if decision.is_reject() && dict_active {
-            let now = self.clock.now();
-            lock(&self.failed_rcpts)
-                .entry(who.client.clone(), now, || Failures::new(now, dict.window))
-                .record(now, dict.window);
+            self.record_failed_rcpt(&who.client);
         }
         Ok(decision)
+    }
+
+    /// Around the relay policy ([`RateLimits::relay_layer`]): the dictionary check,
+    /// then a relaying refusal counted as a refused recipient.
+    async fn relay<S>(self: Arc<Self>, req: RcptRequest, mut next: S) -> Result<Decision, BoxError>
+    where
+        S: Service<RcptRequest, Response = Decision, Error = BoxError>,
+    {
+        if self.exempt(&req.session) || !self.dictionary_active() {
+            return next.call(req).await;
+        }
+        let client = self.who(&req.session).client;
+        let dict = self.settings.failed_rcpts_per_ip;
+        if let Some(decision) = self.dictionary(&dict, &client).await {
+            return Ok(decision);
+        }
+        let decision = next.call(req).await?;
+        if decision.is_reject() {
+            self.record_failed_rcpt(&client);
+        }
+        Ok(decision)
+    }
+
+    /// Whether the dictionary-attack defence is on.
+    fn dictionary_active(&self) -> bool {
+        let dict = self.settings.failed_rcpts_per_ip;
+        dict.mode != FilterMode::Off && (dict.tarpit_after > 0 || dict.disconnect_after > 0)
+    }
+
+    /// One more refused recipient from `client`.
+    fn record_failed_rcpt(&self, client: &Key) {
+        let window = self.settings.failed_rcpts_per_ip.window;
+        let now = self.clock.now();
+        lock(&self.failed_rcpts)
+            .entry(client.clone(), now, || Failures::new(now, window))
+            .record(now, window);
     }
 
     /// The dictionary-attack defence before a RCPT: the cut-off, or the tarpit's delay.
