@@ -37,6 +37,8 @@ pub struct Sources {
     pub defences: crate::serve::Defences,
     /// Recipient verification's answers.
     pub verify: Arc<crate::verify::VerifyStats>,
+    /// What outbound traffic shaping held back.
+    pub shaping: Arc<crate::delivery::ShapingStats>,
 }
 
 /// Serves the endpoint on `listener` until `shutdown` completes.
@@ -123,6 +125,7 @@ fn render(s: &Sources) -> String {
     registry.register_collector(Box::new(s.defences.rate_stats()));
     registry.register_collector(Box::new(s.defences.greylist_stats()));
     registry.register_collector(Box::new(Arc::clone(&s.verify)));
+    registry.register_collector(Box::new(Arc::clone(&s.shaping)));
     let build: Family<[(&str, &str); 1], Gauge> = Family::default();
     build
         .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])

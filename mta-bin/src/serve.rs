@@ -295,6 +295,8 @@ struct Counters {
     tls_rpt: Option<Arc<crate::tlsrpt::Aggregator>>,
     /// Recipient verification's answers.
     verify: Arc<crate::verify::VerifyStats>,
+    /// What outbound traffic shaping held back.
+    shaping: Arc<crate::delivery::ShapingStats>,
 }
 
 /// The rate limits and the greylist of a running MTA: their tables and state (and
@@ -468,7 +470,7 @@ impl Parts {
             .domains
             .first()
             .map(|d| format!("postmaster@{d}"));
-        let remote = remote_delivery(config, resolver, forwarding)?;
+        let remote = remote_delivery(config, resolver, forwarding, &counters.shaping)?;
         if let (Some(sink), Some(reports)) = (&counters.tls_rpt, remote.tls_reports()) {
             reports.forward_to(Arc::clone(sink) as _);
         }
@@ -667,6 +669,7 @@ impl Mta {
                 door_dns: Arc::clone(&counters.door_dns),
                 defences: counters.defences.clone(),
                 verify: Arc::clone(&counters.verify),
+                shaping: Arc::clone(&counters.shaping),
             };
             tasks.push(tokio::spawn(crate::metrics::serve(
                 listener,
@@ -810,6 +813,7 @@ fn remote_delivery(
     config: &Config,
     resolver: MxResolver,
     forwarding: Option<crate::aliases::Forwarding>,
+    shaping_stats: &Arc<crate::delivery::ShapingStats>,
 ) -> anyhow::Result<Remote> {
     let o = &config.outbound;
     let (outbound, relay) = outbound_config(config)?;
@@ -843,6 +847,7 @@ fn remote_delivery(
                 backoff: o.backoff,
                 backoff_max: o.backoff_max,
             },
+            shaping_stats: Arc::clone(shaping_stats),
             destinations: o.destination.iter().map(destination_policy).collect(),
             sender_pools: o
                 .sender_source

@@ -189,11 +189,14 @@ fn a_throttling_destination_slows_down_while_another_keeps_full_speed() {
     let slow = Peer::start(Mode::Throttle);
     let rate = Peer::start(Mode::RateLimitRcpt);
     let fast = Peer::start(Mode::Accept);
+    let metrics = support::free_address();
     let cfg = config(
         dir.path(),
         &format!(
             r#"backoff = "1h"
 backoff_max = "2h"
+[metrics]
+address = "{metrics}"
 [[outbound.destination]]
 match = "slow.test"
 relay = "127.0.0.1:{}"
@@ -209,6 +212,13 @@ relay = "127.0.0.1:{}"
             slow.port, rate.port, fast.port
         ),
     );
+    let sample = |name: &str| -> usize {
+        let text = support::http_get(&metrics, "/metrics").1;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
     let (child, addr) = serve(&cfg);
     for n in 0..N {
         for to in ["a@slow.test", "b@rate.test", "c@fast.test"] {
@@ -225,6 +235,10 @@ relay = "127.0.0.1:{}"
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let (throttled_total, held_total) = (
+        sample("mta_outbound_throttled_total"),
+        sample("mta_outbound_shaping_total{action=\"backoff_deferred\"}"),
+    );
     terminate(child);
     assert_eq!(fast.messages(), N);
     assert_eq!(rate.messages(), 0);
@@ -245,6 +259,10 @@ relay = "127.0.0.1:{}"
         );
         assert_eq!(throttled, attempts, "{domain}: {errors:?}");
     }
+    // The metrics count the same: each throttling reply, each delivery held back.
+    let shaped = count("traffic shaping");
+    assert_eq!(throttled_total, 2 * N - shaped, "{errors:?}");
+    assert_eq!(held_total, shaped, "{errors:?}");
 }
 
 /// Mail from a sender domain with a pool leaves from the pool's addresses in turn,

@@ -26,7 +26,7 @@ pub use maildir_sync::{MaildirSync, Pending, store_then_sync};
 pub use mbox::Mbox;
 pub use quota::{ByteSize, Grace, Limits, LimitsConfig, QuotaConfig, Quotas, Usage, size_in_name};
 pub use remote::{DestinationPolicy, MatchOn, Relay, Remote, RemoteConfig, SenderPool, Source};
-pub use shaping::{Rates, Shaping, ShapingConfig, is_throttling};
+pub use shaping::{Rates, Shaping, ShapingConfig, ShapingStats, is_throttling};
 pub use slots::{PrioritySlots, Slot};
 pub use sts::{StsConfig, TlsReports};
 

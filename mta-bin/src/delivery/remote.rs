@@ -251,6 +251,8 @@ pub struct RemoteConfig {
     pub dane: Option<DaneResolver>,
     /// Traffic shaping: how destinations that throttle us are backed off.
     pub shaping: ShapingConfig,
+    /// What traffic shaping counts into (kept across reloads).
+    pub shaping_stats: Arc<crate::delivery::ShapingStats>,
     /// Per-destination policies: the first domain policy that matches the recipient
     /// domain applies to a delivery, the first MX policy that matches an MX host's
     /// name to each connection to that host.
@@ -497,7 +499,7 @@ impl Remote {
         });
         Self {
             resolver,
-            shaping: Shaping::new(config.shaping),
+            shaping: Shaping::new(config.shaping).count_into(Arc::clone(&config.shaping_stats)),
             config,
             idle: Arc::default(),
             destinations: Mutex::default(),
@@ -538,8 +540,12 @@ impl Remote {
         if let Some(rate) = policy.and_then(|p| p.max_messages_per_minute) {
             // Waiting in the slot holds up only this destination.
             match self.rates.reserve(domain, rate, RATE_WAIT) {
-                Some(wait) => tokio::time::sleep(wait).await,
+                Some(wait) => self.rate_wait(wait).await,
                 None => {
+                    self.shaping
+                        .stats()
+                        .rate_deferred
+                        .fetch_add(1, Ordering::Relaxed);
                     let text = format!(
                         "451 4.7.0 {domain}: traffic shaping: over {rate} messages a minute"
                     );
@@ -560,6 +566,17 @@ impl Remote {
         let throttled = plan.throttled.load(Ordering::Relaxed);
         self.shaping.record(domain, admitted, throttled, accepted);
         outcomes
+    }
+
+    /// Waits `wait` for a destination's rate (counted when there is a wait).
+    async fn rate_wait(&self, wait: Duration) {
+        if !wait.is_zero() {
+            self.shaping
+                .stats()
+                .rate_waited
+                .fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// The delivery slots under `key` (a domain, or `MX <pattern>`), `limit` of them.
@@ -678,8 +695,12 @@ impl Remote {
         };
         if let Some(rate) = mx.max_messages_per_minute {
             match self.rates.reserve(&key, rate, RATE_WAIT) {
-                Some(wait) => tokio::time::sleep(wait).await,
+                Some(wait) => self.rate_wait(wait).await,
                 None => {
+                    self.shaping
+                        .stats()
+                        .rate_deferred
+                        .fetch_add(1, Ordering::Relaxed);
                     return Err(format!(
                         "451 4.7.0 {key}: traffic shaping: over {rate} messages a minute"
                     ));

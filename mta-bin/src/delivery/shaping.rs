@@ -12,7 +12,8 @@
 //! A deferred message keeps its normal queue retry.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use smtp_proto::Reply;
@@ -39,11 +40,66 @@ impl Default for ShapingConfig {
     }
 }
 
+/// What traffic shaping did so far, for metrics (`docs/metrics.md`); kept across
+/// reloads. A `prometheus_client` `Collector`: `outbound_throttled_total` and
+/// `outbound_shaping_total{action}`.
+///
+/// ```
+/// let stats = mta_bin::delivery::ShapingStats::default();
+/// assert_eq!(stats.throttled.load(std::sync::atomic::Ordering::Relaxed), 0);
+/// ```
+#[derive(Debug, Default)]
+pub struct ShapingStats {
+    /// Throttling replies from destinations (each backs its destination off further).
+    pub throttled: AtomicU64,
+    /// Deliveries deferred without connecting: their destination was backing off.
+    pub backoff_deferred: AtomicU64,
+    /// Messages that waited for their destination's rate (`max_messages_per_minute`).
+    pub rate_waited: AtomicU64,
+    /// Deliveries deferred by their destination's rate (the wait would have been too
+    /// long).
+    pub rate_deferred: AtomicU64,
+}
+
+impl prometheus_client::collector::Collector for ShapingStats {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ConstCounter::new(get(&self.throttled)).encode(encoder.encode_descriptor(
+            "outbound_throttled",
+            "Throttling replies from destinations (421, 4.7.0, 4.7.28, a rate): each backs its destination off.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        let mut family = encoder.encode_descriptor(
+            "outbound_shaping",
+            "Deliveries held by traffic shaping: deferred during a backoff (backoff_deferred), waiting for a destination's rate (rate_waited) or deferred by it (rate_deferred).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (action, counter) in [
+            ("backoff_deferred", &self.backoff_deferred),
+            ("rate_waited", &self.rate_waited),
+            ("rate_deferred", &self.rate_deferred),
+        ] {
+            ConstCounter::new(get(counter)).encode(family.encode_family(&[("action", action)])?)?;
+        }
+        Ok(())
+    }
+}
+
 /// The backoff state of every destination.
 #[derive(Debug, Default)]
 pub struct Shaping {
     config: ShapingConfig,
     states: Mutex<HashMap<String, State>>,
+    stats: Arc<ShapingStats>,
 }
 
 #[derive(Debug)]
@@ -69,7 +125,19 @@ impl Shaping {
         Self {
             config,
             states: Mutex::default(),
+            stats: Arc::default(),
         }
+    }
+
+    /// Counts into `stats` (shared across reloads).
+    pub fn count_into(mut self, stats: Arc<ShapingStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ShapingStats {
+        &self.stats
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, State>> {
@@ -85,6 +153,7 @@ impl Shaping {
         };
         let now = Instant::now();
         if now < state.until {
+            self.stats.backoff_deferred.fetch_add(1, Ordering::Relaxed);
             let left = state.until - now;
             return Err(format!(
                 "451 4.7.0 {destination}: traffic shaping: backing off for {} s more after a \
@@ -93,6 +162,7 @@ impl Shaping {
             ));
         }
         if state.busy.is_some_and(|until| now < until) {
+            self.stats.backoff_deferred.fetch_add(1, Ordering::Relaxed);
             return Err(format!(
                 "451 4.7.0 {destination}: traffic shaping: one delivery at a time after a \
                  throttling reply"
@@ -109,6 +179,7 @@ impl Shaping {
     pub fn record(&self, destination: &str, admitted: Admitted, throttled: bool, accepted: bool) {
         let mut states = self.lock();
         if throttled {
+            self.stats.throttled.fetch_add(1, Ordering::Relaxed);
             let now = Instant::now();
             let state = states.entry(destination.to_owned()).or_insert(State {
                 level: 0,
