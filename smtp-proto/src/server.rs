@@ -1049,35 +1049,11 @@ impl ServerSession {
                     self.finish_chunk();
                 }
             }
-            Command::Rset => {
-                self.transaction = None;
-                self.reply(Reply::new(ReplyCode::OK, EnhancedStatus::OK, "Reset state"));
-                self.junk_command();
-            }
-            Command::Noop => {
-                self.reply(Reply::new(ReplyCode::OK, EnhancedStatus::OK, "OK"));
-                self.junk_command();
-            }
-            Command::Vrfy(_) => {
-                self.reply(Reply::new(
-                    ReplyCode::CANNOT_VERIFY,
-                    EnhancedStatus::PROTOCOL_OK,
-                    "Cannot VRFY user, but will accept message and attempt delivery",
-                ));
-                self.junk_command();
-            }
-            Command::Expn(_) => {
-                self.refuse(Error::NotImplemented("EXPN"));
-                self.junk_command();
-            }
-            Command::Help(_) => {
-                self.reply(Reply::new(
-                    ReplyCode::HELP,
-                    EnhancedStatus::OK,
-                    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY STARTTLS AUTH; see RFC 5321",
-                ));
-                self.junk_command();
-            }
+            Command::Rset
+            | Command::Noop
+            | Command::Vrfy(_)
+            | Command::Expn(_)
+            | Command::Help(_) => self.junk_command(&command),
             Command::StartTls => self.starttls(),
             Command::Auth {
                 mechanism,
@@ -1481,10 +1457,28 @@ impl ServerSession {
         }
     }
 
-    /// A command that moves no mail (NOOP, RSET, VRFY, EXPN, HELP), answered already:
-    /// beyond [`ServerConfig::max_junk_commands`] since the last accepted message, it
-    /// counts as an error.
-    fn junk_command(&mut self) {
+    /// A command that moves no mail (NOOP, RSET, VRFY, EXPN, HELP): answered, and
+    /// beyond [`ServerConfig::max_junk_commands`] since the last accepted message,
+    /// counted as an error.
+    fn junk_command(&mut self, command: &Command) {
+        match command {
+            Command::Rset => {
+                self.transaction = None;
+                self.reply(Reply::new(ReplyCode::OK, EnhancedStatus::OK, "Reset state"));
+            }
+            Command::Vrfy(_) => self.reply(Reply::new(
+                ReplyCode::CANNOT_VERIFY,
+                EnhancedStatus::PROTOCOL_OK,
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Command::Expn(_) => self.refuse(Error::NotImplemented("EXPN")),
+            Command::Help(_) => self.reply(Reply::new(
+                ReplyCode::HELP,
+                EnhancedStatus::OK,
+                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY STARTTLS AUTH; see RFC 5321",
+            )),
+            _ => self.reply(Reply::new(ReplyCode::OK, EnhancedStatus::OK, "OK")),
+        }
         self.junk_commands = self.junk_commands.saturating_add(1);
         if self.junk_commands > self.config.max_junk_commands {
             self.count_error();

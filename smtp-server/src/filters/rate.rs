@@ -562,13 +562,11 @@ impl RateLimits {
     ///     .rcpt_layer(limits.rcpt_layer())
     ///     .relay_policy(tower::layer::util::Stack::new(policy, limits.relay_layer()));
     /// ```
-    pub fn relay_layer(&self) -> RelayLayer {
+    pub fn relay_layer(&self) -> RateLayer<Relaying> {
         self.inner
             .dictionary_at_relay
             .store(true, Ordering::Relaxed);
-        RelayLayer {
-            limits: self.clone(),
-        }
+        self.layer()
     }
 
     /// The layer of any stage (`R` is the stage's request).
@@ -664,8 +662,8 @@ impl<S, R> std::fmt::Debug for RateService<S, R> {
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Decision, BoxError>> + Send>>;
 
 macro_rules! rate_service {
-    ($req:ty, $method:ident) => {
-        impl<S> Service<$req> for RateService<S, $req>
+    ($marker:ty, $req:ty, $method:ident) => {
+        impl<S> Service<$req> for RateService<S, $marker>
         where
             S: Service<$req, Response = Decision, Error = BoxError> + Clone + Send + 'static,
             S::Future: Send + 'static,
@@ -689,60 +687,16 @@ macro_rules! rate_service {
     };
 }
 
-rate_service!(ConnectRequest, connect);
-rate_service!(AuthRequest, auth);
-rate_service!(MailRequest, mail);
-rate_service!(RcptRequest, rcpt);
+rate_service!(ConnectRequest, ConnectRequest, connect);
+rate_service!(AuthRequest, AuthRequest, auth);
+rate_service!(MailRequest, MailRequest, mail);
+rate_service!(RcptRequest, RcptRequest, rcpt);
+rate_service!(Relaying, RcptRequest, relay);
 
-/// The layer around the relay policy: see [`RateLimits::relay_layer`].
-#[derive(Clone, Debug)]
-pub struct RelayLayer {
-    limits: RateLimits,
-}
-
-impl<S> Layer<S> for RelayLayer {
-    type Service = RelayService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RelayService {
-            limits: self.limits.clone(),
-            inner,
-        }
-    }
-}
-
-/// The service of a [`RelayLayer`].
-#[derive(Clone)]
-pub struct RelayService<S> {
-    limits: RateLimits,
-    inner: S,
-}
-
-impl<S> std::fmt::Debug for RelayService<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RelayService")
-    }
-}
-
-impl<S> Service<RcptRequest> for RelayService<S>
-where
-    S: Service<RcptRequest, Response = Decision, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Decision;
-    type Error = BoxError;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: RcptRequest) -> BoxFuture {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let limits = Arc::clone(&self.limits.inner);
-        Box::pin(async move { limits.relay(request, inner).await })
-    }
-}
+/// The request marker of the layer around the relay policy ([`RateLimits::relay_layer`]):
+/// its service takes [`RcptRequest`]s.
+#[derive(Debug)]
+pub enum Relaying {}
 
 /// The shared state.
 struct Inner {
