@@ -39,6 +39,8 @@ pub struct Sources {
     pub verify: Arc<crate::verify::VerifyStats>,
     /// What outbound traffic shaping held back.
     pub shaping: Arc<crate::delivery::ShapingStats>,
+    /// TLS reporting (`[tls_reports]`); `None` when off.
+    pub tls_rpt: Option<Arc<crate::tlsrpt::Aggregator>>,
 }
 
 /// Serves the endpoint on `listener` until `shutdown` completes.
@@ -126,6 +128,9 @@ fn render(s: &Sources) -> String {
     registry.register_collector(Box::new(s.defences.greylist_stats()));
     registry.register_collector(Box::new(Arc::clone(&s.verify)));
     registry.register_collector(Box::new(Arc::clone(&s.shaping)));
+    if let Some(tls_rpt) = &s.tls_rpt {
+        registry.register_collector(Box::new(Arc::clone(tls_rpt)));
+    }
     let build: Family<[(&str, &str); 1], Gauge> = Family::default();
     build
         .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])

@@ -670,6 +670,7 @@ impl Mta {
                 defences: counters.defences.clone(),
                 verify: Arc::clone(&counters.verify),
                 shaping: Arc::clone(&counters.shaping),
+                tls_rpt: counters.tls_rpt.clone(),
             };
             tasks.push(tokio::spawn(crate::metrics::serve(
                 listener,

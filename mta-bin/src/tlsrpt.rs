@@ -38,6 +38,7 @@ use std::hash::BuildHasher;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -174,6 +175,74 @@ impl Settings {
 pub struct Aggregator {
     settings: Settings,
     state: Mutex<State>,
+    counted: Counted,
+}
+
+/// What the aggregator and its reporter did since the start, for metrics
+/// (`docs/metrics.md`): sessions counted, reports sent.
+#[derive(Debug, Default)]
+struct Counted {
+    successes: AtomicU64,
+    failures: AtomicU64,
+    mailed: AtomicU64,
+    mail_failed: AtomicU64,
+    posted: AtomicU64,
+    post_failed: AtomicU64,
+}
+
+fn add(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// `tls_report_sessions_total{result}`, `tls_reports_total{via, result}` and the gauge
+/// `tls_report_posts_waiting`.
+impl prometheus_client::collector::Collector for Aggregator {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        let c = &self.counted;
+        let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        let mut family = encoder.encode_descriptor(
+            "tls_report_sessions",
+            "Outbound TLS sessions counted for TLS reports (RFC 8460), by result: a policy (MTA-STS, DANE) applied and held, or failed.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, n) in [("success", &c.successes), ("failure", &c.failures)] {
+            ConstCounter::new(get(n)).encode(family.encode_family(&[("result", result)])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "tls_reports",
+            "TLS reports sent to the rua of policy domains, by way (mail: queued; https: posted, retries included) and result.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (via, result, n) in [
+            ("mail", "sent", &c.mailed),
+            ("mail", "failed", &c.mail_failed),
+            ("https", "sent", &c.posted),
+            ("https", "failed", &c.post_failed),
+        ] {
+            ConstCounter::new(get(n))
+                .encode(family.encode_family(&[("via", via), ("result", result)])?)?;
+        }
+        let waiting = self.lock().posts.len();
+        ConstGauge::new(i64::try_from(waiting).unwrap_or(i64::MAX)).encode(
+            encoder.encode_descriptor(
+                "tls_report_posts_waiting",
+                "TLS report uploads that failed and wait to be tried again.",
+                None,
+                MetricType::Gauge,
+            )?,
+        )?;
+        Ok(())
+    }
 }
 
 /// Everything counted and not reported yet (what `state.json` holds).
@@ -264,6 +333,7 @@ impl Aggregator {
         Self {
             settings,
             state: Mutex::new(state),
+            counted: Counted::default(),
         }
     }
 
@@ -477,6 +547,7 @@ impl Aggregator {
 impl TlsReportSink for Aggregator {
     fn record(&self, event: TlsReportEvent) {
         let max = self.settings.max_failure_details;
+        add(&self.counted.failures);
         self.with_counts(&event.domain, event.policy_type, event.at, |counts| {
             counts.failures += 1;
             let reason: String = event.detail.chars().take(MAX_REASON).collect();
@@ -509,6 +580,7 @@ impl TlsReportSink for Aggregator {
     }
 
     fn success(&self, domain: &str, policy_type: PolicyType, policy: &PolicySummary) {
+        add(&self.counted.successes);
         self.with_counts(domain, policy_type, SystemTime::now(), |counts| {
             counts.successes += 1;
             counts.policy_string.clone_from(&policy.policy_string);
@@ -847,13 +919,17 @@ impl Reporter {
         let mut again = false;
         if !rua.mailto.is_empty() {
             match self.submit(report, &rua.mailto, &gz).await {
-                Ok(()) => info!(
-                    domain = %report.domain,
-                    to = %rua.mailto.join(", "),
-                    report_id = %report.id(settings),
-                    "TLS report queued"
-                ),
+                Ok(()) => {
+                    add(&self.aggregator.counted.mailed);
+                    info!(
+                        domain = %report.domain,
+                        to = %rua.mailto.join(", "),
+                        report_id = %report.id(settings),
+                        "TLS report queued"
+                    );
+                }
                 Err(e) => {
+                    add(&self.aggregator.counted.mail_failed);
                     warn!(domain = %report.domain, error = %e, "TLS report not queued; trying later");
                     again = true;
                 }
@@ -946,9 +1022,16 @@ impl Reporter {
     /// One `https:` upload within `post_timeout`: the status (2xx), or why not.
     async fn post(&self, url: &str, gz: &[u8]) -> Result<u16, String> {
         let timeout = self.aggregator.settings.post_timeout;
-        tokio::time::timeout(timeout, post(&self.resolver, &self.tls, url, gz))
+        let posted = tokio::time::timeout(timeout, post(&self.resolver, &self.tls, url, gz))
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+        let counted = &self.aggregator.counted;
+        add(if posted.is_ok() {
+            &counted.posted
+        } else {
+            &counted.post_failed
+        });
+        posted
     }
 
     /// Hands the report message to the stages, as mail injected on this machine.

@@ -123,6 +123,7 @@ fn metrics_are_scraped_over_http() {
         dir.path(),
         &format!(
             "accept_any_user = true\n[metrics]\naddress = \"{metrics}\"\n[tls]\nself_signed = true\n\
+                 [tls_reports]\nenabled = true\n\
                  [[account]]\nusername = \"ann@mx.test\"\npassword = \"secret\"\n"
         ),
     );

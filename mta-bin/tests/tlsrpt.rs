@@ -220,6 +220,7 @@ fn daily_reports_reach_the_rua_mailbox_and_https() {
          _smtp._tls IN TXT \"v=TLSRPTv1; rua=mailto:reports@sender.test,https://reports.sts.test:{report_port}/tlsrpt\"\n"
     );
     let dns = runtime.block_on(TestDns::start(&[&zone]));
+    let metrics = support::free_address();
     let config = sender_config_for(
         dir.path(),
         Some(&dns.addr()),
@@ -239,6 +240,8 @@ interval = "2s"
 organization_name = "Sender Org"
 from = "tls-reports@sender.test"
 contact_info = "tls-reports@sender.test"
+[metrics]
+address = "{metrics}"
 "#,
         ),
     );
@@ -321,6 +324,28 @@ contact_info = "tls-reports@sender.test"
         f += b.parse::<u64>().unwrap();
     }
     assert_eq!((s, f), (2, 2), "{posted:?}");
+    // The metrics count the sessions and the reports sent.
+    let text = support::http_get(&metrics, "/metrics").1;
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    assert_eq!(
+        sample("mta_tls_report_sessions_total{result=\"success\"}"),
+        2.0
+    );
+    assert_eq!(
+        sample("mta_tls_report_sessions_total{result=\"failure\"}"),
+        2.0
+    );
+    assert!(sample("mta_tls_reports_total{via=\"mail\",result=\"sent\"}") >= 1.0);
+    assert!(sample("mta_tls_reports_total{via=\"https\",result=\"sent\"}") >= posted.len() as f64);
+    assert_eq!(
+        sample("mta_tls_reports_total{via=\"https\",result=\"failed\"}"),
+        0.0
+    );
     sender.stop();
     mx.stop();
 }
