@@ -3,7 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -358,7 +358,10 @@ impl Queue {
                 ids: IdGenerator::new(largest),
                 schedule: Mutex::new(schedule),
                 wake: Notify::new(),
-                stats: QueueStats::default(),
+                stats: QueueStats {
+                    journal_replayed: AtomicU64::new(u64::try_from(replayed).unwrap_or(u64::MAX)),
+                    ..QueueStats::default()
+                },
                 notification_route: RouteSlot::default(),
             }),
         };
@@ -577,6 +580,15 @@ impl Queue {
             s.batches.load(Ordering::Relaxed),
             s.jobs.load(Ordering::Relaxed),
         )
+    }
+
+    /// Syncs of the metadata store so far (for metrics).
+    pub fn store_syncs(&self) -> u64 {
+        self.inner
+            .committer
+            .stats
+            .store_syncs
+            .load(Ordering::Relaxed)
     }
 
     /// What the queue did so far (for metrics).

@@ -23,6 +23,9 @@ pub struct QueueStats {
     pub delivery_delay: Histogram,
     /// Recipient attempts by destination domain.
     pub by_domain: DomainCounts,
+    /// Journal records replayed into the store when the queue opened (changes a crash
+    /// or a kill left in the journal only).
+    pub journal_replayed: AtomicU64,
 }
 
 /// How many destination domains get counts of their own in [`DomainCounts`].
@@ -183,6 +186,16 @@ impl prometheus_client::collector::Collector for crate::Queue {
                 "queue_committed_jobs",
                 "Messages and updates made durable by those commits.",
                 jobs,
+            ),
+            (
+                "queue_store_syncs",
+                "Syncs of the metadata store (the journal before each is no longer needed).",
+                self.store_syncs(),
+            ),
+            (
+                "queue_journal_replayed",
+                "Journal records replayed into the metadata store when the queue opened (what a crash left in the journal only).",
+                get(&q.journal_replayed),
             ),
         ] {
             ConstCounter::new(n).encode(encoder.encode_descriptor(name, help, None, Counter)?)?;

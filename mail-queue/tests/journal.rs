@@ -168,6 +168,8 @@ async fn acknowledged_messages_come_back_from_the_journal_when_the_store_lost_th
         38,
         "every acknowledged message but the two deleted"
     );
+    // Counted (a metric): a record per batch, the forty messages, the delete, the hold.
+    assert_eq!(queue_replayed(&queue), 42);
     for (i, id) in ids.iter().enumerate() {
         let meta = queue.get(*id).unwrap();
         if i < 2 {
@@ -183,6 +185,11 @@ async fn acknowledged_messages_come_back_from_the_journal_when_the_store_lost_th
     drop(queue);
     let queue = Queue::with_store(config(dir.path()), Memory::recovered(&disk)).unwrap();
     assert_eq!(queue.len(), 38);
+    assert_eq!(queue_replayed(&queue), 0, "nothing left to replay");
+}
+
+fn queue_replayed(queue: &Queue) -> u64 {
+    queue.stats().journal_replayed.load(Ordering::Relaxed)
 }
 
 #[tokio::test]
