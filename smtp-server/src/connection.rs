@@ -400,8 +400,7 @@ impl<S: Io> Connection<S> {
             if deadlines.session_over(&session) {
                 // Checked before every read, not only when one times out: a client
                 // that keeps sending commands never lets a read time out.
-                info!("session time limit reached");
-                session.expire();
+                self.cut(&mut session, Cut::SessionTimeLimit, &deadlines);
                 continue;
             }
             // The bytes read go to the session inside the read's poll.
@@ -409,19 +408,36 @@ impl<S: Io> Connection<S> {
             let receive = std::future::poll_fn(|cx| poll_receive(stream, cx, size, &mut session));
             tokio::select! {
                 read = tokio::time::timeout_at(deadline, receive) => match read {
-                    Err(_elapsed) if deadlines.session_over(&session) => {
-                        info!("session time limit reached");
-                        session.expire();
-                    }
                     Err(_elapsed) => {
-                        info!(phase = deadlines.phase(), "timeout");
-                        session.timeout();
+                        let why = if deadlines.session_over(&session) {
+                            Cut::SessionTimeLimit
+                        } else {
+                            Cut::Timeout
+                        };
+                        self.cut(&mut session, why, &deadlines);
                     }
                     Ok(Ok(0)) => return Ok(()),
                     Ok(Ok(n)) => deadlines.received(n),
                     Ok(Err(e)) => return Err(e),
                 },
                 _ = self.shutdown.changed(), if !draining => draining = true,
+            }
+        }
+    }
+
+    /// Closes the session for time (`421 4.4.2`), logged and counted.
+    fn cut(&self, session: &mut ServerSession, why: Cut, deadlines: &Deadlines) {
+        let stats = self.listener.stats.mode(self.listener.mode);
+        match why {
+            Cut::Timeout => {
+                info!(phase = deadlines.phase(), "timeout");
+                ServerStats::count(&stats.timed_out, 1);
+                session.timeout();
+            }
+            Cut::SessionTimeLimit => {
+                info!("session time limit reached");
+                ServerStats::count(&stats.session_time_limit, 1);
+                session.expire();
             }
         }
     }
@@ -1041,6 +1057,14 @@ impl Deadlines {
             "command"
         }
     }
+}
+
+/// Why a session is closed for time.
+enum Cut {
+    /// A command or message content did not come in time.
+    Timeout,
+    /// `max_session_duration` reached.
+    SessionTimeLimit,
 }
 
 /// A plain or TLS stream.

@@ -45,6 +45,11 @@ pub struct ModeStats {
     /// Clients that sent commands before a reply where RFC 2920 forbids it, refused
     /// with `554 5.5.0` (enforce mode).
     pub pipelining_rejected: AtomicU64,
+    /// Sessions closed (`421 4.4.2`) because a command or message content did not
+    /// come in time (`command_timeout`, `data_timeout`, `min_data_rate`).
+    pub timed_out: AtomicU64,
+    /// Sessions closed (`421 4.4.2`) at `max_session_duration`.
+    pub session_time_limit: AtomicU64,
     /// Clients that waited quietly for the delayed greeting.
     pub greeting_waited: AtomicU64,
     /// Clients that skipped the greeting delay, having passed before.
@@ -294,6 +299,17 @@ impl prometheus_client::collector::Collector for ServerStats {
             "smtp_received_bytes",
             "Octets of the accepted messages, by listener.",
             &[("", |m| &m.bytes_accepted)],
+        )?;
+        per_mode_labelled(
+            self,
+            &mut encoder,
+            "smtp_sessions_cut",
+            "Sessions the server closed with 421 4.4.2, by listener and reason (timeout: a command or content not in time; session_time_limit: max_session_duration reached).",
+            "reason",
+            &[
+                ("timeout", |m| &m.timed_out),
+                ("session_time_limit", |m| &m.session_time_limit),
+            ],
         )?;
         per_mode_labelled(
             self,
