@@ -76,6 +76,10 @@ pub struct QueueConfig {
     /// the highest priority goes first, then the oldest. Default on; off, every message
     /// counts as priority 0 (oldest first).
     pub priority_scheduling: bool,
+    /// A message due this long without a free delivery slot starts before any of
+    /// higher priority, so that a steady stream of high-priority mail cannot hold the
+    /// rest back for ever. Default 15 min; `None`: priority alone decides.
+    pub priority_max_wait: Option<Duration>,
     /// Bodies of new messages kept in memory, up to this many bytes in all, until their
     /// first delivery attempt starts (usually within the second), which then does not
     /// read them back from the spool. Default 32 MiB; 0 keeps none.
@@ -95,6 +99,7 @@ impl Default for QueueConfig {
             hostname: "localhost".into(),
             delay_warning: None,
             priority_scheduling: true,
+            priority_max_wait: Some(Duration::from_secs(15 * 60)),
             fresh_body_memory: 32 << 20,
         }
     }
@@ -159,6 +164,11 @@ pub(crate) struct Schedule {
     /// Messages whose time has come, highest priority first, then oldest (queue ids
     /// grow with acceptance time). Filled from `due` by [`Schedule::take_ready`].
     ready: BTreeSet<(Reverse<i8>, QueueId)>,
+    /// The messages of `ready` by when they became due: the one that waited longest
+    /// goes first once it has waited `max_wait`.
+    ready_since: BTreeSet<(u64, QueueId)>,
+    /// [`QueueConfig::priority_max_wait`], in seconds.
+    max_wait: Option<u64>,
     /// When each waiting message (in `due` or `ready`) is due.
     due_at: HashMap<QueueId, u64>,
     /// The priority of messages that have one other than 0, wherever they stand.
@@ -183,16 +193,22 @@ impl Schedule {
     pub(crate) fn insert_due(&mut self, at: u64, id: QueueId) {
         if let Some(old) = self.due_at.insert(id, at) {
             self.due.remove(&(old, id));
-            self.ready.remove(&(Reverse(self.priority(id)), id));
+            self.unready(id, old);
         }
         self.due.insert((at, id));
+    }
+
+    /// Takes `id`, due at `at`, out of `ready` (if it is there).
+    fn unready(&mut self, id: QueueId, at: u64) {
+        self.ready.remove(&(Reverse(self.priority(id)), id));
+        self.ready_since.remove(&(at, id));
     }
 
     /// Takes `id` off the schedule; returns when it was due.
     pub(crate) fn remove_due(&mut self, id: QueueId) -> Option<u64> {
         let at = self.due_at.remove(&id)?;
         self.due.remove(&(at, id));
-        self.ready.remove(&(Reverse(self.priority(id)), id));
+        self.unready(id, at);
         Some(at)
     }
 
@@ -210,7 +226,8 @@ impl Schedule {
         self.priorities.get(&id).copied().unwrap_or(0)
     }
 
-    /// Takes the message to start next among those due at `now`: the highest priority,
+    /// Takes the message to start next among those due at `now`: one that has waited
+    /// `max_wait` since it became due (the longest first), else the highest priority,
     /// then the oldest. It is now in flight. `Err`: none is due, and when the next one
     /// will be, if any.
     pub(crate) fn take_ready(&mut self, now: u64) -> Result<QueueId, Option<u64>> {
@@ -220,11 +237,24 @@ impl Schedule {
             }
             self.due.pop_first();
             self.ready.insert((Reverse(self.priority(id)), id));
+            self.ready_since.insert((at, id));
         }
-        let Some((_, id)) = self.ready.pop_first() else {
-            return Err(self.due.first().map(|&(at, _)| at));
+        let waited_long = self.max_wait.and_then(|wait| {
+            self.ready_since
+                .first()
+                .filter(|(at, _)| at.saturating_add(wait) <= now)
+                .map(|&(_, id)| id)
+        });
+        let id = match waited_long {
+            Some(id) => id,
+            None => match self.ready.first() {
+                Some(&(_, id)) => id,
+                None => return Err(self.due.first().map(|&(at, _)| at)),
+            },
         };
-        self.due_at.remove(&id);
+        if let Some(at) = self.due_at.remove(&id) {
+            self.unready(id, at);
+        }
         self.in_flight.insert(id);
         Ok(id)
     }
@@ -329,7 +359,13 @@ impl Queue {
         } else {
             store
         };
-        let mut schedule = Schedule::default();
+        let mut schedule = Schedule {
+            max_wait: config
+                .priority_max_wait
+                .filter(|_| config.priority_scheduling)
+                .map(|w| w.as_secs()),
+            ..Schedule::default()
+        };
         let mut largest = 0;
         store.scan(None, &mut |meta| {
             largest = largest.max(meta.id.0);
@@ -1030,4 +1066,53 @@ pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A schedule with one low- and one high-priority message, due at 100 and 150.
+    fn low_then_high(max_wait: Option<u64>) -> Schedule {
+        let mut s = Schedule {
+            max_wait,
+            ..Schedule::default()
+        };
+        s.set_priority(QueueId(1), -5);
+        s.insert_due(100, QueueId(1));
+        s.set_priority(QueueId(2), 5);
+        s.insert_due(150, QueueId(2));
+        s
+    }
+
+    /// Priority first, until a message has been due `max_wait`: then it goes first.
+    #[test]
+    fn a_message_that_waited_long_enough_goes_before_higher_priorities() {
+        let mut s = low_then_high(Some(60));
+        assert_eq!(s.take_ready(155), Ok(QueueId(2)), "waited 55 s: priority");
+        assert_eq!(s.take_ready(155), Ok(QueueId(1)));
+        let mut s = low_then_high(Some(60));
+        assert_eq!(s.take_ready(160), Ok(QueueId(1)), "waited 60 s");
+        assert_eq!(s.take_ready(160), Ok(QueueId(2)));
+        assert_eq!(s.take_ready(160), Err(None));
+        let mut s = low_then_high(None);
+        assert_eq!(s.take_ready(10_000), Ok(QueueId(2)), "no limit: priority");
+    }
+
+    /// A ready message taken off the schedule (rescheduled, held, deleted) is not
+    /// started for having waited.
+    #[test]
+    fn a_message_taken_off_the_schedule_is_not_started() {
+        // At 150 both are ready and the high one starts; the low one waits in ready.
+        let mut s = low_then_high(Some(60));
+        assert_eq!(s.take_ready(150), Ok(QueueId(2)));
+        s.insert_due(1_000, QueueId(1));
+        assert_eq!(s.take_ready(500), Err(Some(1_000)));
+        assert!(s.ready.is_empty() && s.ready_since.is_empty());
+        let mut s = low_then_high(Some(60));
+        assert_eq!(s.take_ready(150), Ok(QueueId(2)));
+        assert_eq!(s.remove_due(QueueId(1)), Some(100));
+        assert_eq!(s.take_ready(10_000), Err(None));
+        assert!(s.ready.is_empty() && s.ready_since.is_empty());
+    }
 }

@@ -1,7 +1,8 @@
 //! Priorities (RFC 6710) in the scheduler: with deliveries limited to one at a time and
 //! a backlog, the highest priority starts first, then the oldest; a message that
-//! arrives while the slot is taken gets the next one; priorities survive a restart;
-//! with `priority_scheduling` off, the order is by age alone.
+//! arrives while the slot is taken gets the next one; one due for `priority_max_wait`
+//! goes first whatever its priority; priorities survive a restart; with
+//! `priority_scheduling` off, the order is by age alone.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -159,6 +160,30 @@ async fn a_backlog_starts_highest_priority_first_then_oldest() {
             "nine", "six", "six-b", "low0", "low1", "low2", "low3", "neg"
         ]
     );
+}
+
+/// A message due for longer than `priority_max_wait` starts before messages of higher
+/// priority that came after it; without the limit it would start last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_due_for_priority_max_wait_goes_before_higher_priorities() {
+    for (max_wait, expected) in [
+        (Some(Duration::from_secs(2)), ["old-low", "high1", "high2"]),
+        (None, ["high1", "high2", "old-low"]),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(QueueConfig {
+            priority_max_wait: max_wait,
+            ..config(dir.path())
+        })
+        .unwrap();
+        enqueue(&queue, "old-low", -5).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        enqueue(&queue, "high1", 9).await;
+        enqueue(&queue, "high2", 9).await;
+        let (recorder, _starts) = Recorder::new(usize::MAX >> 4);
+        drain(&queue, &recorder).await;
+        assert_eq!(recorder.order(), expected, "{max_wait:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -818,6 +818,10 @@ pub struct Queue {
     /// `[[account]]` `priority`), highest first, when more are due than can start
     /// (default true); false: oldest first, priorities only kept and passed on.
     pub honour_mt_priority: bool,
+    /// A message due this long without a delivery slot starts before higher
+    /// priorities (default 15 minutes; "0s": priority alone decides).
+    #[serde(deserialize_with = "duration")]
+    pub priority_max_wait: Duration,
 }
 
 /// `[queue] backend`
@@ -1924,6 +1928,7 @@ impl Default for Queue {
             max_concurrent_deliveries: defaults::MAX_CONCURRENT_DELIVERIES,
             delay_warning: None,
             honour_mt_priority: true,
+            priority_max_wait: Duration::from_secs(15 * 60),
         }
     }
 }

@@ -253,6 +253,9 @@ pub struct RemoteConfig {
     pub shaping: ShapingConfig,
     /// What traffic shaping counts into (kept across reloads).
     pub shaping_stats: Arc<crate::delivery::ShapingStats>,
+    /// A delivery waiting this long for a destination's slot goes before higher
+    /// priorities (`[queue] priority_max_wait`); `None`: priority alone decides.
+    pub priority_max_wait: Option<Duration>,
     /// Per-destination policies: the first domain policy that matches the recipient
     /// domain applies to a delivery, the first MX policy that matches an MX host's
     /// name to each connection to that host.
@@ -582,10 +585,9 @@ impl Remote {
     /// The delivery slots under `key` (a domain, or `MX <pattern>`), `limit` of them.
     fn slots(&self, key: &str, limit: usize) -> Arc<PrioritySlots> {
         let mut map = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(
-            map.entry(key.to_owned())
-                .or_insert_with(|| Arc::new(PrioritySlots::new(limit))),
-        )
+        Arc::clone(map.entry(key.to_owned()).or_insert_with(|| {
+            Arc::new(PrioritySlots::new(limit).max_wait(self.config.priority_max_wait))
+        }))
     }
 
     /// How a delivery to a destination under `policy` from `sender` leaves.

@@ -1,10 +1,12 @@
 //! Delivery slots for one destination, handed out by priority: when a destination is
 //! saturated, the next free slot goes to the waiting message of highest priority
-//! (RFC 6710), then to the one that has waited longest.
+//! (RFC 6710), then to the one that has waited longest; a message that has waited
+//! `max_wait` goes first whatever its priority (`[queue] priority_max_wait`).
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -29,6 +31,29 @@ struct State {
     free: usize,
     waiting: BinaryHeap<Waiter>,
     next: u64,
+    /// A waiter this old is served first; `None`: priority alone.
+    max_wait: Option<Duration>,
+}
+
+impl State {
+    /// The next waiter to serve: the one that arrived first when it has waited
+    /// `max_wait`, else the highest priority, then the oldest.
+    fn next_waiter(&mut self) -> Option<Waiter> {
+        if let Some(max_wait) = self.max_wait
+            && let Some(oldest) = self.waiting.iter().map(|w| w.seq).max()
+        {
+            let mut waiting = std::mem::take(&mut self.waiting).into_vec();
+            let found = waiting
+                .iter()
+                .position(|w| w.seq == oldest && w.since.elapsed() >= max_wait);
+            let chosen = found.map(|i| waiting.swap_remove(i));
+            self.waiting = BinaryHeap::from(waiting);
+            if chosen.is_some() {
+                return chosen;
+            }
+        }
+        self.waiting.pop()
+    }
 }
 
 #[derive(Debug)]
@@ -36,6 +61,7 @@ struct Waiter {
     priority: i8,
     /// Arrival order: earlier first among equals.
     seq: Reverse<u64>,
+    since: Instant,
     grant: oneshot::Sender<Slot>,
 }
 
@@ -73,8 +99,16 @@ impl PrioritySlots {
                 free: n.max(1),
                 waiting: BinaryHeap::new(),
                 next: 0,
+                max_wait: None,
             })),
         }
+    }
+
+    /// A waiter that has waited `max_wait` is served before higher priorities (`None`:
+    /// priority alone decides).
+    pub fn max_wait(self, max_wait: Option<Duration>) -> Self {
+        lock(&self.state).max_wait = max_wait;
+        self
     }
 
     /// Waits for a slot for a message of `priority`.
@@ -93,6 +127,7 @@ impl PrioritySlots {
             state.waiting.push(Waiter {
                 priority,
                 seq,
+                since: Instant::now(),
                 grant,
             });
             receiver
@@ -105,6 +140,7 @@ impl PrioritySlots {
                     free: 0,
                     waiting: BinaryHeap::new(),
                     next: 0,
+                    max_wait: None,
                 })),
             },
         }
@@ -116,7 +152,7 @@ impl Drop for Slot {
         let mut state = lock(&self.state);
         // A waiter that gave up (its future dropped) refuses the slot: try the next.
         // A slot sent to a waiter dropped after the send comes back through this Drop.
-        while let Some(waiter) = state.waiting.pop() {
+        while let Some(waiter) = state.next_waiter() {
             let slot = Slot {
                 state: Arc::clone(&self.state),
             };
@@ -159,6 +195,30 @@ mod tests {
             task.await.unwrap();
         }
         assert_eq!(*order.lock().unwrap(), ["urgent", "a", "b", "low"]);
+    }
+
+    /// A waiter that has waited `max_wait` goes before higher priorities.
+    #[tokio::test]
+    async fn a_waiter_that_waited_max_wait_goes_first() {
+        let wait = std::time::Duration::from_millis(200);
+        let slots = Arc::new(PrioritySlots::new(1).max_wait(Some(wait)));
+        let held = slots.acquire(0).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (name, priority, after) in [("old-low", -3, 0), ("urgent", 6, 250), ("high", 5, 0)] {
+            tokio::time::sleep(std::time::Duration::from_millis(after)).await;
+            let (slots, order) = (Arc::clone(&slots), Arc::clone(&order));
+            tasks.push(tokio::spawn(async move {
+                let _slot = slots.acquire(priority).await;
+                order.lock().unwrap().push(name);
+            }));
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        drop(held);
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), ["old-low", "urgent", "high"]);
     }
 
     #[tokio::test]
