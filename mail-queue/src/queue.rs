@@ -164,11 +164,14 @@ pub(crate) struct Schedule {
     /// Messages whose time has come, highest priority first, then oldest (queue ids
     /// grow with acceptance time). Filled from `due` by [`Schedule::take_ready`].
     ready: BTreeSet<(Reverse<i8>, QueueId)>,
-    /// The messages of `ready` by when they became due: the one that waited longest
-    /// goes first once it has waited `max_wait`.
+    /// The messages of `ready` by when they became due (at the earliest `opened`: a
+    /// message that fell due while the queue was closed has waited since it opened):
+    /// the one that waited longest goes first once it has waited `max_wait`.
     ready_since: BTreeSet<(u64, QueueId)>,
     /// [`QueueConfig::priority_max_wait`], in seconds.
     max_wait: Option<u64>,
+    /// When the queue opened (unix seconds).
+    opened: u64,
     /// When each waiting message (in `due` or `ready`) is due.
     due_at: HashMap<QueueId, u64>,
     /// The priority of messages that have one other than 0, wherever they stand.
@@ -201,7 +204,7 @@ impl Schedule {
     /// Takes `id`, due at `at`, out of `ready` (if it is there).
     fn unready(&mut self, id: QueueId, at: u64) {
         self.ready.remove(&(Reverse(self.priority(id)), id));
-        self.ready_since.remove(&(at, id));
+        self.ready_since.remove(&(at.max(self.opened), id));
     }
 
     /// Takes `id` off the schedule; returns when it was due.
@@ -237,7 +240,7 @@ impl Schedule {
             }
             self.due.pop_first();
             self.ready.insert((Reverse(self.priority(id)), id));
-            self.ready_since.insert((at, id));
+            self.ready_since.insert((at.max(self.opened), id));
         }
         let waited_long = self.max_wait.and_then(|wait| {
             self.ready_since
@@ -364,6 +367,7 @@ impl Queue {
                 .priority_max_wait
                 .filter(|_| config.priority_scheduling)
                 .map(|w| w.as_secs()),
+            opened: unix_now(),
             ..Schedule::default()
         };
         let mut largest = 0;
@@ -1097,6 +1101,25 @@ mod tests {
         assert_eq!(s.take_ready(160), Err(None));
         let mut s = low_then_high(None);
         assert_eq!(s.take_ready(10_000), Ok(QueueId(2)), "no limit: priority");
+    }
+
+    /// A message that fell due while the queue was closed has waited since it opened:
+    /// after a restart the backlog goes by priority until `max_wait` has passed.
+    #[test]
+    fn waiting_counts_from_when_the_queue_opened() {
+        let mut s = low_then_high(Some(60));
+        s.opened = 1_000;
+        assert_eq!(s.take_ready(1_010), Ok(QueueId(2)), "both waited 10 s");
+        let mut s = low_then_high(Some(60));
+        s.opened = 1_000;
+        assert_eq!(
+            s.take_ready(1_060),
+            Ok(QueueId(1)),
+            "both waited 60 s: the first"
+        );
+        s.insert_due(2_000, QueueId(2));
+        assert_eq!(s.take_ready(1_060), Err(Some(2_000)));
+        assert!(s.ready.is_empty() && s.ready_since.is_empty());
     }
 
     /// A ready message taken off the schedule (rescheduled, held, deleted) is not
