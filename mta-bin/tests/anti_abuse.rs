@@ -23,7 +23,7 @@ use smtp_client::testing::daemons::dnsmasq;
 
 use support::{
     RawClient, assert_config_ok, assert_config_refused, block_on, free_address, maildir_files,
-    python, run_ok, run_with, serve, smtp_send, terminate, write,
+    metric, python, run_ok, run_with, serve, smtp_send, terminate, write,
 };
 
 /// `mta.toml` in `dir`: one relay listener on `listen` with `listener` (its more keys),
@@ -169,17 +169,6 @@ impl Conn {
             Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset && rest.is_empty(),
         }
     }
-}
-
-/// The value of the metric sample `sample` (name and labels, as served) at `metrics`.
-fn metric(metrics: &str, sample: &str) -> Option<f64> {
-    let mut tcp = TcpStream::connect(metrics).unwrap();
-    tcp.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {metrics}\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Waits (up to 10 s) for the metric sample `sample` to be `expected`.

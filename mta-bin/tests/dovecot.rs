@@ -14,7 +14,7 @@ use smtp_client::testing::daemons::{
     Daemon, DovecotUser, dovecot, dovecot_delivered, dovecot_maildir, dovecot_prefill,
 };
 use support::{
-    RawClient, assert_config_ok, assert_config_refused, block_on, free_address, http_get, listed,
+    RawClient, assert_config_ok, assert_config_refused, block_on, free_address, listed, metric,
     rcpt_reply, serve, terminate, write,
 };
 
@@ -267,7 +267,6 @@ fn answers_are_cached_and_an_unreachable_server_defers() {
     // the relay policy, not deferred by verification).
     assert!(rcpt_reply(&addr, "someone@elsewhere.test").starts_with("554 5.7.1 "));
     // The metrics count each answer once, by where it came from.
-    let text = http_get(&metrics, "/metrics").1;
     for (result, cached) in [
         ("exists", "no"),
         ("unknown", "no"),
@@ -275,10 +274,9 @@ fn answers_are_cached_and_an_unreachable_server_defers() {
         ("unknown", "yes"),
         ("unavailable", "no"),
     ] {
-        let line = format!(
-            "mta_recipient_verifications_total{{result=\"{result}\",cached=\"{cached}\"}} 1"
-        );
-        assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        let sample =
+            format!("mta_recipient_verifications_total{{result=\"{result}\",cached=\"{cached}\"}}");
+        assert_eq!(metric(&metrics, &sample), Some(1.0), "{sample}");
     }
     terminate(child);
 }
@@ -333,12 +331,7 @@ fn probes_at_once_are_capped_and_the_others_wait_for_a_turn() {
              [metrics]\naddress = \"{metrics}\"\n"
         ),
     );
-    let sample = |name: &str| {
-        let text = http_get(&metrics, "/metrics").1;
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_owned))
-            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-    };
+    let sample = |name: &str| metric(&metrics, name);
     let (child, addr) = serve(&config);
     let start = Instant::now();
     let clients: Vec<_> = (0..6)
@@ -352,11 +345,11 @@ fn probes_at_once_are_capped_and_the_others_wait_for_a_turn() {
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
     assert_eq!(
         sample("mta_recipient_verification_probes{state=\"running\"}"),
-        "2"
+        Some(2.0)
     );
     assert_eq!(
         sample("mta_recipient_verification_probes{state=\"waiting\"}"),
-        "4"
+        Some(4.0)
     );
     for client in clients {
         assert_eq!(
@@ -371,10 +364,10 @@ fn probes_at_once_are_capped_and_the_others_wait_for_a_turn() {
         start.elapsed()
     );
     let unavailable = "mta_recipient_verifications_total{result=\"unavailable\",cached=\"no\"}";
-    assert_eq!(sample(unavailable), "6");
+    assert_eq!(sample(unavailable), Some(6.0));
     assert_eq!(
         sample("mta_recipient_verification_probes{state=\"waiting\"}"),
-        "0"
+        Some(0.0)
     );
     terminate(child);
 }

@@ -212,12 +212,9 @@ relay = "127.0.0.1:{}"
             slow.port, rate.port, fast.port
         ),
     );
-    let sample = |name: &str| -> usize {
-        let text = support::http_get(&metrics, "/metrics").1;
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    let sample = |name: &str| {
+        let value = support::metric(&metrics, name).unwrap_or_else(|| panic!("no {name}"));
+        value as usize
     };
     let (child, addr) = serve(&cfg);
     for n in 0..N {

@@ -325,13 +325,8 @@ address = "{metrics}"
     }
     assert_eq!((s, f), (2, 2), "{posted:?}");
     // The metrics count the sessions and the reports sent.
-    let text = support::http_get(&metrics, "/metrics").1;
-    let sample = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-    };
+    let sample =
+        |name: &str| support::metric(&metrics, name).unwrap_or_else(|| panic!("no {name}"));
     assert_eq!(
         sample("mta_tls_report_sessions_total{result=\"success\"}"),
         2.0

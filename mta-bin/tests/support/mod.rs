@@ -328,3 +328,12 @@ pub(crate) fn http_get(addr: &str, path: &str) -> (String, String) {
     let (head, body) = answer.split_once("\r\n\r\n").unwrap();
     (head.lines().next().unwrap().to_owned(), body.to_owned())
 }
+
+/// The value of the metric sample `sample` (name and labels, as served) on the
+/// `/metrics` endpoint at `addr`; `None` when it is not served.
+pub(crate) fn metric(addr: &str, sample: &str) -> Option<f64> {
+    http_get(addr, "/metrics")
+        .1
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+}
