@@ -849,7 +849,7 @@ fn remote_delivery(
                 backoff_max: o.backoff_max,
             },
             shaping_stats: Arc::clone(shaping_stats),
-            priority_max_wait: queue_config(config).priority_max_wait,
+            priority_max_wait: priority_max_wait(config),
             destinations: o.destination.iter().map(destination_policy).collect(),
             sender_pools: o
                 .sender_source
@@ -995,9 +995,16 @@ pub(crate) fn queue_config(config: &Config) -> QueueConfig {
         hostname: config.hostname.clone(),
         delay_warning: q.delay_warning,
         priority_scheduling: q.honour_mt_priority,
-        priority_max_wait: (!q.priority_max_wait.is_zero()).then_some(q.priority_max_wait),
+        priority_max_wait: priority_max_wait(config),
         ..QueueConfig::default()
     }
+}
+
+/// `[queue] priority_max_wait`, for the queue and the destinations' slots alike
+/// (`None` for "0s").
+fn priority_max_wait(config: &Config) -> Option<std::time::Duration> {
+    let wait = config.queue.priority_max_wait;
+    (!wait.is_zero()).then_some(wait)
 }
 
 /// The `[[listener]]`s.

@@ -396,8 +396,9 @@ impl<S: Io> Connection<S> {
             } else {
                 COMMAND_BUFFER
             };
-            let deadline = deadlines.next(&session);
-            if deadlines.session_over(&session) {
+            let now = tokio::time::Instant::now();
+            let deadline = deadlines.next(&session, now);
+            if deadlines.session_over(now) {
                 // Checked before every read, not only when one times out: a client
                 // that keeps sending commands never lets a read time out.
                 self.cut(&mut session, Cut::SessionTimeLimit, &deadlines);
@@ -409,7 +410,7 @@ impl<S: Io> Connection<S> {
             tokio::select! {
                 read = tokio::time::timeout_at(deadline, receive) => match read {
                     Err(_elapsed) => {
-                        let why = if deadlines.session_over(&session) {
+                        let why = if deadlines.session_over(deadline) {
                             Cut::SessionTimeLimit
                         } else {
                             Cut::Timeout
@@ -1008,20 +1009,14 @@ impl Deadlines {
         }
     }
 
-    /// Whether the session's time is up, between commands (content in progress is
-    /// let finish).
-    fn session_over(&self, session: &ServerSession) -> bool {
-        self.data.is_none()
-            && !session.is_receiving_data()
-            && !session.is_chunking()
-            && self
-                .end
-                .is_some_and(|end| end <= tokio::time::Instant::now())
+    /// Whether the session's time is up at `at`, between commands (content in progress
+    /// is let finish: `data` is set then, by [`Deadlines::next`]).
+    fn session_over(&self, at: tokio::time::Instant) -> bool {
+        self.data.is_none() && self.end.is_some_and(|end| end <= at)
     }
 
     /// The deadline of the next read, given where the session stands.
-    fn next(&mut self, session: &ServerSession) -> tokio::time::Instant {
-        let now = tokio::time::Instant::now();
+    fn next(&mut self, session: &ServerSession, now: tokio::time::Instant) -> tokio::time::Instant {
         if session.is_receiving_data() {
             return *self.data.get_or_insert(now + self.data_timeout);
         }

@@ -39,20 +39,22 @@ impl State {
     /// The next waiter to serve: the one that arrived first when it has waited
     /// `max_wait`, else the highest priority, then the oldest.
     fn next_waiter(&mut self) -> Option<Waiter> {
-        if let Some(max_wait) = self.max_wait
-            && let Some(oldest) = self.waiting.iter().map(|w| w.seq).max()
-        {
-            let mut waiting = std::mem::take(&mut self.waiting).into_vec();
-            let found = waiting
-                .iter()
-                .position(|w| w.seq == oldest && w.since.elapsed() >= max_wait);
-            let chosen = found.map(|i| waiting.swap_remove(i));
-            self.waiting = BinaryHeap::from(waiting);
-            if chosen.is_some() {
-                return chosen;
-            }
-        }
-        self.waiting.pop()
+        // `seq` is reversed: the largest is the first to arrive.
+        let aged = self.max_wait.and_then(|max_wait| {
+            let oldest = self.waiting.iter().max_by_key(|w| w.seq)?;
+            (oldest.since.elapsed() >= max_wait).then_some(oldest.seq)
+        });
+        let Some(seq) = aged else {
+            return self.waiting.pop();
+        };
+        // Rare (a waiter held back `max_wait`): the heap is rebuilt without it.
+        let mut waiting = std::mem::take(&mut self.waiting).into_vec();
+        let chosen = waiting
+            .iter()
+            .position(|w| w.seq == seq)
+            .map(|i| waiting.swap_remove(i));
+        self.waiting = BinaryHeap::from(waiting);
+        chosen
     }
 }
 
