@@ -1357,6 +1357,30 @@ impl Priorities {
 mod priority_tests {
     use super::*;
 
+    /// `[queue] priority_max_wait`: 15 minutes by default, as written, `"0s"` off, for
+    /// the queue and the destinations' slots alike.
+    #[test]
+    fn priority_max_wait_is_read_from_the_queue_section() {
+        let wait = |queue: &str| {
+            let text = format!(
+                "hostname = \"mx.test\"\n[[listener]]\naddress = \"127.0.0.1:2525\"\n\
+                 mode = \"relay\"\n[queue]\n{queue}"
+            );
+            let config = Config::parse(&text).unwrap();
+            assert_eq!(
+                priority_max_wait(&config),
+                queue_config(&config).priority_max_wait
+            );
+            priority_max_wait(&config)
+        };
+        assert_eq!(wait(""), Some(std::time::Duration::from_secs(900)));
+        assert_eq!(
+            wait("priority_max_wait = \"2m\"\n"),
+            Some(std::time::Duration::from_secs(120))
+        );
+        assert_eq!(wait("priority_max_wait = \"0s\"\n"), None);
+    }
+
     fn priorities() -> Priorities {
         Priorities {
             listeners: vec![
