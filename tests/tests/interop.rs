@@ -118,6 +118,54 @@ async fn python_smtplib_sends_through_every_listener() {
     );
 }
 
+/// Python's smtplib sees the session limits as RFC 5321 lets a server close: past
+/// `max_junk_commands` a NOOP is answered and counted as an error, and at `max_errors`
+/// the `421 4.7.0` follows; a session that outlives `max_session_duration` gets
+/// `421 4.4.2` unasked. Each time the connection is then closed.
+const LIMITS_SCRIPT: &str = r#"
+import smtplib, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+def closed(s):
+    try:
+        s.getreply()
+    except smtplib.SMTPServerDisconnected:
+        return True
+    return False
+s = smtplib.SMTP(host, int(port), local_hostname="python.test")
+codes = [s.noop()[0] for _ in range(4)]
+assert codes == [250, 250, 250, 250], codes
+code, text = s.getreply()
+assert (code, text[:5]) == (421, b"4.7.0"), (code, text)
+assert closed(s)
+s = smtplib.SMTP(host, int(port), local_hostname="python.test")
+s.ehlo()
+time.sleep(1.5)
+code, text = s.getreply()
+assert (code, text[:5]) == (421, b"4.4.2"), (code, text)
+assert closed(s)
+print("ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_smtplib_meets_the_session_limits() {
+    let Some(python) = python() else { return };
+    let t = TestMta::start(
+        "[limits]\nmax_junk_commands = 3\nmax_errors = 1\nmax_session_duration = \"1s\"\n",
+    )
+    .await;
+    let output = tokio::process::Command::new(python)
+        .args(["-c", LIMITS_SCRIPT, &t.addr(Relay).to_string()])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("ok"),
+        "smtplib failed:\n{stdout}\n{stderr}"
+    );
+}
+
 /// s-nail, a mail client nobody here wrote, logs in with `AUTH PLAIN` without an
 /// initial response: it waits for `334 ` (RFC 4954 §4: "334" SP) before it sends the
 /// credentials, and aborted on a bare `334`.
