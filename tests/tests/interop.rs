@@ -76,6 +76,21 @@ with smtplib.SMTP_SSL(host, smtps, context=ctx) as s:
 print("ok")
 "#;
 
+/// Runs `python` with `args` (a script that prints `ok` when all its checks held).
+async fn run_ok(python: &str, args: &[String]) {
+    let output = tokio::process::Command::new(python)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("ok"),
+        "smtplib failed:\n{stdout}\n{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_smtplib_sends_through_every_listener() {
     let Some(python) = python() else { return };
@@ -91,17 +106,7 @@ async fn python_smtplib_sends_through_every_listener() {
         ca.display().to_string(),
         DOMAIN.to_owned(),
     ];
-    let output = tokio::process::Command::new(python)
-        .args(&args)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("ok"),
-        "smtplib failed:\n{stdout}\n{stderr}"
-    );
+    run_ok(python, &args).await;
 
     let bob = t.wait_for_mail("bob", 1).await;
     assert!(String::from_utf8_lossy(&bob[0]).ends_with("Subject: relay\n\nfrom smtplib\n"));
@@ -153,17 +158,15 @@ async fn python_smtplib_meets_the_session_limits() {
         "[limits]\nmax_junk_commands = 3\nmax_errors = 1\nmax_session_duration = \"1s\"\n",
     )
     .await;
-    let output = tokio::process::Command::new(python)
-        .args(["-c", LIMITS_SCRIPT, &t.addr(Relay).to_string()])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("ok"),
-        "smtplib failed:\n{stdout}\n{stderr}"
-    );
+    run_ok(
+        python,
+        &[
+            "-c".to_owned(),
+            LIMITS_SCRIPT.to_owned(),
+            t.addr(Relay).to_string(),
+        ],
+    )
+    .await;
 }
 
 /// s-nail, a mail client nobody here wrote, logs in with `AUTH PLAIN` without an
